@@ -1,0 +1,141 @@
+"""Subprocess plumbing shared by the runtimes that drive a command line.
+
+Argv lists only: nothing here ever goes through a shell.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+#: A callback receiving ("stdout" | "stderr", bytes) as output arrives.
+Stream = Callable[[str, bytes], None]
+
+
+class Pumped:
+    """A running subprocess whose stdout/stderr are teed to log files and a stream.
+
+    Args:
+        argv: the command line.
+        log_dir: where ``stdout.log`` and ``stderr.log`` are written.
+        stream: called with each chunk of output as it arrives, or None.
+        detach: write output straight to the log files (the process can then
+            outlive the pumping threads, as a service must).
+    """
+
+    def __init__(self, argv: Sequence[str], log_dir: Path, stream: Stream | None = None,
+                 detach: bool = False, env=None, cwd=None, preexec_fn=None, stdin=subprocess.DEVNULL):
+        self.argv = list(argv)
+        self.log_dir = Path(log_dir)
+        self.stdout_path = self.log_dir / "stdout.log"
+        self.stderr_path = self.log_dir / "stderr.log"
+        self._threads: list[threading.Thread] = []
+        self.launched_at = time.time()
+        if detach:
+            with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
+                self.proc = subprocess.Popen(self.argv, stdin=stdin, stdout=out, stderr=err, env=env,
+                                             cwd=cwd, preexec_fn=preexec_fn, start_new_session=True)
+        else:
+            self.proc = subprocess.Popen(self.argv, stdin=stdin, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, env=env, cwd=cwd,
+                                         preexec_fn=preexec_fn, start_new_session=True)
+            for label, pipe, path in (("stdout", self.proc.stdout, self.stdout_path),
+                                      ("stderr", self.proc.stderr, self.stderr_path)):
+                t = threading.Thread(target=_pump, args=(label, pipe, path, stream), daemon=True)
+                t.start()
+                self._threads.append(t)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for exit and for all output; raises subprocess.TimeoutExpired."""
+        code = self.proc.wait(timeout)
+        for t in self._threads:
+            # The pipes close when every holder exits; a stray grandchild could
+            # hold them open, so output collection gets its own deadline.
+            t.join(timeout=5)
+        return code
+
+    def kill(self) -> None:
+        kill_group(self.proc)
+
+
+def _pump(label: str, pipe, path: Path, stream: Stream | None) -> None:
+    fd = pipe.fileno()
+    with open(path, "ab") as log:
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            log.write(chunk)
+            if stream is not None:
+                try:
+                    stream(label, chunk)
+                except Exception:  # a broken display must not stop collection
+                    stream = None
+    pipe.close()
+
+
+def kill_group(proc: subprocess.Popen, grace: float = 0.0) -> None:
+    """SIGTERM (after ``grace`` > 0) then SIGKILL the process group of ``proc``."""
+    if proc.poll() is not None:
+        return
+    try:
+        pgid = os.getpgid(proc.pid)
+    except ProcessLookupError:
+        return
+    if grace > 0:
+        with _suppress():
+            os.killpg(pgid, signal.SIGTERM)
+        try:
+            proc.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    with _suppress():
+        os.killpg(pgid, signal.SIGKILL)
+    with _suppress():
+        proc.wait(10)
+
+
+class _suppress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        return typ is not None and issubclass(typ, (ProcessLookupError, PermissionError, subprocess.TimeoutExpired))
+
+
+def run(argv: Sequence[str], timeout: float = 60, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """Run a helper command to completion, capturing output (argv list, no shell)."""
+    p = subprocess.run(list(argv), capture_output=True, timeout=timeout, **kw)
+    if check and p.returncode != 0:
+        raise subprocess.CalledProcessError(p.returncode, argv, p.stdout, p.stderr)
+    return p
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.01, what: str = "condition"):
+    """Poll ``predicate`` until it returns a truthy value or ``timeout`` passes.
+
+    Returns the truthy value; raises :class:`kit.errors.KitTimeout` on deadline.
+    """
+    from .errors import KitTimeout
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise KitTimeout(f"{what} did not happen within {timeout:g} s")
+        time.sleep(interval)

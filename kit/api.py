@@ -1,0 +1,309 @@
+"""The Python API the magics, notebooks and scripts share.
+
+>>> import kit
+>>> r = kit.run("busybox", ["sh", "-c", "exit 3"], runtime="runc")
+>>> r.exit_code
+3
+>>> kit.start("busybox", ["sleep", "300"], runtime="lxc", name="napper")
+>>> kit.ps()                     # a DataFrame
+>>> kit.rm("napper", force=True)
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import posixpath
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from . import images as _images
+from . import runtimes as _runtimes
+from ._proc import Stream
+from .errors import (CommandNotFound, InstanceNotFound, InvalidSpec, KitError, KitTimeout,
+                     NameInUse)
+from .result import RunResult
+from .runtimes.base import Instance, Runtime
+from .spec import RunSpec, parse_cpus, parse_env, parse_memory, parse_port
+
+#: Live instances of this session, by name.
+_live: dict[str, tuple[Runtime, Instance]] = {}
+_lock = threading.Lock()
+
+
+def _spec(image, command, name=None, detach=False, memory=None, cpus=None, env=None, ports=None,
+          workdir=None, timeout=None, hostname=None, read_only=False, **options) -> RunSpec:
+    if isinstance(env, dict):
+        env_d = {str(k): str(v) for k, v in env.items()}
+    else:
+        env_d = dict(parse_env(e) for e in (env or []))
+    port_l = [p if isinstance(p, tuple) else parse_port(p) for p in (ports or [])]
+    kw = {} if name is None else {"name": name}
+    return RunSpec(image=image, command=list(command) if not isinstance(command, str) else command,
+                   detach=detach, memory=parse_memory(memory), cpus=parse_cpus(cpus), env=env_d,
+                   ports=port_l, workdir=workdir, timeout=float(timeout) if timeout is not None else None,
+                   hostname=hostname, read_only=read_only, options=options, **kw)
+
+
+def _check_command(rt: Runtime, spec: RunSpec, image) -> None:
+    """Refuse, before anything starts, a command that does not exist where it will run."""
+    argv0 = spec.command[0]
+    path = spec.environment().get("PATH", "")
+    if image is None:
+        import shutil
+
+        if ("/" in argv0 and not os.access(argv0, os.X_OK)) or ("/" not in argv0 and not shutil.which(argv0)):
+            raise CommandNotFound(f"command {argv0!r} not found on this host's PATH: check its spelling or install it")
+        return
+    if resolve_in_rootfs(image.rootfs, argv0, path, spec.workdir or "/") is None:
+        raise CommandNotFound(
+            f"command {argv0!r} not found in image {image.name!r} (searched {path}): "
+            f"install it in the image or give its full path"
+        )
+
+
+def resolve_in_rootfs(rootfs: Path, argv0: str, path: str, cwd: str = "/") -> str | None:
+    """Where ``argv0`` resolves inside ``rootfs`` (following its symlinks inside it), or None."""
+    candidates = [posixpath.join(cwd, argv0)] if "/" in argv0 else [posixpath.join(d, argv0) for d in path.split(":") if d]
+    for cand in candidates:
+        real = _follow(rootfs, cand)
+        if real is not None and real.is_file() and os.access(real, os.X_OK):
+            return cand
+    return None
+
+
+def _follow(rootfs: Path, inner: str, depth: int = 0) -> Path | None:
+    if depth > 40:
+        return None
+    parts = [p for p in inner.split("/") if p and p != "."]
+    cur = "/"
+    for i, part in enumerate(parts):
+        if part == "..":
+            cur = posixpath.dirname(cur) or "/"
+            continue
+        nxt = posixpath.join(cur, part)
+        host = rootfs / nxt.lstrip("/")
+        if host.is_symlink():
+            target = os.readlink(host)
+            target = target if target.startswith("/") else posixpath.join(cur, target)
+            resolved = _follow(rootfs, posixpath.normpath(target), depth + 1)
+            if resolved is None:
+                return None
+            cur = "/" + str(resolved.relative_to(rootfs)).lstrip(".")
+            cur = cur if cur != "/" or not str(resolved.relative_to(rootfs)) == "." else "/"
+        else:
+            if not host.exists() and not host.is_symlink():
+                return None
+            cur = nxt
+    return rootfs / cur.lstrip("/")
+
+
+def _check_ports(spec: RunSpec) -> None:
+    for host, _ in spec.ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", host))
+            except OSError:
+                raise InvalidSpec(f"port {host} on 127.0.0.1 is already in use: choose another host port") from None
+
+
+def _create(image: str | None, command, runtime: str | None, **kw) -> tuple[Runtime, Instance]:
+    rt_name = runtime or _runtimes.default_container_runtime()
+    spec = _spec(image or "-", command, **kw)
+    rt = _runtimes.require(rt_name)
+    img = _images.get(image) if rt.uses_image else None
+    if rt.uses_image and not image:
+        raise InvalidSpec(f"runtime {rt_name!r} needs an image: e.g. busybox")
+    _check_command(rt, spec, img)
+    _check_ports(spec)
+    with _lock:
+        if spec.name in _live:
+            raise NameInUse(f"name {spec.name!r} is already in use by a {_live[spec.name][0].name} instance: "
+                            f"remove it with rm {spec.name} or choose another --name")
+        try:
+            inst = rt.new_instance(spec, img)
+        except FileExistsError:
+            raise NameInUse(f"name {spec.name!r} is already in use: remove it or choose another --name") from None
+        _live[spec.name] = (rt, inst)
+    return rt, inst
+
+
+def _forget(name: str) -> None:
+    with _lock:
+        _live.pop(name, None)
+
+
+def _discard(rt: Runtime, inst: Instance) -> None:
+    try:
+        rt.remove(inst)
+    finally:
+        _forget(inst.name)
+
+
+def _result(rt: Runtime, inst: Instance, out: bytes = b"", err: bytes = b"") -> RunResult:
+    phases = dict(inst.phases)
+    return RunResult(
+        runtime=rt.name, image=inst.image.name if inst.image else None, name=inst.name,
+        command=list(inst.spec.command), exit_code=inst.exit_code, stdout_bytes=out, stderr_bytes=err,
+        started_at=phases.get("launched", inst.created_at), ended_at=phases.get("exited"),
+        oom_killed=inst.oom_killed, timed_out=inst.timed_out, detached=inst.spec.detach,
+        phases=phases, info=dict(inst.info),
+    )
+
+
+def run(image: str | None, command: Sequence[str], runtime: str | None = None, *, detach: bool = False,
+        name: str | None = None, memory=None, cpus=None, env=None, ports: Iterable = (), workdir=None,
+        timeout: float | None = None, stream: Stream | None = None, check: bool = False,
+        **options) -> RunResult:
+    """Run ``command`` in ``image`` under ``runtime`` and return its :class:`RunResult`.
+
+    A foreground run waits for the command, then removes the instance (as
+    ``docker run --rm``); a detached one (``detach=True``) keeps running until
+    :func:`stop`/:func:`rm`.
+
+    Args:
+        image: image name (``busybox``, or one made with :mod:`kit.images`); ignored by ``process``.
+        command: argv list; shell metacharacters reach the command literally.
+        runtime: ``process``, ``runc``, ``crun``, ``runsc``, ``lxc``, ``docker``, ``podman`` or
+            ``qemu``; None picks the first available container runtime.
+        memory: limit such as ``"64m"``; cpus: CPU share such as ``1.5``.
+        env: ``{"K": "V"}`` or ``["K=V"]``; ports: ``["8080:80"]``, published on 127.0.0.1.
+        timeout: seconds before a foreground run is killed (then ``timed_out``, exit 124).
+        stream: callback(label, bytes) receiving output as it arrives.
+        check: raise :class:`~kit.errors.ExitError` on a non-zero exit.
+        **options: runtime-specific (e.g. ``kernel=``, ``machine=`` for qemu).
+
+    Raises:
+        KitError: bad input, unavailable runtime, unknown image, missing command...
+    """
+    rt, inst = _create(image, command, runtime, name=name, detach=detach, memory=memory, cpus=cpus,
+                       env=env, ports=list(ports or ()), workdir=workdir, timeout=timeout, **options)
+    try:
+        rt.start(inst, stream=None if detach else stream)
+    except BaseException:
+        _discard(rt, inst)
+        raise
+    if detach:
+        return _result(rt, inst)
+    try:
+        try:
+            rt.wait(inst, timeout=inst.spec.timeout)
+        except subprocess.TimeoutExpired:
+            rt.kill(inst)
+            inst.timed_out = True
+            inst.exit_code = 124
+        inst.phases.setdefault("exited", time.time())
+        inst.oom_killed = inst.oom_killed or rt.oom_killed(inst)
+        out, err = rt.logs(inst)
+        result = _result(rt, inst, out, err)
+    finally:
+        _discard(rt, inst)
+    return result.check() if check else result
+
+
+def start(image: str | None, command: Sequence[str], runtime: str | None = None, **kw) -> RunResult:
+    """Start a detached instance (a service); see :func:`run` for the arguments."""
+    return run(image, command, runtime, detach=True, **kw)
+
+
+def _find(name: str) -> tuple[Runtime, Instance]:
+    try:
+        return _live[name]
+    except KeyError:
+        have = ", ".join(sorted(_live)) or "none"
+        raise InstanceNotFound(f"no instance named {name!r} (running: {have}); see ps") from None
+
+
+def instance(name: str) -> tuple[Runtime, Instance]:
+    """The (runtime, instance) pair of a live instance, for measurement."""
+    return _find(name)
+
+
+def ps(all: bool = True):  # noqa: A002
+    """A DataFrame of this session's instances: name, runtime, image, command, status, ..."""
+    import pandas as pd
+
+    rows = []
+    for name, (rt, inst) in sorted(_live.items()):
+        alive = rt.running(inst)
+        if not alive and inst.exit_code is None:
+            try:
+                rt.wait(inst, timeout=0.01)
+            except Exception:
+                pass
+        status = "running" if alive else f"exited ({inst.exit_code})"
+        if not all and not alive:
+            continue
+        rows.append({"name": name, "runtime": rt.name, "kind": rt.kind,
+                     "image": inst.image.name if inst.image else "-",
+                     "command": " ".join(inst.spec.command), "status": status,
+                     "ports": ", ".join(f"127.0.0.1:{h}->{c}" for h, c in inst.spec.ports),
+                     "created": pd.Timestamp(inst.created_at, unit="s", tz="UTC").floor("s"),
+                     "id": inst.id})
+    return pd.DataFrame(rows, columns=["name", "runtime", "kind", "image", "command", "status", "ports",
+                                       "created", "id"])
+
+
+def logs(name: str) -> RunResult:
+    """What the instance has written so far, as a RunResult."""
+    rt, inst = _find(name)
+    out, err = rt.logs(inst)
+    return _result(rt, inst, out, err)
+
+
+def exec_(name: str, command: Sequence[str], stream: Stream | None = None, timeout: float | None = 60,
+          check: bool = False) -> RunResult:
+    """Run ``command`` inside the running instance ``name``."""
+    rt, inst = _find(name)
+    if isinstance(command, str) or not command:
+        raise InvalidSpec("exec needs a command as a list of arguments, e.g. ['ps']")
+    if not rt.running(inst):
+        raise InstanceNotFound(f"instance {name!r} is not running ({inst.exit_code=}); start a new one")
+    t0 = time.time()
+    code, out, err = rt.exec(inst, [str(c) for c in command], stream=stream, timeout=timeout)
+    r = RunResult(runtime=rt.name, image=inst.image.name if inst.image else None, name=name,
+                  command=[str(c) for c in command], exit_code=code, stdout_bytes=out, stderr_bytes=err,
+                  started_at=t0, ended_at=time.time())
+    return r.check() if check else r
+
+
+def stop(name: str, timeout: float = 10.0) -> RunResult:
+    """Stop ``name`` (SIGTERM, then SIGKILL after ``timeout``); it stays listed until :func:`rm`."""
+    rt, inst = _find(name)
+    rt.stop(inst, timeout=timeout)
+    try:
+        rt.wait(inst, timeout=timeout + 5)
+    except subprocess.TimeoutExpired:
+        rt.kill(inst)
+        raise KitTimeout(f"{name!r} did not stop within {timeout + 5:g} s and was killed") from None
+    inst.phases.setdefault("exited", time.time())
+    return logs(name)
+
+
+def rm(name: str, force: bool = False) -> None:
+    """Remove ``name`` and all it left (state, mounts, cgroup); ``force`` stops it first."""
+    rt, inst = _find(name)
+    if rt.running(inst):
+        if not force:
+            raise KitError(f"instance {name!r} is running: stop it first, or use rm -f / force=True")
+        rt.kill(inst)
+    _discard(rt, inst)
+
+
+def prune() -> list[str]:
+    """Remove every instance of this session; return their names."""
+    names = list(_live)
+    for n in names:
+        try:
+            rm(n, force=True)
+        except KitError:
+            pass
+    return names
+
+
+atexit.register(prune)

@@ -1,0 +1,196 @@
+"""Kit-owned cgroups: limits, OOM counts and membership, on cgroup v1 or v2.
+
+Every limited instance gets a group ``kit/<session>-<name>`` that the kit
+creates, limits and removes. Runtimes place their container *below* it (runc's
+``cgroupsPath``, LXC's ``lxc.cgroup.dir``) or move a bare process into it. Because the
+limit and its OOM counter live in the kit's own group, they survive the
+runtime tearing down its own sub-group, and read the same for every runtime.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from functools import lru_cache
+from pathlib import Path
+
+ROOT = Path("/sys/fs/cgroup")
+V1_CONTROLLERS = ("memory", "cpu", "pids")
+
+
+@lru_cache(maxsize=None)
+def version() -> int:
+    """2 on a pure cgroup v2 host, 1 on v1 or hybrid (memory is then v1)."""
+    if (ROOT / "cgroup.controllers").exists():
+        return 2
+    return 1
+
+
+def describe() -> str:
+    if version() == 2:
+        return "v2 (unified)"
+    return "v1 (hybrid)" if (ROOT / "unified").exists() else "v1"
+
+
+class Cgroup:
+    """One kit-owned cgroup; ``rel`` is its path below the hierarchy root."""
+
+    def __init__(self, rel: str):
+        self.rel = rel.strip("/")
+
+    def dirs(self) -> list[Path]:
+        if version() == 2:
+            return [ROOT / self.rel]
+        return [ROOT / c / self.rel for c in V1_CONTROLLERS if (ROOT / c).is_dir()]
+
+    def _dir(self, controller: str) -> Path:
+        return ROOT / self.rel if version() == 2 else ROOT / controller / self.rel
+
+    @property
+    def path(self) -> Path:
+        """The memory group: where usage and OOM counts are read."""
+        return self._dir("memory")
+
+    def create(self, memory: int | None = None, cpus: float | None = None) -> "Cgroup":
+        if version() == 2:
+            _enable_v2_controllers(self.rel)
+        for d in self.dirs():
+            d.mkdir(parents=True, exist_ok=True)
+        if memory:
+            if version() == 2:
+                _write(self.path / "memory.max", memory)
+                _write(self.path / "memory.swap.max", 0, missing_ok=True)
+            else:
+                _write(self.path / "memory.limit_in_bytes", memory)
+                # Without swap accounting the limit alone is the cap; with it, forbid swap.
+                _write(self.path / "memory.memsw.limit_in_bytes", memory, missing_ok=True)
+        if cpus:
+            period = 100_000
+            quota = max(1000, int(cpus * period))
+            if version() == 2:
+                _write(self._dir("cpu") / "cpu.max", f"{quota} {period}")
+            else:
+                _write(self._dir("cpu") / "cpu.cfs_period_us", period)
+                _write(self._dir("cpu") / "cpu.cfs_quota_us", quota)
+        return self
+
+    def add(self, pid: int) -> None:
+        for d in self.dirs():
+            _write(d / "cgroup.procs", pid)
+
+    def pids(self) -> list[int]:
+        """Every process in the group and its sub-groups."""
+        out: set[int] = set()
+        base = self._dir("pids") if version() == 1 else self.path
+        if not base.exists():
+            base = self.path
+        for root, _dirs, files in os.walk(base):
+            if "cgroup.procs" in files:
+                try:
+                    out.update(int(x) for x in Path(root, "cgroup.procs").read_text().split())
+                except OSError:
+                    pass
+        return sorted(out)
+
+    def oom_kills(self) -> int:
+        """How many processes the kernel killed for exceeding this group's limit."""
+        try:
+            if version() == 2:
+                text = (self.path / "memory.events").read_text()
+            else:
+                text = (self.path / "memory.oom_control").read_text()
+        except OSError:
+            return 0
+        for line in text.splitlines():
+            key, _, val = line.partition(" ")
+            if key == "oom_kill":
+                return int(val)
+        return 0
+
+    def memory_usage(self) -> int | None:
+        f = "memory.current" if version() == 2 else "memory.usage_in_bytes"
+        try:
+            return int((self.path / f).read_text())
+        except OSError:
+            return None
+
+    def memory_stat(self) -> dict[str, int]:
+        try:
+            return {k: int(v) for k, v in (ln.split() for ln in (self.path / "memory.stat").read_text().splitlines())}
+        except OSError:
+            return {}
+
+    def working_set(self) -> int | None:
+        """docker stats' figure: usage minus inactive file cache."""
+        usage = self.memory_usage()
+        if usage is None:
+            return None
+        stat = self.memory_stat()
+        inactive = stat.get("inactive_file" if version() == 2 else "total_inactive_file", 0)
+        return max(0, usage - inactive)
+
+    def exists(self) -> bool:
+        return any(d.exists() for d in self.dirs())
+
+    def destroy(self, timeout: float = 5.0) -> None:
+        """Kill whatever is left inside, then remove the group and its sub-groups."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = self.pids()
+            for pid in pids:
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:
+                    pass
+            busy = False
+            for d in self.dirs():
+                for root, dirs, _files in os.walk(d, topdown=False):
+                    try:
+                        os.rmdir(root)
+                    except FileNotFoundError:
+                        pass
+                    except OSError:
+                        busy = True
+            if not busy or time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
+
+
+def _enable_v2_controllers(rel: str) -> None:
+    parts = rel.split("/")
+    cur = ROOT
+    for part in parts:
+        try:
+            avail = (cur / "cgroup.controllers").read_text().split()
+            want = [c for c in ("memory", "cpu", "pids") if c in avail]
+            if want:
+                _write(cur / "cgroup.subtree_control", " ".join("+" + c for c in want))
+        except OSError:
+            pass
+        cur = cur / part
+        cur.mkdir(exist_ok=True)
+
+
+def _write(path: Path, value, missing_ok: bool = False) -> None:
+    try:
+        path.write_text(str(value))
+    except FileNotFoundError:
+        if not missing_ok:
+            raise
+    except OSError:
+        if not missing_ok:
+            raise
+
+
+def for_instance(session: str, name: str) -> Cgroup:
+    return Cgroup(f"kit/{session}-{name}")
+
+
+def writable() -> str | None:
+    """None when the kit can create groups here, else the reason it cannot."""
+    try:
+        base = ROOT / "kit" if version() == 2 else ROOT / "memory" / "kit"
+        base.mkdir(parents=True, exist_ok=True)
+        return None
+    except OSError as e:
+        return f"cannot create cgroups under {ROOT} ({e.strerror}); run as root for memory/cpu limits"

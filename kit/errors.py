@@ -1,0 +1,72 @@
+"""Every error the kit raises on purpose.
+
+One base class, so a caller can catch everything the kit means to say::
+
+    KitError
+    ├── InvalidSpec          a malformed option: memory, cpus, port, env, name
+    ├── ImageNotFound        no image of that name in the store
+    ├── ImageError           an image could not be built, imported or pulled
+    ├── RuntimeUnavailable   unknown runtime, or one that cannot run here (with why)
+    ├── CommandNotFound      the command does not exist inside the image
+    ├── NameInUse            an instance of that name already exists
+    ├── InstanceNotFound     no instance of that name
+    ├── KitTimeout           a deadline passed (the instance was killed)
+    ├── StartFailed          the runtime refused to start the instance
+    └── ExitError            a run exited non-zero and the caller asked to check
+
+Each message says what was wrong and what to do about it, on one line.
+"""
+
+from __future__ import annotations
+
+
+class KitError(Exception):
+    """Base class of every error the kit raises on purpose."""
+
+
+class InvalidSpec(KitError, ValueError):
+    """A run option is malformed (memory, cpus, port, env, name, ...)."""
+
+
+class ImageNotFound(KitError, LookupError):
+    """No image of that name is in the store."""
+
+
+class ImageError(KitError):
+    """An image could not be built, imported or pulled."""
+
+
+class RuntimeUnavailable(KitError):
+    """The runtime is unknown or cannot run on this host; the message says why."""
+
+
+class CommandNotFound(KitError):
+    """The command does not exist inside the image."""
+
+
+class NameInUse(KitError):
+    """An instance of that name already exists."""
+
+
+class InstanceNotFound(KitError, LookupError):
+    """No instance of that name exists."""
+
+
+class KitTimeout(KitError, TimeoutError):
+    """A deadline passed; whatever was waited on has been killed."""
+
+
+class StartFailed(KitError):
+    """The runtime refused to start the instance."""
+
+
+class ExitError(KitError):
+    """A run exited with a non-zero code and the caller asked to check it."""
+
+    def __init__(self, result):
+        self.result = result
+        tail = (result.stderr or "").strip().splitlines()[-1:] or [""]
+        super().__init__(
+            f"{result.runtime}: {' '.join(result.command)!r} in {result.image!r} "
+            f"exited with {result.exit_code}" + (f": {tail[0][:200]}" if tail[0] else "")
+        )

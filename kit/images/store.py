@@ -1,0 +1,240 @@
+"""The image store: named, content-addressed root filesystems under ``$KIT_HOME/images``.
+
+Layout::
+
+    $KIT_HOME/images/names.json          name -> image id
+    $KIT_HOME/images/<hex>/rootfs/       the root filesystem (never modified once stored)
+    $KIT_HOME/images/<hex>/image.json    metadata (source, layers, size, created, config)
+    $KIT_HOME/images/<hex>/formats/      per-runtime derivations (VM disk, ...), made on demand
+
+The id is a sha256 over the tree (paths, modes, link targets, file contents),
+so the same bytes get the same id whatever they were imported from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .. import config
+from ..errors import ImageError, ImageNotFound
+
+
+@dataclass
+class Image:
+    """A stored image.
+
+    Attributes:
+        name: the name it was stored under (e.g. ``busybox``, ``redis:7``).
+        id: ``sha256:<hex>`` of the tree.
+        rootfs: the root filesystem directory; treat as read-only.
+        source: where it came from (``builtin:busybox``, ``debootstrap:...``, ``tar:...``).
+        layers: ``[{"digest", "size", "source"}]`` bottom first.
+        size: apparent bytes of the root filesystem.
+        created: ISO-8601 UTC.
+        config: default ``env``/``cmd``/``workdir`` of the image, if known.
+    """
+
+    name: str
+    id: str
+    rootfs: Path
+    source: str
+    layers: list[dict] = field(default_factory=list)
+    size: int = 0
+    created: str = ""
+    config: dict = field(default_factory=dict)
+
+    @property
+    def dir(self) -> Path:
+        return self.rootfs.parent
+
+    @property
+    def short_id(self) -> str:
+        return self.id.split(":", 1)[-1][:12]
+
+    def format_dir(self, fmt: str) -> Path:
+        """A directory for a per-runtime derivation of this image (e.g. ``qemu``)."""
+        d = self.dir / "formats" / fmt
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["rootfs"] = str(self.rootfs)
+        return d
+
+    def __repr__(self) -> str:
+        return f"<Image {self.name} {self.short_id} {self.size / 1e6:.1f} MB from {self.source}>"
+
+
+def root() -> Path:
+    d = config.home() / "images"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def normalize(name: str) -> str:
+    """``busybox:latest`` and ``busybox`` are one name; ``docker.io/library/`` is dropped."""
+    name = name.strip()
+    for prefix in ("docker.io/library/", "docker.io/", "library/"):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+    if name.endswith(":latest"):
+        name = name[: -len(":latest")]
+    return name
+
+
+def _names() -> dict[str, str]:
+    try:
+        return json.loads((root() / "names.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_names(names: dict[str, str]) -> None:
+    tmp = root() / f".names.{os.getpid()}.json"
+    tmp.write_text(json.dumps(names, indent=1, sort_keys=True))
+    os.replace(tmp, root() / "names.json")
+
+
+def tree_digest(path: Path) -> tuple[str, int]:
+    """sha256 over the tree, and its apparent size in bytes."""
+    h = hashlib.sha256()
+    total = 0
+    path = Path(path)
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames.sort()
+        for fname in sorted(dirnames + filenames):
+            full = os.path.join(dirpath, fname)
+            rel = os.path.relpath(full, path)
+            st = os.lstat(full)
+            h.update(f"{rel}\0{st.st_mode:o}\0{st.st_uid}:{st.st_gid}\0".encode("utf-8", "surrogateescape"))
+            if stat.S_ISLNK(st.st_mode):
+                h.update(os.readlink(full).encode("utf-8", "surrogateescape"))
+            elif stat.S_ISREG(st.st_mode):
+                total += st.st_size
+                with open(full, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        h.update(chunk)
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                h.update(f"{st.st_rdev}".encode())
+            h.update(b"\n")
+    return "sha256:" + h.hexdigest(), total
+
+
+def add(name: str, rootfs: Path, source: str, layers: list[dict] | None = None,
+        config_: dict | None = None, move: bool = True) -> Image:
+    """Store ``rootfs`` as image ``name`` (moved in when ``move``, else copied)."""
+    name = normalize(name)
+    digest, size = tree_digest(rootfs)
+    dest = root() / digest.split(":", 1)[1]
+    if not (dest / "image.json").exists():
+        staging = Path(tempfile.mkdtemp(prefix=".stage-", dir=root()))
+        try:
+            if move:
+                os.rename(rootfs, staging / "rootfs")
+            else:
+                _copy_tree(rootfs, staging / "rootfs")
+            img = Image(
+                name=name, id=digest, rootfs=dest / "rootfs", source=source,
+                layers=layers or [{"digest": digest, "size": size, "source": source}],
+                size=size, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                config=config_ or {},
+            )
+            (staging / "image.json").write_text(json.dumps(img.to_dict(), indent=1))
+            try:
+                os.rename(staging, dest)
+            except OSError:  # stored meanwhile by another process
+                pass
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+    elif move and Path(rootfs).exists():
+        shutil.rmtree(rootfs, ignore_errors=True)
+    names = _names()
+    names[name] = digest
+    _save_names(names)
+    return get(name)
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    # cp -a keeps owners, modes, device nodes and hard links; argv list, no shell.
+    import subprocess
+
+    p = subprocess.run(["cp", "-a", "--reflink=auto", f"{src}/.", str(dst)], capture_output=True)
+    if p.returncode:
+        Path(dst).mkdir(parents=True, exist_ok=True)
+        p = subprocess.run(["cp", "-a", f"{src}/.", str(dst)], capture_output=True)
+        if p.returncode:
+            raise ImageError(f"could not copy {src}: {p.stderr.decode(errors='replace').strip()}")
+
+
+def _load(digest: str, name: str | None = None) -> Image:
+    d = root() / digest.split(":", 1)[1]
+    meta = json.loads((d / "image.json").read_text())
+    meta["rootfs"] = d / "rootfs"
+    if name:
+        meta["name"] = name
+    return Image(**meta)
+
+
+def get(name: str) -> Image:
+    """The stored image called ``name``; builds the built-in ``busybox`` on first use.
+
+    Raises:
+        ImageNotFound: no such image, with what to do about it.
+    """
+    key = normalize(name)
+    names = _names()
+    if key not in names and (key in _BUILTINS):
+        return _BUILTINS[key]()
+    if key not in names and key.startswith("sha256:"):
+        if (root() / key.split(":", 1)[1] / "image.json").exists():
+            return _load(key)
+    if key not in names:
+        known = ", ".join(sorted(set(names) | set(_BUILTINS))) or "none"
+        raise ImageNotFound(
+            f"no image {name!r} (have: {known}); build one with kit.images.debian(), "
+            f"import with kit.images.import_tar()/import_dir(), or pull with kit.images.pull()"
+        )
+    try:
+        return _load(names[key], key)
+    except (OSError, ValueError, TypeError) as e:
+        raise ImageNotFound(f"image {name!r} is damaged in the store ({e}); remove it with kit.images.remove({name!r}) and rebuild it") from None
+
+
+def exists(name: str) -> bool:
+    return normalize(name) in _names()
+
+
+def list_images() -> list[Image]:
+    out = []
+    for name, digest in sorted(_names().items()):
+        try:
+            out.append(_load(digest, name))
+        except (OSError, ValueError, TypeError):
+            continue
+    return out
+
+
+def remove(name: str) -> None:
+    """Forget ``name``; delete its files when no other name refers to them."""
+    key = normalize(name)
+    names = _names()
+    if key not in names:
+        raise ImageNotFound(f"no image {name!r} to remove; list them with kit.images.list()")
+    digest = names.pop(key)
+    _save_names(names)
+    if digest not in names.values():
+        shutil.rmtree(root() / digest.split(":", 1)[1], ignore_errors=True)
+
+
+#: name -> zero-argument builder, registered by the builtin module.
+_BUILTINS: dict = {}

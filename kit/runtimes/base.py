@@ -1,0 +1,209 @@
+"""The one interface every backend implements: :class:`Runtime`.
+
+A runtime turns a validated :class:`~kit.spec.RunSpec` plus an
+:class:`~kit.images.Image` into a live :class:`Instance`, and can wait for,
+exec into, stop and remove it. It also hands out what measurement needs:
+host PIDs, the cgroup path and the runtime's own id. Runtimes never parse
+user strings and never print: they raise :mod:`kit.errors` and stream bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import config
+from .._proc import Pumped, Stream
+from ..cgroups import Cgroup
+from ..images import Image
+from ..spec import RunSpec
+
+
+@dataclass
+class Availability:
+    """Whether a runtime can run here; ``reason`` says why not."""
+
+    name: str
+    kind: str
+    available: bool
+    version: str = ""
+    reason: str = ""
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class Instance:
+    """One started container, VM or process, as the kit tracks it.
+
+    Attributes:
+        name: the user-facing name.
+        runtime: the runtime's name.
+        spec, image: what was started.
+        id: the runtime's own id (container id, runc id, QEMU pid file stem...).
+        state_dir: the kit's files for it (logs, bundle, overlay, sockets).
+        proc: the host process the kit launched (runc, lxc-execute, qemu), if any.
+        cgroup: the kit-owned cgroup holding it, if limits were asked for.
+        phases: milestones (epoch seconds) recorded while starting.
+    """
+
+    name: str
+    runtime: str
+    spec: RunSpec
+    image: Image | None
+    id: str
+    state_dir: Path
+    proc: Pumped | None = None
+    cgroup: Cgroup | None = None
+    created_at: float = field(default_factory=time.time)
+    phases: dict[str, float] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+    exit_code: int | None = None
+    oom_killed: bool = False
+    timed_out: bool = False
+    removed: bool = False
+
+    @property
+    def stdout_path(self) -> Path:
+        return self.state_dir / "stdout.log"
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.state_dir / "stderr.log"
+
+
+class Runtime(ABC):
+    """Base class of every backend. Subclasses set ``name`` and ``kind``.
+
+    ``kind`` is one of ``process``, ``container``, ``sandbox``, ``vm``.
+    """
+
+    name: str = "?"
+    kind: str = "container"
+    #: Where the image's root filesystem must be (False: the runtime ignores images).
+    uses_image: bool = True
+
+    def __init__(self):
+        self._availability: Availability | None = None
+
+    # -- discovery ---------------------------------------------------------
+    def availability(self, refresh: bool = False) -> Availability:
+        """Probe once (cached): is this runtime usable here, and if not, why."""
+        if self._availability is None or refresh:
+            try:
+                self._availability = self.probe()
+            except Exception as e:  # a probe must never take the kit down
+                self._availability = Availability(self.name, self.kind, False, reason=f"probe failed: {e}")
+        return self._availability
+
+    @abstractmethod
+    def probe(self) -> Availability:
+        """Check binaries, versions and kernel support; never raise."""
+
+    # -- lifecycle ---------------------------------------------------------
+    def new_instance(self, spec: RunSpec, image: Image | None) -> Instance:
+        state = config.state_dir() / spec.name
+        state.mkdir(parents=True, exist_ok=False)
+        return Instance(name=spec.name, runtime=self.name, spec=spec, image=image,
+                        id=f"kit-{config.SESSION_ID}-{spec.name}", state_dir=state)
+
+    @abstractmethod
+    def start(self, inst: Instance, stream: Stream | None = None) -> None:
+        """Start ``inst``; with ``spec.detach`` False, output goes to ``stream`` as it comes.
+
+        On failure, remove whatever was created and raise a KitError.
+        """
+
+    def wait(self, inst: Instance, timeout: float | None = None) -> int:
+        """Block until the instance exits; return its exit code.
+
+        Raises subprocess.TimeoutExpired when ``timeout`` passes (nothing is killed).
+        """
+        assert inst.proc is not None
+        code = inst.proc.wait(timeout)
+        inst.exit_code = _norm_code(code)
+        return inst.exit_code
+
+    def running(self, inst: Instance) -> bool:
+        return inst.proc is not None and inst.proc.proc.poll() is None
+
+    @abstractmethod
+    def stop(self, inst: Instance, timeout: float = 10.0) -> None:
+        """Ask the instance to stop (SIGTERM); kill it after ``timeout`` seconds."""
+
+    def kill(self, inst: Instance) -> None:
+        """Stop at once."""
+        self.stop(inst, timeout=0)
+
+    def remove(self, inst: Instance) -> None:
+        """Delete everything the instance left: runtime state, mounts, cgroup, files."""
+        if self.running(inst):
+            self.kill(inst)
+        self.cleanup(inst)
+        if inst.cgroup is not None:
+            inst.cgroup.destroy()
+        shutil.rmtree(inst.state_dir, ignore_errors=True)
+        inst.removed = True
+
+    def cleanup(self, inst: Instance) -> None:
+        """Runtime-specific teardown (state, mounts); must be idempotent."""
+
+    @abstractmethod
+    def exec(self, inst: Instance, argv: list[str], stream: Stream | None = None,
+             timeout: float | None = None) -> tuple[int, bytes, bytes]:
+        """Run ``argv`` inside a running instance; return (exit code, stdout, stderr)."""
+
+    def logs(self, inst: Instance) -> tuple[bytes, bytes]:
+        return _read(inst.stdout_path), _read(inst.stderr_path)
+
+    def oom_killed(self, inst: Instance) -> bool:
+        return inst.cgroup is not None and inst.cgroup.oom_kills() > 0
+
+    # -- what measurement needs -------------------------------------------
+    def pids(self, inst: Instance) -> list[int]:
+        """Host PIDs that belong to the instance (workload, shims, helpers)."""
+        out: set[int] = set()
+        if inst.proc is not None and inst.proc.proc.poll() is None:
+            out.add(inst.proc.pid)
+            out.update(_descendants(inst.proc.pid))
+        if inst.cgroup is not None:
+            out.update(inst.cgroup.pids())
+        return sorted(out)
+
+    def cgroup_path(self, inst: Instance) -> Path | None:
+        return inst.cgroup.path if inst.cgroup is not None else None
+
+    def __repr__(self) -> str:
+        return f"<Runtime {self.name} ({self.kind})>"
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def _norm_code(code: int) -> int:
+    # Popen reports death by signal N as -N; shells and docker say 128+N.
+    return 128 - code if code < 0 else code
+
+
+def _descendants(pid: int) -> list[int]:
+    try:
+        import psutil
+
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except Exception:
+        return []
+
+
+def which(*names: str) -> str | None:
+    for n in names:
+        p = shutil.which(n, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+        if p:
+            return p
+    return None

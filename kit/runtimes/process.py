@@ -1,0 +1,59 @@
+"""The bare-process baseline: the command runs on the host, no isolation at all.
+
+The image is ignored: the command is looked up on the host's PATH. A memory or
+CPU limit still applies through a kit-owned cgroup, so the baseline can be
+compared like for like.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+
+from .. import cgroups, config
+from .._proc import Pumped, Stream, kill_group, run
+from ..errors import StartFailed
+from .base import Availability, Instance, Runtime
+
+
+class ProcessRuntime(Runtime):
+    name = "process"
+    kind = "process"
+    uses_image = False
+
+    def probe(self) -> Availability:
+        return Availability(self.name, self.kind, True, version=f"Linux {platform.release()}")
+
+    def start(self, inst: Instance, stream: Stream | None = None) -> None:
+        spec = inst.spec
+        if spec.memory or spec.cpus:
+            inst.cgroup = cgroups.for_instance(config.SESSION_ID, inst.name).create(spec.memory, spec.cpus)
+        env = dict(os.environ)
+        env.update(spec.env)
+        group = inst.cgroup
+
+        def enter_cgroup():  # runs in the child before exec, so the limit holds from the first byte
+            if group is not None:
+                group.add(os.getpid())
+
+        try:
+            inst.proc = Pumped(spec.command, inst.state_dir, stream=stream, detach=spec.detach, env=env,
+                               cwd=spec.workdir, preexec_fn=enter_cgroup if group else None)
+        except (OSError, subprocess.SubprocessError) as e:
+            if group is not None:
+                group.destroy()
+            raise StartFailed(f"process: could not start {spec.command[0]!r}: {e}") from None
+        inst.phases["launched"] = inst.proc.launched_at
+
+    def stop(self, inst: Instance, timeout: float = 10.0) -> None:
+        if inst.proc is not None:
+            kill_group(inst.proc.proc, grace=timeout)
+
+    def exec(self, inst, argv, stream=None, timeout=None):
+        # A bare process has no inside: exec runs beside it on the host.
+        p = run(argv, timeout=timeout or 60, check=False, cwd=inst.spec.workdir)
+        if stream:
+            stream("stdout", p.stdout)
+            stream("stderr", p.stderr)
+        return p.returncode, p.stdout, p.stderr
