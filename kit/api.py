@@ -113,9 +113,9 @@ def _check_ports(spec: RunSpec) -> None:
 
 
 def _create(image: str | None, command, runtime: str | None, **kw) -> tuple[Runtime, Instance]:
-    rt_name = runtime or _runtimes.default_container_runtime()
-    spec = _spec(image or "-", command, **kw)
-    rt = _runtimes.require(rt_name)
+    spec = _spec(image or "-", command, **kw)  # bad options are reported before anything else
+    rt = _runtimes.require(runtime or _runtimes.default_container_runtime())
+    rt_name = rt.name
     img = _images.get(image) if rt.uses_image else None
     if rt.uses_image and not image:
         raise InvalidSpec(f"runtime {rt_name!r} needs an image: e.g. busybox")

@@ -52,6 +52,8 @@ class RunResult:
     oom_killed: bool = False
     timed_out: bool = False
     detached: bool = False
+    #: Output was already echoed into the cell; the repr then does not repeat it.
+    streamed: bool = field(default=False, repr=False, compare=False)
     phases: dict[str, float] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
 
@@ -104,6 +106,8 @@ class RunResult:
             f"name={self.name} {self._status()} {self._when()}>"
         )
         parts = [head]
+        if self.streamed:
+            return head
         if self.stdout:
             parts.append("stdout:\n" + _clip(self.stdout))
         if self.stderr:

@@ -1,0 +1,61 @@
+# Isolation Kit: `make demo` runs the main job, `make test` runs the tests.
+# Each target does its own set-up first and is idempotent.
+
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export KIT_HOME ?= $(HOME)/.cache/kit
+
+# Debian/Ubuntu packages the runtimes, images and VMs need.
+SYSTEM_PACKAGES := runc crun lxc runsc docker.io podman busybox-static debootstrap e2fsprogs \
+	cpio kmod qemu-system-x86 qemu-utils hyperfine redis-tools file iproute2 ca-certificates \
+	chromium
+
+.PHONY: setup system-packages venv dockerd guest-kernel test test-fast demo bench clean
+
+setup: system-packages venv dockerd guest-kernel
+
+system-packages:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages:$$missing"; \
+		$(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Start dockerd in the background unless a daemon already answers.
+dockerd: system-packages
+	@$(SUDO) bash scripts/ensure-dockerd
+
+guest-kernel: venv system-packages
+	$(BIN)/python -m kit.vm.kernel fetch
+
+test: setup
+	$(BIN)/pytest -q -rs --durations=15
+
+# The fast half: everything not marked slow.
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow"
+
+demo: setup
+	$(BIN)/python -m kit.demo
+
+bench: setup
+	$(BIN)/python benchmarks/bench_overhead.py
+
+clean:
+	rm -rf $(VENV) reports build *.egg-info
