@@ -36,6 +36,7 @@ class Pumped:
         self.stderr_path = self.log_dir / "stderr.log"
         self._threads: list[threading.Thread] = []
         self.launched_at = time.time()
+        env = _marked(env)
         if detach:
             with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
                 self.proc = subprocess.Popen(self.argv, stdin=stdin, stdout=out, stderr=err, env=env,
@@ -65,6 +66,15 @@ class Pumped:
 
     def kill(self) -> None:
         kill_group(self.proc)
+
+
+def _marked(env):
+    """The environment with this session's marker, so a reaper can find the process."""
+    from .config import SESSION_ID
+
+    env = dict(os.environ if env is None else env)
+    env["KIT_SESSION"] = SESSION_ID
+    return env
 
 
 def _pump(label: str, pipe, path: Path, stream: Stream | None) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from . import images as _images
+from . import lifetime
 from . import runtimes as _runtimes
 from ._proc import Stream
 from .errors import (CommandNotFound, InstanceNotFound, InvalidSpec, KitError, KitTimeout,
@@ -121,6 +122,7 @@ def _create(image: str | None, command, runtime: str | None, **kw) -> tuple[Runt
         raise InvalidSpec(f"runtime {rt_name!r} needs an image: e.g. busybox")
     _check_command(rt, spec, img)
     _check_ports(spec)
+    lifetime.ensure_reaper()
     with _lock:
         if spec.name in _live:
             raise NameInUse(f"name {spec.name!r} is already in use by a {_live[spec.name][0].name} instance: "
@@ -295,15 +297,16 @@ def rm(name: str, force: bool = False) -> None:
     _discard(rt, inst)
 
 
-def prune() -> list[str]:
-    """Remove every instance of this session; return their names."""
+def prune(dead_sessions: bool = True) -> list[str]:
+    """Remove every instance of this session, and what dead sessions left; say what went."""
     names = list(_live)
     for n in names:
         try:
             rm(n, force=True)
         except KitError:
             pass
-    return names
+    return names + (lifetime.sweep_dead_sessions() if dead_sessions else [])
 
 
-atexit.register(prune)
+atexit.register(prune, dead_sessions=False)
+lifetime.sweep_dead_sessions_in_background()

@@ -151,6 +151,15 @@ class Runtime(ABC):
     def cleanup(self, inst: Instance) -> None:
         """Runtime-specific teardown (state, mounts); must be idempotent."""
 
+    def sweep(self, session: str) -> list[str]:
+        """Remove what a (dead) kit session left in this runtime; return a line per thing removed.
+
+        Host processes, mounts and cgroups below the session's directory are swept
+        generically by :mod:`kit.lifetime`; a runtime adds what only it can find
+        (daemon-side containers, runtime state directories).
+        """
+        return []
+
     @abstractmethod
     def exec(self, inst: Instance, argv: list[str], stream: Stream | None = None,
              timeout: float | None = None) -> tuple[int, bytes, bytes]:

@@ -1,0 +1,198 @@
+"""Nothing outlives its session.
+
+Every instance carries the id of the kit session that made it (Docker labels,
+``kit-<session>-<name>`` ids for runc/runsc/LXC, files under
+``$KIT_HOME/run/<session>``, a ``KIT_SESSION`` marker in the environment of
+every host process the kit launches). Three mechanisms remove what a session
+started:
+
+- ``atexit`` (in :mod:`kit.api`) removes instances on a normal exit;
+- a **reaper**, a separate process started with the first instance, holds the
+  read end of a pipe whose write end only this process has. When this process
+  dies for any reason, SIGKILL included, the kernel closes the write end, the
+  reaper reads EOF and sweeps the session (testcontainers' Ryuk, without a
+  socket);
+- a **sweep of dead sessions** (at import, in a background thread, and in
+  ``%container prune``) removes what sessions whose owner is gone left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import psutil
+
+from . import config
+
+MARKER = "KIT_SESSION"
+_reaper: subprocess.Popen | None = None
+_reaper_fd: int | None = None
+_lock = threading.Lock()
+
+
+def _owner_file(session: str) -> Path:
+    return config.home() / "run" / session / "owner.json"
+
+
+def _write_owner() -> None:
+    me = psutil.Process()
+    _owner_file(config.SESSION_ID).parent.mkdir(parents=True, exist_ok=True)
+    _owner_file(config.SESSION_ID).write_text(json.dumps({"pid": me.pid, "create_time": me.create_time()}))
+
+
+def ensure_reaper() -> None:
+    """Start this session's reaper once; cheap to call before every start."""
+    global _reaper, _reaper_fd
+    with _lock:
+        if _reaper is not None and _reaper.poll() is None:
+            return
+        _write_owner()
+        read_end, write_end = os.pipe()  # both close-on-exec: no child of ours inherits the write end
+        env = dict(os.environ, KIT_HOME=str(config.home()))
+        _reaper = subprocess.Popen(
+            [sys.executable, "-m", "kit.lifetime", config.SESSION_ID, str(os.getpid())],
+            stdin=read_end, stdout=subprocess.DEVNULL, stderr=open(_log_path(), "ab"),
+            start_new_session=True, env=env,
+        )
+        os.close(read_end)
+        _reaper_fd = write_end
+
+
+def _log_path() -> Path:
+    p = config.home() / "run" / "reaper.log"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def owner_alive(session: str) -> bool:
+    try:
+        info = json.loads(_owner_file(session).read_text())
+        p = psutil.Process(info["pid"])
+        return abs(p.create_time() - info["create_time"]) < 1 and p.status() != psutil.STATUS_ZOMBIE
+    except (OSError, ValueError, KeyError, psutil.Error):
+        return False
+
+
+def session_processes(session: str) -> list[psutil.Process]:
+    """Host processes the kit launched for ``session`` (found by their environment marker)."""
+    needle = f"{MARKER}={session}".encode()
+    found = []
+    for p in psutil.process_iter():
+        try:
+            with open(f"/proc/{p.pid}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    found.append(p)
+        except OSError:
+            continue
+    return found
+
+
+def sweep(session: str) -> list[str]:
+    """Remove everything ``session`` left: instances of every runtime, processes, mounts, cgroups, files.
+
+    Returns a line per thing removed.
+    """
+    from . import runtimes
+
+    removed: list[str] = []
+    procs = session_processes(session)
+    for p in procs:
+        try:
+            p.kill()
+            removed.append(f"process {p.pid}")
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=5)
+    for name in runtimes.names():
+        rt = runtimes.get(name)
+        try:
+            removed += rt.sweep(session)
+        except Exception as e:  # one broken backend must not stop the others
+            removed.append(f"{name}: sweep failed: {e}")
+    run_dir = config.home() / "run" / session
+    removed += _unmount_below(run_dir)
+    removed += _remove_cgroups(session)
+    if run_dir.exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        removed.append(f"directory {run_dir}")
+    return removed
+
+
+def _unmount_below(path: Path) -> list[str]:
+    out = []
+    prefix = str(path.resolve()) + "/"
+    try:
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return out
+    for mnt in sorted((m.replace("\\040", " ") for m in mounts if m.startswith(prefix)), key=len, reverse=True):
+        if subprocess.run(["umount", "-l", mnt], capture_output=True).returncode == 0:
+            out.append(f"mount {mnt}")
+    return out
+
+
+def _remove_cgroups(session: str) -> list[str]:
+    from . import cgroups
+
+    out = []
+    bases = [cgroups.ROOT / "kit"] if cgroups.version() == 2 else \
+        [cgroups.ROOT / c / "kit" for c in cgroups.V1_CONTROLLERS]
+    groups = set()
+    for base in bases:
+        if base.is_dir():
+            groups.update(d.name for d in base.iterdir() if d.is_dir() and d.name.startswith(session + "-"))
+    for g in sorted(groups):
+        cgroups.Cgroup(f"kit/{g}").destroy()
+        out.append(f"cgroup kit/{g}")
+    return out
+
+
+def dead_sessions() -> list[str]:
+    run = config.home() / "run"
+    if not run.is_dir():
+        return []
+    return [d.name for d in run.iterdir()
+            if d.is_dir() and d.name != config.SESSION_ID and not owner_alive(d.name)]
+
+
+def sweep_dead_sessions() -> list[str]:
+    removed = []
+    for s in dead_sessions():
+        removed += [f"{s}: {x}" for x in sweep(s)]
+    return removed
+
+
+def sweep_dead_sessions_in_background() -> threading.Thread:
+    t = threading.Thread(target=_quiet_sweep, name="kit-sweep", daemon=True)
+    t.start()
+    return t
+
+
+def _quiet_sweep():
+    try:
+        sweep_dead_sessions()
+    except Exception:
+        pass
+
+
+def _reaper_main(session: str, parent: int) -> int:
+    """Block until the parent is gone (EOF on stdin), then sweep its session."""
+    try:
+        while os.read(0, 4096):
+            pass
+    except OSError:
+        pass
+    removed = sweep(session)
+    for line in removed:
+        print(f"reaper {session} (parent {parent}): removed {line}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_reaper_main(sys.argv[1], int(sys.argv[2])))
