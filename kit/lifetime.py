@@ -157,8 +157,15 @@ def dead_sessions() -> list[str]:
     run = config.home() / "run"
     if not run.is_dir():
         return []
-    return [d.name for d in run.iterdir()
-            if d.is_dir() and d.name != config.SESSION_ID and not owner_alive(d.name)]
+    import time
+
+    def dead(d: Path) -> bool:
+        if not (d / "owner.json").exists():
+            # Being set up right now by a live session, or left by a crash long ago.
+            return time.time() - d.stat().st_mtime > 600
+        return not owner_alive(d.name)
+
+    return [d.name for d in run.iterdir() if d.is_dir() and d.name != config.SESSION_ID and dead(d)]
 
 
 def sweep_dead_sessions() -> list[str]:

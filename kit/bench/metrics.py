@@ -1,0 +1,82 @@
+"""The tidy results frame: its columns, and what every metric means.
+
+One row per (run, metric). :data:`METRICS` is saved with every result set, so
+a reader of the CSV knows exactly what each number is without this code.
+"""
+
+from __future__ import annotations
+
+#: Columns of the results frame, in order.
+COLUMNS = [
+    "study", "part", "image", "runtime", "kind", "workload", "round", "order", "repeat", "warmup",
+    "n", "component", "metric", "value", "unit", "accel", "status", "timestamp",
+]
+
+#: metric -> (unit, definition). ``component`` narrows some of them (see each text).
+METRICS: dict[str, tuple[str, str]] = {
+    # -- startup ---------------------------------------------------------------
+    "launch_to_exit": ("s", "run-to-exit workloads: from the runtime's launch (phase 'launched', taken just before "
+                            "the runtime's process or API call starts) to the command's exit as seen by the host "
+                            "(phase 'exited'); what hyperfine measures for the runtime's own command line."),
+    "launch_to_ready": ("s", "services and idle instances: from the launch to readiness (the probe succeeded: TCP "
+                             "connect on 127.0.0.1, log line, probe command; for an idle VM, the guest's "
+                             "'command' milestone)."),
+    "teardown": ("s", "from the command's exit (or the stop request of a service) until the kit has removed "
+                      "everything the instance left (runtime state, mounts, cgroup, files)."),
+    "total": ("s", "the user's view: from calling kit.run/kit.start until the instance is gone, including the "
+                   "kit's own checks (image lookup, command lookup, port check)."),
+    "phase": ("s", "a milestone the runtime exposes (component = its name, e.g. OCI create/start, VM kernel, "
+                   "init, command), in seconds after the launch."),
+    # -- memory (one idle instance at steady state) --------------------------
+    "pss": ("bytes", "proportional set size summed over every host process of the instance (runtime.pids(): the "
+                     "workload, shims, runsc sentry and gofer, QEMU), via psutil memory_full_info; pages shared "
+                     "with k processes count 1/k each. Steady state: two readings 0.5 s apart within 2 %."),
+    "uss": ("bytes", "unique set size summed over the same processes: memory freed if the instance ended."),
+    "rss": ("bytes", "resident set size summed over the same processes (shared pages counted in full each time; "
+                     "an upper bound, for reference)."),
+    "pss_by_process": ("bytes", "PSS of the instance's host processes grouped by process name (component)."),
+    "cgroup_working_set": ("bytes", "the instance's cgroup memory usage minus inactive file cache "
+                                    "(docker stats' formula; v1: usage_in_bytes - total_inactive_file, v2: "
+                                    "memory.current - inactive_file); includes kernel memory charged to it."),
+    "cgroup_usage": ("bytes", "the instance's cgroup memory usage, page cache included (v1 usage_in_bytes, v2 "
+                              "memory.current)."),
+    "guest_used": ("bytes", "VMs: the guest kernel's own view, MemTotal - MemAvailable from the guest's "
+                            "/proc/meminfo."),
+    "guest_total": ("bytes", "VMs: MemTotal from the guest's /proc/meminfo (guest RAM minus what its kernel "
+                             "reserves)."),
+    "daemon_pss": ("bytes", "fixed cost of a daemon shared by all instances of a runtime (component: dockerd, "
+                            "containerd), PSS of its processes; not included in any instance's pss."),
+    # -- disk --------------------------------------------------------------------
+    "image_apparent": ("bytes", "bytes of the image in one format (component: rootfs, a per-runtime derivation "
+                                "under the image's formats/ directory, docker = the Docker image size, kernel = "
+                                "the guest kernel, modules and initramfs under $KIT_HOME/kernels): sum of file "
+                                "sizes, each hard-linked file once."),
+    "image_allocated": ("bytes", "as image_apparent, but the blocks allocated on disk (st_blocks * 512)."),
+    "instance_apparent": ("bytes", "bytes one live instance adds on disk (its state directory and writable "
+                                   "layer, not crossing into mounts; files hard-linked to the image count as "
+                                   "shared, not here), apparent size."),
+    "instance_allocated": ("bytes", "as instance_apparent, allocated blocks."),
+    "total_for_n": ("bytes", "allocated bytes on disk for n live instances with sharing accounted: the image "
+                             "formats the runtime uses, counted once, plus every instance's own bytes."),
+    # -- density -----------------------------------------------------------------
+    "density_start": ("s", "launch to ready of the n-th idle instance while n-1 others are running."),
+    "density_pss_total": ("bytes", "sum of the PSS of every host process of all n idle instances."),
+    "density_pss_per_instance": ("bytes", "density_pss_total / n."),
+    "density_working_set_total": ("bytes", "sum of the cgroup working sets of the n instances."),
+    "density_host_used": ("bytes", "growth of the host's MemTotal - MemAvailable since before the first "
+                                   "instance started (everything: processes, page tables, kernel, caches)."),
+    # -- failures ----------------------------------------------------------------
+    "failed": ("count", "a run that did not complete (status says why: timeout, error message)."),
+}
+
+#: How each runtime kind is presented (plots and tables), in this order.
+KINDS = ("process", "container", "sandbox", "vm")
+
+
+def unit(metric: str) -> str:
+    return METRICS.get(metric, ("", ""))[0]
+
+
+def definitions() -> dict[str, dict[str, str]]:
+    """METRICS as a JSON-friendly dict: name -> {unit, definition}."""
+    return {k: {"unit": u, "definition": d} for k, (u, d) in METRICS.items()}

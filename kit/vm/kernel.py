@@ -1,0 +1,218 @@
+"""The guest kernel: the distribution's cloud kernel, fetched once and cached.
+
+Layout::
+
+    $KIT_HOME/kernels/<version>/vmlinuz
+    $KIT_HOME/kernels/<version>/config            (the kernel's .config, when known)
+    $KIT_HOME/kernels/<version>/modules/           (lib/modules/<version>/ of the package)
+
+Fetch ahead of time (``make setup`` does)::
+
+    python -m kit.vm.kernel fetch
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import config
+from .._proc import run
+from ..errors import InvalidSpec, RuntimeUnavailable
+
+#: Debian's meta-package that always depends on the current cloud kernel.
+META_PACKAGE = "linux-image-cloud-amd64"
+
+_HOW_TO_FETCH = (
+    "run 'python -m kit.vm.kernel fetch' (or 'make setup') on a Debian/Ubuntu host with apt, "
+    "or pass kernel=/path/to/vmlinuz (and modules=/path/to/lib/modules/VERSION)"
+)
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A bootable guest kernel.
+
+    Attributes:
+        vmlinuz: the bzImage QEMU loads with ``-kernel``.
+        modules: the ``lib/modules/<version>`` directory, or None (everything built in).
+        version: the kernel release, e.g. ``6.1.0-56-cloud-amd64``.
+        config: the kernel's ``.config``, or None when unknown.
+    """
+
+    vmlinuz: Path
+    modules: Path | None
+    version: str
+    config: Path | None = None
+
+    def option(self, name: str) -> str | None:
+        """The value of ``CONFIG_<name>`` (``y``, ``m``, ...), or None when unset or unknown."""
+        if self.config is None:
+            return None
+        try:
+            text = self.config.read_text(errors="replace")
+        except OSError:
+            return None
+        m = re.search(rf"^CONFIG_{re.escape(name)}=(\S+)$", text, re.M)
+        return m.group(1) if m else None
+
+    def supports_microvm(self) -> bool:
+        """Whether QEMU's microvm machine can find its devices under this kernel.
+
+        microvm has no PCI: its virtio devices are virtio-mmio, announced through
+        ACPI (or the command line, which QEMU does not use). Unknown config: assume not.
+        """
+        mmio = self.option("VIRTIO_MMIO") in ("y", "m")
+        announced = self.option("ACPI") == "y" or self.option("VIRTIO_MMIO_CMDLINE_DEVICES") == "y"
+        return mmio and announced
+
+    @property
+    def key(self) -> str:
+        """Identifies this kernel for caches (accelerator verdict, initramfs)."""
+        st = self.vmlinuz.stat()
+        return f"{self.version}-{st.st_size}-{int(st.st_mtime)}"
+
+
+def kernels_dir() -> Path:
+    return config.home() / "kernels"
+
+
+def _cached() -> list[Kernel]:
+    out = []
+    base = kernels_dir()
+    if not base.is_dir():
+        return out
+    for d in sorted(base.iterdir(), reverse=True):
+        if (d / "vmlinuz").is_file() and not d.name.startswith("."):
+            mods = d / "modules"
+            conf = d / "config"
+            out.append(Kernel(d / "vmlinuz", mods if mods.is_dir() else None, d.name,
+                              conf if conf.is_file() else None))
+    return out
+
+
+def latest_version(timeout: float = 30) -> str:
+    """The cloud kernel release the distribution currently names (via ``apt-cache depends``)."""
+    if not shutil.which("apt-cache"):
+        raise RuntimeUnavailable(f"no guest kernel cached and no apt-cache to find one: {_HOW_TO_FETCH}")
+    p = run(["apt-cache", "depends", META_PACKAGE], timeout=timeout, check=False)
+    m = re.search(r"Depends:\s*linux-image-(\S+-cloud-amd64)", p.stdout.decode(errors="replace"))
+    if not m:
+        raise RuntimeUnavailable(
+            f"apt does not know {META_PACKAGE} (try 'apt-get update' first): {_HOW_TO_FETCH}"
+        )
+    return m.group(1)
+
+
+def fetch(version: str | None = None, timeout: float = 300) -> Kernel:
+    """Download and unpack the Debian cloud kernel into the cache; return it.
+
+    Args:
+        version: a release such as ``6.1.0-56-cloud-amd64``; default: the current one.
+
+    Raises:
+        RuntimeUnavailable: apt cannot find or download it (the message says what to do).
+    """
+    version = version or latest_version()
+    dest = kernels_dir() / version
+    if (dest / "vmlinuz").is_file():
+        return _load(dest)
+    kernels_dir().mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=kernels_dir()))
+    try:
+        # apt drops privileges to _apt for downloads; a world-writable dir avoids its warning.
+        os.chmod(tmp, 0o777)
+        p = run(["apt-get", "download", f"linux-image-{version}"], timeout=timeout, check=False, cwd=tmp)
+        debs = list(tmp.glob("*.deb"))
+        if p.returncode or not debs:
+            why = p.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no package"]
+            raise RuntimeUnavailable(f"could not download linux-image-{version} ({why[0]}): {_HOW_TO_FETCH}")
+        run(["dpkg-deb", "-x", str(debs[0]), str(tmp / "x")], timeout=timeout)
+        stage = tmp / "k"
+        stage.mkdir()
+        shutil.move(str(tmp / "x" / "boot" / f"vmlinuz-{version}"), stage / "vmlinuz")
+        conf = tmp / "x" / "boot" / f"config-{version}"
+        if conf.exists():
+            shutil.move(str(conf), stage / "config")
+        mods = tmp / "x" / "lib" / "modules" / version
+        if mods.is_dir():
+            shutil.move(str(mods), stage / "modules")
+        try:
+            os.rename(stage, dest)
+        except OSError:  # fetched meanwhile by another process: theirs is as good
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _load(dest)
+
+
+def _load(d: Path) -> Kernel:
+    mods = d / "modules"
+    conf = d / "config"
+    return Kernel(d / "vmlinuz", mods if mods.is_dir() else None, d.name, conf if conf.is_file() else None)
+
+
+def resolve(kernel: str | os.PathLike | None = None, modules: str | os.PathLike | None = None) -> Kernel:
+    """The kernel a VM boots: the user's, else the newest cached one, else fetched now.
+
+    Args:
+        kernel: a bzImage path given by the user (option ``kernel=``).
+        modules: its ``lib/modules/<version>`` directory (option ``modules=``).
+
+    Raises:
+        InvalidSpec: the given kernel or modules path does not exist.
+        RuntimeUnavailable: no kernel is cached and none can be fetched.
+    """
+    if kernel:
+        k = Path(kernel).expanduser()
+        if not k.is_file():
+            raise InvalidSpec(f"kernel {str(kernel)!r} does not exist: give the path of a bzImage (vmlinuz)")
+        m = Path(modules).expanduser() if modules else None
+        if m is not None and not m.is_dir():
+            raise InvalidSpec(f"modules {str(modules)!r} is not a directory: give lib/modules/<version>")
+        conf = None
+        if m is not None:
+            # Debian ships the config beside the kernel: /boot/config-<version>.
+            cand = k.parent / f"config-{m.name}"
+            conf = cand if cand.is_file() else None
+        return Kernel(k, m, m.name if m else k.name, conf)
+    cached = _cached()
+    if cached:
+        return cached[0]
+    try:
+        return fetch()
+    except (subprocess.SubprocessError, OSError) as e:
+        raise RuntimeUnavailable(f"no guest kernel: fetching one failed ({e}): {_HOW_TO_FETCH}") from None
+
+
+def cached() -> Kernel | None:
+    """The newest cached kernel, without fetching (for probes, which must stay quick)."""
+    found = _cached()
+    return found[0] if found else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m kit.vm.kernel", description="Manage the kit's guest kernels.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("fetch", help="download and cache the distribution's cloud kernel")
+    f.add_argument("--version", help="e.g. 6.1.0-56-cloud-amd64 (default: what apt names now)")
+    sub.add_parser("list", help="list cached kernels")
+    args = ap.parse_args(argv)
+    if args.cmd == "fetch":
+        k = fetch(args.version)
+        print(f"{k.version}: {k.vmlinuz}")
+    else:
+        for k in _cached():
+            print(f"{k.version}: {k.vmlinuz}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
