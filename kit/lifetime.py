@@ -124,30 +124,65 @@ def sweep(session: str) -> list[str]:
     return removed
 
 
-def _unmount_below(path: Path) -> list[str]:
-    out = []
+def leftovers(session: str) -> list[str]:
+    """What of ``session`` is still on the machine (empty when the sweep was complete)."""
+    from . import runtimes
+
+    found = [f"process {p.pid} ({_name(p)})" for p in session_processes(session)]
+    for name in runtimes.names():
+        try:
+            found += runtimes.get(name).sweep(session, dry_run=True)
+        except Exception as e:
+            found.append(f"{name}: cannot list: {e}")
+    run_dir = config.home() / "run" / session
+    found += [f"mount {m}" for m in _mounts_below(run_dir)]
+    found += [f"cgroup kit/{g}" for g in _session_cgroups(session)]
+    if run_dir.exists():
+        found.append(f"directory {run_dir}")
+    return found
+
+
+def _name(p: psutil.Process) -> str:
+    try:
+        return p.name()
+    except psutil.Error:
+        return "?"
+
+
+def _mounts_below(path: Path) -> list[str]:
     prefix = str(path.resolve()) + "/"
     try:
         mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
     except OSError:
-        return out
-    for mnt in sorted((m.replace("\\040", " ") for m in mounts if m.startswith(prefix)), key=len, reverse=True):
+        return []
+    return sorted((m.replace("\\040", " ") for m in mounts if m.startswith(prefix)), key=len, reverse=True)
+
+
+def _unmount_below(path: Path) -> list[str]:
+    out = []
+    for mnt in _mounts_below(path):
         if subprocess.run(["umount", "-l", mnt], capture_output=True).returncode == 0:
             out.append(f"mount {mnt}")
     return out
 
 
-def _remove_cgroups(session: str) -> list[str]:
+def _session_cgroups(session: str) -> list[str]:
     from . import cgroups
 
-    out = []
     bases = [cgroups.ROOT / "kit"] if cgroups.version() == 2 else \
         [cgroups.ROOT / c / "kit" for c in cgroups.V1_CONTROLLERS]
     groups = set()
     for base in bases:
         if base.is_dir():
             groups.update(d.name for d in base.iterdir() if d.is_dir() and d.name.startswith(session + "-"))
-    for g in sorted(groups):
+    return sorted(groups)
+
+
+def _remove_cgroups(session: str) -> list[str]:
+    from . import cgroups
+
+    out = []
+    for g in _session_cgroups(session):
         cgroups.Cgroup(f"kit/{g}").destroy()
         out.append(f"cgroup kit/{g}")
     return out

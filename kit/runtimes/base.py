@@ -151,8 +151,11 @@ class Runtime(ABC):
     def cleanup(self, inst: Instance) -> None:
         """Runtime-specific teardown (state, mounts); must be idempotent."""
 
-    def sweep(self, session: str) -> list[str]:
+    def sweep(self, session: str, dry_run: bool = False) -> list[str]:
         """Remove what a (dead) kit session left in this runtime; return a line per thing removed.
+
+        With ``dry_run``, remove nothing and list what is there (tests use it to prove
+        that nothing is left).
 
         Host processes, mounts and cgroups below the session's directory are swept
         generically by :mod:`kit.lifetime`; a runtime adds what only it can find

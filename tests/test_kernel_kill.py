@@ -1,0 +1,74 @@
+"""Kill a real notebook kernel with SIGKILL: nothing of its session may remain (issue 6)."""
+
+import os
+import signal
+import time
+
+import pytest
+
+import kit
+from kit import lifetime
+from kit._proc import wait_until
+
+jupyter_client = pytest.importorskip("jupyter_client")
+
+SETUP = """
+import kit
+_session = kit.config.SESSION_ID
+_started = []
+for _rt in {runtimes!r}:
+    kit.start("busybox", ["sleep", "300"], runtime=_rt, name="left-" + _rt)
+    _started.append(_rt)
+print(_session, flush=True)
+"""
+
+
+def _available(names):
+    return [n for n in names if kit.runtimes.get(n).availability().available]
+
+
+def _execute(kc, code, timeout=240):
+    """Run ``code`` in the kernel; return its stdout; fail on an error."""
+    out = []
+    msg_id = kc.execute(code)
+    deadline = time.monotonic() + timeout
+    while True:
+        msg = kc.get_iopub_msg(timeout=max(1, deadline - time.monotonic()))
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        kind, content = msg["msg_type"], msg["content"]
+        if kind == "stream":
+            out.append(content["text"])
+        elif kind == "error":
+            pytest.fail("kernel error: " + "\n".join(content["traceback"][-3:]))
+        elif kind == "status" and content["execution_state"] == "idle":
+            return "".join(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attempt", range(5))
+def test_sigkill_of_kernel_leaves_nothing(attempt, record_property):
+    runtimes = _available(["process", "runc", "lxc", "runsc", "docker"])
+    if attempt == 0:  # one VM per suite run: a TCG boot is slow, and the reaper path is the same
+        runtimes += _available(["qemu"])
+    km = jupyter_client.KernelManager(kernel_name="python3")
+    km.start_kernel(env={**os.environ})
+    kc = km.client()
+    kc.start_channels()
+    session = None
+    try:
+        kc.wait_for_ready(timeout=60)
+        session = _execute(kc, SETUP.format(runtimes=runtimes)).split()[-1]
+        assert lifetime.leftovers(session), "the instances should exist before the kill"
+        t0 = time.monotonic()
+        os.kill(km.provisioner.process.pid, signal.SIGKILL)
+        wait_until(lambda: not lifetime.leftovers(session), timeout=15, interval=0.2,
+                   what=f"the reaper removing session {session}'s instances")
+        elapsed = time.monotonic() - t0
+        record_property("cleanup_seconds", round(elapsed, 2))
+        print(f"session {session} ({', '.join(runtimes)}) cleaned up in {elapsed:.2f} s")
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+        if session:
+            lifetime.sweep(session)
