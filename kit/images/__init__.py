@@ -13,8 +13,12 @@ from __future__ import annotations
 from . import builtin  # noqa: F401  (registers the built-in images)
 from .store import Image, exists, get, list_images, normalize, remove
 from .store import list_images as list  # noqa: A001  (kit.images.list())
+from .archive import import_archive, import_dir, import_tar
+from .debian import debian
+from .engine import import_docker, pull
 
-__all__ = ["Image", "get", "exists", "list", "list_images", "remove", "normalize", "table"]
+__all__ = ["Image", "get", "exists", "list", "list_images", "remove", "normalize", "table",
+           "import_dir", "import_tar", "import_archive", "import_docker", "pull", "debian"]
 
 
 def table():

@@ -1,0 +1,337 @@
+"""Docker: containers of the local daemon, driven through the ``docker`` SDK.
+
+Nothing is pulled during a run: the kit image's root filesystem is
+``docker import``-ed once (tag ``kit/<name>:<short id>``) and reused. Every
+container is named after the instance id and labelled ``kit.session``,
+``kit.name`` and ``kit.managed=1``, so a later sweep can find what a dead
+session left. With no ports it has no network at all; published ports are
+bound to 127.0.0.1 only, and the container's bridge address is never used.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from .. import config
+from .._proc import Stream
+from ..cgroups import Cgroup
+from ..cgroups import version as cgroup_version
+from ..errors import CommandNotFound, KitTimeout, NameInUse, StartFailed
+from ..images import engine
+from .base import Availability, Instance, Runtime, _descendants
+
+PROBE_TIMEOUT = 2
+
+
+class DockerRuntime(Runtime):
+    name = "docker"
+    kind = "container"
+
+    def __init__(self):
+        super().__init__()
+        self._threads: dict[str, threading.Thread] = {}
+
+    @property
+    def client(self):
+        return engine.docker_client(timeout=60)
+
+    def probe(self) -> Availability:
+        try:
+            import docker
+        except ImportError:
+            return Availability(self.name, self.kind, False,
+                                reason="the docker Python SDK is not installed: pip install docker")
+        try:
+            # A short-lived client: a hung daemon must not hold up the probe.
+            quick = docker.from_env(timeout=PROBE_TIMEOUT)
+            quick.ping()
+            v = quick.version()
+            quick.close()
+        except Exception:
+            return Availability(self.name, self.kind, False, reason=engine.daemon_unreachable())
+        return Availability(self.name, self.kind, True, version=v.get("Version", ""),
+                            info={"api": v.get("ApiVersion", ""), "host": engine.docker_host()})
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self, inst: Instance, stream: Stream | None = None) -> None:
+        import docker
+
+        spec = inst.spec
+        inst.phases["launched"] = time.time()
+        ref = engine.ensure_in_docker(self.client, inst.image)
+        inst.info["docker_image"] = ref
+        inst.phases["image_ready"] = time.time()
+        labels = {"kit.session": config.SESSION_ID, "kit.name": inst.name, "kit.managed": "1"}
+        api = self.client.api
+        host = {"read_only": spec.read_only or None}
+        if spec.ports:
+            host["port_bindings"] = {f"{c}/tcp": ("127.0.0.1", h) for h, c in spec.ports}
+        else:
+            host["network_mode"] = "none"
+        if spec.memory:
+            host["mem_limit"] = spec.memory
+            host["memswap_limit"] = spec.memory  # equal: no swap on top of the limit
+        if spec.cpus:
+            host["nano_cpus"] = int(spec.cpus * 1e9)
+        try:
+            # The low-level calls: the SDK's models add an inspect after each step.
+            cid = api.create_container(
+                ref, command=spec.command, name=inst.id, hostname=spec.hostname, labels=labels,
+                environment=spec.environment(), working_dir=spec.workdir, ports=[(c, "tcp") for _, c in spec.ports],
+                host_config=api.create_host_config(**host), stdin_open=False, tty=False, detach=True)["Id"]
+        except docker.errors.APIError as e:
+            if e.status_code == 409:
+                raise NameInUse(f"docker: a container named {inst.id!r} already exists: remove it "
+                                f"(docker rm -f {inst.id}) or choose another --name") from None
+            raise StartFailed(f"docker: could not create the container: {_explain(e)}") from None
+        inst.info["container_id"] = cid
+        inst.phases["created"] = time.time()
+        try:
+            if not spec.detach:
+                self._attach(inst, cid, stream)
+            api.start(cid)
+            inst.phases["started"] = time.time()
+            if spec.detach:
+                # A foreground run may be gone already; pids()/cgroup_path() find it on demand.
+                self._locate(inst)
+        except docker.errors.APIError as e:
+            self.cleanup(inst)
+            text = _explain(e)
+            if _command_missing(text, spec.command[0]):
+                raise CommandNotFound(f"docker: command {spec.command[0]!r} not found in image "
+                                      f"{inst.image.name!r}: install it in the image or give its full path") from None
+            raise StartFailed(f"docker: could not start the container: {text}") from None
+        except BaseException:
+            self.cleanup(inst)
+            raise
+
+    def _attach(self, inst: Instance, cid: str, stream: Stream | None) -> None:
+        """Attach before start (as ``docker run`` does), so no output is missed."""
+        from docker.utils.socket import STDERR, frames_iter
+
+        sock = self.client.api.attach_socket(cid, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 1})
+
+        def pump():
+            with open(inst.stdout_path, "ab") as out, open(inst.stderr_path, "ab") as err:
+                cb = stream
+                try:
+                    for stream_id, data in frames_iter(sock, tty=False):
+                        label, f = ("stderr", err) if stream_id == STDERR else ("stdout", out)
+                        f.write(data)
+                        if cb is not None:
+                            try:
+                                cb(label, data)
+                            except Exception:  # a broken display must not stop collection
+                                cb = None
+                finally:
+                    try:
+                        sock.close()
+                    except OSError:
+                        pass
+
+        t = threading.Thread(target=pump, name=f"docker-attach-{inst.name}", daemon=True)
+        t.start()
+        self._threads[inst.id] = t
+
+    def _locate(self, inst: Instance) -> None:
+        """Record the container's host PID, shim and cgroup (while it runs)."""
+        attrs = self._container(inst)
+        pid = attrs["State"].get("Pid") if attrs else 0
+        if pid:
+            inst.info["pid"] = pid
+            try:
+                import psutil
+
+                inst.info["shim_pid"] = psutil.Process(pid).ppid()
+            except Exception:  # it may already have exited
+                pass
+            rel = _cgroup_of(pid)
+            if rel:
+                inst.cgroup = Cgroup(rel)
+
+    def _container(self, inst: Instance):
+        import docker
+
+        try:
+            return self.client.api.inspect_container(inst.id)
+        except docker.errors.NotFound:
+            return None
+
+    def wait(self, inst: Instance, timeout: float | None = None) -> int:
+        import docker
+        import requests
+
+        try:
+            res = self.client.api.wait(inst.id, timeout=timeout)
+        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+            raise subprocess.TimeoutExpired(inst.spec.command, timeout) from None
+        except docker.errors.NotFound:
+            return inst.exit_code if inst.exit_code is not None else 137
+        inst.phases.setdefault("exited", time.time())
+        inst.exit_code = int(res.get("StatusCode", -1))
+        self._join(inst)
+        return inst.exit_code
+
+    def _join(self, inst: Instance, timeout: float = 5.0) -> None:
+        t = self._threads.get(inst.id)
+        if t is not None:
+            # The attach stream ends when the container does; a bounded join all the same.
+            t.join(timeout)
+
+    def running(self, inst: Instance) -> bool:
+        attrs = self._container(inst)
+        return bool(attrs and attrs["State"].get("Running"))
+
+    def stop(self, inst: Instance, timeout: float = 10.0) -> None:
+        import docker
+
+        try:
+            if timeout <= 0:
+                self.client.api.kill(inst.id)
+            else:
+                self.client.api.stop(inst.id, timeout=max(1, int(round(timeout))))
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as e:
+            if e.status_code != 409:  # 409: it is not running any more
+                raise
+
+    def cleanup(self, inst: Instance) -> None:
+        import docker
+
+        try:
+            self.client.api.remove_container(inst.id, force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as e:
+            if "already in progress" not in str(e):
+                raise
+        self._join(inst)
+        self._threads.pop(inst.id, None)
+
+    def sweep(self, session: str, dry_run: bool = False) -> list[str]:
+        """Remove the daemon's containers labelled ``kit.session=<session>``."""
+        if not self.availability().available:
+            return []
+        import docker
+
+        out = []
+        for c in self.client.api.containers(all=True, filters={"label": f"kit.session={session}"}):
+            if not dry_run:
+                try:
+                    self.client.api.remove_container(c["Id"], force=True, v=True)
+                except docker.errors.NotFound:
+                    pass
+            out.append(f"docker container {(c.get('Names') or [c['Id']])[0].lstrip('/')}")
+        return out
+
+    def exec(self, inst, argv, stream=None, timeout=None):
+        import docker
+
+        try:
+            ex = self.client.api.exec_create(inst.id, argv, stdout=True, stderr=True)
+            frames = self.client.api.exec_start(ex["Id"], stream=True, demux=True)
+        except docker.errors.APIError as e:
+            raise StartFailed(f"docker: could not exec {argv[0]!r} in {inst.name!r}: {_explain(e)}") from None
+        out, err = bytearray(), bytearray()
+
+        def pump():
+            for o, e in frames:
+                for label, data, buf in (("stdout", o, out), ("stderr", e, err)):
+                    if data:
+                        buf.extend(data)
+                        if stream is not None:
+                            stream(label, data)
+
+        t = threading.Thread(target=pump, daemon=True)
+        t.start()
+        t.join(timeout or 60)
+        info = self.client.api.exec_inspect(ex["Id"])
+        if t.is_alive():
+            pid = info.get("Pid")
+            if pid:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            raise KitTimeout(f"docker: exec of {argv[0]!r} in {inst.name!r} did not finish within {timeout or 60:g} s "
+                             f"and was killed")
+        code = info.get("ExitCode")
+        if code is None:
+            code = 126
+        if code in (126, 127) and _command_missing(bytes(out + err).decode(errors="replace"), argv[0]):
+            raise CommandNotFound(f"docker: command {argv[0]!r} not found in {inst.name!r}: give its full path")
+        return code, bytes(out), bytes(err)
+
+    def logs(self, inst: Instance) -> tuple[bytes, bytes]:
+        if not inst.spec.detach:
+            self._join(inst)
+            return super().logs(inst)
+        # A service's output stays with the daemon, which keeps it however long it runs.
+        import docker
+
+        try:
+            out = self.client.api.logs(inst.id, stdout=True, stderr=False)
+            err = self.client.api.logs(inst.id, stdout=False, stderr=True)
+            return out, err
+        except docker.errors.NotFound:
+            return b"", b""
+
+    def oom_killed(self, inst: Instance) -> bool:
+        attrs = self._container(inst)
+        if attrs is None:
+            return inst.oom_killed
+        return bool(attrs["State"].get("OOMKilled"))
+
+    # -- measurement ---------------------------------------------------------
+    def pids(self, inst: Instance) -> list[int]:
+        out: set[int] = set()
+        attrs = self._container(inst)
+        pid = attrs["State"].get("Pid") if attrs else 0
+        if pid:
+            out.add(pid)
+            out.update(_descendants(pid))
+            if inst.cgroup is None:
+                self._locate(inst)
+        if inst.cgroup is not None:
+            out.update(inst.cgroup.pids())
+        return sorted(out)
+
+    def cgroup_path(self, inst: Instance) -> Path | None:
+        if inst.cgroup is None:
+            self._locate(inst)
+        return inst.cgroup.path if inst.cgroup is not None else None
+
+
+def _explain(e) -> str:
+    return str(getattr(e, "explanation", None) or e).strip()
+
+
+def _command_missing(text: str, argv0: str) -> bool:
+    """Does the daemon's error say the command is not in the image?"""
+    text = text.lower()
+    return "executable file not found" in text or (argv0.lower() in text and "no such file or directory" in text)
+
+
+def _cgroup_of(pid: int) -> str | None:
+    """The container's cgroup below the hierarchy root, from /proc/<pid>/cgroup.
+
+    v1: the ``memory`` line (``/docker/<id>``); v2: the unified ``0::`` line.
+    """
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if cgroup_version() == 2 and controllers == "":
+            return path.lstrip("/") or None
+        if cgroup_version() == 1 and "memory" in controllers.split(","):
+            return path.lstrip("/") or None
+    return None
+

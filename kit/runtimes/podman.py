@@ -1,0 +1,144 @@
+"""Podman, through its command line (argv lists, never a shell).
+
+Same shape as the Docker backend: the kit image is ``podman import``-ed from a
+tar of its root filesystem (tag ``kit/<name>:<short id>``), containers are
+named after the instance id and labelled with the session. ``podman run``
+stays attached, so its exit code is the command's and its output is teed to
+the state directory like any command-line runtime.
+
+Podman refuses to start containers on some hosts (e.g. where raising
+RLIMIT_NOFILE is forbidden); the probe proves a tiny run works, and reports
+the exact error when it does not.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+from .. import config
+from .._proc import Pumped, Stream, kill_group, run
+from ..errors import ImageError, StartFailed
+from ..images import archive, engine
+from ..images import get as get_image
+from .base import Availability, Instance, Runtime, _descendants, which
+
+PROBE_TIMEOUT = 30
+
+
+class PodmanRuntime(Runtime):
+    name = "podman"
+    kind = "container"
+
+    def probe(self) -> Availability:
+        exe = which("podman")
+        if not exe:
+            return Availability(self.name, self.kind, False, reason="podman is not installed: apt-get install podman")
+        try:
+            version = run([exe, "--version"], timeout=10).stdout.decode().strip().rsplit(" ", 1)[-1]
+            ref = self._ensure(get_image("busybox"))
+            p = run([exe, "run", "--rm", "--network", "none", "--name", f"kit-probe-{config.SESSION_ID}", ref, "true"],
+                    timeout=PROBE_TIMEOUT, check=False)
+        except subprocess.TimeoutExpired:
+            return Availability(self.name, self.kind, False, reason=f"podman did not answer within {PROBE_TIMEOUT} s")
+        except (ImageError, subprocess.CalledProcessError, OSError) as e:
+            return Availability(self.name, self.kind, False, reason=f"podman cannot prepare an image here: {e}")
+        if p.returncode != 0:
+            lines = p.stderr.decode(errors="replace").strip().splitlines() or [f"exit code {p.returncode}"]
+            why = lines[-1].removeprefix("Error: ").strip()
+            if "RLIMIT" in why:
+                why += " (this host forbids raising resource limits: CAP_SYS_RESOURCE is dropped)"
+            return Availability(self.name, self.kind, False, version=version, reason=f"podman run fails here: {why}")
+        return Availability(self.name, self.kind, True, version=version)
+
+    def _ensure(self, image) -> str:
+        """``podman import`` the image's rootfs once; return its tag."""
+        ref = engine.engine_ref(image)
+        if run(["podman", "image", "exists", ref], timeout=30, check=False).returncode == 0:
+            return ref
+        changes = [a for k, v in engine.engine_labels(image).items() for a in ("--change", f"LABEL {k}={v}")]
+        tar = archive.pack(image.rootfs)
+        try:
+            p = subprocess.run(["podman", "import", *changes, "-", ref], stdin=tar.stdout, capture_output=True,
+                               timeout=600)
+        finally:
+            tar.stdout.close()
+            try:
+                tar.wait(60)
+            except subprocess.TimeoutExpired:
+                tar.kill()
+                tar.wait()
+        if p.returncode:
+            raise ImageError(f"podman import of {image.name!r} failed: {p.stderr.decode(errors='replace').strip()[-300:]}")
+        return ref
+
+    def start(self, inst: Instance, stream: Stream | None = None) -> None:
+        spec = inst.spec
+        inst.phases["launched"] = time.time()
+        ref = self._ensure(inst.image)
+        argv = ["podman", "run", "--name", inst.id, "--hostname", spec.hostname,
+                "--label", f"kit.session={config.SESSION_ID}", "--label", f"kit.name={inst.name}",
+                "--label", "kit.managed=1"]
+        if spec.ports:
+            for host, cont in spec.ports:
+                argv += ["-p", f"127.0.0.1:{host}:{cont}"]
+        else:
+            argv += ["--network", "none"]
+        if spec.memory:
+            argv += ["--memory", str(spec.memory), "--memory-swap", str(spec.memory)]
+        if spec.cpus:
+            argv += ["--cpus", str(spec.cpus)]
+        for k, v in spec.environment().items():
+            argv += ["-e", f"{k}={v}"]
+        if spec.workdir:
+            argv += ["-w", spec.workdir]
+        if spec.read_only:
+            argv.append("--read-only")
+        try:
+            inst.proc = Pumped(argv + [ref, *spec.command], inst.state_dir, stream=stream, detach=spec.detach)
+        except OSError as e:
+            raise StartFailed(f"podman: could not start: {e}") from None
+
+    def stop(self, inst: Instance, timeout: float = 10.0) -> None:
+        if timeout <= 0:
+            run(["podman", "kill", inst.id], timeout=30, check=False)
+        else:
+            run(["podman", "stop", "-t", str(max(1, int(round(timeout)))), inst.id], timeout=timeout + 30, check=False)
+
+    def cleanup(self, inst: Instance) -> None:
+        run(["podman", "rm", "-f", "-v", inst.id], timeout=60, check=False)
+        if inst.proc is not None:
+            kill_group(inst.proc.proc)
+
+    def sweep(self, session: str, dry_run: bool = False) -> list[str]:
+        """Remove podman's containers labelled ``kit.session=<session>``."""
+        if not which("podman"):
+            return []
+        p = run(["podman", "ps", "-a", "--filter", f"label=kit.session={session}", "--format", "{{.Names}}"],
+                timeout=30, check=False)
+        names = p.stdout.decode(errors="replace").split() if p.returncode == 0 else []
+        if names and not dry_run:
+            run(["podman", "rm", "-f", "-v", *names], timeout=60, check=False)
+        return [f"podman container {n}" for n in names]
+
+    def exec(self, inst, argv, stream=None, timeout=None):
+        p = run(["podman", "exec", inst.id, *argv], timeout=timeout or 60, check=False)
+        if stream:
+            stream("stdout", p.stdout)
+            stream("stderr", p.stderr)
+        return p.returncode, p.stdout, p.stderr
+
+    def _inspect(self, inst: Instance, fmt: str) -> str:
+        p = run(["podman", "inspect", "--format", fmt, inst.id], timeout=30, check=False)
+        return p.stdout.decode(errors="replace").strip() if p.returncode == 0 else ""
+
+    def oom_killed(self, inst: Instance) -> bool:
+        return self._inspect(inst, "{{.State.OOMKilled}}") == "true"
+
+    def pids(self, inst: Instance) -> list[int]:
+        out = set(super().pids(inst))
+        pid = self._inspect(inst, "{{.State.Pid}}")
+        if pid.isdigit() and int(pid) > 0:
+            out.add(int(pid))
+            out.update(_descendants(int(pid)))
+        return sorted(out)

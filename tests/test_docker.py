@@ -1,0 +1,224 @@
+"""The Docker runtime against the real local daemon."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import time
+import urllib.request
+
+import pytest
+
+import kit
+from kit import config
+from kit._proc import wait_until
+from kit.errors import CommandNotFound, KitError, NameInUse
+from kit.images import engine
+from kit.spec import RunSpec
+from tests.conftest import need
+
+
+@pytest.fixture(scope="module")
+def rt():
+    need("docker")
+    return kit.runtimes.get("docker")
+
+
+@pytest.fixture(scope="module")
+def client(rt):
+    return engine.docker_client()
+
+
+@pytest.fixture
+def names(client):
+    """Unique instance names; whatever a test started under them is removed afterwards."""
+    made: list[str] = []
+
+    def new() -> str:
+        made.append(f"dt-{secrets.token_hex(3)}")
+        return made[-1]
+
+    yield new
+    for name in made:
+        try:
+            kit.rm(name, force=True)
+        except KitError:
+            pass
+        for c in client.containers.list(all=True, filters={"label": [f"kit.name={name}",
+                                                                      f"kit.session={config.SESSION_ID}"]}):
+            c.remove(force=True, v=True)
+
+
+def containers_named(client, name):
+    return client.containers.list(all=True, filters={"label": f"kit.name={name}"})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_probe_reports_daemon_version(rt):
+    a = rt.availability()
+    assert a.available and a.version and a.kind == "container"
+
+
+def test_echo_hello(rt, names, client):
+    name = names()
+    r = kit.run("busybox", ["echo", "hello"], runtime="docker", name=name)
+    assert (r.stdout, r.stderr, r.exit_code) == ("hello\n", "", 0)
+    assert r.phases["launched"] <= r.phases["created"] <= r.phases["started"] <= r.phases["exited"]
+    assert containers_named(client, name) == []  # a foreground run is removed, as docker run --rm
+
+
+def test_exit_code_and_separate_stderr(rt, names):
+    r = kit.run("busybox", ["sh", "-c", "echo out; echo err >&2; exit 3"], runtime="docker", name=names())
+    assert (r.exit_code, r.stdout, r.stderr) == (3, "out\n", "err\n")
+
+
+def test_output_streams_as_it_comes(rt, names):
+    seen = []
+    r = kit.run("busybox", ["sh", "-c", "echo one; echo two >&2"], runtime="docker", name=names(),
+                stream=lambda label, data: seen.append((label, data)))
+    assert ("stdout", b"one\n") in seen and ("stderr", b"two\n") in seen
+    assert r.stdout == "one\n"
+
+
+def test_metacharacters_reach_the_command_literally(rt, names):
+    r = kit.run("busybox", ["echo", "$HOME; rm -rf / `x` 'q'"], runtime="docker", name=names())
+    assert r.stdout == "$HOME; rm -rf / `x` 'q'\n"
+
+
+def test_env_workdir_and_limits_are_applied(rt, names, client):
+    name = names()
+    kit.start("busybox", ["sleep", "300"], runtime="docker", name=name, env={"FOO": "bar baz"},
+              workdir="/tmp", memory="48m", cpus=0.5)
+    r = kit.exec_(name, ["sh", "-c", 'echo "$FOO"; pwd'])
+    assert r.stdout == "bar baz\n/tmp\n"
+    (c,) = containers_named(client, name)
+    host = c.attrs["HostConfig"]
+    assert host["Memory"] == 48 * 2**20 and host["MemorySwap"] == 48 * 2**20  # no swap beyond the limit
+    assert host["NanoCpus"] == 500_000_000
+    assert host["NetworkMode"] == "none"
+    assert c.labels["kit.session"] == config.SESSION_ID and c.labels["kit.managed"] == "1"
+
+
+def test_memory_limit_kills_and_says_out_of_memory(rt, names):
+    r = kit.run("busybox", ["dd", "if=/dev/zero", "of=/dev/null", "bs=100M", "count=1"], runtime="docker",
+                name=names(), memory="32m")
+    assert r.oom_killed and r.exit_code == 137
+
+
+def test_detached_sleep_is_listed_stops_and_is_removed(rt, names, client):
+    name = names()
+    r = kit.start("busybox", ["sleep", "300"], runtime="docker", name=name)
+    assert r.detached
+    row = kit.ps().set_index("name").loc[name]
+    assert row["runtime"] == "docker" and row["status"] == "running"
+    runtime, inst = kit.api.instance(name)
+    pids = runtime.pids(inst)
+    assert inst.info["pid"] in pids
+    assert runtime.cgroup_path(inst) is not None and runtime.cgroup_path(inst).exists()
+    t0 = time.monotonic()
+    kit.stop(name, timeout=1)
+    assert time.monotonic() - t0 < 5
+    assert not runtime.running(inst)
+    kit.rm(name)
+    assert containers_named(client, name) == []
+    assert not inst.state_dir.exists()
+    assert not [x for x in runtime.sweep(config.SESSION_ID, dry_run=True) if name in x]
+
+
+def test_published_port_reaches_a_server_inside(rt, names, client):
+    name, port = names(), free_port()
+    kit.start("busybox", ["sh", "-c", "mkdir -p /www && echo served-by-docker > /www/index.html && "
+                                      "exec httpd -f -p 80 -h /www"],
+              runtime="docker", name=name, ports=[f"{port}:80"])
+    (c,) = containers_named(client, name)
+    bindings = c.attrs["HostConfig"]["PortBindings"]["80/tcp"]
+    assert bindings == [{"HostIp": "127.0.0.1", "HostPort": str(port)}]
+
+    def fetch():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
+                return resp.read()
+        except OSError:
+            return None
+
+    assert wait_until(fetch, timeout=15, interval=0.1, what="httpd answering") == b"served-by-docker\n"
+
+
+def test_hostname_and_pid_namespace_are_the_containers_own(rt, names):
+    r = kit.run("busybox", ["sh", "-c", "hostname; echo $$"], runtime="docker", name=names(), hostname="inside")
+    host, pid = r.stdout.split()
+    assert host == "inside" != socket.gethostname()
+    assert pid == "1"
+
+
+def test_timeout_kills_and_leaves_nothing(rt, names, client):
+    name = names()
+    t0 = time.monotonic()
+    r = kit.run("busybox", ["sleep", "30"], runtime="docker", name=name, timeout=1)
+    assert r.timed_out and r.exit_code == 124
+    assert time.monotonic() - t0 < 10
+    assert containers_named(client, name) == []
+
+
+def test_detached_logs_come_from_the_daemon(rt, names):
+    name = names()
+    kit.start("busybox", ["sh", "-c", "echo up; echo warn >&2; exec sleep 300"], runtime="docker", name=name)
+    wait_until(lambda: kit.logs(name).stdout == "up\n", timeout=10, what="the service's first line")
+    assert kit.logs(name).stderr == "warn\n"
+
+
+def test_exec_returns_code_and_output(rt, names):
+    name = names()
+    kit.start("busybox", ["sleep", "300"], runtime="docker", name=name)
+    r = kit.exec_(name, ["sh", "-c", "echo in; echo e >&2; exit 4"])
+    assert (r.exit_code, r.stdout, r.stderr) == (4, "in\n", "e\n")
+
+
+def test_image_is_imported_once_and_labelled(rt, client):
+    img = kit.images.get("busybox")
+    ref = engine.ensure_in_docker(client, img)
+    assert ref == engine.engine_ref(img) and ref.startswith("kit/busybox:")
+    assert engine.ensure_in_docker(client, img) == ref
+    labels = client.images.get(ref).labels
+    assert labels["kit.image"] == img.id and labels["kit.managed"] == "1"
+
+
+def test_name_taken_at_the_daemon_is_name_in_use(rt, names, client):
+    name = names()
+    ref = engine.ensure_in_docker(client, kit.images.get("busybox"))
+    client.containers.create(ref, ["true"], name=f"kit-{config.SESSION_ID}-{name}", network_mode="none",
+                             labels={"kit.name": name, "kit.session": config.SESSION_ID})
+    with pytest.raises(NameInUse, match="already exists"):
+        kit.run("busybox", ["true"], runtime="docker", name=name)
+
+
+def test_daemon_command_not_found_maps_to_command_not_found(rt, names, client):
+    # The API checks commands before starting; the runtime must say the same if the daemon is asked.
+    name = names()
+    inst = rt.new_instance(RunSpec(image="busybox", command=["/no/such/cmd"], name=name), kit.images.get("busybox"))
+    try:
+        with pytest.raises(CommandNotFound, match="not found"):
+            rt.start(inst)
+        assert containers_named(client, name) == []
+    finally:
+        rt.remove(inst)
+
+
+def test_sweep_removes_what_a_dead_session_left(rt, client):
+    session = f"deadtest{secrets.token_hex(3)}"
+    ref = engine.ensure_in_docker(client, kit.images.get("busybox"))
+    c = client.containers.run(ref, ["sleep", "300"], name=f"kit-{session}-svc", detach=True, network_mode="none",
+                              labels={"kit.session": session, "kit.name": "svc", "kit.managed": "1"})
+    try:
+        assert rt.sweep(session, dry_run=True) == [f"docker container kit-{session}-svc"]
+        assert c.reload() is None and c.status == "running"  # a dry run touches nothing
+        assert rt.sweep(session) == [f"docker container kit-{session}-svc"]
+        assert rt.sweep(session, dry_run=True) == []
+    finally:
+        for left in client.containers.list(all=True, filters={"label": f"kit.session={session}"}):
+            left.remove(force=True, v=True)
