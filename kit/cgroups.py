@@ -37,6 +37,8 @@ class Cgroup:
 
     def __init__(self, rel: str):
         self.rel = rel.strip("/")
+        self._oom_fd: int | None = None
+        self._oom_events = 0
 
     def dirs(self) -> list[Path]:
         if version() == 2:
@@ -64,6 +66,7 @@ class Cgroup:
                 _write(self.path / "memory.limit_in_bytes", memory)
                 # Without swap accounting the limit alone is the cap; with it, forbid swap.
                 _write(self.path / "memory.memsw.limit_in_bytes", memory, missing_ok=True)
+                self._watch_oom_v1()
         if cpus:
             period = 100_000
             quota = max(1000, int(cpus * period))
@@ -100,12 +103,38 @@ class Cgroup:
             else:
                 text = (self.path / "memory.oom_control").read_text()
         except OSError:
-            return 0
+            text = ""
+        count = 0
         for line in text.splitlines():
             key, _, val = line.partition(" ")
             if key == "oom_kill":
-                return int(val)
-        return 0
+                count = int(val)
+        return max(count, self._read_oom_events())
+
+    def _watch_oom_v1(self) -> None:
+        # On v1 the oom_kill counter is kept by the *victim's* group and is not
+        # propagated up: a runtime's sub-group (runc's .../ctr, LXC's) takes it
+        # away when the runtime deletes that group. An OOM notification
+        # registered on this group fires for an OOM anywhere below it, and its
+        # eventfd keeps the count until read.
+        try:
+            efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            ofd = os.open(self.path / "memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                _write(self.path / "cgroup.event_control", f"{efd} {ofd}")
+            finally:
+                os.close(ofd)
+        except (OSError, AttributeError):
+            return
+        self._oom_fd = efd
+
+    def _read_oom_events(self) -> int:
+        if self._oom_fd is not None:
+            try:
+                self._oom_events += os.eventfd_read(self._oom_fd)
+            except OSError:  # BlockingIOError: nothing new
+                pass
+        return self._oom_events
 
     def memory_usage(self) -> int | None:
         f = "memory.current" if version() == 2 else "memory.usage_in_bytes"
@@ -132,8 +161,19 @@ class Cgroup:
     def exists(self) -> bool:
         return any(d.exists() for d in self.dirs())
 
+    def _all_dirs(self) -> list[Path]:
+        # Runtimes (runc, LXC) also create the group in hierarchies the kit does
+        # not limit (cpuset, freezer, devices, name=systemd, unified...).
+        if version() == 2:
+            return [ROOT / self.rel]
+        return [d / self.rel for d in ROOT.iterdir() if (d / self.rel).is_dir()]
+
     def destroy(self, timeout: float = 5.0) -> None:
         """Kill whatever is left inside, then remove the group and its sub-groups."""
+        self._read_oom_events()
+        if self._oom_fd is not None:
+            os.close(self._oom_fd)
+            self._oom_fd = None
         deadline = time.monotonic() + timeout
         while True:
             pids = self.pids()
@@ -143,7 +183,7 @@ class Cgroup:
                 except ProcessLookupError:
                     pass
             busy = False
-            for d in self.dirs():
+            for d in self._all_dirs():
                 for root, dirs, _files in os.walk(d, topdown=False):
                     try:
                         os.rmdir(root)

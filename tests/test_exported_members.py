@@ -11,5 +11,5 @@ def test_all_exported_members_exist():
 def test_public_names_are_listed():
     public = {n for n in dir(kit) if not n.startswith("_")}
     modules = {"api", "errors", "images", "runtimes", "result", "spec", "config", "cgroups", "magics", "exec_",
-               "bench", "vm", "cli", "demo", "portfwd", "report", "verify"}
+               "bench", "vm", "cli", "demo", "portfwd", "report", "verify", "lifetime"}
     assert public - modules - {"annotations"} <= set(kit.__all__)

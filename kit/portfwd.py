@@ -1,0 +1,234 @@
+"""Publish a container's TCP port on 127.0.0.1 with a small in-process forwarder.
+
+Containers run in their own network namespace with only a loopback device,
+so nothing outside can reach them. :class:`Forwarder` listens on
+``127.0.0.1:HOST`` in the host's namespace and, for each connection, opens a
+socket *inside the container's namespace* to ``127.0.0.1:CONT`` and copies
+bytes both ways. A socket belongs to the namespace of the thread that created
+it, so one helper thread calls ``setns(CLONE_NEWNET)`` (libc through ctypes:
+Python 3.11 has no ``os.setns``) and creates every inner socket; the other
+threads stay in the host's namespace.
+
+>>> fwd = Forwarder("/proc/1234/ns/net", [(8080, 80)]).start()
+>>> fwd.stop()
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import queue
+import socket
+import struct
+import threading
+
+from .errors import InvalidSpec, StartFailed
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
+    """Move the calling thread into the namespace ``fd`` refers to."""
+    if _libc.setns(fd, nstype) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+def new_loopback_netns() -> int:
+    """Create a network namespace with only ``lo`` (up); return an fd that keeps it alive.
+
+    The namespace is made by a short-lived thread, so the caller's own
+    namespace never changes. Close the fd to let the namespace go.
+    """
+    out: dict = {}
+
+    def make():
+        try:
+            if _libc.unshare(CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+            _loopback_up()
+            out["fd"] = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            out["error"] = e
+
+    t = threading.Thread(target=make, name="kit-netns")
+    t.start()
+    t.join(10)
+    if "fd" not in out:
+        raise StartFailed(f"cannot create a network namespace: {out.get('error', 'timed out')}; the kit needs root")
+    return out["fd"]
+
+
+def _loopback_up() -> None:
+    SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifr = fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16sH14x", b"lo", 0))
+        flags = struct.unpack("16sH14x", ifr)[1]
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
+class Forwarder:
+    """Forward ``127.0.0.1:host`` on the host to ``127.0.0.1:cont`` inside a network namespace.
+
+    Args:
+        netns: path of the target namespace (``/proc/<pid>/ns/net``), opened once
+            at :meth:`start`, so the forwarder keeps working whatever the pid becomes.
+        ports: (host port, container port) pairs.
+        connect_timeout: seconds to wait for the inner connection.
+    """
+
+    def __init__(self, netns: str, ports: list[tuple[int, int]], connect_timeout: float = 5.0):
+        self.netns = netns
+        self.ports = list(ports)
+        self.connect_timeout = connect_timeout
+        self._listeners: list[socket.socket] = []
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._requests: queue.Queue = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self._stopped = threading.Event()
+        self._nsfd: int | None = None
+
+    def start(self) -> "Forwarder":
+        """Bind every host port and start serving.
+
+        Raises:
+            InvalidSpec: a host port is taken.
+            StartFailed: the namespace cannot be entered.
+        """
+        try:
+            self._nsfd = os.open(self.netns, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise StartFailed(f"cannot open network namespace {self.netns}: {e.strerror}; "
+                              f"the container exited before its ports could be published") from None
+        maker = threading.Thread(target=self._socket_maker, name="kit-portfwd-ns", daemon=True)
+        maker.start()
+        self._threads.append(maker)
+        try:
+            for host, cont in self.ports:
+                ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    ls.bind(("127.0.0.1", host))
+                except OSError:
+                    ls.close()
+                    raise InvalidSpec(f"port {host} on 127.0.0.1 is already in use: choose another host port") from None
+                ls.listen(64)
+                self._listeners.append(ls)
+                t = threading.Thread(target=self._accept, args=(ls, cont), name=f"kit-portfwd-{host}", daemon=True)
+                t.start()
+                self._threads.append(t)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Close the listeners and every open connection; idempotent."""
+        self._stopped.set()
+        self._requests.put(None)
+        for ls in self._listeners:
+            _close(ls)
+        with self._lock:
+            conns, self._conns = list(self._conns), set()
+        for c in conns:
+            _close(c)
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout)
+        self._listeners.clear()
+        if self._nsfd is not None:
+            os.close(self._nsfd)
+            self._nsfd = None
+
+    # -- threads -----------------------------------------------------------
+    def _socket_maker(self) -> None:
+        """Live in the target namespace; hand out sockets created there."""
+        try:
+            setns(self._nsfd)
+            error = None
+        except OSError as e:
+            error = e
+        while True:
+            reply = self._requests.get()
+            if reply is None:
+                return
+            if error is not None:
+                reply.put(error)
+                continue
+            try:
+                reply.put(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            except OSError as e:
+                reply.put(e)
+
+    def _inner_socket(self) -> socket.socket:
+        reply: queue.Queue = queue.Queue()
+        self._requests.put(reply)
+        got = reply.get(timeout=self.connect_timeout)
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    def _accept(self, ls: socket.socket, cont: int) -> None:
+        while not self._stopped.is_set():
+            try:
+                client, _ = ls.accept()
+            except OSError:
+                return  # listener closed by stop()
+            threading.Thread(target=self._serve, args=(client, cont), daemon=True,
+                             name=f"kit-portfwd-conn-{cont}").start()
+
+    def _serve(self, client: socket.socket, cont: int) -> None:
+        try:
+            inner = self._inner_socket()
+            inner.settimeout(self.connect_timeout)
+            inner.connect(("127.0.0.1", cont))
+            inner.settimeout(None)
+        except (OSError, queue.Empty):
+            _close(client)  # nothing listens inside (yet): the client sees the connection close
+            return
+        with self._lock:
+            if self._stopped.is_set():
+                _close(client)
+                _close(inner)
+                return
+            self._conns.update((client, inner))
+        back = threading.Thread(target=_pipe, args=(inner, client), daemon=True)
+        back.start()
+        _pipe(client, inner)
+        back.join()
+        with self._lock:
+            self._conns.discard(client)
+            self._conns.discard(inner)
+        _close(client)
+        _close(inner)
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    """Copy until EOF, then half-close, so request/response protocols see the end."""
+    try:
+        while True:
+            data = src.recv(65536)
+            if not data:
+                break
+            dst.sendall(data)
+    except OSError:
+        pass
+    try:
+        dst.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+def _close(s: socket.socket) -> None:
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    try:
+        s.close()
+    except OSError:
+        pass

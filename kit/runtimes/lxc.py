@@ -1,0 +1,231 @@
+"""LXC application containers through ``lxc-execute``.
+
+Each instance gets a generated config in its state directory and runs as
+``lxc-execute -n ID -P <kit lxcpath> -f <config> -- argv`` under
+:class:`~kit._proc.Pumped`, so output streams and the exit code is the
+command's. PID 1 inside is ``lxc-init``, which forwards signals and reaps.
+
+- network: ``lxc.net.0.type = empty`` (own namespace, loopback only);
+  ports are published by :class:`kit.portfwd.Forwarder`;
+- root filesystem: LXC's own overlay (``overlay:IMAGE_ROOTFS:<state>/overlay/upper``),
+  mounted inside the container's mount namespace, so nothing stays mounted on the host;
+- limits: ``lxc.cgroup.dir.container`` places the container below the kit-owned
+  cgroup that carries the limit; the monitor goes in a sibling group so LXC's
+  own process is not charged to the container;
+- LXC writes its own log (level NOTICE) to ``<state>/lxc.log``; the line
+  "started with pid" tells a started container from one that failed to start.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from .. import cgroups, config
+from .._proc import Pumped, Stream, kill_group, run, wait_until
+from ..errors import KitTimeout, StartFailed
+from ..portfwd import Forwarder
+from . import _rootfs
+from .base import Availability, Instance, Runtime, which
+
+#: Capabilities LXC's own common.conf drops for application containers.
+CAP_DROP = "mac_admin mac_override sys_time sys_module sys_rawio"
+START_DEADLINE = 15.0
+_STARTED = re.compile(rb"started with pid '(\d+)'")
+
+
+def lxcpath() -> Path:
+    """The kit-owned LXC path (``-P``), apart from the host's /var/lib/lxc."""
+    return (Path("/run/kit") if os.geteuid() == 0 else config.home()) / "lxc"
+
+
+def _quote(value: str) -> str:
+    if "\n" in value:
+        raise StartFailed("LXC config values cannot contain newlines: remove them from the env/hostname/workdir")
+    return value
+
+
+def build_config(inst: Instance, monitor_rel: str | None) -> str:
+    """The LXC config file text for ``inst``."""
+    spec, image = inst.spec, inst.image
+    upper = inst.state_dir / "overlay" / "upper"
+    lines = [
+        f"lxc.uts.name = {_quote(spec.hostname)}",
+        "lxc.net.0.type = empty",
+        "lxc.net.0.flags = up",  # for "empty" this brings up lo, which LXC 5 otherwise leaves down
+        # LXC puts the overlay's work dir beside upper: <state>/overlay/work.
+        f"lxc.rootfs.path = overlay:{image.rootfs}:{upper}",
+        "lxc.mount.auto = proc:mixed sys:ro cgroup:mixed",
+        "lxc.autodev = 1",
+        "lxc.mount.entry = shm dev/shm tmpfs rw,nosuid,nodev,mode=1777,create=dir 0 0",
+        f"lxc.cap.drop = {CAP_DROP}",
+        f"lxc.init.cwd = {_quote(_rootfs.workdir(spec, image))}",
+    ]
+    if spec.read_only:
+        lines.append("lxc.rootfs.options = ro")
+    lines += [f"lxc.environment = {_quote(k)}={_quote(v)}" for k, v in _rootfs.environment(spec, image).items()]
+    if inst.cgroup is not None:
+        lines += [f"lxc.cgroup.dir.container = {inst.cgroup.rel}/ctr",
+                  f"lxc.cgroup.dir.monitor = {monitor_rel}"]
+    return "\n".join(lines) + "\n"
+
+
+class LXCRuntime(Runtime):
+    """LXC application containers (``lxc-execute``), one generated config per instance."""
+
+    name = "lxc"
+    kind = "container"
+
+    def __init__(self):
+        super().__init__()
+        self._fwd: dict[str, Forwarder] = {}
+
+    def probe(self) -> Availability:
+        exe = which("lxc-execute")
+        missing = [t for t in ("lxc-execute", "lxc-attach", "lxc-stop") if which(t) is None]
+        if missing:
+            return Availability(self.name, self.kind, False,
+                                reason=f"{', '.join(missing)} not installed: apt-get install lxc (or run make setup)")
+        try:
+            version = run([exe, "--version"], timeout=5, check=False).stdout.decode().strip()
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return Availability(self.name, self.kind, False, reason=f"lxc-execute --version failed: {e}")
+        if os.geteuid() != 0:
+            return Availability(self.name, self.kind, False, version,
+                                reason="lxc-execute needs root here (unprivileged LXC is not supported by the kit)")
+        return Availability(self.name, self.kind, True, version,
+                            info={"lxcpath": str(lxcpath()), "cgroups": cgroups.describe()})
+
+    def _base(self, tool: str, inst: Instance) -> list[str]:
+        return [which(tool) or tool, "-n", inst.id, "-P", str(lxcpath())]
+
+    @staticmethod
+    def _monitor_rel(inst: Instance) -> str | None:
+        return f"{inst.cgroup.rel}-lxcmon" if inst.cgroup is not None else None
+
+    def start(self, inst: Instance, stream: Stream | None = None) -> None:
+        spec = inst.spec
+        try:
+            inst.cgroup = _rootfs.kit_cgroup(inst)
+            (inst.state_dir / "overlay" / "upper").mkdir(parents=True, exist_ok=True)
+            conf = inst.state_dir / "lxc.conf"
+            conf.write_text(build_config(inst, self._monitor_rel(inst)))
+            lxcpath().mkdir(parents=True, exist_ok=True)
+            argv = [*self._base("lxc-execute", inst), "-f", str(conf),
+                    "-o", str(inst.state_dir / "lxc.log"), "-l", "NOTICE", "--", *spec.command]
+            inst.proc = Pumped(argv, inst.state_dir, stream=stream, detach=spec.detach)
+            inst.phases["launched"] = inst.proc.launched_at
+            if spec.detach or spec.ports:
+                pid = self._await_started(inst)
+                if spec.ports:
+                    if pid is None:
+                        raise StartFailed(f"lxc: {inst.name!r} exited before its ports could be published")
+                    self._fwd[inst.id] = Forwarder(f"/proc/{pid}/ns/net", spec.ports).start()
+        except BaseException:
+            self.remove(inst)
+            raise
+
+    def _log(self, inst: Instance) -> bytes:
+        try:
+            return (inst.state_dir / "lxc.log").read_bytes()
+        except OSError:
+            return b""
+
+    def _await_started(self, inst: Instance) -> int | None:
+        """The container's init pid once started; None if it already exited; StartFailed if it never started."""
+
+        def started_or_exited():
+            m = _STARTED.search(self._log(inst))
+            if m:
+                return int(m.group(1))
+            return -1 if inst.proc.proc.poll() is not None else None
+
+        try:
+            pid = wait_until(started_or_exited, START_DEADLINE, interval=0.005, what="lxc container start")
+        except KitTimeout:
+            raise StartFailed(f"lxc: {inst.name!r} did not start within {START_DEADLINE:g} s; "
+                              f"see {inst.state_dir / 'lxc.log'}") from None
+        if pid == -1:
+            self._raise_start_error(inst)
+            return None
+        inst.phases["started"] = time.time()
+        return pid
+
+    def _raise_start_error(self, inst: Instance) -> None:
+        log = self._log(inst)
+        if _STARTED.search(log):
+            return
+        errors = [ln for ln in log.decode(errors="replace").splitlines() if " ERROR " in ln]
+        why = errors[-1].split(" - ", 1)[-1].strip() if errors else "see " + str(inst.state_dir / "lxc.log")
+        raise StartFailed(f"lxc: could not start {inst.spec.command[0]!r}: {why}")
+
+    def wait(self, inst: Instance, timeout: float | None = None) -> int:
+        code = super().wait(inst, timeout)
+        if code != 0:
+            self._raise_start_error(inst)
+        return code
+
+    def stop(self, inst: Instance, timeout: float = 10.0) -> None:
+        if inst.proc is None or inst.proc.proc.poll() is not None:
+            return
+        if timeout > 0:
+            # lxc-init passes SIGTERM on to the command; lxc-stop -t kills after the timeout.
+            argv = [*self._base("lxc-stop", inst), "-t", str(max(1, round(timeout)))]
+        else:
+            argv = [*self._base("lxc-stop", inst), "-k"]
+        try:
+            run(argv, timeout=timeout + 10, check=False)
+            inst.proc.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            kill_group(inst.proc.proc)  # LXC itself is stuck: end it
+
+    def cleanup(self, inst: Instance) -> None:
+        fwd = self._fwd.pop(inst.id, None)
+        if fwd is not None:
+            fwd.stop()
+        if inst.proc is not None and inst.proc.proc.poll() is None:
+            self.stop(inst, timeout=0)
+        shutil.rmtree(lxcpath() / inst.id, ignore_errors=True)
+        if inst.cgroup is not None:
+            cgroups.Cgroup(self._monitor_rel(inst)).destroy()
+
+    def logs(self, inst: Instance) -> tuple[bytes, bytes]:
+        out, err = super().logs(inst)
+        # The monitor shares the command's stderr; drop its own complaints
+        # (e.g. about config keys lxc-attach asks for).
+        noise = f"lxc-execute: {inst.id}: ".encode()
+        if noise in err:
+            err = b"".join(ln for ln in err.splitlines(keepends=True) if not ln.startswith(noise))
+        return out, err
+
+    def exec(self, inst, argv, stream=None, timeout=None):
+        env = _rootfs.environment(inst.spec, inst.image)
+        cmd = [*self._base("lxc-attach", inst), "--clear-env"]
+        for k, v in env.items():
+            cmd += ["-v", f"{k}={v}"]
+        cmd += ["--", *argv]
+        try:
+            p = run(cmd, timeout=timeout or 60, check=False, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise KitTimeout(f"exec {argv[0]!r} in {inst.name!r} did not finish within {timeout or 60:g} s") from None
+        if stream:
+            stream("stdout", p.stdout)
+            stream("stderr", p.stderr)
+        return p.returncode, p.stdout, p.stderr
+
+    def sweep(self, session: str, dry_run: bool = False) -> list[str]:
+        base = lxcpath()
+        if not base.is_dir():
+            return []
+        out = []
+        for d in sorted(base.iterdir()):
+            if d.name.startswith(f"kit-{session}-"):
+                if not dry_run:
+                    run([which("lxc-stop") or "lxc-stop", "-n", d.name, "-P", str(base), "-k"], timeout=15, check=False)
+                    shutil.rmtree(d, ignore_errors=True)
+                out.append(f"lxc container {d.name}")
+        return out

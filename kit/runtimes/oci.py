@@ -1,0 +1,432 @@
+"""OCI runtimes: runc, crun and runsc (gVisor), all from one bundle builder.
+
+Each instance gets a bundle in its state directory::
+
+    <state>/bundle/config.json     built by :func:`build_config`
+    <state>/bundle/rootfs/         overlay: image rootfs (lower) + <state>/overlay/upper
+    <state>/runtime.log            the runtime's own log (JSON), read for start errors
+
+The runtime is driven with ``<binary> --root <kit root> run --bundle B ID`` under
+:class:`~kit._proc.Pumped`, so the exit code is the container's and output
+streams live (or goes straight to the log files when detached). ``--root``
+is kit-owned (``/run/kit/<binary>``), so kit's containers are separable from
+other users' and a dead session's can be swept by id prefix.
+
+Limits: the container's cgroup is ``/kit/<session>-<name>/ctr``, *below* the
+kit-owned group that carries the memory/cpu limit, so OOM kills are counted
+by the kit's group and survive the runtime deleting its own.
+
+gVisor (``runsc``) runs with ``--platform=ptrace``. Without ports it has
+``--network=none``. With ports, the sandbox's own network stack cannot be
+reached from the host, so kit makes a private loopback-only network
+namespace, starts runsc inside it with ``--network=host`` (the Sentry then
+uses that namespace's kernel loopback, not the host's network) and forwards
+into it; every runsc control command for that instance runs in that
+namespace too, because runsc's control socket is namespace-scoped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from .. import config
+from .._proc import Pumped, Stream, kill_group, run, wait_until
+from ..errors import KitError, KitTimeout, StartFailed
+from ..portfwd import Forwarder, new_loopback_netns, setns
+from ..spec import RunSpec
+from . import _rootfs
+from .base import Availability, Instance, Runtime, which
+
+#: ``runc spec``'s defaults: the capabilities, masked and read-only paths of a plain container.
+CAPABILITIES = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+MASKED_PATHS = ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"]
+READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+MOUNTS = [
+    {"destination": "/proc", "type": "proc", "source": "proc"},
+    {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+     "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+    {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+     "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+    {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+     "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+    {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+    {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+    {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+     "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+]
+START_DEADLINE = 15.0  # seconds for a detached container to reach "created"
+
+
+def build_config(spec: RunSpec, image, rootfs: Path, cgroups_path: str | None = None,
+                 network: str | None = "new") -> dict:
+    """The OCI runtime config (``config.json``) for ``spec``.
+
+    Args:
+        spec: what to run.
+        image: the image (its config supplies default env and workdir), or None.
+        rootfs: absolute path of the bundle's root filesystem.
+        cgroups_path: ``linux.cgroupsPath``, or None to let the runtime choose.
+        network: ``"new"`` for an own, loopback-only network namespace; a path to
+            join that namespace; None to share the runtime's (gVisor ``--network=host``).
+    """
+    caps = CAPABILITIES + [c for c in spec.options.get("cap_add", []) if c not in CAPABILITIES]
+    namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
+    if network == "new":
+        namespaces.append({"type": "network"})
+    elif network:
+        namespaces.append({"type": "network", "path": network})
+    linux: dict = {
+        "namespaces": namespaces,
+        "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+        "maskedPaths": list(MASKED_PATHS),
+        "readonlyPaths": list(READONLY_PATHS),
+    }
+    if cgroups_path:
+        linux["cgroupsPath"] = cgroups_path
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": 0, "gid": 0},
+            "args": list(spec.command),
+            "env": [f"{k}={v}" for k, v in _rootfs.environment(spec, image).items()],
+            "cwd": _rootfs.workdir(spec, image),
+            "capabilities": {k: list(caps) for k in ("bounding", "effective", "permitted", "ambient")},
+            "noNewPrivileges": True,
+        },
+        "root": {"path": str(rootfs), "readonly": bool(spec.read_only)},
+        "hostname": spec.hostname,
+        "mounts": [dict(m) for m in MOUNTS],
+        "linux": linux,
+    }
+
+
+def runtime_root(binary: str) -> Path:
+    """The kit-owned ``--root`` state directory of ``binary``."""
+    base = Path("/run/kit") if os.geteuid() == 0 else config.home() / "oci-state"
+    return base / binary
+
+
+class OCIRuntime(Runtime):
+    """runc or crun (same command line, same bundle).
+
+    Args:
+        binary: ``runc`` or ``crun``.
+    """
+
+    kind = "container"
+    #: Global options put before the subcommand.
+    global_args: tuple[str, ...] = ()
+    #: Prove the runtime works with a tiny run in probe() (crun: cgroup hybrid mode).
+    smoke_test = False
+
+    def __init__(self, binary: str = "runc"):
+        super().__init__()
+        self.binary = binary
+        self.name = binary
+        self.smoke_test = binary != "runc"
+        self._fwd: dict[str, Forwarder] = {}
+        self._netns: dict[str, int] = {}
+
+    # -- discovery ---------------------------------------------------------
+    def probe(self) -> Availability:
+        path = which(self.binary)
+        if path is None:
+            return Availability(self.name, self.kind, False,
+                                reason=f"{self.binary} is not installed: apt-get install {self.binary} (or run make setup)")
+        try:
+            p = run([path, "--version"], timeout=5, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return Availability(self.name, self.kind, False, reason=f"{self.binary} --version failed: {e}")
+        version = _version(p.stdout.decode(errors="replace"))
+        info = {"root": str(runtime_root(self.binary)), **self._probe_info()}
+        if os.geteuid() != 0:
+            return Availability(self.name, self.kind, False, version,
+                                reason=f"{self.binary} needs root here (rootless containers are not supported by the kit)",
+                                info=info)
+        if self.smoke_test:
+            why = self._smoke_run(path)
+            if why:
+                return Availability(self.name, self.kind, False, version, reason=why, info=info)
+        return Availability(self.name, self.kind, True, version, info=info)
+
+    def _probe_info(self) -> dict:
+        from .. import cgroups
+
+        return {"cgroups": cgroups.describe()}
+
+    def _smoke_run(self, path: str, timeout: float = 8.0) -> str:
+        """Run ``true`` in busybox with a deadline; '' when it worked, else why not."""
+        from .. import images
+
+        try:
+            image = images.get("busybox")
+        except KitError as e:
+            return f"cannot prove {self.binary} works: {e}"
+        tmp = Path(tempfile.mkdtemp(prefix=f"probe-{self.binary}-", dir=config.state_dir()))
+        root = tmp / "state"
+        cid = f"kit-{config.SESSION_ID}-probe-{self.binary}"
+        rootfs = tmp / "bundle" / "rootfs"
+        try:
+            _rootfs.mount_overlay(image.rootfs, tmp, rootfs)
+            spec = RunSpec(image="busybox", command=["true"], name=f"probe-{self.binary}")
+            (tmp / "bundle" / "config.json").write_text(json.dumps(build_config(spec, image, rootfs)))
+            argv = [path, "--root", str(root), *self.global_args, "run", "--bundle", str(tmp / "bundle"), cid]
+            p = run(argv, timeout=timeout, check=False, stdin=subprocess.DEVNULL)
+            if p.returncode == 0:
+                return ""
+            return _last_error(p.stderr.decode(errors="replace")) or f"{self.binary} run exited {p.returncode}"
+        except subprocess.TimeoutExpired:
+            return f"a tiny {self.binary} run did not finish within {timeout:g} s"
+        except KitError as e:
+            return str(e)
+        finally:
+            run([path, "--root", str(root), *self.global_args, "delete", "--force", cid], timeout=10, check=False)
+            _rootfs.unmount(rootfs)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    # -- lifecycle ---------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        return runtime_root(self.binary)
+
+    def _cli(self) -> list[str]:
+        return [which(self.binary) or self.binary, "--root", str(self.root), *self.global_args]
+
+    def _cli_for(self, inst: Instance) -> list[str]:
+        return self._cli()
+
+    def _preexec(self, inst: Instance):
+        """What a control command for ``inst`` runs before exec (gVisor: enter its namespace)."""
+        fd = self._netns.get(inst.id)
+        return None if fd is None else (lambda: setns(fd))
+
+    def _ctl(self, inst: Instance, *args: str, timeout: float = 10) -> subprocess.CompletedProcess:
+        return run([*self._cli_for(inst), *args], timeout=timeout, check=False, preexec_fn=self._preexec(inst))
+
+    def _network(self, inst: Instance) -> str | None:
+        return "new"
+
+    def start(self, inst: Instance, stream: Stream | None = None) -> None:
+        spec = inst.spec
+        try:
+            inst.cgroup = _rootfs.kit_cgroup(inst)
+            bundle = inst.state_dir / "bundle"
+            rootfs = _rootfs.mount_overlay(inst.image.rootfs, inst.state_dir, bundle / "rootfs")
+            cgpath = f"/{inst.cgroup.rel}/ctr" if inst.cgroup is not None else None
+            cfg = build_config(spec, inst.image, rootfs, cgpath, self._network(inst))
+            (bundle / "config.json").write_text(json.dumps(cfg))
+            self.root.mkdir(parents=True, exist_ok=True)
+            argv = [*self._cli_for(inst), "--log", str(inst.state_dir / "runtime.log"), "--log-format", "json",
+                    "run", "--bundle", str(bundle), inst.id]
+            inst.proc = Pumped(argv, inst.state_dir, stream=stream, detach=spec.detach,
+                               preexec_fn=self._preexec(inst))
+            inst.phases["launched"] = inst.proc.launched_at
+            inst.info["runtime_root"] = str(self.root)
+            if spec.detach or spec.ports:
+                self._await_started(inst)
+            if spec.ports:
+                self._fwd[inst.id] = Forwarder(self._netns_path(inst), spec.ports).start()
+        except BaseException:
+            self.remove(inst)
+            raise
+
+    def _await_started(self, inst: Instance) -> None:
+        """Block until the command runs (or already exited); StartFailed with the runtime's reason."""
+
+        def started_or_exited():
+            if inst.proc.proc.poll() is not None:
+                return "exited"
+            return "started" if self._started(inst) else None
+
+        try:
+            what = wait_until(started_or_exited, START_DEADLINE, interval=0.005, what=f"{self.name} container start")
+        except KitTimeout:
+            raise StartFailed(f"{self.name}: {inst.name!r} did not start within {START_DEADLINE:g} s; "
+                              f"see {inst.state_dir / 'runtime.log'}") from None
+        if what == "exited":
+            self._raise_start_error(inst)
+        else:
+            inst.phases["started"] = time.time()
+
+    def _started(self, inst: Instance) -> bool:
+        """Past "created": the container's process is running the command."""
+        if self.binary == "runc":
+            # Fast path, no fork: runc removes exec.fifo once the command is exec'd.
+            d = self.root / inst.id
+            return (d / "state.json").exists() and not (d / "exec.fifo").exists()
+        return self._state(inst).get("status") in ("running", "stopped")
+
+    def _state(self, inst: Instance) -> dict:
+        """``<runtime> state ID`` (the OCI state: status, pid, bundle), or {}."""
+        if not self._has_state(inst):
+            return {}
+        try:
+            return json.loads(self._ctl(inst, "state", inst.id).stdout)
+        except (ValueError, subprocess.TimeoutExpired):
+            return {}
+
+    def _has_state(self, inst: Instance) -> bool:
+        return (self.root / inst.id).is_dir()
+
+    def _netns_path(self, inst: Instance) -> str:
+        pid = int(self._state(inst).get("pid") or 0)
+        if pid <= 0:
+            raise StartFailed(f"{self.name}: {inst.name!r} exited before its ports could be published")
+        return f"/proc/{pid}/ns/net"
+
+    def _start_error(self, inst: Instance) -> str:
+        """The runtime's own error for a failed start (from its JSON log), or ''."""
+        try:
+            lines = (inst.state_dir / "runtime.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        for line in reversed(lines):
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("level") in ("error", "fatal"):
+                return str(rec.get("msg", "")).strip()
+        return ""
+
+    def _raise_start_error(self, inst: Instance) -> None:
+        err = self._start_error(inst)
+        if err:
+            raise StartFailed(f"{self.name}: could not start {inst.spec.command[0]!r}: {err}")
+
+    def wait(self, inst: Instance, timeout: float | None = None) -> int:
+        code = super().wait(inst, timeout)
+        if code != 0:
+            self._raise_start_error(inst)
+        return code
+
+    def _signal(self, inst: Instance, sig: str) -> None:
+        self._ctl(inst, "kill", inst.id, sig, timeout=10)
+
+    def stop(self, inst: Instance, timeout: float = 10.0) -> None:
+        if inst.proc is None or inst.proc.proc.poll() is not None:
+            return
+        if timeout > 0:
+            self._signal(inst, "TERM")
+            try:
+                inst.proc.proc.wait(timeout)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+        self._signal(inst, "KILL")
+        try:
+            inst.proc.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            kill_group(inst.proc.proc)  # the runtime itself is stuck: end it
+
+    def cleanup(self, inst: Instance) -> None:
+        fwd = self._fwd.pop(inst.id, None)
+        if fwd is not None:
+            fwd.stop()
+        if inst.proc is not None and inst.proc.proc.poll() is None:
+            self.stop(inst, timeout=0)
+        if self._has_state(inst):
+            self._ctl(inst, "delete", "--force", inst.id, timeout=15)
+        _rootfs.unmount(inst.state_dir / "bundle" / "rootfs")
+        fd = self._netns.pop(inst.id, None)
+        if fd is not None:
+            os.close(fd)
+
+    def exec(self, inst, argv, stream=None, timeout=None):
+        try:
+            p = self._ctl(inst, "exec", inst.id, *argv, timeout=timeout or 60)
+        except subprocess.TimeoutExpired:
+            raise KitTimeout(f"exec {argv[0]!r} in {inst.name!r} did not finish within {timeout or 60:g} s") from None
+        if stream:
+            stream("stdout", p.stdout)
+            stream("stderr", p.stderr)
+        return p.returncode, p.stdout, p.stderr
+
+    def sweep(self, session: str, dry_run: bool = False) -> list[str]:
+        prefix = f"kit-{session}-"
+        if not self.root.is_dir() or which(self.binary) is None:
+            return []
+        out = []
+        for cid in sorted({_container_id(p.name) for p in self.root.iterdir()}):
+            if not cid.startswith(prefix):
+                continue
+            if not dry_run:
+                run([*self._cli(), "delete", "--force", cid], timeout=15, check=False)
+            out.append(f"{self.name} container {cid}")
+        return out
+
+
+class GVisorRuntime(OCIRuntime):
+    """gVisor's runsc on the ptrace platform (works without KVM or nested virtualisation)."""
+
+    kind = "sandbox"
+
+    def __init__(self, platform: str = "ptrace"):
+        super().__init__("runsc")
+        self.platform = platform
+        self.smoke_test = True
+
+    @property
+    def global_args(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (f"--platform={self.platform}", "--network=none")
+
+    def _cli_for(self, inst: Instance) -> list[str]:
+        cli = self._cli()
+        if inst.id in self._netns:
+            cli[cli.index("--network=none")] = "--network=host"
+        return cli
+
+    def _probe_info(self) -> dict:
+        return {**super()._probe_info(), "platform": self.platform}
+
+    def _network(self, inst: Instance) -> str | None:
+        if not inst.spec.ports:
+            return "new"
+        # Ports: a private loopback-only namespace that runsc joins with --network=host.
+        self._netns[inst.id] = new_loopback_netns()
+        return None
+
+    def _has_state(self, inst: Instance) -> bool:
+        try:
+            return any(_container_id(p.name) == inst.id for p in self.root.iterdir())
+        except OSError:
+            return False
+
+    def _netns_path(self, inst: Instance) -> str:
+        return f"/proc/{os.getpid()}/fd/{self._netns[inst.id]}"
+
+    def _start_error(self, inst: Instance) -> str:
+        err = super()._start_error(inst)
+        if err:
+            return err
+        # runsc reports a failed start on stderr ("running container: ...").
+        try:
+            text = inst.stderr_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return _last_error(text) if re.search(r"^(running container|creating container|error)", text, re.M) else ""
+
+
+def _container_id(entry: str) -> str:
+    # runc/crun: <root>/<id>/; runsc: <root>/<id>_sandbox:<id>.state and .lock
+    return entry.split("_sandbox:", 1)[0]
+
+
+def _version(text: str) -> str:
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    m = re.search(r"version\s+(\S+)", first)
+    return m.group(1) if m else first
+
+
+def _last_error(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
