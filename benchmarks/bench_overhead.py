@@ -32,8 +32,8 @@ HERE = Path(__file__).resolve().parent
 CMD = ["echo", "hello"]
 
 
-def _runc_bundle(tmp: Path, rootfs: Path, binary: str) -> Path:
-    bundle = tmp / f"bundle-{binary}"
+def _runc_bundle(tmp: Path, rootfs: Path, binary: str, label: str) -> Path:
+    bundle = tmp / f"bundle-{label}"
     bundle.mkdir()
     subprocess.run([binary, "spec", "--bundle", str(bundle)], check=True, capture_output=True)
     cfg = json.loads((bundle / "config.json").read_text())
@@ -51,27 +51,33 @@ def raw_commands(tmp: Path) -> dict[str, callable]:
     out = {"process": lambda: ["/bin/echo", "hello"]}
     for binary in ("runc", "crun"):
         if kit.runtimes.get(binary).availability().available:
-            b = _runc_bundle(tmp, img.rootfs, binary)
+            b = _runc_bundle(tmp, img.rootfs, binary, binary)
             root = tmp / f"{binary}-root"
             out[binary] = (lambda b=b, root=root, binary=binary:
                            [binary, "--root", str(root), "run", "--bundle", str(b), f"raw{next(counter)}"])
     if kit.runtimes.get("runsc").availability().available:
-        b = _runc_bundle(tmp, img.rootfs, "runc")
+        b = _runc_bundle(tmp, img.rootfs, "runc", "runsc")
         root = tmp / "runsc-root"
         out["runsc"] = lambda: ["runsc", "--root", str(root), "--platform=ptrace", "--network=none",
                                 "run", "--bundle", str(b), f"raw{next(counter)}"]
     if kit.runtimes.get("lxc").availability().available:
         lxcpath = tmp / "lxc"
         lxcpath.mkdir()
-        out["lxc"] = lambda: ["lxc-execute", "-n", f"raw{next(counter)}", "-P", str(lxcpath),
-                              "-s", f"lxc.rootfs.path=dir:{img.rootfs}", "-s", "lxc.net.0.type=empty",
+        # The same root filesystem semantics as kit's: the image stays untouched under
+        # LXC's own overlay, with a writable upper directory.
+        upper = tmp / "lxc-upper"
+        upper.mkdir()
+        conf = tmp / "lxc.conf"
+        conf.write_text(f"lxc.rootfs.path = overlay:{img.rootfs}:{upper}\nlxc.net.0.type = empty\n")
+        out["lxc"] = lambda: ["lxc-execute", "-n", f"raw{next(counter)}", "-P", str(lxcpath), "-f", str(conf),
                               "--", *CMD]
     if kit.runtimes.get("docker").availability().available:
         # Make sure the daemon has the kit's busybox image, and use the same image by hand.
+        from kit.images.engine import engine_ref
+
         kit.run("busybox", ["true"], runtime="docker")
-        tag = kit.runtimes.get("docker").image_ref(img) if hasattr(kit.runtimes.get("docker"), "image_ref") else None
-        if tag:
-            out["docker"] = lambda: ["docker", "run", "--rm", "--network", "none", tag, *CMD]
+        tag = engine_ref(img)
+        out["docker"] = lambda: ["docker", "run", "--rm", "--network", "none", tag, *CMD]
     return out
 
 

@@ -123,6 +123,7 @@ def _create(image: str | None, command, runtime: str | None, **kw) -> tuple[Runt
     _check_command(rt, spec, img)
     _check_ports(spec)
     lifetime.ensure_reaper()
+    wait_for_teardown(spec.name)
     with _lock:
         if spec.name in _live:
             raise NameInUse(f"name {spec.name!r} is already in use by a {_live[spec.name][0].name} instance: "
@@ -145,6 +146,30 @@ def _discard(rt: Runtime, inst: Instance) -> None:
         rt.remove(inst)
     finally:
         _forget(inst.name)
+
+
+#: Foreground instances whose teardown (unmount, state, cgroup) runs off the caller's path.
+_pending: dict[str, threading.Thread] = {}
+
+
+def _discard_soon(rt: Runtime, inst: Instance) -> None:
+    """Tear a finished instance down in the background: the result is already complete.
+
+    The name stays taken until the teardown is done; :func:`_create`, :func:`prune`
+    and exit wait for it.
+    """
+    t = threading.Thread(target=_discard, args=(rt, inst), name=f"kit-rm-{inst.name}", daemon=True)
+    with _lock:
+        _pending[inst.name] = t
+    t.start()
+
+
+def wait_for_teardown(name: str | None = None, timeout: float = 30) -> None:
+    """Wait until the background teardown of ``name`` (or of every instance) is done."""
+    for n, t in list(_pending.items()):
+        if name is None or n == name:
+            t.join(timeout)
+            _pending.pop(n, None)
 
 
 def _result(rt: Runtime, inst: Instance, out: bytes = b"", err: bytes = b"") -> RunResult:
@@ -203,8 +228,10 @@ def run(image: str | None, command: Sequence[str], runtime: str | None = None, *
         inst.oom_killed = inst.oom_killed or rt.oom_killed(inst)
         out, err = rt.logs(inst)
         result = _result(rt, inst, out, err)
-    finally:
+    except BaseException:
         _discard(rt, inst)
+        raise
+    _discard_soon(rt, inst)
     return result.check() if check else result
 
 
@@ -305,6 +332,7 @@ def prune(dead_sessions: bool = True) -> list[str]:
             rm(n, force=True)
         except KitError:
             pass
+    wait_for_teardown()
     return names + (lifetime.sweep_dead_sessions() if dead_sessions else [])
 
 
