@@ -1,0 +1,490 @@
+"""Matching VMs: the image a container runs, booted under QEMU with the kit's own init.
+
+A run boots the guest kernel (:mod:`kit.vm.kernel`) with the kit initramfs
+(:mod:`kit.vm.initramfs`) and the image's read-only ext4 disk
+(:mod:`kit.vm.disk`; tiny images ride inside the initramfs instead). The guest
+init receives the run spec on the control port, runs the command with its
+stdout and stderr on ports of their own, reports the exit code and powers off.
+The host stamps the milestones as they arrive, into ``inst.phases``::
+
+    launched   QEMU process started
+    kernel     first byte on the guest console (the kernel's setup code)
+    init       the kit init printed its mark
+    command    the init is about to exec the command
+    exited     the init reported the command's exit code
+    vm_exited  the QEMU process ended
+
+Options (``kit.run(..., runtime="qemu", **options)``): ``kernel``, ``modules``,
+``machine`` (``microvm`` | ``q35``), ``accel`` (``kvm`` | ``tcg``; default: probed),
+``boot`` (``auto`` | ``disk`` | ``initramfs``), ``disk_size`` (e.g. ``"64m"``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from .._proc import Pumped, Stream, kill_group, run, wait_until
+from ..errors import InvalidSpec, KitTimeout, StartFailed
+from ..spec import parse_memory
+from ..vm import accel as accel_mod
+from ..vm import disk as disk_mod
+from ..vm import initramfs, machine, qmp
+from ..vm import kernel as kernel_mod
+from ..vm.channel import MAX_PATH, Channel, LineRecords
+from .base import Availability, Instance, Runtime, which
+
+DEFAULT_MEMORY = 256 * 1024**2
+MIN_MEMORY = 96 * 1024**2  # below this the cloud kernel plus initramfs cannot boot reliably
+INITRAMFS_MAX_IMAGE = 32 * 1024**2  # "auto" boots images up to this size from the initramfs
+OPTIONS = {"kernel", "modules", "machine", "accel", "boot", "disk_size"}
+BOOT_DEADLINE = 120.0  # a detached VM must have started its command by then
+CHANNEL_NAMES = {"console": "console.sock", "kit.ctl": "ctl.sock", "kit.out": "out.sock",
+                 "kit.err": "err.sock", "kit.exec": "exec.sock"}
+
+
+class QemuRuntime(Runtime):
+    name = "qemu"
+    kind = "vm"
+
+    def __init__(self, qemu: str = machine.QEMU):
+        super().__init__()
+        self.qemu = qemu
+        self._vms: dict[str, _VM] = {}  # by instance id: host-side state that is not a result fact
+
+    # -- discovery ---------------------------------------------------------
+    def probe(self) -> Availability:
+        binary = which(self.qemu)
+        if not binary:
+            return Availability(self.name, self.kind, False,
+                                reason=f"{self.qemu} not found: install qemu-system-x86 (or run 'make setup')")
+        p = run([binary, "-version"], timeout=10, check=False)
+        m = re.search(r"version (\S+)", p.stdout.decode(errors="replace"))
+        version = f"QEMU {m.group(1) if m else '?'}"
+        for tool, pkg in (("mkfs.ext4", "e2fsprogs"),):
+            if not which(tool):
+                return Availability(self.name, self.kind, False, version,
+                                    reason=f"{tool} not found: install {pkg} (or run 'make setup')")
+        k = kernel_mod.cached()
+        if k is None:
+            if not which("apt-get"):
+                return Availability(self.name, self.kind, False, version,
+                                    reason="no guest kernel cached and no apt-get to fetch one: "
+                                           "pass kernel=/path/to/vmlinuz or run 'python -m kit.vm.kernel fetch'")
+            return Availability(self.name, self.kind, True, version,
+                                info={"kernel": "fetched on first run", "accel": "probed on first run"})
+        v = accel_mod.choose(k, binary)  # bounded (PROBE_DEADLINE), then cached
+        return Availability(self.name, self.kind, True, f"{version}, accel {v.accel}",
+                            info={"accel": v.accel, "accel_reason": v.reason, "kernel": k.version,
+                                  "machine": _default_machine(k, v.accel)})
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self, inst: Instance, stream: Stream | None = None) -> None:
+        vm = _VM(self, inst, stream)
+        self._vms[inst.id] = vm
+        try:
+            vm.launch()
+            if inst.spec.detach:
+                vm.wait_for_command(min(inst.spec.timeout or BOOT_DEADLINE, BOOT_DEADLINE))
+        except BaseException:
+            vm.teardown()
+            self._vms.pop(inst.id, None)
+            raise
+
+    def wait(self, inst: Instance, timeout: float | None = None) -> int:
+        vm = self.vm(inst)
+        vm.proc.wait(timeout)  # TimeoutExpired goes to the caller, nothing killed
+        inst.exit_code = vm.outcome()
+        return inst.exit_code
+
+    def running(self, inst: Instance) -> bool:
+        return inst.proc is not None and inst.proc.proc.poll() is None
+
+    def stop(self, inst: Instance, timeout: float = 10.0) -> None:
+        """Ask the guest to SIGTERM the command; after ``timeout``, QMP quit; then kill."""
+        vm = self._vms.get(inst.id)
+        if vm is None or not self.running(inst):
+            return
+        if timeout > 0 and vm.ctl is not None and vm.ctl.send(b"term\n"):
+            try:
+                inst.proc.proc.wait(timeout)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+        vm.killed = True
+        if qmp.quit(vm.qmp_path, timeout=2.0):
+            try:
+                inst.proc.proc.wait(3)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+        kill_group(inst.proc.proc)
+
+    def kill(self, inst: Instance) -> None:
+        vm = self._vms.get(inst.id)
+        if vm is not None:
+            vm.killed = True
+        if inst.proc is not None:
+            kill_group(inst.proc.proc)
+
+    def cleanup(self, inst: Instance) -> None:
+        vm = self._vms.pop(inst.id, None)
+        if vm is not None:
+            vm.teardown()
+
+    def exec(self, inst: Instance, argv: list[str], stream: Stream | None = None,
+             timeout: float | None = None) -> tuple[int, bytes, bytes]:
+        code, out, err = self.vm(inst).agent.call(argv, timeout or 60)
+        if stream:
+            stream("stdout", out)
+            stream("stderr", err)
+        return code, out, err
+
+    def oom_killed(self, inst: Instance) -> bool:
+        # The guest kernel's OOM killer is inside the VM; the init reports a SIGKILLed command as 137.
+        return False
+
+    def vm(self, inst: Instance) -> "_VM":
+        """The host-side state of a started VM (its QEMU command line is ``.argv``)."""
+        vm = self._vms.get(inst.id)
+        if vm is None:
+            raise StartFailed(f"VM {inst.name!r} was never started or is already removed")
+        return vm
+
+
+def _default_machine(k: kernel_mod.Kernel, accel: str) -> str:
+    # microvm needs a kernel that finds virtio-mmio devices. Under TCG it is not used by
+    # default: without KVM's clock its TSC calibration fails and some boots hang
+    # (measured here: about 1 in 3), while q35 boots reliably.
+    return "microvm" if accel == "kvm" and k.supports_microvm() else "q35"
+
+
+class _VM:
+    """Everything one VM run holds on the host: QEMU, its channels, its files."""
+
+    def __init__(self, rt: QemuRuntime, inst: Instance, stream: Stream | None):
+        self.rt, self.inst, self.stream = rt, inst, stream
+        self.spec = inst.spec
+        self.channels: dict[str, Channel] = {}
+        self.ctl: Channel | None = None
+        self.agent = _Agent(self)
+        self.proc: subprocess.Popen | None = None
+        self.sock_dir: Path | None = None
+        self.own_sock_dir = False
+        self.killed = False
+        self.reported: int | None = None
+        self.guest_error: str | None = None
+        self.console_tail = b""
+        self.console_log = None
+        self.out_logs: dict[str, object] = {}
+        self.command_started = threading.Event()
+
+    # -- assembling ---------------------------------------------------------
+    def _options(self) -> dict:
+        opts = dict(self.spec.options)
+        unknown = set(opts) - OPTIONS
+        if unknown:
+            raise InvalidSpec(f"unknown qemu option(s) {', '.join(sorted(unknown))}: "
+                              f"use {', '.join(sorted(OPTIONS))}")
+        return opts
+
+    def config(self) -> machine.VMConfig:
+        """Resolve kernel, accelerator, machine, boot mode and sizes (may build cached files)."""
+        opts = self._options()
+        inst, spec, image = self.inst, self.spec, self.inst.image
+        k = kernel_mod.resolve(opts.get("kernel"), opts.get("modules"))
+        forced = opts.get("accel")
+        if forced is not None:
+            if forced not in ("kvm", "tcg"):
+                raise InvalidSpec(f"accel {forced!r} is not supported: use kvm or tcg (or leave it out to probe)")
+            verdict = accel_mod.Verdict(forced, "asked for by the caller")
+        else:
+            verdict = accel_mod.choose(k, which(self.rt.qemu) or self.rt.qemu)
+        mach = opts.get("machine") or _default_machine(k, verdict.accel)
+        if mach not in machine.MACHINES:
+            raise InvalidSpec(f"machine {mach!r} is not supported: use one of {', '.join(machine.MACHINES)}")
+        if mach == "microvm" and not k.supports_microvm():
+            raise InvalidSpec(f"kernel {k.version} cannot find microvm's virtio-mmio devices: use machine='q35'")
+        memory = spec.memory or DEFAULT_MEMORY
+        if memory < MIN_MEMORY:
+            raise InvalidSpec(f"memory {memory // 1024**2} MiB is too small to boot a VM: give at least "
+                              f"{MIN_MEMORY // 1024**2}m (default {DEFAULT_MEMORY // 1024**2}m)")
+        boot = opts.get("boot") or "auto"
+        if boot not in ("auto", "disk", "initramfs"):
+            raise InvalidSpec(f"boot {boot!r} is not supported: use auto, disk or initramfs")
+        if boot == "auto":
+            boot = "initramfs" if image.size <= INITRAMFS_MAX_IMAGE else "disk"
+        disk = None
+        if boot == "initramfs":
+            # The unpacked image lives in guest RAM next to the kernel: keep half of memory free.
+            if image.size * 2 + 64 * 1024**2 > memory:
+                raise InvalidSpec(
+                    f"image {image.name!r} ({image.size // 1024**2} MiB) does not fit in {memory // 1024**2} MiB "
+                    f"of guest memory when booted from the initramfs: give more memory or boot='disk'")
+            initrd = initramfs.with_image(k, image)
+        else:
+            initrd = initramfs.base(k)
+            disk = disk_mod.base_disk(image, parse_memory(opts["disk_size"]) if opts.get("disk_size") else None)
+        inst.info.update({"accel": verdict.accel, "accel_reason": verdict.reason, "machine": mach,
+                          "boot": boot, "kernel": k.version, "memory_mib": memory // 1024**2,
+                          "vcpus": machine.vcpus(spec.cpus)})
+        self.boot = boot
+        return machine.VMConfig(kernel=k.vmlinuz, initrd=initrd, disk=disk, accel=verdict.accel,
+                                machine=mach, cpus=machine.vcpus(spec.cpus), memory_mib=memory // 1024**2,
+                                ports=list(spec.ports))
+
+    def spec_script(self) -> bytes:
+        """What the guest init sources: settings, the environment and the command, shell-quoted."""
+        spec, q = self.spec, shlex.quote
+        image_workdir = (self.inst.image.config or {}).get("workdir") if self.inst.image else None
+        env = " ".join(q(f"{k}={v}") for k, v in spec.environment().items())
+        lines = [
+            f"KIT_MODE={q(self.boot)}",
+            f"KIT_HOSTNAME={q(spec.hostname or spec.name)}",
+            f"KIT_WORKDIR={q(spec.workdir or image_workdir or '/')}",
+            f"KIT_NET={'1' if spec.ports else ''}",
+            f"KIT_RO={'1' if spec.read_only else ''}",
+            f"kit_env() {{ exec env -i {env} \"$@\"; }}",
+            f"kit_cmd() {{ kit_env {' '.join(q(a) for a in spec.command)}; }}",
+        ]
+        return ("\n".join(lines) + "\n").encode()
+
+    def _socket_dir(self) -> Path:
+        d = self.inst.state_dir
+        longest = max(len(n) for n in list(CHANNEL_NAMES.values()) + ["qmp.sock"])
+        if len(os.fsencode(d)) + 1 + longest <= MAX_PATH:
+            return d
+        # A deep $KIT_HOME would overflow sun_path: use a short private directory instead.
+        self.own_sock_dir = True
+        return Path(tempfile.mkdtemp(prefix="kit-vm-"))
+
+    # -- running ------------------------------------------------------------
+    def launch(self) -> None:
+        inst, spec = self.inst, self.spec
+        cfg = self.config()
+        self.sock_dir = self._socket_dir()
+        inst.info["sock_dir"] = str(self.sock_dir)
+        self.qmp_path = self.sock_dir / "qmp.sock"
+        cfg.qmp = self.qmp_path
+        self.console_log = open(inst.state_dir / "console.log", "ab")
+        handlers = {"console": self._on_console, "kit.ctl": LineRecords(self._on_record),
+                    "kit.exec": self.agent.feed}
+        if spec.detach:
+            # A service's output goes straight to its log files: nothing on the host must keep reading.
+            cfg.files = {"kit.out": inst.stdout_path, "kit.err": inst.stderr_path}
+            for p in cfg.files.values():
+                p.touch()
+        else:
+            for port, label, path in (("kit.out", "stdout", inst.stdout_path),
+                                      ("kit.err", "stderr", inst.stderr_path)):
+                self.out_logs[label] = open(path, "ab")
+                handlers[port] = self._tee(label)
+        for name, handler in handlers.items():
+            self.channels[name] = Channel(self.sock_dir / CHANNEL_NAMES[name], handler)
+            cfg.sockets[name] = self.channels[name].path
+        self.ctl = self.channels["kit.ctl"]
+        argv = machine.argv(cfg, which(self.rt.qemu) or self.rt.qemu)
+        self.argv = argv
+        qlog = inst.state_dir / "qemu"
+        qlog.mkdir(exist_ok=True)
+        try:
+            inst.proc = Pumped(argv, qlog, detach=True)
+        except OSError as e:
+            raise StartFailed(f"qemu: could not start {argv[0]}: {e}") from None
+        self.proc = inst.proc.proc
+        inst.phases["launched"] = inst.proc.launched_at
+        threading.Thread(target=self._watch_exit, daemon=True, name=f"kit-vm-exit-{inst.name}").start()
+        alive = lambda: self.proc.poll() is None  # noqa: E731
+        for ch in self.channels.values():
+            ch.start(alive, accept_timeout=30)
+        try:
+            wait_until(lambda: self.ctl.connected.is_set() or self.proc.poll() is not None, 30,
+                       what="QEMU connecting to the control socket")
+        except KitTimeout:
+            raise StartFailed(f"qemu: QEMU did not open its channels within 30 s: {self.qemu_error()}") from None
+        if not self.ctl.connected.is_set():
+            self.proc.wait(5)
+            raise StartFailed(f"qemu: QEMU exited at once ({self.proc.returncode}): {self.qemu_error()}")
+        self.ctl.send(str(len(self.spec_script())).encode() + b"\n" + self.spec_script())
+
+    def wait_for_command(self, deadline: float) -> None:
+        """Block until the guest runs the command (a service is then up), or raise why not."""
+        t0 = time.monotonic()
+        while not self.command_started.wait(0.05):
+            if self.proc.poll() is not None:
+                self.proc.wait()
+                self.outcome()  # raises with the reason
+                return
+            if time.monotonic() - t0 > deadline:
+                raise KitTimeout(f"qemu: the VM did not start its command within {deadline:g} s "
+                                 f"(console: {self.console_text()[-200:]!r})")
+
+    def _watch_exit(self) -> None:
+        self.proc.wait()
+        self.inst.phases.setdefault("vm_exited", time.time())
+
+    def _tee(self, label: str):
+        log = self.out_logs[label]
+
+        def handle(chunk: bytes) -> None:
+            log.write(chunk)
+            log.flush()
+            if self.stream is not None:
+                try:
+                    self.stream(label, chunk)
+                except Exception:  # a broken display must not stop collection
+                    self.stream = None
+        return handle
+
+    def _on_console(self, chunk: bytes) -> None:
+        now = time.time()
+        self.inst.phases.setdefault("kernel", now)
+        self.console_log.write(chunk)
+        self.console_log.flush()
+        # Keep enough to find the init mark across chunk borders and to explain a failure.
+        self.console_tail = (self.console_tail + chunk)[-8192:]
+        if "init" not in self.inst.phases and b"kit:init" in self.console_tail:
+            self.inst.phases["init"] = now
+
+    def _on_record(self, line: str, t: float) -> None:
+        word, _, arg = line.partition(" ")
+        if word == "command":
+            self.inst.phases.setdefault("command", t)
+            self.command_started.set()
+        elif word == "exited" and arg.strip().lstrip("-").isdigit():
+            self.reported = int(arg)
+            self.inst.phases.setdefault("exited", t)
+        elif word == "error":
+            self.guest_error = arg
+        elif word == "spec":
+            self.inst.phases.setdefault("spec", t)
+
+    def console_text(self) -> str:
+        return self.console_tail.decode("utf-8", "replace")
+
+    def qemu_error(self) -> str:
+        try:
+            text = (self.inst.state_dir / "qemu" / "stderr.log").read_text(errors="replace").strip()
+        except OSError:
+            text = ""
+        return text.splitlines()[-1] if text else "no message"
+
+    def outcome(self) -> int:
+        """The command's exit code once QEMU has exited; raise StartFailed if the guest never said."""
+        for ch in self.channels.values():
+            ch.join(5)
+        for f in self.out_logs.values():
+            f.flush()
+        if self.reported is not None:
+            return self.reported
+        if self.killed:
+            return 137
+        console = self.console_text()
+        panic = re.search(r"Kernel panic - not syncing: ([^\r\n]*)", console)
+        if self.guest_error:
+            why = f"the guest init failed: {self.guest_error}"
+        elif panic:
+            why = f"the guest kernel panicked: {panic.group(1).strip()}"
+        elif self.proc.returncode:
+            why = f"QEMU failed ({self.proc.returncode}): {self.qemu_error()}"
+        else:
+            tail = console.strip().splitlines()[-1:] or ["(nothing on the console)"]
+            why = f"the VM powered off before the command finished; console: {tail[0][:200]}"
+        raise StartFailed(f"qemu: {why}")
+
+    def teardown(self) -> None:
+        """Kill QEMU if alive; close channels and files; remove sockets (idempotent)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.killed = True
+            kill_group(self.proc)
+        for ch in self.channels.values():
+            ch.close()
+        for ch in self.channels.values():
+            ch.join(2)
+        for f in list(self.out_logs.values()) + ([self.console_log] if self.console_log else []):
+            try:
+                f.close()
+            except OSError:
+                pass
+        if self.sock_dir is not None:
+            try:
+                (self.sock_dir / "qmp.sock").unlink()
+            except OSError:
+                pass
+            if self.own_sock_dir:
+                shutil.rmtree(self.sock_dir, ignore_errors=True)
+
+
+class _Agent:
+    """Host end of the guest's exec agent (port ``kit.exec``): one request at a time.
+
+    Request: ``<length>\\n<shell script>``. Reply: ``out N\\n<N bytes>err N\\n<N bytes>exit C\\n``;
+    lengths frame the bytes, so nothing the command prints can fake a reply.
+    """
+
+    def __init__(self, vm: _VM):
+        self.vm = vm
+        self.buf = b""
+        self.cond = threading.Condition()
+        self.lock = threading.Lock()
+        self.broken = False
+
+    def feed(self, chunk: bytes) -> None:
+        with self.cond:
+            self.buf += chunk
+            self.cond.notify_all()
+
+    def _parse(self):
+        b = self.buf
+        parts = []
+        for tag in (b"out", b"err"):
+            head, nl, rest = b.partition(b"\n")
+            if not nl:
+                return None
+            t, _, n = head.partition(b" ")
+            if t != tag or not n.isdigit():
+                raise StartFailed(f"qemu: the exec agent sent a malformed reply ({head[:40]!r})")
+            if len(rest) < int(n):
+                return None
+            parts.append(rest[:int(n)])
+            b = rest[int(n):]
+        head, nl, rest = b.partition(b"\n")
+        if not nl:
+            return None
+        t, _, c = head.partition(b" ")
+        if t != b"exit" or not c.isdigit():
+            raise StartFailed(f"qemu: the exec agent sent a malformed reply ({head[:40]!r})")
+        self.buf = rest
+        return int(c), parts[0], parts[1]
+
+    def call(self, argv: list[str], timeout: float) -> tuple[int, bytes, bytes]:
+        ch = self.vm.channels.get("kit.exec")
+        if self.broken or ch is None or not ch.connected.is_set():
+            raise StartFailed(f"qemu: exec is not available in VM {self.vm.inst.name!r} "
+                              f"(its agent is not connected or an earlier exec timed out)")
+        q = shlex.quote
+        script = f"cd \"$KIT_WORKDIR\"; kit_env {' '.join(q(a) for a in argv)}\n".encode()
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            with self.cond:
+                self.buf = b""
+            ch.send(str(len(script)).encode() + b"\n" + script)
+            with self.cond:
+                while True:
+                    got = self._parse()
+                    if got is not None:
+                        return got
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self.vm.proc.poll() is not None:
+                        # The agent may still answer later: its replies can no longer be matched.
+                        self.broken = True
+                        raise KitTimeout(f"exec {argv[0]!r} in VM {self.vm.inst.name!r} did not finish "
+                                         f"within {timeout:g} s; exec is disabled for this VM now")
+                    self.cond.wait(min(left, 0.1))

@@ -1,0 +1,145 @@
+"""Which accelerator a VM gets: KVM only when a real boot proves it works, else TCG.
+
+A /dev/kvm node is not proof: on some hosts (e.g. the ``kvm_pvm`` module of a
+nested sandbox) a stock kernel hangs under it. So the first VM on a host boots
+the guest kernel under KVM with a deadline and waits for the kit init's mark on
+the console; the verdict is cached in ``$KIT_HOME/accel.json`` per host and kernel.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import platform
+import select
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .. import config
+from .._proc import kill_group
+from . import initramfs, machine
+from .kernel import Kernel
+
+PROBE_DEADLINE = 15.0
+MARK = b"kit:init"
+
+
+@dataclass
+class Verdict:
+    """The accelerator to use and why."""
+
+    accel: str
+    reason: str
+    probed_at: float = 0.0
+    probe_seconds: float = 0.0
+
+
+def _cache_path() -> Path:
+    return config.home() / "accel.json"
+
+
+def host_key(kernel: Kernel) -> str:
+    """Host identity for the cache: a kernel update or a move to another host re-probes."""
+    u = platform.uname()
+    kvm = _kvm_module() or "-"
+    return f"{u.node}|{u.release}|{kvm}|{kernel.key}"
+
+
+def _kvm_module() -> str | None:
+    for name in ("kvm_intel", "kvm_amd", "kvm_pvm"):
+        if Path("/sys/module", name).exists():
+            return name
+    return None
+
+
+def _load_cache() -> dict:
+    try:
+        return json.loads(_cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def cached(kernel: Kernel) -> Verdict | None:
+    """The cached verdict for this host and kernel, or None (no probe is run)."""
+    hit = _load_cache().get(host_key(kernel))
+    return Verdict(**hit) if hit else None
+
+
+def precheck() -> str | None:
+    """Why KVM is certainly unusable without booting anything, or None."""
+    dev = Path("/dev/kvm")
+    if not dev.exists():
+        return "no /dev/kvm on this host (KVM not loaded or not exposed)"
+    if not os.access(dev, os.R_OK | os.W_OK):
+        return "/dev/kvm is not readable and writable by this user (add it to the kvm group)"
+    return None
+
+
+def choose(kernel: Kernel, qemu: str = machine.QEMU, deadline: float = PROBE_DEADLINE) -> Verdict:
+    """KVM if a probe boot under it reaches the kit init within ``deadline``, else TCG.
+
+    Cached per host and kernel; concurrent callers wait for one probe.
+    """
+    hit = cached(kernel)
+    if hit:
+        return hit
+    why = precheck()
+    if why:
+        return Verdict("tcg", why)  # cheap to re-check; not cached, so a fixed host is noticed
+    config.home().mkdir(parents=True, exist_ok=True)
+    with open(config.home() / ".accel.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        hit = cached(kernel)
+        if hit:
+            return hit
+        v = probe(kernel, qemu, deadline)
+        data = _load_cache()
+        data[host_key(kernel)] = asdict(v)
+        tmp = _cache_path().with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, _cache_path())
+        return v
+
+
+def probe(kernel: Kernel, qemu: str = machine.QEMU, deadline: float = PROBE_DEADLINE) -> Verdict:
+    """Boot ``kernel`` under KVM; never takes longer than ``deadline`` (+ a kill)."""
+    cfg = machine.VMConfig(kernel=kernel.vmlinuz, initrd=initramfs.base(kernel), accel="kvm",
+                           machine="microvm" if kernel.supports_microvm() else "q35", memory_mib=256)
+    cmd = machine.argv(cfg, qemu)
+    cmd += ["-serial", "stdio"]  # no console socket in cfg: the probe reads QEMU's stdout
+    kmod = _kvm_module() or "unknown module"
+    t0 = time.monotonic()
+    try:
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             start_new_session=True)
+    except OSError as e:
+        return Verdict("tcg", f"could not start {qemu} for the KVM probe: {e}", time.time())
+    seen = b""
+    try:
+        while time.monotonic() - t0 < deadline:
+            ready, _, _ = select.select([p.stdout], [], [], 0.1)
+            if ready:
+                chunk = os.read(p.stdout.fileno(), 65536)
+                seen = (seen + chunk)[-4096:]
+                if MARK in seen:
+                    return Verdict("kvm", f"probe boot under KVM ({kmod}) reached init in "
+                                          f"{time.monotonic() - t0:.1f} s", time.time(), time.monotonic() - t0)
+                if not chunk and p.poll() is not None:
+                    break
+            elif p.poll() is not None:
+                break
+        if p.poll() is not None:
+            err = p.stderr.read().decode(errors="replace").strip().splitlines()
+            tail = err[-1] if err else f"exit {p.returncode}"
+            return Verdict("tcg", f"KVM ({kmod}) rejected: QEMU failed under -accel kvm: {tail}",
+                           time.time(), time.monotonic() - t0)
+        return Verdict("tcg", f"KVM ({kmod}) rejected: a probe boot did not reach init within "
+                              f"{deadline:g} s (the guest kernel hangs under this KVM)",
+                       time.time(), time.monotonic() - t0)
+    finally:
+        kill_group(p)
+        for f in (p.stdout, p.stderr):
+            f.close()

@@ -1,0 +1,178 @@
+"""Real VMs under QEMU (TCG on this machine kind): each boot takes a few seconds, so they are few."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import psutil
+import pytest
+
+import kit
+from kit._proc import wait_until
+from kit.errors import CommandNotFound, InvalidSpec, StartFailed
+from tests.conftest import need, unique
+
+pytestmark = pytest.mark.slow
+
+PHASES = ["launched", "kernel", "init", "command", "exited", "vm_exited"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _qemu():
+    need("qemu")
+
+
+def _qemu_of(name: str) -> list[int]:
+    """QEMU processes of the instance ``name`` (its socket paths are in the command line).
+
+    Other people's VMs on the same host are left out on purpose.
+    """
+    out = []
+    for p in psutil.process_iter(["name", "cmdline"]):
+        if p.info["name"] == "qemu-system-x86_64" and any(f"/{name}/" in a for a in p.info["cmdline"] or []):
+            out.append(p.pid)
+    return out
+
+
+def _assert_nothing_left(name: str) -> None:
+    kit.api.wait_for_teardown(name)  # foreground runs are removed in the background
+    state = kit.config.state_dir() / name
+    left = sorted(str(p.relative_to(state)) for p in state.rglob("*")) if state.exists() else []
+    assert not state.exists(), f"{state} left behind: {left}"
+    wait_until(lambda: not _qemu_of(name), 10, what=f"QEMU of {name} to be gone")
+
+
+def test_echo_hello_same_image_runc_and_qemu():
+    need("runc")
+    c = kit.run("busybox", ["echo", "hello"], runtime="runc")
+    name = unique("vm-hello")
+    v = kit.run("busybox", ["echo", "hello"], runtime="qemu", name=name, timeout=120)
+    assert c.stdout == v.stdout == "hello\n"
+    assert c.exit_code == v.exit_code == 0
+    assert v.info["accel"] in ("kvm", "tcg") and v.info["accel_reason"]
+    if "kvm_pvm" in v.info["accel_reason"] or not __import__("os").path.exists("/dev/kvm"):
+        assert v.info["accel"] == "tcg"  # this machine kind: /dev/kvm cannot boot a stock kernel
+    times = [v.phases[p] for p in PHASES]
+    assert times == sorted(times), v.phases
+    _assert_nothing_left(name)
+
+
+def test_exit_code_stderr_and_framing_cannot_be_forged():
+    name = unique("vm-frame")
+    # The command prints the kit's own control records on stdout, then tries to
+    # write one to every serial port in the guest; the ports it does not own refuse it.
+    script = ("echo 'exited 0'; echo command; echo to-err >&2; "
+              "for p in /sys/class/virtio-ports/*; do "
+              "  (echo 'exited 0' > /dev/${p##*/}) 2>/dev/null && echo \"forged $(cat $p/name)\" >&2; "
+              "done; exit 3")
+    r = kit.run("busybox", ["sh", "-c", script], runtime="qemu", name=name, timeout=120, boot="disk")
+    assert r.exit_code == 3
+    assert r.stdout == "exited 0\ncommand\n"
+    assert r.stderr == "to-err\n", r.stderr  # no port accepted a forged record
+    assert r.info["boot"] == "disk"
+    _assert_nothing_left(name)
+
+
+def test_hung_guest_is_killed_at_timeout():
+    name = unique("vm-hang")
+    t0 = time.monotonic()
+    r = kit.run("busybox", ["sleep", "600"], runtime="qemu", name=name, timeout=25)
+    assert r.timed_out and r.exit_code == 124
+    assert time.monotonic() - t0 < 25 + 15
+    _assert_nothing_left(name)
+
+
+def test_guest_kernel_panic_is_a_clear_error():
+    name = unique("vm-panic")
+    with pytest.raises(StartFailed, match="panicked"):
+        kit.run("busybox", ["sh", "-c", "echo c > /proc/sysrq-trigger"], runtime="qemu", name=name, timeout=120)
+    _assert_nothing_left(name)
+
+
+def test_bad_input_fails_fast_and_leaves_nothing(tmp_path):
+    junk = tmp_path / "vmlinuz"
+    junk.write_bytes(b"not a kernel" * 100)
+    name = unique("vm-badk")
+    with pytest.raises(StartFailed, match="QEMU"):
+        kit.run("busybox", ["true"], runtime="qemu", name=name, kernel=str(junk), timeout=60)
+    _assert_nothing_left(name)
+    with pytest.raises(InvalidSpec, match="does not exist"):
+        kit.run("busybox", ["true"], runtime="qemu", kernel=str(tmp_path / "missing"))
+    with pytest.raises(InvalidSpec, match="too small to boot"):
+        kit.run("busybox", ["true"], runtime="qemu", memory="32m")
+    with pytest.raises(CommandNotFound):
+        kit.run("busybox", ["no-such-command"], runtime="qemu")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        with pytest.raises(InvalidSpec, match="in use"):
+            kit.run("busybox", ["true"], runtime="qemu", ports=[f"{s.getsockname()[1]}:80"])
+
+
+# -- a Debian service VM, shared by the tests below -------------------------------------
+
+@pytest.fixture(scope="module")
+def redis_vm():
+    img = kit.images.debian("debian-redis", packages=["redis-server"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    name = unique("vm-cache")
+    try:
+        r = kit.run(img.name, ["redis-server", "--protected-mode", "no"], runtime="qemu", detach=True,
+                    ports=[f"{port}:6379"], name=name)
+        yield name, port, r
+    finally:
+        try:
+            kit.rm(name, force=True)
+        except kit.KitError:
+            pass
+        _assert_nothing_left(name)
+
+
+def _ping(port: int) -> bytes | None:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return s.recv(64)
+    except OSError:
+        return None
+
+
+def test_redis_vm_answers_ping_on_loopback(redis_vm):
+    name, port, r = redis_vm
+    assert r.detached and r.info["boot"] == "disk"
+    assert wait_until(lambda: _ping(port), 60, interval=0.2, what="redis PING") == b"+PONG\r\n"
+    row = kit.ps().set_index("name").loc[name]
+    assert row["runtime"] == "qemu" and row["status"] == "running"
+    assert f"127.0.0.1:{port}->6379" in row["ports"]
+
+
+def test_exec_into_running_vm(redis_vm):
+    name, port, _ = redis_vm
+    e = kit.exec(name, ["redis-cli", "ping"], timeout=60)
+    assert (e.exit_code, e.stdout) == (0, "PONG\n")
+    e = kit.exec(name, ["sh", "-c", "echo out; echo err >&2; exit 4"], timeout=60)
+    assert (e.exit_code, e.stdout, e.stderr) == (4, "out\n", "err\n")
+
+
+def test_stop_and_rm_leave_nothing(redis_vm):
+    name, port, _ = redis_vm
+    rt, inst = kit.api.instance(name)
+    pid = inst.proc.pid
+    stopped = kit.stop(name, timeout=20)
+    assert "Redis is starting" in stopped.stdout
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert _ping(port) is None
+    assert stopped.phases["vm_exited"] >= stopped.phases["command"]
+    kit.rm(name)
+    assert not inst.state_dir.exists()
+
+
+def test_image_too_big_for_memory_or_disk():
+    img = kit.images.debian("debian-redis", packages=["redis-server"])
+    with pytest.raises(InvalidSpec, match="does not fit"):
+        kit.run(img.name, ["true"], runtime="qemu", boot="initramfs", memory="128m")
+    with pytest.raises(InvalidSpec, match="disk_size"):
+        kit.run(img.name, ["true"], runtime="qemu", boot="disk", disk_size="16m")

@@ -1,0 +1,170 @@
+"""Unit tests of the VM pieces that need no boot: command line, spec script, framing, cpio, cache."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kit.errors import InvalidSpec, StartFailed
+from kit.runtimes import qemu as qemu_rt
+from kit.spec import RunSpec
+from kit.vm import accel, channel, initramfs, machine
+from kit.vm.kernel import Kernel
+
+
+def _cfg(**kw):
+    base = dict(kernel=Path("/k/vmlinuz"), initrd=Path("/k/initrd"))
+    base.update(kw)
+    return machine.VMConfig(**base)
+
+
+def _after(argv, flag):
+    return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
+
+
+def test_kvm_path_uses_kvm_and_host_cpu():
+    a = machine.argv(_cfg(accel="kvm", machine="microvm"))
+    assert _after(a, "-accel") == ["kvm"] and _after(a, "-cpu") == ["host"]
+    assert _after(a, "-M")[0].startswith("microvm,")
+    assert "virtio-serial-device,max_ports=5" in a
+
+
+def test_tcg_q35_uses_pci_devices_and_no_network_by_default():
+    a = machine.argv(_cfg(accel="tcg", machine="q35", disk=Path("/d/root.ext4")))
+    assert _after(a, "-accel") == ["tcg"] and "-cpu" not in a
+    assert _after(a, "-M") == ["q35"]
+    assert "virtio-blk-pci,drive=root" in a
+    assert "file=/d/root.ext4,format=raw,if=none,id=root,readonly=on" in a
+    assert _after(a, "-nic") == ["none"] and "-netdev" not in a
+    assert "-no-reboot" in a and "panic=-1" in _after(a, "-append")[0]
+
+
+def test_ports_are_forwarded_on_loopback_only_and_guest_is_restricted():
+    a = machine.argv(_cfg(ports=[(16379, 6379), (8080, 80)]))
+    (netdev,) = _after(a, "-netdev")
+    assert netdev == "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:16379-:6379,hostfwd=tcp:127.0.0.1:8080-:80"
+    assert "-nic" not in a
+
+
+def test_memory_cpus_and_channels():
+    a = machine.argv(_cfg(cpus=machine.vcpus(1.5), memory_mib=384,
+                          sockets={"console": Path("/s/console.sock"), "kit.ctl": Path("/s/c,tl.sock")},
+                          files={"kit.out": Path("/s/out.log")}, qmp=Path("/s/qmp.sock")))
+    assert _after(a, "-smp") == ["2"] and _after(a, "-m") == ["384M"]
+    assert "socket,id=console,path=/s/console.sock" in a and _after(a, "-serial") == ["chardev:console"]
+    assert "socket,id=p0,path=/s/c,,tl.sock" in a  # commas in paths are escaped QEMU's way
+    assert "file,id=p1,path=/s/out.log,append=on" in a
+    assert "virtserialport,chardev=p0,name=kit.ctl" in a and "virtserialport,chardev=p1,name=kit.out" in a
+    assert not any("name=kit.err" in x for x in a)
+    assert _after(a, "-qmp") == ["unix:/s/qmp.sock,server=on,wait=off"]
+
+
+def test_vcpus_round_up():
+    assert [machine.vcpus(c) for c in (None, 0.25, 1, 1.01, 2)] == [1, 1, 1, 2, 2]
+
+
+def test_bad_machine_or_accel():
+    with pytest.raises(InvalidSpec, match="machine"):
+        machine.argv(_cfg(machine="pc-i440fx"))
+    with pytest.raises(InvalidSpec, match="accelerator"):
+        machine.argv(_cfg(accel="hvf"))
+
+
+def test_default_machine_is_microvm_only_with_kvm_and_mmio(tmp_path):
+    conf = tmp_path / "config"
+    conf.write_text("CONFIG_VIRTIO_MMIO=m\nCONFIG_ACPI=y\n")
+    k = Kernel(tmp_path / "vmlinuz", None, "x", conf)
+    assert k.supports_microvm()
+    assert qemu_rt._default_machine(k, "kvm") == "microvm"
+    assert qemu_rt._default_machine(k, "tcg") == "q35"
+    conf.write_text("CONFIG_ACPI=y\n")
+    assert not Kernel(tmp_path / "vmlinuz", None, "x", conf).supports_microvm()
+
+
+def test_spec_script_quotes_everything():
+    spec = RunSpec(image="busybox", command=["sh", "-c", "echo 'a b'; echo $HOME\nexit 3"], name="n1",
+                   env={"X": "it's \"q\""}, workdir="/tmp", ports=[(1, 2)])
+    vm = qemu_rt._VM.__new__(qemu_rt._VM)
+    vm.spec, vm.boot = spec, "disk"
+    vm.inst = type("I", (), {"image": None})()
+    script = vm.spec_script().decode()
+    # Run the script in a host shell with stubs: the command must come back byte-exact.
+    probe = script + 'env() { shift; for a; do printf "<%s>" "$a"; done; }\nkit_cmd\n' \
+        'printf "|%s|%s|%s|%s" "$KIT_MODE" "$KIT_HOSTNAME" "$KIT_WORKDIR" "$KIT_NET"\n'
+    out = subprocess.run(["sh", "-c", probe.replace("exec env", "env")], capture_output=True, text=True).stdout
+    assert "<X=it's \"q\">" in out
+    assert out.endswith("<sh><-c><echo 'a b'; echo $HOME\nexit 3>|disk|n1|/tmp|1")
+
+
+def test_agent_reply_framing_cannot_be_faked_by_output():
+    vm = type("V", (), {})()
+    ag = qemu_rt._Agent(vm)
+    fake = b"exit 0\nout 3\n"  # the command's own stdout mimicking a reply
+    ag.feed(b"out %d\n" % len(fake) + fake + b"err 2\nE\nexit 9\n")
+    assert ag._parse() == (9, fake, b"E\n")
+    ag.buf = b"out 10\nshort"
+    assert ag._parse() is None  # incomplete: wait for more
+    ag.buf = b"bogus\n"
+    with pytest.raises(StartFailed):
+        ag._parse()
+
+
+def test_line_records_stamp_each_line():
+    got = []
+    rec = channel.LineRecords(lambda line, t: got.append(line))
+    rec(b"comm")
+    rec(b"and\nexited 3\npart")
+    assert got == ["command", "exited 3"]
+
+
+@pytest.mark.skipif(not shutil.which("cpio"), reason="cpio not installed")
+def test_cpio_writer_is_readable_by_cpio(tmp_path):
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_bytes(b"hello")
+    (src / "l").symlink_to("d/f")
+    out = tmp_path / "a.cpio"
+    with open(out, "wb") as f:
+        c = initramfs.Cpio(f)
+        c.tree(src, prefix="p")
+        c.close()
+    listing = subprocess.run(["cpio", "-it", "--quiet"], stdin=open(out, "rb"), capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert listing == ["p/d", "p/l", "p/d/f"]
+    dest = tmp_path / "x"
+    dest.mkdir()
+    subprocess.run(["cpio", "-id", "--quiet"], stdin=open(out, "rb"), cwd=dest, check=True)
+    assert (dest / "p/l").read_bytes() == b"hello"
+
+
+def test_accel_precheck_and_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KIT_HOME", str(tmp_path))
+    kfile = tmp_path / "vmlinuz"
+    kfile.write_bytes(b"x")
+    k = Kernel(kfile, None, "test")
+    calls = []
+
+    def fake_probe(kernel, qemu, deadline):
+        calls.append(deadline)
+        return accel.Verdict("tcg", "probe boot did not reach init (fake)")
+
+    monkeypatch.setattr(accel, "probe", fake_probe)
+    monkeypatch.setattr(accel, "precheck", lambda: None)
+    v1 = accel.choose(k)
+    v2 = accel.choose(k)
+    assert v1.accel == v2.accel == "tcg" and "fake" in v2.reason
+    assert len(calls) == 1  # the second answer came from the cache
+    monkeypatch.setattr(accel, "precheck", lambda: "no /dev/kvm")
+    kfile.write_bytes(b"other kernel")  # a different kernel is a different cache key
+    assert accel.choose(k).reason == "no /dev/kvm"
+
+
+def test_unknown_option_is_refused():
+    spec = RunSpec(image="busybox", command=["true"], options={"kernal": "/x"})
+    vm = qemu_rt._VM.__new__(qemu_rt._VM)
+    vm.spec = spec
+    with pytest.raises(InvalidSpec, match="kernal"):
+        vm._options()
