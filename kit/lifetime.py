@@ -169,8 +169,10 @@ def _unmount_below(path: Path) -> list[str]:
 def _session_cgroups(session: str) -> list[str]:
     from . import cgroups
 
+    # On v1 the runtimes also create groups in hierarchies the kit does not limit
+    # (cpuset, freezer, devices, name=systemd...): look in every one.
     bases = [cgroups.ROOT / "kit"] if cgroups.version() == 2 else \
-        [cgroups.ROOT / c / "kit" for c in cgroups.V1_CONTROLLERS]
+        [d / "kit" for d in cgroups.ROOT.iterdir() if d.is_dir()]
     groups = set()
     for base in bases:
         if base.is_dir():
