@@ -56,6 +56,8 @@ METRICS: dict[str, tuple[str, str]] = {
                                    "layer, not crossing into mounts; files hard-linked to the image count as "
                                    "shared, not here), apparent size."),
     "instance_allocated": ("bytes", "as instance_apparent, allocated blocks."),
+    "image_shared": ("bytes", "allocated bytes of the image formats this runtime reads (see image_allocated), "
+                              "each file once: paid once however many instances run."),
     "total_for_n": ("bytes", "allocated bytes on disk for n live instances with sharing accounted: the image "
                              "formats the runtime uses, counted once, plus every instance's own bytes."),
     # -- density -----------------------------------------------------------------

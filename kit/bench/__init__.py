@@ -1,0 +1,26 @@
+"""Benchmarks: startup time, memory, disk and density of workloads across process, containers and VMs.
+
+>>> from kit.bench import Study
+>>> study = Study(image="busybox", runtimes="all", workload="true", repeat=10)
+>>> df = study.run()            # one row per (run, metric); every run kept
+>>> study.summary(); study.relative(); study.plot()
+>>> study.save("results"); Study.load("results").plot()
+
+The same from a terminal: ``kit bench -r all -n 10 true``; in IPython: ``%bench ...``
+(see :func:`build_parser` and :func:`magic`).
+"""
+
+from __future__ import annotations
+
+from . import stats
+from .metrics import METRICS
+from .options import build_parser, magic
+from .study import PARTS, Study
+from .workloads import PRESETS, Workload
+
+__all__ = ["Study", "Workload", "PRESETS", "METRICS", "PARTS", "stats", "build_parser", "magic", "load"]
+
+
+def load(directory) -> Study:
+    """A saved study (see :meth:`Study.save`), ready to summarise and plot without re-running."""
+    return Study.load(directory)

@@ -1,0 +1,119 @@
+"""Steady state: memory of one idle instance, then N = 1, 2, 4, 8 ... of them, then their disk.
+
+One pass per runtime serves three parts of a study, so every instance
+booted (a VM under TCG takes seconds) is measured for all of them:
+
+- ``memory``: the first instance alone, at steady state (host PSS/USS by
+  process, cgroup working set, the guest's view for VMs);
+- ``density``: after each doubling, total and per-instance memory and the
+  start time of each new instance, until ``max_n`` or a budget is reached;
+- ``disk``: the bytes each live instance adds, and totals for 1..N instances
+  with the shared image formats counted once.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..errors import KitError
+from . import disk, memory, startup
+from .workloads import IDLE
+
+
+def targets(max_n: int) -> list[int]:
+    """1, 2, 4, ... up to ``max_n`` (which is always included).
+
+    >>> targets(6)
+    [1, 2, 4, 6]
+    """
+    out, n = [], 1
+    while n < max_n:
+        out.append(n)
+        n *= 2
+    out.append(max(1, max_n))
+    return out
+
+
+def _row(part: str, metric: str, value: float, n: int, repeat: int = 0, component: str = "",
+         status: str = "ok") -> dict:
+    return {"part": part, "metric": metric, "component": component, "value": float(value), "n": n,
+            "repeat": repeat, "status": status}
+
+
+def steady_state(runtime: str, image: str, *, parts, max_n: int, memory_budget: int, time_budget: float,
+                 timeout: float, prefix: str, image_usages: dict, memory_limit=None, tick=None) -> list[dict]:
+    """Run the steady-state pass for one runtime and image; return partial rows (see :func:`_row`).
+
+    Every instance started here is removed before returning, even on error.
+
+    Args:
+        parts: which of ``memory``, ``density``, ``disk`` to record.
+        max_n: the most idle instances to run at once.
+        memory_budget: stop doubling when the next step's projected host memory would exceed this (bytes).
+        time_budget: stop doubling when the next step's projected time would exceed this (seconds).
+        prefix: instance names are ``<prefix>-<i>``.
+        image_usages: the image's per-format disk usage (from :func:`kit.bench.disk.image_rows`).
+        memory_limit: the memory limit each instance gets (e.g. ``"256m"``; a VM's RAM).
+        tick: called after each instance starts (progress).
+    """
+    rows: list[dict] = []
+    lives: list[startup.Live] = []
+    base_used = memory.host_used()
+    t_begin = time.monotonic()
+
+    def all_pids():
+        return [p for live in lives for p in memory.host_pids(live.runtime, live.inst)]
+
+    try:
+        for target in targets(max_n):
+            failed = False
+            while len(lives) < target:
+                i = len(lives)
+                try:
+                    live = startup.start(runtime, image, IDLE, f"{prefix}-{i}", timeout, memory_limit)
+                except KitError as e:
+                    rows.append(_row("density", "failed", 1, n=i + 1, status=f"error: {e}"))
+                    failed = True
+                    break
+                lives.append(live)
+                if "density" in parts:
+                    rows.append(_row("density", "density_start", live.t_ready - live.launched, n=i + 1, repeat=i))
+                if tick:
+                    tick()
+            if not lives:
+                break
+            n = len(lives)
+            pss = memory.settle(all_pids)
+            if n == 1 and "memory" in parts:
+                rows += [{**_row("memory", r["metric"], r["value"], n=1, component=r["component"])}
+                         for r in memory.instance_rows(lives[0].runtime, lives[0].inst)]
+                if lives[0].runtime.kind == "vm":
+                    rows += [_row("memory", r["metric"], r["value"], n=1)
+                             for r in memory.guest_rows(lives[0].name, runtime, image, memory_limit, timeout)]
+            used = memory.host_used() - base_used
+            if "density" in parts:
+                ws = [memory.cgroup_memory(live.runtime.cgroup_path(live.inst))[1] for live in lives]
+                rows += [_row("density", "density_pss_total", pss, n=n),
+                         _row("density", "density_pss_per_instance", pss / n, n=n),
+                         _row("density", "density_host_used", used, n=n)]
+                if all(w is not None for w in ws):
+                    rows.append(_row("density", "density_working_set_total", sum(ws), n=n))
+            if failed or n >= max_n:
+                break
+            nxt = targets(max_n)[targets(max_n).index(target) + 1]
+            elapsed = time.monotonic() - t_begin
+            if max(pss, used) / n * nxt > memory_budget or elapsed + elapsed / n * (nxt - n) > time_budget:
+                break
+        if "disk" in parts and lives:
+            shared = disk.shared_usage(runtime, image_usages)
+            rows.append(_row("disk", "image_shared", shared.allocated, n=len(lives)))
+            union = disk.Usage()
+            for i, live in enumerate(lives):
+                inst_rows, u = disk.instance_rows(live.runtime, live.inst, shared)
+                rows += [_row("disk", r["metric"], r["value"], n=len(lives), repeat=i) for r in inst_rows]
+                union = union.add(u)
+                rows.append(_row("disk", "total_for_n", shared.allocated + union.allocated, n=i + 1))
+    finally:
+        for live in lives:
+            startup.remove(live)
+    return rows

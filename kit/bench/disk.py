@@ -1,0 +1,220 @@
+"""Disk: image bytes per format, bytes each instance adds, and totals with sharing accounted.
+
+Sharing is accounted by inode: a file hard-linked (or the same file seen
+twice) counts once, and an instance's files that are the image's own inodes
+count as the image's. Walks never cross into mount points, so a bind or
+overlay mount of the image inside an instance's directory is not counted
+again.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import config
+
+#: Which stored formats each runtime reads an image from. ``rootfs`` is the
+#: image's own tree; others are directories under ``<image>/formats/``;
+#: ``docker`` is the daemon's copy; ``kernel`` is ``$KIT_HOME/kernels``.
+RUNTIME_FORMATS = {
+    "process": (),
+    "runc": ("rootfs", "oci"),
+    "crun": ("rootfs", "oci"),
+    "runsc": ("rootfs", "oci"),
+    "lxc": ("rootfs", "lxc"),
+    "docker": ("docker",),
+    "podman": ("podman",),
+    "qemu": ("qemu", "kernel"),
+}
+
+
+@dataclass
+class Usage:
+    """A set of counted files: (device, inode) -> (apparent, allocated) bytes.
+
+    Keeping the inodes makes unions exact: a file two sets share counts once.
+    """
+
+    files: dict = field(default_factory=dict)
+
+    @property
+    def apparent(self) -> int:
+        return sum(a for a, _ in self.files.values())
+
+    @property
+    def allocated(self) -> int:
+        return sum(b for _, b in self.files.values())
+
+    @property
+    def inodes(self) -> set:
+        return set(self.files)
+
+    def add(self, other: "Usage") -> "Usage":
+        """The union of two sets, shared files counted once."""
+        return Usage({**self.files, **other.files})
+
+    @classmethod
+    def opaque(cls, key: str, size: int) -> "Usage":
+        """Bytes known only as a total (e.g. the Docker daemon's figures), under a unique key."""
+        return cls({key: (int(size), int(size))})
+
+
+def mount_points() -> set[str]:
+    """Every mount point of this mount namespace."""
+    out = set()
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                # field 5 is the mount point, octal-escaped
+                out.add(line.split()[4].encode().decode("unicode_escape"))
+    except OSError:
+        pass
+    return out
+
+
+def usage(path, exclude: set | None = None, mounts: set | None = None) -> Usage:
+    """Apparent and allocated bytes under ``path``, each inode once, skipping ``exclude`` inodes.
+
+    Regular files, symlinks and directories count; device nodes and sockets
+    do not. Nothing below another mount point is counted.
+    """
+    path = Path(os.path.realpath(path))  # mount points are listed by their real paths
+    exclude = exclude or set()
+    mounts = mount_points() if mounts is None else mounts
+    u = Usage()
+    if not path.exists() and not path.is_symlink():
+        return u
+
+    def count(st) -> None:
+        key = (st.st_dev, st.st_ino)
+        if key in u.files or key in exclude:
+            return
+        if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode) or stat.S_ISDIR(st.st_mode):
+            u.files[key] = (st.st_size, st.st_blocks * 512)
+
+    root_st = os.lstat(path)
+    count(root_st)
+    if stat.S_ISDIR(root_st.st_mode):
+        for dirpath, dirnames, filenames in os.walk(path):
+            keep = []
+            for d in dirnames:
+                full = os.path.join(dirpath, d)
+                if full in mounts:
+                    continue
+                try:
+                    st = os.lstat(full)
+                except OSError:
+                    continue
+                count(st)
+                if not stat.S_ISLNK(st.st_mode) and st.st_dev == root_st.st_dev:
+                    keep.append(d)
+            dirnames[:] = keep
+            for n in filenames:
+                try:
+                    count(os.lstat(os.path.join(dirpath, n)))
+                except OSError:
+                    continue
+    return u
+
+
+def kernels_dir() -> Path:
+    return config.home() / "kernels"
+
+
+def format_paths(image) -> dict[str, Path]:
+    """Every on-disk format of ``image`` that exists: rootfs, formats/<name>, kernel."""
+    out = {"rootfs": Path(image.rootfs)}
+    fdir = Path(image.dir) / "formats"
+    if fdir.is_dir():
+        for d in sorted(fdir.iterdir()):
+            if d.is_dir() and any(d.iterdir()):
+                out[d.name] = d
+    if kernels_dir().is_dir():
+        out["kernel"] = kernels_dir()
+    return out
+
+
+def docker_image_size(image) -> int | None:
+    """Size of the daemon's copy of ``image`` (the SDK's ``Size``), or None if it has none."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=10)
+        try:
+            for img in client.images.list():
+                labels = img.labels or {}
+                tags = " ".join(img.tags)
+                if labels.get("kit.image.id") == image.id or image.short_id in tags:
+                    return int(img.attrs.get("Size", 0))
+        finally:
+            client.close()
+    except Exception:  # no SDK, no daemon: nothing to report
+        return None
+    return None
+
+
+def image_rows(image) -> tuple[list[dict], dict[str, Usage]]:
+    """Rows of image_apparent/image_allocated per format, and each format's Usage."""
+    rows, usages = [], {}
+    mounts = mount_points()
+    for fmt, path in format_paths(image).items():
+        u = usage(path, mounts=mounts)
+        usages[fmt] = u
+        rows += [{"metric": "image_apparent", "component": fmt, "value": float(u.apparent)},
+                 {"metric": "image_allocated", "component": fmt, "value": float(u.allocated)}]
+    size = docker_image_size(image)
+    if size is not None:
+        # The daemon keeps its own copy under its data root: apparent size only is known.
+        usages["docker"] = Usage.opaque(f"docker-image:{image.id}", size)
+        rows += [{"metric": "image_apparent", "component": "docker", "value": float(size)},
+                 {"metric": "image_allocated", "component": "docker", "value": float(size)}]
+    return rows, usages
+
+
+def shared_usage(runtime: str, usages: dict[str, Usage]) -> Usage:
+    """What every instance of ``runtime`` shares on disk: the formats it reads, each inode once."""
+    total = Usage()
+    for fmt in RUNTIME_FORMATS.get(runtime, ("rootfs",)):
+        if fmt in usages:
+            total = total.add(usages[fmt])
+    return total
+
+
+def docker_container_size(inst) -> int | None:
+    """A Docker container's own bytes: its writable layer (``SizeRw``) plus the daemon's
+    per-container directory (config, hosts, resolv.conf, logs), or None without a daemon."""
+    cid = inst.info.get("container_id") or inst.id
+    try:
+        import docker
+
+        client = docker.from_env(timeout=10)
+        try:
+            # the list endpoint is the SDK's public way to ask for sizes (inspect has no size flag)
+            found = client.api.containers(all=True, size=True, filters={"id": cid})
+            if not found:
+                return None
+            meta = usage(Path(client.info()["DockerRootDir"]) / "containers" / found[0]["Id"])
+            return int(found[0].get("SizeRw") or 0) + meta.allocated
+        finally:
+            client.close()
+    except Exception:
+        return None
+
+
+def instance_usage(rt, inst, shared: Usage) -> Usage:
+    """Bytes one live instance adds: its state directory (and Docker writable layer), shared inodes excluded."""
+    u = usage(inst.state_dir, exclude=shared.inodes)
+    if rt.name == "docker":
+        rw = docker_container_size(inst)
+        if rw:
+            u = u.add(Usage.opaque(f"docker-rw:{inst.id}", rw))
+    return u
+
+
+def instance_rows(rt, inst, shared: Usage) -> tuple[list[dict], Usage]:
+    u = instance_usage(rt, inst, shared)
+    return [{"metric": "instance_apparent", "component": "", "value": float(u.apparent)},
+            {"metric": "instance_allocated", "component": "", "value": float(u.allocated)}], u

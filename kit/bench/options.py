@@ -1,0 +1,77 @@
+"""The study's options as a command line: shared by ``kit bench`` and the ``%bench`` magic.
+
+>>> ns = build_parser().parse_args(["-r", "process,runc", "--repeat", "3", "true"])
+>>> study_kwargs(ns)["runtimes"]
+['process', 'runc']
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+from ..errors import InvalidSpec
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the Study options to ``p`` (a parser or a subcommand's parser)."""
+    p.add_argument("workload", nargs="*", default=[],
+                   help="workload: a preset (true, echo, httpd, redis) or a command; default: true")
+    p.add_argument("-i", "--image", action="append", default=None, help="image (repeatable); default busybox")
+    p.add_argument("-r", "--runtimes", default="all", help="comma-separated runtimes, or all (default)")
+    p.add_argument("-n", "--repeat", type=int, default=10, help="measured startup runs per cell (default 10)")
+    p.add_argument("--warmup", type=int, default=1, help="warmup runs, kept but flagged (default 1)")
+    p.add_argument("--vm-repeat", type=int, default=None, help="measured runs for VMs (default min(repeat, 5))")
+    p.add_argument("--parts", default="startup,memory,disk,density",
+                   help="comma-separated parts: startup, memory, disk, density (default all)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per run (default 120)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the interleaving and bootstrap (default 0)")
+    p.add_argument("-m", "--memory", default=None, help="memory limit of startup runs, e.g. 64m (default none)")
+    p.add_argument("--idle-memory", default="256m", help="memory limit (VM RAM) of idle instances (default 256m)")
+    p.add_argument("--density-max", type=int, default=8, help="most idle instances at once (default 8)")
+    p.add_argument("--vm-density-max", type=int, default=4, help="most idle VMs at once (default 4)")
+    p.add_argument("--density-memory-budget", default="4g", help="memory budget of the density part (default 4g)")
+    p.add_argument("--density-time-budget", type=float, default=60.0,
+                   help="seconds per runtime for the density part (default 60)")
+    p.add_argument("--name", default="study", help="the study's label (default study)")
+    p.add_argument("-o", "--out", default=None, help="save results, summary and figures to this directory")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one-line KitError instead of SystemExit, for the magic
+        raise InvalidSpec(f"bench: {message} (see %bench --help)")
+
+
+def build_parser(prog: str = "%bench") -> argparse.ArgumentParser:
+    """A parser of the Study options whose errors raise :class:`~kit.errors.InvalidSpec`."""
+    return add_arguments(_Parser(prog=prog, description="Benchmark startup, memory, disk and density "
+                                                        "of a workload across runtimes."))
+
+
+def study_kwargs(ns: argparse.Namespace) -> dict:
+    """The keyword arguments of :class:`~kit.bench.Study` from parsed options."""
+    workload = " ".join(shlex.quote(w) for w in ns.workload) if ns.workload else "true"
+    runtimes = ns.runtimes if ns.runtimes == "all" else [r.strip() for r in ns.runtimes.split(",") if r.strip()]
+    return {"image": ns.image or "busybox", "runtimes": runtimes, "workload": workload, "repeat": ns.repeat,
+            "warmup": ns.warmup, "vm_repeat": ns.vm_repeat, "parts": ns.parts, "timeout": ns.timeout,
+            "seed": ns.seed, "memory": ns.memory, "idle_memory": ns.idle_memory, "density_max": ns.density_max,
+            "vm_density_max": ns.vm_density_max, "density_memory_budget": ns.density_memory_budget,
+            "density_time_budget": ns.density_time_budget, "name": ns.name, "progress": not ns.no_progress}
+
+
+def magic(line: str):
+    """What ``%bench LINE`` does: build the Study, run it, save it if ``-o`` was given; return the Study.
+
+    Raises:
+        InvalidSpec: bad options (one line, no traceback needed).
+    """
+    from .study import Study
+
+    ns = build_parser().parse_args(shlex.split(line))
+    study = Study(**study_kwargs(ns))
+    study.run()
+    if ns.out:
+        study.save(ns.out)
+    return study

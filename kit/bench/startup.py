@@ -1,0 +1,153 @@
+"""Startup: time one run from launch to exit or readiness, and its teardown.
+
+Only the public API is used (``kit.run``, ``kit.start``, ``kit.rm``,
+``kit.api.instance``), so what is timed is what a user gets. Times come from
+the phases the runtime records (``launched``, ``exited``, and whatever else it
+exposes: OCI create/start, VM kernel/init/command) plus the host clock around
+the calls.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from .. import api
+from .._proc import wait_until
+from ..errors import KitError, StartFailed
+from .workloads import Workload, free_port
+
+
+@dataclass
+class Sample:
+    """What one run produced: metric rows, a status and the accelerator used."""
+
+    rows: list[dict] = field(default_factory=list)
+    status: str = "ok"
+    accel: str = ""
+
+    def add(self, metric: str, value: float, component: str = "") -> None:
+        self.rows.append({"metric": metric, "component": component, "value": float(value)})
+
+
+@dataclass
+class Live:
+    """A detached instance started for a study, with its timings."""
+
+    name: str
+    runtime: object
+    inst: object
+    port: int | None
+    t_call: float
+    t_ready: float | None = None
+
+    @property
+    def launched(self) -> float:
+        return self.inst.phases.get("launched", self.t_call)
+
+    @property
+    def accel(self) -> str:
+        return str(self.inst.info.get("accel", ""))
+
+
+def _phases(sample: Sample, phases: dict, launched: float) -> None:
+    for key, ts in sorted(phases.items(), key=lambda kv: kv[1]):
+        if key != "launched" and isinstance(ts, (int, float)):
+            sample.add("phase", ts - launched, component=key)
+
+
+def run_to_exit(runtime: str, image: str, workload: Workload, name: str, timeout: float,
+                memory=None) -> Sample:
+    """One foreground run: launch to exit, teardown, total, phases."""
+    sample = Sample()
+    t_call = time.time()
+    try:
+        r = api.run(image, workload.command(), runtime=runtime, name=name, timeout=timeout, memory=memory)
+    except KitError as e:
+        sample.status = f"error: {e}"
+        sample.add("failed", 1)
+        return sample
+    t_gone = time.time()
+    sample.accel = str(r.info.get("accel", ""))
+    if r.timed_out:
+        sample.status = f"timeout after {timeout:g} s"
+    elif r.exit_code != 0:
+        tail = (r.stderr.strip().splitlines() or [""])[-1][:200]
+        sample.status = f"exit {r.exit_code}: {tail}".rstrip(": ")
+    launched = r.phases.get("launched", t_call)
+    exited = r.phases.get("exited", t_gone)
+    sample.add("launch_to_exit", exited - launched)
+    sample.add("teardown", t_gone - exited)
+    sample.add("total", t_gone - t_call)
+    _phases(sample, r.phases, launched)
+    if sample.status != "ok":
+        sample.add("failed", 1)
+    return sample
+
+
+def start(runtime: str, image: str, workload: Workload, name: str, timeout: float, memory=None) -> Live:
+    """Start a detached instance and wait until it is ready.
+
+    Raises:
+        KitError: it could not start, exited early, or was not ready within
+            ``timeout`` (it is then removed).
+    """
+    port = free_port() if workload.needs_port else None
+    t_call = time.time()
+    api.start(image, workload.command(port, host_network=runtime == "process"), runtime=runtime, name=name,
+              memory=memory,
+              ports=[(port, port)] if port else ())
+    rt, inst = api.instance(name)
+    live = Live(name, rt, inst, port, t_call)
+    try:
+        def ready():
+            if workload.ready(rt, inst, port):
+                return True
+            if not rt.running(inst):
+                out, err = rt.logs(inst)
+                tail = (err or out).decode(errors="replace").strip().splitlines()[-1:] or [""]
+                raise StartFailed(f"{runtime}: {name} exited before it was ready: {tail[0][:200]}")
+            return False
+
+        wait_until(ready, timeout, interval=0.005, what=f"{runtime} instance {name} becoming ready")
+        live.t_ready = time.time()
+    except BaseException:
+        remove(live)
+        raise
+    return live
+
+
+def remove(live: Live) -> float:
+    """Force-remove a live instance; return how long it took (seconds)."""
+    t0 = time.time()
+    try:
+        api.rm(live.name, force=True)
+    except KitError:
+        pass  # already gone
+    return time.time() - t0
+
+
+def service(runtime: str, image: str, workload: Workload, name: str, timeout: float, memory=None) -> Sample:
+    """One service run: launch to ready, then teardown (kill and remove)."""
+    sample = Sample()
+    try:
+        live = start(runtime, image, workload, name, timeout, memory)
+    except KitError as e:
+        sample.status = f"error: {e}"
+        sample.add("failed", 1)
+        return sample
+    sample.accel = live.accel
+    phases = dict(live.inst.phases)
+    teardown = remove(live)
+    sample.add("launch_to_ready", live.t_ready - live.launched)
+    sample.add("teardown", teardown)
+    sample.add("total", live.t_ready - live.t_call + teardown)
+    _phases(sample, phases, live.launched)
+    return sample
+
+
+def measure(runtime: str, image: str, workload: Workload, name: str, timeout: float, memory=None) -> Sample:
+    """One startup sample of any workload kind."""
+    if workload.kind == "exit":
+        return run_to_exit(runtime, image, workload, name, timeout, memory)
+    return service(runtime, image, workload, name, timeout, memory)

@@ -1,0 +1,83 @@
+"""Saving and loading a result set: ``results.csv`` (+ ``results.parquet`` with pyarrow) and ``study.json``.
+
+``study.json`` holds everything that is not a measurement: the study's
+parameters, the seed and the run order it produced, the environment record,
+and the definition of every metric. A loaded result set re-plots and
+re-summarises without re-running anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from .metrics import COLUMNS
+
+CSV, PARQUET, META = "results.csv", "results.parquet", "study.json"
+
+_DTYPES = {"study": str, "part": str, "image": str, "runtime": str, "kind": str, "workload": str,
+           "component": str, "metric": str, "unit": str, "accel": str, "status": str}
+
+
+def _has_pyarrow() -> bool:
+    try:
+        import pyarrow  # noqa: F401
+
+        return True
+    except ImportError:
+        return False
+
+
+def normalise(df: pd.DataFrame) -> pd.DataFrame:
+    """The frame with exactly :data:`COLUMNS`, in order, with stable dtypes."""
+    df = df.reindex(columns=COLUMNS).copy()
+    for col in _DTYPES:
+        df[col] = df[col].fillna("").astype(str)
+    for col in ("round", "order", "repeat", "n"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+    df["warmup"] = df["warmup"].map(lambda v: str(v).strip().lower() in ("true", "1", "1.0")).astype(bool)
+    df["value"] = pd.to_numeric(df["value"], errors="coerce").astype(float)
+    df["timestamp"] = pd.to_numeric(df["timestamp"], errors="coerce").astype(float)
+    return df.reset_index(drop=True)
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def save(directory, df: pd.DataFrame, meta: dict) -> Path:
+    """Write the result set to ``directory`` (created); return it."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    df = normalise(df)
+    df.to_csv(d / CSV, index=False)
+    if _has_pyarrow():
+        df.to_parquet(d / PARQUET, index=False)
+    (d / META).write_text(json.dumps(_jsonable(meta), indent=1, sort_keys=True) + "\n")
+    return d
+
+
+def load(directory) -> tuple[pd.DataFrame, dict]:
+    """Read a result set written by :func:`save` (Parquet when present and readable, else CSV)."""
+    d = Path(directory)
+    meta = json.loads((d / META).read_text())
+    if (d / PARQUET).exists() and _has_pyarrow():
+        df = pd.read_parquet(d / PARQUET)
+    else:
+        # Only numeric columns may be empty-as-missing: a component named "NA" stays a string.
+        numeric = ("round", "order", "repeat", "n", "value", "timestamp")
+        df = pd.read_csv(d / CSV, dtype=_DTYPES, keep_default_na=False, na_values={c: [""] for c in numeric})
+    return normalise(df), meta

@@ -1,0 +1,307 @@
+"""A study: images x runtimes x workloads, measured for startup, memory, disk and density.
+
+>>> from kit.bench import Study
+>>> study = Study(image="busybox", runtimes="all", workload="true", repeat=10)
+>>> df = study.run()           # tidy: one row per (run, metric)
+>>> study.summary()            # median, IQR, CI, mean ± sd, outliers per runtime and metric
+>>> study.plot()               # startup, memory, disk, density figures
+>>> study.save("results/"); Study.load("results/").plot()
+"""
+
+from __future__ import annotations
+
+import html
+import random
+import secrets
+import time
+from datetime import datetime, timezone
+
+import pandas as pd
+
+from .. import runtimes as _runtimes
+from ..errors import InvalidSpec, RuntimeUnavailable
+from ..spec import parse_memory
+from . import density, disk, envinfo, memory, metrics, startup, stats, storage
+from .workloads import PRESETS, Workload, parse_many
+
+PARTS = ("startup", "memory", "disk", "density")
+
+#: Rough seconds one startup run or one idle instance costs, by runtime kind:
+#: only used to weight the progress bar so its time-left estimate is sensible.
+_COST = {"process": 0.02, "container": 0.4, "sandbox": 0.8, "vm": 6.0}
+
+#: A runtime that fails this many runs in a row is dropped from the rest of the study.
+MAX_CONSECUTIVE_FAILURES = 3
+
+
+def _as_list(value, what: str) -> list[str]:
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",") if v.strip()]
+    else:
+        items = [str(v) for v in value]
+    if not items:
+        raise InvalidSpec(f"no {what} given: name at least one")
+    return items
+
+
+class Study:
+    """Startup time, memory, disk and density of workloads across runtimes, with every run kept.
+
+    Args:
+        image: image name or list of names (``busybox``).
+        runtimes: ``"all"`` (every runtime available here), a list, or a comma-separated string.
+        workload: a preset (``true``, ``echo``, ``httpd``, ``redis``), a command line, a
+            :class:`~kit.bench.workloads.Workload`, or a list of them.
+        repeat: measured startup runs per runtime, image and workload.
+        warmup: extra startup runs first, kept in the frame but flagged ``warmup``.
+        vm_repeat: measured runs for VM runtimes (boots take seconds); default ``min(repeat, 5)``.
+        parts: which of ``startup``, ``memory``, ``disk``, ``density`` to measure.
+        timeout: seconds before one run (or one instance becoming ready) is abandoned.
+        seed: seeds the interleaving of runtimes in each round and the bootstrap.
+        memory: memory limit of startup runs (None: no limit, each runtime's default).
+        idle_memory: memory limit of the idle instances (memory, density, disk); a VM's RAM.
+        density_max: most idle instances at once; ``vm_density_max`` for VMs.
+        density_memory_budget: stop adding instances before their memory would pass this.
+        density_time_budget: stop adding instances (per runtime) before this many seconds.
+        name: the study's label in the frame.
+        progress: show a tqdm progress bar.
+    """
+
+    def __init__(self, image="busybox", runtimes="all", workload="true", repeat: int = 10, *,
+                 warmup: int = 1, vm_repeat: int | None = None, parts=PARTS, timeout: float = 120.0,
+                 seed: int = 0, memory=None, idle_memory="256m", density_max: int = 8,
+                 vm_density_max: int = 4, density_memory_budget="4g", density_time_budget: float = 60.0,
+                 name: str = "study", progress: bool = True):
+        self.images = _as_list(image, "image")
+        self.runtimes = runtimes if runtimes == "all" else _as_list(runtimes, "runtime")
+        self.workloads = parse_many(workload)
+        for label, v, low in (("repeat", repeat, 1), ("warmup", warmup, 0), ("density_max", density_max, 1),
+                              ("vm_density_max", vm_density_max, 1)):
+            if not isinstance(v, int) or v < low:
+                raise InvalidSpec(f"{label} {v!r} must be a whole number >= {low}")
+        self.repeat, self.warmup = repeat, warmup
+        self.vm_repeat = min(repeat, 5) if vm_repeat is None else int(vm_repeat)
+        self.parts = tuple(_as_list(parts, "part"))
+        bad = [p for p in self.parts if p not in PARTS]
+        if bad:
+            raise InvalidSpec(f"unknown part(s) {', '.join(bad)}: choose from {', '.join(PARTS)}")
+        if not timeout > 0:
+            raise InvalidSpec(f"timeout {timeout!r} must be a positive number of seconds")
+        self.timeout, self.seed = float(timeout), int(seed)
+        self.memory = memory
+        parse_memory(memory)
+        self.idle_memory = idle_memory
+        parse_memory(idle_memory)
+        self.density_max, self.vm_density_max = density_max, vm_density_max
+        self.density_memory_budget = parse_memory(density_memory_budget)
+        self.density_time_budget = float(density_time_budget)
+        self.name, self.progress = name, progress
+        self.df: pd.DataFrame | None = None
+        self.meta: dict = {}
+
+    # -- parameters ----------------------------------------------------------
+    def params(self) -> dict:
+        return {"images": self.images, "runtimes": self.runtimes,
+                "workloads": [{"name": w.name, "argv": list(w.argv), "kind": w.kind} for w in self.workloads],
+                "repeat": self.repeat, "warmup": self.warmup, "vm_repeat": self.vm_repeat,
+                "parts": list(self.parts), "timeout": self.timeout, "seed": self.seed, "memory": self.memory,
+                "idle_memory": self.idle_memory, "density_max": self.density_max,
+                "vm_density_max": self.vm_density_max, "density_memory_budget": self.density_memory_budget,
+                "density_time_budget": self.density_time_budget, "name": self.name}
+
+    def resolve_runtimes(self) -> tuple[list[str], dict[str, str]]:
+        """(runtimes to measure, {runtime left out: why}).
+
+        Raises:
+            RuntimeUnavailable: a runtime named explicitly cannot run here.
+        """
+        if self.runtimes == "all":
+            table = _runtimes.available()
+            chosen = [r for r, ok in zip(table["name"], table["available"]) if ok]
+            skipped = {r: why for r, ok, why in zip(table["name"], table["available"], table["reason"]) if not ok}
+        else:
+            chosen = [_runtimes.require(r).name for r in self.runtimes]
+            skipped = {}
+        if not chosen:
+            raise RuntimeUnavailable("no runtime is available here: see kit.runtimes.available() for why")
+        order = {k: i for i, k in enumerate(metrics.KINDS)}
+        chosen.sort(key=lambda r: (order.get(_runtimes.get(r).kind, 9), r))
+        return chosen, skipped
+
+    def plan(self, runtimes: list[str]) -> list[list[tuple[str, str, object]]]:
+        """The startup rounds: each a seeded shuffle of (image, runtime, workload) cells."""
+        rng = random.Random(self.seed)
+        rounds = []
+        for r in range(self.warmup + self.repeat):
+            cells = [(img, rt, w) for img in self.images for rt in runtimes for w in self.workloads
+                     if _runtimes.get(rt).kind != "vm" or r < self.warmup + self.vm_repeat]
+            rng.shuffle(cells)
+            rounds.append(cells)
+        return rounds
+
+    # -- running ---------------------------------------------------------------
+    def run(self) -> pd.DataFrame:
+        """Measure every part; return (and keep in ``.df``) the tidy frame."""
+        from tqdm.auto import tqdm
+
+        t_start = time.time()
+        runtimes, skipped = self.resolve_runtimes()
+        env = envinfo.collect()
+        kinds = {r: _runtimes.get(r).kind for r in runtimes}
+        rounds = self.plan(runtimes) if "startup" in self.parts else []
+        steady = [p for p in self.parts if p in ("memory", "disk", "density")]
+        n_idle = {r: (self.vm_density_max if kinds[r] == "vm" else self.density_max) if "density" in steady
+                  else (2 if "disk" in steady else 1) for r in runtimes}
+        total = sum(_COST.get(kinds[rt], 1) for cells in rounds for _, rt, _ in cells)
+        total += sum(_COST.get(kinds[r], 1) * n_idle[r] + 1 for r in runtimes) * len(self.images) if steady else 0
+        bar = tqdm(total=round(total, 2), disable=not self.progress, unit="s(est)", desc="bench",
+                   bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+        uid = secrets.token_hex(3)
+        rows: list[dict] = []
+        dropped: dict[str, str] = {}
+        failures = {r: 0 for r in runtimes}
+        try:
+            for r, cells in enumerate(rounds):
+                warm = r < self.warmup
+                for pos, (image, rt, w) in enumerate(cells):
+                    if rt in dropped:
+                        continue
+                    bar.set_postfix_str(f"startup {rt} {w.name} round {r + 1}/{len(rounds)}")
+                    s = startup.measure(rt, image, w, f"b{uid}-{r}-{pos}", self.timeout, self.memory)
+                    failures[rt] = 0 if s.status == "ok" else failures[rt] + 1
+                    if failures[rt] >= MAX_CONSECUTIVE_FAILURES:
+                        dropped[rt] = s.status
+                    ctx = {"part": "startup", "image": image, "runtime": rt, "kind": kinds[rt],
+                           "workload": w.name, "round": r, "order": pos, "warmup": warm,
+                           "repeat": r if warm else r - self.warmup, "accel": s.accel, "status": s.status}
+                    rows += [{**ctx, **row} for row in s.rows]
+                    bar.update(_COST.get(kinds[rt], 1))
+            if steady:
+                rows += self._steady(runtimes, kinds, n_idle, uid, bar, dropped)
+        finally:
+            bar.close()
+        now = time.time()
+        for row in rows:
+            row.setdefault("study", self.name)
+            row.setdefault("unit", metrics.unit(row["metric"]))
+            row.setdefault("timestamp", now)
+            if not row.get("accel") and row.get("kind") == "vm":
+                row["accel"] = env.get("vm_accel", "")
+        self.df = storage.normalise(pd.DataFrame(rows))
+        self.meta = {
+            "params": self.params(), "environment": env, "metrics": metrics.definitions(),
+            "runtimes": runtimes, "skipped": skipped, "dropped": dropped,
+            "order": [[f"{rt}/{img}/{w.name}" for img, rt, w in cells] for cells in rounds],
+            "started": datetime.fromtimestamp(t_start, timezone.utc).isoformat(timespec="seconds"),
+            "elapsed_s": round(time.time() - t_start, 1),
+        }
+        return self.df
+
+    def _steady(self, runtimes, kinds, n_idle, uid, bar, dropped) -> list[dict]:
+        rows = []
+        rng = random.Random(self.seed + 1)
+        for image in self.images:
+            img = None
+            usages: dict = {}
+            if "disk" in self.parts:
+                from .. import images
+
+                img = images.get(image)
+                image_rows, usages = disk.image_rows(img)
+                rows += [{"part": "disk", "image": image, "runtime": "-", "kind": "-", "workload": "-",
+                          "warmup": False, "status": "ok", **r} for r in image_rows]
+            order = list(runtimes)
+            rng.shuffle(order)  # so a slowly filling host does not always hit the same runtime
+            for i, rt in enumerate(order):
+                if rt in dropped:
+                    continue
+                bar.set_postfix_str(f"steady state {rt} ({image})")
+                ctx = {"image": image, "runtime": rt, "kind": kinds[rt], "workload": "idle", "warmup": False,
+                       "order": i}
+                if "memory" in self.parts:
+                    rows += [{**ctx, "part": "memory", "status": "ok", "n": 0, **r} for r in memory.daemon_rows(rt)]
+                part_rows = density.steady_state(
+                    rt, image, parts=self.parts, max_n=n_idle[rt], memory_budget=self.density_memory_budget,
+                    time_budget=self.density_time_budget, timeout=self.timeout, prefix=f"b{uid}-s{i}",
+                    image_usages=usages, memory_limit=self.idle_memory,
+                    tick=lambda rt=rt: bar.update(_COST.get(kinds[rt], 1)))
+                rows += [{**ctx, **r} for r in part_rows]
+                bar.update(1)
+        return rows
+
+    # -- results ---------------------------------------------------------------
+    def _need(self) -> pd.DataFrame:
+        if self.df is None:
+            raise InvalidSpec("this study has no results yet: call .run() first, or Study.load(directory)")
+        return self.df
+
+    def summary(self, part: str | None = None) -> pd.DataFrame:
+        """Statistics per runtime, image, workload and metric (warmups and failed runs left out)."""
+        df = self._need()
+        if part:
+            df = df[df["part"] == part]
+        return stats.summarize(df, seed=self.seed)
+
+    def relative(self, metric: str = "launch_to_exit", baseline: str = "process") -> pd.DataFrame:
+        """Each runtime against the bare-process baseline (ratio of medians with its 95 % CI)."""
+        return stats.relative(self._need(), metric=metric, baseline=baseline, seed=self.seed)
+
+    def plot(self, which=None):
+        """Figures for every part with data: a dict name -> matplotlib Figure."""
+        from . import plots
+
+        return plots.all_figures(self._need(), self.meta, which=which)
+
+    def save(self, directory, figures: bool = True):
+        """Write results.csv (+ parquet), study.json, summary.csv, README.md (tables) and, with ``figures``, the PNGs."""
+        from .report import markdown
+
+        df = self._need()
+        d = storage.save(directory, df, self.meta)
+        self.summary().to_csv(d / "summary.csv", index=False)
+        (d / "README.md").write_text(markdown(self, figures=figures))
+        if figures:
+            import matplotlib.pyplot as plt
+
+            for name, fig in self.plot().items():
+                fig.savefig(d / f"{name}.png", dpi=120, bbox_inches="tight")
+                plt.close(fig)
+        return d
+
+    @classmethod
+    def load(cls, directory) -> "Study":
+        """A study with the saved results and metadata, ready to summarise and plot."""
+        df, meta = storage.load(directory)
+        p = meta.get("params", {})
+        study = cls(image=p.get("images") or "busybox", runtimes=p.get("runtimes", "all"),
+                    workload=[_saved_workload(w) for w in p.get("workloads", [])] or "true",
+                    repeat=p.get("repeat", 10), seed=p.get("seed", 0), name=p.get("name", "study"),
+                    progress=False)
+        study.df, study.meta = df, meta
+        return study
+
+    def _repr_html_(self) -> str:
+        if self.df is None:
+            return f"<pre>{html.escape(repr(self))}</pre>"
+        from .report import memory_table, startup_table
+
+        parts = [f"<b>{html.escape(repr(self))}</b>"]
+        for label, t in (("startup", startup_table(self)), ("memory", memory_table(self))):
+            if len(t):
+                parts.append(f"<p>{label}</p>" + t.to_html(float_format=lambda v: f"{v:.3g}", na_rep=""))
+        return "".join(parts)
+
+    def __repr__(self) -> str:
+        state = "not run" if self.df is None else f"{len(self.df)} rows"
+        rts = self.runtimes if self.runtimes == "all" else ",".join(self.runtimes)
+        return (f"<Study {self.name}: {','.join(self.images)} x {rts} x "
+                f"{','.join(w.name for w in self.workloads)}, repeat={self.repeat}, {state}>")
+
+
+def _saved_workload(w: dict):
+    """A workload back from study.json (presets by name; any other run-to-exit command as saved)."""
+    if w.get("name") in PRESETS:
+        return w["name"]
+    if w.get("kind") == "exit":
+        return Workload.exit(w["name"], w["argv"])
+    return Workload("idle", tuple(w["argv"]), "idle") if w.get("kind") == "idle" else "true"

@@ -1,0 +1,80 @@
+"""The ``kit`` command: one subcommand per module, dispatched from :data:`COMMANDS`.
+
+    kit bench [options] [WORKLOAD...]     run a study (same options as kit.bench.Study)
+
+To add a subcommand (e.g. ``report``), write ``_setup_NAME(parser)`` and
+``_run_NAME(args) -> int`` and register them in :data:`COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from .errors import KitError
+
+
+def _setup_bench(p: argparse.ArgumentParser) -> None:
+    from .bench.options import add_arguments
+
+    add_arguments(p)
+    p.add_argument("--no-figures", action="store_true", help="with --out: save no PNG figures")
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .bench import Study
+    from .bench.options import study_kwargs
+
+    study = Study(**study_kwargs(args))
+    study.run()
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        summ = study.summary("startup")
+        if len(summ):
+            main = summ[summ["metric"].isin(["launch_to_exit", "launch_to_ready", "teardown"])]
+            print(main[["runtime", "kind", "workload", "metric", "runs", "median", "iqr", "ci_low", "ci_high",
+                        "outliers"]].to_string(index=False))
+            rel = study.relative()
+            if len(rel):
+                print()
+                print(rel[["runtime", "workload", "median", "ratio", "ratio_low", "ratio_high"]].to_string(index=False))
+    if study.meta.get("skipped"):
+        print("\nnot measured: " + "; ".join(f"{k}: {v}" for k, v in study.meta["skipped"].items()))
+    print(f"\n{len(study.df)} rows in {study.meta['elapsed_s']} s")
+    if args.out:
+        d = study.save(args.out, figures=not args.no_figures)
+        print(f"saved to {d}")
+    return 0
+
+
+#: name -> (help, set up its parser, run it)
+COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
+    "bench": ("benchmark startup, memory, disk and density across runtimes", _setup_bench, _run_bench),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kit", description="Isolation Kit: containers and VMs, measured.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (help_, setup, _run) in COMMANDS.items():
+        setup(sub.add_parser(name, help=help_, description=help_))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``kit`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command][2](args)
+    except KitError as e:
+        print(f"kit {args.command}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"kit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Disk accounting: apparent vs allocated, hard links and mounts counted once, instances of known size."""
+
+import os
+import secrets
+import subprocess
+
+import pytest
+
+import kit
+from kit._proc import wait_until
+from kit.bench import disk
+
+MIB = 1024 * 1024
+CONTAINERS = [r for r in ["runc", "crun", "lxc", "runsc", "docker"] if kit.runtimes.get(r).availability().available]
+
+
+def _write(path, n):
+    path.write_bytes(os.urandom(n))
+
+
+def test_usage_apparent_allocated_hardlinks_sparse(tmp_path):
+    _write(tmp_path / "a", MIB)
+    os.link(tmp_path / "a", tmp_path / "a-link")  # same inode: counted once
+    with open(tmp_path / "sparse", "wb") as f:
+        f.truncate(10 * MIB)  # 10 MiB apparent, nothing allocated
+    os.symlink("a", tmp_path / "sym")
+    u = disk.usage(tmp_path)
+    assert 11 * MIB <= u.apparent < 11 * MIB + 64 * 1024
+    assert MIB <= u.allocated < MIB + 64 * 1024
+    assert len(u.files) == 4  # dir, a, sparse, sym
+
+
+def test_union_counts_shared_files_once(tmp_path):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "inst").mkdir()
+    _write(tmp_path / "img" / "base", 2 * MIB)
+    os.link(tmp_path / "img" / "base", tmp_path / "inst" / "base")  # shared with the image
+    _write(tmp_path / "inst" / "own", MIB)
+    shared = disk.usage(tmp_path / "img")
+    own = disk.usage(tmp_path / "inst", exclude=shared.inodes)
+    assert MIB <= own.allocated < MIB + 64 * 1024  # the hard-linked base is the image's
+    total = shared.add(own).add(own)  # the same instance added twice adds nothing more
+    assert total.allocated == shared.allocated + own.allocated
+
+
+def test_usage_does_not_cross_mounts(tmp_path):
+    (tmp_path / "image").mkdir()
+    _write(tmp_path / "image" / "big", 4 * MIB)
+    inst = tmp_path / "inst"
+    (inst / "rootfs").mkdir(parents=True)
+    subprocess.run(["mount", "--bind", str(tmp_path / "image"), str(inst / "rootfs")], check=True)
+    try:
+        assert disk.usage(inst).allocated < 64 * 1024
+    finally:
+        subprocess.run(["umount", str(inst / "rootfs")], check=True)
+
+
+def test_image_rows_rootfs_matches_store():
+    img = kit.images.get("busybox")
+    rows, usages = disk.image_rows(img)
+    values = {(r["metric"], r["component"]): r["value"] for r in rows}
+    assert values[("image_apparent", "rootfs")] >= img.size  # plus directories and symlinks
+    assert values[("image_apparent", "rootfs")] < img.size + 256 * 1024
+    assert disk.shared_usage("process", usages).allocated == 0
+    assert disk.shared_usage("runc", usages).allocated >= usages["rootfs"].allocated
+
+
+@pytest.fixture
+def started(names):
+    """Start detached instances; conftest's ``names`` force-removes them afterwards, even on failure."""
+
+    def start(runtime, argv):
+        name = f"tbd-{runtime}-{secrets.token_hex(3)}"
+        names.append(name)
+        kit.start("busybox", argv, runtime=runtime, name=name)
+        return kit.api.instance(name)
+
+    return start
+
+
+@pytest.mark.parametrize("runtime", CONTAINERS)
+def test_instance_writing_5m_adds_5m(started, runtime):
+    img = kit.images.get("busybox")
+    _, usages = disk.image_rows(img)
+    shared = disk.shared_usage(runtime, usages)
+    # head, not dd: dd takes gVisor's short reads of /dev/urandom as whole blocks
+    writer = ["sh", "-c", "head -c 5242880 /dev/urandom > /root/blob && sync && touch /root/done && sleep 3600"]
+    idle_rt, idle = started(runtime, ["sleep", "3600"])
+    rt, inst = started(runtime, writer)
+    wait_until(lambda: rt.exec(inst, ["test", "-e", "/root/done"], timeout=10)[0] == 0, 30, interval=0.2,
+               what="the 5 MiB file written")
+    wait_until(lambda: idle_rt.running(idle), 30, what="idle instance running")
+    base = disk.instance_usage(idle_rt, idle, shared)
+
+    def grown():
+        # gVisor's gofer writes back to the host some time after the guest's sync returns
+        g = disk.instance_usage(rt, inst, shared).apparent - base.apparent
+        return g >= 5 * MIB and g
+
+    growth = wait_until(grown, 30, interval=0.1, what="5 MiB visible on the host")
+    assert growth < 6 * MIB
+    # nothing of the image is counted per instance
+    assert base.allocated < shared.allocated or shared.allocated == 0

@@ -1,0 +1,169 @@
+"""A tiny real study (the process baseline and one container runtime), saved, loaded and re-plotted."""
+
+import json
+
+import matplotlib
+import pandas as pd
+import pytest
+
+import kit
+from kit.bench import METRICS, Study, build_parser, storage
+from kit.bench.metrics import COLUMNS
+from kit.bench.options import study_kwargs
+from kit.bench.workloads import Workload, parse
+from kit.errors import InvalidSpec
+
+matplotlib.use("Agg")
+
+CONTAINER = next((r for r in ["runc", "crun", "lxc", "docker", "runsc"]
+                  if kit.runtimes.get(r).availability().available), None)
+RUNTIMES = ["process"] + ([CONTAINER] if CONTAINER else [])
+
+
+@pytest.fixture(scope="module")
+def study():
+    s = Study(image="busybox", runtimes=RUNTIMES, workload="true", repeat=2, warmup=1, density_max=2,
+              seed=3, progress=False, name="tiny")
+    s.run()
+    return s
+
+
+def test_startup_rows(study):
+    df = study.df
+    assert list(df.columns) == COLUMNS
+    st = df[df["part"] == "startup"]
+    assert (st["status"] == "ok").all(), st[st["status"] != "ok"]["status"].unique()
+    for rt in RUNTIMES:
+        mine = st[st["runtime"] == rt]
+        for metric in ("launch_to_exit", "teardown", "total"):
+            rows = mine[mine["metric"] == metric]
+            assert len(rows) == 3  # 1 warmup + 2 measured, every run kept
+            assert rows["warmup"].sum() == 1
+            assert (rows["value"] > 0).all() and (rows["value"] < 60).all()
+            assert set(rows["unit"]) == {"s"}
+        assert sorted(mine[mine["metric"] == "launch_to_exit"]["repeat"].tolist()) == [0, 0, 1]
+    # the runtime's own milestones are kept as phases
+    assert (st["metric"] == "phase").any()
+    # the order within each round is recorded, and reproducible from the seed
+    assert study.meta["order"] == [[f"{rt}/{i}/{w.name}" for i, rt, w in cells]
+                                   for cells in study.plan(RUNTIMES)]
+
+
+def test_steady_state_rows(study):
+    df = study.df[study.df["status"] == "ok"]
+    for rt in RUNTIMES:
+        mem = df[(df["part"] == "memory") & (df["runtime"] == rt)]
+        assert mem[mem["metric"] == "pss"]["value"].iloc[0] > 0
+        dens = df[(df["part"] == "density") & (df["runtime"] == rt)]
+        assert sorted(dens[dens["metric"] == "density_pss_total"]["n"].tolist()) == [1, 2]
+        dsk = df[(df["part"] == "disk") & (df["runtime"] == rt)]
+        assert sorted(dsk[dsk["metric"] == "total_for_n"]["n"].tolist()) == [1, 2]
+        assert len(dsk[dsk["metric"] == "instance_allocated"]) == 2
+    if CONTAINER:
+        per = df[(df["metric"] == "pss") & (df["runtime"] == CONTAINER)]["value"].iloc[0]
+        assert per > df[(df["metric"] == "pss") & (df["runtime"] == "process")]["value"].iloc[0]
+    # nothing of the study is left running
+    assert not any(n.startswith("b") and "-s" in n for n in kit.ps()["name"])
+
+
+def test_every_metric_is_defined(study):
+    assert set(study.df["metric"]) <= set(METRICS)
+    assert study.meta["metrics"]["pss"]["unit"] == "bytes"
+
+
+def test_environment_record(study):
+    env = study.meta["environment"]
+    for key in ("host", "kernel", "cpu_model", "cpu_count", "memory_total", "cgroup", "runtimes", "vm_accel",
+                "kit_version", "git_commit", "date"):
+        assert key in env
+    assert env["kit_version"] == kit.__version__
+    assert {r["name"] for r in env["runtimes"]} >= {"process", "runc", "qemu"}
+
+
+def test_summary_and_relative(study):
+    s = study.summary("startup")
+    row = s[(s["runtime"] == "process") & (s["metric"] == "launch_to_exit")].iloc[0]
+    assert row["runs"] == 2 and row["min"] <= row["median"] <= row["max"]
+    rel = study.relative()
+    assert rel.set_index("runtime").loc["process", "ratio"] == 1.0
+    if CONTAINER:
+        assert rel.set_index("runtime").loc[CONTAINER, "ratio"] > 1.0
+
+
+def test_save_load_round_trip_and_replot(study, tmp_path):
+    d = study.save(tmp_path / "res")
+    for f in ("results.csv", "study.json", "summary.csv", "startup.png", "memory.png", "disk.png", "density.png"):
+        assert (d / f).exists(), f
+    loaded = Study.load(d)
+    pd.testing.assert_frame_equal(loaded.df, study.df)
+    assert loaded.meta["environment"] == json.loads(json.dumps(study.meta["environment"]))
+    figs = loaded.plot()
+    assert {"startup", "memory", "disk", "density"} <= set(figs)
+    assert "VM accelerator" in figs["startup"]._suptitle.get_text()
+    pd.testing.assert_frame_equal(loaded.summary(), study.summary())
+
+
+def test_storage_keeps_awkward_strings(tmp_path):
+    df = pd.DataFrame([{"study": "s", "part": "memory", "runtime": "x", "metric": "pss_by_process",
+                        "component": "NA", "value": 1.5, "warmup": True, "status": "ok"}])
+    storage.save(tmp_path, df, {"x": float("nan")})
+    back, meta = storage.load(tmp_path)
+    assert back.loc[0, "component"] == "NA" and bool(back.loc[0, "warmup"]) and back.loc[0, "value"] == 1.5
+    assert meta == {"x": None}
+
+
+def test_bad_options_are_one_line_errors():
+    with pytest.raises(InvalidSpec, match="repeat"):
+        Study(repeat=0)
+    with pytest.raises(InvalidSpec, match="part"):
+        Study(parts="startup,speed")
+    with pytest.raises(InvalidSpec, match="memory"):
+        Study(idle_memory="lots")
+    with pytest.raises(InvalidSpec, match="run"):
+        Study().summary()
+    with pytest.raises(kit.errors.RuntimeUnavailable, match="unknown runtime"):
+        Study(runtimes="nope").resolve_runtimes()
+    with pytest.raises(InvalidSpec, match="bench"):
+        build_parser().parse_args(["--repeat", "many"])
+
+
+def test_parser_matches_study_options():
+    ns = build_parser().parse_args(["-r", "process,runc", "-n", "3", "--parts", "startup", "echo", "hi there"])
+    kw = study_kwargs(ns)
+    assert kw["runtimes"] == ["process", "runc"] and kw["repeat"] == 3
+    s = Study(**kw)
+    assert s.workloads[0].argv == ("echo", "hi there") and s.parts == ("startup",)
+
+
+def test_workload_parsing():
+    assert parse("idle").kind == "idle"
+    assert parse("echo 'a b'").argv == ("echo", "a b")
+    assert parse("httpd").needs_port
+    assert Workload.service("w", ["srv", "-p", "{port}"], tcp=True).command(8080) == ["srv", "-p", "8080"]
+    with pytest.raises(InvalidSpec):
+        Workload.service("w", ["srv"])  # a service needs a readiness probe
+    with pytest.raises(InvalidSpec):
+        parse("'unbalanced")
+
+
+def test_magic_and_cli_run_a_study(tmp_path, capsys):
+    from kit.bench import magic
+    from kit.cli import main
+
+    s = magic("-r process -n 2 --warmup 0 --parts startup --no-progress echo hi")
+    assert set(s.df["runtime"]) == {"process"} and (s.df["status"] == "ok").all()
+    assert "startup" in s._repr_html_()
+    assert main(["bench", "-r", "process", "-n", "2", "--parts", "startup", "--no-progress", "--no-figures",
+                 "-o", str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / "results.csv").exists() and (tmp_path / "cli" / "README.md").exists()
+    assert "launch_to_exit" in capsys.readouterr().out
+    assert main(["bench", "-r", "nope", "--no-progress"]) == 2
+
+
+def test_service_workload_is_timed_to_readiness():
+    s = Study(runtimes=RUNTIMES, workload="httpd", repeat=1, warmup=0, parts="startup", progress=False)
+    df = s.run()
+    assert (df["status"] == "ok").all(), df["status"].unique()
+    ready = df[df["metric"] == "launch_to_ready"]
+    assert set(ready["runtime"]) == set(RUNTIMES) and (ready["value"] > 0).all()
+    assert not (df["metric"] == "launch_to_exit").any()
