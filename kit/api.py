@@ -190,7 +190,8 @@ def run(image: str | None, command: Sequence[str], runtime: str | None = None, *
     """Run ``command`` in ``image`` under ``runtime`` and return its :class:`RunResult`.
 
     A foreground run waits for the command, then removes the instance (as
-    ``docker run --rm``); a detached one (``detach=True``) keeps running until
+    ``docker run --rm``; the removal finishes in the background once the result
+    is complete, :func:`wait_for_teardown` waits for it); a detached one (``detach=True``) keeps running until
     :func:`stop`/:func:`rm`.
 
     Args:

@@ -39,6 +39,7 @@ def names(client):
         return made[-1]
 
     yield new
+    kit.api.wait_for_teardown()
     for name in made:
         try:
             kit.rm(name, force=True)
@@ -50,6 +51,7 @@ def names(client):
 
 
 def containers_named(client, name):
+    kit.api.wait_for_teardown()  # a finished foreground run is removed in the background
     return client.containers.list(all=True, filters={"label": f"kit.name={name}"})
 
 

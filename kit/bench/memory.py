@@ -106,14 +106,11 @@ SHIMS = ("containerd-shim", "conmon")
 def host_pids(rt, inst) -> list[int]:
     """``rt.pids(inst)`` plus the instance's own shim process, when the runtime reports it apart.
 
-    Docker's shim is one per container, so its memory is the instance's; the
-    runtime records it as ``inst.info["shim_pid"]`` or it is the parent of the
-    container's first process.
+    A shim is one per container, so its memory is the instance's; Docker's
+    runtime lists its own, and for others it is the parent of the container's
+    first process.
     """
     pids = set(rt.pids(inst))
-    for key, value in inst.info.items():
-        if key.endswith("_pid") and isinstance(value, int):
-            pids.add(value)
     for pid in list(pids):
         try:
             parent = psutil.Process(pid).parent()

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import threading
 import time
+import psutil
 from pathlib import Path
 
 from .. import config
@@ -296,6 +297,10 @@ class DockerRuntime(Runtime):
         if pid:
             out.add(pid)
             out.update(_descendants(pid))
+            # The shim is one per container and is the container's parent, not a descendant.
+            shim = inst.info.get("shim_pid")
+            if shim and psutil.pid_exists(shim):
+                out.add(shim)
             if inst.cgroup is None:
                 self._locate(inst)
         if inst.cgroup is not None:
