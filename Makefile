@@ -54,8 +54,13 @@ test-fast: setup
 demo: setup
 	$(BIN)/python -m kit.demo
 
+# Regenerates benchmarks/results/: the default study, kit vs hyperfine, kit vs each
+# runtime's own command line, and the VM boot comparison.
 bench: setup
+	$(BIN)/python benchmarks/default_study.py
+	$(BIN)/python benchmarks/compare_hyperfine.py
 	$(BIN)/python benchmarks/bench_overhead.py
+	$(BIN)/python benchmarks/bench_vm.py
 
 clean:
 	rm -rf $(VENV) reports build *.egg-info
