@@ -11,11 +11,11 @@ export KIT_HOME ?= $(HOME)/.cache/kit
 # Debian/Ubuntu packages the runtimes, images and VMs need.
 SYSTEM_PACKAGES := runc crun lxc runsc docker.io podman busybox-static debootstrap e2fsprogs \
 	cpio kmod qemu-system-x86 qemu-utils hyperfine redis-tools file iproute2 ca-certificates \
-	chromium
+	chromium redis-server mariadb-server
 
-.PHONY: setup system-packages venv dockerd guest-kernel test test-fast demo bench clean
+.PHONY: setup system-packages venv dockerd guest-kernel images test test-fast demo bench clean
 
-setup: system-packages venv dockerd guest-kernel
+setup: system-packages venv dockerd guest-kernel images
 
 system-packages:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
@@ -44,6 +44,11 @@ dockerd: system-packages
 guest-kernel: venv system-packages
 	$(BIN)/python -m kit.vm.kernel fetch
 
+# The service images the notebooks and tests use, built once with debootstrap and cached
+# under $$KIT_HOME (about a minute for Redis, a few for MariaDB, the first time).
+images: venv system-packages
+	$(BIN)/python -m kit.images.prebuild
+
 test: setup
 	$(BIN)/pytest -q -rs --durations=15
 
@@ -51,8 +56,12 @@ test: setup
 test-fast: setup
 	$(BIN)/pytest -q -m "not slow"
 
+# The main job: the containers-vs-VMs study as a dated report in reports/<date>-<host>/,
+# with a screenshot of its HTML taken by headless Chromium.
 demo: setup
-	$(BIN)/python -m kit.demo
+	@out=$$($(BIN)/kit report 02-containers-vs-vms) && echo "report: $$out" && \
+	$(BIN)/python scripts/screenshot_report.py "$$out/02-containers-vs-vms.html" && \
+	echo "open $$out/02-containers-vs-vms.html in a browser"
 
 # Regenerates benchmarks/results/: the default study, kit vs hyperfine, kit vs each
 # runtime's own command line, and the VM boot comparison.

@@ -1,6 +1,7 @@
 """The ``kit`` command: one subcommand per module, dispatched from :data:`COMMANDS`.
 
     kit bench [options] [WORKLOAD...]     run a study (same options as kit.bench.Study)
+    kit report NOTEBOOK [-p NAME VALUE]   execute a notebook into a dated report (HTML, figures, data)
 
 To add a subcommand (e.g. ``report``), write ``_setup_NAME(parser)`` and
 ``_run_NAME(args) -> int`` and register them in :data:`COMMANDS`.
@@ -49,9 +50,22 @@ def _run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setup_report(p: argparse.ArgumentParser) -> None:
+    from .report import add_arguments
+
+    add_arguments(p)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from .report import run_args
+
+    return run_args(args)
+
+
 #: name -> (help, set up its parser, run it)
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "bench": ("benchmark startup, memory, disk and density across runtimes", _setup_bench, _run_bench),
+    "report": ("execute a notebook into a dated study report", _setup_report, _run_report),
 }
 
 

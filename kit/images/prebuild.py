@@ -1,0 +1,32 @@
+"""``python -m kit.images.prebuild``: build the images the notebooks and tests use, once.
+
+``make setup`` calls it so the slow debootstrap builds happen at set-up time,
+not in the middle of a test or a notebook. Cached: a second call returns at once.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from . import get
+from .debian import debian
+
+#: name -> Debian packages
+SERVICE_IMAGES = {
+    "debian-redis": ["redis-server"],
+    "debian-mariadb": ["mariadb-server"],
+}
+
+
+def main() -> int:
+    get("busybox")
+    for name, packages in SERVICE_IMAGES.items():
+        t0 = time.monotonic()
+        img = debian(name, packages=packages)
+        print(f"{img.name}: {img.size / 1e6:.0f} MB ({time.monotonic() - t0:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Every notebook in notebooks/ runs top to bottom, with small parameters, in a real ipykernel.
+
+Each is executed by :func:`kit.report.make_report` (papermill into a temporary reports root),
+so CI exercises exactly what ``kit report`` and ``make demo`` do. Any cell error fails the test.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from kit import report
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+#: Small parameters for CI: all four notebooks together stay within ~10 minutes here.
+SMALL = {
+    "01-quickstart": {},
+    "02-containers-vs-vms": {"repeat": 3, "vm_repeat": 2, "warmup": 1, "density_max": 2, "vm_density_max": 1},
+    "03-images-and-layers": {"n_instances": 2, "write_mb": 4},
+    "04-services": {"redis_requests": 500, "mariadb_queries": 50, "strict": True, "timeout": 240},
+}
+
+
+def test_every_notebook_is_listed_and_has_parameters():
+    found = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
+    assert found == sorted(SMALL), "add the new notebook to SMALL with small parameters"
+    for stem in found:
+        nb = nbformat.read(NOTEBOOKS / f"{stem}.ipynb", as_version=4)
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, f"{stem}: exactly one cell tagged 'parameters'"
+        declared = report.declared_parameters(NOTEBOOKS / f"{stem}.ipynb")
+        assert report.DATA_PARAM in declared, f"{stem}: declare data_dir = None to receive the data directory"
+        assert set(SMALL[stem]) <= set(declared), f"{stem}: SMALL names a parameter it does not declare"
+        # The notebooks are stored without outputs: results come from a run, never from the file.
+        assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{stem}: clear outputs"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("stem", sorted(SMALL))
+def test_notebook_runs(stem, tmp_path):
+    out = report.make_report(NOTEBOOKS / f"{stem}.ipynb", SMALL[stem], out_root=tmp_path, cell_timeout=600)
+    executed = nbformat.read(out / f"{stem}.ipynb", as_version=4)
+    errors = [o for c in executed.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, errors
+    assert (out / f"{stem}.html").stat().st_size > 10_000
+    assert json.loads((out / stem / "environment.json").read_text())["host"]
+    # A notebook that measures saves what it measured.
+    assert [p for p in (out / stem / "data").rglob("*") if p.suffix in (".csv", ".json")], "no raw data saved"
+    if stem != "01-quickstart":
+        assert list((out / stem / "figures").glob("*.png")), "no figure drawn"
+    if stem == "02-containers-vs-vms":
+        html = (out / f"{stem}.html").read_text()
+        assert "accelerator" in html and ("TCG inflates" in html or "KVM" in html)
