@@ -56,3 +56,4 @@ def test_notebook_runs(stem, tmp_path):
     if stem == "02-containers-vs-vms":
         html = (out / f"{stem}.html").read_text()
         assert "accelerator" in html and ("TCG inflates" in html or "KVM" in html)
+        assert "Isolation, measured" in html and "own pid namespace" in html  # the matrix is shown
