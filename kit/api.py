@@ -29,7 +29,7 @@ from .errors import (CommandNotFound, InstanceNotFound, InvalidSpec, KitError, K
                      NameInUse)
 from .result import RunResult
 from .runtimes.base import Instance, Runtime
-from .spec import RunSpec, parse_cpus, parse_env, parse_memory, parse_port
+from .spec import RunSpec, check_argv, parse_cpus, parse_env, parse_memory, parse_port, show
 
 #: Live instances of this session, by name.
 _live: dict[str, tuple[Runtime, Instance]] = {}
@@ -38,15 +38,28 @@ _lock = threading.Lock()
 
 def _spec(image, command, name=None, detach=False, memory=None, cpus=None, env=None, ports=None,
           workdir=None, timeout=None, hostname=None, read_only=False, **options) -> RunSpec:
+    # A lone string is one item, not a sequence of characters ("8080:80" is not 7 ports).
+    env = [env] if isinstance(env, str) else env
+    ports = [ports] if isinstance(ports, (str, int)) else ports
     if isinstance(env, dict):
         env_d = {str(k): str(v) for k, v in env.items()}
     else:
         env_d = dict(parse_env(e) for e in (env or []))
-    port_l = [p if isinstance(p, tuple) else parse_port(p) for p in (ports or [])]
+    port_l = [parse_port(":".join(map(str, p)) if isinstance(p, tuple) else p) for p in (ports or [])]
     kw = {} if name is None else {"name": name}
-    return RunSpec(image=image, command=list(command) if not isinstance(command, str) else command,
+    if not isinstance(image, str):
+        raise InvalidSpec(f"image must be a name such as 'busybox', not {show(image)}")
+    try:
+        command = [] if command is None else command if isinstance(command, str) else list(command)
+    except TypeError:
+        raise InvalidSpec(f"command must be a list of arguments, not {show(command)}: e.g. ['echo', 'hello']") from None
+    try:
+        timeout = float(timeout) if timeout is not None else None
+    except (TypeError, ValueError):
+        raise InvalidSpec(f"timeout {show(timeout)} is not a number of seconds: e.g. 30") from None
+    return RunSpec(image=image, command=command,
                    detach=detach, memory=parse_memory(memory), cpus=parse_cpus(cpus), env=env_d,
-                   ports=port_l, workdir=workdir, timeout=float(timeout) if timeout is not None else None,
+                   ports=port_l, workdir=workdir, timeout=timeout,
                    hostname=hostname, read_only=read_only, options=options, **kw)
 
 
@@ -58,11 +71,11 @@ def _check_command(rt: Runtime, spec: RunSpec, image) -> None:
         import shutil
 
         if ("/" in argv0 and not os.access(argv0, os.X_OK)) or ("/" not in argv0 and not shutil.which(argv0)):
-            raise CommandNotFound(f"command {argv0!r} not found on this host's PATH: check its spelling or install it")
+            raise CommandNotFound(f"command {show(argv0)} not found on this host's PATH: check its spelling or install it")
         return
     if resolve_in_rootfs(image.rootfs, argv0, path, spec.workdir or "/") is None:
         raise CommandNotFound(
-            f"command {argv0!r} not found in image {image.name!r} (searched {path}): "
+            f"command {show(argv0)} not found in image {image.name!r} (searched {show(path, 80)}): "
             f"install it in the image or give its full path"
         )
 
@@ -71,9 +84,12 @@ def resolve_in_rootfs(rootfs: Path, argv0: str, path: str, cwd: str = "/") -> st
     """Where ``argv0`` resolves inside ``rootfs`` (following its symlinks inside it), or None."""
     candidates = [posixpath.join(cwd, argv0)] if "/" in argv0 else [posixpath.join(d, argv0) for d in path.split(":") if d]
     for cand in candidates:
-        real = _follow(rootfs, cand)
-        if real is not None and real.is_file() and os.access(real, os.X_OK):
-            return cand
+        try:
+            real = _follow(rootfs, cand)
+            if real is not None and real.is_file() and os.access(real, os.X_OK):
+                return cand
+        except OSError:  # e.g. a name too long for the filesystem: no such command there
+            continue
     return None
 
 
@@ -117,9 +133,9 @@ def _create(image: str | None, command, runtime: str | None, **kw) -> tuple[Runt
     spec = _spec(image or "-", command, **kw)  # bad options are reported before anything else
     rt = _runtimes.require(runtime or _runtimes.default_container_runtime())
     rt_name = rt.name
-    img = _images.get(image) if rt.uses_image else None
     if rt.uses_image and not image:
         raise InvalidSpec(f"runtime {rt_name!r} needs an image: e.g. busybox")
+    img = _images.get(image) if rt.uses_image else None
     _check_command(rt, spec, img)
     _check_ports(spec)
     lifetime.ensure_reaper()
@@ -210,7 +226,7 @@ def run(image: str | None, command: Sequence[str], runtime: str | None = None, *
         KitError: bad input, unavailable runtime, unknown image, missing command...
     """
     rt, inst = _create(image, command, runtime, name=name, detach=detach, memory=memory, cpus=cpus,
-                       env=env, ports=list(ports or ()), workdir=workdir, timeout=timeout, **options)
+                       env=env, ports=ports, workdir=workdir, timeout=timeout, **options)
     try:
         rt.start(inst, stream=None if detach else stream)
     except BaseException:
@@ -245,8 +261,8 @@ def _find(name: str) -> tuple[Runtime, Instance]:
     try:
         return _live[name]
     except KeyError:
-        have = ", ".join(sorted(_live)) or "none"
-        raise InstanceNotFound(f"no instance named {name!r} (running: {have}); see ps") from None
+        have = ", ".join(sorted(_live)[:5]) + (", ..." if len(_live) > 5 else "") or "none"
+        raise InstanceNotFound(f"no instance named {show(name)} (running: {have}); see ps") from None
 
 
 def instance(name: str) -> tuple[Runtime, Instance]:
@@ -292,8 +308,10 @@ def exec_(name: str, command: Sequence[str], stream: Stream | None = None, timeo
     rt, inst = _find(name)
     if isinstance(command, str) or not command:
         raise InvalidSpec("exec needs a command as a list of arguments, e.g. ['ps']")
+    check_argv([str(c) for c in command])
     if not rt.running(inst):
-        raise InstanceNotFound(f"instance {name!r} is not running ({inst.exit_code=}); start a new one")
+        raise InstanceNotFound(f"instance {name!r} is not running, so nothing can be exec'd in it: "
+                               f"see its logs, rm it, and start a new one")
     t0 = time.time()
     code, out, err = rt.exec(inst, [str(c) for c in command], stream=stream, timeout=timeout)
     r = RunResult(runtime=rt.name, image=inst.image.name if inst.image else None, name=name,

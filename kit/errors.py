@@ -66,7 +66,9 @@ class ExitError(KitError):
     def __init__(self, result):
         self.result = result
         tail = (result.stderr or "").strip().splitlines()[-1:] or [""]
+        cmd = " ".join(result.command)
+        cmd = cmd if len(cmd) <= 80 else cmd[:80] + "..."  # the message stays one short line
         super().__init__(
-            f"{result.runtime}: {' '.join(result.command)!r} in {result.image!r} "
+            f"{result.runtime}: {cmd!r} in {result.image!r} "
             f"exited with {result.exit_code}" + (f": {tail[0][:200]}" if tail[0] else "")
         )

@@ -17,6 +17,38 @@ _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 MIN_MEMORY = 6 * 1024**2  # docker's minimum; below it nothing starts
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: Linux's MAX_ARG_STRLEN: execve refuses a longer argument or KEY=VALUE string (E2BIG),
+#: and each runtime reports that differently (or not at all), so it is checked here once.
+MAX_ARG_BYTES = 128 * 1024
+HOST_NAME_MAX = 64
+MAX_TIMEOUT = 1e6  # seconds (11 days)
+
+
+def show(value, limit: int = 40) -> str:
+    """``repr(value)`` clipped to about ``limit`` characters: messages echo user input on one short line."""
+    text = str(value)
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
+def check_string(value: str, what: str) -> str:
+    """Refuse what no program can receive: a NUL byte, invalid text, or more than MAX_ARG_BYTES.
+
+    Args:
+        value: an argument, environment value, working directory or hostname.
+        what: how the message names it, e.g. ``"argument 2"``.
+    """
+    if "\0" in value:
+        raise InvalidSpec(f"{what} {show(value)} contains a NUL byte, which no program can receive: remove it")
+    try:
+        # Strict: runtimes disagree on surrogates (raw bytes, U+FFFD, or a crash writing a config file).
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidSpec(f"{what} {show(value)} is not valid text (it holds a surrogate): pass UTF-8 text") from None
+    if size >= MAX_ARG_BYTES:
+        raise InvalidSpec(f"{what} is {size} bytes: Linux passes at most {MAX_ARG_BYTES // 1024} KiB per argument "
+                          f"or variable; pass big data in a file or on stdin")
+    return value
 
 
 def parse_memory(value: str | int | None) -> int | None:
@@ -33,13 +65,13 @@ def parse_memory(value: str | int | None) -> int | None:
         m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)i?b?\s*", str(value).lower())
         if not m:
             raise InvalidSpec(
-                f"memory {value!r} is not a size: use a number with an optional unit, e.g. 64m, 512k, 1g"
+                f"memory {show(value)} is not a size: use a number with an optional unit, e.g. 64m, 512k, 1g"
             )
         n = int(float(m.group(1)) * _UNITS[m.group(2)])
     if n < MIN_MEMORY:
-        raise InvalidSpec(f"memory {value!r} is below the 6m minimum a container can start in: give at least 6m")
+        raise InvalidSpec(f"memory {show(value)} is below the 6m minimum a container can start in: give at least 6m")
     if n > 1024**4:
-        raise InvalidSpec(f"memory {value!r} is over 1 TiB: give a limit this host could honour, e.g. 512m")
+        raise InvalidSpec(f"memory {show(value)} is over 1 TiB: give a limit this host could honour, e.g. 512m")
     return n
 
 
@@ -50,9 +82,9 @@ def parse_cpus(value: str | float | None) -> float | None:
     try:
         n = float(value)
     except (TypeError, ValueError):
-        raise InvalidSpec(f"cpus {value!r} is not a number: use e.g. 0.5 or 2") from None
+        raise InvalidSpec(f"cpus {show(value)} is not a number: use e.g. 0.5 or 2") from None
     if not (0.01 <= n <= 1024) or n != n:
-        raise InvalidSpec(f"cpus {value!r} is out of range: use a number from 0.01 to 1024")
+        raise InvalidSpec(f"cpus {show(value)} is out of range: use a number from 0.01 to 1024")
     return n
 
 
@@ -67,28 +99,35 @@ def parse_port(value: str) -> tuple[int, int]:
     if len(parts) == 1:
         parts = [parts[0], parts[0]]
     if len(parts) != 2 or not all(p.isdigit() for p in parts):
-        raise InvalidSpec(f"port {value!r} is malformed: use HOSTPORT:PORT, e.g. 8080:80 (published on 127.0.0.1 only)")
+        raise InvalidSpec(f"port {show(value)} is malformed: use HOSTPORT:PORT, e.g. 8080:80 (published on 127.0.0.1 only)")
     host, cont = int(parts[0]), int(parts[1])
     for p in (host, cont):
         if not 1 <= p <= 65535:
-            raise InvalidSpec(f"port {value!r} is out of range: ports go from 1 to 65535")
+            raise InvalidSpec(f"port {show(value)} is out of range: ports go from 1 to 65535")
     return host, cont
 
 
 def parse_env(value: str) -> tuple[str, str]:
     """Parse ``KEY=VALUE``."""
     key, sep, val = str(value).partition("=")
-    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-        raise InvalidSpec(f"environment {value!r} is malformed: use KEY=VALUE with KEY made of letters, digits and _")
+    if not sep or not _ENV_KEY.fullmatch(key):
+        raise InvalidSpec(f"environment {show(value)} is malformed: use KEY=VALUE with KEY made of letters, digits and _")
     return key, val
 
 
 def check_name(name: str) -> str:
     if not _NAME_RE.match(name or ""):
         raise InvalidSpec(
-            f"name {name!r} is not valid: use 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit"
+            f"name {show(name)} is not valid: use 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit"
         )
     return name
+
+
+def check_argv(argv: list[str]) -> list[str]:
+    """Check every argument of a command line with :func:`check_string`."""
+    for i, arg in enumerate(argv):
+        check_string(arg, "command" if i == 0 else f"argument {i}")
+    return argv
 
 
 def new_name() -> str:
@@ -134,13 +173,30 @@ class RunSpec:
         self.command = [str(c) for c in self.command]
         if not self.command:
             raise InvalidSpec("no command given: put the command after the image, e.g. busybox echo hello")
+        check_argv(self.command)
+        if len(check_string(str(self.image), "image name")) > 255:
+            raise InvalidSpec(f"image name {show(self.image)} is too long: image names have at most 255 characters")
         check_name(self.name)
+        self.env = {str(k): str(v) for k, v in self.env.items()}
+        for k, v in self.env.items():
+            if not _ENV_KEY.fullmatch(k):
+                raise InvalidSpec(f"environment variable name {show(k)} is not valid: use letters, digits and _, "
+                                  f"not starting with a digit")
+            check_string(f"{k}={v}", f"environment variable {k}")
         if self.hostname is None:
             self.hostname = self.name[:63]
-        if self.workdir is not None and not str(self.workdir).startswith("/"):
-            raise InvalidSpec(f"working directory {self.workdir!r} must be an absolute path, e.g. /tmp")
-        if self.timeout is not None and not (self.timeout > 0):
-            raise InvalidSpec(f"timeout {self.timeout!r} must be a positive number of seconds")
+        self.hostname = check_string(str(self.hostname), "hostname")
+        if not self.hostname or len(self.hostname.encode()) > HOST_NAME_MAX or not self.hostname.isprintable():
+            raise InvalidSpec(f"hostname {show(self.hostname)} is not valid: use 1-{HOST_NAME_MAX} bytes of "
+                              f"printable characters, e.g. web1")
+        if self.workdir is not None:
+            self.workdir = check_string(str(self.workdir), "working directory")
+            if not self.workdir.startswith("/"):
+                raise InvalidSpec(f"working directory {show(self.workdir)} must be an absolute path, e.g. /tmp")
+        # Bounded above: waits hand it to poll(2) and socket timeouts, which overflow on inf or 1e300.
+        if self.timeout is not None and not (0 < self.timeout <= MAX_TIMEOUT):
+            raise InvalidSpec(f"timeout {self.timeout!r} must be a number of seconds from 0 to {MAX_TIMEOUT:g}: "
+                              f"leave it out for no timeout")
         seen = set()
         for host, _ in self.ports:
             if host in seen:

@@ -95,8 +95,10 @@ def probe(runtime: str, image: str = "busybox", memory_check: bool = True, timeo
         own = separate_kernel or (bool(seen) and seen != mine)
         row(f"own {ns} namespace", seen or "(unreadable)", mine, own,
             "a separate kernel: every namespace is its own" if separate_kernel else "")
+    # A guest kernel's /proc lists only the guest's own tasks (its kernel threads included,
+    # so a count says nothing there); a container's lists the host's unless it has its own PID namespace.
     row("host processes invisible", inside.get("procs", "?") + " visible", host["procs"] + " on host",
-        inside.get("procs", "").isdigit() and int(inside["procs"]) < int(host["procs"]) // 2,
+        separate_kernel or (inside.get("procs", "").isdigit() and int(inside["procs"]) < int(host["procs"]) // 2),
         f"PID 1 inside: {inside.get('pid1', '?')}")
     row("hostname independent", inside.get("hostname", ""), host["hostname"],
         inside.get("hostname", "") != host["hostname"])

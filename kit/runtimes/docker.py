@@ -115,7 +115,9 @@ class DockerRuntime(Runtime):
         """Attach before start (as ``docker run`` does), so no output is missed."""
         from docker.utils.socket import STDERR, frames_iter
 
-        sock = self.client.api.attach_socket(cid, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 1})
+        # No "logs": the daemon subscribes to the streams before it answers the attach, so the
+        # stream alone misses nothing; logs=1 replays what the stream also delivers (doubled output).
+        sock = self.client.api.attach_socket(cid, params={"stdout": 1, "stderr": 1, "stream": 1})
 
         def pump():
             with open(inst.stdout_path, "ab") as out, open(inst.stderr_path, "ab") as err:

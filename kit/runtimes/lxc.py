@@ -121,10 +121,13 @@ class LXCRuntime(Runtime):
             inst.phases["launched"] = inst.proc.launched_at
             if spec.detach or spec.ports:
                 pid = self._await_started(inst)
-                if spec.ports:
-                    if pid is None:
-                        raise StartFailed(f"lxc: {inst.name!r} exited before its ports could be published")
-                    self._fwd[inst.id] = Forwarder(f"/proc/{pid}/ns/net", spec.ports).start()
+                if spec.ports and pid is not None:
+                    try:
+                        self._fwd[inst.id] = Forwarder(f"/proc/{pid}/ns/net", spec.ports).start()
+                    except StartFailed:
+                        if os.path.exists(f"/proc/{pid}"):
+                            raise
+                        # The command already finished: nothing is left to publish, its result stands.
         except BaseException:
             self.remove(inst)
             raise
@@ -160,7 +163,9 @@ class LXCRuntime(Runtime):
         if _STARTED.search(log):
             return
         errors = [ln for ln in log.decode(errors="replace").splitlines() if " ERROR " in ln]
-        why = errors[-1].split(" - ", 1)[-1].strip() if errors else "see " + str(inst.state_dir / "lxc.log")
+        # The first ERROR is the cause (e.g. "Could not change directory"); the later ones only
+        # say that the start failed ("Failed run an application inside container").
+        why = errors[0].split(" - ", 2)[-1].strip() if errors else "see " + str(inst.state_dir / "lxc.log")
         raise StartFailed(f"lxc: could not start {inst.spec.command[0]!r}: {why}")
 
     def wait(self, inst: Instance, timeout: float | None = None) -> int:

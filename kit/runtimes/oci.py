@@ -234,10 +234,19 @@ class OCIRuntime(Runtime):
             if spec.detach or spec.ports:
                 self._await_started(inst)
             if spec.ports:
-                self._fwd[inst.id] = Forwarder(self._netns_path(inst), spec.ports).start()
+                self._publish(inst)
         except BaseException:
             self.remove(inst)
             raise
+
+    def _publish(self, inst: Instance) -> None:
+        try:
+            self._fwd[inst.id] = Forwarder(self._netns_path(inst), inst.spec.ports).start()
+        except StartFailed:
+            if self._state(inst).get("status") == "running":
+                raise
+            # The command already finished (a quick foreground run): nothing is left to
+            # publish, and its exit code and output stand as the result.
 
     def _await_started(self, inst: Instance) -> None:
         """Block until the command runs (or already exited); StartFailed with the runtime's reason."""
@@ -336,6 +345,7 @@ class OCIRuntime(Runtime):
             self.stop(inst, timeout=0)
         if self._has_state(inst):
             self._ctl(inst, "delete", "--force", inst.id, timeout=15)
+            self._forget_state(inst.id)
         _rootfs.unmount(inst.state_dir / "bundle" / "rootfs")
         fd = self._netns.pop(inst.id, None)
         if fd is not None:
@@ -361,8 +371,12 @@ class OCIRuntime(Runtime):
                 continue
             if not dry_run:
                 run([*self._cli(), "delete", "--force", cid], timeout=15, check=False)
+                self._forget_state(cid)
             out.append(f"{self.name} container {cid}")
         return out
+
+    def _forget_state(self, cid: str) -> None:
+        """Remove what ``delete`` may leave of ``cid`` in the state root (nothing for runc)."""
 
 
 class GVisorRuntime(OCIRuntime):
@@ -403,6 +417,17 @@ class GVisorRuntime(OCIRuntime):
 
     def _netns_path(self, inst: Instance) -> str:
         return f"/proc/{os.getpid()}/fd/{self._netns[inst.id]}"
+
+    def _forget_state(self, cid: str) -> None:
+        # When the sandbox died abruptly (e.g. OOM-killed under a small memory limit),
+        # "runsc delete" removes the .state file but leaves the .lock file behind.
+        try:
+            entries = [p for p in self.root.iterdir() if _container_id(p.name) == cid]
+        except OSError:
+            return
+        if not any(p.name.endswith(".state") for p in entries):  # deleted: the lock guards nothing
+            for p in entries:
+                p.unlink(missing_ok=True)
 
     def _start_error(self, inst: Instance) -> str:
         err = super()._start_error(inst)
