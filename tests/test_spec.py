@@ -72,3 +72,29 @@ def test_spec_defaults():
     assert s.name.startswith("kit-") and s.hostname == s.name
     env = s.environment()
     assert env["A"] == "1" and "/bin" in env["PATH"]
+
+
+def test_strings_with_nul_surrogates_or_too_long_are_refused():
+    from kit.spec import MAX_ARG_BYTES, check_argv, check_string
+
+    assert check_argv(["echo", "ünïcode ✓"]) == ["echo", "ünïcode ✓"]
+    for bad in ("a\0b", "\udcff", "x" * (MAX_ARG_BYTES + 1)):
+        with pytest.raises(InvalidSpec):
+            check_string(bad, "argument")
+    with pytest.raises(InvalidSpec):
+        RunSpec(image="busybox", command=["echo", "a\0b"])
+    with pytest.raises(InvalidSpec):
+        RunSpec(image="busybox", command=["true"], env={"A B": "x"})
+    with pytest.raises(InvalidSpec):
+        RunSpec(image="busybox", command=["true"], hostname="h" * 65)
+    with pytest.raises(InvalidSpec):
+        RunSpec(image="busybox", command=["true"], timeout=float("inf"))
+
+
+def test_echoed_input_is_clipped():
+    from kit.spec import show
+
+    assert len(show("x" * 1000)) < 100
+    with pytest.raises(InvalidSpec) as e:
+        parse_memory("z" * 1000)
+    assert len(str(e.value)) < 300
