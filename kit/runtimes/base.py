@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -190,6 +191,27 @@ class Runtime(ABC):
 
     def __repr__(self) -> str:
         return f"<Runtime {self.name} ({self.kind})>"
+
+
+def exec_cli(inst: Instance, cmd: list[str], argv: list[str], stream: Stream | None = None,
+             timeout: float | None = None, **kw) -> tuple[int, bytes, bytes]:
+    """Run a runtime's exec command line (``runc exec``, ``lxc-attach``...) to completion.
+
+    One deadline (default 60 s; on expiry the command is killed and KitTimeout raised);
+    the output goes to ``stream`` once it is complete.
+    """
+    from .._proc import run
+    from ..errors import KitTimeout
+
+    limit = timeout or 60
+    try:
+        p = run(cmd, timeout=limit, check=False, stdin=subprocess.DEVNULL, **kw)
+    except subprocess.TimeoutExpired:
+        raise KitTimeout(f"exec {argv[0]!r} in {inst.name!r} did not finish within {limit:g} s") from None
+    if stream:
+        stream("stdout", p.stdout)
+        stream("stderr", p.stderr)
+    return p.returncode, p.stdout, p.stderr
 
 
 def _read(path: Path) -> bytes:

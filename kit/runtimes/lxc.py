@@ -30,7 +30,7 @@ from .._proc import Pumped, Stream, kill_group, run, wait_until
 from ..errors import KitTimeout, StartFailed
 from ..portfwd import Forwarder
 from . import _rootfs
-from .base import Availability, Instance, Runtime, which
+from .base import Availability, Instance, Runtime, exec_cli, which
 
 #: Capabilities LXC's own common.conf drops for application containers.
 CAP_DROP = "mac_admin mac_override sys_time sys_module sys_rawio"
@@ -213,14 +213,7 @@ class LXCRuntime(Runtime):
         for k, v in env.items():
             cmd += ["-v", f"{k}={v}"]
         cmd += ["--", *argv]
-        try:
-            p = run(cmd, timeout=timeout or 60, check=False, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            raise KitTimeout(f"exec {argv[0]!r} in {inst.name!r} did not finish within {timeout or 60:g} s") from None
-        if stream:
-            stream("stdout", p.stdout)
-            stream("stderr", p.stderr)
-        return p.returncode, p.stdout, p.stderr
+        return exec_cli(inst, cmd, argv, stream, timeout)
 
     def sweep(self, session: str, dry_run: bool = False) -> list[str]:
         base = lxcpath()

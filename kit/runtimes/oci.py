@@ -42,7 +42,7 @@ from ..errors import KitError, KitTimeout, StartFailed
 from ..portfwd import Forwarder, new_loopback_netns, setns
 from ..spec import RunSpec
 from . import _rootfs
-from .base import Availability, Instance, Runtime, which
+from .base import Availability, Instance, Runtime, exec_cli, which
 
 #: ``runc spec``'s defaults: the capabilities, masked and read-only paths of a plain container.
 CAPABILITIES = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
@@ -352,14 +352,8 @@ class OCIRuntime(Runtime):
             os.close(fd)
 
     def exec(self, inst, argv, stream=None, timeout=None):
-        try:
-            p = self._ctl(inst, "exec", inst.id, *argv, timeout=timeout or 60)
-        except subprocess.TimeoutExpired:
-            raise KitTimeout(f"exec {argv[0]!r} in {inst.name!r} did not finish within {timeout or 60:g} s") from None
-        if stream:
-            stream("stdout", p.stdout)
-            stream("stderr", p.stderr)
-        return p.returncode, p.stdout, p.stderr
+        return exec_cli(inst, [*self._cli_for(inst), "exec", inst.id, *argv], argv, stream, timeout,
+                        preexec_fn=self._preexec(inst))
 
     def sweep(self, session: str, dry_run: bool = False) -> list[str]:
         prefix = f"kit-{session}-"

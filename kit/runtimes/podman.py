@@ -21,7 +21,7 @@ from .._proc import Pumped, Stream, kill_group, run
 from ..errors import ImageError, StartFailed
 from ..images import archive, engine
 from ..images import get as get_image
-from .base import Availability, Instance, Runtime, _descendants, which
+from .base import Availability, Instance, Runtime, _descendants, exec_cli, which
 
 PROBE_TIMEOUT = 30
 
@@ -122,11 +122,7 @@ class PodmanRuntime(Runtime):
         return [f"podman container {n}" for n in names]
 
     def exec(self, inst, argv, stream=None, timeout=None):
-        p = run(["podman", "exec", inst.id, *argv], timeout=timeout or 60, check=False)
-        if stream:
-            stream("stdout", p.stdout)
-            stream("stderr", p.stderr)
-        return p.returncode, p.stdout, p.stderr
+        return exec_cli(inst, ["podman", "exec", inst.id, *argv], argv, stream, timeout)
 
     def _inspect(self, inst: Instance, fmt: str) -> str:
         p = run(["podman", "inspect", "--format", fmt, inst.id], timeout=30, check=False)

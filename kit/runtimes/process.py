@@ -12,9 +12,9 @@ import platform
 import subprocess
 
 from .. import cgroups, config
-from .._proc import Pumped, Stream, kill_group, run
+from .._proc import Pumped, Stream, kill_group
 from ..errors import StartFailed
-from .base import Availability, Instance, Runtime
+from .base import Availability, Instance, Runtime, exec_cli
 
 
 class ProcessRuntime(Runtime):
@@ -52,8 +52,4 @@ class ProcessRuntime(Runtime):
 
     def exec(self, inst, argv, stream=None, timeout=None):
         # A bare process has no inside: exec runs beside it on the host.
-        p = run(argv, timeout=timeout or 60, check=False, cwd=inst.spec.workdir)
-        if stream:
-            stream("stdout", p.stdout)
-            stream("stderr", p.stderr)
-        return p.returncode, p.stdout, p.stderr
+        return exec_cli(inst, argv, argv, stream, timeout, cwd=inst.spec.workdir)
