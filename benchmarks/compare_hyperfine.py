@@ -78,7 +78,7 @@ def kit_runtime(runtime: str, runs: int, seed: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=30, help="measured runs per timer and runtime (default 30)")
+    ap.add_argument("--runs", type=int, default=60, help="measured runs per timer and runtime (default 60: at 30, the run-to-run noise of an LXC start is near the 10 % target)")
     ap.add_argument("--warmup", type=int, default=2, help="warmup runs of each timer, first block only (default 2)")
     ap.add_argument("--per-block", type=int, default=2,
                     help="runs per block; blocks alternate between the timers (default 2: the neighbours' "
