@@ -79,7 +79,8 @@ def test_default_machine_is_microvm_only_with_kvm_and_mmio(tmp_path):
     k = Kernel(tmp_path / "vmlinuz", None, "x", conf)
     assert k.supports_microvm()
     assert qemu_rt._default_machine(k, "kvm") == "microvm"
-    assert qemu_rt._default_machine(k, "tcg") == "q35"
+    assert qemu_rt._default_machine(k, "tcg") == "q35"  # TSC frequency unknown: microvm could hang
+    assert qemu_rt._default_machine(k, "tcg", 2_596_134) == "microvm"
     conf.write_text("CONFIG_ACPI=y\n")
     assert not Kernel(tmp_path / "vmlinuz", None, "x", conf).supports_microvm()
 
@@ -168,3 +169,51 @@ def test_unknown_option_is_refused():
     vm.spec = spec
     with pytest.raises(InvalidSpec, match="kernal"):
         vm._options()
+
+
+def test_kernel_args_name_the_bus_and_hand_over_the_tsc_only_under_tcg():
+    q35 = machine.kernel_args(_cfg(machine="q35", accel="tcg", tsc_khz=2_596_134))
+    assert "kit_bus=pci" in q35.split() and "tsc_early_khz=2596134" in q35.split()
+    mvm = machine.kernel_args(_cfg(machine="microvm", accel="kvm", tsc_khz=2_596_134))
+    assert "kit_bus=mmio" in mvm.split() and "tsc_early_khz" not in mvm  # kvmclock tells a KVM guest
+    assert "tsc_early_khz" not in machine.kernel_args(_cfg(accel="tcg"))  # unknown: the guest calibrates
+    a = machine.argv(_cfg(machine="q35", accel="tcg", tsc_khz=1000, append="quiet"))
+    assert _after(a, "-append") == [machine.kernel_args(_cfg(machine="q35", accel="tcg", tsc_khz=1000,
+                                                               append="quiet"))]
+
+
+def test_each_bus_loads_only_its_own_virtio_transport():
+    assert "virtio_mmio" not in initramfs.MODULES["pci"] and "virtio_pci" not in initramfs.MODULES["mmio"]
+    for bus in machine.VIRTIO_BUS.values():
+        mods = initramfs.MODULES[bus]
+        assert mods[:2] == ["virtio_ring", "virtio"] and mods[-1] == "virtio_console"
+
+
+def test_host_tsc_khz_is_a_plausible_frequency_or_none():
+    khz = accel.host_tsc_khz()
+    assert khz is None or 100_000 < khz < 10_000_000
+    assert accel.guest_tsc_khz("kvm") is None
+
+
+def test_module_signature_is_stripped():
+    body = b"\x7fELF" + b"x" * 100
+    sig = b"S" * 40
+    info = bytes(8) + len(sig).to_bytes(4, "big")
+    signed = body + sig + info + b"~Module signature appended~\n"
+    assert initramfs.unsigned(signed) == body
+    assert initramfs.unsigned(body) == body
+
+
+def test_spec_script_is_nul_free_so_a_nul_can_end_it():
+    spec = RunSpec(image="busybox", command=["printf", "a\nb"], name="n", env={"K": "v\nw"})
+    vm = qemu_rt._VM.__new__(qemu_rt._VM)
+    vm.spec, vm.boot = spec, "initramfs"
+    vm.inst = type("I", (), {"image": None})()
+    assert b"\0" not in vm.spec_script()
+
+
+def test_init_script_parses():
+    sh = shutil.which("busybox") or shutil.which("sh")
+    args = [sh, "sh", "-n", str(initramfs.INIT_SCRIPT)] if sh.endswith("busybox") else [sh, "-n",
+                                                                                          str(initramfs.INIT_SCRIPT)]
+    subprocess.run(args, check=True, timeout=10)

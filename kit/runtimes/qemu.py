@@ -4,19 +4,23 @@ A run boots the guest kernel (:mod:`kit.vm.kernel`) with the kit initramfs
 (:mod:`kit.vm.initramfs`) and the image's read-only ext4 disk
 (:mod:`kit.vm.disk`; tiny images ride inside the initramfs instead). The guest
 init receives the run spec on the control port, runs the command with its
-stdout and stderr on ports of their own, reports the exit code and powers off.
-The host stamps the milestones as they arrive, into ``inst.phases``::
+stdout and stderr on ports of their own (QEMU writes them to the instance's log
+files), reports the exit code and powers off. The host stamps the milestones as
+they arrive, into ``inst.phases``::
 
     launched   QEMU process started
     kernel     first byte on the guest console (the kernel's setup code)
     init       the kit init printed its mark
+    spec       the init has the run spec (its virtio modules are loaded)
     command    the init is about to exec the command
     exited     the init reported the command's exit code
-    vm_exited  the QEMU process ended
+    vm_exited  the QEMU process ended (seen through a pidfd or a blocking waitpid)
 
 Options (``kit.run(..., runtime="qemu", **options)``): ``kernel``, ``modules``,
-``machine`` (``microvm`` | ``q35``), ``accel`` (``kvm`` | ``tcg``; default: probed),
-``boot`` (``auto`` | ``disk`` | ``initramfs``), ``disk_size`` (e.g. ``"64m"``).
+``machine`` (``microvm`` | ``q35``; default: microvm when the kernel finds its
+virtio-mmio devices and, under TCG, the host's TSC frequency is known, else q35),
+``accel`` (``kvm`` | ``tcg``; default: probed), ``boot`` (``auto`` | ``disk`` |
+``initramfs``), ``disk_size`` (e.g. ``"64m"``).
 """
 
 from __future__ import annotations
@@ -46,8 +50,8 @@ MIN_MEMORY = 96 * 1024**2  # below this the cloud kernel plus initramfs cannot b
 INITRAMFS_MAX_IMAGE = 32 * 1024**2  # "auto" boots images up to this size from the initramfs
 OPTIONS = {"kernel", "modules", "machine", "accel", "boot", "disk_size"}
 BOOT_DEADLINE = 120.0  # a detached VM must have started its command by then
-CHANNEL_NAMES = {"console": "console.sock", "kit.ctl": "ctl.sock", "kit.out": "out.sock",
-                 "kit.err": "err.sock", "kit.exec": "exec.sock"}
+CHANNEL_NAMES = {"console": "console.sock", "kit.ctl": "ctl.sock", "kit.exec": "exec.sock"}
+FOLLOW_INTERVAL = 0.05  # how often a foreground run's stream gets what the command wrote
 
 
 class QemuRuntime(Runtime):
@@ -75,15 +79,17 @@ class QemuRuntime(Runtime):
         k = kernel_mod.cached()
         if k is None:
             if not which("apt-get"):
+                # Not "pass kernel=": an unavailable runtime refuses every run, options or not.
                 return Availability(self.name, self.kind, False, version,
-                                    reason="no guest kernel cached and no apt-get to fetch one: "
-                                           "pass kernel=/path/to/vmlinuz or run 'python -m kit.vm.kernel fetch'")
+                                    reason="no guest kernel cached and no apt-get to fetch one: put a bzImage at "
+                                           f"{kernel_mod.kernels_dir()}/<version>/vmlinuz, or run "
+                                           "'python -m kit.vm.kernel fetch' on a host with apt")
             return Availability(self.name, self.kind, True, version,
                                 info={"kernel": "fetched on first run", "accel": "probed on first run"})
         v = accel_mod.choose(k, binary)  # bounded (PROBE_DEADLINE), then cached
         return Availability(self.name, self.kind, True, f"{version}, accel {v.accel}",
                             info={"accel": v.accel, "accel_reason": v.reason, "kernel": k.version,
-                                  "machine": _default_machine(k, v.accel)})
+                                  "machine": _default_machine(k, v.accel, accel_mod.guest_tsc_khz(v.accel))})
 
     # -- lifecycle ---------------------------------------------------------
     def start(self, inst: Instance, stream: Stream | None = None) -> None:
@@ -100,7 +106,9 @@ class QemuRuntime(Runtime):
 
     def wait(self, inst: Instance, timeout: float | None = None) -> int:
         vm = self.vm(inst)
-        vm.proc.wait(timeout)  # TimeoutExpired goes to the caller, nothing killed
+        # Pumped.wait wakes on a pidfd, not Popen's 50 ms polling, so the exit is seen when it
+        # happens. TimeoutExpired goes to the caller, nothing killed.
+        inst.proc.wait(timeout)
         inst.exit_code = vm.outcome()
         return inst.exit_code
 
@@ -114,14 +122,14 @@ class QemuRuntime(Runtime):
             return
         if timeout > 0 and vm.ctl is not None and vm.ctl.send(b"term\n"):
             try:
-                inst.proc.proc.wait(timeout)
+                inst.proc.wait(timeout)
                 return
             except subprocess.TimeoutExpired:
                 pass
         vm.killed = True
         if qmp.quit(vm.qmp_path, timeout=2.0):
             try:
-                inst.proc.proc.wait(3)
+                inst.proc.wait(3)
                 return
             except subprocess.TimeoutExpired:
                 pass
@@ -159,11 +167,14 @@ class QemuRuntime(Runtime):
         return vm
 
 
-def _default_machine(k: kernel_mod.Kernel, accel: str) -> str:
-    # microvm needs a kernel that finds virtio-mmio devices. Under TCG it is not used by
-    # default: without KVM's clock its TSC calibration fails and some boots hang
-    # (measured here: about 1 in 3), while q35 boots reliably.
-    return "microvm" if accel == "kvm" and k.supports_microvm() else "q35"
+def _default_machine(k: kernel_mod.Kernel, accel: str, tsc_khz: int | None = None) -> str:
+    # microvm (no PCI, no firmware to speak of) boots faster than q35, but needs a kernel
+    # that finds virtio-mmio devices. Under TCG it also needs the host's TSC frequency
+    # (kernel_args passes it): calibrating the TSC against microvm's PIT alone fails on a
+    # busy host and the boot hangs (measured here: 3 boots in 5), while q35 has an HPET.
+    if not k.supports_microvm():
+        return "q35"
+    return "microvm" if accel == "kvm" or tsc_khz else "q35"
 
 
 class _VM:
@@ -183,7 +194,8 @@ class _VM:
         self.guest_error: str | None = None
         self.console_tail = b""
         self.console_log = None
-        self.out_logs: dict[str, object] = {}
+        self.follower: threading.Thread | None = None
+        self.exited = threading.Event()  # QEMU has ended
         self.command_started = threading.Event()
 
     # -- assembling ---------------------------------------------------------
@@ -207,7 +219,8 @@ class _VM:
             verdict = accel_mod.Verdict(forced, "asked for by the caller")
         else:
             verdict = accel_mod.choose(k, which(self.rt.qemu) or self.rt.qemu)
-        mach = opts.get("machine") or _default_machine(k, verdict.accel)
+        tsc_khz = accel_mod.guest_tsc_khz(verdict.accel)
+        mach = opts.get("machine") or _default_machine(k, verdict.accel, tsc_khz)
         if mach not in machine.MACHINES:
             raise InvalidSpec(f"machine {mach!r} is not supported: use one of {', '.join(machine.MACHINES)}")
         if mach == "microvm" and not k.supports_microvm():
@@ -234,14 +247,18 @@ class _VM:
             disk = disk_mod.base_disk(image, parse_memory(opts["disk_size"]) if opts.get("disk_size") else None)
         inst.info.update({"accel": verdict.accel, "accel_reason": verdict.reason, "machine": mach,
                           "boot": boot, "kernel": k.version, "memory_mib": memory // 1024**2,
-                          "vcpus": machine.vcpus(spec.cpus)})
+                          "vcpus": machine.vcpus(spec.cpus), "tsc_khz": tsc_khz})
         self.boot = boot
         return machine.VMConfig(kernel=k.vmlinuz, initrd=initrd, disk=disk, accel=verdict.accel,
                                 machine=mach, cpus=machine.vcpus(spec.cpus), memory_mib=memory // 1024**2,
-                                ports=list(spec.ports))
+                                ports=list(spec.ports), tsc_khz=tsc_khz)
 
     def spec_script(self) -> bytes:
-        """What the guest init sources: settings, the environment and the command, shell-quoted."""
+        """What the guest init sources: settings, the environment and the command, shell-quoted.
+
+        Sent on the control port followed by a NUL byte, which ends it: no shell word can
+        hold a NUL, and the guest reads up to it with a builtin (no fork).
+        """
         spec, q = self.spec, shlex.quote
         image_workdir = (self.inst.image.config or {}).get("workdir") if self.inst.image else None
         env = " ".join(q(f"{k}={v}") for k, v in spec.environment().items())
@@ -276,16 +293,13 @@ class _VM:
         self.console_log = open(inst.state_dir / "console.log", "ab")
         handlers = {"console": self._on_console, "kit.ctl": LineRecords(self._on_record),
                     "kit.exec": self.agent.feed}
-        if spec.detach:
-            # A service's output goes straight to its log files: nothing on the host must keep reading.
-            cfg.files = {"kit.out": inst.stdout_path, "kit.err": inst.stderr_path}
-            for p in cfg.files.values():
-                p.touch()
-        else:
-            for port, label, path in (("kit.out", "stdout", inst.stdout_path),
-                                      ("kit.err", "stderr", inst.stderr_path)):
-                self.out_logs[label] = open(path, "ab")
-                handlers[port] = self._tee(label)
+        # The command's output goes straight to its log files. QEMU writes a file at once,
+        # whereas with a socket whose reader lags it leaves the rest in the guest's queue, and
+        # the power-off after the command lost it (seen: half of a 1 MB stderr). A
+        # foreground run's stream follows the files (_follow).
+        cfg.files = {"kit.out": inst.stdout_path, "kit.err": inst.stderr_path}
+        for p in cfg.files.values():
+            p.touch()
         for name, handler in handlers.items():
             self.channels[name] = Channel(self.sock_dir / CHANNEL_NAMES[name], handler)
             cfg.sockets[name] = self.channels[name].path
@@ -301,6 +315,9 @@ class _VM:
         self.proc = inst.proc.proc
         inst.phases["launched"] = inst.proc.launched_at
         threading.Thread(target=self._watch_exit, daemon=True, name=f"kit-vm-exit-{inst.name}").start()
+        if not spec.detach and self.stream is not None:
+            self.follower = threading.Thread(target=self._follow, daemon=True, name=f"kit-vm-out-{inst.name}")
+            self.follower.start()
         alive = lambda: self.proc.poll() is None  # noqa: E731
         for ch in self.channels.values():
             ch.start(alive, accept_timeout=30)
@@ -312,7 +329,7 @@ class _VM:
         if not self.ctl.connected.is_set():
             self.proc.wait(5)
             raise StartFailed(f"qemu: QEMU exited at once ({self.proc.returncode}): {self.qemu_error()}")
-        self.ctl.send(str(len(self.spec_script())).encode() + b"\n" + self.spec_script())
+        self.ctl.send(self.spec_script() + b"\0")
 
     def wait_for_command(self, deadline: float) -> None:
         """Block until the guest runs the command (a service is then up), or raise why not."""
@@ -327,21 +344,28 @@ class _VM:
                                  f"(console: {self.console_text()[-200:]!r})")
 
     def _watch_exit(self) -> None:
-        self.proc.wait()
+        self.proc.wait()  # blocking waitpid: the exit is stamped when it happens
         self.inst.phases.setdefault("vm_exited", time.time())
+        self.exited.set()
 
-    def _tee(self, label: str):
-        log = self.out_logs[label]
-
-        def handle(chunk: bytes) -> None:
-            log.write(chunk)
-            log.flush()
-            if self.stream is not None:
-                try:
-                    self.stream(label, chunk)
-                except Exception:  # a broken display must not stop collection
-                    self.stream = None
-        return handle
+    def _follow(self) -> None:
+        """Hand what QEMU appends to the log files to the stream, until QEMU has ended."""
+        files = [("stdout", open(self.inst.stdout_path, "rb")), ("stderr", open(self.inst.stderr_path, "rb"))]
+        try:
+            while self.stream is not None:
+                done = self.exited.wait(FOLLOW_INTERVAL)
+                for label, f in files:
+                    chunk = f.read()
+                    if chunk and self.stream is not None:
+                        try:
+                            self.stream(label, chunk)
+                        except Exception:  # a broken display must not stop the run
+                            self.stream = None
+                if done:
+                    return
+        finally:
+            for _, f in files:
+                f.close()
 
     def _on_console(self, chunk: bytes) -> None:
         now = time.time()
@@ -380,8 +404,8 @@ class _VM:
         """The command's exit code once QEMU has exited; raise StartFailed if the guest never said."""
         for ch in self.channels.values():
             ch.join(5)
-        for f in self.out_logs.values():
-            f.flush()
+        if self.follower is not None:
+            self.follower.join(5)
         if self.reported is not None:
             return self.reported
         if self.killed:
@@ -408,9 +432,9 @@ class _VM:
             ch.close()
         for ch in self.channels.values():
             ch.join(2)
-        for f in list(self.out_logs.values()) + ([self.console_log] if self.console_log else []):
+        if self.console_log is not None:
             try:
-                f.close()
+                self.console_log.close()
             except OSError:
                 pass
         if self.sock_dir is not None:

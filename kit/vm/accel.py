@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import platform
+import re
 import select
 import subprocess
 import time
@@ -76,6 +77,39 @@ def precheck() -> str | None:
     if not os.access(dev, os.R_OK | os.W_OK):
         return "/dev/kvm is not readable and writable by this user (add it to the kvm group)"
     return None
+
+
+def host_tsc_khz() -> int | None:
+    """The host's TSC frequency in kHz, when the host says it; else None.
+
+    Under TCG the guest reads the host's TSC, so this is the guest's TSC frequency
+    too (see :func:`kit.vm.machine.kernel_args`). Sources, most exact first: the
+    ``tsc_freq_khz`` some kernels export; ``cpu MHz`` of /proc/cpuinfo when no cpufreq
+    driver varies the clock (it is then the kernel's own TSC calibration); the
+    nominal "@ 2.60GHz" of an Intel model name (Intel TSCs tick at that rate).
+    """
+    cpu0 = Path("/sys/devices/system/cpu/cpu0")
+    try:
+        return int((cpu0 / "tsc_freq_khz").read_text().strip()) or None
+    except (OSError, ValueError):
+        pass
+    try:
+        info = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return None
+    first = info.split("\n\n", 1)[0]
+    mhz = re.search(r"^cpu MHz\s*:\s*([\d.]+)", first, re.M)
+    if mhz and not (cpu0 / "cpufreq").exists():
+        return round(float(mhz.group(1)) * 1000) or None
+    nominal = re.search(r"^model name\s*:.*Intel.*@\s*([\d.]+)GHz", first, re.M)
+    if nominal:
+        return round(float(nominal.group(1)) * 1_000_000)
+    return None
+
+
+def guest_tsc_khz(accel: str) -> int | None:
+    """The TSC frequency to tell a guest under ``accel`` (KVM guests learn it from kvmclock)."""
+    return host_tsc_khz() if accel == "tcg" else None
 
 
 def choose(kernel: Kernel, qemu: str = machine.QEMU, deadline: float = PROBE_DEADLINE) -> Verdict:

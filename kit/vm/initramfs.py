@@ -27,9 +27,14 @@ from .kernel import Kernel, kernels_dir
 INIT_SCRIPT = Path(__file__).with_name("init.sh")
 
 #: Load order (see /work/shared/MACHINE.md): each module needs the ones before it.
+#: The init loads the group of its machine's virtio transport (kernel argument
+#: ``kit_bus``: q35 has PCI, microvm only virtio-mmio), then ``disk`` or ``net`` when
+#: the run needs them. Each insmod costs a fork and the module's init, about 10 ms
+#: under TCG, so a machine loads only its own transport.
 MODULES = {
-    "base": ["virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci",
-             "virtio_mmio", "virtio_console"],
+    "pci": ["virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci",
+            "virtio_console"],
+    "mmio": ["virtio_ring", "virtio", "virtio_mmio", "virtio_console"],
     "disk": ["virtio_blk", "overlay"],
     "net": ["failover", "net_failover", "virtio_net"],
 }
@@ -112,10 +117,40 @@ def _builtin(kernel: Kernel, name: str) -> bool:
                for line in text.splitlines())
 
 
+#: What the init mounts with one ``mount -a -T`` each: stage 1 (initramfs), stage 2 (image root).
+FSTABS = {
+    "fstab.1": "proc /proc proc defaults 0 0\nsys /sys sysfs defaults 0 0\ndev /dev devtmpfs defaults 0 0\n",
+    "fstab.2": "devpts /dev/pts devpts defaults 0 0\nshm /dev/shm tmpfs defaults 0 0\n",
+}
+#: Appended to a signed module: the signature, its 12-byte descriptor, then this.
+_SIG_MAGIC = b"~Module signature appended~\n"
+#: Bump when the archive's layout changes, so cached archives are rebuilt.
+LAYOUT = "2: modules per bus, unsigned"
+
+
+def unsigned(module: bytes) -> bytes:
+    """``module`` without its appended signature (as is when it has none).
+
+    Checking a signature (SHA-256 over the module, then RSA) costs each insmod a few
+    milliseconds of emulated CPU under TCG. The kernel does not require signatures
+    (CONFIG_MODULE_SIG_FORCE is off in distribution kernels): an unsigned module
+    loads and marks the kernel tainted 'E', which tells nothing here, since the
+    modules came from the kernel's own package and the initramfs is the kit's own.
+    """
+    if not module.endswith(_SIG_MAGIC) or len(module) < len(_SIG_MAGIC) + 12:
+        return module
+    info = module[-len(_SIG_MAGIC) - 12:-len(_SIG_MAGIC)]
+    sig_len = int.from_bytes(info[8:12], "big")
+    end = len(module) - len(_SIG_MAGIC) - 12 - sig_len
+    return module[:end] if end > 0 else module
+
+
 def _inputs_digest(kernel: Kernel, busybox: Path) -> str:
     h = hashlib.sha256()
+    h.update(LAYOUT.encode())
     h.update(INIT_SCRIPT.read_bytes())
     h.update(repr(MODULES).encode())
+    h.update(repr(FSTABS).encode())
     h.update(kernel.key.encode())
     st = busybox.stat()
     h.update(f"{busybox}:{st.st_size}:{int(st.st_mtime)}".encode())
@@ -141,12 +176,18 @@ def base(kernel: Kernel) -> Path:
             c.node("dev/console", stat.S_IFCHR | 0o600, os.makedev(5, 1))
             c.file(".kit/busybox", busybox.read_bytes(), 0o755)
             c.file(".kit/init", INIT_SCRIPT.read_bytes(), 0o755)
+            for name, text in FSTABS.items():
+                c.file(f".kit/{name}", text.encode())
             c.symlink("init", ".kit/init")
             for a in applets:
                 c.symlink(f".kit/bin/{a}", "/.kit/busybox")
+            packed: set[str] = set()
             for group, names in MODULES.items():
                 listed = []
                 for name in names:
+                    if name in packed:
+                        listed.append(f"lib/{name}.ko")
+                        continue
                     path = _module_file(kernel, name)
                     if path is None:
                         if _builtin(kernel, name):
@@ -158,7 +199,9 @@ def base(kernel: Kernel) -> Path:
                     data = path.read_bytes()
                     if path.suffix == ".xz":  # busybox insmod takes plain ELF objects
                         data = lzma.decompress(data)
+                    data = unsigned(data)
                     c.file(f".kit/lib/{name}.ko", data)
+                    packed.add(name)
                     listed.append(f"lib/{name}.ko")
                 c.file(f".kit/modules.{group}", ("\n".join(listed) + "\n").encode())
             c.close()
