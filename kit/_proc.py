@@ -58,9 +58,7 @@ class Pumped:
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for exit and for all output; raises subprocess.TimeoutExpired."""
-        if timeout is not None:
-            wait_exit(self.proc, timeout)
-        code = self.proc.wait(timeout)
+        code = _wait(self.proc, timeout) if timeout is not None else self.proc.wait()
         for t in self._threads:
             # The pipes close when every holder exits; a stray grandchild could
             # hold them open, so output collection gets its own deadline.
@@ -133,14 +131,20 @@ def kill_group(proc: subprocess.Popen, grace: float = 0.0) -> None:
         with _suppress():
             os.killpg(pgid, signal.SIGTERM)
         try:
-            proc.wait(grace)
+            _wait(proc, grace)
             return
         except subprocess.TimeoutExpired:
             pass
     with _suppress():
         os.killpg(pgid, signal.SIGKILL)
     with _suppress():
-        proc.wait(10)
+        _wait(proc, 10)
+
+
+def _wait(proc: subprocess.Popen, timeout: float) -> int:
+    """Popen.wait with the exit noticed at once (pidfd), not up to 50 ms late."""
+    wait_exit(proc, timeout)
+    return proc.wait(timeout)
 
 
 class _suppress:
