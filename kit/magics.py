@@ -208,7 +208,14 @@ class ContainerMagics(Magics):
         return result
 
     def _stop(self, tokens):
-        return api.stop(self._one_name(tokens, "stop"))
+        p = _Parser(prog="container stop", description="Stop an instance: SIGTERM, then SIGKILL.")
+        p.add_argument("-t", "--time", type=float, default=10.0,
+                       help="seconds to wait after SIGTERM before SIGKILL (default 10, as docker stop)")
+        p.add_argument("name")
+        opts = p.parse_args(tokens)
+        if not 0 <= opts.time <= 3600:
+            raise UsageError("%container stop: -t takes 0 to 3600 seconds")
+        return api.stop(opts.name, timeout=opts.time)
 
     def _rm(self, tokens):
         force = any(t in ("-f", "--force") for t in tokens)

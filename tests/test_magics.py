@@ -68,7 +68,7 @@ def test_detached_ps_logs_exec_stop_rm(ip, names):
     assert name in set(ps.name)
     kit._proc.wait_until(lambda: "up" in ip.run_line_magic("container", f"logs {name}").stdout, 10, what="log")
     assert ip.run_line_magic("container", f"exec {name} echo inside").stdout == "inside\n"
-    stopped = ip.run_line_magic("container", f"stop {name}")
+    stopped = ip.run_line_magic("container", f"stop -t 1 {name}")
     assert stopped.exit_code is not None
     ip.run_line_magic("container", f"rm {name}")
     assert name not in set(ip.run_line_magic("container", "ps").name)
@@ -112,6 +112,9 @@ def test_prune_removes_everything_of_the_session(ip):
     ("logs nobody-by-that-name", "no instance"),
     ("exec nobody-by-that-name ls", "no instance"),
     ("stop nobody-by-that-name", "no instance"),
+    ("stop", "name"),
+    ("stop -t -1 x", "seconds"),
+    ("stop -t soon x", "invalid float"),
     ("rm", "usage"),
 ])
 def test_bad_input_gives_one_line_usage_error(ip, line, match):
