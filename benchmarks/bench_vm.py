@@ -11,11 +11,22 @@ on this machine kind), on each machine (q35, microvm) and each boot mode:
 * ``hand <machine> disk``: kit's base initramfs and the image's ext4 disk; the
   shell as init loads the virtio modules the disk needs, mounts it read-only and
   runs ``echo hello`` chrooted into it.
+* ``literal <machine> <boot>``: the issue's literal baseline: a hand-written command
+  that boots kit's very own kernel, kit's initramfs (the same cached file kit uses)
+  and, for ``disk``, kit's disk, with the same machine, kernel arguments and devices
+  (virtio-serial ports ``kit.ctl``, ``kit.out``, ``kit.err``, ``kit.exec``), so the
+  guest runs kit's own init. The differences: each port is a plain ``-chardev file``
+  (the output lands in files), the console is QEMU's stdio, no QMP, and the run spec
+  rides on the kernel command line (``kit_spec=<base64>``, which the init decodes)
+  instead of the control port. kit.out must hold ``hello`` and kit.ctl ``exited 0``.
 * ``kit <machine> <boot>``: ``kit.run("busybox", ["echo", "hello"], runtime="qemu",
   machine=..., boot=...)``: kit's own init, run spec over the control port,
   stdout and stderr on ports of their own, exit code reported, files cleaned up.
 
-What kit adds over the hand-written command is its overhead (target: within 5 %).
+Each kit row is compared with both baselines. Against ``hand`` the difference is
+what kit's init costs on top of what the host adds; against ``literal`` it is only
+what kit adds around QEMU on the host (set-up, sockets and readers, QMP, phase
+stamps, the spec over the port). Target for kit's overhead: within 5 %.
 Variants are interleaved in every round, in a fresh random order (seeded), so
 drift in the host's load and any after-effect of one variant on the next hit all
 alike (with a fixed order, kit's q35 initramfs boots once took 0.26 s longer to reach
@@ -26,35 +37,47 @@ rounds of kit/hand - 1. Kit rows split the run into the phases the guest marks
 (launched -> kernel -> init -> spec -> command -> exited -> vm_exited) plus the
 host's own work before QEMU starts (setup) and after it ended (teardown); hand
 rows into launched -> kernel (first console byte) -> output ("hello" arrives)
--> vm_exited. Every exit is seen through a pidfd, not by polling.
+-> vm_exited; literal rows into launched -> kernel -> init (the init's mark on the
+console) -> vm_exited. Every exit is seen through a pidfd, not by polling.
 
 Writes ``benchmarks/results/vm_runs.csv`` (every run), ``vm_summary.csv`` and
 ``vm_summary.md`` (the table).
 
-Usage: ``.venv/bin/python benchmarks/bench_vm.py [--runs 15] [--warmup 1] [--machines q35,microvm]``
+Usage: ``.venv/bin/python benchmarks/bench_vm.py [--runs 15] [--warmup 1] [--machines q35,microvm]
+[--baselines hand,literal]``
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import csv
 import random
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import kit
 from kit._proc import wait_exit
-from kit.runtimes.qemu import DEFAULT_MEMORY
+from kit.runtimes.qemu import DEFAULT_MEMORY, _VM
+from kit.spec import RunSpec
 from kit.vm import accel, disk, initramfs, kernel, machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KIT_PHASES = ["launched", "kernel", "init", "spec", "command", "exited", "vm_exited"]
-HAND_PHASES = ["launched", "kernel", "output", "vm_exited"]
+HAND_PHASES = ["launched", "kernel", "init", "output", "vm_exited"]  # init: literal rows only
 TIMEOUT = 60
+CMDLINE_MAX = 2048  # x86's COMMAND_LINE_SIZE, with its NUL
+#: What each kit row is compared with (the variant prefix) and how the table names it.
+BASELINES = {
+    "hand": "hand-written, its own minimal init (shell as init)",
+    "literal": "hand-written, kit's own kernel, initramfs, disk and init; spec on the kernel command line",
+}
 
 
 def hand_written(k, mach: str, boot: str, accel_name: str, tsc_khz: int | None, initrd: Path,
@@ -82,17 +105,69 @@ def hand_written(k, mach: str, boot: str, accel_name: str, tsc_khz: int | None, 
     return argv
 
 
-def run_hand(argv: list[str]) -> dict:
+def spec_b64(img, boot: str) -> str:
+    """Kit's own run spec for ``echo hello`` (what it sends on the control port), in base64."""
+    vm = _VM.__new__(_VM)  # only spec_script is used: no QEMU, no files
+    vm.spec, vm.boot = RunSpec(image=img.name, command=["echo", "hello"]), boot
+    vm.inst = type("I", (), {"image": img})()
+    return base64.b64encode(vm.spec_script()).decode()
+
+
+def literal_written(k, mach: str, accel_name: str, tsc_khz: int | None, initrd: Path,
+                    disk_path: Path | None, spec: str, port_dir: str) -> list[str]:
+    """The issue's literal baseline: kit's kernel, initramfs, disk, devices and init, typed out.
+
+    Written out flag by flag (not through :func:`kit.vm.machine.argv`) as a person would,
+    with each port on a plain file in ``port_dir`` and the spec on the kernel command line.
+    """
+    cfg = machine.VMConfig(kernel=k.vmlinuz, initrd=initrd, accel=accel_name, machine=mach, tsc_khz=tsc_khz,
+                           append=f"kit_spec={spec}")
+    append = machine.kernel_args(cfg)
+    if len(append) >= CMDLINE_MAX:
+        raise SystemExit(f"the spec makes the kernel command line {len(append)} bytes, over x86's "
+                         f"{CMDLINE_MAX - 1}: the literal baseline only takes small specs")
+    bus = machine.DEVICE_SUFFIX[mach]
+    serial = f"virtio-serial-{bus},max_ports=5" + (",vectors=0" if bus == "pci" and accel_name == "tcg" else "")
+    argv = ["qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            "-M", machine.MACHINE_ARGS[mach], "-accel", accel_name, "-smp", "1",
+            "-m", f"{DEFAULT_MEMORY // 1024**2}M", "-kernel", str(k.vmlinuz), "-initrd", str(initrd),
+            "-append", append, "-serial", "stdio", "-device", serial]
+    for i, name in enumerate(("kit.ctl", "kit.out", "kit.err", "kit.exec")):
+        argv += ["-chardev", f"file,id=p{i},path={port_dir}/{name},append=on",
+                 "-device", f"virtserialport,chardev=p{i},name={name}"]
+    if disk_path is not None:
+        argv += ["-drive", f"file={disk_path},format=raw,if=none,id=root,readonly=on",
+                 "-device", f"virtio-blk-{bus},drive=root"]
+    return argv + ["-nic", "none"]
+
+
+def run_literal(make_argv) -> dict:
+    """One literal run in a fresh directory for the port files; ok if they say hello and exit 0."""
+    port_dir = tempfile.mkdtemp(prefix="kit-bench-literal-")
+    try:
+        row = run_hand(make_argv(port_dir), check_output=False)
+        out = Path(port_dir, "kit.out").read_bytes()
+        ctl = Path(port_dir, "kit.ctl").read_bytes()
+        if row["ok"] and not (out == b"hello\n" and b"exited 0\n" in ctl):
+            row.update(ok=False, error=f"kit.out {out[:40]!r}, kit.ctl {ctl[-40:]!r}")
+        return row
+    finally:
+        shutil.rmtree(port_dir, ignore_errors=True)
+
+
+def run_hand(argv: list[str], check_output: bool = True) -> dict:
     t0 = time.time()
     p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stamps, seen = {"launched": t0}, bytearray()
 
-    def read():  # stamp the first console byte and the workload's answer as they arrive
+    def read():  # stamp the first console byte, kit's init mark and the workload's answer as they arrive
         for chunk in iter(lambda: p.stdout.read1(65536), b""):
             now = time.time()
             stamps.setdefault("kernel", now)
             seen.extend(chunk)
-            if b"hello" in seen:
+            if b"kit:init" in seen:
+                stamps.setdefault("init", now)
+            if check_output and b"hello" in seen:
                 stamps.setdefault("output", now)
 
     reader = threading.Thread(target=read, daemon=True)
@@ -108,7 +183,7 @@ def run_hand(argv: list[str]) -> dict:
     p.stdout.close()
     p.stderr.close()
     total = time.time() - t0
-    ok = "output" in stamps and p.returncode == 0
+    ok = ("output" in stamps or not check_output) and p.returncode == 0
     row = {"total_s": total, "ok": ok, "error": "" if ok else (err or f"exit {p.returncode}, no hello")}
     row.update(_phase_deltas(stamps, HAND_PHASES))
     row["teardown_s"] = t0 + total - stamps["vm_exited"]
@@ -147,20 +222,22 @@ def _stats(xs: list[float]) -> dict:
 
 
 def summarize(rows: list[dict], order: list[str] | None = None) -> list[dict]:
-    """One row per variant: run statistics, median phases, overhead against its hand-written twin."""
+    """One row per variant: run statistics, median phases, kit's overhead against each baseline twin."""
     out = []
     for variant in order or dict.fromkeys(r["variant"] for r in rows):
         rs = [r for r in rows if r["variant"] == variant]
         ok = [r for r in rs if r["ok"]]
         s = {"variant": variant, "accel": rs[0]["accel"], "runs": len(rs), "ok": len(ok),
              **_stats([r["total_s"] for r in ok])}
-        if variant.startswith("kit "):
-            twin = "hand " + variant[4:]
+        for base in BASELINES if variant.startswith("kit ") else ():
+            twin = f"{base} {variant[4:]}"
             hand = {r["run"]: r["total_s"] for r in rows if r["variant"] == twin and r["ok"]}
+            if not hand:
+                continue  # that baseline was not measured in this run
             paired = [r["total_s"] / hand[r["run"]] - 1 for r in ok if r["run"] in hand]
-            hand_med = statistics.median(hand.values()) if hand else float("nan")
-            s["overhead_pct"] = 100 * (s["median_s"] / hand_med - 1) if hand else float("nan")
-            s["overhead_paired_pct"] = 100 * statistics.median(paired) if paired else float("nan")
+            s[f"vs_{base}_median_s"] = statistics.median(hand.values())
+            s[f"vs_{base}_pct"] = 100 * (s["median_s"] / s[f"vs_{base}_median_s"] - 1)
+            s[f"vs_{base}_paired_pct"] = 100 * statistics.median(paired) if paired else float("nan")
         for key in dict.fromkeys(k for r in ok for k in r if "->" in k or k in ("setup_s", "teardown_s")):
             vals = [r[key] for r in ok if key in r]
             s[key] = statistics.median(vals)
@@ -177,18 +254,24 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def table(summary: list[dict]) -> str:
-    """The summary as a markdown table (seconds; phases as medians)."""
-    head = ("| variant | ok | median s | mean s | sd | min | max | outliers | kit vs hand (medians) "
-            "| kit vs hand (paired) | phases, median s |")
+    """The summary as two markdown tables: every variant (seconds; phases as medians), then
+    one row per kit variant and baseline (kit's overhead against that baseline)."""
+    head = "| variant | ok | median s | mean s | sd | min | max | outliers | phases, median s |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for s in summary:
         phases = ", ".join(f"{k[:-2].split('->')[1] if '->' in k else k[:-2]} {v:.3f}"
                            for k, v in s.items() if "->" in k or k in ("setup_s", "teardown_s"))
-        ov = f"{s['overhead_pct']:+.1f} %" if "overhead_pct" in s else ""
-        ovp = f"{s['overhead_paired_pct']:+.1f} %" if "overhead_paired_pct" in s else ""
         lines.append(f"| {s['variant']} | {s['ok']}/{s['runs']} | {s['median_s']:.3f} | {s['mean_s']:.3f} "
-                     f"| {s['sd_s']:.3f} | {s['min_s']:.3f} | {s['max_s']:.3f} | {s['outliers']} | {ov} | {ovp} "
-                     f"| {phases} |")
+                     f"| {s['sd_s']:.3f} | {s['min_s']:.3f} | {s['max_s']:.3f} | {s['outliers']} | {phases} |")
+    head = ("| kit variant | compared with (baseline) | kit median s | baseline median s "
+            "| kit vs baseline (medians) | kit vs baseline (paired) |")
+    lines += ["", head, "|" + "---|" * (head.count("|") - 1)]
+    for s in summary:
+        for base, what in BASELINES.items():
+            if f"vs_{base}_pct" in s:
+                lines.append(f"| {s['variant']} | {base} {s['variant'][4:]}: {what} | {s['median_s']:.3f} "
+                             f"| {s[f'vs_{base}_median_s']:.3f} | {s[f'vs_{base}_pct']:+.1f} % "
+                             f"| {s[f'vs_{base}_paired_pct']:+.1f} % |")
     return "\n".join(lines)
 
 
@@ -199,6 +282,7 @@ def main(argv=None) -> int:
     ap.add_argument("--machines", default="q35,microvm")
     ap.add_argument("--boots", default="initramfs,disk")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--baselines", default="hand,literal", help="which hand-written baselines to run")
     args = ap.parse_args(argv)
 
     k = kernel.resolve()
@@ -207,13 +291,19 @@ def main(argv=None) -> int:
     tsc_khz = accel.guest_tsc_khz(verdict.accel)
     initrd_image, initrd_base = initramfs.with_image(k, img), initramfs.base(k)
     disk_path = disk.base_disk(img)
+    baselines = args.baselines.split(",")
     variants = {}
     for mach in args.machines.split(","):
         for boot in args.boots.split(","):
-            hand = hand_written(k, mach, boot, verdict.accel, tsc_khz,
-                                initrd_image if boot == "initramfs" else initrd_base,
-                                None if boot == "initramfs" else disk_path)
-            variants[f"hand {mach} {boot}"] = lambda hand=hand: run_hand(hand)
+            initrd = initrd_image if boot == "initramfs" else initrd_base
+            drive = None if boot == "initramfs" else disk_path
+            if "hand" in baselines:
+                hand = hand_written(k, mach, boot, verdict.accel, tsc_khz, initrd, drive)
+                variants[f"hand {mach} {boot}"] = lambda hand=hand: run_hand(hand)
+            if "literal" in baselines:
+                make = lambda port_dir, mach=mach, initrd=initrd, drive=drive, spec=spec_b64(img, boot): \
+                    literal_written(k, mach, verdict.accel, tsc_khz, initrd, drive, spec, port_dir)  # noqa: E731
+                variants[f"literal {mach} {boot}"] = lambda make=make: run_literal(make)
             variants[f"kit {mach} {boot}"] = lambda mach=mach, boot=boot: run_kit(machine=mach, boot=boot)
     print(f"accel={verdict.accel} ({verdict.reason}); tsc_khz={tsc_khz}", file=sys.stderr)
     for _ in range(args.warmup):

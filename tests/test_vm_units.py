@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import importlib.util
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -217,3 +220,49 @@ def test_init_script_parses():
     args = [sh, "sh", "-n", str(initramfs.INIT_SCRIPT)] if sh.endswith("busybox") else [sh, "-n",
                                                                                           str(initramfs.INIT_SCRIPT)]
     subprocess.run(args, check=True, timeout=10)
+
+
+def _bench_vm():
+    # benchmarks/ is not a package: load the script as a module (its main() does not run).
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_vm.py"
+    mod_spec = importlib.util.spec_from_file_location("bench_vm", path)
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("mach", machine.MACHINES)
+def test_literal_baseline_is_kits_own_command_line_but_for_the_console(mach):
+    # The benchmark's hand-written baseline must boot exactly what kit boots (same devices,
+    # same kernel arguments), with ports on files and the console on stdio, and no QMP.
+    bench = _bench_vm()
+    k = type("K", (), {"vmlinuz": Path("/k/vmlinuz")})()
+    lit = bench.literal_written(k, mach, "tcg", 2_596_134, Path("/k/initrd"), Path("/k/disk"), "QUJD", "/p")
+    cfg = machine.VMConfig(kernel=k.vmlinuz, initrd=Path("/k/initrd"), disk=Path("/k/disk"), accel="tcg",
+                           machine=mach, tsc_khz=2_596_134, memory_mib=qemu_rt.DEFAULT_MEMORY // 1024**2,
+                           files={n: Path("/p") / n for n in machine.PORTS}, append="kit_spec=QUJD")
+    i = lit.index("-serial")
+    assert lit[i + 1] == "stdio"
+    assert lit[:i] + lit[i + 2:] == machine.argv(cfg)
+    with pytest.raises(SystemExit):
+        bench.literal_written(k, mach, "tcg", None, Path("/i"), None, "A" * 2000, "/p")
+
+
+def test_init_decodes_a_spec_from_the_kernel_command_line(tmp_path):
+    # The init's kit_spec branch, cut out of init.sh and run in busybox sh: the spec must
+    # come back byte-exact (a hand-written QEMU command has no host to send it).
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.skip("busybox not installed")
+    text = initramfs.INIT_SCRIPT.read_text()
+    start = text.index('    if [ -n "$kit_spec" ]; then')
+    branch = text[start:text.index("    else\n", start)] + "    fi\n"
+    spec = RunSpec(image="busybox", command=["sh", "-c", "echo 'a b'"], name="n", env={"X": "y z"})
+    vm = qemu_rt._VM.__new__(qemu_rt._VM)
+    vm.spec, vm.boot = spec, "initramfs"
+    vm.inst = type("I", (), {"image": None})()
+    want = vm.spec_script()
+    env = {"PATH": os.environ["PATH"], "K": str(tmp_path), "kit_spec": base64.b64encode(want).decode()}
+    subprocess.run([busybox, "sh", "-c", "die() { echo \"$*\"; exit 1; }\n" + branch], env=env, check=True,
+                   timeout=10)
+    assert (tmp_path / "spec.sh").read_bytes() == want

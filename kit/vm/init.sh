@@ -22,7 +22,8 @@
 # and powers off by exec'ing reboot.
 #
 # The kernel hands init the unknown name=value words of its command line as
-# environment: kit_bus (pci | mmio) says which virtio transport to load.
+# environment: kit_bus (pci | mmio) says which virtio transport to load, and
+# kit_spec (optional) is the run spec in base64, read instead of the control port.
 
 export PATH=/.kit/bin
 K=/.kit
@@ -69,9 +70,17 @@ stage1() {
     find_ports
     export P_ctl P_out P_err P_exec
     exec 3<>"$P_ctl"
-    # The spec ends at a NUL byte, which no shell word can contain.
-    IFS= read -r -d '' spec <&3 || die "no run spec from the host"
-    printf '%s' "$spec" >"$K/spec.sh"
+    if [ -n "$kit_spec" ]; then
+        # A spec on the kernel command line (base64, for a hand-written QEMU command
+        # whose ports are plain files): nothing to read from the host.
+        base64 -d >"$K/spec.sh" <<EOF || die "could not decode kit_spec from the kernel command line"
+$kit_spec
+EOF
+    else
+        # The spec ends at a NUL byte, which no shell word can contain.
+        IFS= read -r -d '' spec <&3 || die "no run spec from the host"
+        printf '%s' "$spec" >"$K/spec.sh"
+    fi
     . "$K/spec.sh"
     echo spec >&3
     [ -n "$KIT_NET" ] && load net
