@@ -212,6 +212,8 @@ class ContainerMagics(Magics):
         p.add_argument("-t", "--time", type=float, default=10.0,
                        help="seconds to wait after SIGTERM before SIGKILL (default 10, as docker stop)")
         p.add_argument("name")
+        if not [t for t in tokens if not t.startswith("-")]:
+            raise UsageError("usage: %container stop [-t SECONDS] NAME")
         opts = p.parse_args(tokens)
         if not 0 <= opts.time <= 3600:
             raise UsageError("%container stop: -t takes 0 to 3600 seconds")

@@ -112,7 +112,7 @@ def test_prune_removes_everything_of_the_session(ip):
     ("logs nobody-by-that-name", "no instance"),
     ("exec nobody-by-that-name ls", "no instance"),
     ("stop nobody-by-that-name", "no instance"),
-    ("stop", "name"),
+    ("stop", "usage"),
     ("stop -t -1 x", "seconds"),
     ("stop -t soon x", "invalid float"),
     ("rm", "usage"),
