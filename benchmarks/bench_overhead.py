@@ -81,6 +81,17 @@ def raw_commands(tmp: Path) -> dict[str, callable]:
     return out
 
 
+def cleanup(tmp: Path) -> None:
+    """Delete what the raw commands left (runc/crun/runsc state under ``tmp``), then ``tmp``."""
+    for binary in ("runc", "crun", "runsc"):
+        root = tmp / f"{binary}-root"
+        if root.exists():
+            for cid in subprocess.run([binary, "--root", str(root), "list", "-q"], capture_output=True,
+                                      text=True).stdout.split():
+                subprocess.run([binary, "--root", str(root), "delete", "--force", cid], capture_output=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=20)
@@ -110,13 +121,7 @@ def main(argv=None) -> int:
                              "seconds": dt, "ok": ok})
             print(f"round {rnd + 1}/{args.warmup + args.runs}", file=sys.stderr, end="\r")
     finally:
-        for binary in ("runc", "runsc"):
-            root = tmp / f"{binary}-root"
-            if root.exists():
-                for cid in subprocess.run([binary, "--root", str(root), "list", "-q"], capture_output=True,
-                                          text=True).stdout.split():
-                    subprocess.run([binary, "--root", str(root), "delete", "--force", cid], capture_output=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        cleanup(tmp)
     df = pd.DataFrame(rows)
     out = HERE / "results"
     out.mkdir(exist_ok=True)

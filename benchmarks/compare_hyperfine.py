@@ -39,7 +39,7 @@ from kit.bench import Study, Workload, envinfo, report, startup
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_overhead import CMD, raw_commands  # noqa: E402  (the raw command lines live there)
+from bench_overhead import CMD, cleanup, raw_commands  # noqa: E402  (the raw command lines live there)
 
 TARGET = 0.10
 FLOOR_MS = 1.0
@@ -108,13 +108,7 @@ def main(argv=None) -> int:
             context[rt] = kit_runtime(rt, per_block, seed=0)
             context[rt]["command"] = shlex.join(raw).replace(str(tmp), "$TMP")
     finally:
-        for binary in ("runc", "crun", "runsc"):
-            root = tmp / f"{binary}-root"
-            if root.exists():
-                for cid in subprocess.run([binary, "--root", str(root), "list", "-q"], capture_output=True,
-                                          text=True).stdout.split():
-                    subprocess.run([binary, "--root", str(root), "delete", "--force", cid], capture_output=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        cleanup(tmp)
     df = pd.DataFrame(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
