@@ -18,6 +18,7 @@ started:
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -236,6 +237,24 @@ def _reaper_main(session: str, parent: int) -> int:
     for line in removed:
         print(f"reaper {session} (parent {parent}): removed {line}", file=sys.stderr)
     return 0
+
+
+def _remove_own_directory() -> None:
+    """At a normal exit, after the instances are gone: the session's directory goes too."""
+    run_dir = config.home() / "run" / config.SESSION_ID
+    for leftover in ("owner.json",):
+        try:
+            (run_dir / leftover).unlink()
+        except OSError:
+            pass
+    try:
+        run_dir.rmdir()  # only when empty: anything still inside is the reaper's to sweep
+    except OSError:
+        pass
+
+
+# Registered before kit.api's prune, so it runs after it (atexit runs last-registered first).
+atexit.register(_remove_own_directory)
 
 
 if __name__ == "__main__":

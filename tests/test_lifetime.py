@@ -79,3 +79,13 @@ def _kill(pid):
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def test_normal_exit_leaves_no_session_directory(tmp_path):
+    code = ("import kit; kit.config.state_dir(); "
+            "print(kit.config.SESSION_ID)")  # no instance, so no reaper: only atexit can remove it
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "KIT_HOME": str(tmp_path)})
+    assert p.returncode == 0, p.stderr
+    session = p.stdout.split()[-1]
+    wait_until(lambda: not (tmp_path / "run" / session).exists(), timeout=10, what="the session directory going")
