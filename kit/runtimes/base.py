@@ -126,7 +126,23 @@ class Runtime(ABC):
         assert inst.proc is not None
         code = inst.proc.wait(timeout)
         inst.exit_code = _norm_code(code)
+        if inst.exit_code != 0:
+            self.raise_start_error(inst)
         return inst.exit_code
+
+    def start_error(self, inst: Instance) -> str:
+        """Why the runtime could not start the command, from its own logs; "" if it did start.
+
+        Tells "the command exited non-zero" (a result) from "the runtime failed" (an error).
+        """
+        return ""
+
+    def raise_start_error(self, inst: Instance) -> None:
+        why = self.start_error(inst)
+        if why:
+            from ..errors import StartFailed
+
+            raise StartFailed(f"{self.name}: could not start {inst.spec.command[0]!r}: {why}")
 
     def running(self, inst: Instance) -> bool:
         return inst.proc is not None and inst.proc.proc.poll() is None

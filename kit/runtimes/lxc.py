@@ -153,26 +153,19 @@ class LXCRuntime(Runtime):
             raise StartFailed(f"lxc: {inst.name!r} did not start within {START_DEADLINE:g} s; "
                               f"see {inst.state_dir / 'lxc.log'}") from None
         if pid == -1:
-            self._raise_start_error(inst)
+            self.raise_start_error(inst)
             return None
         inst.phases["started"] = time.time()
         return pid
 
-    def _raise_start_error(self, inst: Instance) -> None:
+    def start_error(self, inst: Instance) -> str:
         log = self._log(inst)
         if _STARTED.search(log):
-            return
+            return ""
         errors = [ln for ln in log.decode(errors="replace").splitlines() if " ERROR " in ln]
         # The first ERROR is the cause (e.g. "Could not change directory"); the later ones only
         # say that the start failed ("Failed run an application inside container").
-        why = errors[0].split(" - ", 2)[-1].strip() if errors else "see " + str(inst.state_dir / "lxc.log")
-        raise StartFailed(f"lxc: could not start {inst.spec.command[0]!r}: {why}")
-
-    def wait(self, inst: Instance, timeout: float | None = None) -> int:
-        code = super().wait(inst, timeout)
-        if code != 0:
-            self._raise_start_error(inst)
-        return code
+        return errors[0].split(" - ", 2)[-1].strip() if errors else "see " + str(inst.state_dir / "lxc.log")
 
     def stop(self, inst: Instance, timeout: float = 10.0) -> None:
         if inst.proc is None or inst.proc.proc.poll() is not None:

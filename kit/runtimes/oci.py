@@ -262,7 +262,7 @@ class OCIRuntime(Runtime):
             raise StartFailed(f"{self.name}: {inst.name!r} did not start within {START_DEADLINE:g} s; "
                               f"see {inst.state_dir / 'runtime.log'}") from None
         if what == "exited":
-            self._raise_start_error(inst)
+            self.raise_start_error(inst)
         else:
             inst.phases["started"] = time.time()
 
@@ -292,7 +292,7 @@ class OCIRuntime(Runtime):
             raise StartFailed(f"{self.name}: {inst.name!r} exited before its ports could be published")
         return f"/proc/{pid}/ns/net"
 
-    def _start_error(self, inst: Instance) -> str:
+    def start_error(self, inst: Instance) -> str:
         """The runtime's own error for a failed start (from its JSON log), or ''."""
         try:
             lines = (inst.state_dir / "runtime.log").read_text(errors="replace").splitlines()
@@ -306,17 +306,6 @@ class OCIRuntime(Runtime):
             if rec.get("level") in ("error", "fatal"):
                 return str(rec.get("msg", "")).strip()
         return ""
-
-    def _raise_start_error(self, inst: Instance) -> None:
-        err = self._start_error(inst)
-        if err:
-            raise StartFailed(f"{self.name}: could not start {inst.spec.command[0]!r}: {err}")
-
-    def wait(self, inst: Instance, timeout: float | None = None) -> int:
-        code = super().wait(inst, timeout)
-        if code != 0:
-            self._raise_start_error(inst)
-        return code
 
     def _signal(self, inst: Instance, sig: str) -> None:
         self._ctl(inst, "kill", inst.id, sig, timeout=10)
@@ -423,8 +412,8 @@ class GVisorRuntime(OCIRuntime):
             for p in entries:
                 p.unlink(missing_ok=True)
 
-    def _start_error(self, inst: Instance) -> str:
-        err = super()._start_error(inst)
+    def start_error(self, inst: Instance) -> str:
+        err = super().start_error(inst)
         if err:
             return err
         # runsc reports a failed start on stderr ("running container: ...").
