@@ -98,7 +98,7 @@ def _follow(rootfs: Path, inner: str, depth: int = 0) -> Path | None:
         return None
     parts = [p for p in inner.split("/") if p and p != "."]
     cur = "/"
-    for i, part in enumerate(parts):
+    for part in parts:
         if part == "..":
             cur = posixpath.dirname(cur) or "/"
             continue
@@ -110,12 +110,12 @@ def _follow(rootfs: Path, inner: str, depth: int = 0) -> Path | None:
             resolved = _follow(rootfs, posixpath.normpath(target), depth + 1)
             if resolved is None:
                 return None
-            cur = "/" + str(resolved.relative_to(rootfs)).lstrip(".")
-            cur = cur if cur != "/" or not str(resolved.relative_to(rootfs)) == "." else "/"
-        else:
-            if not host.exists() and not host.is_symlink():
-                return None
+            rel = resolved.relative_to(rootfs).as_posix()
+            cur = "/" if rel == "." else "/" + rel
+        elif host.exists():
             cur = nxt
+        else:
+            return None
     return rootfs / cur.lstrip("/")
 
 

@@ -137,3 +137,16 @@ def test_resolve_in_rootfs_follows_symlinks_inside_the_image():
     assert api.resolve_in_rootfs(img.rootfs, "/bin/sh", "") == "/bin/sh"
     assert api.resolve_in_rootfs(img.rootfs, "python3", "/bin:/usr/bin") is None
     assert api.resolve_in_rootfs(img.rootfs, "../../../../usr/bin/python3", "/bin") is None
+
+
+def test_resolve_in_rootfs_keeps_hidden_directories(tmp_path):
+    # A link into a dot-directory: the leading dot is part of the name, not "./".
+    (tmp_path / ".tools").mkdir()
+    tool = tmp_path / ".tools" / "tool"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "tool").symlink_to("/.tools/tool")
+    (tmp_path / "bin" / "dir").symlink_to("/.tools")
+    assert api.resolve_in_rootfs(tmp_path, "tool", "/bin") == "/bin/tool"
+    assert api.resolve_in_rootfs(tmp_path, "/bin/dir/tool", "") == "/bin/dir/tool"
