@@ -51,3 +51,17 @@ def unique(prefix: str) -> str:
     import secrets
 
     return f"{prefix}-{secrets.token_hex(3)}"
+
+
+def http_get(port: int, path: str = "/index.html") -> bytes | None:
+    """GET http://127.0.0.1:PORT/PATH straight (never through a proxy); None until it answers."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().read()
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()

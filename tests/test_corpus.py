@@ -13,7 +13,6 @@ apart by being new since the case began.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
 import secrets
@@ -34,7 +33,7 @@ from kit._proc import wait_until
 from kit.errors import (CommandNotFound, ImageNotFound, InstanceNotFound, InvalidSpec, KitError, NameInUse,
                         RuntimeUnavailable, StartFailed)
 from kit.result import RunResult
-from tests.conftest import CONTAINER_RUNTIMES, need
+from tests.conftest import CONTAINER_RUNTIMES, http_get, need
 
 RUNTIMES = ("process",) + CONTAINER_RUNTIMES
 MAX_MESSAGE = 300
@@ -456,14 +455,7 @@ def test_privileged_low_port_is_published_on_loopback(case, runtime):
         return
 
     def fetch():
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        try:
-            conn.request("GET", "/index.html")
-            return conn.getresponse().read()
-        except (OSError, http.client.HTTPException):
-            return None
-        finally:
-            conn.close()
+        return http_get(port)
 
     try:
         assert wait_until(fetch, 20, interval=0.05, what=f"httpd on 127.0.0.1:{port}") == b"low-port-ok\n"

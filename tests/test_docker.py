@@ -5,7 +5,6 @@ from __future__ import annotations
 import secrets
 import socket
 import time
-import urllib.request
 
 import pytest
 
@@ -15,7 +14,7 @@ from kit._proc import wait_until
 from kit.errors import CommandNotFound, KitError, NameInUse
 from kit.images import engine
 from kit.spec import RunSpec
-from tests.conftest import need
+from tests.conftest import http_get, need
 
 
 @pytest.fixture(scope="module")
@@ -142,11 +141,7 @@ def test_published_port_reaches_a_server_inside(rt, names, client):
     assert bindings == [{"HostIp": "127.0.0.1", "HostPort": str(port)}]
 
     def fetch():
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
-                return resp.read()
-        except OSError:
-            return None
+        return http_get(port, "/")
 
     assert wait_until(fetch, timeout=15, interval=0.1, what="httpd answering") == b"served-by-docker\n"
 

@@ -6,7 +6,6 @@ parametrised over runc, runsc and lxc; LXC's own details are in test_lxc.py.
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import need, unique
+from conftest import http_get, need, unique
 
 import kit
 from kit import cgroups, config
@@ -262,14 +261,7 @@ def test_port_forward_reaches_a_server_inside(rt, names):
               runtime=rt, name=name, ports=[f"{port}:8080"])
 
     def fetch():
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)  # never through a proxy
-        try:
-            conn.request("GET", "/index.html")
-            return conn.getresponse().read()
-        except (OSError, http.client.HTTPException):
-            return None
-        finally:
-            conn.close()
+        return http_get(port)
 
     assert wait_until(fetch, 20, interval=0.05, what="httpd answering through the forwarder") == b"hello-from-inside\n"
     assert fetch() == b"hello-from-inside\n"  # and again, on a new connection
