@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from .._proc import run
 from ..errors import ImageError, InvalidSpec
 from ..images import Image
+from ._cache import building
 
 _MIB = 1024 * 1024
 
@@ -65,9 +65,8 @@ def base_disk(image: Image, size: int | None = None) -> Path:
     if not mkfs:
         raise ImageError("mkfs.ext4 is missing, so no VM disk can be made: install e2fsprogs (or run 'make setup')")
     _, inodes = _usage(image.rootfs)
-    fd, tmp = tempfile.mkstemp(prefix=".disk-", dir=out.parent)
-    os.close(fd)
-    try:
+    with building(out, ".disk-") as (fd, tmp):
+        os.close(fd)
         # No journal: the guest only ever mounts it read-only. Fixed UUID and hash
         # seed from the image id, so one image gives one disk.
         uid = image.id.split(":", 1)[-1]
@@ -80,8 +79,4 @@ def base_disk(image: Image, size: int | None = None) -> Path:
             msg = (p.stderr or p.stdout).decode(errors="replace").strip().splitlines()[-1:] or ["?"]
             raise ImageError(f"mkfs.ext4 could not make a disk of image {image.name!r}: {msg[0]}")
         os.chmod(tmp, 0o444)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out

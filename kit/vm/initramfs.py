@@ -16,12 +16,12 @@ import lzma
 import os
 import stat
 import subprocess
-import tempfile
 from pathlib import Path
 
 from ..errors import RuntimeUnavailable
 from ..images import Image
 from ..images.builtin import _static_busybox
+from ._cache import building
 from .kernel import Kernel, kernels_dir
 
 INIT_SCRIPT = Path(__file__).with_name("init.sh")
@@ -166,49 +166,43 @@ def base(kernel: Kernel) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     applets = subprocess.run([str(busybox), "--list"], capture_output=True, text=True, timeout=30,
                              check=True).stdout.split()
-    fd, tmp = tempfile.mkstemp(prefix=".initramfs-", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            c = Cpio(f)
-            for d in ("dev", "proc", "sys", "mnt", "newroot", ".kit", ".kit/bin", ".kit/lib", ".kit/run"):
-                c.dir(d)
-            # The kernel opens /dev/console for init's stdin/stdout before devtmpfs is mounted.
-            c.node("dev/console", stat.S_IFCHR | 0o600, os.makedev(5, 1))
-            c.file(".kit/busybox", busybox.read_bytes(), 0o755)
-            c.file(".kit/init", INIT_SCRIPT.read_bytes(), 0o755)
-            for name, text in FSTABS.items():
-                c.file(f".kit/{name}", text.encode())
-            c.symlink("init", ".kit/init")
-            for a in applets:
-                c.symlink(f".kit/bin/{a}", "/.kit/busybox")
-            packed: set[str] = set()
-            for group, names in MODULES.items():
-                listed = []
-                for name in names:
-                    if name in packed:
-                        listed.append(f"lib/{name}.ko")
-                        continue
-                    path = _module_file(kernel, name)
-                    if path is None:
-                        if _builtin(kernel, name):
-                            continue
-                        raise RuntimeUnavailable(
-                            f"kernel {kernel.version} has no module {name} and does not build it in: "
-                            f"give modules=/path/to/lib/modules/{kernel.version}, or use the default kernel"
-                        )
-                    data = path.read_bytes()
-                    if path.suffix == ".xz":  # busybox insmod takes plain ELF objects
-                        data = lzma.decompress(data)
-                    data = unsigned(data)
-                    c.file(f".kit/lib/{name}.ko", data)
-                    packed.add(name)
+    with building(out, ".initramfs-") as (fd, _tmp), os.fdopen(fd, "wb") as f:
+        c = Cpio(f)
+        for d in ("dev", "proc", "sys", "mnt", "newroot", ".kit", ".kit/bin", ".kit/lib", ".kit/run"):
+            c.dir(d)
+        # The kernel opens /dev/console for init's stdin/stdout before devtmpfs is mounted.
+        c.node("dev/console", stat.S_IFCHR | 0o600, os.makedev(5, 1))
+        c.file(".kit/busybox", busybox.read_bytes(), 0o755)
+        c.file(".kit/init", INIT_SCRIPT.read_bytes(), 0o755)
+        for name, text in FSTABS.items():
+            c.file(f".kit/{name}", text.encode())
+        c.symlink("init", ".kit/init")
+        for a in applets:
+            c.symlink(f".kit/bin/{a}", "/.kit/busybox")
+        packed: set[str] = set()
+        for group, names in MODULES.items():
+            listed = []
+            for name in names:
+                if name in packed:
                     listed.append(f"lib/{name}.ko")
-                c.file(f".kit/modules.{group}", ("\n".join(listed) + "\n").encode())
-            c.close()
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+                    continue
+                path = _module_file(kernel, name)
+                if path is None:
+                    if _builtin(kernel, name):
+                        continue
+                    raise RuntimeUnavailable(
+                        f"kernel {kernel.version} has no module {name} and does not build it in: "
+                        f"give modules=/path/to/lib/modules/{kernel.version}, or use the default kernel"
+                    )
+                data = path.read_bytes()
+                if path.suffix == ".xz":  # busybox insmod takes plain ELF objects
+                    data = lzma.decompress(data)
+                data = unsigned(data)
+                c.file(f".kit/lib/{name}.ko", data)
+                packed.add(name)
+                listed.append(f"lib/{name}.ko")
+            c.file(f".kit/modules.{group}", ("\n".join(listed) + "\n").encode())
+        c.close()
     return out
 
 
@@ -218,15 +212,9 @@ def with_image(kernel: Kernel, image: Image) -> Path:
     out = image.format_dir("qemu") / f"initramfs-{kit_part.stem.split('-', 1)[1]}.cpio"
     if out.is_file():
         return out
-    fd, tmp = tempfile.mkstemp(prefix=".initramfs-", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(kit_part.read_bytes())
-            c = Cpio(f)
-            c.tree(image.rootfs)
-            c.close()
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with building(out, ".initramfs-") as (fd, _tmp), os.fdopen(fd, "wb") as f:
+        f.write(kit_part.read_bytes())
+        c = Cpio(f)
+        c.tree(image.rootfs)
+        c.close()
     return out
