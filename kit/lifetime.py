@@ -242,11 +242,7 @@ def _reaper_main(session: str, parent: int) -> int:
 def _remove_own_directory() -> None:
     """At a normal exit, after the instances are gone: the session's directory goes too."""
     run_dir = config.home() / "run" / config.SESSION_ID
-    for leftover in ("owner.json",):
-        try:
-            (run_dir / leftover).unlink()
-        except OSError:
-            pass
+    (run_dir / "owner.json").unlink(missing_ok=True)
     try:
         run_dir.rmdir()  # only when empty: anything still inside is the reaper's to sweep
     except OSError:
