@@ -37,7 +37,7 @@ _lock = threading.Lock()
 
 
 def _spec(image, command, name=None, detach=False, memory=None, cpus=None, env=None, ports=None,
-          workdir=None, timeout=None, hostname=None, read_only=False, **options) -> RunSpec:
+          workdir=None, timeout=None, hostname=None, read_only=False, harden=True, **options) -> RunSpec:
     # A lone string is one item, not a sequence of characters ("8080:80" is not 7 ports).
     env = [env] if isinstance(env, str) else env
     ports = [ports] if isinstance(ports, (str, int)) else ports
@@ -60,7 +60,7 @@ def _spec(image, command, name=None, detach=False, memory=None, cpus=None, env=N
     return RunSpec(image=image, command=command,
                    detach=detach, memory=parse_memory(memory), cpus=parse_cpus(cpus), env=env_d,
                    ports=port_l, workdir=workdir, timeout=timeout,
-                   hostname=hostname, read_only=read_only, options=options, **kw)
+                   hostname=hostname, read_only=bool(read_only), harden=bool(harden), options=options, **kw)
 
 
 def _check_command(rt: Runtime, spec: RunSpec, image) -> None:
@@ -182,10 +182,14 @@ def _discard_soon(rt: Runtime, inst: Instance) -> None:
 
 def wait_for_teardown(name: str | None = None, timeout: float = 30) -> None:
     """Wait until the background teardown of ``name`` (or of every instance) is done."""
-    for n, t in list(_pending.items()):
+    with _lock:
+        pending = list(_pending.items())
+    for n, t in pending:
         if name is None or n == name:
             t.join(timeout)
-            _pending.pop(n, None)
+            with _lock:
+                if _pending.get(n) is t:
+                    del _pending[n]
 
 
 def _result(rt: Runtime, inst: Instance, out: bytes = b"", err: bytes = b"") -> RunResult:
@@ -227,6 +231,10 @@ def run(image: str | None, command: Sequence[str], runtime: str | None = None, *
     """
     rt, inst = _create(image, command, runtime, name=name, detach=detach, memory=memory, cpus=cpus,
                        env=env, ports=ports, workdir=workdir, timeout=timeout, **options)
+    # Every runtime's startup clock starts here, after the kit's own checks (common to all):
+    # what a runtime prepares before launching (overlay, bundle, cgroup, disk, image) is its
+    # 'prepare' time, inside the measured span for every runtime alike.
+    inst.phases["requested"] = time.time()
     try:
         rt.start(inst, stream=None if detach else stream)
     except BaseException:
@@ -275,7 +283,9 @@ def ps(all: bool = True):  # noqa: A002
     import pandas as pd
 
     rows = []
-    for name, (rt, inst) in sorted(_live.items()):
+    with _lock:
+        live = sorted(_live.items())
+    for name, (rt, inst) in live:
         alive = rt.running(inst)
         if not alive and inst.exit_code is None:
             try:
@@ -345,7 +355,8 @@ def rm(name: str, force: bool = False) -> None:
 
 def prune(dead_sessions: bool = True) -> list[str]:
     """Remove every instance of this session, and what dead sessions left; say what went."""
-    names = list(_live)
+    with _lock:
+        names = list(_live)
     for n in names:
         try:
             rm(n, force=True)

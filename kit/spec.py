@@ -151,6 +151,9 @@ class RunSpec:
         timeout: seconds before a foreground run is killed.
         hostname: defaults to the name.
         read_only: root filesystem read-only.
+        harden: the baseline hardening Docker applies by default (a seccomp filter refusing
+            dangerous system calls, dropped capabilities, masked /proc paths), applied by
+            every container runtime that can; False runs without it.
     """
 
     image: str
@@ -165,6 +168,7 @@ class RunSpec:
     timeout: float | None = None
     hostname: str | None = None
     read_only: bool = False
+    harden: bool = True
     options: dict = field(default_factory=dict)  # runtime-specific extras (e.g. VM kernel)
 
     def __post_init__(self):

@@ -13,12 +13,15 @@ so the same bytes get the same id whatever they were imported from.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import stat
 import tempfile
+import threading
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -98,8 +101,26 @@ def _names() -> dict[str, str]:
         return {}
 
 
+#: Serialises read-modify-write of the name index between this process's threads;
+#: the flock in :func:`_names_locked` does the same between processes.
+_names_mutex = threading.Lock()
+
+
+@contextlib.contextmanager
+def _names_locked():
+    """Hold the name index for a read-modify-write: yields the dict; changes are saved on exit."""
+    with _names_mutex, open(root() / ".names.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        names = _names()
+        before = dict(names)
+        yield names
+        if names != before:
+            _save_names(names)
+
+
 def _save_names(names: dict[str, str]) -> None:
-    tmp = root() / f".names.{os.getpid()}.json"
+    # Unique per thread too: os.replace of a half-written file would lose the index.
+    tmp = root() / f".names.{os.getpid()}.{threading.get_ident()}.json"
     tmp.write_text(json.dumps(names, indent=1, sort_keys=True))
     os.replace(tmp, root() / "names.json")
 
@@ -158,9 +179,8 @@ def add(name: str, rootfs: Path, source: str, layers: list[dict] | None = None,
                 shutil.rmtree(staging, ignore_errors=True)
     elif move and Path(rootfs).exists():
         shutil.rmtree(rootfs, ignore_errors=True)
-    names = _names()
-    names[name] = digest
-    _save_names(names)
+    with _names_locked() as names:
+        names[name] = digest
     return get(name)
 
 
@@ -227,12 +247,12 @@ def list_images() -> list[Image]:
 def remove(name: str) -> None:
     """Forget ``name``; delete its files when no other name refers to them."""
     key = normalize(name)
-    names = _names()
-    if key not in names:
-        raise ImageNotFound(f"no image {name!r} to remove; list them with kit.images.list()")
-    digest = names.pop(key)
-    _save_names(names)
-    if digest not in names.values():
+    with _names_locked() as names:
+        if key not in names:
+            raise ImageNotFound(f"no image {name!r} to remove; list them with kit.images.list()")
+        digest = names.pop(key)
+        orphan = digest not in names.values()
+    if orphan:
         shutil.rmtree(root() / digest.split(":", 1)[1], ignore_errors=True)
 
 

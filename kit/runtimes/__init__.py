@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import importlib
+import threading
 
 from ..errors import RuntimeUnavailable
 from .base import Availability, Instance, Runtime
@@ -30,6 +31,7 @@ REGISTRY: dict[str, tuple[str, str, dict]] = {
 CONTAINER_PREFERENCE = ("runc", "crun", "docker", "lxc", "runsc", "podman")
 
 _instances: dict[str, Runtime] = {}
+_instances_lock = threading.Lock()
 
 
 class _Missing(Runtime):
@@ -63,13 +65,17 @@ def get(name: str) -> Runtime:
     """
     if name not in REGISTRY:
         raise RuntimeUnavailable(f"unknown runtime {name!r}: choose one of {', '.join(REGISTRY)}")
-    if name not in _instances:
-        module, cls, kwargs = REGISTRY[name]
-        try:
-            _instances[name] = getattr(importlib.import_module(module), cls)(**kwargs)
-        except Exception as e:  # ImportError, or a backend bug: disable just that backend
-            _instances[name] = _Missing(name, _KINDS.get(name, "container"), f"backend failed to load: {e}")
-    return _instances[name]
+    rt = _instances.get(name)
+    if rt is not None:
+        return rt
+    with _instances_lock:  # one object per runtime, however many threads ask first
+        if name not in _instances:
+            module, cls, kwargs = REGISTRY[name]
+            try:
+                _instances[name] = getattr(importlib.import_module(module), cls)(**kwargs)
+            except Exception as e:  # ImportError, or a backend bug: disable just that backend
+                _instances[name] = _Missing(name, _KINDS.get(name, "container"), f"backend failed to load: {e}")
+        return _instances[name]
 
 
 def require(name: str) -> Runtime:

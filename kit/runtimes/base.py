@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -48,7 +49,8 @@ class Instance:
         state_dir: the kit's files for it (logs, bundle, overlay, sockets).
         proc: the host process the kit launched (runc, lxc-execute, qemu), if any.
         cgroup: the kit-owned cgroup holding it, if limits were asked for.
-        phases: milestones (epoch seconds) recorded while starting.
+        phases: milestones (epoch seconds) recorded while starting; ``requested`` (stamped by
+            the API just before ``Runtime.start``) is where every runtime's startup clock starts.
     """
 
     name: str
@@ -62,6 +64,13 @@ class Instance:
     created_at: float = field(default_factory=time.time)
     phases: dict[str, float] = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    #: Host-side helpers that live and die with this instance (never on the runtime
+    #: singleton, which threads share): the port forwarder, a network namespace fd,
+    #: helper threads, and a runtime's own handle (e.g. the QEMU VM state).
+    forwarder: object | None = None
+    netns_fd: int | None = None
+    threads: list = field(default_factory=list)
+    handle: object | None = None
     exit_code: int | None = None
     oom_killed: bool = False
     timed_out: bool = False
@@ -87,18 +96,40 @@ class Runtime(ABC):
     #: Where the image's root filesystem must be (False: the runtime ignores images).
     uses_image: bool = True
 
+    #: How long a negative verdict is believed before the next caller probes again: a probe
+    #: that failed on a busy host (or before dockerd was up) must not disable a runtime for good.
+    NEGATIVE_TTL = 30.0
+
     def __init__(self):
         self._availability: Availability | None = None
+        self._probed_at = 0.0
+        self._probe_lock = threading.Lock()
 
     # -- discovery ---------------------------------------------------------
     def availability(self, refresh: bool = False) -> Availability:
-        """Probe once (cached): is this runtime usable here, and if not, why."""
-        if self._availability is None or refresh:
+        """Whether this runtime is usable here, and if not, why.
+
+        Probed once: concurrent callers wait for that one probe and share its verdict.
+        A positive verdict is kept for the session (``refresh=True`` probes again); a
+        negative one only for :attr:`NEGATIVE_TTL` seconds, then the next caller re-probes.
+        """
+        asked = time.monotonic()
+        if not refresh and self._fresh():
+            return self._availability
+        with self._probe_lock:
+            # A probe that ended while this caller waited for the lock is as good as a new one.
+            if self._fresh() and (not refresh or self._probed_at >= asked):
+                return self._availability
             try:
-                self._availability = self.probe()
+                a = self.probe()
             except Exception as e:  # a probe must never take the kit down
-                self._availability = Availability(self.name, self.kind, False, reason=f"probe failed: {e}")
-        return self._availability
+                a = Availability(self.name, self.kind, False, reason=f"probe failed: {e}")
+            self._availability, self._probed_at = a, time.monotonic()
+            return a
+
+    def _fresh(self) -> bool:
+        a = self._availability
+        return a is not None and (a.available or time.monotonic() - self._probed_at < self.NEGATIVE_TTL)
 
     @abstractmethod
     def probe(self) -> Availability:
