@@ -233,6 +233,13 @@ class Runtime(ABC):
             out.update(inst.cgroup.pids())
         return sorted(out)
 
+    def monitor_pids(self, inst: Instance) -> list[int]:
+        """The subset of :meth:`pids` that only supervises the instance (``runc run``, LXC's monitor,
+        ``runsc run``, containerd's shim): per-instance runtime cost, reported apart from the
+        instance's own memory (a user's ``runc run -d`` or containerd would not keep a ``runc run``
+        process). Default: none."""
+        return []
+
     def cgroup_path(self, inst: Instance) -> Path | None:
         return inst.cgroup.path if inst.cgroup is not None else None
 
