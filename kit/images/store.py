@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -155,7 +156,7 @@ def add(name: str, rootfs: Path, source: str, layers: list[dict] | None = None,
     """Store ``rootfs`` as image ``name`` (moved in when ``move``, else copied)."""
     name = normalize(name)
     digest, size = tree_digest(rootfs)
-    dest = root() / digest.split(":", 1)[1]
+    dest = digest_dir(digest)
     if not (dest / "image.json").exists():
         staging = Path(tempfile.mkdtemp(prefix=".stage-", dir=root()))
         try:
@@ -196,8 +197,25 @@ def _copy_tree(src: Path, dst: Path) -> None:
             raise ImageError(f"could not copy {src}: {p.stderr.decode(errors='replace').strip()}")
 
 
+_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
+
+
+def digest_dir(digest: str) -> Path:
+    """The store directory of image id ``digest`` (``sha256:`` + 64 hex digits).
+
+    Raises:
+        ImageNotFound: ``digest`` is not such an id (ids from user input are checked
+            here, before they are joined into a path: ``sha256:../..`` names nothing).
+    """
+    m = _DIGEST.fullmatch(digest)
+    if not m:
+        raise ImageNotFound(f"image id {digest[:80]!r} is not valid: an id is 'sha256:' and 64 hex digits "
+                            f"(see kit.images.table())")
+    return root() / m.group(1)
+
+
 def _load(digest: str, name: str | None = None) -> Image:
-    d = root() / digest.split(":", 1)[1]
+    d = digest_dir(digest)
     meta = json.loads((d / "image.json").read_text())
     meta["rootfs"] = d / "rootfs"
     if name:
@@ -216,7 +234,7 @@ def get(name: str) -> Image:
     if key not in names and (key in _BUILTINS):
         return _BUILTINS[key]()
     if key not in names and key.startswith("sha256:"):
-        if (root() / key.split(":", 1)[1] / "image.json").exists():
+        if (digest_dir(key) / "image.json").exists():
             return _load(key)
     if key not in names:
         known = ", ".join(sorted(set(names) | set(_BUILTINS))) or "none"
@@ -253,7 +271,7 @@ def remove(name: str) -> None:
         digest = names.pop(key)
         orphan = digest not in names.values()
     if orphan:
-        shutil.rmtree(root() / digest.split(":", 1)[1], ignore_errors=True)
+        shutil.rmtree(digest_dir(digest), ignore_errors=True)
 
 
 #: name -> zero-argument builder, registered by the builtin module.

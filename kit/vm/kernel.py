@@ -14,6 +14,7 @@ Fetch ahead of time (``make setup`` does)::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
 import shutil
@@ -84,13 +85,46 @@ def kernels_dir() -> Path:
     return config.home() / "kernels"
 
 
+def version_key(version: str) -> tuple:
+    """Order kernel releases as versions: ``6.1.0-9`` before ``6.1.0-57`` (not as strings)."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.findall(r"\d+|[^\d.\-+~_]+", version))
+
+
+def check_bzimage(path: Path) -> None:
+    """Refuse, before QEMU starts, a file that is not a Linux x86 kernel image.
+
+    A bzImage carries the boot sector signature 0xAA55 at offset 0x1FE and the
+    setup header magic ``HdrS`` at 0x202 (Documentation/arch/x86/boot.rst).
+
+    Raises:
+        InvalidSpec: it is not one.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(0x206)
+    except OSError as e:
+        raise InvalidSpec(f"kernel {str(path)!r} cannot be read ({e.strerror}): give the path of a bzImage (vmlinuz)") from None
+    if len(head) < 0x206 or head[0x1FE:0x200] != b"\x55\xaa" or head[0x202:0x206] != b"HdrS":
+        raise InvalidSpec(f"kernel {str(path)!r} is not a Linux kernel image (bzImage): give the path of a "
+                          f"vmlinuz, e.g. /boot/vmlinuz-$(uname -r)")
+
+
+def _content_id(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
 def _cached() -> list[Kernel]:
     out = []
     base = kernels_dir()
     if not base.is_dir():
         return out
-    for d in sorted(base.iterdir(), reverse=True):
-        if (d / "vmlinuz").is_file() and not d.name.startswith("."):
+    dirs = [d for d in base.iterdir() if not d.name.startswith(("user-", "."))]
+    for d in sorted(dirs, key=lambda d: version_key(d.name), reverse=True):
+        if (d / "vmlinuz").is_file():
             mods = d / "modules"
             conf = d / "config"
             out.append(Kernel(d / "vmlinuz", mods if mods.is_dir() else None, d.name,
@@ -127,11 +161,13 @@ def fetch(version: str | None = None, timeout: float = 300) -> Kernel:
     kernels_dir().mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=kernels_dir()))
     try:
-        # apt drops privileges to _apt for downloads; a world-writable dir avoids its warning.
-        os.chmod(tmp, 0o777)
-        p = run(["apt-get", "download", f"linux-image-{version}"], timeout=timeout, check=False, cwd=tmp)
-        debs = list(tmp.glob("*.deb"))
-        if p.returncode or not debs:
+        # The directory stays private (mkdtemp: 0700). apt then downloads as root rather than
+        # as _apt, and says so in a warning; no one else can place a file here meanwhile.
+        package = f"linux-image-{version}"
+        p = run(["apt-get", "download", package], timeout=timeout, check=False, cwd=tmp)
+        # Exactly the package asked for (name_version_arch.deb), never whatever .deb came first.
+        debs = sorted(tmp.glob(f"{package}_*.deb"))
+        if p.returncode or len(debs) != 1:
             why = p.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no package"]
             raise RuntimeUnavailable(f"could not download linux-image-{version} ({why[0]}): {_HOW_TO_FETCH}")
         run(["dpkg-deb", "-x", str(debs[0]), str(tmp / "x")], timeout=timeout)
@@ -174,6 +210,7 @@ def resolve(kernel: str | os.PathLike | None = None, modules: str | os.PathLike 
         k = Path(kernel).expanduser()
         if not k.is_file():
             raise InvalidSpec(f"kernel {str(kernel)!r} does not exist: give the path of a bzImage (vmlinuz)")
+        check_bzimage(k)
         m = Path(modules).expanduser() if modules else None
         if m is not None and not m.is_dir():
             raise InvalidSpec(f"modules {str(modules)!r} is not a directory: give lib/modules/<version>")
@@ -182,7 +219,9 @@ def resolve(kernel: str | os.PathLike | None = None, modules: str | os.PathLike 
             # Debian ships the config beside the kernel: /boot/config-<version>.
             cand = k.parent / f"config-{m.name}"
             conf = cand if cand.is_file() else None
-        return Kernel(k, m, m.name if m else k.name, conf)
+        # Cached build products (initramfs) of a user's kernel are keyed by its content, never by its
+        # file name: two different files called vmlinuz must not share a folder.
+        return Kernel(k, m, f"user-{_content_id(k)}" + (f"-{m.name}" if m else ""), conf)
     cached = _cached()
     if cached:
         return cached[0]

@@ -1,0 +1,19 @@
+"""Image ids from user input are checked before they touch the filesystem (issue 16)."""
+
+import pytest
+
+import kit
+from kit.errors import ImageNotFound
+from kit.images import store
+
+
+@pytest.mark.parametrize("bad", ["sha256:../..", "sha256:../../etc", "sha256:" + "0" * 63, "sha256:" + "G" * 64,
+                                 "sha256:" + "a" * 64 + "/.."])
+def test_malformed_ids_are_refused(bad):
+    with pytest.raises(ImageNotFound, match="is not valid: an id is 'sha256:' and 64 hex digits"):
+        store.get(bad)
+
+
+def test_a_real_id_still_finds_its_image():
+    img = kit.images.get("busybox")
+    assert store.get(img.id).rootfs == img.rootfs
