@@ -2,6 +2,7 @@
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -22,14 +23,23 @@ sys.stdin.read()
 """
 
 
-def _spawn_owner():
-    p = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A KIT_HOME of the test's own: no other session (of this suite or another) is seen or swept."""
+    monkeypatch.setenv("KIT_HOME", str(tmp_path))
+    return tmp_path
+
+
+def _spawn_owner(home):
+    """A separate kit session in ``home`` owning one detached process; returns (owner, its info)."""
+    p = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "KIT_HOME": str(home)})
     info = json.loads(p.stdout.readline())
     return p, info
 
 
-def test_reaper_cleans_up_after_sigkill():
-    owner, info = _spawn_owner()
+def test_reaper_cleans_up_after_sigkill(home):
+    owner, info = _spawn_owner(home)
     try:
         assert psutil.pid_exists(info["pid"])
         assert lifetime.owner_alive(info["session"])
@@ -45,26 +55,56 @@ def test_reaper_cleans_up_after_sigkill():
         _kill(info["pid"])
 
 
-def test_sweep_of_dead_sessions_removes_leftovers():
-    # A session whose owner is gone and whose reaper never ran (e.g. the machine rebooted).
-    session = "deadbeef"
-    run_dir = config.home() / "run" / session
-    (run_dir / "x").mkdir(parents=True, exist_ok=True)
+def _dead_session(home, session):
+    """A session directory whose owner is gone (no such pid) and whose reaper never ran."""
+    run_dir = home / "run" / session
+    (run_dir / "x").mkdir(parents=True)
     (run_dir / "owner.json").write_text(json.dumps({"pid": 999999999, "create_time": 0}))
+    return run_dir
+
+
+def test_sweep_of_dead_sessions_removes_leftovers(home):
+    # A session whose owner is gone and whose reaper never ran (e.g. the machine rebooted).
+    session = "dead" + secrets.token_hex(4)
+    run_dir = _dead_session(home, session)
     leftover = subprocess.Popen(["sleep", "300"], env={**os.environ, lifetime.MARKER: session},
                                 start_new_session=True)
     try:
-        assert session in lifetime.dead_sessions()
+        assert lifetime.dead_sessions() == [session]
         removed = lifetime.sweep_dead_sessions()
-        assert any(f"process {leftover.pid}" in r for r in removed)
+        assert f"{session}: process {leftover.pid}" in removed
+        assert f"{session}: directory {run_dir}" in removed
         leftover.wait(5)  # raises TimeoutExpired if the sweep left it running
         assert not run_dir.exists()
+        assert lifetime.dead_sessions() == [] and lifetime.leftovers(session) == []
     finally:
         leftover.kill()
+        leftover.wait(5)
 
 
-def test_live_sessions_are_not_swept():
-    assert config.SESSION_ID not in lifetime.dead_sessions()
+def test_live_sessions_are_not_swept(home):
+    """A session whose owner lives, and one being set up right now, are left alone; a dead one is not."""
+    owner, info = _spawn_owner(home)
+    try:
+        starting = home / "run" / ("new" + secrets.token_hex(4))
+        starting.mkdir()  # no owner.json yet: a session in the middle of its first start
+        dead = "dead" + secrets.token_hex(4)
+        _dead_session(home, dead)
+        assert lifetime.dead_sessions() == [dead]  # not the live owner's, not the starting one
+        lifetime.sweep_dead_sessions()
+        assert _alive(info["pid"]) and os.path.exists(info["state"]) and starting.is_dir()
+        assert not (home / "run" / dead).exists()
+        # The own session never counts as dead, even with its owner file gone.
+        (home / "run" / config.SESSION_ID).mkdir()
+        os.utime(home / "run" / config.SESSION_ID, (0, 0))  # older than the ten minutes a start may take
+        assert config.SESSION_ID not in lifetime.dead_sessions()
+        os.utime(starting, (0, 0))  # the same for another session: long dead
+        assert lifetime.dead_sessions() == [starting.name]
+    finally:
+        owner.kill()
+        owner.wait(10)
+        wait_until(lambda: not _alive(info["pid"]), timeout=15, what="the reaper removing the orphan")
+        _kill(info["pid"])
 
 
 def _alive(pid):

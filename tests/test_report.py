@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import platform
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+import kit
 from kit import report
 from kit.errors import InvalidSpec
 
@@ -64,7 +66,7 @@ def test_make_report_writes_everything(tmp_path):
     assert len(pngs) == 1 and pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "tiny" / "data" / "squares.json").read_text()) == [0, 1, 4, 9, 16]
     env = json.loads((out / "tiny" / "environment.json").read_text())
-    assert env.get("host") or env.get("hostname")
+    assert env["host"] == platform.node() and env["kit_version"] == kit.__version__  # a fresh record of here
     assert "tiny.html" in (out / "index.html").read_text()
 
 

@@ -124,7 +124,6 @@ def test_line_records_stamp_each_line():
     assert got == ["command", "exited 3"]
 
 
-@pytest.mark.skipif(not shutil.which("cpio"), reason="cpio not installed")
 def test_cpio_writer_is_readable_by_cpio(tmp_path):
     src = tmp_path / "src"
     (src / "d").mkdir(parents=True)
@@ -192,10 +191,40 @@ def test_each_bus_loads_only_its_own_virtio_transport():
         assert mods[:2] == ["virtio_ring", "virtio"] and mods[-1] == "virtio_console"
 
 
-def test_host_tsc_khz_is_a_plausible_frequency_or_none():
+def _fake_host(monkeypatch, tmp_path, cpuinfo: str, tsc_file: str | None = None, cpufreq: bool = False):
+    """host_tsc_khz reads /sys/devices/system/cpu/cpu0 and /proc/cpuinfo: point both at files of the test's."""
+    cpu0 = tmp_path / "cpu0"
+    cpu0.mkdir()
+    if tsc_file is not None:
+        (cpu0 / "tsc_freq_khz").write_text(tsc_file)
+    if cpufreq:
+        (cpu0 / "cpufreq").mkdir()
+    (tmp_path / "cpuinfo").write_text(cpuinfo)
+    where = {"/sys/devices/system/cpu/cpu0": cpu0, "/proc/cpuinfo": tmp_path / "cpuinfo"}
+    monkeypatch.setattr(accel, "Path", lambda p, *a: Path(where.get(str(p), p), *a))
+
+
+AMD = "processor\t: 0\nmodel name\t: AMD EPYC 7B13\ncpu MHz\t\t: 2445.428\n\nprocessor\t: 1\ncpu MHz\t: 1.0\n"
+INTEL = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) CPU @ 2.60GHz\ncpu MHz\t\t: 1200.000\n"
+
+
+@pytest.mark.parametrize("cpuinfo,tsc_file,cpufreq,khz", [
+    (AMD, "2596134\n", False, 2_596_134),  # the kernel's own export wins
+    (AMD, None, False, 2_445_428),  # a fixed clock: cpu MHz of the first CPU is the TSC calibration
+    (AMD, None, True, None),  # a cpufreq driver varies cpu MHz, and AMD names no nominal rate
+    (INTEL, None, True, 2_600_000),  # Intel's TSC ticks at the nominal rate of the model name
+    ("", "garbage", False, None),
+])
+def test_host_tsc_khz_sources(monkeypatch, tmp_path, cpuinfo, tsc_file, cpufreq, khz):
+    _fake_host(monkeypatch, tmp_path, cpuinfo, tsc_file, cpufreq)
+    assert accel.host_tsc_khz() == khz
+
+
+def test_host_tsc_khz_is_known_here():
+    # This machine kind (a Firecracker VM, no cpufreq) reports cpu MHz in /proc/cpuinfo.
     khz = accel.host_tsc_khz()
-    assert khz is None or 100_000 < khz < 10_000_000
-    assert accel.guest_tsc_khz("kvm") is None
+    assert khz is not None and 100_000 < khz < 10_000_000, khz
+    assert accel.guest_tsc_khz("tcg") == khz and accel.guest_tsc_khz("kvm") is None
 
 
 def test_module_signature_is_stripped():
@@ -252,8 +281,7 @@ def test_init_decodes_a_spec_from_the_kernel_command_line(tmp_path):
     # The init's kit_spec branch, cut out of init.sh and run in busybox sh: the spec must
     # come back byte-exact (a hand-written QEMU command has no host to send it).
     busybox = shutil.which("busybox")
-    if busybox is None:
-        pytest.skip("busybox not installed")
+    assert busybox, "busybox is not installed: `make setup` installs busybox-static"
     text = initramfs.INIT_SCRIPT.read_text()
     start = text.index('    if [ -n "$kit_spec" ]; then')
     branch = text[start:text.index("    else\n", start)] + "    fi\n"
