@@ -29,7 +29,7 @@ from .. import cgroups, config
 from .._proc import Pumped, Stream, kill_group, run, wait_until
 from ..errors import KitTimeout, StartFailed
 from ..portfwd import Forwarder
-from . import _rootfs
+from . import _rootfs, hardening
 from .base import Availability, Instance, Runtime, exec_cli, which
 
 #: Capabilities LXC's own common.conf drops for application containers.
@@ -50,7 +50,7 @@ def _quote(value: str) -> str:
 
 
 def build_config(inst: Instance, monitor_rel: str | None) -> str:
-    """The LXC config file text for ``inst``."""
+    """The LXC config file text for ``inst``; ``inst.spec.harden`` adds :mod:`.hardening`'s baseline."""
     spec, image = inst.spec, inst.image
     upper = inst.state_dir / "overlay" / "upper"
     lines = [
@@ -62,9 +62,13 @@ def build_config(inst: Instance, monitor_rel: str | None) -> str:
         "lxc.mount.auto = proc:mixed sys:ro cgroup:mixed",
         "lxc.autodev = 1",
         "lxc.mount.entry = shm dev/shm tmpfs rw,nosuid,nodev,mode=1777,create=dir 0 0",
-        f"lxc.cap.drop = {CAP_DROP}",
         f"lxc.init.cwd = {_quote(_rootfs.workdir(spec, image))}",
     ]
+    if spec.harden:
+        # Docker's baseline: its capabilities kept, its seccomp denylist, its masked /proc paths.
+        lines += hardening.lxc_config_lines(hardening.lxc_profile_file(config.home() / "profiles"))
+    else:
+        lines.append(f"lxc.cap.drop = {CAP_DROP}")
     if spec.read_only:
         lines.append("lxc.rootfs.options = ro")
     lines += [f"lxc.environment = {_quote(k)}={_quote(v)}" for k, v in _rootfs.environment(spec, image).items()]

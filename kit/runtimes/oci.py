@@ -41,7 +41,7 @@ from .._proc import Pumped, Stream, kill_group, run, wait_until
 from ..errors import KitError, KitTimeout, StartFailed
 from ..portfwd import Forwarder, new_loopback_netns, setns
 from ..spec import RunSpec
-from . import _rootfs
+from . import _rootfs, hardening
 from .base import Availability, Instance, Runtime, exec_cli, which
 
 #: ``runc spec``'s defaults: the capabilities, masked and read-only paths of a plain container.
@@ -76,6 +76,9 @@ def build_config(spec: RunSpec, image, rootfs: Path, cgroups_path: str | None = 
         cgroups_path: ``linux.cgroupsPath``, or None to let the runtime choose.
         network: ``"new"`` for an own, loopback-only network namespace; a path to
             join that namespace; None to share the runtime's (gVisor ``--network=host``).
+
+    ``spec.harden`` adds Docker's baseline seccomp filter (:mod:`.hardening`); the capabilities
+    (runc's three) and the masked and read-only /proc paths are ``runc spec``'s either way.
     """
     caps = CAPABILITIES + [c for c in spec.options.get("cap_add", []) if c not in CAPABILITIES]
     namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
@@ -89,6 +92,8 @@ def build_config(spec: RunSpec, image, rootfs: Path, cgroups_path: str | None = 
         "maskedPaths": list(MASKED_PATHS),
         "readonlyPaths": list(READONLY_PATHS),
     }
+    if spec.harden:
+        linux["seccomp"] = hardening.oci_seccomp()
     if cgroups_path:
         linux["cgroupsPath"] = cgroups_path
     return {
