@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import secrets
 import socket
+import threading
 import time
 
+import psutil
 import pytest
 
 import kit
 from kit import config
 from kit._proc import wait_until
+from kit.bench import memory
+from kit.cgroups import Cgroup
 from kit.errors import CommandNotFound, KitError, NameInUse
 from kit.images import engine
 from kit.spec import RunSpec
@@ -69,8 +73,41 @@ def test_echo_hello(rt, names, client):
     name = names()
     r = kit.run("busybox", ["echo", "hello"], runtime="docker", name=name)
     assert (r.stdout, r.stderr, r.exit_code) == ("hello\n", "", 0)
-    assert r.phases["launched"] <= r.phases["created"] <= r.phases["started"] <= r.phases["exited"]
+    # The clock starts at the request; the image check is Docker's preparation, and the
+    # launch is the create call (docker run = create + start), as runc's is its spawn.
+    order = ["requested", "image_ready", "launched", "created", "started", "exited"]
+    assert [r.phases[p] for p in order] == sorted(r.phases[p] for p in order), r.phases
     assert containers_named(client, name) == []  # a foreground run is removed, as docker run --rm
+
+
+def test_concurrent_runs_from_threads_keep_their_own_output(rt, names):
+    # The attach threads are the instance's (inst.threads), not a dict on the shared runtime.
+    tags = [names() for _ in range(4)]
+    got, errors = {}, []
+
+    def run(tag):
+        try:
+            got[tag] = kit.run("busybox", ["sh", "-c", f"echo {tag}; echo {tag}-err >&2"], runtime="docker",
+                               name=tag).stdout
+        except Exception as e:  # reported below: a thread's exception would otherwise vanish
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in tags]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert got == {t: f"{t}\n" for t in tags}
+
+
+def test_harden_false_lifts_the_seccomp_filter(rt, names):
+    # Seccomp mode 2 is a filter; a masked /proc/keys is /dev/null bound over it
+    probe = ["sh", "-c", "grep ^Seccomp: /proc/self/status; ls -l /proc/keys | cut -c1"]
+    hardened = kit.run("busybox", probe, runtime="docker", name=names())
+    plain = kit.run("busybox", probe, runtime="docker", name=names(), harden=False)
+    assert hardened.stdout.split() == ["Seccomp:", "2", "c"]  # Docker's default filter; keys masked
+    assert plain.stdout.split() == ["Seccomp:", "0", "-"]
 
 
 def test_exit_code_and_separate_stderr(rt, names):
@@ -129,6 +166,27 @@ def test_detached_sleep_is_listed_stops_and_is_removed(rt, names, client):
     assert containers_named(client, name) == []
     assert not inst.state_dir.exists()
     assert not [x for x in runtime.sweep(config.SESSION_ID, dry_run=True) if name in x]
+
+
+def test_daemon_owns_its_cgroup_and_shim_the_kit_only_reads_them(rt, names, client, monkeypatch):
+    name = names()
+    kit.start("busybox", ["sleep", "300"], runtime="docker", name=name, memory="48m")
+    runtime, inst = kit.api.instance(name)
+    path = runtime.cgroup_path(inst)
+    assert inst.cgroup is None  # never adopted: Runtime.remove destroys inst.cgroup
+    usage, working_set = memory.cgroup_memory(path)
+    assert usage > 0 and working_set is not None  # still measured, through cgroup_path
+    assert inst.info["pid"] in Cgroup(inst.info["docker_cgroup"]).pids()
+    # the containerd shim supervises the container: one of its pids, reported apart as its monitor
+    (shim,) = runtime.monitor_pids(inst)
+    assert shim in runtime.pids(inst) and shim not in Cgroup(inst.info["docker_cgroup"]).pids()
+    assert psutil.Process(shim).name().startswith("containerd-shim")
+    destroyed = []
+    monkeypatch.setattr(Cgroup, "destroy", lambda self, timeout=5.0: destroyed.append(self.rel))
+    kit.rm(name, force=True)
+    assert destroyed == []  # the kit removed no cgroup: the daemon removes its own
+    wait_until(lambda: not path.exists(), 10, what="the daemon removing the container's cgroup")
+    assert containers_named(client, name) == []
 
 
 def test_published_port_reaches_a_server_inside(rt, names, client):

@@ -30,6 +30,9 @@ DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 PULL_TIMEOUT = 15
 _clients: dict[float | None, object] = {}
 _lock = threading.Lock()
+#: One import per tag at a time: threads starting their first container of an image at once
+#: wait for one ``docker import`` instead of racing (a failed one would untag the other's image).
+_import_locks: dict[str, threading.Lock] = {}
 #: Phrases of a registry that cannot be reached at all (as opposed to one that said no).
 _UNREACHABLE = ("no such host", "dial tcp", "i/o timeout", "connection refused", "network is unreachable",
                 "tls handshake timeout", "client.timeout", "timed out", "temporary failure in name resolution",
@@ -62,8 +65,8 @@ def docker_client(timeout: float | None = 60, error: type[KitError] = RuntimeUna
     except docker.errors.DockerException:
         raise error(daemon_unreachable()) from None
     with _lock:
-        _clients[timeout] = client
-    return client
+        # Two threads may both have made one: every caller gets the first (the other is dropped).
+        return _clients.setdefault(timeout, client)
 
 
 def engine_ref(image: store.Image) -> str:
@@ -89,6 +92,19 @@ def ensure_in_docker(client, image: store.Image) -> str:
         return ref
     except docker.errors.ImageNotFound:
         pass
+    with _lock:
+        lock = _import_locks.setdefault(ref, threading.Lock())
+    with lock:
+        try:
+            client.api.inspect_image(ref)  # another thread imported it while this one waited
+            return ref
+        except docker.errors.ImageNotFound:
+            return _import(client, image, ref)
+
+
+def _import(client, image: store.Image, ref: str) -> str:
+    import docker
+
     repo, tag = ref.rsplit(":", 1)
     tar = archive.pack(image.rootfs)
     changes = [f"LABEL {k}={v}" for k, v in engine_labels(image).items()]

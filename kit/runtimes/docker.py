@@ -6,6 +6,15 @@ container is named after the instance id and labelled ``kit.session``,
 ``kit.name`` and ``kit.managed=1``, so a later sweep can find what a dead
 session left. With no ports it has no network at all; published ports are
 bound to 127.0.0.1 only, and the container's bridge address is never used.
+
+The container's cgroup and its containerd shim belong to the daemon: the kit
+reads them for measurement (:meth:`DockerRuntime.cgroup_path`,
+:meth:`DockerRuntime.monitor_pids`) and never kills or removes them; removing
+the container is the daemon's job (``inst.cgroup`` stays None).
+
+Startup clock: ``requested`` (stamped by the API) -> ``image_ready`` (the image
+is in the daemon: Docker's preparation) -> ``launched`` (the create call, the
+first half of ``docker run``) -> ``created`` -> ``started``.
 """
 
 from __future__ import annotations
@@ -15,8 +24,9 @@ import signal
 import subprocess
 import threading
 import time
-import psutil
 from pathlib import Path
+
+import psutil
 
 from .. import config
 from .._proc import Stream
@@ -32,10 +42,6 @@ PROBE_TIMEOUT = 2
 class DockerRuntime(Runtime):
     name = "docker"
     kind = "container"
-
-    def __init__(self):
-        super().__init__()
-        self._threads: dict[str, threading.Thread] = {}
 
     @property
     def client(self):
@@ -63,7 +69,7 @@ class DockerRuntime(Runtime):
         import docker
 
         spec = inst.spec
-        inst.phases["launched"] = time.time()
+        # Docker's preparation: the image must be in the daemon (imported once, then a lookup).
         ref = engine.ensure_in_docker(self.client, inst.image)
         inst.info["docker_image"] = ref
         inst.phases["image_ready"] = time.time()
@@ -79,12 +85,21 @@ class DockerRuntime(Runtime):
             host["memswap_limit"] = spec.memory  # equal: no swap on top of the limit
         if spec.cpus:
             host["nano_cpus"] = int(spec.cpus * 1e9)
+        if not spec.harden:
+            host["security_opt"] = ["seccomp=unconfined"]
+        host_config = api.create_host_config(**host)
+        if not spec.harden:
+            # Docker's default filter and masked /proc paths off (what the CLI's
+            # systempaths=unconfined sends); its default capability set stays.
+            host_config.update(MaskedPaths=[], ReadonlyPaths=[])
         try:
-            # The low-level calls: the SDK's models add an inspect after each step.
+            # The low-level calls: the SDK's models add an inspect after each step. docker run is
+            # create + start: the clock's launch is the create call, as runc's is its spawn.
+            inst.phases["launched"] = time.time()
             cid = api.create_container(
                 ref, command=spec.command, name=inst.id, hostname=spec.hostname, labels=labels,
                 environment=spec.environment(), working_dir=spec.workdir, ports=[(c, "tcp") for _, c in spec.ports],
-                host_config=api.create_host_config(**host), stdin_open=False, tty=False, detach=True)["Id"]
+                host_config=host_config, stdin_open=False, tty=False, detach=True)["Id"]
         except docker.errors.APIError as e:
             if e.status_code == 409:
                 raise NameInUse(f"docker: a container named {inst.id!r} already exists: remove it "
@@ -139,23 +154,25 @@ class DockerRuntime(Runtime):
 
         t = threading.Thread(target=pump, name=f"docker-attach-{inst.name}", daemon=True)
         t.start()
-        self._threads[inst.id] = t
+        inst.threads.append(t)
 
     def _locate(self, inst: Instance) -> None:
-        """Record the container's host PID, shim and cgroup (while it runs)."""
+        """Record the container's host PID, shim and cgroup (while it runs), for measurement only.
+
+        The cgroup is the daemon's: it goes into ``inst.info["docker_cgroup"]``, never into
+        ``inst.cgroup``, which :meth:`Runtime.remove` would destroy.
+        """
         attrs = self._container(inst)
         pid = attrs["State"].get("Pid") if attrs else 0
         if pid:
             inst.info["pid"] = pid
             try:
-                import psutil
-
                 inst.info["shim_pid"] = psutil.Process(pid).ppid()
-            except Exception:  # it may already have exited
+            except psutil.Error:  # it may already have exited
                 pass
             rel = _cgroup_of(pid)
             if rel:
-                inst.cgroup = Cgroup(rel)
+                inst.info["docker_cgroup"] = rel
 
     def _container(self, inst: Instance):
         import docker
@@ -181,9 +198,8 @@ class DockerRuntime(Runtime):
         return inst.exit_code
 
     def _join(self, inst: Instance, timeout: float = 5.0) -> None:
-        t = self._threads.get(inst.id)
-        if t is not None:
-            # The attach stream ends when the container does; a bounded join all the same.
+        # The attach stream ends when the container does; a bounded join all the same.
+        for t in list(inst.threads):
             t.join(timeout)
 
     def running(self, inst: Instance) -> bool:
@@ -215,7 +231,7 @@ class DockerRuntime(Runtime):
             if "already in progress" not in str(e):
                 raise
         self._join(inst)
-        self._threads.pop(inst.id, None)
+        inst.threads[:] = [t for t in inst.threads if t.is_alive()]
 
     def sweep(self, session: str, dry_run: bool = False) -> list[str]:
         """Remove the daemon's containers labelled ``kit.session=<session>``."""
@@ -293,26 +309,47 @@ class DockerRuntime(Runtime):
 
     # -- measurement ---------------------------------------------------------
     def pids(self, inst: Instance) -> list[int]:
+        """The container's processes (from the daemon and its cgroup) plus its containerd shim."""
         out: set[int] = set()
         attrs = self._container(inst)
         pid = attrs["State"].get("Pid") if attrs else 0
         if pid:
             out.add(pid)
             out.update(_descendants(pid))
-            # The shim is one per container and is the container's parent, not a descendant.
-            shim = inst.info.get("shim_pid")
-            if shim and psutil.pid_exists(shim):
-                out.add(shim)
-            if inst.cgroup is None:
+            if "docker_cgroup" not in inst.info or "shim_pid" not in inst.info:
                 self._locate(inst)
-        if inst.cgroup is not None:
-            out.update(inst.cgroup.pids())
+            out.update(self.monitor_pids(inst))
+            group = self._cgroup(inst)
+            if group is not None:
+                out.update(group.pids())
         return sorted(out)
 
+    def monitor_pids(self, inst: Instance) -> list[int]:
+        """The container's containerd shim: one per container, its parent, not a descendant.
+
+        Reported apart from the container's own memory (as ``runc run`` is for runc).
+        """
+        shim = inst.info.get("shim_pid")
+        if not shim:
+            return []
+        try:
+            if psutil.Process(shim).name().startswith("containerd-shim"):
+                return [shim]
+        except psutil.Error:
+            pass
+        return []
+
     def cgroup_path(self, inst: Instance) -> Path | None:
-        if inst.cgroup is None:
+        """The daemon's cgroup of the container (its memory group), read-only for the kit."""
+        group = self._cgroup(inst)
+        return group.path if group is not None else None
+
+    def _cgroup(self, inst: Instance) -> Cgroup | None:
+        # A view for reading only: it is never inst.cgroup, so remove() never destroys it.
+        if "docker_cgroup" not in inst.info:
             self._locate(inst)
-        return inst.cgroup.path if inst.cgroup is not None else None
+        rel = inst.info.get("docker_cgroup")
+        return Cgroup(rel) if rel else None
 
 
 def _explain(e) -> str:
