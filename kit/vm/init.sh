@@ -128,7 +128,13 @@ stage2() {
     mkdir -p "$K/run" /dev/pts /dev/shm 2>/dev/null
     mount -a -T "$K/fstab.2" 2>/dev/null  # /dev/pts /dev/shm
     # A read-only root needs a writable place for the exec agent's files.
-    [ -n "$KIT_RO" ] && mount -t tmpfs -o mode=0700 run "$K/run"
+    if [ -n "$KIT_RO" ]; then
+        mount -t tmpfs -o mode=0700 run "$K/run"
+        # From the disk the overlay is already read-only; booted from the initramfs, the root
+        # is the initramfs itself, writable until remounted (a container's asked-for read-only
+        # root is read-only throughout, /tmp included: so is this one).
+        [ "$KIT_MODE" = initramfs ] && { mount -o remount,ro / || die "could not make the root read-only"; }
+    fi
     echo "$KIT_HOSTNAME" >/proc/sys/kernel/hostname
     echo 9 >/sys/class/net/lo/flags  # IFF_LOOPBACK|IFF_UP: "ip link set lo up" without a fork
     if [ -n "$KIT_NET" ]; then
@@ -155,6 +161,10 @@ stage2() {
     done) 4>&- &
     wait "$pid"
     code=$?
+    # The guest kernel's OOM kills (a builtin loop: no fork), reported before the exit code,
+    # so that the host knows them when it learns that the command ended.
+    while read -r key kills; do [ "$key" = oom_kill ] && break; done </proc/vmstat
+    [ "$key" = oom_kill ] && [ "$kills" != 0 ] && echo "oom $kills" >&3
     echo "exited $code" >&3
     # Writes to a port are queued for QEMU, not waited for. Opening and closing a port
     # sends control messages that the driver does wait for, and QEMU takes them only after
