@@ -1,4 +1,15 @@
-"""Memory accounting on real instances of known size: 64 MiB held by dd must show up."""
+"""Memory accounting on real instances of known size: 96 MiB held by dd must show up as at least 64.
+
+The margin: the workload holds 96 MiB and the tests ask for 64. A reading can see less of a
+buffer than its size: pages not yet written when the reading is taken (dd fills its buffer as
+the read proceeds), a short read leaving the buffer's tail untouched, and per-process figures
+that move by a few hundred KiB with what the kernel reclaims or shares at that moment; a
+cgroup's working set subtracts inactive file pages, which moves it too. Held at exactly the
+threshold, USS once came out 84 KiB short (67,022,848 B against 67,108,864). A third of the
+held amount covers all of these with room to spare, and 64 MiB is still far above what an
+idle instance holds (well under 8 MiB, see test_idle_process_is_small), so an accounting that
+missed the buffer cannot pass.
+"""
 
 import secrets
 
@@ -7,13 +18,16 @@ import pytest
 import kit
 from kit._proc import wait_until
 from kit.bench import memory
+from tests.conftest import need
 
 MIB = 1024 * 1024
-# dd reads 64 MiB from /dev/zero into its buffer (every page touched), then blocks
+HELD = 96 * MIB
+AT_LEAST = 64 * MIB
+# dd reads 96 MiB from /dev/zero into its buffer (every page written), then blocks
 # writing into a pipe nobody reads: the buffer stays resident until the instance ends.
-HOLD_64M = ["sh", "-c", "dd if=/dev/zero bs=64M count=1 | sleep 3600"]
-CANDIDATES = ["process", "runc", "crun", "lxc", "runsc", "docker"]
-USABLE = [r for r in CANDIDATES if kit.runtimes.get(r).availability().available]
+HOLD_96M = ["sh", "-c", f"dd if=/dev/zero bs={HELD // MIB}M count=1 | sleep 3600"]
+LIMIT = "256m"  # room for the 96 MiB buffer plus the runtime's own processes
+RUNTIMES = ["process", "runc", "crun", "lxc", "runsc", "docker"]
 
 
 @pytest.fixture
@@ -33,29 +47,41 @@ def _metrics(rt, inst) -> dict:
     return {(r["metric"], r["component"]): r["value"] for r in memory.instance_rows(rt, inst)}
 
 
-@pytest.mark.parametrize("runtime", USABLE)
-def test_64m_allocation_shows_in_pss_and_working_set(started, runtime):
-    rt, inst = started(runtime, HOLD_64M, memory="256m")
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_96m_allocation_shows_in_pss_and_working_set(started, runtime):
+    need(runtime)
+    rt, inst = started(runtime, HOLD_96M, memory=LIMIT)
 
     def both():
         m = _metrics(rt, inst)
-        return m.get(("pss", ""), 0) >= 64 * MIB and m.get(("cgroup_working_set", ""), 0) >= 64 * MIB and m
+        return m.get(("pss", ""), 0) >= AT_LEAST and m.get(("cgroup_working_set", ""), 0) >= AT_LEAST and m
 
-    m = wait_until(both, timeout=30, what=f"{runtime}: 64 MiB visible in PSS and cgroup working set")
-    assert m[("uss", "")] >= 64 * MIB
+    m = wait_until(both, timeout=30, what=f"{runtime}: at least 64 of 96 MiB visible in PSS and cgroup working set")
+    assert m[("uss", "")] >= AT_LEAST
     assert m[("rss", "")] >= m[("pss", "")] >= m[("uss", "")]
     # the per-process breakdown adds up to the total
-    assert sum(v for (metric, _), v in m.items() if metric == "pss_by_process") == pytest.approx(m[("pss", "")])
+    own = {c: v for (metric, c), v in m.items() if metric == "pss_by_process"}
+    assert sum(own.values()) == pytest.approx(m[("pss", "")])
     assert m[("pss", "")] < 256 * MIB  # and nothing absurd: the limit holds
+    # the per-instance monitor is reported apart, never inside the instance's own figure
+    monitors = set(rt.monitor_pids(inst))
+    assert not monitors & set(memory.host_pids(rt, inst))
+    shown = {c for (metric, c) in m if metric == "monitor_pss"}
+    assert len(shown) <= len(monitors)
     if runtime == "docker":
-        # the container's own containerd shim belongs to it, though it is not its descendant
-        assert any(c.startswith("containerd-shim") for (metric, c) in m if metric == "pss_by_process")
+        # the container's own containerd shim is its monitor: reported apart, not in its pss
+        assert any(c.startswith("containerd-shim") for c in shown), m
+        assert not any(c.startswith("containerd-shim") for c in own), own
 
 
 def test_idle_process_is_small(started):
+    need("process")
     rt, inst = started("process", ["sleep", "3600"], memory="64m")
     wait_until(lambda: rt.running(inst) and memory.total_pss(rt.pids(inst)) > 0, 10, what="sleep running")
     pss = memory.settle(lambda: rt.pids(inst), timeout=10)
+    # An idle sleep's PSS is a few hundred KiB (its share of libc plus its own stack and heap);
+    # 8 MiB leaves room for a host whose libc is shared by few processes, and still fails if a
+    # helper or a stray buffer were counted as the instance's.
     assert 0 < pss < 8 * MIB
 
 
@@ -66,23 +92,70 @@ def test_parse_meminfo():
 
 def test_daemon_rows_only_for_docker():
     assert memory.daemon_rows("runc") == []
-    if "docker" in USABLE:
-        rows = {r["component"]: r["value"] for r in memory.daemon_rows("docker")}
-        assert rows.get("dockerd", 0) > 1 * MIB
+    need("docker")
+    rows = {r["component"]: r["value"] for r in memory.daemon_rows("docker")}
+    # dockerd's PSS is tens of MiB; 1 MiB only proves it was found and measured at all
+    assert rows.get("dockerd", 0) > 1 * MIB
+
+
+class _Monitored:
+    """A runtime stand-in whose instance is this test process and whose monitor is its parent."""
+
+    def __init__(self, own, monitor):
+        self.own, self.monitor = own, monitor
+
+    def pids(self, inst):
+        return [self.own, self.monitor]  # as runtimes do: the monitor is among pids()
+
+    def monitor_pids(self, inst):
+        return [self.monitor]
+
+    def cgroup_path(self, inst):
+        return None
+
+
+def test_monitor_is_reported_apart_and_pss_by_process_sums_to_pss():
+    import os
+
+    rt = _Monitored(os.getpid(), os.getppid())
+    rows = memory.instance_rows(rt, None)
+    m = {(r["metric"], r["component"]): r["value"] for r in rows}
+    own = memory.process_memory([os.getpid()])[0]
+    parent = memory.process_memory([os.getppid()])[0]
+    assert memory.host_pids(rt, None) == [os.getpid()]
+    assert [c for (metric, c) in m if metric == "pss_by_process"] == [own["name"]]
+    assert sum(v for (metric, _), v in m.items() if metric == "pss_by_process") == m[("pss", "")]
+    assert [c for (metric, c) in m if metric == "monitor_pss"] == [parent["name"]]
+    assert m[("monitor_pss", parent["name"])] > 0
+
+
+def test_guest_view_that_cannot_be_read_is_a_failed_row_and_boots_nothing(monkeypatch):
+    def no_exec(name, command, timeout=None):
+        raise kit.errors.InstanceNotFound(f"instance {name!r} is not running")
+
+    def no_run(*a, **kw):
+        raise AssertionError("guest_rows booted a substitute VM")
+
+    monkeypatch.setattr(memory.api, "exec_", no_exec)
+    monkeypatch.setattr(memory.api, "run", no_run)
+    rows = memory.guest_rows("vm-gone")
+    assert [(r["metric"], r["component"], r["value"]) for r in rows] == [("failed", "guest_view", 1.0)]
+    assert rows[0]["status"].startswith("error: exec into 'vm-gone' failed") and "not running" in rows[0]["status"]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not kit.runtimes.get("qemu").availability().available, reason="no usable qemu here")
-def test_vm_guest_view_sees_64m(started):
-    rt, inst = started("qemu", HOLD_64M, memory="256m")
+def test_vm_guest_view_sees_96m(started):
+    need("qemu")
+    rt, inst = started("qemu", HOLD_96M, memory=LIMIT)
     wait_until(lambda: "command" in inst.phases, 120, what="the guest running its command")
 
     def guest_used():
-        rows = {r["metric"]: r["value"] for r in memory.guest_rows(inst.name, "qemu", "busybox")}
-        return rows.get("guest_used", 0) >= 64 * MIB and rows
+        rows = {r["metric"]: r for r in memory.guest_rows(inst.name)}
+        assert "failed" not in rows, rows["failed"]["status"]
+        return rows["guest_used"]["value"] >= AT_LEAST and {k: r["value"] for k, r in rows.items()}
 
-    rows = wait_until(guest_used, 60, interval=0.5, what="64 MiB used in the guest's own view")
+    rows = wait_until(guest_used, 60, interval=0.5, what="at least 64 of 96 MiB used in the guest's own view")
     assert rows["guest_total"] <= 256 * MIB
     host = _metrics(rt, inst)
-    assert host[("pss", "")] >= 64 * MIB  # QEMU's resident guest RAM holds it too
+    assert host[("pss", "")] >= AT_LEAST  # QEMU's resident guest RAM holds it too
     assert any(c.startswith("qemu") for (metric, c) in host if metric == "pss_by_process")

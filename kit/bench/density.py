@@ -5,8 +5,9 @@ booted (a VM under TCG takes seconds) is measured for all of them:
 
 - ``memory``: the first instance alone, at steady state (host PSS/USS by
   process, cgroup working set, the guest's view for VMs);
-- ``density``: after each doubling, total and per-instance memory and the
-  start time of each new instance, until ``max_n`` or a budget is reached;
+- ``density``: after each doubling, total and per-instance memory (the
+  instances' own processes, their per-instance monitors apart) and the start
+  time of each new instance, until ``max_n`` or a budget is reached;
 - ``disk``: the bytes each live instance adds, and totals for 1..N instances
   with the shared image formats counted once.
 """
@@ -64,6 +65,9 @@ def steady_state(runtime: str, image: str, *, parts, max_n: int, memory_budget: 
     def all_pids():
         return [p for live in lives for p in memory.host_pids(live.runtime, live.inst)]
 
+    def monitor_pids():
+        return [p for live in lives for p in live.runtime.monitor_pids(live.inst)]
+
     try:
         for target in targets(max_n):
             failed = False
@@ -88,14 +92,19 @@ def steady_state(runtime: str, image: str, *, parts, max_n: int, memory_budget: 
                 rows += [{**_row("memory", r["metric"], r["value"], n=1, component=r["component"])}
                          for r in memory.instance_rows(lives[0].runtime, lives[0].inst)]
                 if lives[0].runtime.kind == "vm":
-                    rows += [_row("memory", r["metric"], r["value"], n=1)
-                             for r in memory.guest_rows(lives[0].name, runtime, image, memory_limit, timeout)]
+                    # The measured VM's own view, or a failed row saying why (never another VM's).
+                    rows += [_row("memory", r["metric"], r["value"], n=1, component=r["component"],
+                                  status=r.get("status", "ok"))
+                             for r in memory.guest_rows(lives[0].name, timeout=min(timeout, 60))]
             used = memory.host_used() - base_used
             if "density" in parts:
                 ws = [memory.cgroup_memory(live.runtime.cgroup_path(live.inst))[1] for live in lives]
                 rows += [_row("density", "density_pss_total", pss, n=n),
                          _row("density", "density_pss_per_instance", pss / n, n=n),
                          _row("density", "density_host_used", used, n=n)]
+                monitors = monitor_pids()
+                if monitors:
+                    rows.append(_row("density", "density_monitor_pss_total", memory.total_pss(monitors), n=n))
                 if all(w is not None for w in ws):
                     rows.append(_row("density", "density_working_set_total", sum(ws), n=n))
             if failed or n >= max_n:

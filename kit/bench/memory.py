@@ -1,5 +1,12 @@
 """Memory of a live instance: host-side PSS/USS, cgroup working set, the guest's own view.
 
+An instance's figures (``pss``, ``uss``, ``rss``, ``pss_by_process``) count its own
+processes: the workload and what runs it (runsc's sentry and gofer, QEMU). The
+per-instance monitor a runtime keeps beside it (``runc run``, LXC's monitor, the
+``runsc run`` CLI, Docker's containerd shim: ``Runtime.monitor_pids``) is reported
+apart as ``monitor_pss``, as the shared daemons are as ``daemon_pss``: a user who runs
+the same container detached, or through containerd, would not pay for it the same way.
+
 Definitions of every figure are in :data:`kit.bench.metrics.METRICS`.
 """
 
@@ -98,37 +105,38 @@ def settle(pids_fn, timeout: float = 20.0, tolerance: float = 0.02, gap: float =
     return last[0]
 
 
-#: Per-instance helpers that runtimes start as the *parent* of the workload, so
-#: they are not among its descendants: containerd's shim (Docker), conmon (Podman).
-SHIMS = ("containerd-shim", "conmon")
+def split_pids(rt, inst) -> tuple[list[int], list[int]]:
+    """(the instance's own host processes, its per-instance monitor's): two disjoint lists.
+
+    Own: ``rt.pids(inst)`` without the monitor. Monitor: ``rt.monitor_pids(inst)``.
+    """
+    monitors = set(rt.monitor_pids(inst))
+    return sorted(set(rt.pids(inst)) - monitors), sorted(monitors)
 
 
 def host_pids(rt, inst) -> list[int]:
-    """``rt.pids(inst)`` plus the instance's own shim process, when the runtime reports it apart.
-
-    A shim is one per container, so its memory is the instance's; Docker's
-    runtime lists its own, and for others it is the parent of the container's
-    first process.
-    """
-    pids = set(rt.pids(inst))
-    for pid in list(pids):
-        try:
-            parent = psutil.Process(pid).parent()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        if parent is not None and parent.name().startswith(SHIMS):
-            pids.add(parent.pid)
-    return sorted(pids)
+    """The instance's own host processes: what its ``pss`` counts (its monitor left out)."""
+    return split_pids(rt, inst)[0]
 
 
-def instance_rows(rt, inst) -> list[dict]:
-    """Every memory metric of one live instance, as (metric, component, value) rows."""
-    procs = process_memory(host_pids(rt, inst))
-    rows = [{"metric": m, "component": "", "value": float(sum(p[m] for p in procs))} for m in ("pss", "uss", "rss")]
+def _by_name(procs: list[dict], metric: str) -> list[dict]:
     by_name: dict[str, int] = {}
     for p in procs:
         by_name[p["name"]] = by_name.get(p["name"], 0) + p["pss"]
-    rows += [{"metric": "pss_by_process", "component": k, "value": float(v)} for k, v in sorted(by_name.items())]
+    return [{"metric": metric, "component": k, "value": float(v)} for k, v in sorted(by_name.items())]
+
+
+def instance_rows(rt, inst) -> list[dict]:
+    """Every memory metric of one live instance, as (metric, component, value) rows.
+
+    ``pss``/``uss``/``rss`` and ``pss_by_process`` (which sums to ``pss``) cover the
+    instance's own processes; ``monitor_pss`` (component: process name) its monitor's.
+    """
+    own, monitors = split_pids(rt, inst)
+    procs = process_memory(own)
+    rows = [{"metric": m, "component": "", "value": float(sum(p[m] for p in procs))} for m in ("pss", "uss", "rss")]
+    rows += _by_name(procs, "pss_by_process")
+    rows += _by_name(process_memory(monitors), "monitor_pss")
     usage, ws = cgroup_memory(rt.cgroup_path(inst))
     if usage is not None:
         rows.append({"metric": "cgroup_usage", "component": "", "value": float(usage)})
@@ -148,26 +156,27 @@ def parse_meminfo(text: str) -> dict[str, int]:
     return out
 
 
-def guest_rows(name: str, runtime: str, image: str, memory=None, timeout: float = 120) -> list[dict]:
-    """A VM's own view of its memory: exec into it, else boot one that prints /proc/meminfo."""
-    text = ""
+def guest_rows(name: str, timeout: float = 30) -> list[dict]:
+    """The VM ``name``'s own view of its memory, read by exec into that very VM.
+
+    When that fails, one ``failed`` row (component ``guest_view``) says why in its
+    ``status``: no other VM is ever booted to stand in for the measured one.
+    """
     try:
-        r = api.exec_(name, ["cat", "/proc/meminfo"], timeout=30)
-        if r.exit_code == 0:
-            text = r.stdout
-    except (KitError, NotImplementedError, OSError):
-        pass
-    if "MemAvailable" not in text:
-        try:
-            r = api.run(image, ["cat", "/proc/meminfo"], runtime=runtime, memory=memory, timeout=timeout)
-            text = r.stdout
-        except KitError:
-            return []
-    info = parse_meminfo(text)
+        r = api.exec_(name, ["cat", "/proc/meminfo"], timeout=timeout)
+    except (KitError, OSError) as e:
+        return [_guest_failed(f"exec into {name!r} failed: {e}")]
+    info = parse_meminfo(r.stdout) if r.exit_code == 0 else {}
     if "MemTotal" not in info or "MemAvailable" not in info:
-        return []
+        said = (r.stderr or r.stdout).strip()[-200:]
+        return [_guest_failed(f"cat /proc/meminfo in {name!r} exited {r.exit_code} without MemTotal and "
+                              f"MemAvailable: {said or 'no output'}")]
     return [{"metric": "guest_used", "component": "", "value": float(info["MemTotal"] - info["MemAvailable"])},
             {"metric": "guest_total", "component": "", "value": float(info["MemTotal"])}]
+
+
+def _guest_failed(why: str) -> dict:
+    return {"metric": "failed", "component": "guest_view", "value": 1.0, "status": f"error: {why}"}
 
 
 def daemon_rows(runtime: str) -> list[dict]:
