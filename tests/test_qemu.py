@@ -1,26 +1,143 @@
-"""Real VMs under QEMU (TCG on this machine kind): each boot takes a few seconds, so they are few."""
+"""Real VMs under QEMU (TCG on this machine kind): each boot takes a few seconds, so they are few
+and marked slow. The fast tests at the top check host-side logic without booting anything."""
 
 from __future__ import annotations
 
+import json
 import socket
+import threading
 import time
 
 import psutil
 import pytest
 
 import kit
+from kit import config
 from kit._proc import wait_until
 from kit.errors import CommandNotFound, InvalidSpec, StartFailed
+from kit.runtimes import qemu as qemu_rt
+from kit.runtimes.base import Instance
+from kit.spec import RunSpec
+from kit.vm import accel
+from kit.vm.kernel import Kernel
 from tests.conftest import need, unique
-
-pytestmark = pytest.mark.slow
 
 PHASES = ["launched", "kernel", "init", "command", "exited", "vm_exited"]
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def _qemu():
     need("qemu")
+
+
+def vm_test(f):
+    """A test that boots real VMs: slow, and qemu must be available."""
+    return pytest.mark.slow(pytest.mark.usefixtures("_qemu")(f))
+
+
+# -- the KVM verdict cache (no boot: probe() is replaced) ----------------------------------
+
+TIMED_OUT = "KVM (kvm_pvm) rejected: a probe boot did not reach init within 15 s (fake)"
+
+
+@pytest.fixture
+def verdicts(tmp_path, monkeypatch):
+    """A private KIT_HOME and a scripted probe(): returns (kernel, list of probe deadlines, script)."""
+    monkeypatch.setenv("KIT_HOME", str(tmp_path))
+    monkeypatch.setattr(accel, "precheck", lambda: None)
+    kfile = tmp_path / "vmlinuz"
+    kfile.write_bytes(b"kernel")
+    deadlines, script = [], []
+
+    def fake_probe(kernel, qemu, deadline):
+        deadlines.append(deadline)
+        return script.pop(0)
+
+    monkeypatch.setattr(accel, "probe", fake_probe)
+    return Kernel(kfile, None, "test"), deadlines, script
+
+
+def _new_session(monkeypatch):
+    monkeypatch.setattr(config, "SESSION_ID", config.SESSION_ID + "x")
+
+
+def test_kvm_timeout_holds_for_its_session_and_is_final_only_when_a_later_session_sees_it_again(
+        verdicts, monkeypatch):
+    k, deadlines, script = verdicts
+    script += [accel.Verdict("tcg", TIMED_OUT, final=False), accel.Verdict("tcg", TIMED_OUT, final=False)]
+    first = accel.choose(k)
+    assert (first.accel, first.final, first.strikes) == ("tcg", False, 1)
+    assert accel.choose(k).reason == first.reason and len(deadlines) == 1  # this session: no second probe
+    _new_session(monkeypatch)
+    second = accel.choose(k)
+    assert deadlines == [accel.PROBE_DEADLINE, 2 * accel.PROBE_DEADLINE]  # probed again, with more time
+    assert (second.accel, second.final, second.strikes) == ("tcg", True, 2)
+    _new_session(monkeypatch)
+    assert accel.choose(k).final and len(deadlines) == 2  # final now: no session probes again
+
+
+def test_kvm_timeout_then_a_boot_in_time_gives_kvm(verdicts, monkeypatch):
+    k, deadlines, script = verdicts
+    script += [accel.Verdict("tcg", TIMED_OUT, final=False), accel.Verdict("kvm", "reached init in 3.0 s")]
+    assert accel.choose(k).accel == "tcg"
+    _new_session(monkeypatch)
+    assert accel.choose(k).accel == "kvm"
+    _new_session(monkeypatch)
+    assert accel.choose(k).accel == "kvm" and len(deadlines) == 2
+
+
+def test_definite_kvm_rejection_is_cached_for_good(verdicts, monkeypatch):
+    k, deadlines, script = verdicts
+    script.append(accel.Verdict("tcg", "KVM rejected: QEMU failed under -accel kvm: failed to set MSR"))
+    assert accel.choose(k).final
+    _new_session(monkeypatch)
+    v = accel.choose(k)
+    assert "failed to set MSR" in v.reason and len(deadlines) == 1
+
+
+def test_verdict_cached_by_an_older_kit_is_probed_again_unless_it_was_kvm(verdicts, monkeypatch):
+    k, deadlines, script = verdicts
+    accel._cache_path().write_text(json.dumps(
+        {accel.host_key(k): {"accel": "tcg", "reason": "did not reach init", "probed_at": 1.0, "probe_seconds": 15.0}}))
+    script.append(accel.Verdict("tcg", TIMED_OUT, final=False))
+    assert accel.choose(k).strikes == 1 and len(deadlines) == 1
+    accel._cache_path().write_text(json.dumps(
+        {accel.host_key(k): {"accel": "kvm", "reason": "reached init", "probed_at": 1.0, "probe_seconds": 2.0}}))
+    assert accel.choose(k).accel == "kvm" and len(deadlines) == 1
+
+
+def test_no_dev_kvm_is_never_cached(verdicts, monkeypatch):
+    k, deadlines, _ = verdicts
+    monkeypatch.setattr(accel, "precheck", lambda: "no /dev/kvm on this host")
+    assert accel.choose(k).reason == "no /dev/kvm on this host"
+    assert accel.cached(k) is None and deadlines == []
+
+
+# -- per-instance VM state (no boot) -------------------------------------------------------
+
+def test_vm_state_lives_on_the_instance_and_one_cleanup_tears_it_down(tmp_path):
+    rt = qemu_rt.QemuRuntime()
+    insts = [Instance(name=f"v{i}", runtime="qemu", image=None, id=f"kit-t-v{i}",
+                                        spec=RunSpec(image="busybox", command=["true"], name=f"v{i}"),
+                                        state_dir=tmp_path / f"v{i}") for i in range(2)]
+    torn = []
+    for inst in insts:
+        vm = object.__new__(qemu_rt._VM)
+        vm.teardown = lambda inst=inst: torn.append(inst.name)
+        inst.handle = vm
+    assert rt.vm(insts[0]) is insts[0].handle is not insts[1].handle
+    threads = [threading.Thread(target=rt.cleanup, args=(insts[0],)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert torn == ["v0"] and insts[0].handle is None  # torn down once; the other VM untouched
+    assert rt.vm(insts[1]) is insts[1].handle
+    with pytest.raises(StartFailed, match="never started or is already removed"):
+        rt.vm(insts[0])
+
+
+# -- real VMs --------------------------------------------------------------------------------
 
 
 def _qemu_of(name: str) -> list[int]:
@@ -43,6 +160,7 @@ def _assert_nothing_left(name: str) -> None:
     wait_until(lambda: not _qemu_of(name), 10, what=f"QEMU of {name} to be gone")
 
 
+@vm_test
 def test_echo_hello_same_image_runc_and_qemu():
     need("runc")
     c = kit.run("busybox", ["echo", "hello"], runtime="runc")
@@ -58,6 +176,7 @@ def test_echo_hello_same_image_runc_and_qemu():
     _assert_nothing_left(name)
 
 
+@vm_test
 def test_exit_code_stderr_and_framing_cannot_be_forged():
     name = unique("vm-frame")
     # The command prints the kit's own control records on stdout, then tries to
@@ -74,6 +193,7 @@ def test_exit_code_stderr_and_framing_cannot_be_forged():
     _assert_nothing_left(name)
 
 
+@vm_test
 def test_large_output_arrives_whole_and_streams():
     # The guest powers off right after the command: output still queued in the guest then
     # was lost once (half of a 1 MB stderr written just before exit).
@@ -89,6 +209,7 @@ def test_large_output_arrives_whole_and_streams():
     _assert_nothing_left(name)
 
 
+@vm_test
 def test_hung_guest_is_killed_at_timeout():
     name = unique("vm-hang")
     t0 = time.monotonic()
@@ -98,6 +219,7 @@ def test_hung_guest_is_killed_at_timeout():
     _assert_nothing_left(name)
 
 
+@vm_test
 def test_guest_kernel_panic_is_a_clear_error():
     name = unique("vm-panic")
     with pytest.raises(StartFailed, match="panicked"):
@@ -105,6 +227,7 @@ def test_guest_kernel_panic_is_a_clear_error():
     _assert_nothing_left(name)
 
 
+@vm_test
 def test_bad_input_fails_fast_and_leaves_nothing(tmp_path):
     junk = tmp_path / "vmlinuz"
     junk.write_bytes(b"not a kernel" * 100)
@@ -128,7 +251,7 @@ def test_bad_input_fails_fast_and_leaves_nothing(tmp_path):
 # -- a Debian service VM, shared by the tests below -------------------------------------
 
 @pytest.fixture(scope="module")
-def redis_vm():
+def redis_vm(_qemu):
     img = kit.images.debian("debian-redis", packages=["redis-server"])
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -155,6 +278,7 @@ def _ping(port: int) -> bytes | None:
         return None
 
 
+@vm_test
 def test_redis_vm_answers_ping_on_loopback(redis_vm):
     name, port, r = redis_vm
     assert r.detached and r.info["boot"] == "disk"
@@ -164,6 +288,7 @@ def test_redis_vm_answers_ping_on_loopback(redis_vm):
     assert f"127.0.0.1:{port}->6379" in row["ports"]
 
 
+@vm_test
 def test_exec_into_running_vm(redis_vm):
     name, port, _ = redis_vm
     e = kit.exec(name, ["redis-cli", "ping"], timeout=60)
@@ -172,6 +297,7 @@ def test_exec_into_running_vm(redis_vm):
     assert (e.exit_code, e.stdout, e.stderr) == (4, "out\n", "err\n")
 
 
+@vm_test
 def test_stop_and_rm_leave_nothing(redis_vm):
     name, port, _ = redis_vm
     rt, inst = kit.api.instance(name)
@@ -185,6 +311,7 @@ def test_stop_and_rm_leave_nothing(redis_vm):
     assert not inst.state_dir.exists()
 
 
+@vm_test
 def test_image_too_big_for_memory_or_disk():
     img = kit.images.debian("debian-redis", packages=["redis-server"])
     with pytest.raises(InvalidSpec, match="does not fit"):

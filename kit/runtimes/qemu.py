@@ -61,7 +61,7 @@ class QemuRuntime(Runtime):
     def __init__(self, qemu: str = machine.QEMU):
         super().__init__()
         self.qemu = qemu
-        self._vms: dict[str, _VM] = {}  # by instance id: host-side state that is not a result fact
+        # A VM's host-side state lives on its instance (inst.handle), never here: threads share runtimes.
 
     # -- discovery ---------------------------------------------------------
     def probe(self) -> Availability:
@@ -94,14 +94,13 @@ class QemuRuntime(Runtime):
     # -- lifecycle ---------------------------------------------------------
     def start(self, inst: Instance, stream: Stream | None = None) -> None:
         vm = _VM(self, inst, stream)
-        self._vms[inst.id] = vm
+        inst.handle = vm
         try:
             vm.launch()
             if inst.spec.detach:
                 vm.wait_for_command(min(inst.spec.timeout or BOOT_DEADLINE, BOOT_DEADLINE))
         except BaseException:
-            vm.teardown()
-            self._vms.pop(inst.id, None)
+            self.cleanup(inst)
             raise
 
     def wait(self, inst: Instance, timeout: float | None = None) -> int:
@@ -117,7 +116,7 @@ class QemuRuntime(Runtime):
 
     def stop(self, inst: Instance, timeout: float = 10.0) -> None:
         """Ask the guest to SIGTERM the command; after ``timeout``, QMP quit; then kill."""
-        vm = self._vms.get(inst.id)
+        vm = _vm_of(inst)
         if vm is None or not self.running(inst):
             return
         if timeout > 0 and vm.ctl is not None and vm.ctl.send(b"term\n"):
@@ -136,14 +135,15 @@ class QemuRuntime(Runtime):
         kill_group(inst.proc.proc)
 
     def kill(self, inst: Instance) -> None:
-        vm = self._vms.get(inst.id)
+        vm = _vm_of(inst)
         if vm is not None:
             vm.killed = True
         if inst.proc is not None:
             kill_group(inst.proc.proc)
 
     def cleanup(self, inst: Instance) -> None:
-        vm = self._vms.pop(inst.id, None)
+        with _HANDLES:  # two threads removing the same VM: one tears it down
+            vm, inst.handle = _vm_of(inst), None
         if vm is not None:
             vm.teardown()
 
@@ -156,15 +156,24 @@ class QemuRuntime(Runtime):
         return code, out, err
 
     def oom_killed(self, inst: Instance) -> bool:
-        # The guest kernel's OOM killer is inside the VM; the init reports a SIGKILLed command as 137.
-        return False
+        # The guest kernel's OOM killer is inside the VM: the init reports the guest's oom_kill
+        # count (/proc/vmstat) once the command ended (_on_record). The only other guest tasks
+        # are the init's small shells (PID 1 itself is never chosen), so a kill is the command's.
+        return inst.info.get("guest_oom_kills", 0) > 0
 
     def vm(self, inst: Instance) -> "_VM":
         """The host-side state of a started VM (its QEMU command line is ``.argv``)."""
-        vm = self._vms.get(inst.id)
+        vm = _vm_of(inst)
         if vm is None:
             raise StartFailed(f"VM {inst.name!r} was never started or is already removed")
         return vm
+
+
+_HANDLES = threading.Lock()
+
+
+def _vm_of(inst: Instance) -> "_VM | None":
+    return inst.handle if isinstance(inst.handle, _VM) else None
 
 
 def _default_machine(k: kernel_mod.Kernel, accel: str, tsc_khz: int | None = None) -> str:
@@ -385,6 +394,8 @@ class _VM:
         elif word == "exited" and arg.strip().lstrip("-").isdigit():
             self.reported = int(arg)
             self.inst.phases.setdefault("exited", t)
+        elif word == "oom" and arg.strip().isdigit():
+            self.inst.info["guest_oom_kills"] = int(arg)
         elif word == "error":
             self.guest_error = arg
         elif word == "spec":

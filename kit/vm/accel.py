@@ -4,6 +4,12 @@ A /dev/kvm node is not proof: on some hosts (e.g. the ``kvm_pvm`` module of a
 nested sandbox) a stock kernel hangs under it. So the first VM on a host boots
 the guest kernel under KVM with a deadline and waits for the kit init's mark on
 the console; the verdict is cached in ``$KIT_HOME/accel.json`` per host and kernel.
+
+A definite verdict is kept: KVM booted to init, or QEMU itself failed under
+``-accel kvm``. A boot that merely did not reach init within the deadline may
+have been a busy host, so that verdict is tentative: this session keeps it (no
+VM start pays for a probe twice), a later session probes again with twice the
+deadline, and only a second miss makes it final.
 """
 
 from __future__ import annotations
@@ -26,16 +32,25 @@ from .kernel import Kernel
 
 PROBE_DEADLINE = 15.0
 MARK = b"kit:init"
+#: Probes (each in its own session) that must miss the deadline before that verdict is final.
+TIMEOUT_STRIKES = 2
 
 
 @dataclass
 class Verdict:
-    """The accelerator to use and why."""
+    """The accelerator to use and why.
+
+    ``final``: a definite verdict, cached for good. A tentative one (the probe boot did not
+    reach init in time) holds for the ``session`` that probed; ``strikes`` counts such misses.
+    """
 
     accel: str
     reason: str
     probed_at: float = 0.0
     probe_seconds: float = 0.0
+    final: bool = True
+    session: str = ""
+    strikes: int = 0
 
 
 def _cache_path() -> Path:
@@ -64,9 +79,19 @@ def _load_cache() -> dict:
 
 
 def cached(kernel: Kernel) -> Verdict | None:
-    """The cached verdict for this host and kernel, or None (no probe is run)."""
+    """The cached verdict for this host and kernel, final or tentative, or None (no probe is run)."""
     hit = _load_cache().get(host_key(kernel))
-    return Verdict(**hit) if hit else None
+    if not hit:
+        return None
+    known = {k: v for k, v in hit.items() if k in Verdict.__dataclass_fields__}
+    # Entries written before verdicts were tentative: only a KVM success was certainly definite.
+    known.setdefault("final", hit.get("accel") == "kvm")
+    return Verdict(**known)
+
+
+def _usable(hit: Verdict | None) -> bool:
+    """A final verdict, or a tentative one this very session reached."""
+    return hit is not None and (hit.final or hit.session == config.SESSION_ID)
 
 
 def precheck() -> str | None:
@@ -115,10 +140,11 @@ def guest_tsc_khz(accel: str) -> int | None:
 def choose(kernel: Kernel, qemu: str = machine.QEMU, deadline: float = PROBE_DEADLINE) -> Verdict:
     """KVM if a probe boot under it reaches the kit init within ``deadline``, else TCG.
 
-    Cached per host and kernel; concurrent callers wait for one probe.
+    Cached per host and kernel (see the module's docstring for which verdicts are final);
+    concurrent callers, in this process or another, wait for one probe.
     """
     hit = cached(kernel)
-    if hit:
+    if _usable(hit):
         return hit
     why = precheck()
     if why:
@@ -127,9 +153,17 @@ def choose(kernel: Kernel, qemu: str = machine.QEMU, deadline: float = PROBE_DEA
     with open(config.home() / ".accel.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         hit = cached(kernel)
-        if hit:
+        if _usable(hit):
             return hit
-        v = probe(kernel, qemu, deadline)
+        strikes = hit.strikes if hit is not None else 0
+        # A re-probe after a miss gets more time: a busy host must not decide it twice.
+        v = probe(kernel, qemu, deadline * (1 + strikes))
+        v.session = config.SESSION_ID
+        if not v.final:
+            v.strikes = strikes + 1
+            if v.strikes >= TIMEOUT_STRIKES:
+                v.final = True
+                v.reason += f" (the same in {v.strikes} sessions)"
         data = _load_cache()
         data[host_key(kernel)] = asdict(v)
         tmp = _cache_path().with_suffix(f".{os.getpid()}.tmp")
@@ -150,7 +184,7 @@ def probe(kernel: Kernel, qemu: str = machine.QEMU, deadline: float = PROBE_DEAD
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              start_new_session=True)
     except OSError as e:
-        return Verdict("tcg", f"could not start {qemu} for the KVM probe: {e}", time.time())
+        return Verdict("tcg", f"could not start {qemu} for the KVM probe: {e}", time.time(), final=False)
     seen = b""
     try:
         while time.monotonic() - t0 < deadline:
@@ -171,8 +205,8 @@ def probe(kernel: Kernel, qemu: str = machine.QEMU, deadline: float = PROBE_DEAD
             return Verdict("tcg", f"KVM ({kmod}) rejected: QEMU failed under -accel kvm: {tail}",
                            time.time(), time.monotonic() - t0)
         return Verdict("tcg", f"KVM ({kmod}) rejected: a probe boot did not reach init within "
-                              f"{deadline:g} s (the guest kernel hangs under this KVM)",
-                       time.time(), time.monotonic() - t0)
+                              f"{deadline:g} s (the guest kernel hangs under this KVM, or the host was busy)",
+                       time.time(), time.monotonic() - t0, final=False)
     finally:
         kill_group(p)
         for f in (p.stdout, p.stderr):
