@@ -20,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 from kit.bench import Study  # noqa: E402
-from kit.bench.report import markdown  # noqa: E402
+from kit.bench.tables import markdown  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

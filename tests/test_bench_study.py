@@ -1,27 +1,35 @@
-"""A tiny real study (the process baseline and one container runtime), saved, loaded and re-plotted."""
+"""A tiny real study (the process baseline and runc), saved, loaded and re-plotted; studies that are
+interrupted or meet a failing runtime keep what they measured and resume."""
 
 import json
+import math
+import re
 
 import matplotlib
 import pandas as pd
 import pytest
 
 import kit
-from kit.bench import METRICS, Study, build_parser, storage
-from kit.bench.metrics import COLUMNS
+from kit.bench import METRICS, Study, build_parser, startup, storage, tables
+from kit.bench.metrics import COLUMNS, definitions
 from kit.bench.options import study_kwargs
 from kit.bench.workloads import Workload, parse
 from kit.errors import InvalidSpec
 
+from tests.conftest import need
+
 matplotlib.use("Agg")
 
-CONTAINER = next((r for r in ["runc", "crun", "lxc", "docker", "runsc"]
-                  if kit.runtimes.get(r).availability().available), None)
-RUNTIMES = ["process"] + ([CONTAINER] if CONTAINER else [])
+#: The baseline and one container runtime (expected on this machine kind: see conftest.py).
+CONTAINER = "runc"
+RUNTIMES = ["process", CONTAINER]
+REAL_MEASURE = startup.measure  # before any test patches it
 
 
 @pytest.fixture(scope="module")
 def study():
+    for rt in RUNTIMES:
+        need(rt)
     s = Study(image="busybox", runtimes=RUNTIMES, workload="true", repeat=2, warmup=1, density_max=2,
               seed=3, progress=False, name="tiny")
     s.run()
@@ -42,8 +50,19 @@ def test_startup_rows(study):
             assert (rows["value"] > 0).all() and (rows["value"] < 60).all()
             assert set(rows["unit"]) == {"s"}
         assert sorted(mine[mine["metric"] == "launch_to_exit"]["repeat"].tolist()) == [0, 0, 1]
-    # the runtime's own milestones are kept as phases
-    assert (st["metric"] == "phase").any()
+    # one clock for every runtime: the request. 'prepare' (request -> the runtime's launch) is a phase,
+    # every milestone lies inside launch_to_exit, and 'exited' is its end.
+    runs = st.pivot_table(index=["runtime", "round"], columns=["metric", "component"], values="value")
+    for (rt, _), run in runs.iterrows():
+        l2e = run[("launch_to_exit", "")]
+        assert 0 <= run[("phase", "prepare")] < l2e, (rt, run[("phase", "prepare")], l2e)
+        assert run[("phase", "exited")] == pytest.approx(l2e, abs=1e-9)
+        phases = run["phase"].dropna()
+        assert (phases >= 0).all() and (phases <= l2e + 1e-9).all(), (rt, phases.to_dict())
+        # total also covers the kit's checks before the request
+        assert run[("total", "")] >= l2e + run[("teardown", "")] - 1e-9
+    assert set(st[st["metric"] == "phase"]["component"]) >= {"prepare", "exited"}
+    assert "requested" not in set(st["component"]) and "launched" not in set(st["component"])
     # the order within each round is recorded, and reproducible from the seed
     assert study.meta["order"] == [[f"{rt}/{i}/{w.name}" for i, rt, w in cells]
                                    for cells in study.plan(RUNTIMES)]
@@ -59,16 +78,18 @@ def test_steady_state_rows(study):
         dsk = df[(df["part"] == "disk") & (df["runtime"] == rt)]
         assert sorted(dsk[dsk["metric"] == "total_for_n"]["n"].tolist()) == [1, 2]
         assert len(dsk[dsk["metric"] == "instance_allocated"]) == 2
-    if CONTAINER:
-        per = df[(df["metric"] == "pss") & (df["runtime"] == CONTAINER)]["value"].iloc[0]
-        assert per > df[(df["metric"] == "pss") & (df["runtime"] == "process")]["value"].iloc[0]
+    per = df[(df["metric"] == "pss") & (df["runtime"] == CONTAINER)]["value"].iloc[0]
+    assert per > df[(df["metric"] == "pss") & (df["runtime"] == "process")]["value"].iloc[0]
     # nothing of the study is left running
     assert not any(n.startswith("b") and "-s" in n for n in kit.ps()["name"])
 
 
 def test_every_metric_is_defined(study):
     assert set(study.df["metric"]) <= set(METRICS)
+    # the definitions travel with the data: in the frame and in the metadata saved with it
+    assert study.df.attrs["metrics"] == study.meta["metrics"] == definitions()
     assert study.meta["metrics"]["pss"]["unit"] == "bytes"
+    assert study.meta["partial"] is None
 
 
 def test_environment_record(study):
@@ -86,8 +107,7 @@ def test_summary_and_relative(study):
     assert row["runs"] == 2 and row["min"] <= row["median"] <= row["max"]
     rel = study.relative()
     assert rel.set_index("runtime").loc["process", "ratio"] == 1.0
-    if CONTAINER:
-        assert rel.set_index("runtime").loc[CONTAINER, "ratio"] > 1.0
+    assert rel.set_index("runtime").loc[CONTAINER, "ratio"] > 1.0
 
 
 def test_save_load_round_trip_and_replot(study, tmp_path):
@@ -101,6 +121,20 @@ def test_save_load_round_trip_and_replot(study, tmp_path):
     assert {"startup", "memory", "disk", "density"} <= set(figs)
     assert "VM accelerator" in figs["startup"]._suptitle.get_text()
     pd.testing.assert_frame_equal(loaded.summary(), study.summary())
+    # the definitions saved with the data come back with it, in the frame and in the metadata
+    assert loaded.df.attrs["metrics"] == loaded.meta["metrics"] == study.meta["metrics"]
+    readme = (d / "README.md").read_text()
+    assert "## Definitions" in readme
+    assert re.search(r"^\| `launch_to_exit` +\| s +\| run-to-exit workloads: from the request", readme, re.M)
+    assert "|:--" in readme or "|---" in readme  # tables made by tabulate
+
+
+def test_markdown_tables_come_from_tabulate():
+    df = pd.DataFrame({"runtime": ["process", "qemu"], "median ms": [1.23456, 4567.8], "ratio": [1.0, math.nan]})
+    lines = tables.table(df).splitlines()
+    assert lines[0].split("|")[1:4] == [" runtime   ", "   median ms ", "   ratio "]
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in lines[2:]]
+    assert cells == [["process", "1.23", "1"], ["qemu", "4568", ""]]  # 3 significant figures; whole from 100
 
 
 def test_storage_keeps_awkward_strings(tmp_path):
@@ -161,9 +195,81 @@ def test_magic_and_cli_run_a_study(tmp_path, capsys):
 
 
 def test_service_workload_is_timed_to_readiness():
+    for rt in RUNTIMES:
+        need(rt)
     s = Study(runtimes=RUNTIMES, workload="httpd", repeat=1, warmup=0, parts="startup", progress=False)
     df = s.run()
     assert (df["status"] == "ok").all(), df["status"].unique()
     ready = df[df["metric"] == "launch_to_ready"]
     assert set(ready["runtime"]) == set(RUNTIMES) and (ready["value"] > 0).all()
     assert not (df["metric"] == "launch_to_exit").any()
+    prepare = df[(df["metric"] == "phase") & (df["component"] == "prepare")].set_index("runtime")["value"]
+    assert (prepare < ready.set_index("runtime")["value"]).all()
+
+
+def _interrupt_after(monkeypatch, n: int) -> list:
+    """startup.measure runs for real ``n`` times, then raises KeyboardInterrupt (Ctrl-C in a notebook)."""
+    calls, real = [], REAL_MEASURE
+
+    def measure(runtime, image, workload, name, timeout, memory=None):
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        calls.append((runtime, name))
+        return real(runtime, image, workload, name, timeout, memory)
+
+    monkeypatch.setattr(startup, "measure", measure)
+    return calls
+
+
+def test_interrupted_study_keeps_its_runs_and_resumes(monkeypatch, tmp_path):
+    need("process")
+    s = Study(runtimes="process", workload="true", repeat=5, warmup=1, parts="startup", progress=False, seed=1)
+    calls = _interrupt_after(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        s.run()
+    assert len(calls) == 3
+    done = s.df[s.df["metric"] == "launch_to_exit"]
+    assert sorted(done["round"].tolist()) == [0, 1, 2] and (done["status"] == "ok").all()
+    assert "KeyboardInterrupt" in s.meta["partial"] and "partial" in repr(s)
+    # a partial study saves and loads as it is, and says so
+    d = s.save(tmp_path / "partial", figures=False)
+    assert "Partial study" in (d / "README.md").read_text()
+    loaded = Study.load(d)
+    assert loaded.meta["partial"] == s.meta["partial"]
+    first = loaded.df.copy()
+
+    calls = _interrupt_after(monkeypatch, 100)
+    df = loaded.run(resume=True)
+    assert len(calls) == 3  # only rounds 3, 4 and 5 ran again
+    l2e = df[df["metric"] == "launch_to_exit"]
+    assert sorted(l2e["round"].tolist()) == [0, 1, 2, 3, 4, 5]
+    assert loaded.meta["partial"] is None and len(loaded.meta["resumed"]) == 1
+    # the runs measured before the interruption are kept unchanged
+    pd.testing.assert_frame_equal(df.iloc[:len(first)], first)
+    assert loaded.summary("startup").set_index("metric").loc["launch_to_exit", "runs"] == 5
+    # resuming a finished study measures nothing
+    calls = _interrupt_after(monkeypatch, 100)
+    assert len(loaded.run(resume=True)) == len(df) and calls == []
+
+
+def test_a_failing_runtime_is_recorded_and_the_others_go_on(monkeypatch):
+    for rt in RUNTIMES:
+        need(rt)
+    real = REAL_MEASURE
+
+    def measure(runtime, image, workload, name, timeout, memory=None):
+        if runtime == CONTAINER:
+            raise RuntimeError("the runtime broke")  # not a KitError: a bug or a host failure
+        return real(runtime, image, workload, name, timeout, memory)
+
+    monkeypatch.setattr(startup, "measure", measure)
+    s = Study(runtimes=RUNTIMES, workload="true", repeat=5, warmup=0, parts="startup", progress=False)
+    df = s.run()
+    ok = df[(df["runtime"] == "process") & (df["metric"] == "launch_to_exit")]
+    assert len(ok) == 5 and (ok["status"] == "ok").all()
+    broken = df[df["runtime"] == CONTAINER]
+    assert set(broken["metric"]) == {"failed"}
+    assert set(broken["status"]) == {"error: RuntimeError: the runtime broke"}
+    assert len(broken) == 3  # dropped after MAX_CONSECUTIVE_FAILURES
+    assert s.meta["dropped"] == {CONTAINER: "error: RuntimeError: the runtime broke"}
+    assert s.meta["partial"] is None

@@ -1,7 +1,9 @@
 """The tidy results frame: its columns, and what every metric means.
 
-One row per (run, metric). :data:`METRICS` is saved with every result set, so
-a reader of the CSV knows exactly what each number is without this code.
+One row per (run, metric). :data:`METRICS` travels with the data: in every
+saved ``study.json`` (``meta["metrics"]``) and in the frame's
+``df.attrs["metrics"]``, so a reader knows exactly what each number is without
+this code. README.md shows the same table (a test keeps the two equal).
 """
 
 from __future__ import annotations
@@ -15,26 +17,36 @@ COLUMNS = [
 #: metric -> (unit, definition). ``component`` narrows some of them (see each text).
 METRICS: dict[str, tuple[str, str]] = {
     # -- startup ---------------------------------------------------------------
-    "launch_to_exit": ("s", "run-to-exit workloads: from the runtime's launch (phase 'launched', taken just before "
-                            "the runtime's process or API call starts) to the command's exit as seen by the host "
-                            "(phase 'exited'); what hyperfine measures for the runtime's own command line."),
-    "launch_to_ready": ("s", "services and idle instances: from the launch to readiness (the probe succeeded: TCP "
-                             "connect on 127.0.0.1, log line, probe command; for an idle VM, the guest's "
-                             "'command' milestone)."),
+    "launch_to_exit": ("s", "run-to-exit workloads: from the request (phase 'requested', stamped by kit.api "
+                            "just before it hands the instance to the runtime, the same moment for every "
+                            "runtime) to the command's exit as seen by the host (phase 'exited'). It includes "
+                            "the phase 'prepare'."),
+    "launch_to_ready": ("s", "services and idle instances: from the request (as launch_to_exit) to readiness (the "
+                             "probe succeeded: TCP connect on 127.0.0.1, log line, probe command; for an idle VM, "
+                             "the guest's 'command' milestone)."),
     "teardown": ("s", "from the command's exit (or the stop request of a service) until the kit has removed "
                       "everything the instance left (runtime state, mounts, cgroup, files)."),
     "total": ("s", "the user's view: from calling kit.run/kit.start until the instance is gone, including the "
-                   "kit's own checks (image lookup, command lookup, port check)."),
-    "phase": ("s", "a milestone the runtime exposes (component = its name, e.g. OCI create/start, VM kernel, "
-                   "init, command), in seconds after the launch."),
+                   "kit's own checks before the request (image lookup, command lookup, port check)."),
+    "phase": ("s", "a milestone, in seconds after the request (component = its name). 'prepare' is the kit's and "
+                   "the runtime's own preparation before the runtime's process or API call starts (overlay, OCI "
+                   "bundle, cgroup, VM disk; Docker's image check): phase 'launched' - 'requested'. Then what "
+                   "the runtime exposes: OCI create/start, Docker image_ready/created/started, VM kernel, init, "
+                   "command, exited."),
     # -- memory (one idle instance at steady state) --------------------------
-    "pss": ("bytes", "proportional set size summed over every host process of the instance (runtime.pids(): the "
-                     "workload, shims, runsc sentry and gofer, QEMU), via psutil memory_full_info; pages shared "
-                     "with k processes count 1/k each. Steady state: two readings 0.5 s apart within 2 %."),
+    "pss": ("bytes", "proportional set size summed over every host process of the instance (the workload, "
+                     "runsc sentry and gofer, QEMU), via psutil memory_full_info; pages shared with k "
+                     "processes count 1/k each. Steady state: two readings 0.5 s apart within 2 %. The "
+                     "runtime's monitor process is not included: see monitor_pss."),
+    "monitor_pss": ("bytes", "PSS of the per-instance process that only supervises the instance (runc run, "
+                             "LXC's monitor, the runsc run CLI, Docker's containerd-shim), reported apart and "
+                             "not included in pss: a user's `runc run -d` or containerd keeps no `runc run` "
+                             "process, so it is a cost of how the instance is held, not of the isolation."),
     "uss": ("bytes", "unique set size summed over the same processes: memory freed if the instance ended."),
     "rss": ("bytes", "resident set size summed over the same processes (shared pages counted in full each time; "
                      "an upper bound, for reference)."),
-    "pss_by_process": ("bytes", "PSS of the instance's host processes grouped by process name (component)."),
+    "pss_by_process": ("bytes", "PSS of the instance's host processes (those of pss) grouped by process name "
+                                "(component); the parts that add up to pss."),
     "cgroup_working_set": ("bytes", "the instance's cgroup memory usage minus inactive file cache "
                                     "(docker stats' formula; v1: usage_in_bytes - total_inactive_file, v2: "
                                     "memory.current - inactive_file); includes kernel memory charged to it."),
@@ -61,7 +73,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "total_for_n": ("bytes", "allocated bytes on disk for n live instances with sharing accounted: the image "
                              "formats the runtime uses, counted once, plus every instance's own bytes."),
     # -- density -----------------------------------------------------------------
-    "density_start": ("s", "launch to ready of the n-th idle instance while n-1 others are running."),
+    "density_start": ("s", "launch_to_ready of the n-th idle instance while n-1 others are running."),
     "density_pss_total": ("bytes", "sum of the PSS of every host process of all n idle instances."),
     "density_pss_per_instance": ("bytes", "density_pss_total / n."),
     "density_working_set_total": ("bytes", "sum of the cgroup working sets of the n instances."),
@@ -82,3 +94,15 @@ def unit(metric: str) -> str:
 def definitions() -> dict[str, dict[str, str]]:
     """METRICS as a JSON-friendly dict: name -> {unit, definition}."""
     return {k: {"unit": u, "definition": d} for k, (u, d) in METRICS.items()}
+
+
+def markdown(names=None) -> str:
+    """The definitions (of ``names``, default all) as a Markdown table: metric | unit | definition.
+
+    README.md carries the whole table, from
+    ``python -c "from kit.bench import metrics; print(metrics.markdown())"``.
+    """
+    from tabulate import tabulate
+
+    rows = [(f"`{k}`", u, d) for k, (u, d) in METRICS.items() if names is None or k in names]
+    return tabulate(rows, headers=["metric", "unit", "definition"], tablefmt="github")

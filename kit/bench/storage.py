@@ -2,7 +2,8 @@
 
 ``study.json`` holds everything that is not a measurement: the study's
 parameters, the seed and the run order it produced, the environment record,
-and the definition of every metric. A loaded result set re-plots and
+the definition of every metric (also in the loaded frame's
+``attrs["metrics"]``) and, for a study that did not finish, why (``partial``). A loaded result set re-plots and
 re-summarises without re-running anything.
 """
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .metrics import COLUMNS
+from .metrics import COLUMNS, definitions
 
 CSV, PARQUET, META = "results.csv", "results.parquet", "study.json"
 
@@ -31,8 +32,10 @@ def _has_pyarrow() -> bool:
         return False
 
 
-def normalise(df: pd.DataFrame) -> pd.DataFrame:
-    """The frame with exactly :data:`COLUMNS`, in order, with stable dtypes."""
+def normalise(df: pd.DataFrame, metrics: dict | None = None) -> pd.DataFrame:
+    """The frame with exactly :data:`COLUMNS`, in order, with stable dtypes, and the definition of every
+    metric in ``df.attrs["metrics"]`` (``metrics``, else those it carries, else the current ones)."""
+    metrics = metrics or df.attrs.get("metrics") or definitions()
     df = df.reindex(columns=COLUMNS).copy()
     for col in _DTYPES:
         df[col] = df[col].fillna("").astype(str)
@@ -41,7 +44,9 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
     df["warmup"] = df["warmup"].map(lambda v: str(v).strip().lower() in ("true", "1", "1.0")).astype(bool)
     df["value"] = pd.to_numeric(df["value"], errors="coerce").astype(float)
     df["timestamp"] = pd.to_numeric(df["timestamp"], errors="coerce").astype(float)
-    return df.reset_index(drop=True)
+    df = df.reset_index(drop=True)
+    df.attrs["metrics"] = metrics
+    return df
 
 
 def _jsonable(obj):
@@ -71,7 +76,10 @@ def save(directory, df: pd.DataFrame, meta: dict) -> Path:
 
 
 def load(directory) -> tuple[pd.DataFrame, dict]:
-    """Read a result set written by :func:`save` (Parquet when present and readable, else CSV)."""
+    """Read a result set written by :func:`save` (Parquet when present and readable, else CSV).
+
+    The frame's ``attrs["metrics"]`` are the definitions saved with it (``meta["metrics"]``).
+    """
     d = Path(directory)
     meta = json.loads((d / META).read_text())
     if (d / PARQUET).exists() and _has_pyarrow():
@@ -80,4 +88,4 @@ def load(directory) -> tuple[pd.DataFrame, dict]:
         # Only numeric columns may be empty-as-missing: a component named "NA" stays a string.
         numeric = ("round", "order", "repeat", "n", "value", "timestamp")
         df = pd.read_csv(d / CSV, dtype=_DTYPES, keep_default_na=False, na_values={c: [""] for c in numeric})
-    return normalise(df), meta
+    return normalise(df, meta.get("metrics")), meta

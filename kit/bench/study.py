@@ -102,7 +102,7 @@ class Study:
     # -- parameters ----------------------------------------------------------
     def params(self) -> dict:
         return {"images": self.images, "runtimes": self.runtimes,
-                "workloads": [{"name": w.name, "argv": list(w.argv), "kind": w.kind} for w in self.workloads],
+                "workloads": [_workload_record(w) for w in self.workloads],
                 "repeat": self.repeat, "warmup": self.warmup, "vm_repeat": self.vm_repeat,
                 "parts": list(self.parts), "timeout": self.timeout, "seed": self.seed, "memory": self.memory,
                 "idle_memory": self.idle_memory, "density_max": self.density_max,
@@ -140,94 +140,150 @@ class Study:
         return rounds
 
     # -- running ---------------------------------------------------------------
-    def run(self) -> pd.DataFrame:
-        """Measure every part; return (and keep in ``.df``) the tidy frame."""
+    def run(self, resume: bool = False) -> pd.DataFrame:
+        """Measure every part; return (and keep in ``.df``) the tidy frame.
+
+        Rows join ``.df`` as each run (or each runtime's steady-state measurement) completes.
+        Interrupted (Ctrl-C: KeyboardInterrupt in a notebook) or stopped by an error, the study
+        keeps every completed run in ``.df``, says why it stopped in ``.meta["partial"]``, and
+        lets the exception through; ``.save()`` writes it as it is. A run that fails with an
+        error is a ``failed`` row whose status is the error, and the other runtimes go on.
+
+        Args:
+            resume: continue the results this study holds (after an interruption, or from
+                ``Study.load(directory)``) with the same plan: cells already measured are
+                skipped, so only the rest run.
+        """
         from tqdm.auto import tqdm
 
         t_start = time.time()
-        runtimes, skipped = self.resolve_runtimes()
-        env = envinfo.collect()
+        resume = resume and self.df is not None
+        if resume:
+            runtimes, skipped = list(self.meta["runtimes"]), dict(self.meta.get("skipped", {}))
+            dropped = dict(self.meta.get("dropped", {}))
+            done = _done_cells(self.df)
+        else:
+            runtimes, skipped = self.resolve_runtimes()
+            dropped, done = {}, set()
+            self.df = None
         kinds = {r: _runtimes.get(r).kind for r in runtimes}
         rounds = self.plan(runtimes) if "startup" in self.parts else []
         steady = [p for p in self.parts if p in ("memory", "disk", "density")]
         n_idle = {r: (self.vm_density_max if kinds[r] == "vm" else self.density_max) if "density" in steady
                   else (2 if "disk" in steady else 1) for r in runtimes}
-        total = sum(_COST.get(kinds[rt], 1) for cells in rounds for _, rt, _ in cells)
-        total += sum(_COST.get(kinds[r], 1) * n_idle[r] + 1 for r in runtimes) * len(self.images) if steady else 0
+        todo = [(r, pos, cell) for r, cells in enumerate(rounds) for pos, cell in enumerate(cells)
+                if ("startup", r, cell[0], cell[1], cell[2].name) not in done]
+        todo_steady = [(image, rt) for image in self.images for rt in runtimes
+                       if ("steady", image, rt) not in done] if steady else []
+        total = sum(_COST.get(kinds[rt], 1) for _, _, (_, rt, _) in todo)
+        total += sum(_COST.get(kinds[rt], 1) * n_idle[rt] + 1 for _, rt in todo_steady)
+        if resume:
+            self.meta.setdefault("resumed", []).append(_iso(t_start))
+        else:
+            self.meta = {
+                "params": self.params(), "environment": envinfo.collect(), "metrics": metrics.definitions(),
+                "runtimes": runtimes, "skipped": skipped,
+                "order": [[f"{rt}/{img}/{w.name}" for img, rt, w in cells] for cells in rounds],
+                "started": _iso(t_start), "elapsed_s": 0.0,
+            }
+        self.meta.update(dropped=dropped, partial="running")
+        elapsed_before = self.meta.get("elapsed_s") or 0.0
         bar = tqdm(total=round(total, 2), disable=not self.progress, unit="s(est)", desc="bench",
                    bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
         uid = secrets.token_hex(3)
-        rows: list[dict] = []
-        dropped: dict[str, str] = {}
         failures = {r: 0 for r in runtimes}
         try:
-            for r, cells in enumerate(rounds):
+            for r, pos, (image, rt, w) in todo:
+                if rt in dropped:
+                    continue
+                bar.set_postfix_str(f"startup {rt} {w.name} round {r + 1}/{len(rounds)}")
+                s = self._startup_run(rt, image, w, f"b{uid}-{r}-{pos}")
+                failures[rt] = 0 if s.status == "ok" else failures[rt] + 1
+                if failures[rt] >= MAX_CONSECUTIVE_FAILURES:
+                    dropped[rt] = s.status
                 warm = r < self.warmup
-                for pos, (image, rt, w) in enumerate(cells):
-                    if rt in dropped:
-                        continue
-                    bar.set_postfix_str(f"startup {rt} {w.name} round {r + 1}/{len(rounds)}")
-                    s = startup.measure(rt, image, w, f"b{uid}-{r}-{pos}", self.timeout, self.memory)
-                    failures[rt] = 0 if s.status == "ok" else failures[rt] + 1
-                    if failures[rt] >= MAX_CONSECUTIVE_FAILURES:
-                        dropped[rt] = s.status
-                    ctx = {"part": "startup", "image": image, "runtime": rt, "kind": kinds[rt],
-                           "workload": w.name, "round": r, "order": pos, "warmup": warm,
-                           "repeat": r if warm else r - self.warmup, "accel": s.accel, "status": s.status}
-                    rows += [{**ctx, **row} for row in s.rows]
-                    bar.update(_COST.get(kinds[rt], 1))
+                ctx = {"part": "startup", "image": image, "runtime": rt, "kind": kinds[rt],
+                       "workload": w.name, "round": r, "order": pos, "warmup": warm,
+                       "repeat": r if warm else r - self.warmup, "accel": s.accel, "status": s.status}
+                self._add([{**ctx, **row} for row in s.rows])
+                bar.update(_COST.get(kinds[rt], 1))
             if steady:
-                rows += self._steady(runtimes, kinds, n_idle, uid, bar, dropped)
+                self._steady(runtimes, kinds, n_idle, uid, bar, dropped, done)
+        except BaseException as e:
+            n_done = len(_done_cells(self.df)) if self.df is not None else 0
+            self.meta["partial"] = (f"stopped by {type(e).__name__}{': ' + str(e) if str(e) else ''} "
+                                    f"with {n_done} cells measured; Study.run(resume=True) measures the rest")
+            raise
+        else:
+            self.meta["partial"] = None
         finally:
             bar.close()
+            self.meta["elapsed_s"] = round(elapsed_before + time.time() - t_start, 1)
+            if self.df is None:
+                self.df = storage.normalise(pd.DataFrame())
+        return self.df
+
+    def _startup_run(self, rt: str, image: str, w, name: str) -> startup.Sample:
+        """One startup sample; an unexpected error becomes a failed sample, not the end of the study."""
+        try:
+            return startup.measure(rt, image, w, name, self.timeout, self.memory)
+        except Exception as e:  # noqa: BLE001  (recorded in the frame; the other runtimes go on)
+            s = startup.Sample(status=f"error: {type(e).__name__}: {e}")
+            s.add("failed", 1)
+            return s
+
+    def _add(self, rows: list[dict]) -> None:
+        """Completed rows join ``.df`` at once, so an interruption keeps them."""
+        if not rows:
+            return
         now = time.time()
+        vm_accel = self.meta.get("environment", {}).get("vm_accel", "")
         for row in rows:
             row.setdefault("study", self.name)
             row.setdefault("unit", metrics.unit(row["metric"]))
             row.setdefault("timestamp", now)
             if not row.get("accel") and row.get("kind") == "vm":
-                row["accel"] = env.get("vm_accel", "")
-        self.df = storage.normalise(pd.DataFrame(rows))
-        self.meta = {
-            "params": self.params(), "environment": env, "metrics": metrics.definitions(),
-            "runtimes": runtimes, "skipped": skipped, "dropped": dropped,
-            "order": [[f"{rt}/{img}/{w.name}" for img, rt, w in cells] for cells in rounds],
-            "started": datetime.fromtimestamp(t_start, timezone.utc).isoformat(timespec="seconds"),
-            "elapsed_s": round(time.time() - t_start, 1),
-        }
-        return self.df
+                row["accel"] = vm_accel
+        new = storage.normalise(pd.DataFrame(rows), self.meta.get("metrics"))
+        self.df = new if self.df is None or self.df.empty else \
+            storage.normalise(pd.concat([self.df, new], ignore_index=True), self.meta.get("metrics"))
 
-    def _steady(self, runtimes, kinds, n_idle, uid, bar, dropped) -> list[dict]:
-        rows = []
+    def _steady(self, runtimes, kinds, n_idle, uid, bar, dropped, done) -> None:
         rng = random.Random(self.seed + 1)
+        first = next(p for p in self.parts if p in ("memory", "disk", "density"))
         for image in self.images:
-            img = None
             usages: dict = {}
             if "disk" in self.parts:
                 from .. import images
 
-                img = images.get(image)
-                image_rows, usages = disk.image_rows(img)
-                rows += [{"part": "disk", "image": image, "runtime": "-", "kind": "-", "workload": "-",
-                          "warmup": False, "status": "ok", **r} for r in image_rows]
+                image_rows, usages = disk.image_rows(images.get(image))
+                if ("disk-image", image) not in done:
+                    self._add([{"part": "disk", "image": image, "runtime": "-", "kind": "-", "workload": "-",
+                                "warmup": False, "status": "ok", **r} for r in image_rows])
             order = list(runtimes)
             rng.shuffle(order)  # so a slowly filling host does not always hit the same runtime
             for i, rt in enumerate(order):
-                if rt in dropped:
+                if rt in dropped or ("steady", image, rt) in done:
                     continue
                 bar.set_postfix_str(f"steady state {rt} ({image})")
                 ctx = {"image": image, "runtime": rt, "kind": kinds[rt], "workload": "idle", "warmup": False,
                        "order": i}
-                if "memory" in self.parts:
-                    rows += [{**ctx, "part": "memory", "status": "ok", "n": 0, **r} for r in memory.daemon_rows(rt)]
-                part_rows = density.steady_state(
-                    rt, image, parts=self.parts, max_n=n_idle[rt], memory_budget=self.density_memory_budget,
-                    time_budget=self.density_time_budget, timeout=self.timeout, prefix=f"b{uid}-s{i}",
-                    image_usages=usages, memory_limit=self.idle_memory,
-                    tick=lambda rt=rt: bar.update(_COST.get(kinds[rt], 1)))
-                rows += [{**ctx, **r} for r in part_rows]
+                rows = []
+                try:
+                    if "memory" in self.parts:
+                        rows += [{**ctx, "part": "memory", "status": "ok", "n": 0, **r}
+                                 for r in memory.daemon_rows(rt)]
+                    part_rows = density.steady_state(
+                        rt, image, parts=self.parts, max_n=n_idle[rt], memory_budget=self.density_memory_budget,
+                        time_budget=self.density_time_budget, timeout=self.timeout, prefix=f"b{uid}-s{i}",
+                        image_usages=usages, memory_limit=self.idle_memory,
+                        tick=lambda rt=rt: bar.update(_COST.get(kinds[rt], 1)))
+                    rows += [{**ctx, **r} for r in part_rows]
+                except Exception as e:  # noqa: BLE001  (recorded in the frame; the other runtimes go on)
+                    rows = [{**ctx, "part": first, "metric": "failed", "value": 1,
+                             "status": f"error: {type(e).__name__}: {e}"}]
+                self._add(rows)
                 bar.update(1)
-        return rows
 
     # -- results ---------------------------------------------------------------
     def _need(self) -> pd.DataFrame:
@@ -254,7 +310,7 @@ class Study:
 
     def save(self, directory, figures: bool = True):
         """Write results.csv (+ parquet), study.json, summary.csv, README.md (tables) and, with ``figures``, the PNGs."""
-        from .report import markdown
+        from .tables import markdown
 
         df = self._need()
         d = storage.save(directory, df, self.meta)
@@ -270,20 +326,23 @@ class Study:
 
     @classmethod
     def load(cls, directory) -> "Study":
-        """A study with the saved results and metadata, ready to summarise and plot."""
+        """A study with the saved results and metadata, ready to summarise and plot, or (when it is
+        partial) to finish with ``.run(resume=True)``."""
         df, meta = storage.load(directory)
-        p = meta.get("params", {})
+        p = dict(meta.get("params", {}))
+        known = ("warmup", "vm_repeat", "parts", "timeout", "memory", "idle_memory", "density_max",
+                 "vm_density_max", "density_memory_budget", "density_time_budget")
         study = cls(image=p.get("images") or "busybox", runtimes=p.get("runtimes", "all"),
                     workload=[_saved_workload(w) for w in p.get("workloads", [])] or "true",
                     repeat=p.get("repeat", 10), seed=p.get("seed", 0), name=p.get("name", "study"),
-                    progress=False)
+                    progress=False, **{k: p[k] for k in known if k in p})
         study.df, study.meta = df, meta
         return study
 
     def _repr_html_(self) -> str:
         if self.df is None:
             return f"<pre>{html.escape(repr(self))}</pre>"
-        from .report import memory_table, startup_table
+        from .tables import memory_table, startup_table
 
         parts = [f"<b>{html.escape(repr(self))}</b>"]
         for label, t in (("startup", startup_table(self)), ("memory", memory_table(self))):
@@ -293,15 +352,43 @@ class Study:
 
     def __repr__(self) -> str:
         state = "not run" if self.df is None else f"{len(self.df)} rows"
+        if self.meta.get("partial"):
+            state += ", partial"
         rts = self.runtimes if self.runtimes == "all" else ",".join(self.runtimes)
         return (f"<Study {self.name}: {','.join(self.images)} x {rts} x "
                 f"{','.join(w.name for w in self.workloads)}, repeat={self.repeat}, {state}>")
 
 
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+
+def _done_cells(df: pd.DataFrame) -> set[tuple]:
+    """The cells a frame already holds: ("startup", round, image, runtime, workload) per startup run,
+    ("disk-image", image) for the image's bytes, ("steady", image, runtime) per steady-state measurement."""
+    st = df[df["part"] == "startup"]
+    cells = {("startup", int(r), i, rt, w) for r, i, rt, w in
+             st[["round", "image", "runtime", "workload"]].drop_duplicates().itertuples(index=False)}
+    other = df[df["part"] != "startup"]
+    cells |= {("disk-image", i) for i in other[other["runtime"] == "-"]["image"].unique()}
+    cells |= {("steady", i, rt) for i, rt in
+              other[other["runtime"] != "-"][["image", "runtime"]].drop_duplicates().itertuples(index=False)}
+    return cells
+
+
+def _workload_record(w: Workload) -> dict:
+    """A workload as study.json keeps it: enough to rebuild it (see :func:`_saved_workload`)."""
+    tcp = {"send": w.tcp.decode("latin-1")} if isinstance(w.tcp, bytes) else w.tcp
+    return {"name": w.name, "argv": list(w.argv), "kind": w.kind, "tcp": tcp, "log": w.log,
+            "probe": list(w.probe) if w.probe else None}
+
+
 def _saved_workload(w: dict):
-    """A workload back from study.json (presets by name; any other run-to-exit command as saved)."""
+    """A workload back from study.json (presets by name; anything else as saved)."""
     if w.get("name") in PRESETS:
         return w["name"]
-    if w.get("kind") == "exit":
-        return Workload.exit(w["name"], w["argv"])
-    return Workload("idle", tuple(w["argv"]), "idle") if w.get("kind") == "idle" else "true"
+    tcp = w.get("tcp") or False
+    if isinstance(tcp, dict):
+        tcp = tcp["send"].encode("latin-1")
+    return Workload(w["name"], tuple(w["argv"]), w.get("kind", "exit"), tcp=tcp, log=w.get("log"),
+                    probe=tuple(w["probe"]) if w.get("probe") else None)

@@ -1,4 +1,7 @@
-"""A study as Markdown: the tables a closing note or a README needs, in human units."""
+"""A study's tables (DataFrames in human units) and all of them as one Markdown document.
+
+Not to be confused with :mod:`kit.report`, which turns executed notebooks into reports.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +9,26 @@ import math
 
 import pandas as pd
 
+from . import metrics
 from .stats import measured
 
 MIB = 1024 * 1024
 
 
 def table(df: pd.DataFrame, index: bool = False) -> str:
-    """A DataFrame as a GitHub Markdown table (no third-party formatter needed)."""
-    if index:
-        df = df.reset_index()
-    cols = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in df.itertuples(index=False):
-        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
-    return "\n".join(lines)
+    """A DataFrame as a GitHub Markdown table (``DataFrame.to_markdown``, i.e. tabulate).
+
+    Numbers are shown to 3 significant figures below 100 and whole from 100 up; missing values as
+    blanks.
+    """
+    shown = df.apply(lambda col: col.map(_rounded)).astype(object)  # Series.map: any pandas >= 1.5
+    return shown.where(shown.notna(), None).to_markdown(index=index, floatfmt=".15g", missingval="")
 
 
-def _cell(v) -> str:
-    if isinstance(v, float):
-        return "" if math.isnan(v) else f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
-    return str(v)
+def _rounded(v):
+    if isinstance(v, float) and math.isfinite(v) and v != 0:
+        return round(v) * 1.0 if abs(v) >= 100 else round(v, 2 - math.floor(math.log10(abs(v))))
+    return v
 
 
 def startup_table(study) -> pd.DataFrame:
@@ -113,6 +116,7 @@ def markdown(study, figures: bool = True) -> str:
     """Every table of a study, with the environment and what was left out, as one Markdown document."""
     env = study.meta.get("environment", {})
     p = study.meta.get("params", {})
+    partial = study.meta.get("partial")
     parts = [f"# {p.get('name', 'study')}: {', '.join(p.get('images', []))} × "
              f"{', '.join(study.meta.get('runtimes', []))} × "
              f"{', '.join(w['name'] for w in p.get('workloads', []))}",
@@ -122,6 +126,8 @@ def markdown(study, figures: bool = True) -> str:
              f"kit {env.get('kit_version')} at {env.get('git_commit') or '?'}; {env.get('date')}; "
              f"study took {study.meta.get('elapsed_s')} s (repeat {p.get('repeat')}, VM repeat "
              f"{p.get('vm_repeat')}, warmup {p.get('warmup')}, seed {p.get('seed')})."]
+    if partial:
+        parts.append(f"**Partial study**: {partial}.")
     sections = [("Startup (launch → exit), warmups and failed runs left out", startup_table(study)),
                 ("Teardown", teardown_table(study)), ("Memory of one idle instance", memory_table(study)),
                 ("Image bytes per format", image_table(study)), ("Disk with sharing accounted", disk_table(study)),
@@ -140,4 +146,6 @@ def markdown(study, figures: bool = True) -> str:
                                                 failed.drop_duplicates(["runtime", "status"]).itertuples()))
     if figures:
         parts.append(" ".join(f"![{n}]({n}.png)" for n in ("startup", "phases", "memory", "disk", "density")))
+    if len(study.df):
+        parts.append("## Definitions\n\n" + metrics.markdown(set(study.df["metric"])))
     return "\n\n".join(parts) + "\n"
