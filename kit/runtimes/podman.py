@@ -137,4 +137,10 @@ class PodmanRuntime(Runtime):
         if pid.isdigit() and int(pid) > 0:
             out.add(int(pid))
             out.update(_descendants(int(pid)))
+        out.update(self.monitor_pids(inst))
         return sorted(out)
+
+    def monitor_pids(self, inst: Instance) -> list[int]:
+        """Podman's per-container monitor, conmon: the parent of the container's first process."""
+        pid = self._inspect(inst, "{{.State.ConmonPid}}")
+        return [int(pid)] if pid.isdigit() and int(pid) > 0 else []
