@@ -73,3 +73,18 @@ def test_fetch_keeps_its_directory_private_and_unpacks_exactly_the_package(tmp_p
         kmod.fetch("6.1.0-1-cloud-amd64")
     assert seen["mode"] & 0o077 == 0  # nobody else may write into it
     assert not any((tmp_path / "kernels").iterdir())  # the temporary directory is gone
+
+
+def test_nothing_is_kept_for_a_user_kernel_that_fails_to_boot(tmp_path, names):
+    """A file with a bzImage header that QEMU cannot boot: refused, and its cache folder is gone."""
+    import kit
+    from conftest import need, unique
+
+    need("qemu")
+    fake = _bzimage(tmp_path / "vmlinuz", b"\0" * 4096)
+    k = kmod.resolve(fake)
+    name = unique("badkernel")
+    names.append(name)
+    with pytest.raises(kit.KitError):
+        kit.run("busybox", ["true"], runtime="qemu", kernel=str(fake), name=name, timeout=60)
+    assert not (kmod.kernels_dir() / k.version).exists()

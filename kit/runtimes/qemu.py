@@ -100,6 +100,7 @@ class QemuRuntime(Runtime):
             if inst.spec.detach:
                 vm.wait_for_command(min(inst.spec.timeout or BOOT_DEADLINE, BOOT_DEADLINE))
         except BaseException:
+            vm.forget_unproven_kernel()
             self.cleanup(inst)
             raise
 
@@ -108,7 +109,11 @@ class QemuRuntime(Runtime):
         # Pumped.wait wakes on a pidfd, not Popen's 50 ms polling, so the exit is seen when it
         # happens. TimeoutExpired goes to the caller, nothing killed.
         inst.proc.wait(timeout)
-        inst.exit_code = vm.outcome()
+        try:
+            inst.exit_code = vm.outcome()
+        except StartFailed:
+            vm.forget_unproven_kernel()
+            raise
         return inst.exit_code
 
     def running(self, inst: Instance) -> bool:
@@ -205,6 +210,7 @@ class _VM:
         self.console_log = None
         self.follower: threading.Thread | None = None
         self.exited = threading.Event()  # QEMU has ended
+        self.unproven_kernel_dir: Path | None = None
         self.command_started = threading.Event()
 
     # -- assembling ---------------------------------------------------------
@@ -221,6 +227,9 @@ class _VM:
         opts = self._options()
         inst, spec, image = self.inst, self.spec, self.inst.image
         k = kernel_mod.resolve(opts.get("kernel"), opts.get("modules"))
+        cache = kernel_mod.kernels_dir() / k.version
+        if k.version.startswith("user-") and not cache.exists():
+            self.unproven_kernel_dir = cache  # built for this run: removed if the kernel never boots
         forced = opts.get("accel")
         if forced is not None:
             if forced not in ("kvm", "tcg"):
@@ -433,6 +442,12 @@ class _VM:
             tail = console.strip().splitlines()[-1:] or ["(nothing on the console)"]
             why = f"the VM powered off before the command finished; console: {tail[0][:200]}"
         raise StartFailed(f"qemu: {why}")
+
+    def forget_unproven_kernel(self) -> None:
+        """Remove what this run cached for a user's kernel that never reached the kit's init:
+        nothing is kept for a kernel that failed to boot."""
+        if self.unproven_kernel_dir is not None and "init" not in self.inst.phases:
+            shutil.rmtree(self.unproven_kernel_dir, ignore_errors=True)
 
     def teardown(self) -> None:
         """Kill QEMU if alive; close channels and files; remove sockets (idempotent)."""
