@@ -2,7 +2,11 @@
 
 Each probe runs a small /bin/sh script in the busybox image under the runtime
 and compares what it sees with what the host sees. The frame has one row per
-(runtime, property) with the observed value, the host's value and a verdict.
+(runtime, property) with the observed value, the host's value and a verdict:
+``isolated`` is True, False, or None when it could not be observed from inside
+(the note says why); :func:`matrix` shows ✓, ✗ and ?.
+
+The module itself is callable: ``kit.verify()`` is :func:`verify`.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import os
 import platform
 import socket
+import sys
+import types
 from pathlib import Path
 
 from . import api, runtimes
@@ -25,6 +31,8 @@ echo "hostname=$(hostname)"
 echo "kernel=$(uname -r)"
 grep -E '^(CapEff|Seccomp|NoNewPrivs):' /proc/self/status | sed 's/:[[:space:]]*/=/'
 echo "uid_map=$(tr -s ' ' < /proc/self/uid_map | head -1)"
+echo "root_mount=$(grep ' / / ' /proc/self/mountinfo | head -1 | sed 's/.* - //' | cut -d' ' -f1,2)"
+echo "netdevs=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | tr '\n' ' ')"
 if [ -n "$KIT_PROBE_RO" ]; then
   if touch /kit-ro-probe 2>/dev/null; then rm -f /kit-ro-probe; echo rootfs_writable=yes; else echo rootfs_writable=no; fi
 fi
@@ -58,6 +66,11 @@ def host_view() -> dict[str, str]:
     status = Path("/proc/self/status").read_text()
     for key in ("CapEff", "Seccomp", "NoNewPrivs"):
         view[key] = next((ln.split(":", 1)[1].strip() for ln in status.splitlines() if ln.startswith(key + ":")), "")
+    view["root_mount"] = next((ln.split(" - ", 1)[1].split()[:2] for ln in Path("/proc/self/mountinfo")
+                               .read_text().splitlines() if ln.split()[3:5] == ["/", "/"]), [])
+    view["root_mount"] = " ".join(view["root_mount"])
+    view["netdevs"] = " ".join(sorted(ln.split(":", 1)[0].strip() for ln in
+                                      Path("/proc/net/dev").read_text().splitlines()[2:]))
     return view
 
 
@@ -75,51 +88,108 @@ def _caps(hexmask: str) -> int:
         return -1
 
 
+def _namespace(ns: str, inside: dict, host: dict, kernel: str) -> tuple[bool | None, str]:
+    """Whether the instance has its own ``ns`` namespace, and on what evidence.
+
+    ``kernel`` is ``"host"`` (a Linux container or process: the namespace links compare with
+    the host's), ``"vm"`` (a kernel of its own: every namespace is its own) or ``"sentry"``
+    (gVisor: /proc/self/ns comes from the Sentry's own numbering, or is missing, so nothing
+    compares with the host's links; what the instance sees instead is the evidence).
+    """
+    seen, mine = inside.get(f"ns_{ns}", ""), host[f"ns_{ns}"]
+    if kernel == "vm":
+        return True, "a separate kernel: every namespace is its own"
+    if kernel == "host":
+        if not seen:
+            return None, f"not observable: /proc/self/ns/{ns} is not readable inside"
+        return seen != mine, ""
+    sentry = "the Sentry's own /proc/self/ns (its numbering, not the host's)" if seen else \
+        f"no /proc/self/ns/{ns} in the Sentry's /proc"
+    if ns == "pid":
+        own = _procs_hidden(inside, host)
+        return own, f"{sentry}; {inside.get('procs', '?')} processes visible, {host['procs']} on the host"
+    if ns == "uts":
+        return inside.get("hostname", "") != host["hostname"], f"{sentry}; a hostname of its own"
+    if ns == "mnt":
+        root = inside.get("root_mount", "")
+        return (root != host["root_mount"] if root else None), f"{sentry}; root mounted from {root or '?'!s}"
+    if ns == "net":
+        missing = set(host["netdevs"].split()) - set(inside.get("netdevs", "").split())
+        if not missing:
+            return None, f"not observable: {sentry}, and every host interface is visible or the host has only lo"
+        return True, f"{sentry}; interfaces {inside.get('netdevs', '').strip() or 'none'}, the host's " \
+                     f"{' '.join(sorted(missing))} not among them"
+    return None, f"not observable: {sentry}, and nothing else inside tells the {ns} namespace apart"
+
+
+def _procs_hidden(inside: dict, host: dict) -> bool:
+    procs = inside.get("procs", "")
+    return procs.isdigit() and int(procs) < int(host["procs"]) // 2
+
+
 def probe(runtime: str, image: str = "busybox", memory_check: bool = True, timeout: float = 180) -> list[dict]:
     """Rows describing the isolation ``runtime`` provides here."""
+    rt = runtimes.get(runtime)
     host = host_view()
     inside = _parse(api.run(image, ["sh", "-c", PROBE], runtime=runtime, timeout=timeout).stdout)
-    bare = not runtimes.get(runtime).uses_image
+    bare = not rt.uses_image
     # The bare process shares the host's root: never write there.
     ro = {} if bare else _parse(api.run(image, ["sh", "-c", PROBE], runtime=runtime, timeout=timeout,
                                         read_only=True, env={"KIT_PROBE_RO": "1"}).stdout)
     rows = []
 
     def row(prop, observed, host_value, isolated, note=""):
-        rows.append({"runtime": runtime, "kind": runtimes.get(runtime).kind, "property": prop,
+        rows.append({"runtime": runtime, "kind": rt.kind, "property": prop,
                      "observed": observed, "host": host_value, "isolated": isolated, "note": note})
 
-    separate_kernel = runtimes.get(runtime).kind == "vm"
+    other_kernel = bool(inside.get("kernel")) and inside["kernel"] != host["kernel"]
+    kernel = "vm" if rt.kind == "vm" else ("sentry" if other_kernel else "host")
     for ns in NAMESPACES:
-        seen, mine = inside.get(f"ns_{ns}", ""), host[f"ns_{ns}"]
-        own = separate_kernel or (bool(seen) and seen != mine)
-        row(f"own {ns} namespace", seen or "(unreadable)", mine, own,
-            "a separate kernel: every namespace is its own" if separate_kernel else "")
+        own, note = _namespace(ns, inside, host, kernel)
+        row(f"own {ns} namespace", inside.get(f"ns_{ns}") or "(unreadable)", host[f"ns_{ns}"], own, note)
     # A guest kernel's /proc lists only the guest's own tasks (its kernel threads included,
     # so a count says nothing there); a container's lists the host's unless it has its own PID namespace.
     row("host processes invisible", inside.get("procs", "?") + " visible", host["procs"] + " on host",
-        separate_kernel or (inside.get("procs", "").isdigit() and int(inside["procs"]) < int(host["procs"]) // 2),
-        f"PID 1 inside: {inside.get('pid1', '?')}")
+        kernel == "vm" or _procs_hidden(inside, host), f"PID 1 inside: {inside.get('pid1', '?')}")
     row("hostname independent", inside.get("hostname", ""), host["hostname"],
         inside.get("hostname", "") != host["hostname"])
-    row("separate kernel", inside.get("kernel", ""), host["kernel"], inside.get("kernel", "") != host["kernel"],
-        "gVisor's Sentry answers system calls itself" if runtime == "runsc" else "")
+    row("separate kernel", inside.get("kernel", ""), host["kernel"], other_kernel,
+        "gVisor's Sentry answers system calls itself" if kernel == "sentry" else "")
     cap_in, cap_host = _caps(inside.get("CapEff", "")), _caps(host["CapEff"])
     row("capabilities reduced", f"{cap_in} effective", f"{cap_host} effective", 0 <= cap_in < cap_host)
     seccomp = {"0": "off", "1": "strict", "2": "filter"}
     row("seccomp filter", seccomp.get(inside.get("Seccomp", ""), inside.get("Seccomp", "?")),
-        seccomp.get(host["Seccomp"], host["Seccomp"]), inside.get("Seccomp") == "2")
+        seccomp.get(host["Seccomp"], host["Seccomp"]), inside.get("Seccomp") == "2",
+        "runsc loads the OCI filter only with --oci-seccomp; the Sentry answers every call itself"
+        if kernel == "sentry" else "")
+    writable = ro.get("rootfs_writable")
     row("root filesystem read-only when asked",
-        "the host's own" if bare else ("read-only" if ro.get("rootfs_writable") == "no" else "writable"),
-        "-", ro.get("rootfs_writable") == "no", "not probed: a bare process has no root of its own" if bare else "")
+        "the host's own" if bare else {"no": "read-only", "yes": "writable"}.get(writable, "(no answer)"), "-",
+        None if bare or writable is None else writable == "no",
+        "not observable: a bare process has no root of its own" if bare else "")
     if memory_check:
-        limit, mb = (VM_MEMORY, VM_ALLOC_MB) if separate_kernel else ("32m", 100)
-        r = api.run(image, alloc(mb), runtime=runtime, memory=limit, timeout=timeout)
-        row("memory limit enforced" if separate_kernel else "memory limit enforced (32m, 100 MB asked)",
-            "killed (OOM)" if r.oom_killed else f"exit {r.exit_code}", "-", r.oom_killed or r.exit_code != 0,
-            f"a {limit} guest asked for {mb} MB: the guest kernel's own OOM killer answers" if separate_kernel
-            else ("" if r.oom_killed else "the allocation failed or was killed without an OOM count"))
+        row(*_memory_row(runtime, image, timeout, kernel == "vm"))
     return rows
+
+
+#: One property name for every runtime: the verdict is an OOM kill the runtime counted.
+MEMORY_ROW = "memory limit enforced (OOM kill)"
+
+
+def _memory_row(runtime: str, image: str, timeout: float, vm: bool) -> tuple:
+    """Ask for more memory than the limit allows; only an OOM kill counts as enforcement.
+
+    A non-zero exit alone proves nothing (the command may fail for another reason). Every
+    runtime reports OOM kills its own way (the kit's cgroup, Docker's State.OOMKilled, the
+    guest kernel's oom_kill counter for a VM) into ``RunResult.oom_killed``.
+    """
+    limit, mb = (VM_MEMORY, VM_ALLOC_MB) if vm else ("32m", 100)
+    r = api.run(image, alloc(mb), runtime=runtime, memory=limit, timeout=timeout)
+    observed = "killed (OOM)" if r.oom_killed else f"exit {r.exit_code}, no OOM kill"
+    note = f"{mb} MB asked under a {limit} limit"
+    if vm:
+        note += ": the guest's memory is the limit, and the guest kernel's OOM killer answers"
+    return MEMORY_ROW, observed, limit, r.oom_killed, note
 
 
 def verify(runtime: str | list[str] | None = None, memory_check: bool = True):
@@ -142,7 +212,25 @@ def verify(runtime: str | list[str] | None = None, memory_check: bool = True):
     return pd.DataFrame(rows, columns=["runtime", "kind", "property", "observed", "host", "isolated", "note"])
 
 
+#: How :func:`matrix` shows a verdict: isolated, not isolated, not observable from inside.
+SYMBOLS = {True: "✓", False: "✗", None: "?"}
+
+
 def matrix(df):
-    """``verify()``'s frame pivoted: properties down, runtimes across, ✓/✗."""
-    return df.pivot_table(index="property", columns="runtime", values="isolated", aggfunc="first",
-                          sort=False).replace({True: "✓", False: "✗"})
+    """``verify()``'s frame pivoted: properties down, runtimes across, ✓ / ✗ / ? (not observable).
+
+    A property not probed for a runtime (e.g. no memory check) is an empty cell.
+    """
+    sym = df.assign(symbol=[SYMBOLS[None if v is None or v != v else bool(v)] for v in df.isolated])
+    m = sym.pivot(index="property", columns="runtime", values="symbol")
+    return m.reindex(index=list(dict.fromkeys(df.property)), columns=list(dict.fromkeys(df.runtime))).fillna("")
+
+
+class _CallableModule(types.ModuleType):
+    """``kit.verify`` is this module, and ``kit.verify(...)`` is :func:`verify` (as documented)."""
+
+    def __call__(self, runtime=None, memory_check: bool = True):
+        return verify(runtime, memory_check=memory_check)
+
+
+sys.modules[__name__].__class__ = _CallableModule
