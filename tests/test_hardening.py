@@ -105,7 +105,7 @@ def test_a_blocked_syscall_is_refused(runtime):
     assert r.exit_code != 0
 
 
-@pytest.mark.parametrize("runtime", ["runc", "crun", "lxc"])
+@pytest.mark.parametrize("runtime", ["runc", "crun", "lxc", "docker"])
 def test_without_hardening_the_same_call_succeeds(runtime):
     need(runtime)
     r = kit.run("busybox", PROBE, runtime=runtime, harden=False)
