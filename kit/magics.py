@@ -6,6 +6,7 @@ after IMAGE belongs to the command, untouched. Also ``ps``, ``logs``, ``exec``,
 IMAGE`` runs the cell as a /bin/sh script inside. ``%vm run`` is ``%container
 run -r qemu``; ``%process run CMD...`` runs the bare-process baseline.
 
+Every subcommand takes ``--help``; ``%container?`` shows them all.
 Defaults are traitlets: ``%config ContainerMagics.runtime = "runc"``.
 """
 
@@ -20,41 +21,88 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
 from traitlets import Bool, Float, Int, Unicode
 
-from . import api, images, runtimes
-from .errors import KitError
+from . import api, images, runtimes, spec
+from .errors import InvalidSpec, KitError
 
-SUBCOMMANDS = ("run", "ps", "logs", "exec", "stop", "rm", "images", "runtimes", "prune")
+#: subcommand -> (its arguments, what it does)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("[options] IMAGE [CMD [ARG...]]", "run a command in a new isolated instance"),
+    "ps": ("", "list this session's instances"),
+    "logs": ("NAME", "what a detached instance wrote so far"),
+    "exec": ("NAME CMD [ARG...]", "run a command inside a running instance"),
+    "stop": ("[-t SECONDS] NAME", "stop an instance: SIGTERM, then SIGKILL"),
+    "rm": ("[-f] NAME [NAME...]", "remove instances (-f: stop them first)"),
+    "images": ("", "the images stored here"),
+    "runtimes": ("", "every runtime, whether it works here, and why not"),
+    "prune": ("", "remove every instance of this session (and what dead sessions left)"),
+}
+
+
+class _HelpShown(Exception):
+    """argparse has printed a help text: the magic returns nothing."""
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse whose errors become IPython UsageErrors (shown without a traceback)."""
+    """argparse whose errors become IPython UsageErrors (shown without a traceback), and whose
+    ``--help`` prints the help and returns instead of exiting."""
 
     def error(self, message):
-        raise UsageError(f"%{self.prog}: {message} (see %{self.prog.split()[0]} --help)")
+        raise UsageError(f"{self.prog}: {message}; {self.format_usage().strip()} (see {self.prog} --help)")
 
     def exit(self, status=0, message=None):
         if message:
-            raise UsageError(message)
-        raise UsageError(self.format_help())
+            raise UsageError(message.strip())
+        raise _HelpShown()
 
 
-def _run_parser(prog: str, vm: bool = False) -> _Parser:
-    p = _Parser(prog=prog, add_help=True, description="Run a command in a new isolated instance.")
-    if not vm:
+def _run_parser(prog: str, kind: str = "container") -> _Parser:
+    """The options of ``run``; ``kind`` is container, vm, process or cell (``%%container``)."""
+    args = {"process": "CMD [ARG...]", "cell": "IMAGE  (the cell is the /bin/sh script)"}.get(
+        kind, SUBCOMMANDS["run"][0].replace("[options] ", ""))
+    what = {"vm": "in a new virtual machine (QEMU)", "process": "as a bare process on the host (the baseline)"}
+    p = _Parser(prog=prog, usage=f"%(prog)s [options] {args}",
+                description="Run a command " + what.get(kind, "in a new isolated instance") + ".")
+    if kind in ("container", "cell"):
         p.add_argument("-r", "--runtime", help="process, runc, crun, runsc, lxc, docker, podman or qemu")
     p.add_argument("-d", "--detach", action="store_true", help="start in the background (a service)")
     p.add_argument("--name", help="instance name (default: kit-<random>)")
-    p.add_argument("-m", "--memory", help="memory limit, e.g. 64m")
+    p.add_argument("-m", "--memory", help="memory limit, e.g. 64m" + (" (a VM: its RAM, at least 96m)"
+                                                                      if kind == "vm" else ""))
     p.add_argument("--cpus", help="CPU share, e.g. 1.5")
     p.add_argument("-e", "--env", action="append", default=[], help="KEY=VALUE, repeatable")
-    p.add_argument("-p", "--publish", action="append", default=[], help="HOSTPORT:PORT on 127.0.0.1, repeatable")
     p.add_argument("-w", "--workdir", help="working directory inside")
-    p.add_argument("--hostname", help="hostname inside (default: the name)")
     p.add_argument("--timeout", type=float, help="kill a foreground run after this many seconds")
-    p.add_argument("--read-only", action="store_true", help="read-only root filesystem")
     p.add_argument("--check", action="store_true", help="raise if the command exits non-zero")
-    p.add_argument("--kernel", help="VM only: guest kernel image")
-    p.add_argument("--machine", help="VM only: microvm or q35")
+    if kind != "process":
+        p.add_argument("-p", "--publish", action="append", default=[],
+                       help="HOSTPORT:PORT on 127.0.0.1, repeatable")
+        p.add_argument("--hostname", help="hostname inside (default: the name)")
+        p.add_argument("--read-only", action="store_true", help="read-only root filesystem")
+    if kind in ("container", "cell"):
+        p.add_argument("--no-harden", action="store_true",
+                       help="without the baseline hardening (seccomp filter, dropped capabilities, masked /proc "
+                            "paths) that runc, crun and LXC apply by default, as Docker does")
+    if kind != "process":
+        p.add_argument("--kernel", help="VM only: guest kernel image")
+        p.add_argument("--machine", help="VM only: microvm or q35")
+    return p
+
+
+def _sub_parser(sub: str, magic: str = "container") -> _Parser:
+    """The parser of one subcommand (``run`` included), for its options and its ``--help``."""
+    if sub == "run":
+        return _run_parser(f"%{magic} run", "vm" if magic == "vm" else "container")
+    args, what = SUBCOMMANDS[sub]
+    p = _Parser(prog=f"%{magic} {sub}", usage=f"%(prog)s {args}".rstrip(), description=what[0].upper() + what[1:] + ".")
+    if sub == "stop":
+        p.add_argument("-t", "--time", type=float, default=10.0, metavar="SECONDS",
+                       help="seconds to wait after SIGTERM before SIGKILL (default 10, as docker stop)")
+    if sub == "rm":
+        p.add_argument("-f", "--force", action="store_true", help="stop running instances first")
+    if sub in ("logs", "stop"):
+        p.add_argument("name", metavar="NAME")
+    if sub == "rm":
+        p.add_argument("names", metavar="NAME", nargs="+")
     return p
 
 
@@ -82,6 +130,67 @@ def _tokens(line: str) -> list[str]:
         raise UsageError(f"cannot parse {line!r}: {e} (check your quotes)") from None
 
 
+def _overview(magic: str = "container") -> str:
+    """One line per subcommand: what ``%container`` (or ``%vm``) with no arguments prints."""
+    lines = [f"%{magic} SUBCOMMAND ...: " + ("the same command in a virtual machine (QEMU); other subcommands "
+                                             "as %container" if magic == "vm" else "run and manage isolated instances"), ""]
+    rows = [(f"%{magic} {sub} {args}".rstrip(), what) for sub, (args, what) in SUBCOMMANDS.items()]
+    rows.append(("%%container [options] IMAGE", "run the cell as a /bin/sh script inside"))
+    rows.append((f"%{magic} SUBCOMMAND --help", "the options of one subcommand"))
+    width = max(len(r[0]) for r in rows)
+    lines += [f"  {left:<{width}}  {what}" for left, what in rows]
+    return "\n".join(lines)
+
+
+def _full_help(magic: str) -> str:
+    """What ``%container?`` (``%vm?``, ``%process?``) shows: every subcommand with its options."""
+    if magic == "process":
+        return _run_parser("%process run", "process").format_help()
+    subs = ("run",) if magic == "vm" else tuple(SUBCOMMANDS)
+    return "\n\n".join([_overview(magic)] + [_sub_parser(s, magic).format_help().strip() for s in subs])
+
+
+def _bench_help() -> str:
+    from .bench.options import build_parser
+
+    return build_parser().format_help()
+
+
+def _vm_memory(value: str | None) -> None:
+    """A VM's memory is its RAM: refuse below the VM's own minimum, naming that minimum
+    (before the containers' 6m floor would name the wrong one)."""
+    from .runtimes.qemu import DEFAULT_MEMORY, MIN_MEMORY
+
+    if not value:
+        return
+    try:
+        n = spec.parse_memory(value)
+    except InvalidSpec as e:
+        if "minimum" not in str(e):  # not a size at all: that message is the right one
+            raise
+        n = 0  # below the containers' minimum, so below the VM's too
+    if n < MIN_MEMORY:
+        raise InvalidSpec(f"memory {value!r} is below the {MIN_MEMORY // 1024**2}m a VM needs to boot: give at least "
+                          f"{MIN_MEMORY // 1024**2}m (default {DEFAULT_MEMORY // 1024**2}m)")
+
+
+def _is_vm(rt: str | None) -> bool:
+    try:
+        return bool(rt) and runtimes.get(rt).kind == "vm"
+    except KitError:
+        return False  # an unknown runtime: kit.run says so
+
+
+class Pruned(list):
+    """The names ``%container prune`` removed; shown as one line saying so."""
+
+    def __repr__(self) -> str:
+        return f"removed {len(self)} instance(s)" + (": " + ", ".join(self) if self else "")
+
+    def _repr_pretty_(self, p, cycle):
+        p.text(repr(self))
+
+
 class _Echo:
     """Writes streamed output into the cell as it comes, decoding UTF-8 across chunks."""
 
@@ -104,7 +213,7 @@ class _Echo:
 
 @magics_class
 class ContainerMagics(Magics):
-    """``%container``, ``%%container``, ``%vm`` and ``%process``."""
+    """``%container``, ``%%container``, ``%vm``, ``%process`` and ``%bench``."""
 
     runtime = Unicode("auto", help="default runtime for %container run ('auto': first available)").tag(config=True)
     timeout = Float(0.0, help="default timeout in seconds for foreground runs (0: none)").tag(config=True)
@@ -116,17 +225,18 @@ class ContainerMagics(Magics):
     @no_var_expand
     @line_cell_magic
     def container(self, line, cell=None):
-        """Run and manage isolated instances; ``%container --help`` lists the subcommands."""
-        if cell is not None:
-            return self._guard(self._run, _tokens(line), prog="%container", cell=cell)
+        """Run and manage isolated instances; ``%container`` alone lists the subcommands."""
         tokens = _tokens(line)
+        if cell is not None:
+            return self._guard(self._run, tokens, "%%container", "cell", cell=cell)
         if not tokens or tokens[0] in ("-h", "--help", "help"):
-            return self._help()
+            print(_overview())
+            return None
         sub, rest = tokens[0], tokens[1:]
         if sub not in SUBCOMMANDS:
             raise UsageError(f"%container: unknown subcommand {sub!r}: use one of {', '.join(SUBCOMMANDS)}")
         if sub == "run":
-            return self._guard(self._run, rest, prog="container run")
+            return self._guard(self._run, rest, "%container run", "container")
         return self._guard(getattr(self, f"_{sub}"), rest)
 
     @no_var_expand
@@ -135,120 +245,128 @@ class ContainerMagics(Magics):
         """``%vm run [options] IMAGE CMD...``: the same command in a VM (QEMU); other subcommands as %container."""
         tokens = _tokens(line)
         if not tokens or tokens[0] in ("-h", "--help", "help"):
-            return self._help("vm")
+            print(_overview("vm"))
+            return None
         if tokens[0] != "run":
             return self.container(line)
-        return self._guard(self._run, tokens[1:], prog="vm run", runtime="qemu")
+        return self._guard(self._run, tokens[1:], "%vm run", "vm")
 
     @no_var_expand
     @line_magic
     def process(self, line):
         """``%process run [options] CMD...``: the bare-process baseline on the host."""
         tokens = _tokens(line)
+        if tokens and tokens[0] in ("-h", "--help", "help"):
+            print(_full_help("process"))
+            return None
         if not tokens or tokens[0] != "run":
-            raise UsageError("usage: %process run [options] CMD [ARG...]")
-        return self._guard(self._run, tokens[1:], prog="process run", runtime="process")
+            what = f"unknown subcommand {tokens[0]!r}" if tokens else "no subcommand"
+            raise UsageError(f"%process: {what}; usage: %process run [options] CMD [ARG...] (see %process --help)")
+        return self._guard(self._run, tokens[1:], "%process run", "process")
 
     @no_var_expand
     @line_magic
     def bench(self, line):
-        """``%bench [options]``: run a benchmark study (same options as ``kit bench``)."""
+        """``%bench [options] [WORKLOAD...]``: run a benchmark study (same options as ``kit bench``)."""
         from . import bench
 
         return self._guard(bench.magic, line)
 
     # -- subcommands -----------------------------------------------------
-    def _run(self, tokens, prog, cell=None, runtime=None):
-        parser = _run_parser(prog, vm=runtime == "qemu")
+    def _run(self, tokens, prog, kind, cell=None):
+        parser = _run_parser(prog, kind)
         opts_tokens, rest = _split_run_args(parser, tokens)
-        if "-h" in opts_tokens or "--help" in opts_tokens:
-            raise UsageError(parser.format_help())
         opts = parser.parse_args(opts_tokens)
-        rt = runtime or getattr(opts, "runtime", None) or (None if self.runtime == "auto" else self.runtime)
-        if runtime == "process":  # %process run CMD: no image; %container run -r process IMAGE CMD ignores it
+        fixed = {"vm": "qemu", "process": "process"}.get(kind)
+        rt = fixed or opts.runtime or (None if self.runtime == "auto" else self.runtime)
+        if kind == "process":  # no image: everything left is the command
             image, command = None, rest
+            if not command:
+                raise UsageError(f"{prog}: no command given: {prog} [options] CMD [ARG...], e.g. {prog} echo hello")
         else:
             if not rest:
-                raise UsageError(f"%{prog}: no image given: e.g. %{prog} busybox echo hello")
+                example = "busybox" if cell is not None else "busybox echo hello"
+                raise UsageError(f"{prog}: no image given: e.g. {prog} {example}")
             image, command = rest[0], rest[1:]
         if cell is not None:
             if command:
                 raise UsageError("%%container takes no command: the cell body is the /bin/sh script")
             command = ["/bin/sh", "-c", cell]
         if not command:
-            raise UsageError(f"%{prog}: no command given: put it after the image, e.g. %{prog} busybox echo hello")
-        extra = {k: v for k, v in (("kernel", opts.kernel), ("machine", opts.machine)) if v}
+            raise UsageError(f"{prog}: no command given: put it after the image, e.g. {prog} busybox echo hello")
+        if _is_vm(rt):
+            _vm_memory(opts.memory)
+        extra = {k: v for k, v in (("kernel", getattr(opts, "kernel", None)),
+                                   ("machine", getattr(opts, "machine", None))) if v}
         echo = _Echo(self.max_display_bytes) if self.stream and not opts.detach else None
         result = api.run(
             image, command, runtime=rt, detach=opts.detach, name=opts.name, memory=opts.memory, cpus=opts.cpus,
-            env=opts.env, ports=opts.publish, workdir=opts.workdir, hostname=opts.hostname,
-            timeout=opts.timeout or (self.timeout or None), read_only=opts.read_only, stream=echo,
+            env=opts.env, ports=getattr(opts, "publish", []), workdir=opts.workdir,
+            hostname=getattr(opts, "hostname", None), timeout=opts.timeout or (self.timeout or None),
+            read_only=getattr(opts, "read_only", False), harden=not getattr(opts, "no_harden", False), stream=echo,
             check=opts.check or self.raise_on_error, **extra,
         )
         result.streamed = echo is not None and echo.shown > 0
         return result
 
     def _ps(self, tokens):
+        _sub_parser("ps").parse_args(tokens)
         return api.ps()
 
-    def _one_name(self, tokens, sub):
-        if len(tokens) != 1:
-            raise UsageError(f"usage: %container {sub} NAME")
-        return tokens[0]
-
     def _logs(self, tokens):
-        return api.logs(self._one_name(tokens, "logs"))
+        return api.logs(_sub_parser("logs").parse_args(tokens).name)
 
     def _exec(self, tokens):
-        if len(tokens) < 2:
-            raise UsageError("usage: %container exec NAME CMD [ARG...]")
+        parser = _sub_parser("exec")
+        opts_tokens, rest = _split_run_args(parser, tokens)
+        parser.parse_args(opts_tokens)  # --help, or an option exec does not have
+        if len(rest) < 2:
+            parser.error("give the instance's NAME and the command to run")
         echo = _Echo(self.max_display_bytes) if self.stream else None
-        result = api.exec_(tokens[0], tokens[1:], stream=echo)
+        result = api.exec_(rest[0], rest[1:], stream=echo)
         result.streamed = echo is not None and echo.shown > 0
         return result
 
     def _stop(self, tokens):
-        p = _Parser(prog="container stop", description="Stop an instance: SIGTERM, then SIGKILL.")
-        p.add_argument("-t", "--time", type=float, default=10.0,
-                       help="seconds to wait after SIGTERM before SIGKILL (default 10, as docker stop)")
-        p.add_argument("name")
-        if not [t for t in tokens if not t.startswith("-")]:
-            raise UsageError("usage: %container stop [-t SECONDS] NAME")
-        opts = p.parse_args(tokens)
+        opts = _sub_parser("stop").parse_args(tokens)
         if not 0 <= opts.time <= 3600:
             raise UsageError("%container stop: -t takes 0 to 3600 seconds")
         return api.stop(opts.name, timeout=opts.time)
 
     def _rm(self, tokens):
-        force = any(t in ("-f", "--force") for t in tokens)
-        names = [t for t in tokens if t not in ("-f", "--force")]
-        if not names:
-            raise UsageError("usage: %container rm [-f] NAME [NAME...]")
-        for n in names:
-            api.rm(n, force=force)
-        print("removed " + ", ".join(names))
+        opts = _sub_parser("rm").parse_args(tokens)
+        for n in opts.names:
+            api.rm(n, force=opts.force)
+        print("removed " + ", ".join(opts.names))
 
     def _images(self, tokens):
+        _sub_parser("images").parse_args(tokens)
         return images.table()
 
     def _runtimes(self, tokens):
+        _sub_parser("runtimes").parse_args(tokens)
         return runtimes.available()
 
     def _prune(self, tokens):
-        removed = api.prune()
-        print(f"removed {len(removed)} instance(s)" + (": " + ", ".join(removed) if removed else ""))
-        return removed
-
-    def _help(self, which="container"):
-        print(__doc__)
-        return None
+        _sub_parser("prune").parse_args(tokens)
+        return Pruned(api.prune())
 
     def _guard(self, fn, *args, **kw):
         try:
             return fn(*args, **kw)
+        except _HelpShown:
+            return None
         except KitError as e:
             # KitErrors are the user's to fix: one line, no traceback.
             raise UsageError(f"{type(e).__name__}: {e}") from None
+
+
+# ``%container?`` and friends show the real usage, built from the parsers when asked
+# (IPython's ``?`` calls an object's ``getdoc()``; building the %bench parser imports kit.bench).
+ContainerMagics.container.getdoc = lambda: _full_help("container")
+ContainerMagics.vm.getdoc = lambda: _full_help("vm")
+ContainerMagics.process.getdoc = lambda: _full_help("process")
+ContainerMagics.bench.getdoc = _bench_help
 
 
 def load_ipython_extension(ipython):

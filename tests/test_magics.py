@@ -1,5 +1,7 @@
 """The magics, driven through a real IPython shell (run_line_magic / run_cell_magic)."""
 
+import re
+
 import pytest
 from IPython.core.error import UsageError
 
@@ -82,15 +84,20 @@ def test_images_and_runtimes_tables(ip):
     assert (rts[~rts.available].reason.str.len() > 0).all()  # every unavailable runtime says why
 
 
-def test_prune_removes_everything_of_the_session(ip):
-    for i in range(2):
-        ip.run_line_magic("container", f"run -d --name {unique('p')} -r process busybox sleep 300")
+def test_prune_removes_everything_of_the_session_and_says_so_once(ip, capsys):
+    started = [unique("p") for _ in range(2)]
+    for name in started:
+        ip.run_line_magic("container", f"run -d --name {name} -r process busybox sleep 300")
     removed = ip.run_line_magic("container", "prune")
-    assert len(removed) >= 2 and kit.ps().empty
+    assert set(started) <= set(removed) and kit.ps().empty
+    assert capsys.readouterr().out == ""  # nothing printed: the result's repr is the one message
+    assert repr(removed).startswith(f"removed {len(removed)} instance(s): ")
+    res = ip.run_cell("%container prune")  # as a notebook cell: shown once, as the message
+    shown = capsys.readouterr().out
+    assert res.success and shown.count("removed 0 instance(s)") == 1 and "[]" not in shown
 
 
 @pytest.mark.parametrize("line,match", [
-    ("", None),
     ("frobnicate", "unknown subcommand"),
     ("run", "no image"),
     ("run busybox", "no command"),
@@ -112,18 +119,23 @@ def test_prune_removes_everything_of_the_session(ip):
     ("logs nobody-by-that-name", "no instance"),
     ("exec nobody-by-that-name ls", "no instance"),
     ("stop nobody-by-that-name", "no instance"),
-    ("stop", "usage"),
+    ("stop", "usage: %container stop"),
     ("stop -t -1 x", "seconds"),
     ("stop -t soon x", "invalid float"),
-    ("rm", "usage"),
+    ("rm", "usage: %container rm"),
+    ("ps --bogus", r"%container ps: unrecognized arguments: --bogus"),
+    ("images -a", r"%container images: unrecognized arguments: -a"),
+    ("runtimes --all", r"%container runtimes: unrecognized arguments: --all"),
+    ("prune --force", r"%container prune: unrecognized arguments: --force"),
+    ("logs a b", r"%container logs: unrecognized arguments: b"),
+    ("exec --bogus x ls", r"%container exec: unrecognized arguments: --bogus"),
+    ("exec only-a-name", r"usage: %container exec NAME CMD"),
+    ("rm --bogus x", r"%container rm: unrecognized arguments: --bogus"),
 ])
 def test_bad_input_gives_one_line_usage_error(ip, line, match):
-    if match is None:
-        assert ip.run_line_magic("container", line) is None  # help
-        return
     with pytest.raises(UsageError, match=match) as err:
         ip.run_line_magic("container", line)
-    assert "Traceback" not in str(err.value)
+    assert "Traceback" not in str(err.value) and "\n" not in str(err.value).strip()
     assert kit.ps().empty
 
 
@@ -146,3 +158,125 @@ def test_run_cell_reports_usage_error_without_traceback(ip, capsys):
     captured = capsys.readouterr()
     assert "memory 'bogus'" in captured.err + captured.out
     assert "Traceback" not in captured.err + captured.out
+
+
+# -- help: every magic and every subcommand shows its usage and returns, never raises -------
+
+@pytest.mark.parametrize("magic,line,expect", [
+    ("container", "", ["%container run [options] IMAGE [CMD [ARG...]]", "%container stop [-t SECONDS] NAME"]),
+    ("container", "--help", ["%container prune", "%%container [options] IMAGE"]),
+    ("container", "run --help", ["usage: %container run [options] IMAGE", "--no-harden", "--read-only", "-r RUNTIME"]),
+    ("container", "run -r runc --help", ["usage: %container run"]),
+    ("container", "ps --help", ["usage: %container ps"]),
+    ("container", "logs --help", ["usage: %container logs NAME"]),
+    ("container", "exec --help", ["usage: %container exec NAME CMD [ARG...]"]),
+    ("container", "stop --help", ["usage: %container stop [-t SECONDS] NAME", "SIGKILL"]),
+    ("container", "rm --help", ["usage: %container rm [-f] NAME [NAME...]", "--force"]),
+    ("container", "images --help", ["usage: %container images"]),
+    ("container", "runtimes --help", ["usage: %container runtimes"]),
+    ("container", "prune --help", ["usage: %container prune"]),
+    ("vm", "", ["%vm run [options] IMAGE", "other subcommands as %container"]),
+    ("vm", "run --help", ["usage: %vm run [options] IMAGE", "--kernel", "at least 96m"]),
+    ("vm", "stop --help", ["usage: %container stop"]),
+    ("process", "--help", ["usage: %process run [options] CMD [ARG...]", "--timeout"]),
+    ("process", "run --help", ["usage: %process run [options] CMD [ARG...]"]),
+    ("bench", "--help", ["usage: %bench", "--repeat", "--parts"]),
+    ("bench", "-h", ["usage: %bench"]),
+])
+def test_help_prints_usage_and_returns_none(ip, capsys, magic, line, expect):
+    assert ip.run_line_magic(magic, line) is None
+    out = capsys.readouterr().out
+    for text in expect:
+        assert text in out, (text, out)
+    assert kit.ps().empty  # help starts nothing
+
+
+def test_help_of_a_run_for_a_process_offers_no_image_options(ip, capsys):
+    ip.run_line_magic("process", "run --help")
+    out = capsys.readouterr().out
+    assert "--runtime" not in out and "--kernel" not in out and "--publish" not in out
+    with pytest.raises(UsageError, match="%process run: unrecognized arguments: -r;"):
+        ip.run_line_magic("process", "run -r runc echo hi")
+
+
+@pytest.mark.parametrize("magic,expect", [
+    ("container", ["%container run [options] IMAGE", "--no-harden", "usage: %container stop [-t SECONDS] NAME",
+                   "usage: %container prune"]),
+    ("vm", ["usage: %vm run [options] IMAGE", "--machine"]),
+    ("process", ["usage: %process run [options] CMD [ARG...]"]),
+    ("bench", ["usage: %bench", "--density-max"]),
+])
+def test_question_mark_shows_the_real_usage(ip, capsys, magic, expect):
+    res = ip.run_cell(f"%{magic}?")
+    out = capsys.readouterr().out
+    assert res.success
+    for text in expect:
+        assert text in out, (text, out[:2000])
+
+
+def test_bench_bad_options_are_one_line(ip):
+    with pytest.raises(UsageError, match="bench: argument -n/--repeat: invalid int value: 'many'"):
+        ip.run_line_magic("bench", "-n many")
+    with pytest.raises(UsageError, match="check your quotes"):
+        ip.run_line_magic("bench", "-r 'process")
+
+
+# -- messages that name the right thing -------------------------------------------------
+
+def test_process_run_without_a_command_shows_its_own_usage(ip):
+    with pytest.raises(UsageError) as err:
+        ip.run_line_magic("process", "run")
+    assert str(err.value) == ("%process run: no command given: %process run [options] CMD [ARG...], "
+                              "e.g. %process run echo hello")
+    with pytest.raises(UsageError, match=r"%process run: no command given: %process run \[options\] CMD"):
+        ip.run_line_magic("process", "run -m 64m")
+    with pytest.raises(UsageError, match=r"^%process: no subcommand; usage: %process run"):
+        ip.run_line_magic("process", "")
+
+
+@pytest.mark.parametrize("magic,line", [
+    ("vm", "run -m 1k busybox echo hi"),        # below the containers' 6m too
+    ("vm", "run -m 64m busybox echo hi"),       # a container could, a VM cannot
+    ("container", "run -r qemu -m 1k busybox echo hi"),
+])
+def test_vm_memory_below_the_vms_minimum_names_the_vms_minimum(ip, magic, line):
+    from kit.runtimes.qemu import MIN_MEMORY
+
+    with pytest.raises(UsageError, match=f"a VM needs to boot: give at least {MIN_MEMORY // 1024**2}m") as err:
+        ip.run_line_magic(magic, line)
+    assert not re.search(r"(?<!\d)6m", str(err.value))  # not the containers' minimum
+    assert kit.ps().empty  # refused before anything started
+
+
+def test_vm_memory_that_is_no_size_says_so(ip):
+    with pytest.raises(UsageError, match="memory '12zz' is not a size"):
+        ip.run_line_magic("vm", "run -m 12zz busybox echo hi")
+
+
+def test_container_memory_minimum_is_still_the_containers(ip):
+    with pytest.raises(UsageError, match="below the 6m minimum"):
+        ip.run_line_magic("container", "run -r process -m 1k busybox echo hi")
+
+
+def test_no_harden_reaches_kit_run(ip, monkeypatch):
+    seen = []
+    real = kit.api.run
+
+    def spy(*args, **kw):
+        seen.append(kw["harden"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(kit.api, "run", spy)
+    assert ip.run_line_magic("container", "run -r process busybox true").exit_code == 0
+    assert ip.run_line_magic("container", "run --no-harden -r process busybox true").exit_code == 0
+    assert seen == [True, False]
+
+
+@pytest.mark.parametrize("runtime", ("runc", "lxc"))
+def test_no_harden_lifts_the_seccomp_filter(ip, runtime):
+    """Hardened by default, the baseline filter refuses unshare; --no-harden runs without it."""
+    need(runtime)
+    probe = "unshare -U true 2>/dev/null && echo allowed || echo refused"
+    hard = ip.run_line_magic("container", f"run -r {runtime} busybox sh -c '{probe}'")
+    soft = ip.run_line_magic("container", f"run --no-harden -r {runtime} busybox sh -c '{probe}'")
+    assert (hard.stdout.strip(), soft.stdout.strip()) == ("refused", "allowed"), (hard, soft)

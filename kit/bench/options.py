@@ -39,9 +39,20 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+class _HelpShown(Exception):
+    """``--help`` has printed the help: the magic returns nothing."""
+
+
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one-line KitError instead of SystemExit, for the magic
+    """For the magic: a bad option is a one-line KitError and ``--help`` returns, neither is SystemExit."""
+
+    def error(self, message):
         raise InvalidSpec(f"bench: {message} (see %bench --help)")
+
+    def exit(self, status=0, message=None):
+        if message:
+            raise InvalidSpec(f"bench: {message.strip()}")
+        raise _HelpShown()
 
 
 def build_parser(prog: str = "%bench") -> argparse.ArgumentParser:
@@ -64,12 +75,19 @@ def study_kwargs(ns: argparse.Namespace) -> dict:
 def magic(line: str):
     """What ``%bench LINE`` does: build the Study, run it, save it if ``-o`` was given; return the Study.
 
+    ``%bench --help`` prints the options and returns None.
+
     Raises:
-        InvalidSpec: bad options (one line, no traceback needed).
+        InvalidSpec: bad options or unbalanced quotes (one line, no traceback needed).
     """
     from .study import Study
 
-    ns = build_parser().parse_args(shlex.split(line))
+    try:
+        ns = build_parser().parse_args(shlex.split(line))
+    except _HelpShown:
+        return None
+    except ValueError as e:  # shlex: unbalanced quotes
+        raise InvalidSpec(f"bench: cannot parse {line!r}: {e} (check your quotes)") from None
     study = Study(**study_kwargs(ns))
     study.run()
     if ns.out:
