@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib
 import io
 import json
 import os
@@ -18,6 +19,8 @@ import kit
 from kit.errors import ImageError
 from kit.images import archive, engine, store
 from tests.conftest import need
+
+debian_mod = importlib.import_module("kit.images.debian")  # kit.images.debian is the function
 
 
 @pytest.fixture
@@ -266,9 +269,7 @@ def test_debian_failure_says_why_and_leaves_nothing(image_names):
 
 
 def test_debian_without_debootstrap_says_how_to_install(image_names, monkeypatch):
-    import importlib
-
-    monkeypatch.setattr(importlib.import_module("kit.images.debian"), "_debootstrap", lambda: None)
+    monkeypatch.setattr(debian_mod, "_debootstrap", lambda: None)
     with pytest.raises(ImageError, match="apt-get install debootstrap"):
         kit.images.debian(image_names(), packages=["redis-server"])
 
@@ -290,3 +291,102 @@ def test_debian_redis_runs_under_docker(docker_client):
     kit.images.debian("debian-redis", packages=["redis-server"])
     r = kit.run("debian-redis", ["redis-server", "--version"], runtime="docker", name=f"it-{secrets.token_hex(3)}")
     assert r.exit_code == 0 and r.stdout.startswith("Redis server v=7")
+
+
+# -- the Debian mirror: the host's apt sources, a setting, an argument ----------------
+
+DEB822 = """\
+Types: deb
+# http://snapshot.debian.org/archive/debian/20250520T000000Z
+URIs: http://mirror.example.net/debian/
+Suites: bookworm bookworm-updates
+Components: main contrib
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://mirror.example.net/debian-security
+Suites: bookworm-security
+Components: main
+
+Types: deb-src
+URIs: http://src-only.example.net/debian
+Suites: trixie
+Components: main
+"""
+
+
+def write_apt(root: Path, files: dict[str, str], os_release: str = "ID=debian\nVERSION_CODENAME=bookworm\n") -> Path:
+    """A fake /etc: ``files`` maps paths under etc/apt to their text; returns etc/apt."""
+    apt = root / "etc" / "apt"
+    (apt / "sources.list.d").mkdir(parents=True)
+    (root / "etc" / "os-release").write_text(os_release)
+    for rel, text in files.items():
+        (apt / rel).write_text(text)
+    return apt
+
+
+def test_apt_sources_reads_deb822_stanzas(tmp_path):
+    apt = write_apt(tmp_path, {"sources.list.d/debian.sources": DEB822})
+    entries = debian_mod.apt_sources(apt)
+    # deb-src is not a package source for debootstrap; the two deb stanzas are.
+    assert [(e["uri"], e["suites"], e["components"]) for e in entries] == [
+        ("http://mirror.example.net/debian/", ["bookworm", "bookworm-updates"], ["main", "contrib"]),
+        ("http://mirror.example.net/debian-security", ["bookworm-security"], ["main"])]
+    assert entries[0]["file"].endswith("debian.sources")
+    assert debian_mod.host_mirror("bookworm", apt) == ("http://mirror.example.net/debian",
+                                                       str(apt / "sources.list.d/debian.sources"))
+
+
+def test_apt_sources_reads_one_line_lists_and_skips_what_apt_skips(tmp_path):
+    apt = write_apt(tmp_path, {
+        "sources.list": "# deb http://commented.example/debian bookworm main\n"
+                        "deb-src http://src.example/debian bookworm main\n"
+                        "deb [arch=amd64 signed-by=/usr/share/keyrings/x.gpg] https://third.example/apt bookworm main\n"
+                        "deb http://ftp.example.org/debian/ bookworm main non-free  # the host's mirror\n",
+        "sources.list.d/ignored.list.disabled": "deb http://disabled.example/debian bookworm main\n",
+        "sources.list.d/off.sources": "Types: deb\nURIs: http://off.example/debian\nSuites: bookworm\n"
+                                      "Components: main\nEnabled: no\n",
+    })
+    uris = [e["uri"] for e in debian_mod.apt_sources(apt)]
+    assert uris == ["https://third.example/apt", "http://ftp.example.org/debian/"]
+    # A third-party repository signed with its own key loses to the Debian line naming the same suite.
+    assert debian_mod.host_mirror("bookworm", apt)[0] == "http://ftp.example.org/debian"
+
+
+def test_another_suite_uses_the_mirror_of_the_hosts_own_release(tmp_path):
+    apt = write_apt(tmp_path, {"sources.list": "deb http://ftp.example.org/debian bookworm main\n"
+                                               "deb https://deb.nodesource.com/node_20.x nodistro main\n"})
+    assert debian_mod.host_mirror("trixie", apt)[0] == "http://ftp.example.org/debian"
+    # ... only on a Debian host: an Ubuntu archive does not carry Debian's suites.
+    ubuntu = write_apt(tmp_path / "u", {"sources.list": "deb http://archive.ubuntu.com/ubuntu jammy main\n"},
+                       os_release="ID=ubuntu\nID_LIKE=debian\nVERSION_CODENAME=jammy\n")
+    assert debian_mod.host_mirror("bookworm", ubuntu) is None
+    assert debian_mod.choose_mirror(None, "bookworm", ubuntu) == (
+        debian_mod.FALLBACK_MIRROR, "fallback (the host's apt sources name no Debian mirror)")
+
+
+def test_the_setting_and_the_argument_override_the_host(tmp_path, monkeypatch):
+    apt = write_apt(tmp_path, {"sources.list.d/debian.sources": DEB822})
+    monkeypatch.delenv(debian_mod.MIRROR_ENV, raising=False)
+    assert debian_mod.choose_mirror(None, "bookworm", apt)[0] == "http://mirror.example.net/debian"
+    monkeypatch.setenv(debian_mod.MIRROR_ENV, "http://setting.example/debian/")
+    assert debian_mod.choose_mirror(None, "bookworm", apt) == ("http://setting.example/debian", "KIT_DEBIAN_MIRROR")
+    assert debian_mod.choose_mirror("file:///srv/mirror", "bookworm", apt) == ("file:///srv/mirror", "argument")
+    with pytest.raises(ImageError, match="not a mirror debootstrap can use"):
+        debian_mod.choose_mirror("deb.debian.org/debian", "bookworm", apt)
+
+
+def test_an_image_built_from_another_mirror_is_not_rebuilt(image_names, tmp_path, monkeypatch):
+    """The mirror is provenance, not identity: the same suite and packages from another mirror
+    return the stored image (a build would need debootstrap, which is made to be missing)."""
+    name = image_names("deb")
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "etc").mkdir(parents=True)
+    (rootfs / "etc" / "marker").write_text(name)  # its own content, so its own digest
+    old = debian_mod.recipe(["redis-server"], "bookworm", "http://old-mirror.example/debian")
+    store.add(name, rootfs, source="debootstrap:bookworm+redis-server", config_={"recipe": old})
+    monkeypatch.setattr(debian_mod, "_debootstrap", lambda: None)
+    monkeypatch.setenv(debian_mod.MIRROR_ENV, "http://new-mirror.example/debian")
+    assert kit.images.debian(name, packages=["redis-server"]).config["recipe"]["mirror"] == old["mirror"]
+    with pytest.raises(ImageError, match="apt-get install debootstrap"):  # other packages: a new build
+        kit.images.debian(name, packages=["redis-server", "curl"])

@@ -10,7 +10,7 @@ import sys
 import time
 
 from . import get
-from .debian import debian
+from .debian import choose_mirror, debian
 
 #: name -> Debian packages
 SERVICE_IMAGES = {
@@ -21,6 +21,8 @@ SERVICE_IMAGES = {
 
 def main() -> int:
     get("busybox")
+    uri, origin = choose_mirror()
+    print(f"Debian mirror: {uri} (from {origin})")
     for name, packages in SERVICE_IMAGES.items():
         t0 = time.monotonic()
         img = debian(name, packages=packages)
