@@ -5,20 +5,22 @@
 >>> df = study.run()            # one row per (run, metric); every run kept
 >>> study.summary(); study.relative(); study.plot()
 >>> study.save("results"); Study.load("results").plot()
+>>> Study.load("results").run(resume=True)   # a study that was interrupted: measure only what is missing
 
 The same from a terminal: ``kit bench -r all -n 10 true``; in IPython: ``%bench ...``
-(see :func:`build_parser` and :func:`magic`).
+(see :func:`build_parser` and :func:`magic`). What every number means: :data:`METRICS`
+(also in README.md, in every saved ``study.json`` and in ``df.attrs["metrics"]``).
 """
 
 from __future__ import annotations
 
-from . import stats
+from . import stats, tables
 from .metrics import METRICS
 from .options import build_parser, magic
 from .study import PARTS, Study
 from .workloads import PRESETS, Workload
 
-__all__ = ["Study", "Workload", "PRESETS", "METRICS", "PARTS", "stats", "build_parser", "magic", "load"]
+__all__ = ["Study", "Workload", "PRESETS", "METRICS", "PARTS", "stats", "tables", "build_parser", "magic", "load"]
 
 
 def load(directory) -> Study:

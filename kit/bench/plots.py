@@ -106,7 +106,7 @@ def startup(df: pd.DataFrame, meta: dict):
 
 
 def phases(df: pd.DataFrame, meta: dict):
-    """Median time of each milestone a runtime exposes, after its launch.
+    """Median time of each milestone a runtime exposes, after the request (prepare = its launch).
 
     Top: every runtime on one log axis. Below: one linear timeline per runtime
     with three or more milestones (Docker, VMs), where they would crowd on a log axis.
@@ -128,7 +128,7 @@ def phases(df: pd.DataFrame, meta: dict):
         ax.hlines(i, 0, pts["value"].max() * 1000, color=c, lw=2)
         ax.scatter(pts["value"] * 1000, [i] * len(pts), color=c, zorder=3)
     ax.set_yticks(range(len(order)), order)
-    ax.set_xlabel("ms after launch (median)")
+    ax.set_xlabel("ms after the request (median)")
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xlim(left=0)
     ax.grid(True, axis="x", alpha=0.3)
@@ -144,7 +144,7 @@ def phases(df: pd.DataFrame, meta: dict):
         sub.set_yticks([0], [r])
         sub.set_ylim(-1, 1)
         sub.set_xlim(left=0)
-        sub.set_xlabel(f"{r}: ms after launch (median, linear)")
+        sub.set_xlabel(f"{r}: ms after the request (median, linear)")
         sub.grid(True, axis="x", alpha=0.3)
     fig.suptitle(title("Startup phases", df, meta), fontsize=10)
     fig.tight_layout()
