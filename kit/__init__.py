@@ -5,6 +5,8 @@
 'hello\\n'
 
 In IPython or Jupyter: ``%load_ext kit``, then ``%container run busybox echo hello``.
+``kit.bench`` (studies) and ``kit.verify`` (the isolation matrix) load on first use, so
+``import kit`` stays light (no pandas, no matplotlib).
 """
 
 from __future__ import annotations
@@ -20,8 +22,23 @@ exec = exec_  # noqa: A001  (kit.exec(name, cmd) reads naturally; the builtin is
 
 __all__ = [
     "__version__", "run", "start", "ps", "logs", "exec", "stop", "rm", "prune",
-    "RunResult", "KitError", "errors", "images", "runtimes", "load_ipython_extension",
+    "RunResult", "KitError", "errors", "images", "runtimes", "load_ipython_extension", "bench", "verify",
 ]
+
+#: Public subpackages imported on first attribute access (PEP 562), not by ``import kit``.
+_LAZY = ("bench", "verify")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)  # also binds kit.<name>
+    raise AttributeError(f"module 'kit' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def load_ipython_extension(ipython):
