@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 from . import errors, images, runtimes
 from .api import exec_, logs, prune, ps, rm, run, start, stop
 from .errors import KitError
+from .net import free_port, wait_for_port, wait_until
 from .result import RunResult
 
 exec = exec_  # noqa: A001  (kit.exec(name, cmd) reads naturally; the builtin is untouched)
@@ -23,6 +24,7 @@ exec = exec_  # noqa: A001  (kit.exec(name, cmd) reads naturally; the builtin is
 __all__ = [
     "__version__", "run", "start", "ps", "logs", "exec", "stop", "rm", "prune",
     "RunResult", "KitError", "errors", "images", "runtimes", "load_ipython_extension", "bench", "verify",
+    "net", "free_port", "wait_for_port", "wait_until",
 ]
 
 #: Public subpackages imported on first attribute access (PEP 562), not by ``import kit``.
