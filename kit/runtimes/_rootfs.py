@@ -13,6 +13,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import StartFailed
@@ -49,6 +51,35 @@ def mount_overlay(lower: Path, state_dir: Path, target: Path) -> Path:
             "the kit needs root and a kernel with overlayfs (modprobe overlay)"
         )
     return target
+
+
+def shareable(rootfs: Path, mount_points, cwd: str) -> bool:
+    """Whether a read-only run can use the image's ``rootfs`` as it is, with no overlay.
+
+    Only when the runtime will not have to create anything in it: each top-level mount point
+    (``/proc``, ``/dev``, ``/sys``) and the working directory are already there, as real
+    directories (a runtime makes a missing one before it makes the root read-only, and that
+    would write into the image every instance shares).
+    """
+    wanted = {"/" + m.strip("/").split("/", 1)[0] for m in mount_points} | {cwd}
+    for rel in wanted:
+        path = rootfs / rel.lstrip("/")
+        if path.is_symlink() or not path.is_dir():
+            return False
+    return True
+
+
+@contextmanager
+def step(inst, name: str):
+    """Time one preparation step of a start into ``inst.info["prepare_ms"][name]``.
+
+    benchmarks/bench_overhead.py reads these to show where the kit's milliseconds go.
+    """
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        inst.info.setdefault("prepare_ms", {})[name] = round((time.perf_counter() - t0) * 1e3, 3)
 
 
 def unmount(target: Path) -> None:
@@ -92,10 +123,15 @@ def workdir(spec, image) -> str:
 
 
 def kit_cgroup(inst):
-    """The kit-owned cgroup the instance is placed below, limited as the spec asks.
+    """The cgroup the instance is measured by, ``kit/<session>-<name>``; None when this host
+    gives the kit no cgroups (not root).
 
-    Made even without limits, so every container has a cgroup to measure
-    (working set, PIDs). None when this host gives the kit no cgroups (not root).
+    With a memory or CPU limit the kit creates the group, limits it, and the runtime places the
+    container *below* it (:func:`container_cgroup`), so the limit and its OOM count survive the
+    runtime deleting its own group. Without limits the kit creates nothing: the runtime makes the
+    group itself, as a plain ``runc run`` makes its own anyway, so a start pays no mkdirs of the
+    kit's (about 0.35 ms on cgroup v1); usage and PIDs are read from it all the same, and
+    whatever the runtime leaves of it goes at teardown.
     """
     from .. import cgroups, config
 
@@ -103,4 +139,35 @@ def kit_cgroup(inst):
         if inst.spec.memory or inst.spec.cpus:
             raise StartFailed(f"cannot apply memory/cpu limits: {cgroups.writable()}")
         return None
-    return cgroups.for_instance(config.SESSION_ID, inst.name).create(inst.spec.memory, inst.spec.cpus)
+    group = cgroups.for_instance(config.SESSION_ID, inst.name)
+    if inst.spec.memory or inst.spec.cpus:
+        group.create(inst.spec.memory, inst.spec.cpus)
+    return group
+
+
+def container_cgroup(inst) -> str | None:
+    """The runtime's cgroup path for the container (OCI ``cgroupsPath``): below the kit's limited
+    group, or that group itself when there is no limit (the runtime then creates and removes it)."""
+    if inst.cgroup is None:
+        return None
+    return f"/{inst.cgroup.rel}/ctr" if inst.spec.memory or inst.spec.cpus else f"/{inst.cgroup.rel}"
+
+
+def monitor_pids(inst) -> list[int]:
+    """The runtime's own processes that the kit keeps for ``inst`` outside its container: the
+    launched process (``runc run``, ``runsc run``, ``lxc-execute``'s monitor) and any helper
+    of it that is not in the container's cgroup. gVisor's sandbox and gofer, and LXC's
+    ``lxc-init``, are inside that cgroup: they are the container, not its monitor.
+    """
+    if inst.proc is None or inst.proc.proc.poll() is not None:
+        return []
+    if inst.cgroup is None:  # no group to tell them apart: only the launched process is sure
+        return [inst.proc.pid]
+    import psutil
+
+    try:
+        tree = [inst.proc.pid, *(c.pid for c in psutil.Process(inst.proc.pid).children(recursive=True))]
+    except psutil.Error:
+        return []
+    inside = set(inst.cgroup.pids())
+    return sorted(p for p in tree if p not in inside)

@@ -84,10 +84,6 @@ class LXCRuntime(Runtime):
     name = "lxc"
     kind = "container"
 
-    def __init__(self):
-        super().__init__()
-        self._fwd: dict[str, Forwarder] = {}
-
     def probe(self) -> Availability:
         exe = which("lxc-execute")
         missing = [t for t in ("lxc-execute", "lxc-attach", "lxc-stop") if which(t) is None]
@@ -114,11 +110,13 @@ class LXCRuntime(Runtime):
     def start(self, inst: Instance, stream: Stream | None = None) -> None:
         spec = inst.spec
         try:
-            inst.cgroup = _rootfs.kit_cgroup(inst)
-            (inst.state_dir / "overlay" / "upper").mkdir(parents=True, exist_ok=True)
-            conf = inst.state_dir / "lxc.conf"
-            conf.write_text(build_config(inst, self._monitor_rel(inst)))
-            lxcpath().mkdir(parents=True, exist_ok=True)
+            with _rootfs.step(inst, "cgroup"):
+                inst.cgroup = _rootfs.kit_cgroup(inst)
+            with _rootfs.step(inst, "config"):
+                (inst.state_dir / "overlay" / "upper").mkdir(parents=True, exist_ok=True)
+                conf = inst.state_dir / "lxc.conf"
+                conf.write_text(build_config(inst, self._monitor_rel(inst)))
+                lxcpath().mkdir(parents=True, exist_ok=True)
             argv = [*self._base("lxc-execute", inst), "-f", str(conf),
                     "-o", str(inst.state_dir / "lxc.log"), "-l", "NOTICE", "--", *spec.command]
             inst.proc = Pumped(argv, inst.state_dir, stream=stream, detach=spec.detach)
@@ -127,7 +125,8 @@ class LXCRuntime(Runtime):
                 pid = self._await_started(inst)
                 if spec.ports and pid is not None:
                     try:
-                        self._fwd[inst.id] = Forwarder(f"/proc/{pid}/ns/net", spec.ports).start()
+                        with _rootfs.step(inst, "forwarder"):
+                            inst.forwarder = Forwarder(f"/proc/{pid}/ns/net", spec.ports).start()
                     except StartFailed:
                         if os.path.exists(f"/proc/{pid}"):
                             raise
@@ -186,7 +185,7 @@ class LXCRuntime(Runtime):
             kill_group(inst.proc.proc)  # LXC itself is stuck: end it
 
     def cleanup(self, inst: Instance) -> None:
-        fwd = self._fwd.pop(inst.id, None)
+        fwd, inst.forwarder = inst.forwarder, None
         if fwd is not None:
             fwd.stop()
         if inst.proc is not None and inst.proc.proc.poll() is None:
@@ -194,6 +193,11 @@ class LXCRuntime(Runtime):
         shutil.rmtree(lxcpath() / inst.id, ignore_errors=True)
         if inst.cgroup is not None:
             cgroups.Cgroup(self._monitor_rel(inst)).destroy()
+
+    def monitor_pids(self, inst: Instance) -> list[int]:
+        """``lxc-execute`` itself: LXC's monitor, in its own ``-lxcmon`` cgroup; ``lxc-init`` and
+        the command are the container."""
+        return _rootfs.monitor_pids(inst)
 
     def logs(self, inst: Instance) -> tuple[bytes, bytes]:
         out, err = super().logs(inst)

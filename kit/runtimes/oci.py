@@ -30,13 +30,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from .. import config
+from .. import cgroups, config
 from .._proc import Pumped, Stream, kill_group, run, wait_until
 from ..errors import KitError, KitTimeout, StartFailed
 from ..portfwd import Forwarder, new_loopback_netns, setns
@@ -138,8 +139,6 @@ class OCIRuntime(Runtime):
         self.binary = binary
         self.name = binary
         self.smoke_test = binary != "runc"
-        self._fwd: dict[str, Forwarder] = {}
-        self._netns: dict[str, int] = {}
 
     # -- discovery ---------------------------------------------------------
     def probe(self) -> Availability:
@@ -164,8 +163,6 @@ class OCIRuntime(Runtime):
         return Availability(self.name, self.kind, True, version, info=info)
 
     def _probe_info(self) -> dict:
-        from .. import cgroups
-
         return {"cgroups": cgroups.describe()}
 
     def _smoke_run(self, path: str, timeout: float = 8.0) -> str:
@@ -176,26 +173,34 @@ class OCIRuntime(Runtime):
             image = images.get("busybox")
         except KitError as e:
             return f"cannot prove {self.binary} works: {e}"
-        tmp = Path(tempfile.mkdtemp(prefix=f"probe-{self.binary}-", dir=config.state_dir()))
-        root = tmp / "state"
-        cid = f"kit-{config.SESSION_ID}-probe-{self.binary}"
-        rootfs = tmp / "bundle" / "rootfs"
+        # Unique per probe (id, state root, bundle): probes of other kit processes, or of this one
+        # after a negative verdict expired, never share runsc's control socket name or a state file.
+        token = secrets.token_hex(4)
+        tmp = Path(tempfile.mkdtemp(prefix=f"probe-{self.binary}-{token}-", dir=config.state_dir()))
+        root, bundle = tmp / "state", tmp / "bundle"
+        cid = f"kit-{config.SESSION_ID}-probe-{self.binary}-{token}"
+        # A runtime killed mid-start (the deadline) has no state yet for delete to find, but may
+        # have made its cgroup: name it, so it can be removed whatever happened.
+        group = cgroups.for_instance(config.SESSION_ID, f"probe-{self.binary}-{token}")
         try:
-            _rootfs.mount_overlay(image.rootfs, tmp, rootfs)
-            spec = RunSpec(image="busybox", command=["true"], name=f"probe-{self.binary}")
-            (tmp / "bundle" / "config.json").write_text(json.dumps(build_config(spec, image, rootfs)))
-            argv = [path, "--root", str(root), *self.global_args, "run", "--bundle", str(tmp / "bundle"), cid]
+            # Read-only on the image's own rootfs: nothing is mounted on the host, nothing to leak.
+            spec = RunSpec(image="busybox", command=["true"], name=f"probe-{self.binary}-{token}", read_only=True)
+            bundle.mkdir()
+            cfg = build_config(spec, image, image.rootfs, f"/{group.rel}")
+            (bundle / "config.json").write_text(json.dumps(cfg))
+            argv = [path, "--root", str(root), *self.global_args, "run", "--bundle", str(bundle), cid]
             p = run(argv, timeout=timeout, check=False, stdin=subprocess.DEVNULL)
             if p.returncode == 0:
                 return ""
             return _last_error(p.stderr.decode(errors="replace")) or f"{self.binary} run exited {p.returncode}"
         except subprocess.TimeoutExpired:
             return f"a tiny {self.binary} run did not finish within {timeout:g} s"
-        except KitError as e:
+        except (KitError, OSError) as e:
             return str(e)
         finally:
-            run([path, "--root", str(root), *self.global_args, "delete", "--force", cid], timeout=10, check=False)
-            _rootfs.unmount(rootfs)
+            if root.exists():  # the run got as far as making state: kill and delete what it made
+                run([path, "--root", str(root), *self.global_args, "delete", "--force", cid], timeout=10, check=False)
+            group.destroy()
             shutil.rmtree(tmp, ignore_errors=True)
 
     # -- lifecycle ---------------------------------------------------------
@@ -211,7 +216,7 @@ class OCIRuntime(Runtime):
 
     def _preexec(self, inst: Instance):
         """What a control command for ``inst`` runs before exec (gVisor: enter its namespace)."""
-        fd = self._netns.get(inst.id)
+        fd = inst.netns_fd
         return None if fd is None else (lambda: setns(fd))
 
     def _ctl(self, inst: Instance, *args: str, timeout: float = 10) -> subprocess.CompletedProcess:
@@ -223,13 +228,18 @@ class OCIRuntime(Runtime):
     def start(self, inst: Instance, stream: Stream | None = None) -> None:
         spec = inst.spec
         try:
-            inst.cgroup = _rootfs.kit_cgroup(inst)
+            with _rootfs.step(inst, "cgroup"):
+                inst.cgroup = _rootfs.kit_cgroup(inst)
             bundle = inst.state_dir / "bundle"
-            rootfs = _rootfs.mount_overlay(inst.image.rootfs, inst.state_dir, bundle / "rootfs")
-            cgpath = f"/{inst.cgroup.rel}/ctr" if inst.cgroup is not None else None
-            cfg = build_config(spec, inst.image, rootfs, cgpath, self._network(inst))
-            (bundle / "config.json").write_text(json.dumps(cfg))
-            self.root.mkdir(parents=True, exist_ok=True)
+            with _rootfs.step(inst, "rootfs"):
+                rootfs = self._rootfs(inst, bundle / "rootfs")
+            with _rootfs.step(inst, "netns"):
+                network = self._network(inst)
+            with _rootfs.step(inst, "config"):
+                cfg = build_config(spec, inst.image, rootfs, _rootfs.container_cgroup(inst), network)
+                bundle.mkdir(exist_ok=True)
+                (bundle / "config.json").write_text(json.dumps(cfg))
+                self.root.mkdir(parents=True, exist_ok=True)
             argv = [*self._cli_for(inst), "--log", str(inst.state_dir / "runtime.log"), "--log-format", "json",
                     "run", "--bundle", str(bundle), inst.id]
             inst.proc = Pumped(argv, inst.state_dir, stream=stream, detach=spec.detach,
@@ -239,14 +249,26 @@ class OCIRuntime(Runtime):
             if spec.detach or spec.ports:
                 self._await_started(inst)
             if spec.ports:
-                self._publish(inst)
+                with _rootfs.step(inst, "forwarder"):
+                    self._publish(inst)
         except BaseException:
             self.remove(inst)
             raise
 
+    def _rootfs(self, inst: Instance, target: Path) -> Path:
+        """The container's root: the image's own rootfs when the run is read-only and the runtime
+        need not create anything in it (no overlay to mount or remove), else a private overlay."""
+        spec, image = inst.spec, inst.image
+        if spec.read_only and _rootfs.shareable(image.rootfs, [m["destination"] for m in MOUNTS],
+                                                 _rootfs.workdir(spec, image)):
+            inst.info["rootfs"] = "image, read-only"
+            return image.rootfs
+        inst.info["rootfs"] = "overlay"
+        return _rootfs.mount_overlay(image.rootfs, inst.state_dir, target)
+
     def _publish(self, inst: Instance) -> None:
         try:
-            self._fwd[inst.id] = Forwarder(self._netns_path(inst), inst.spec.ports).start()
+            inst.forwarder = Forwarder(self._netns_path(inst), inst.spec.ports).start()
         except StartFailed:
             if self._state(inst).get("status") == "running":
                 raise
@@ -312,6 +334,11 @@ class OCIRuntime(Runtime):
                 return str(rec.get("msg", "")).strip()
         return ""
 
+    def monitor_pids(self, inst: Instance) -> list[int]:
+        """``runc run`` (or ``runsc run``): the CLI process the kit keeps as the container's parent
+        to hold its stdio and exit code; a user's ``runc run -d`` would not keep it."""
+        return _rootfs.monitor_pids(inst)
+
     def _signal(self, inst: Instance, sig: str) -> None:
         self._ctl(inst, "kill", inst.id, sig, timeout=10)
 
@@ -332,7 +359,7 @@ class OCIRuntime(Runtime):
             kill_group(inst.proc.proc)  # the runtime itself is stuck: end it
 
     def cleanup(self, inst: Instance) -> None:
-        fwd = self._fwd.pop(inst.id, None)
+        fwd, inst.forwarder = inst.forwarder, None
         if fwd is not None:
             fwd.stop()
         if inst.proc is not None and inst.proc.proc.poll() is None:
@@ -341,7 +368,7 @@ class OCIRuntime(Runtime):
             self._ctl(inst, "delete", "--force", inst.id, timeout=15)
             self._forget_state(inst.id)
         _rootfs.unmount(inst.state_dir / "bundle" / "rootfs")
-        fd = self._netns.pop(inst.id, None)
+        fd, inst.netns_fd = inst.netns_fd, None
         if fd is not None:
             os.close(fd)
 
@@ -383,7 +410,7 @@ class GVisorRuntime(OCIRuntime):
 
     def _cli_for(self, inst: Instance) -> list[str]:
         cli = self._cli()
-        if inst.id in self._netns:
+        if inst.netns_fd is not None:
             cli[cli.index("--network=none")] = "--network=host"
         return cli
 
@@ -394,7 +421,7 @@ class GVisorRuntime(OCIRuntime):
         if not inst.spec.ports:
             return "new"
         # Ports: a private loopback-only namespace that runsc joins with --network=host.
-        self._netns[inst.id] = new_loopback_netns()
+        inst.netns_fd = new_loopback_netns()
         return None
 
     def _has_state(self, inst: Instance) -> bool:
@@ -404,7 +431,7 @@ class GVisorRuntime(OCIRuntime):
             return False
 
     def _netns_path(self, inst: Instance) -> str:
-        return f"/proc/{os.getpid()}/fd/{self._netns[inst.id]}"
+        return f"/proc/{os.getpid()}/fd/{inst.netns_fd}"
 
     def _forget_state(self, cid: str) -> None:
         # When the sandbox died abruptly (e.g. OOM-killed under a small memory limit),
