@@ -200,7 +200,10 @@ def dead_sessions() -> list[str]:
     def dead(d: Path) -> bool:
         if not (d / "owner.json").exists():
             # Being set up right now by a live session, or left by a crash long ago.
-            return time.time() - d.stat().st_mtime > 600
+            try:
+                return time.time() - d.stat().st_mtime > 600
+            except FileNotFoundError:  # its session ended and removed it while we looked
+                return False
         return not owner_alive(d.name)
 
     return [d.name for d in run.iterdir() if d.is_dir() and d.name != config.SESSION_ID and dead(d)]

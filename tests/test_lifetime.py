@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -105,6 +106,23 @@ def test_live_sessions_are_not_swept(home):
         owner.wait(10)
         wait_until(lambda: not _alive(info["pid"]), timeout=15, what="the reaper removing the orphan")
         _kill(info["pid"])
+
+
+def test_a_session_directory_that_goes_while_listed_is_not_an_error(home, monkeypatch):
+    """Sessions end at any moment: one that removes its directory while dead_sessions looks is skipped."""
+    going = home / "run" / ("end" + secrets.token_hex(4))
+    going.mkdir(parents=True)
+    real_stat = Path.stat
+
+    def stat(self, *a, **kw):
+        st = real_stat(self, *a, **kw)
+        if self == going and os.path.isdir(going):
+            going.rmdir()  # right after the listing saw it: its owner's normal exit removes it
+        return st
+
+    monkeypatch.setattr(Path, "stat", stat)
+    assert lifetime.dead_sessions() == []
+    assert not going.exists()
 
 
 def _alive(pid):
