@@ -4,6 +4,7 @@ interrupted or meet a failing runtime keep what they measured and resume."""
 import json
 import math
 import re
+from types import SimpleNamespace
 
 import matplotlib
 import pandas as pd
@@ -273,3 +274,18 @@ def test_a_failing_runtime_is_recorded_and_the_others_go_on(monkeypatch):
     assert len(broken) == 3  # dropped after MAX_CONSECUTIVE_FAILURES
     assert s.meta["dropped"] == {CONTAINER: "error: RuntimeError: the runtime broke"}
     assert s.meta["partial"] is None
+
+
+def test_memory_table_shows_monitors_apart_from_pss():
+    MiB = 1024 * 1024
+    rows = [("process", "pss", "", 1), ("runc", "pss", "", 2), ("runc", "pss_by_process", "sleep", 2),
+            ("runc", "monitor_pss", "runc", 8), ("docker", "pss", "", 3), ("docker", "monitor_pss", "shim-a", 4),
+            ("docker", "monitor_pss", "shim-b", 1), ("docker", "daemon_pss", "dockerd", 50)]
+    df = storage.normalise(pd.DataFrame([{"part": "memory", "image": "busybox", "runtime": rt, "metric": m,
+                                          "component": c, "value": v * MiB, "status": "ok", "warmup": False}
+                                         for rt, m, c, v in rows]))
+    t = tables.memory_table(SimpleNamespace(df=df))
+    assert list(t.index) == ["process", "runc", "docker", "(daemon) dockerd"]
+    assert t["pss MiB"].tolist() == [1, 2, 3, 50]  # monitors are not in pss
+    assert t.loc["runc", "monitor_pss MiB"] == 8 and t.loc["docker", "monitor_pss MiB"] == 5  # summed per instance
+    assert math.isnan(t.loc["process", "monitor_pss MiB"])

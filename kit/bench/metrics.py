@@ -39,9 +39,10 @@ METRICS: dict[str, tuple[str, str]] = {
                      "processes count 1/k each. Steady state: two readings 0.5 s apart within 2 %. The "
                      "runtime's monitor process is not included: see monitor_pss."),
     "monitor_pss": ("bytes", "PSS of the per-instance process that only supervises the instance (runc run, "
-                             "LXC's monitor, the runsc run CLI, Docker's containerd-shim), reported apart and "
-                             "not included in pss: a user's `runc run -d` or containerd keeps no `runc run` "
-                             "process, so it is a cost of how the instance is held, not of the isolation."),
+                             "LXC's monitor, the runsc run CLI, Docker's containerd-shim; component: its process "
+                             "name), reported apart and not included in pss: a user's `runc run -d` or containerd "
+                             "keeps no `runc run` process, so it is a cost of how the instance is held, not of the "
+                             "isolation."),
     "uss": ("bytes", "unique set size summed over the same processes: memory freed if the instance ended."),
     "rss": ("bytes", "resident set size summed over the same processes (shared pages counted in full each time; "
                      "an upper bound, for reference)."),
@@ -74,13 +75,17 @@ METRICS: dict[str, tuple[str, str]] = {
                              "formats the runtime uses, counted once, plus every instance's own bytes."),
     # -- density -----------------------------------------------------------------
     "density_start": ("s", "launch_to_ready of the n-th idle instance while n-1 others are running."),
-    "density_pss_total": ("bytes", "sum of the PSS of every host process of all n idle instances."),
+    "density_pss_total": ("bytes", "sum of the PSS of the host processes of all n idle instances (those of pss: "
+                                   "monitors apart)."),
+    "density_monitor_pss_total": ("bytes", "sum of the PSS of the monitor processes of all n idle instances (those "
+                                           "of monitor_pss); not included in density_pss_total."),
     "density_pss_per_instance": ("bytes", "density_pss_total / n."),
     "density_working_set_total": ("bytes", "sum of the cgroup working sets of the n instances."),
     "density_host_used": ("bytes", "growth of the host's MemTotal - MemAvailable since before the first "
                                    "instance started (everything: processes, page tables, kernel, caches)."),
     # -- failures ----------------------------------------------------------------
-    "failed": ("count", "a run that did not complete (status says why: timeout, error message)."),
+    "failed": ("count", "a run or measurement that did not complete (status says why: timeout, error message; "
+                        "component guest_view: the VM's own memory view could not be read from the measured VM)."),
 }
 
 #: How each runtime kind is presented (plots and tables), in this order.

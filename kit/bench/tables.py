@@ -56,7 +56,7 @@ def teardown_table(study) -> pd.DataFrame:
 
 
 def memory_table(study) -> pd.DataFrame:
-    """One idle instance: PSS, USS, cgroup working set, guest view (MiB); daemons apart."""
+    """One idle instance: PSS, its monitor's PSS, USS, cgroup working set, guest view (MiB); daemons apart."""
     m = measured(study.df[study.df["part"] == "memory"])
     if m.empty:
         return pd.DataFrame()
@@ -65,6 +65,9 @@ def memory_table(study) -> pd.DataFrame:
                                                            aggfunc="median") / MIB
     cols = [c for c in ("pss", "uss", "rss", "cgroup_working_set", "guest_used", "guest_total") if c in piv]
     out = piv[cols].sort_values("pss")
+    monitors = m[m["metric"] == "monitor_pss"].groupby(["runtime", "image"])["value"].sum()
+    if len(monitors):  # apart from pss, as the daemons are (see METRICS["monitor_pss"])
+        out.insert(1, "monitor_pss", monitors.groupby("runtime").median() / MIB)
     daemons = m[m["metric"] == "daemon_pss"].groupby("component")["value"].median() / MIB
     for name, v in daemons.items():
         out.loc[f"(daemon) {name}", "pss"] = v
