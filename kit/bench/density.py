@@ -81,7 +81,7 @@ def steady_state(runtime: str, image: str, *, parts, max_n: int, memory_budget: 
                     break
                 lives.append(live)
                 if "density" in parts:
-                    rows.append(_row("density", "density_start", live.t_ready - live.launched, n=i + 1, repeat=i))
+                    rows.append(_row("density", "density_start", live.ready_after, n=i + 1, repeat=i))
                 if tick:
                     tick()
             if not lives:
