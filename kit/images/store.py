@@ -103,20 +103,16 @@ def _names() -> dict[str, str]:
 
 
 #: Serialises read-modify-write of the name index between this process's threads;
-#: the flock in :func:`_names_locked` does the same between processes.
+#: the flock in :func:`_store_locked` does the same between processes.
 _names_mutex = threading.Lock()
 
 
 @contextlib.contextmanager
-def _names_locked():
-    """Hold the name index for a read-modify-write: yields the dict; changes are saved on exit."""
+def _store_locked():
+    """Hold the store for a change of names or of stored trees (threads and processes alike)."""
     with _names_mutex, open(root() / ".names.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        names = _names()
-        before = dict(names)
-        yield names
-        if names != before:
-            _save_names(names)
+        yield
 
 
 def _save_names(names: dict[str, str]) -> None:
@@ -157,32 +153,39 @@ def add(name: str, rootfs: Path, source: str, layers: list[dict] | None = None,
     name = normalize(name)
     digest, size = tree_digest(rootfs)
     dest = digest_dir(digest)
-    if not (dest / "image.json").exists():
-        staging = Path(tempfile.mkdtemp(prefix=".stage-", dir=root()))
-        try:
-            if move:
-                os.rename(rootfs, staging / "rootfs")
-            else:
-                _copy_tree(rootfs, staging / "rootfs")
-            img = Image(
-                name=name, id=digest, rootfs=dest / "rootfs", source=source,
-                layers=layers or [{"digest": digest, "size": size, "source": source}],
-                size=size, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                config=config_ or {},
-            )
-            (staging / "image.json").write_text(json.dumps(img.to_dict(), indent=1))
-            try:
-                os.rename(staging, dest)
-            except OSError:  # stored meanwhile by another process
-                pass
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
-    elif move and Path(rootfs).exists():
-        shutil.rmtree(rootfs, ignore_errors=True)
-    with _names_locked() as names:
+    # Under the store lock: a concurrent remove() of the same content must not delete the tree
+    # between this check and the name being recorded.
+    with _store_locked():
+        if not (dest / "image.json").exists():
+            _store_tree(name, digest, size, rootfs, dest, source, layers, config_, move)
+        elif move and Path(rootfs).exists():
+            shutil.rmtree(rootfs, ignore_errors=True)
+        names = _names()
         names[name] = digest
+        _save_names(names)
     return get(name)
+
+
+def _store_tree(name, digest, size, rootfs, dest, source, layers, config_, move) -> None:
+    staging = Path(tempfile.mkdtemp(prefix=".stage-", dir=root()))
+    try:
+        if move:
+            os.rename(rootfs, staging / "rootfs")
+        else:
+            _copy_tree(rootfs, staging / "rootfs")
+        img = Image(
+            name=name, id=digest, rootfs=dest / "rootfs", source=source,
+            layers=layers or [{"digest": digest, "size": size, "source": source}],
+            size=size, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            config=config_ or {},
+        )
+        (staging / "image.json").write_text(json.dumps(img.to_dict(), indent=1))
+        if dest.exists():  # a damaged leftover (no image.json): replace it
+            shutil.rmtree(dest, ignore_errors=True)
+        os.rename(staging, dest)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
@@ -265,13 +268,14 @@ def list_images() -> list[Image]:
 def remove(name: str) -> None:
     """Forget ``name``; delete its files when no other name refers to them."""
     key = normalize(name)
-    with _names_locked() as names:
+    with _store_locked():
+        names = _names()
         if key not in names:
             raise ImageNotFound(f"no image {name!r} to remove; list them with kit.images.list()")
         digest = names.pop(key)
-        orphan = digest not in names.values()
-    if orphan:
-        shutil.rmtree(digest_dir(digest), ignore_errors=True)
+        _save_names(names)  # the name goes first: a crash leaves an unnamed tree, never a dangling name
+        if digest not in names.values():
+            shutil.rmtree(digest_dir(digest), ignore_errors=True)
 
 
 #: name -> zero-argument builder, registered by the builtin module.
