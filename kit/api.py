@@ -37,7 +37,8 @@ _lock = threading.Lock()
 
 
 def _spec(image, command, name=None, detach=False, memory=None, cpus=None, env=None, ports=None,
-          workdir=None, timeout=None, hostname=None, read_only=False, harden=True, **options) -> RunSpec:
+          workdir=None, timeout=None, hostname=None, read_only=False, harden=True, runtime=None,
+          **options) -> RunSpec:
     # A lone string is one item, not a sequence of characters ("8080:80" is not 7 ports).
     env = [env] if isinstance(env, str) else env
     ports = [ports] if isinstance(ports, (str, int)) else ports
@@ -57,8 +58,15 @@ def _spec(image, command, name=None, detach=False, memory=None, cpus=None, env=N
         timeout = float(timeout) if timeout is not None else None
     except (TypeError, ValueError):
         raise InvalidSpec(f"timeout {show(timeout)} is not a number of seconds: e.g. 30") from None
+    floor = {}
+    if runtime:
+        try:  # the runtime's own floor (a VM's RAM), named as such; an unknown runtime is said later
+            rt = _runtimes.get(runtime)
+            floor = {"minimum": rt.min_memory, "what": rt.min_memory_what}
+        except KitError:
+            pass
     return RunSpec(image=image, command=command,
-                   detach=detach, memory=parse_memory(memory), cpus=parse_cpus(cpus), env=env_d,
+                   detach=detach, memory=parse_memory(memory, **floor), cpus=parse_cpus(cpus), env=env_d,
                    ports=port_l, workdir=workdir, timeout=timeout,
                    hostname=hostname, read_only=bool(read_only), harden=bool(harden), options=options, **kw)
 
@@ -130,7 +138,7 @@ def _check_ports(spec: RunSpec) -> None:
 
 
 def _create(image: str | None, command, runtime: str | None, **kw) -> tuple[Runtime, Instance]:
-    spec = _spec(image or "-", command, **kw)  # bad options are reported before anything else
+    spec = _spec(image or "-", command, runtime=runtime, **kw)  # bad options are reported before anything else
     rt = _runtimes.require(runtime or _runtimes.default_container_runtime())
     rt_name = rt.name
     if rt.uses_image and not image:

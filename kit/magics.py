@@ -21,8 +21,8 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
 from traitlets import Bool, Float, Int, Unicode
 
-from . import api, images, runtimes, spec
-from .errors import InvalidSpec, KitError
+from . import api, images, runtimes
+from .errors import KitError
 
 #: subcommand -> (its arguments, what it does)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -156,31 +156,6 @@ def _bench_help() -> str:
     return build_parser().format_help()
 
 
-def _vm_memory(value: str | None) -> None:
-    """A VM's memory is its RAM: refuse below the VM's own minimum, naming that minimum
-    (before the containers' 6m floor would name the wrong one)."""
-    from .runtimes.qemu import DEFAULT_MEMORY, MIN_MEMORY
-
-    if not value:
-        return
-    try:
-        n = spec.parse_memory(value)
-    except InvalidSpec as e:
-        if "minimum" not in str(e):  # not a size at all: that message is the right one
-            raise
-        n = 0  # below the containers' minimum, so below the VM's too
-    if n < MIN_MEMORY:
-        raise InvalidSpec(f"memory {value!r} is below the {MIN_MEMORY // 1024**2}m a VM needs to boot: give at least "
-                          f"{MIN_MEMORY // 1024**2}m (default {DEFAULT_MEMORY // 1024**2}m)")
-
-
-def _is_vm(rt: str | None) -> bool:
-    try:
-        return bool(rt) and runtimes.get(rt).kind == "vm"
-    except KitError:
-        return False  # an unknown runtime: kit.run says so
-
-
 class Pruned(list):
     """The names ``%container prune`` removed; shown as one line saying so."""
 
@@ -294,8 +269,6 @@ class ContainerMagics(Magics):
             command = ["/bin/sh", "-c", cell]
         if not command:
             raise UsageError(f"{prog}: no command given: put it after the image, e.g. {prog} busybox echo hello")
-        if _is_vm(rt):
-            _vm_memory(opts.memory)
         extra = {k: v for k, v in (("kernel", getattr(opts, "kernel", None)),
                                    ("machine", getattr(opts, "machine", None))) if v}
         echo = _Echo(self.max_display_bytes) if self.stream and not opts.detach else None

@@ -51,8 +51,12 @@ def check_string(value: str, what: str) -> str:
     return value
 
 
-def parse_memory(value: str | int | None) -> int | None:
+def parse_memory(value: str | int | None, minimum: int = MIN_MEMORY, what: str = "a container") -> int | None:
     """Parse ``64m``/``1g``/``1048576`` into bytes.
+
+    Args:
+        minimum: the least the instance can start in (a VM needs more than a container).
+        what: names the kind of instance in the message about the minimum.
 
     >>> parse_memory("64m")
     67108864
@@ -68,8 +72,9 @@ def parse_memory(value: str | int | None) -> int | None:
                 f"memory {show(value)} is not a size: use a number with an optional unit, e.g. 64m, 512k, 1g"
             )
         n = int(float(m.group(1)) * _UNITS[m.group(2)])
-    if n < MIN_MEMORY:
-        raise InvalidSpec(f"memory {show(value)} is below the 6m minimum a container can start in: give at least 6m")
+    if n < minimum:
+        floor = f"{minimum / 1024**2:g}m"
+        raise InvalidSpec(f"memory {show(value)} is below the {floor} minimum {what} can start in: give at least {floor}")
     if n > 1024**4:
         raise InvalidSpec(f"memory {show(value)} is over 1 TiB: give a limit this host could honour, e.g. 512m")
     return n

@@ -635,7 +635,7 @@ def test_bogus_guest_kernels(tmp_path):
 # -- the VM: the cheap cases, and two that boot --------------------------------------------
 @pytest.mark.parametrize("kw,err,match", [
     (dict(command=["echo", "a\0b"]), InvalidSpec, "NUL byte"),
-    (dict(memory="32m"), InvalidSpec, "too small to boot"),
+    (dict(memory="32m"), InvalidSpec, "below the 96m minimum a VM can start in"),
     (dict(cpus=1024), StartFailed, "CPUs"),
     (dict(frobnicate="yes"), InvalidSpec, "unknown qemu option"),
     (dict(machine="pdp11"), InvalidSpec, "machine"),

@@ -242,7 +242,8 @@ def test_process_run_without_a_command_shows_its_own_usage(ip):
 def test_vm_memory_below_the_vms_minimum_names_the_vms_minimum(ip, magic, line):
     from kit.runtimes.qemu import MIN_MEMORY
 
-    with pytest.raises(UsageError, match=f"a VM needs to boot: give at least {MIN_MEMORY // 1024**2}m") as err:
+    with pytest.raises(UsageError, match=f"below the {MIN_MEMORY // 1024**2}m minimum a VM can start in: "
+                                         f"give at least {MIN_MEMORY // 1024**2}m") as err:
         ip.run_line_magic(magic, line)
     assert not re.search(r"(?<!\d)6m", str(err.value))  # not the containers' minimum
     assert kit.ps().empty  # refused before anything started

@@ -96,3 +96,14 @@ def test_echoed_input_is_clipped():
     with pytest.raises(InvalidSpec) as e:
         parse_memory("z" * 1000)
     assert len(str(e.value)) < 300
+
+
+def test_a_vms_memory_floor_is_named_as_the_vms_through_the_api():
+    """kit.run(..., runtime="qemu", memory="64m"): a container could start in it, a VM cannot."""
+    import kit
+    from kit.runtimes.qemu import MIN_MEMORY
+
+    with pytest.raises(InvalidSpec, match=f"below the {MIN_MEMORY // 1024**2}m minimum a VM can start in"):
+        kit.run("busybox", ["true"], runtime="qemu", memory="64m")
+    with pytest.raises(InvalidSpec, match="below the 6m minimum a container can start in"):
+        kit.run("busybox", ["true"], runtime="runc", memory="1k")

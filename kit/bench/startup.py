@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from .. import api
 from .._proc import wait_until
 from ..errors import KitError, StartFailed
-from .workloads import Workload, free_port
+from ..net import free_port
+from .workloads import Workload
 
 
 @dataclass

@@ -128,13 +128,6 @@ def _answers(port: int, send: bool | bytes) -> bool:
             return False
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 #: Named workloads. ``busybox`` runs all of them; the host runs them too
 #: (``busybox httpd`` needs the host's static busybox, as the built-in image does).
 PRESETS: dict[str, Workload] = {

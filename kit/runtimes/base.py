@@ -22,7 +22,7 @@ from .. import config
 from .._proc import Pumped, Stream
 from ..cgroups import Cgroup
 from ..images import Image
-from ..spec import RunSpec
+from ..spec import MIN_MEMORY, RunSpec
 
 
 @dataclass
@@ -95,6 +95,9 @@ class Runtime(ABC):
     kind: str = "container"
     #: Where the image's root filesystem must be (False: the runtime ignores images).
     uses_image: bool = True
+    #: The least memory limit an instance can start in (bytes), and how messages name the instance.
+    min_memory: int = MIN_MEMORY
+    min_memory_what: str = "a container"
 
     #: How long a negative verdict is believed before the next caller probes again: a probe
     #: that failed on a busy host (or before dockerd was up) must not disable a runtime for good.

@@ -57,6 +57,8 @@ FOLLOW_INTERVAL = 0.05  # how often a foreground run's stream gets what the comm
 class QemuRuntime(Runtime):
     name = "qemu"
     kind = "vm"
+    min_memory = MIN_MEMORY  # the guest's RAM: the kernel and initramfs must fit
+    min_memory_what = "a VM"
 
     def __init__(self, qemu: str = machine.QEMU):
         super().__init__()
