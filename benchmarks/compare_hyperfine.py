@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from kit.bench import Study, Workload, envinfo, report, startup
+from kit.bench import Study, Workload, envinfo, startup, tables
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     commands = "\n".join(f"- {r}: `{c['command']}`" for r, c in context.items())
     text = (f"# kit.bench vs hyperfine: the same raw command line (`{shlex.join(CMD)}`), medians of "
             f"{blocks * per_block} runs each, in {blocks} alternating blocks of {per_block}\n\n"
-            + report.table(table, index=True) + f"\n\nRaw commands:\n{commands}\n\nhost: {envinfo.collect()['host']}, "
+            + tables.table(table, index=True) + f"\n\nRaw commands:\n{commands}\n\nhost: {envinfo.collect()['host']}, "
             f"{int(table['within_10pct'].sum())}/{len(table)} within 10 %, "
             f"{int(table['ok'].sum())}/{len(table)} within 10 % or {FLOOR_MS:g} ms\n")
     (out / "hyperfine.md").write_text(text)

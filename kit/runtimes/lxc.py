@@ -128,9 +128,10 @@ class LXCRuntime(Runtime):
                         with _rootfs.step(inst, "forwarder"):
                             inst.forwarder = Forwarder(f"/proc/{pid}/ns/net", spec.ports).start()
                     except StartFailed:
-                        if os.path.exists(f"/proc/{pid}"):
+                        if _running(pid):
                             raise
-                        # The command already finished: nothing is left to publish, its result stands.
+                        # The command already finished (gone, or a zombie whose namespaces are
+                        # gone already): nothing is left to publish, its result stands.
         except BaseException:
             self.remove(inst)
             raise
@@ -228,3 +229,13 @@ class LXCRuntime(Runtime):
                     shutil.rmtree(d, ignore_errors=True)
                 out.append(f"lxc container {d.name}")
         return out
+
+
+def _running(pid: int) -> bool:
+    """Is ``pid`` a live process (not gone, not a zombie)?"""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
