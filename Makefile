@@ -11,7 +11,7 @@ export KIT_HOME ?= $(HOME)/.cache/kit
 # Debian/Ubuntu packages the runtimes, images and VMs need.
 SYSTEM_PACKAGES := runc crun lxc runsc docker.io podman busybox-static debootstrap e2fsprogs \
 	cpio kmod qemu-system-x86 qemu-utils hyperfine redis-tools file iproute2 ca-certificates \
-	chromium redis-server mariadb-server
+	chromium chromium-driver redis-server mariadb-server docker-registry skopeo openssh-server
 
 .PHONY: setup system-packages venv dockerd guest-kernel images test test-fast demo bench clean
 

@@ -38,10 +38,11 @@ _lock = threading.Lock()
 
 def _spec(image, command, name=None, detach=False, memory=None, cpus=None, env=None, ports=None,
           workdir=None, timeout=None, hostname=None, read_only=False, harden=True, runtime=None,
-          **options) -> RunSpec:
+          volumes=None, network=None, **options) -> RunSpec:
     # A lone string is one item, not a sequence of characters ("8080:80" is not 7 ports).
     env = [env] if isinstance(env, str) else env
     ports = [ports] if isinstance(ports, (str, int)) else ports
+    volumes = [volumes] if isinstance(volumes, str) else list(volumes or [])
     if isinstance(env, dict):
         env_d = {str(k): str(v) for k, v in env.items()}
     else:
@@ -68,7 +69,8 @@ def _spec(image, command, name=None, detach=False, memory=None, cpus=None, env=N
     return RunSpec(image=image, command=command,
                    detach=detach, memory=parse_memory(memory, **floor), cpus=parse_cpus(cpus), env=env_d,
                    ports=port_l, workdir=workdir, timeout=timeout,
-                   hostname=hostname, read_only=bool(read_only), harden=bool(harden), options=options, **kw)
+                   hostname=hostname, read_only=bool(read_only), harden=bool(harden), volumes=volumes,
+                   network=network, options=options, **kw)
 
 
 def _check_command(rt: Runtime, spec: RunSpec, image) -> None:
@@ -143,6 +145,13 @@ def _create(image: str | None, command, runtime: str | None, **kw) -> tuple[Runt
     rt_name = rt.name
     if rt.uses_image and not image:
         raise InvalidSpec(f"runtime {rt_name!r} needs an image: e.g. busybox")
+    if spec.volumes and not rt.supports_volumes:
+        raise InvalidSpec(f"runtime {rt_name!r} cannot mount volumes"
+                          + (": a bare process shares the host's filesystem; use a container or VM runtime"
+                             if not rt.uses_image else "; use runc, crun, runsc, lxc, docker or qemu"))
+    if spec.network and not rt.supports_networks:
+        raise InvalidSpec(f"runtime {rt_name!r} cannot join a kit network; use runc, crun, runsc, lxc, docker "
+                          f"or qemu")
     img = _images.get(image) if rt.uses_image else None
     _check_command(rt, spec, img)
     _check_ports(spec)

@@ -135,6 +135,61 @@ def check_argv(argv: list[str]) -> list[str]:
     return argv
 
 
+@dataclass(frozen=True)
+class Mount:
+    """One ``-v SRC:DEST[:ro]``, as ``docker run -v`` reads it.
+
+    Attributes:
+        source: a host directory (absolute path) or a named volume (see :mod:`kit.volumes`).
+        target: the absolute path inside the instance.
+        read_only: ``:ro``: writes fail inside.
+        kind: ``"bind"`` (a host directory) or ``"volume"`` (a named volume).
+    """
+
+    source: str
+    target: str
+    read_only: bool = False
+    kind: str = "bind"
+
+
+def parse_volume(value) -> Mount:
+    """Parse ``SRC:DEST[:ro|:rw]`` (a Mount passes through).
+
+    ``SRC`` starting with ``/`` is a host directory; otherwise it is a volume name
+    (letters, digits, ``_ . -``; no ``/`` or ``..``). Existence is checked where the
+    mount is resolved (:func:`kit.volumes.resolve`), not here.
+
+    >>> parse_volume("data:/var/lib/mysql")
+    Mount(source='data', target='/var/lib/mysql', read_only=False, kind='volume')
+    """
+    if isinstance(value, Mount):
+        return value
+    text = check_string(str(value), "volume")
+    parts = text.split(":")
+    mode = "rw"
+    if len(parts) == 3:
+        mode = parts.pop()
+    if len(parts) != 2 or mode not in ("ro", "rw") or not parts[0] or not parts[1]:
+        raise InvalidSpec(f"volume {show(value)} is malformed: use SRC:DEST[:ro], e.g. data:/var/lib/mysql or "
+                          f"/srv/www:/www:ro")
+    src, dest = parts
+    if not dest.startswith("/"):
+        raise InvalidSpec(f"volume {show(value)}: the destination {show(dest)} must be an absolute path inside, "
+                          f"e.g. /data")
+    if dest.rstrip("/") == "" or ".." in dest.split("/"):
+        raise InvalidSpec(f"volume {show(value)}: the destination {show(dest)} cannot be / or contain '..'")
+    if src.startswith("/"):
+        if src.rstrip("/") == "" or ".." in src.split("/"):
+            raise InvalidSpec(f"volume {show(value)}: the host directory cannot be / or contain '..': "
+                              f"give the directory to share, e.g. /srv/data")
+        return Mount(src.rstrip("/"), dest.rstrip("/"), mode == "ro", "bind")
+    if src.startswith(".") or not _NAME_RE.match(src):
+        raise InvalidSpec(f"volume {show(value)}: {show(src)} is neither an absolute host path nor a volume "
+                          f"name (letters, digits, '_', '.', '-'; no '/' or '..'): e.g. data:/data or "
+                          f"/abs/path:/data")
+    return Mount(src, dest.rstrip("/"), mode == "ro", "volume")
+
+
 def new_name() -> str:
     return "kit-" + secrets.token_hex(4)
 
@@ -156,6 +211,8 @@ class RunSpec:
         timeout: seconds before a foreground run is killed.
         hostname: defaults to the name.
         read_only: root filesystem read-only.
+        volumes: :class:`Mount` s (``-v SRC:DEST[:ro]``), host directories or named volumes.
+        network: the kit network (:mod:`kit.networks`) to join, or None (alone, loopback only).
         harden: the baseline hardening Docker applies by default (a seccomp filter refusing
             dangerous system calls, dropped capabilities, masked /proc paths), applied by
             every container runtime that can; False runs without it.
@@ -174,6 +231,8 @@ class RunSpec:
     hostname: str | None = None
     read_only: bool = False
     harden: bool = True
+    volumes: list[Mount] = field(default_factory=list)
+    network: str | None = None
     options: dict = field(default_factory=dict)  # runtime-specific extras (e.g. VM kernel)
 
     def __post_init__(self):
@@ -211,6 +270,13 @@ class RunSpec:
             if host in seen:
                 raise InvalidSpec(f"host port {host} is published twice: give each -p a different host port")
             seen.add(host)
+        self.volumes = [parse_volume(v) for v in self.volumes]
+        targets = [m.target for m in self.volumes]
+        for t in targets:
+            if targets.count(t) > 1:
+                raise InvalidSpec(f"two volumes are mounted at {show(t)}: give each -v a different destination")
+        if self.network is not None:
+            check_name(str(self.network))
 
     def environment(self) -> dict[str, str]:
         """The full environment inside the instance."""

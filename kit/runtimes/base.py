@@ -71,6 +71,11 @@ class Instance:
     netns_fd: int | None = None
     threads: list = field(default_factory=list)
     handle: object | None = None
+    #: The spec's volumes resolved by the API before start (kit.volumes): objects with
+    #: ``host`` (Path), ``target`` (str), ``read_only`` (bool), ``source`` and ``kind``.
+    mounts: list = field(default_factory=list)
+    #: The kit network joined (kit.networks), or None: its namespace and hosts file.
+    net: object | None = None
     exit_code: int | None = None
     oom_killed: bool = False
     timed_out: bool = False
@@ -95,6 +100,10 @@ class Runtime(ABC):
     kind: str = "container"
     #: Where the image's root filesystem must be (False: the runtime ignores images).
     uses_image: bool = True
+    #: Whether the runtime mounts ``RunSpec.volumes`` / joins ``RunSpec.network``; the API refuses
+    #: a run that asks for what its runtime cannot do, rather than ignore it.
+    supports_volumes: bool = False
+    supports_networks: bool = False
     #: The least memory limit an instance can start in (bytes), and how messages name the instance.
     min_memory: int = MIN_MEMORY
     min_memory_what: str = "a container"
