@@ -81,7 +81,8 @@ def test_nothing_is_kept_for_a_user_kernel_that_fails_to_boot(tmp_path, names):
     from conftest import need, unique
 
     need("qemu")
-    fake = _bzimage(tmp_path / "vmlinuz", b"\0" * 4096)
+    # Bytes of its own (content-keyed cache): no other test or earlier run can have made its folder.
+    fake = _bzimage(tmp_path / "vmlinuz", b"\0" * 4096 + os.urandom(16))
     k = kmod.resolve(fake)
     name = unique("badkernel")
     names.append(name)

@@ -232,12 +232,12 @@ def test_bad_input_fails_fast_and_leaves_nothing(tmp_path):
     junk = tmp_path / "vmlinuz"
     junk.write_bytes(b"not a kernel" * 100)
     name = unique("vm-badk")
-    with pytest.raises(StartFailed, match="QEMU"):
+    with pytest.raises(InvalidSpec, match="is not a Linux kernel image"):  # refused before QEMU starts
         kit.run("busybox", ["true"], runtime="qemu", name=name, kernel=str(junk), timeout=60)
     _assert_nothing_left(name)
     with pytest.raises(InvalidSpec, match="does not exist"):
         kit.run("busybox", ["true"], runtime="qemu", kernel=str(tmp_path / "missing"))
-    with pytest.raises(InvalidSpec, match="too small to boot"):
+    with pytest.raises(InvalidSpec, match="below the 96m minimum a VM can start in"):
         kit.run("busybox", ["true"], runtime="qemu", memory="32m")
     with pytest.raises(CommandNotFound):
         kit.run("busybox", ["no-such-command"], runtime="qemu")

@@ -37,6 +37,7 @@ for i, cell in enumerate(json.load(sys.stdin), 1):
         print(f"README python block {i} failed", flush=True)
         result.raise_error()
 import kit
+kit.api.wait_for_teardown()  # foreground runs are removed in the background once their result is complete
 left = kit.ps()
 assert left.empty, f"the README's blocks left instances behind: {list(left['name'])}"
 print("README OK", flush=True)
