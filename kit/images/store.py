@@ -23,7 +23,7 @@ import shutil
 import stat
 import tempfile
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -245,10 +245,21 @@ def get(name: str) -> Image:
             f"no image {name!r} (have: {known}); build one with kit.images.debian(), "
             f"import with kit.images.import_tar()/import_dir(), or pull with kit.images.pull()"
         )
+    digest = names[key]
+    hit = _loaded.get((digest, key))
+    if hit is not None and hit.rootfs.is_dir():
+        return replace(hit)  # a copy: callers may set attributes on theirs
     try:
-        return _load(names[key], key)
+        img = _load(digest, key)
     except (OSError, ValueError, TypeError) as e:
         raise ImageNotFound(f"image {name!r} is damaged in the store ({e}); remove it with kit.images.remove({name!r}) and rebuild it") from None
+    _loaded[(digest, key)] = img
+    return img
+
+
+#: Loaded images by (id, name): an id names immutable content, so its image.json never
+#: changes; a run then costs one read of the name index, not a parse of image.json too.
+_loaded: dict[tuple[str, str], Image] = {}
 
 
 def exists(name: str) -> bool:
