@@ -4,21 +4,27 @@
 >>> kit.images.get("busybox")          # built from the host's static busybox
 <Image busybox ...>
 
-Build or bring more with :func:`debian`, :func:`import_dir`, :func:`import_tar`,
-:func:`import_archive` (OCI / ``docker save``), :func:`import_docker` and :func:`pull`.
+Build or bring more with :func:`debian`, :func:`build` (a Dockerfile), :func:`pull`
+(a registry), :func:`import_dir`, :func:`import_tar`, :func:`import_archive`
+(OCI / ``docker save``) and :func:`import_docker`; :mod:`.registry` serves a
+private registry on loopback, :func:`push` fills it.
 """
 
 from __future__ import annotations
 
 from . import builtin  # noqa: F401  (registers the built-in images)
+from . import registry  # noqa: F401  (kit.images.registry.serve())
 from .store import Image, exists, get, list_images, normalize, remove
 from .store import list_images as list  # noqa: A001  (kit.images.list())
-from .archive import import_archive, import_dir, import_tar
+from .archive import command_for, import_archive, import_dir, import_tar
+from .build import build
 from .debian import debian
-from .engine import import_docker, pull
+from .engine import import_docker
+from .pull import obtain, pull, push
 
-__all__ = ["Image", "get", "exists", "list", "list_images", "remove", "normalize", "table",
-           "import_dir", "import_tar", "import_archive", "import_docker", "pull", "debian"]
+__all__ = ["Image", "get", "exists", "list", "list_images", "remove", "normalize", "table", "layers",
+           "import_dir", "import_tar", "import_archive", "import_docker", "pull", "push", "obtain", "build", "command_for",
+           "debian", "registry"]
 
 
 def table():
@@ -32,3 +38,13 @@ def table():
         for i in list_images()
     ]
     return pd.DataFrame(rows, columns=["name", "id", "size_mb", "layers", "source", "created"])
+
+
+def layers(name: str):
+    """A DataFrame of image ``name``'s layers, bottom first: digest, size (as stored or sent), source."""
+    import pandas as pd
+
+    img = get(name)
+    rows = [{"layer": i, "digest": (lay.get("digest") or "")[:19], "size_kb": round((lay.get("size") or 0) / 1024, 1),
+             "source": lay.get("source", "")} for i, lay in enumerate(img.layers)]
+    return pd.DataFrame(rows, columns=["layer", "digest", "size_kb", "source"])

@@ -2,7 +2,7 @@
 
 >>> import kit
 >>> kit.images.import_tar("mybox", "/tmp/rootfs.tar.gz")
->>> kit.images.import_archive("redis:7", "/tmp/redis.tar")    # docker save / OCI layout
+>>> kit.images.import_archive("redis:7", "/tmp/redis.tar")    # docker save / OCI layout (tar or directory)
 
 Extraction is safe by construction: a member with an absolute path or a ``..``
 component, a link whose target leaves the archive, or a path that would go
@@ -28,7 +28,7 @@ import zlib
 from pathlib import Path
 from typing import IO
 
-from ..errors import ImageError
+from ..errors import ImageError, InvalidSpec
 from . import store
 
 WHITEOUT = ".wh."
@@ -73,69 +73,115 @@ def import_tar(name: str, src: str | os.PathLike | IO[bytes], config: dict | Non
 
 
 def import_archive(name: str, path: str | os.PathLike, source: str | None = None) -> store.Image:
-    """Store an OCI image layout tar or a ``docker save`` tar as image ``name``.
+    """Store an OCI image layout (a tar, or a directory) or a ``docker save`` tar as image ``name``.
 
     Layers are applied bottom first with their whiteouts (``.wh.NAME`` deletes,
     ``.wh..wh..opq`` empties a directory of what lower layers put there). Each
-    layer's digest and size go to ``Image.layers``; the image's env, cmd and
-    workdir to ``Image.config``.
+    layer's digest and size go to ``Image.layers``; the image's entrypoint, cmd,
+    env and workdir to ``Image.config``.
 
     Raises:
-        ImageError: not an OCI or ``docker save`` archive, a missing blob, an unsafe member.
+        ImageError: not an OCI or ``docker save`` archive, a missing blob, an unsafe member,
+            an image for another architecture.
     """
     path = Path(path)
+    if path.is_dir():
+        return _import_from(_DirSource(path), name, source or f"oci:{path}")
     try:
         outer = tarfile.open(path, "r:*")
     except (OSError, tarfile.TarError) as e:
         raise ImageError(f"cannot read image archive {str(path)!r}: {e}; give a 'docker save' or OCI layout tar") from None
     with outer:
-        members = {posixpath.normpath(m.name): m for m in outer.getmembers()}
-        if "manifest.json" in members:
-            layers, cfg = _docker_save_manifest(outer, members, path)
-        elif "index.json" in members:
-            layers, cfg = _oci_manifest(outer, members, path)
-        else:
-            raise ImageError(f"{str(path)!r} has neither manifest.json nor index.json: "
-                             f"it is not a 'docker save' or OCI layout archive (for a plain rootfs tar use import_tar)")
-        with _staging() as rootfs:
-            recorded = []
-            for layer in layers:
-                blob = _member(outer, members, layer["path"], path)
-                hasher = _HashingReader(outer.extractfile(blob))
+        return _import_from(_TarSource(outer, path), name, source or f"archive:{path}")
+
+
+def _import_from(src: "_TarSource | _DirSource", name: str, source: str) -> store.Image:
+    path = src.path
+    if src.has("manifest.json"):
+        layers, cfg = _docker_save_manifest(src)
+    elif src.has("index.json"):
+        layers, cfg = _oci_manifest(src)
+    else:
+        raise ImageError(f"{str(path)!r} has neither manifest.json nor index.json: "
+                         f"it is not a 'docker save' or OCI layout archive (for a plain rootfs tar use import_tar)")
+    check_platform(cfg, str(path))
+    with _staging() as rootfs:
+        recorded = []
+        for layer in layers:
+            raw, size = src.open(layer["path"])
+            try:
+                hasher = _HashingReader(raw)
                 with _open_tar(hasher, f"{path}:{layer['path']}") as tar:
                     _apply_layer(tar, rootfs, f"{path}:{layer['path']}", whiteouts=True)
                 hasher.drain()
-                recorded.append({"digest": layer.get("digest") or hasher.digest(), "size": blob.size,
-                                 "source": layer["path"]})
-            return store.add(name, rootfs, source=source or f"archive:{path}", layers=recorded,
-                             config_=_image_config(cfg), move=True)
+            finally:
+                raw.close()
+            recorded.append({"digest": layer.get("digest") or hasher.digest(), "size": size,
+                             "source": layer["path"]})
+        return store.add(name, rootfs, source=source, layers=recorded, config_=image_config(cfg), move=True)
 
 
 # -- archive formats ----------------------------------------------------------
 
-def _json(outer: tarfile.TarFile, members: dict, name: str, path: Path):
-    f = outer.extractfile(_member(outer, members, name, path))
+class _TarSource:
+    """Members of an image archive (tar) by name."""
+
+    def __init__(self, outer: tarfile.TarFile, path: Path):
+        self.outer, self.path = outer, path
+        self.members = {posixpath.normpath(m.name): m for m in outer.getmembers()}
+
+    def has(self, name: str) -> bool:
+        return posixpath.normpath(name) in self.members
+
+    def open(self, name: str):
+        m = self.members.get(posixpath.normpath(name))
+        if m is None or not m.isfile():
+            raise _missing(self.path, name)
+        return self.outer.extractfile(m), m.size
+
+
+class _DirSource:
+    """Files of an OCI image layout directory (what ``skopeo copy ... oci:DIR`` writes) by name."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def _file(self, name: str) -> Path:
+        return self.path / _clean(name, str(self.path))
+
+    def has(self, name: str) -> bool:
+        return self._file(name).is_file()
+
+    def open(self, name: str):
+        f = self._file(name)
+        if not f.is_file() or f.is_symlink():
+            raise _missing(self.path, name)
+        return open(f, "rb"), f.stat().st_size
+
+
+def _missing(path: Path, name: str) -> ImageError:
+    return ImageError(f"{str(path)!r} is incomplete: {name} is missing; save or export the image again")
+
+
+def _json(src, name: str):
+    f, _ = src.open(name)
     try:
         return json.load(f)
     except ValueError as e:
-        raise ImageError(f"{str(path)!r}: {name} is not valid JSON ({e})") from None
+        raise ImageError(f"{str(src.path)!r}: {name} is not valid JSON ({e})") from None
+    finally:
+        f.close()
 
 
-def _member(outer: tarfile.TarFile, members: dict, name: str, path: Path) -> tarfile.TarInfo:
-    m = members.get(posixpath.normpath(name))
-    if m is None or not m.isfile():
-        raise ImageError(f"{str(path)!r} is incomplete: {name} is missing; save or export the image again")
-    return m
-
-
-def _docker_save_manifest(outer, members, path) -> tuple[list[dict], dict]:
-    manifest = _json(outer, members, "manifest.json", path)
+def _docker_save_manifest(src) -> tuple[list[dict], dict]:
+    path = src.path
+    manifest = _json(src, "manifest.json")
     if not isinstance(manifest, list) or not manifest:
         raise ImageError(f"{str(path)!r}: manifest.json lists no image")
     if len(manifest) > 1:
         raise ImageError(f"{str(path)!r} holds {len(manifest)} images: save one image per archive")
     entry = manifest[0]
-    cfg = _json(outer, members, entry["Config"], path)
+    cfg = _json(src, entry["Config"])
     diff_ids = (cfg.get("rootfs") or {}).get("diff_ids") or []
     layers = []
     for i, rel in enumerate(entry.get("Layers") or []):
@@ -143,39 +189,76 @@ def _docker_save_manifest(outer, members, path) -> tuple[list[dict], dict]:
     return layers, cfg
 
 
-def _oci_manifest(outer, members, path) -> tuple[list[dict], dict]:
+def _oci_manifest(src) -> tuple[list[dict], dict]:
     def blob(desc):
         algo, _, hexd = desc["digest"].partition(":")
         return f"blobs/{algo}/{hexd}"
 
-    desc = _pick(_json(outer, members, "index.json", path).get("manifests") or [], path)
-    doc = _json(outer, members, blob(desc), path)
+    desc = pick_platform(_json(src, "index.json").get("manifests") or [], str(src.path))
+    doc = _json(src, blob(desc))
     while doc.get("manifests"):  # a nested index (multi-platform): descend
-        desc = _pick(doc["manifests"], path)
-        doc = _json(outer, members, blob(desc), path)
-    cfg = _json(outer, members, blob(doc["config"]), path)
+        desc = pick_platform(doc["manifests"], str(src.path))
+        doc = _json(src, blob(desc))
+    cfg = _json(src, blob(doc["config"]))
     layers = [{"path": blob(d), "digest": d["digest"]} for d in doc.get("layers") or []]
     return layers, cfg
 
 
-def _pick(manifests: list[dict], path: Path) -> dict:
-    """The linux/amd64 (or only) manifest of an index."""
+def host_platform() -> str:
+    """This host's architecture as images name it (``amd64``, ``arm64``, ...)."""
+    import platform
+
+    m = platform.machine().lower()
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "i386": "386"}.get(m, m)
+
+
+def _platform_name(plat: dict) -> str:
+    return "/".join(x for x in (plat.get("os", "?"), plat.get("architecture", "?"), plat.get("variant")) if x)
+
+
+def pick_platform(manifests: list[dict], what: str) -> dict:
+    """The linux/<this host's architecture> (or only, unlabelled) manifest of an index."""
     if not manifests:
-        raise ImageError(f"{str(path)!r}: index.json lists no manifest")
+        raise ImageError(f"{what!r}: the index lists no manifest")
+    arch = host_platform()
     for m in manifests:
         plat = m.get("platform") or {}
-        if plat.get("os", "linux") == "linux" and plat.get("architecture", "amd64") == "amd64":
+        if plat.get("os", "linux") == "linux" and plat.get("architecture", arch) == arch:
             return m
-    raise ImageError(f"{str(path)!r} has no linux/amd64 image (platforms: "
-                     f"{[m.get('platform') for m in manifests]}); save the amd64 variant")
+    have = ", ".join(sorted({_platform_name(m.get("platform") or {}) for m in manifests}))
+    raise ImageError(f"{what!r} has no linux/{arch} image, only {have}: this host runs linux/{arch}; "
+                     f"build or push a linux/{arch} variant")
 
 
-def _image_config(cfg: dict) -> dict:
+def check_platform(cfg: dict, what: str) -> None:
+    """Refuse an image whose config names another OS or architecture than this host's."""
+    arch, os_ = cfg.get("architecture"), cfg.get("os")
+    if (arch and arch != host_platform()) or (os_ and os_ != "linux"):
+        raise ImageError(f"{what!r} is a {os_ or 'linux'}/{arch} image: this host runs linux/{host_platform()}; "
+                         f"build or push a linux/{host_platform()} variant")
+
+
+def image_config(cfg: dict) -> dict:
+    """What ``run`` honours of an image config, as ``docker run`` does: entrypoint, cmd, env, workdir, user."""
     c = cfg.get("config") or cfg.get("Config") or {}
     env = dict(e.split("=", 1) for e in c.get("Env") or [] if "=" in e)
-    entry = list(c.get("Entrypoint") or [])
-    return {"cmd": entry + list(c.get("Cmd") or []), "entrypoint": entry, "env": env,
+    return {"entrypoint": list(c.get("Entrypoint") or []), "cmd": list(c.get("Cmd") or []), "env": env,
             "workdir": c.get("WorkingDir") or "/", "user": c.get("User") or ""}
+
+
+def command_for(image: store.Image, command: list[str] | None) -> list[str]:
+    """The argv ``run`` starts, as ``docker run`` makes it: the image's entrypoint, then ``command``
+    or else the image's cmd.
+
+    Raises:
+        InvalidSpec: no command given and the image names none.
+    """
+    cfg = image.config or {}
+    argv = list(cfg.get("entrypoint") or []) + list(command if command else cfg.get("cmd") or [])
+    if not argv:
+        raise InvalidSpec(f"no command given, and image {image.name!r} names none (no Entrypoint or Cmd): "
+                          f"put the command after the image, e.g. {image.name} echo hello")
+    return [str(a) for a in argv]
 
 
 class _HashingReader(io.RawIOBase):

@@ -4,12 +4,11 @@ The kit hands an engine its images as ``docker import``-ed copies of the same
 root filesystem every other runtime runs, tagged ``kit/<name>:<short id>``, so
 the same bytes run everywhere and nothing is pulled during a run. The other
 way round, :func:`import_docker` brings an image the daemon already has into
-the store, and :func:`pull` fetches one from a registry when the host can
-reach one.
+the store (:mod:`.pull` fetches one from a registry through it or skopeo,
+:mod:`.build` builds one from a Dockerfile with it).
 
 >>> import kit
 >>> kit.images.import_docker("alpine", "alpine:3.19")   # the daemon has it
->>> kit.images.pull("redis:7")                          # needs a reachable registry
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import threading
 from pathlib import Path
@@ -26,17 +24,11 @@ from ..errors import ImageError, KitError, RuntimeUnavailable
 from . import archive, store
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
-#: Seconds a registry may stay silent before a pull is given up.
-PULL_TIMEOUT = 15
 _clients: dict[float | None, object] = {}
 _lock = threading.Lock()
 #: One import per tag at a time: threads starting their first container of an image at once
 #: wait for one ``docker import`` instead of racing (a failed one would untag the other's image).
 _import_locks: dict[str, threading.Lock] = {}
-#: Phrases of a registry that cannot be reached at all (as opposed to one that said no).
-_UNREACHABLE = ("no such host", "dial tcp", "i/o timeout", "connection refused", "network is unreachable",
-                "tls handshake timeout", "client.timeout", "timed out", "temporary failure in name resolution",
-                "read timed out", "no route to host")
 
 
 def docker_host() -> str:
@@ -136,12 +128,13 @@ def _forget(client, ref: str) -> None:
         pass
 
 
-def import_docker(name: str, ref: str | None = None) -> store.Image:
+def import_docker(name: str, ref: str | None = None, source: str | None = None) -> store.Image:
     """Store the image the local Docker daemon knows as ``ref`` (``docker save`` of it) as ``name``.
 
     Args:
         name: the name in the kit's store.
         ref: the daemon's name for it (default: ``name``), e.g. ``"alpine:3.19"``.
+        source: where it came from, as recorded (default ``docker:<ref>``).
 
     Raises:
         ImageError: no daemon, or the daemon has no such image.
@@ -163,90 +156,8 @@ def import_docker(name: str, ref: str | None = None) -> store.Image:
                 f.write(chunk)
         from .archive import import_archive
 
-        return import_archive(name, saved, source=f"docker:{ref}")
+        return import_archive(name, saved, source=source or f"docker:{ref}")
     except docker.errors.APIError as e:
         raise ImageError(f"the Docker daemon could not save {ref!r}: {e.explanation or e}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def pull(ref: str, name: str | None = None) -> store.Image:
-    """Pull ``ref`` from its registry (through skopeo if installed, else the Docker daemon) and store it.
-
-    Fails within about :data:`PULL_TIMEOUT` seconds when no registry answers.
-
-    Args:
-        ref: e.g. ``"redis:7"`` or ``"ghcr.io/org/app:1.2"``.
-        name: the name in the kit's store (default: ``ref``).
-
-    Raises:
-        ImageError: no registry reachable, the registry refused, or no way to pull at all.
-    """
-    name = name or ref
-    if shutil.which("skopeo"):
-        return _pull_skopeo(ref, name)
-    return _pull_docker(ref, name)
-
-
-def _no_registry(ref: str, detail: str) -> ImageError:
-    if any(p in detail.lower() for p in _UNREACHABLE):
-        return ImageError(
-            f"cannot pull {ref!r}: no image registry is reachable from this host ({detail.strip()[:200]}); "
-            f"build the image instead with kit.images.debian(name, packages=[...]), or bring it as a file "
-            f"with kit.images.import_tar()/import_archive(), or from a local daemon with kit.images.import_docker()"
-        )
-    return ImageError(f"cannot pull {ref!r}: the registry said: {detail.strip()[:300]}; check the name and tag")
-
-
-def _pull_skopeo(ref: str, name: str) -> store.Image:
-    tmp = Path(tempfile.mkdtemp(prefix=".pull-", dir=store.root()))
-    try:
-        dest = tmp / "image.tar"
-        src = ref if "://" in ref else f"docker://{ref if '/' in ref.split(':')[0] else 'docker.io/library/' + ref}"
-        argv = ["skopeo", "copy", "--retry-times", "0", "--command-timeout", f"{PULL_TIMEOUT * 20}s",
-                src, f"oci-archive:{dest}"]
-        try:
-            p = subprocess.run(argv, capture_output=True, timeout=PULL_TIMEOUT * 20)
-        except subprocess.TimeoutExpired:
-            raise _no_registry(ref, f"skopeo timed out after {PULL_TIMEOUT * 20} s") from None
-        if p.returncode:
-            lines = p.stderr.decode(errors="replace").strip().splitlines()
-            raise _no_registry(ref, lines[-1] if lines else f"skopeo exited with {p.returncode}")
-        from .archive import import_archive
-
-        return import_archive(name, dest, source=f"pull:{ref} (skopeo)")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _pull_docker(ref: str, name: str) -> store.Image:
-    import docker
-    import requests
-
-    try:
-        client = docker_client(timeout=PULL_TIMEOUT, error=ImageError)
-    except ImageError as e:
-        raise ImageError(f"cannot pull {ref!r}: neither skopeo (apt-get install skopeo) nor a Docker daemon "
-                         f"is here to pull with ({e})") from None
-    repo, tag = _split_ref(ref)
-    try:
-        for line in client.api.pull(repo, tag=tag, stream=True, decode=True):
-            if isinstance(line, dict) and line.get("error"):
-                raise _no_registry(ref, line["error"])
-    except docker.errors.APIError as e:
-        raise _no_registry(ref, str(e.explanation or e)) from None
-    except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as e:
-        raise _no_registry(ref, f"timed out: no answer within {PULL_TIMEOUT} s ({type(e).__name__})") from None
-    return import_docker(name, f"{repo}:{tag}")
-
-
-def _split_ref(ref: str) -> tuple[str, str]:
-    """``redis:7`` -> (``redis``, ``7``); a registry's port is not a tag."""
-    if "@" in ref:
-        repo, digest = ref.split("@", 1)
-        return repo, digest
-    last = ref.rsplit("/", 1)[-1]
-    if ":" in last:
-        repo, tag = ref.rsplit(":", 1)
-        return repo, tag
-    return ref, "latest"
