@@ -35,9 +35,18 @@ MODULES = {
     "pci": ["virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci",
             "virtio_console"],
     "mmio": ["virtio_ring", "virtio", "virtio_mmio", "virtio_console"],
-    "disk": ["virtio_blk", "overlay"],
+    # ext4 and what it needs are built into the cloud kernel (skipped), modules in the generic one.
+    "disk": ["crc16", "mbcache", "jbd2", "crc32c_generic", "ext4", "virtio_blk", "overlay"],
     "net": ["failover", "net_failover", "virtio_net"],
+    # Volumes: QEMU's 9p server over virtio (kit.volumes). Optional: a kernel without it gets no group.
+    "9p": ["netfs", "fscache", "9pnet", "9pnet_virtio", "9p"],
 }
+OPTIONAL_GROUPS = {"9p"}
+
+
+def module_names() -> set[str]:
+    """Every module the initramfs may pack."""
+    return {m for names in MODULES.values() for m in names}
 
 
 class Cpio:
@@ -181,6 +190,8 @@ def base(kernel: Kernel) -> Path:
             c.symlink(f".kit/bin/{a}", "/.kit/busybox")
         packed: set[str] = set()
         for group, names in MODULES.items():
+            if group in OPTIONAL_GROUPS and not all(_module_file(kernel, n) or _builtin(kernel, n) for n in names):
+                continue
             listed = []
             for name in names:
                 if name in packed:

@@ -145,21 +145,25 @@ def latest_version(timeout: float = 30) -> str:
     return m.group(1)
 
 
-def fetch(version: str | None = None, timeout: float = 300) -> Kernel:
+def fetch(version: str | None = None, timeout: float = 300, base: Path | None = None,
+          keep: set[str] | None = None) -> Kernel:
     """Download and unpack the Debian cloud kernel into the cache; return it.
 
     Args:
         version: a release such as ``6.1.0-56-cloud-amd64``; default: the current one.
+        base: where to cache it (default :func:`kernels_dir`, where the default kernel is chosen).
+        keep: keep only these modules (names as ``modprobe`` takes them), not the whole tree.
 
     Raises:
         RuntimeUnavailable: apt cannot find or download it (the message says what to do).
     """
     version = version or latest_version()
-    dest = kernels_dir() / version
+    base = base or kernels_dir()
+    dest = base / version
     if (dest / "vmlinuz").is_file():
         return _load(dest)
-    kernels_dir().mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=kernels_dir()))
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=base))
     try:
         # The directory stays private (mkdtemp: 0700). apt then downloads as root rather than
         # as _apt, and says so in a warning; no one else can place a file here meanwhile.
@@ -179,6 +183,8 @@ def fetch(version: str | None = None, timeout: float = 300) -> Kernel:
             shutil.move(str(conf), stage / "config")
         mods = tmp / "x" / "lib" / "modules" / version
         if mods.is_dir():
+            if keep is not None:
+                _prune_modules(mods, keep)
             shutil.move(str(mods), stage / "modules")
         try:
             os.rename(stage, dest)
@@ -187,6 +193,39 @@ def fetch(version: str | None = None, timeout: float = 300) -> Kernel:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return _load(dest)
+
+
+def _prune_modules(mods: Path, keep: set[str]) -> None:
+    wanted = {k.replace("-", "_") for k in keep}
+    for ko in list(mods.rglob("*.ko")) + list(mods.rglob("*.ko.xz")):
+        if ko.name.split(".ko")[0].replace("-", "_") not in wanted:
+            ko.unlink()
+
+
+#: What a VM's volumes need (QEMU's own 9p server, virtio-9p): 9p over virtio, in or beside the kernel.
+NINEP_OPTIONS = ("NET_9P", "NET_9P_VIRTIO", "9P_FS")
+
+
+def has_9p(k: Kernel) -> bool:
+    return all(k.option(o) in ("y", "m") for o in NINEP_OPTIONS)
+
+
+def with_9p(k: Kernel, keep: set[str]) -> Kernel:
+    """``k`` if it has 9p, else the distribution's generic kernel of the same release (fetched once,
+    only the modules in ``keep`` kept, under ``kernels/9p``, never chosen as the default kernel).
+
+    Debian's cloud kernel builds no 9p (``# CONFIG_NET_9P is not set``); its generic kernel
+    builds it as modules.
+
+    Raises:
+        InvalidSpec: a user's kernel without 9p.
+    """
+    if has_9p(k):
+        return k
+    if not k.version.endswith("-cloud-amd64"):
+        raise InvalidSpec(f"kernel {k.version} has no 9p file system (CONFIG_9P_FS, CONFIG_NET_9P_VIRTIO), which "
+                          f"a VM's volumes need: give a kernel that has it, or run without -v")
+    return fetch(k.version[: -len("-cloud-amd64")] + "-amd64", base=kernels_dir() / "9p", keep=keep)
 
 
 def _load(d: Path) -> Kernel:
