@@ -87,3 +87,17 @@ def test_bad_context_or_dockerfile_says_so(tmp_path):
     (tmp_path / "Dockerfile").write_text("FROM busybox\n")
     with pytest.raises(ImageError, match="is not an image reference"):
         kit.images.build(tmp_path, tag="Bad Tag")
+
+
+def test_a_metadata_only_build_keeps_its_own_cmd_beside_the_same_bytes(tmp_path, docker_client):
+    (tmp_path / "Dockerfile").write_text('FROM busybox\nENV WHO=me\nCMD ["sh", "-c", "echo hello from $WHO"]\n')
+    tag = f"kit-test/same-bytes:{unique('b')}"
+    try:
+        img = kit.images.build(tmp_path, tag=tag, stream=lambda line: None)
+        busybox = kit.images.get("busybox")
+        assert img.id == busybox.id  # the same tree...
+        assert kit.run(tag, None, runtime="runc", check=True).stdout == "hello from me\n"  # ...its own CMD
+        assert busybox.config["cmd"] == ["sh"] and img.source.startswith("build:")
+    finally:
+        if store.exists(tag):
+            store.remove(tag)

@@ -259,7 +259,7 @@ def _watch(p: subprocess.Popen, layout: Path, total: int, ref: str, progress: bo
     chunks: list[bytes] = []
     reader = threading.Thread(target=lambda: chunks.append(p.stderr.read()), daemon=True)
     reader.start()
-    bar = _bar(total, ref, progress)
+    bar = _bar(total, f"pull {ref}", progress)
     seen, last_change, start = 0, time.monotonic(), time.monotonic()
     try:
         while p.poll() is None:
@@ -300,11 +300,21 @@ def _bytes_in(d: Path) -> int:
     return n
 
 
-def _bar(total: int, ref: str, enabled: bool):
+def _bar(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total or None, unit="B", unit_scale=True, unit_divisor=1024, desc=f"pull {ref}"[:60],
+    return tqdm(total=total or None, unit="B", unit_scale=True, unit_divisor=1024, desc=desc[:60],
                 disable=not enabled, leave=True)
+
+
+def _daemon_progress(bar, layers: dict, line: dict, status: str) -> None:
+    """Advance ``bar`` from one line of the daemon's pull or push stream (per-layer current/total)."""
+    detail = line.get("progressDetail") or {}
+    if line.get("status") == status and detail.get("total"):
+        layers[line.get("id", "")] = [min(detail.get("current", 0), detail["total"]), detail["total"]]
+        bar.total = sum(t for _, t in layers.values())
+        bar.n = sum(c for c, _ in layers.values())
+        bar.refresh()
 
 
 # -- the Docker daemon ---------------------------------------------------------------
@@ -320,7 +330,7 @@ def _pull_docker(ref: str, r: Reference, name: str, progress: bool) -> store.Ima
     except ImageError as e:
         raise ImageError(f"cannot pull {ref!r}: no Docker daemon to pull with ({e}); or install skopeo") from None
     target = f"{r.repo}@{r.digest}" if r.digest else f"{r.repo}:{r.tag}"
-    bar = _bar(0, ref, progress)
+    bar = _bar(0, f"pull {ref}", progress)
     layers: dict[str, list[int]] = {}
     try:
         for line in client.api.pull(r.repo, tag=r.digest or r.tag, stream=True, decode=True):
@@ -328,12 +338,7 @@ def _pull_docker(ref: str, r: Reference, name: str, progress: bool) -> store.Ima
                 continue
             if line.get("error"):
                 raise explain(ref, line["error"])
-            detail = line.get("progressDetail") or {}
-            if line.get("status") == "Downloading" and detail.get("total"):
-                layers[line.get("id", "")] = [detail.get("current", 0), detail["total"]]
-                bar.total = sum(t for _, t in layers.values())
-                bar.n = sum(c for c, _ in layers.values())
-                bar.refresh()
+            _daemon_progress(bar, layers, line, "Downloading")
     except docker.errors.APIError as e:
         raise explain(ref, str(e.explanation or e)) from None
     except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as e:
@@ -369,14 +374,14 @@ def push(name: str, ref: str, progress: bool = True) -> str:
     except docker.errors.ImageNotFound:
         src = engine.ensure_in_docker(client, store.get(name))
     client.api.tag(src, r.repo, r.tag)
-    digest = None
+    digest, layers = None, {}
     bar = _bar(0, f"push {ref}", progress)
     try:
         for line in client.api.push(r.repo, tag=r.tag, stream=True, decode=True):
             if line.get("error"):
                 raise ImageError(f"cannot push {ref!r}: {' '.join(line['error'].split())[:300]}")
             digest = (line.get("aux") or {}).get("Digest") or digest
-            bar.update(0)
+            _daemon_progress(bar, layers, line, "Pushing")
     except docker.errors.APIError as e:
         raise ImageError(f"cannot push {ref!r}: {' '.join(str(e.explanation or e).split())[:300]}") from None
     finally:

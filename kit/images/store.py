@@ -160,10 +160,28 @@ def add(name: str, rootfs: Path, source: str, layers: list[dict] | None = None,
             _store_tree(name, digest, size, rootfs, dest, source, layers, config_, move)
         elif move and Path(rootfs).exists():
             shutil.rmtree(rootfs, ignore_errors=True)
+        _save_meta(name, digest, source, layers, config_)
         names = _names()
         names[name] = digest
         _save_names(names)
     return get(name)
+
+
+def _meta_file(name: str) -> Path:
+    """Per-name metadata: two names of one tree may differ in layers and config (an image built
+    FROM busybox that only sets CMD has busybox's bytes, not its CMD)."""
+    d = root() / "meta"
+    d.mkdir(exist_ok=True)
+    return d / (hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest() + ".json")
+
+
+def _save_meta(name, digest, source, layers, config_) -> None:
+    meta = {"id": digest, "source": source, "config": config_ or {}}
+    if layers:
+        meta["layers"] = layers
+    tmp = _meta_file(name).with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, _meta_file(name))
 
 
 def _store_tree(name, digest, size, rootfs, dest, source, layers, config_, move) -> None:
@@ -223,6 +241,12 @@ def _load(digest: str, name: str | None = None) -> Image:
     meta["rootfs"] = d / "rootfs"
     if name:
         meta["name"] = name
+        try:
+            own = json.loads(_meta_file(name).read_text())
+        except (OSError, ValueError):
+            own = {}
+        if own.get("id") == digest:  # what this name was stored with (config, layers, source)
+            meta.update({k: v for k, v in own.items() if k in ("source", "config", "layers")})
     return Image(**meta)
 
 
@@ -284,7 +308,8 @@ def remove(name: str) -> None:
         if key not in names:
             raise ImageNotFound(f"no image {name!r} to remove; list them with kit.images.list()")
         digest = names.pop(key)
-        _save_names(names)  # the name goes first: a crash leaves an unnamed tree, never a dangling name
+        _save_names(names)
+        _meta_file(key).unlink(missing_ok=True)  # the name goes first: a crash leaves an unnamed tree, never a dangling name
         if digest not in names.values():
             shutil.rmtree(digest_dir(digest), ignore_errors=True)
 
