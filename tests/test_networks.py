@@ -105,6 +105,12 @@ def test_vm_and_containers_reach_each_other(shop):
         to_vm = kit.run("busybox", ["wget", "-qO-", f"http://{vm}:8081/"], runtime="docker", network=net, timeout=60)
         assert to_vm.stdout == "hello-from-vm\n", to_vm.stderr
         assert kit.wait_until(lambda: http_get(host_port, "/"), 30) == b"hello-from-vm\n"
+        late = unique("late")  # a member that joins after the VM booted is added to the guest's names too
+        kit.start("busybox", ["sleep", "300"], runtime="lxc", name=late, network=net)
+        try:
+            assert f"{networks.GUEST_GATEWAY}\t{late}" in kit.exec(vm, ["cat", "/etc/hosts"]).stdout
+        finally:
+            kit.rm(late, force=True)
     finally:
         kit.rm(vm, force=True)
 
@@ -209,6 +215,9 @@ def test_bad_input_is_refused_in_one_line():
 
 def test_magics(ip, capsys):
     need("runc")
+    from kit.magics import _run_parser
+
+    assert {"--network", "--expose"} <= set(_run_parser("%vm run", "vm")._option_string_actions)
     net = unique("mg")
     ip.run_line_magic("container", f"network create {net}")
     try:
