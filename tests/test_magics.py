@@ -100,7 +100,7 @@ def test_prune_removes_everything_of_the_session_and_says_so_once(ip, capsys):
 @pytest.mark.parametrize("line,match", [
     ("frobnicate", "unknown subcommand"),
     ("run", "no image"),
-    ("run busybox", "no command"),
+    ("run -r process busybox", "no command"),  # an image runtime runs the image's Cmd instead
     ("run 'busybox echo", "quotes"),
     ('run busybox echo "unbalanced', "quotes"),
     ("run -m 12zz busybox echo", "memory"),
