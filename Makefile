@@ -11,7 +11,8 @@ export KIT_HOME ?= $(HOME)/.cache/kit
 # Debian/Ubuntu packages the runtimes, images and VMs need.
 SYSTEM_PACKAGES := runc crun lxc runsc docker.io podman busybox-static debootstrap e2fsprogs \
 	cpio kmod qemu-system-x86 qemu-utils hyperfine redis-tools file iproute2 ca-certificates \
-	chromium chromium-driver redis-server mariadb-server docker-registry skopeo openssh-server
+	chromium chromium-driver redis-server mariadb-server docker-registry skopeo openssh-server \
+	sysbench fio iperf3
 
 .PHONY: setup system-packages venv dockerd guest-kernel images test test-fast demo bench clean
 
@@ -70,6 +71,7 @@ bench: setup
 	$(BIN)/python benchmarks/compare_hyperfine.py
 	$(BIN)/python benchmarks/bench_overhead.py
 	$(BIN)/python benchmarks/bench_vm.py
+	$(BIN)/python benchmarks/bench_load.py
 
 clean:
 	rm -rf $(VENV) reports build *.egg-info

@@ -73,6 +73,10 @@ METRICS: dict[str, tuple[str, str]] = {
                               "each file once: paid once however many instances run."),
     "total_for_n": ("bytes", "allocated bytes on disk for n live instances with sharing accounted: the image "
                              "formats the runtime uses, counted once, plus every instance's own bytes."),
+    "volume_apparent": ("bytes", "bytes in a volume an instance mounts (component: the named volume, or the host "
+                                 "directory), apparent size; apart from the image and the instance's own bytes, "
+                                 "and outside total_for_n: a volume outlives its instances."),
+    "volume_allocated": ("bytes", "as volume_apparent, allocated blocks."),
     # -- density -----------------------------------------------------------------
     "density_start": ("s", "launch_to_ready of the n-th idle instance while n-1 others are running."),
     "density_pss_total": ("bytes", "sum of the PSS of the host processes of all n idle instances (those of pss: "
@@ -83,6 +87,25 @@ METRICS: dict[str, tuple[str, str]] = {
     "density_working_set_total": ("bytes", "sum of the cgroup working sets of the n instances."),
     "density_host_used": ("bytes", "growth of the host's MemTotal - MemAvailable since before the first "
                                    "instance started (everything: processes, page tables, kernel, caches)."),
+    # -- load (kit.bench.loads: a tool's own figures while the instance works) ------
+    "throughput": ("per row", "load workloads: the rate the tool reported, unit as it counts (component: the "
+                              "operation): sysbench cpu events/s, sysbench memory MiB/s, fio IOPS (read, write), "
+                              "iperf3 Gbit/s received, redis-benchmark requests/s (SET, GET), sysbench oltp "
+                              "transactions/s (and queries/s), dd syscalls/s."),
+    "p50": ("ms", "load workloads: median latency of one operation as the tool measured it (fio completion "
+                  "latency, redis-benchmark request latency)."),
+    "p95": ("ms", "load workloads: 95th percentile latency of one operation (fio, redis-benchmark; sysbench: its "
+                  "'95th percentile' of one event or transaction)."),
+    "p99": ("ms", "load workloads: 99th percentile latency of one operation (fio, redis-benchmark)."),
+    "mean_latency": ("ms", "load workloads: sysbench's average latency of one event or transaction."),
+    "op_time": ("ns", "syscall load: wall time of one system call, dd bs=1 from /dev/zero to /dev/null "
+                      "(one read(2) and one write(2) per byte) divided by the calls."),
+    "cpu_per_op": ("µs", "load workloads: host CPU time spent per operation during the load (component: "
+                         "'instance/<op>': the instance's cgroup cpuacct, or for the bare process and VMs the "
+                         "CPU time of its host processes, QEMU's included; 'forwarder/<op>': the kit's port "
+                         "forwarder (threads of the Python process) or docker-proxy)."),
+    "load_time": ("s", "load workloads: wall time of one load run, from starting the tool to its exit."),
+    "retransmits": ("count", "network load: TCP retransmissions iperf3's sender reported."),
     # -- failures ----------------------------------------------------------------
     "failed": ("count", "a run or measurement that did not complete (status says why: timeout, error message; "
                         "component guest_view: the VM's own memory view could not be read from the measured VM)."),

@@ -16,6 +16,8 @@ from .debian import choose_mirror, debian
 SERVICE_IMAGES = {
     "debian-redis": ["redis-server"],
     "debian-mariadb": ["mariadb-server"],
+    # the load tools kit.bench.loads runs inside an instance (and the iperf3 server)
+    "debian-bench": ["sysbench", "fio", "iperf3", "socat", "redis-tools"],
 }
 
 

@@ -1,0 +1,547 @@
+"""Performance under load: a real tool runs in (or against) an instance; its own figures become rows.
+
+>>> from kit.bench import loads
+>>> rows = loads.sample("cpu", "runc", seconds=2)          # one bounded run: throughput, p95, cpu_per_op...
+>>> sorted({r["metric"] for r in rows})
+['cpu_per_op', 'mean_latency', 'p95', 'throughput']
+
+Two shapes of load (:data:`LOADS`):
+
+- ``inside``: the tool (sysbench, dd, fio) is exec'd in an idle instance of ``debian-bench``;
+- ``host``: the instance runs a server (iperf3, Redis, MariaDB) and the generator runs on the host
+  against its port published on 127.0.0.1, so the path to a published port (the kit's forwarder,
+  docker-proxy, QEMU's user network) is part of what is measured.
+
+Every load is bounded in time (the tool's own ``--time``) and count, and has a deadline
+(``deadline`` seconds, then the tool is killed and the sample fails). A missing tool or output
+the parser does not know gives a one-line :class:`~kit.bench.tools.ToolOutputError` naming tool
+and runtime; the instance is removed whatever happens. The raw output is kept on each row
+(``raw``), so a number can be traced to what printed it.
+
+Fairness on a small host: the instance's processes (and the cpuset cgroup the runtime made for it,
+so exec'd processes follow) are pinned to one CPU and the host-side generator (``taskset``) to
+another; :func:`pinning` says which, and a study records it in its environment record. The host
+CPU time the instance used during the load is divided by the operations the tool counted:
+``cpu_per_op`` (the cgroup's cpuacct where the runtime made one, else the CPU time of its host
+processes, e.g. QEMU). The kit's own forwarder runs in this Python process: its CPU time during a
+host load is ``cpu_per_op`` with component ``forwarder`` (docker-proxy's for Docker).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import api
+from .. import runtimes as _runtimes
+from .._proc import wait_until
+from ..errors import KitError
+from ..net import free_port
+from .tools import ToolOutputError, parse
+
+#: The image the in-instance tools come from (``make setup`` builds it: kit.images.prebuild).
+BENCH_IMAGE = "debian-bench"
+
+
+@dataclass(frozen=True)
+class Load:
+    """One load workload: what runs where, and which parser reads it.
+
+    ``argv`` may hold ``{seconds}``, ``{count}``, ``{dir}`` (inside) or ``{port}`` (host). ``server``
+    is the service a host load targets (``{port}``, ``{bind}``, ``{dir}``); ``inner_port`` its port
+    inside the instance.
+    """
+
+    name: str
+    tool: str
+    where: str
+    argv: tuple[str, ...]
+    image: str = BENCH_IMAGE
+    server: tuple[str, ...] = ()
+    inner_port: int = 0
+    ready: str = ""           # host loads: how the server proves it answers (redis, mysql, log:REGEX)
+    what: str = ""
+    defaults: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+_MARIADB = ("sh", "-c", "mkdir -p {dir} && { test -d {dir}/mysql || mariadb-install-db --no-defaults --user=root "
+            "--datadir={dir} --skip-test-db --force >/dev/null; } && exec mariadbd --no-defaults --user=root "
+            "--datadir={dir} --port={port} --bind-address={bind} --socket={dir}/mysqld.sock "
+            "--pid-file={dir}/mysqld.pid --skip-grant-tables --skip-name-resolve --innodb-use-native-aio=0 "
+            "--skip-log-bin")
+_SB_MYSQL = ("--db-driver=mysql", "--mysql-host=127.0.0.1", "--mysql-port={port}", "--mysql-user=root",
+             "--mysql-db=sbtest", "--tables=1", "--table-size={count}")
+
+LOADS: dict[str, Load] = {l.name: l for l in (
+    Load("cpu", "sysbench", "inside", ("sysbench", "cpu", "--threads=1", "--time={seconds}", "--events={count}",
+                                       "run"),
+         what="sysbench cpu (primes up to 10000), one thread: events/s", defaults={"count": 10**8}),
+    Load("memory", "sysbench", "inside",
+         ("sysbench", "memory", "--threads=1", "--time={seconds}", "--memory-block-size=1M",
+          "--memory-total-size={count}M", "run"),
+         what="sysbench memory, 1 MiB blocks written, one thread: MiB/s", defaults={"count": 10**6}),
+    Load("syscall", "dd", "inside", ("env", "LC_ALL=C", "dd", "if=/dev/zero", "of=/dev/null", "bs=1",
+                                     "count={count}"),
+         what="dd bs=1 from /dev/zero to /dev/null: one read(2) and one write(2) per byte; ns per syscall",
+         defaults={"count": 100_000}),
+    Load("fileio", "fio", "inside",
+         ("fio", "--name=randrw", "--directory={dir}", "--size=32m", "--rw=randrw", "--bs=4k", "--ioengine=psync",
+          "--runtime={seconds}", "--time_based", "--output-format=json"),
+         what="fio 4 KiB random read/write (psync, page cache) in a 32 MiB file: IOPS, clat p50/p95/p99"),
+    Load("network", "iperf3", "host", ("iperf3", "-c", "127.0.0.1", "-p", "{port}", "-t", "{seconds}", "-J"),
+         server=("iperf3", "-s", "-p", "{port}", "--forceflush"), inner_port=5201, ready="log:Server listening",
+         what="iperf3 TCP from the host through the published port: Gbit/s"),
+    Load("redis", "redis-benchmark", "host",
+         ("redis-benchmark", "-h", "127.0.0.1", "-p", "{port}", "-n", "{count}", "-c", "8", "-t", "set,get",
+          "--csv"),
+         image="debian-redis", inner_port=6379, ready="redis",
+         server=("redis-server", "--port", "{port}", "--bind", "{bind}", "--protected-mode", "no", "--save", "",
+                 "--appendonly", "no"),
+         what="redis-benchmark from the host, 8 clients: SET and GET requests/s, p50/p95/p99",
+         defaults={"count": 20_000}),
+    Load("mariadb", "sysbench", "host",
+         ("sysbench", "oltp_read_write", *_SB_MYSQL, "--threads=2", "--time={seconds}", "--events={count}", "run"),
+         image="debian-mariadb", inner_port=3306, ready="mysql", server=_MARIADB,
+         what="sysbench oltp_read_write from the host (1 table of 1000 rows, 2 threads): transactions/s, p95",
+         defaults={"count": 10**6, "rows": 1000}),
+)}
+
+
+def pinning() -> dict:
+    """Which CPUs the instance and the load generator use (no pinning on a single-CPU host)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return {"instance": cpus, "generator": cpus, "how": "none: one CPU"}
+    return {"instance": [cpus[-1]], "generator": [cpus[0]],
+            "how": "instance: sched_setaffinity of its host threads and cpuset.cpus of its cpuset cgroup; "
+                   "generator: taskset"}
+
+
+def _cgroup_lines(pid: int) -> list[tuple[str, str]]:
+    try:
+        text = Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        _, ctrls, path = line.split(":", 2)
+        out += [(c, path) for c in (ctrls.split(",") if ctrls else [""])]
+    return out
+
+
+def _group_of(pid: int, controller: str) -> Path | None:
+    """The cgroup directory of ``pid`` for ``controller`` (v1), or its unified group (v2); None when
+    it is the group this process itself is in (then it would count the whole host)."""
+    mine = dict(_cgroup_lines(os.getpid()))
+    theirs = dict(_cgroup_lines(pid))
+    key = controller if controller in theirs else ("" if "" in theirs and len(theirs) == 1 else None)
+    if key is None or theirs[key] in ("/", mine.get(key)):
+        return None
+    root = Path("/sys/fs/cgroup")
+    base = root if key == "" else next((d for d in root.iterdir() if controller in d.name.split(",")), None)
+    return base / theirs[key].lstrip("/") if base else None
+
+
+def _cg_cpu(group: Path) -> float | None:
+    try:
+        if (group / "cpuacct.usage").exists():
+            return int((group / "cpuacct.usage").read_text()) / 1e9
+        for line in (group / "cpu.stat").read_text().splitlines():
+            if line.startswith("usage_usec "):
+                return int(line.split()[1]) / 1e6
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _proc_cpu(pids) -> float:
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _own_pids(rt, inst) -> list[int]:
+    from .memory import host_pids
+
+    return host_pids(rt, inst)
+
+
+class CpuMeter:
+    """Host CPU seconds an instance spends: its cgroup's accounting, or its host processes' times."""
+
+    def __init__(self, rt, inst):
+        self.rt, self.inst = rt, inst
+        pids = _own_pids(rt, inst)
+        self.group = None if rt.kind in ("process", "vm") else next(
+            (g for p in pids if (g := _group_of(p, "cpuacct")) is not None and _cg_cpu(g) is not None), None)
+        self.source = f"cgroup {self.group}" if self.group else "host processes (psutil)"
+
+    def read(self) -> float:
+        if self.group is not None:
+            v = _cg_cpu(self.group)
+            if v is not None:
+                return v
+        return _proc_cpu(_own_pids(self.rt, self.inst))
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _self_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def pin(rt, inst, cpus: list[int]) -> str:
+    """Pin the instance's host threads (and its cpuset cgroup, so later processes follow) to ``cpus``."""
+    import psutil
+
+    done = []
+    for pid in _own_pids(rt, inst):
+        group = _group_of(pid, "cpuset")
+        if group is not None and group not in done:
+            try:
+                (group / "cpuset.cpus").write_text(",".join(map(str, cpus)))
+                done.append(group)
+            except OSError:
+                pass
+        try:
+            for t in psutil.Process(pid).threads():
+                try:
+                    os.sched_setaffinity(t.id, cpus)
+                except OSError:
+                    pass
+        except psutil.Error:
+            pass
+    return f"cpus {cpus}" + (f", cpuset {', '.join(str(g) for g in done)}" if done else "")
+
+
+def _fill(argv, **kw) -> list[str]:
+    out = []
+    for a in argv:
+        for k, v in kw.items():
+            a = a.replace("{" + k + "}", str(v))
+        out.append(a)
+    return out
+
+
+def _answers(kind: str, port: int, rt, inst) -> bool:
+    if kind.startswith("log:"):
+        out, err = rt.logs(inst)
+        return kind[4:].encode() in out + err and _connects(port)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            if kind == "redis":
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+            greeting = s.recv(1024)  # MySQL protocol v10 handshake
+            return len(greeting) > 5 and greeting[4] == 10
+    except OSError:
+        return False
+
+
+def _connects(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Instance:
+    """A live instance a load runs in or against."""
+
+    name: str
+    runtime: str
+    load: Load
+    port: int | None = None
+    hostdir: str | None = None
+    pinned: str = ""
+
+
+def start(load: Load, runtime: str, name: str, timeout: float = 300.0, memory="512m",
+          volume: str | None = None) -> Instance:
+    """Start the instance of ``load`` under ``runtime`` (an idle ``sleep`` or the server), ready and pinned.
+
+    Args:
+        volume: a host directory mounted at /kit-vol (fileio on a volume), where the runtime can.
+    """
+    rt = _runtimes.require(runtime)
+    live = Instance(name, runtime, load)
+    host = rt.kind == "process"
+    kw = {"memory": memory} if memory else {}
+    if volume:
+        kw["volumes"] = [f"{volume}:/kit-vol"]
+    if load.where == "inside":
+        cmd = ["sleep", "3600"]
+        ports = ()
+    else:
+        live.port = free_port()
+        inner = live.port if host else load.inner_port
+        live.hostdir = tempfile.mkdtemp(prefix="kit-load-") if host else None
+        cmd = _fill(load.server, port=inner, bind="127.0.0.1" if host else "0.0.0.0",
+                    dir=live.hostdir or f"/var/lib/kit-{load.name}")
+        ports = () if host else [(live.port, inner)]
+    api.start(load.image, cmd, runtime=runtime, name=name, ports=ports, **kw)
+    try:
+        rt_, inst = api.instance(name)
+
+        def ready():
+            if not rt_.running(inst):
+                out, err = rt_.logs(inst)
+                tail = ((err or out).decode(errors="replace").strip().splitlines() or [""])[-1]
+                raise KitError(f"{load.name} in {runtime}: the instance exited before it was ready: {tail[:200]}")
+            if load.where == "inside":
+                return rt_.kind != "vm" or "command" in inst.phases
+            return _answers(load.ready, live.port, rt_, inst)
+
+        wait_until(ready, timeout, interval=0.05, what=f"{load.name} instance in {runtime} becoming ready")
+        cpus = pinning()["instance"]
+        live.pinned = pin(rt_, inst, cpus) if len(os.sched_getaffinity(0)) > 1 else "none"
+        if load.name == "mariadb":
+            _mariadb_prepare(live, timeout)
+    except BaseException:
+        remove(live)
+        raise
+    return live
+
+
+def remove(live: Instance) -> None:
+    try:
+        api.rm(live.name, force=True)
+    except KitError:
+        pass
+    if live.hostdir:
+        shutil.rmtree(live.hostdir, ignore_errors=True)
+
+
+def _mariadb_prepare(live: Instance, timeout: float) -> None:
+    import pymysql
+
+    conn = pymysql.connect(host="127.0.0.1", port=live.port, user="root", connect_timeout=10)
+    try:
+        with conn.cursor() as c:
+            c.execute("CREATE DATABASE IF NOT EXISTS sbtest")
+    finally:
+        conn.close()
+    rows = live.load.defaults.get("rows", 1000)
+    argv = ["sysbench", "oltp_read_write", *_fill(_SB_MYSQL, port=live.port, count=rows), "prepare"]
+    _host_tool(argv, timeout, live.load, live.runtime)
+
+
+def _host_tool(argv: list[str], deadline: float, load: Load, runtime: str) -> str:
+    if shutil.which(argv[0]) is None:
+        raise ToolOutputError(f"{argv[0]}: not installed on the host, needed for load {load.name!r} against "
+                              f"{runtime} (apt-get install {'redis-tools' if argv[0].startswith('redis') else argv[0]})")
+    gen = pinning()["generator"]
+    pre = ["taskset", "-c", ",".join(map(str, gen))] if len(os.sched_getaffinity(0)) > 1 and shutil.which("taskset") \
+        else []
+    try:
+        p = subprocess.run(pre + argv, capture_output=True, text=True, timeout=deadline)
+    except subprocess.TimeoutExpired:
+        raise ToolOutputError(f"{argv[0]} against {runtime}: no result within the {deadline:g} s deadline") from None
+    if p.returncode != 0:
+        tail = ((p.stderr or p.stdout).strip().splitlines() or [""])[-1][:200]
+        raise ToolOutputError(f"{argv[0]} against {runtime} exited {p.returncode}: {tail}")
+    return p.stdout + p.stderr
+
+
+def _inside_tool(live: Instance, argv: list[str], deadline: float) -> str:
+    out: dict = {}
+
+    def go():  # a thread pinned like the instance: what it starts (runc exec, the tool) inherits that
+        try:
+            if len(os.sched_getaffinity(0)) > 1:
+                os.sched_setaffinity(0, pinning()["instance"])
+            out["r"] = api.exec_(live.name, argv, timeout=deadline)
+        except BaseException as e:  # noqa: BLE001  (re-raised in the caller's thread)
+            out["e"] = e
+
+    t = threading.Thread(target=go, name=f"kit-load-{live.name}")
+    t.start()
+    t.join()
+    if "e" in out:
+        raise out["e"]
+    r = out["r"]
+    text = r.stdout + r.stderr
+    if r.exit_code in (126, 127) or "not found" in r.stderr and r.exit_code != 0:
+        raise ToolOutputError(f"{argv[0]}: not found in image {live.load.image!r} under {live.runtime}: "
+                              f"build it with python -m kit.images.prebuild")
+    if r.exit_code != 0:
+        tail = (text.strip().splitlines() or [""])[-1][:200]
+        raise ToolOutputError(f"{argv[0]} in {live.runtime} exited {r.exit_code}: {tail}")
+    return text
+
+
+def _forwarder_cpu(runtime: str, port: int | None):
+    """A function returning the CPU seconds of what forwards ``port`` (None: nothing apart)."""
+    kind = _runtimes.get(runtime).kind
+    if kind in ("process", "vm") or port is None:
+        return None  # no forwarder / QEMU's user network is inside the QEMU process
+    if runtime in ("docker", "podman"):
+        import psutil
+
+        procs = [p for p in psutil.process_iter(["name", "cmdline"])
+                 if p.info["name"] == "docker-proxy" and str(port) in (p.info["cmdline"] or [])]
+        return lambda: _proc_cpu([p.pid for p in procs])
+    return _self_cpu  # the kit's forwarder: threads of this process
+
+
+def measure(live: Instance, seconds: float = 5.0, count: int | None = None, deadline: float | None = None,
+            directory: str = "/tmp") -> tuple[list[dict], str]:
+    """Run the load once against a started instance: (rows, raw output)."""
+    load = live.load
+    rt, inst = api.instance(live.name)
+    count = count or load.defaults.get("count", 10**6)
+    deadline = deadline or max(60.0, seconds * 10)
+    secs = max(1, int(round(seconds)))
+    meter = CpuMeter(rt, inst)
+    fwd = _forwarder_cpu(live.runtime, live.port) if load.where == "host" else None
+    c0, ch0, f0, t0 = meter.read(), _children_cpu(), fwd() if fwd else 0.0, time.monotonic()
+    if load.where == "inside":
+        raw = _inside_tool(live, _fill(load.argv, seconds=secs, count=count, dir=directory), deadline)
+    else:
+        raw = _host_tool(_fill(load.argv, port=live.port, seconds=secs, count=count), deadline, load, live.runtime)
+    wall = time.monotonic() - t0
+    cpu = meter.read() - c0
+    if rt.kind == "process" and load.where == "inside":
+        cpu += _children_cpu() - ch0  # exec'd beside the bare process, as a child of this one
+    figures = parse(load.tool, raw)
+    rows = [f.row() for f in figures]
+    ops, op_unit = _operations(figures, wall)
+    if ops > 0:
+        rows.append({"metric": "cpu_per_op", "component": f"instance/{op_unit}", "value": cpu / ops * 1e6,
+                     "unit": "µs"})
+        if fwd:
+            rows.append({"metric": "cpu_per_op", "component": f"forwarder/{op_unit}",
+                         "value": (fwd() - f0) / ops * 1e6, "unit": "µs"})
+    rows.append({"metric": "load_time", "component": "", "value": wall, "unit": "s"})
+    return rows, raw
+
+
+def _operations(figures, wall: float) -> tuple[float, str]:
+    """Operations done during the load (rate figures x wall time), and what one is."""
+    rates = [f for f in figures if f.metric == "throughput" and f.unit.endswith("/s") or f.unit == "IOPS"]
+    rates = [f for f in rates if f.unit not in ("queries/s",)]
+    if not rates:
+        return 0.0, ""
+    unit = rates[0].unit.replace("/s", "").replace("IOPS", "I/O")
+    if unit == "Gbit":
+        return sum(f.value for f in rates) * wall * 1e9 / 8 / 2**20, "MiB"
+    return sum(f.value for f in rates) * wall, unit.rstrip("s") or unit
+
+
+def sample(load: str, runtime: str, seconds: float = 5.0, count: int | None = None, timeout: float = 300.0,
+           volume: bool = False, name: str | None = None) -> list[dict]:
+    """Start, load once, remove: the rows of one run (for tests and quick looks).
+
+    Raises:
+        ToolOutputError: the tool is missing or printed what its parser does not know.
+    """
+    spec = LOADS[load]
+    name = name or f"load-{load}-{runtime}-{secrets.token_hex(3)}"
+    vol = tempfile.mkdtemp(prefix="kit-vol-") if volume else None
+    try:
+        live = start(spec, runtime, name, timeout, volume=vol)
+        try:
+            rows, raw = measure(live, seconds, count, directory="/kit-vol" if vol else _scratch(live))
+        finally:
+            remove(live)
+    finally:
+        if vol:
+            shutil.rmtree(vol, ignore_errors=True)
+    return [dict(r, raw=raw, pinning=live.pinned) for r in rows]
+
+
+def _scratch(live: Instance) -> str:
+    """Where fio writes: the instance's own writable layer (a host temporary directory for the bare process)."""
+    if _runtimes.get(live.runtime).kind == "process":
+        if live.hostdir is None:
+            live.hostdir = tempfile.mkdtemp(prefix="kit-load-")
+        return live.hostdir
+    return "/tmp"
+
+
+def run(loads, runtimes, repeat: int = 3, warmup: int = 1, seconds: float = 5.0, seed: int = 0,
+        timeout: float = 300.0, counts: dict | None = None, volume: bool = False, on_rows=None,
+        progress=None) -> list[dict]:
+    """Every load on every runtime, interleaved: for each load, one instance per runtime, then rounds
+    (warmup first) of one run per runtime in a seeded shuffled order.
+
+    ``on_rows(rows)`` receives each run's rows as it completes (a study adds them to its frame).
+    A runtime whose instance fails to start or whose tool fails gives a ``failed`` row with the
+    one-line reason, and the others go on.
+    """
+    rng = random.Random(seed)
+    uid = secrets.token_hex(3)
+    out: list[dict] = []
+
+    def emit(rows):
+        out.extend(rows)
+        if on_rows:
+            on_rows(rows)
+
+    for lname in loads:
+        load = LOADS[lname]
+        lives: dict[str, Instance] = {}
+        vols: dict[str, str] = {}
+        try:
+            for i, rt in enumerate(runtimes):
+                kind = _runtimes.get(rt).kind
+                ctx = {"part": "load", "runtime": rt, "kind": kind, "workload": lname + ("-volume" if volume else ""),
+                       "image": load.image}
+                try:
+                    if volume:
+                        vols[rt] = tempfile.mkdtemp(prefix="kit-vol-")
+                    lives[rt] = start(load, rt, f"l{uid}-{lname}-{i}", timeout, volume=vols.get(rt))
+                except (KitError, OSError, subprocess.SubprocessError) as e:
+                    emit([{**ctx, "metric": "failed", "value": 1, "warmup": False, "round": 0, "order": i,
+                           "status": f"error: {_one_line(e)}"}])
+            for r in range(warmup + repeat):
+                order = list(lives)
+                rng.shuffle(order)
+                for pos, rt in enumerate(order):
+                    live = lives[rt]
+                    if progress:
+                        progress(f"load {lname} {rt} round {r + 1}/{warmup + repeat}")
+                    ctx = {"part": "load", "runtime": rt, "kind": _runtimes.get(rt).kind,
+                           "workload": lname + ("-volume" if volume else ""), "image": load.image, "round": r,
+                           "order": pos, "warmup": r < warmup, "repeat": r - warmup if r >= warmup else r}
+                    try:
+                        d = "/kit-vol" if volume and rt in vols else _scratch(live)
+                        rows, raw = measure(live, seconds, (counts or {}).get(lname), directory=d)
+                        accel = str(api.instance(live.name)[1].info.get("accel", ""))
+                        emit([{**ctx, **row, "status": "ok", "raw": raw, "accel": accel} for row in rows])
+                    except (KitError, OSError, subprocess.SubprocessError) as e:
+                        emit([{**ctx, "metric": "failed", "value": 1, "status": f"error: {_one_line(e)}"}])
+        finally:
+            for live in lives.values():
+                remove(live)
+            for v in vols.values():
+                shutil.rmtree(v, ignore_errors=True)
+    return out
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]

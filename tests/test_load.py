@@ -1,0 +1,136 @@
+"""Load workloads: the parsers on recorded outputs of each tool, then sanity checks that physics
+must satisfy on real runtimes (margins wide enough for a noisy two-core host)."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import pytest
+
+from kit.bench import loads
+from kit.bench.tools import ToolOutputError, parse
+from tests.conftest import need, unique
+
+DATA = Path(__file__).parent / "data" / "load"
+
+
+def figures(tool, name):
+    return {(f.metric, f.component): f for f in parse(tool, (DATA / name).read_text())}
+
+
+def test_sysbench_cpu_and_memory_parsers_read_the_throughput_line():
+    cpu = figures("sysbench", "sysbench_cpu.txt")
+    assert cpu["throughput", "cpu"].value == 2315.99 and cpu["throughput", "cpu"].unit == "events/s"
+    assert cpu["p95", "cpu"].value == 0.75
+    mem = figures("sysbench", "sysbench_memory.txt")
+    assert mem["throughput", "memory"].value == 2661.10 and mem["throughput", "memory"].unit == "MiB/s"
+
+
+def test_sysbench_oltp_parser_reads_transactions_and_p95():
+    text = (DATA / "sysbench_cpu.txt").read_text().replace(
+        "CPU speed:\n    events per second:  2315.99\n",
+        "SQL statistics:\n    transactions:                        100    (49.71 per sec.)\n"
+        "    queries:                             2000   (994.21 per sec.)\n")
+    f = {(x.metric, x.component): x for x in parse("sysbench", text)}
+    assert f["throughput", "transactions"].value == 49.71
+    assert f["throughput", "queries"].value == 994.21
+    assert f["p95", "transactions"].value == 0.75
+
+
+@pytest.mark.parametrize("text", ["", "sysbench 1.0.20\nsomething else entirely\n",
+                                  "sysbench 1.0.20\nLatency (ms):\n  events per second: 1\n"
+                                  "  events per second: 2\n"])
+def test_sysbench_parser_fails_loudly_on_an_unknown_layout(text):
+    with pytest.raises(ToolOutputError, match="sysbench"):
+        parse("sysbench", text)
+
+
+def test_dd_gives_ns_per_syscall():
+    f = figures("dd", "dd.txt")
+    assert f["op_time", "syscall"].value == pytest.approx(0.193057 / 400000 * 1e9)
+    with pytest.raises(ToolOutputError, match="dd"):
+        parse("dd", "200000+0 records in\n200000+0 records out\n")  # no timing line (busybox dd)
+
+
+def test_fio_iops_and_ordered_percentiles():
+    f = figures("fio", "fio.json")
+    for d in ("read", "write"):
+        assert f["throughput", d].unit == "IOPS" and f["throughput", d].value > 0
+        assert f["p50", d].value <= f["p95", d].value <= f["p99", d].value
+    assert f["p50", "read"].value == pytest.approx(107008 / 1e6)
+    with pytest.raises(ToolOutputError, match="fio"):
+        parse("fio", "fio: no json here")
+
+
+def test_iperf3_and_redis_benchmark():
+    assert figures("iperf3", "iperf3.json")["throughput", "tcp"].value == pytest.approx(10.846, rel=1e-3)
+    with pytest.raises(ToolOutputError, match="iperf3: unable to connect"):
+        parse("iperf3", '{"start": {}, "end": {}, "error": "unable to connect to server"}')
+    r = figures("redis-benchmark", "redis.csv")
+    assert r["throughput", "SET"].value == 18691.59 and r["p99", "GET"].value == 2.983
+    with pytest.raises(ToolOutputError, match="redis-benchmark"):
+        parse("redis-benchmark", "SET: 18691.59 requests per second\n")  # -q text, not --csv
+
+
+def _value(rows, metric, component):
+    return next(r["value"] for r in rows if r["metric"] == metric and r["component"] == component)
+
+
+@pytest.mark.parametrize("runtime", ["runc", "lxc"])
+def test_cpu_in_a_container_runs_at_native_speed(runtime):
+    """Same kernel, no emulation: 0.8-1.25 of the bare process. Best of three interleaved 1 s runs
+    each, so a neighbour's burst on this shared host does not decide the verdict."""
+    need(runtime)
+    best = {"process": 0.0, runtime: 0.0}
+    rows = loads.run(["cpu"], ["process", runtime], repeat=3, warmup=0, seconds=1, timeout=120)
+    failed = [r["status"] for r in rows if r["metric"] == "failed"]
+    assert not failed, failed
+    for r in rows:
+        if r["metric"] == "throughput":
+            best[r["runtime"]] = max(best[r["runtime"]], r["value"])
+    assert 0.8 <= best[runtime] / best["process"] <= 1.25, best
+
+
+def test_syscalls_in_gvisor_ptrace_cost_several_times_more_than_in_runc():
+    need("runc")
+    need("runsc")
+    ns = {rt: _value(loads.sample("syscall", rt, count=20000), "op_time", "syscall") for rt in ("runc", "runsc")}
+    assert ns["runsc"] >= 3 * ns["runc"], ns
+
+
+def test_redis_through_a_published_port_is_no_faster_than_on_loopback():
+    need("runc")
+    got = {}
+    for rt in ("process", "runc", "process", "runc"):  # interleaved; best of two each
+        rows = loads.sample("redis", rt, count=10000)
+        got[rt] = max(got.get(rt, 0.0), _value(rows, "throughput", "SET"))
+    # the published port adds a hop, never speed; a 25 % margin for a neighbour's burst
+    assert got["runc"] <= got["process"] * 1.25, got
+
+
+@pytest.mark.parametrize("volume", [False, True], ids=["overlay", "volume"])
+def test_fio_gives_iops_and_ordered_percentiles(volume):
+    need("runc")
+    rows = loads.sample("fileio", "runc", seconds=1, volume=volume)
+    for d in ("read", "write"):
+        assert _value(rows, "throughput", d) > 0
+        assert _value(rows, "p50", d) <= _value(rows, "p95", d) <= _value(rows, "p99", d)
+    assert rows[0]["raw"].lstrip().startswith("{")  # fio's own JSON kept with the run
+
+
+def test_a_missing_tool_is_one_line_naming_tool_and_runtime(names):
+    need("runc")
+    spec = loads.Load("nothing", "sysbench", "inside", ("no-such-tool",), image="busybox")
+    name = unique("load-missing")
+    names.append(name)
+    live = loads.start(spec, "runc", name, timeout=30)
+    try:
+        with pytest.raises(ToolOutputError, match=r"no-such-tool.*runc") as e:
+            loads.measure(live, seconds=1)
+        assert "\n" not in str(e.value)
+    finally:
+        loads.remove(live)
+    import kit
+
+    assert name not in set(kit.ps().name)
