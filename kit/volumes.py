@@ -174,7 +174,10 @@ def rm(name: str) -> None:
         VolumeInUse: a live instance (of any session) uses it: remove that instance first.
         VolumeNotFound: there is no such volume.
     """
+    from . import api
+
     _check(name)
+    api.wait_for_teardown()  # finished foreground runs of this session release their volumes first
     with _locked():
         if not _exists(name):
             raise VolumeNotFound(f"no volume named {show(name)}: see kit.volumes.ls()")

@@ -93,7 +93,7 @@ def test_spec_script_quotes_everything():
                    env={"X": "it's \"q\""}, workdir="/tmp", ports=[(1, 2)])
     vm = qemu_rt._VM.__new__(qemu_rt._VM)
     vm.spec, vm.boot = spec, "disk"
-    vm.inst = type("I", (), {"image": None})()
+    vm.inst = type("I", (), {"image": None, "net": None, "mounts": []})()
     script = vm.spec_script().decode()
     # Run the script in a host shell with stubs: the command must come back byte-exact.
     probe = script + 'env() { shift; for a; do printf "<%s>" "$a"; done; }\nkit_cmd\n' \
@@ -240,7 +240,7 @@ def test_spec_script_is_nul_free_so_a_nul_can_end_it():
     spec = RunSpec(image="busybox", command=["printf", "a\nb"], name="n", env={"K": "v\nw"})
     vm = qemu_rt._VM.__new__(qemu_rt._VM)
     vm.spec, vm.boot = spec, "initramfs"
-    vm.inst = type("I", (), {"image": None})()
+    vm.inst = type("I", (), {"image": None, "net": None, "mounts": []})()
     assert b"\0" not in vm.spec_script()
 
 
@@ -288,7 +288,7 @@ def test_init_decodes_a_spec_from_the_kernel_command_line(tmp_path):
     spec = RunSpec(image="busybox", command=["sh", "-c", "echo 'a b'"], name="n", env={"X": "y z"})
     vm = qemu_rt._VM.__new__(qemu_rt._VM)
     vm.spec, vm.boot = spec, "initramfs"
-    vm.inst = type("I", (), {"image": None})()
+    vm.inst = type("I", (), {"image": None, "net": None, "mounts": []})()
     want = vm.spec_script()
     env = {"PATH": os.environ["PATH"], "K": str(tmp_path), "kit_spec": base64.b64encode(want).decode()}
     subprocess.run([busybox, "sh", "-c", "die() { echo \"$*\"; exit 1; }\n" + branch], env=env, check=True,

@@ -11,6 +11,7 @@ from IPython.core.error import UsageError
 
 import kit
 from kit import config, volumes
+from kit.bench import disk
 from kit.errors import InvalidSpec, VolumeInUse, VolumeNotFound
 from tests.conftest import need, unique
 
@@ -99,9 +100,15 @@ def test_instance_removal_keeps_the_volume_and_rm_refuses_in_use(names, vols):
     v, name = unique("keep"), unique("user")
     vols.append(v)
     names.append(name)
-    kit.start("busybox", ["sh", "-c", "echo kept > /d/f; sleep 300"], runtime="runc", name=name,
-              volumes=[f"{v}:/d"])
+    kit.start("busybox", ["sh", "-c", "head -c 1048576 /dev/urandom > /d/big; echo kept > /d/f; sleep 300"],
+              runtime="runc", name=name, volumes=[f"{v}:/d"])
     kit.wait_until(lambda: (Path(volumes.root(), v, "data", "f")).exists(), 10, what="the write")
+    # A study's disk part counts the volume apart from the instance's own bytes.
+    rt, inst = kit.api.instance(name)
+    rows, _ = disk.instance_rows(rt, inst, disk.Usage())
+    by = {(r["metric"], r["component"]): r["value"] for r in rows}
+    assert by[("volume_allocated", v)] >= 2**20
+    assert by[("instance_allocated", "")] < 2**20, by
     info = volumes.inspect(v)
     assert [u.split()[0] for u in info["users"]] == [name], info
     with pytest.raises(VolumeInUse, match=name):
@@ -177,3 +184,28 @@ def test_one_volume_through_runc_a_vm_and_lxc(vols, hostdir):
     assert r.stdout == "from-runc\nfrom-vm\n", (r.stdout, r.stderr)
     kit.api.wait_for_teardown()
     assert volumes.inspect(v)["users"] == []
+
+
+def test_vm_mounts_each_volume_by_tag_with_its_target_quoted():
+    """The guest init's kit_volumes calls kit_mount TAG TARGET [ro] per volume, byte-exact; QEMU gets one
+    9p device of the machine's bus per volume, readonly=on for :ro."""
+    import subprocess
+
+    from kit.runtimes import qemu as qemu_rt
+    from kit.spec import RunSpec
+    from kit.vm import machine
+
+    mounts = [volumes.Resolved("v", "/data dir", True, "volume", Path("/h/a,b")),
+              volumes.Resolved("/srv", "/it's", False, "bind", Path("/srv"))]
+    vm = qemu_rt._VM.__new__(qemu_rt._VM)
+    vm.spec, vm.boot = RunSpec(image="busybox", command=["true"], name="n1"), "disk"
+    vm.inst = type("I", (), {"image": None, "net": None, "mounts": mounts})()
+    probe = vm.spec_script().decode() + 'kit_mount() { printf "<%s>" "$@"; echo; }\nkit_volumes\necho "9p=$KIT_9P"\n'
+    out = subprocess.run(["sh", "-c", probe], capture_output=True, text=True).stdout
+    assert out.splitlines() == ["<kit0></data dir><ro>", "<kit1></it's>", "9p=1"]
+    for mach, dev in (("microvm", "virtio-9p-device"), ("q35", "virtio-9p-pci")):
+        cfg = machine.VMConfig(kernel=Path("k"), initrd=Path("i"), machine=mach,
+                               shares=[("kit0", Path("/h/a,b"), True, "passthrough")])
+        a = machine.argv(cfg)
+        assert a[a.index("-fsdev") + 1] == "local,id=fs0,path=/h/a,,b,security_model=passthrough,readonly=on"
+        assert a[a.index("-fsdev") + 3] == f"{dev},fsdev=fs0,mount_tag=kit0"

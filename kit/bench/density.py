@@ -119,7 +119,8 @@ def steady_state(runtime: str, image: str, *, parts, max_n: int, memory_budget: 
             union = disk.Usage()
             for i, live in enumerate(lives):
                 inst_rows, u = disk.instance_rows(live.runtime, live.inst, shared)
-                rows += [_row("disk", r["metric"], r["value"], n=len(lives), repeat=i) for r in inst_rows]
+                rows += [_row("disk", r["metric"], r["value"], n=len(lives), repeat=i, component=r["component"])
+                         for r in inst_rows]
                 union = union.add(u)
                 rows.append(_row("disk", "total_for_n", shared.allocated + union.allocated, n=i + 1))
     finally:

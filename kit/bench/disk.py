@@ -214,7 +214,19 @@ def instance_usage(rt, inst, shared: Usage) -> Usage:
     return u
 
 
+def volume_rows(inst) -> list[dict]:
+    """volume_apparent/volume_allocated of each volume ``inst`` mounts (component: its name or host
+    directory). Never part of the instance's own bytes: volumes live outside its state directory."""
+    rows = []
+    for m in getattr(inst, "mounts", []):
+        u = usage(m.host)
+        rows += [{"metric": "volume_apparent", "component": m.source, "value": float(u.apparent)},
+                 {"metric": "volume_allocated", "component": m.source, "value": float(u.allocated)}]
+    return rows
+
+
 def instance_rows(rt, inst, shared: Usage) -> tuple[list[dict], Usage]:
+    """The instance's own bytes (and the Usage behind them), then its volumes' bytes apart."""
     u = instance_usage(rt, inst, shared)
     return [{"metric": "instance_apparent", "component": "", "value": float(u.apparent)},
-            {"metric": "instance_allocated", "component": "", "value": float(u.allocated)}], u
+            {"metric": "instance_allocated", "component": "", "value": float(u.allocated)}] + volume_rows(inst), u
