@@ -281,11 +281,18 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("fetch", help="download and cache the distribution's cloud kernel")
     f.add_argument("--version", help="e.g. 6.1.0-56-cloud-amd64 (default: what apt names now)")
+    f.add_argument("--with-9p", action="store_true",
+                   help="also fetch the kernel a VM with volumes boots when this one has no 9p")
     sub.add_parser("list", help="list cached kernels")
     args = ap.parse_args(argv)
     if args.cmd == "fetch":
         k = fetch(args.version)
         print(f"{k.version}: {k.vmlinuz}")
+        if args.with_9p:
+            from .initramfs import module_names
+
+            k9 = with_9p(k, module_names())
+            print(f"{k9.version} (for volumes, 9p): {k9.vmlinuz}")
     else:
         for k in _cached():
             print(f"{k.version}: {k.vmlinuz}")
