@@ -14,7 +14,7 @@ SYSTEM_PACKAGES := runc crun lxc runsc docker.io podman busybox-static debootstr
 	chromium chromium-driver redis-server mariadb-server docker-registry skopeo openssh-server \
 	sysbench fio iperf3
 
-.PHONY: setup system-packages venv dockerd guest-kernel images test test-fast demo bench clean
+.PHONY: setup system-packages venv dockerd guest-kernel images lab test test-fast demo bench clean
 
 setup: system-packages venv dockerd guest-kernel images
 
@@ -43,12 +43,19 @@ dockerd: system-packages
 	@$(SUDO) bash scripts/ensure-dockerd
 
 guest-kernel: venv system-packages
-	$(BIN)/python -m kit.vm.kernel fetch
+	$(BIN)/python -m kit.vm.kernel fetch --with-9p
 
 # The service images the notebooks and tests use, built once with debootstrap and cached
 # under $$KIT_HOME (about a minute for Redis, a few for MariaDB, the first time).
 images: venv system-packages
 	$(BIN)/python -m kit.images.prebuild
+
+# JupyterLab from the venv, on 127.0.0.1 only, with the notebooks folder open: it prints its URL
+# with the login token (open that address in a browser on this machine; Ctrl-C stops it).
+LAB_PORT ?= 8888
+lab: setup
+	$(BIN)/jupyter lab --ip 127.0.0.1 --port $(LAB_PORT) --no-browser --notebook-dir notebooks \
+		$$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 test: setup
 	$(BIN)/pytest -q -rs --durations=15

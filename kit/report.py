@@ -200,10 +200,19 @@ def render_html(nb, dest: Path) -> Path:
 
     nb = copy.deepcopy(nb)
     for cell in nb.cells:
-        # A widget's view needs its kernel; without it only "VBox(...)" would show. The code cell
-        # that made it stays, so a reader still sees how to choose in a live notebook.
-        outs = cell.get("outputs", [])
-        cell["outputs"] = [o for o in outs if _WIDGET_MIME not in o.get("data", {})] if outs else outs
+        # A widget's view needs its kernel; without it only "VBox(...)" would show. A widget that
+        # carries its own static rendering (text/html, as kit.widgets' do) shows that; others are
+        # left out. The code cell that made it stays, so a reader still sees how to choose.
+        kept = []
+        for o in cell.get("outputs", []):
+            data = o.get("data", {})
+            if _WIDGET_MIME in data:
+                data.pop(_WIDGET_MIME)
+                if set(data) <= {"text/plain"}:
+                    continue
+            kept.append(o)
+        if "outputs" in cell:
+            cell["outputs"] = kept
     nb.metadata.pop("widgets", None)
     exporter = HTMLExporter(extra_loaders=[jinja2.DictLoader({"kit_report.html.j2": _TEMPLATE})],
                             template_file="kit_report.html.j2")
