@@ -1,6 +1,7 @@
 """The ``kit`` command: one subcommand per module, dispatched from :data:`COMMANDS`.
 
     kit bench [options] [WORKLOAD...]     run a study (same options as kit.bench.Study)
+    kit bench --hosts user@a,user@b ...   the same study on every host, over SSH (kit.bench.fleet)
     kit report NOTEBOOK [-p NAME VALUE]   execute a notebook into a dated report (HTML, figures, data)
 
 To add a subcommand (e.g. ``report``), write ``_setup_NAME(parser)`` and
@@ -21,6 +22,17 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
 
     add_arguments(p)
     p.add_argument("--no-figures", action="store_true", help="with --out: save no PNG figures")
+    g = p.add_argument_group("many hosts (Dask distributed; see README 'Many machines')")
+    g.add_argument("--hosts", default=None, help="comma-separated SSH hosts [user@]host[:port]: the whole study "
+                                                  "runs on each (distributed.SSHCluster; scheduler on the first)")
+    g.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (tcp://HOST:8786) "
+                                                      "whose workers each run the whole study")
+    g.add_argument("--remote-python", default=None, help="the Python on the hosts (default: this one's path)")
+    g.add_argument("--ssh-key", action="append", default=None, help="private key for SSH (repeatable)")
+    g.add_argument("--known-hosts", default=None, help="known_hosts file to check the hosts' keys against "
+                                                        "(default ~/.ssh/known_hosts)")
+    g.add_argument("--per", choices=("worker", "machine"), default="worker",
+                   help="run on every worker (those sharing a machine take turns) or once per machine")
 
 
 def _run_bench(args: argparse.Namespace) -> int:
@@ -30,17 +42,31 @@ def _run_bench(args: argparse.Namespace) -> int:
     from .bench.options import study_kwargs
 
     study = Study(**study_kwargs(args))
-    study.run()
+    if args.hosts or args.scheduler:
+        from .bench import fleet
+
+        opts = {**({"client_keys": args.ssh_key} if args.ssh_key else {}),
+                **({"known_hosts": args.known_hosts} if args.known_hosts else {})}
+        with fleet.cluster(scheduler=args.scheduler, hosts=args.hosts, connect_options=opts,
+                           remote_python=args.remote_python) as client:
+            study.run(client=client, per=args.per)
+    else:
+        study.run()
+    host = ["host"] if "host" in study.df.columns else []
     with pd.option_context("display.width", 200, "display.max_columns", 20):
+        if host:
+            print(study.status()[["host", "state", "cells", "planned", "reason"]].to_string(index=False))
+            print()
         summ = study.summary("startup")
         if len(summ):
             main = summ[summ["metric"].isin(["launch_to_exit", "launch_to_ready", "teardown"])]
-            print(main[["runtime", "kind", "workload", "metric", "runs", "median", "iqr", "ci_low", "ci_high",
-                        "outliers"]].to_string(index=False))
+            print(main[host + ["runtime", "kind", "workload", "metric", "runs", "median", "iqr", "ci_low",
+                               "ci_high", "outliers"]].to_string(index=False))
             rel = study.relative()
             if len(rel):
                 print()
-                print(rel[["runtime", "workload", "median", "ratio", "ratio_low", "ratio_high"]].to_string(index=False))
+                print(rel[host + ["runtime", "workload", "median", "ratio", "ratio_low",
+                                  "ratio_high"]].to_string(index=False))
     if study.meta.get("skipped"):
         print("\nnot measured: " + "; ".join(f"{k}: {v}" for k, v in study.meta["skipped"].items()))
     print(f"\n{len(study.df)} rows in {study.meta['elapsed_s']} s")

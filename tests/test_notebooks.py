@@ -23,6 +23,7 @@ SMALL = {
     "02-containers-vs-vms": {"repeat": 3, "vm_repeat": 2, "warmup": 1, "density_max": 2, "vm_density_max": 1},
     "03-images-and-layers": {"n_instances": 2, "write_mb": 4},
     "04-services": {"redis_requests": 500, "mariadb_queries": 50, "strict": True, "timeout": 240},
+    "07-many-machines": {"repeat": 2},
 }
 
 

@@ -6,6 +6,8 @@
 >>> study.summary(); study.relative(); study.plot()
 >>> study.save("results"); Study.load("results").plot()
 >>> Study.load("results").run(resume=True)   # a study that was interrupted: measure only what is missing
+>>> study.run(client=dask_client)            # on every host of a Dask cluster (kit.bench.fleet)
+>>> compare(["results/monday", "results/friday"])  # differences beyond the noise, per runtime and metric
 
 The same from a terminal: ``kit bench -r all -n 10 true``; in IPython: ``%bench ...``
 (see :func:`build_parser` and :func:`magic`). What every number means: :data:`METRICS`
@@ -15,12 +17,14 @@ The same from a terminal: ``kit bench -r all -n 10 true``; in IPython: ``%bench 
 from __future__ import annotations
 
 from . import stats, tables
+from .compare import compare
 from .metrics import METRICS
 from .options import build_parser, magic
 from .study import PARTS, Study
 from .workloads import PRESETS, Workload
 
-__all__ = ["Study", "Workload", "PRESETS", "METRICS", "PARTS", "stats", "tables", "build_parser", "magic", "load"]
+__all__ = ["Study", "Workload", "PRESETS", "METRICS", "PARTS", "stats", "tables", "build_parser", "magic", "load",
+           "compare"]
 
 
 def load(directory) -> Study:

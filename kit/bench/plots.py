@@ -4,9 +4,14 @@ Every runtime has one colour in every figure, a shade of its class's hue
 (process grey, containers blue, sandboxes orange, VMs red), so the class
 reads at a glance. Titles name the host and the VM accelerator. Nothing here
 needs a display: the figures render under the Agg backend.
+
+A fleet frame (a ``host`` column, see :mod:`kit.bench.fleet`) gives every figure once per host
+(facets, named ``NAME-HOST``) and :func:`hosts`, which overlays the hosts' startup times.
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pandas as pd
@@ -264,13 +269,72 @@ def density(df: pd.DataFrame, meta: dict):
     return fig
 
 
+def hosts(df: pd.DataFrame, meta: dict):
+    """Startup of every host overlaid: per runtime, one column of dots (every measured run) per
+    host, with its median as a bar; one panel per workload, log scale."""
+    import matplotlib.pyplot as plt
+
+    data = measured(df[(df["part"] == "startup")])
+    data = data[data["metric"].isin(["launch_to_exit", "launch_to_ready"])]
+    labels = list(dict.fromkeys(df["host"]))
+    workloads = list(dict.fromkeys(data["workload"]))
+    cmap = plt.get_cmap("tab10")
+    host_colour = {h: cmap(i % cmap.N) for i, h in enumerate(labels)}
+    fig, axes = plt.subplots(1, max(1, len(workloads)), figsize=(max(7, 6 * len(workloads)), 5), squeeze=False)
+    kinds = _kinds(data)
+    rng = np.random.default_rng(0)
+    width = 0.8 / max(1, len(labels))
+    for ax, w in zip(axes[0], workloads):
+        wd = data[data["workload"] == w]
+        order = _order(wd, "launch_to_exit")
+        for j, h in enumerate(labels):
+            for i, r in enumerate(order):
+                v = wd[(wd["host"] == h) & (wd["runtime"] == r)]["value"].to_numpy() * 1000
+                if not len(v):
+                    continue
+                x = i - 0.4 + width * (j + 0.5)
+                ax.scatter(x + rng.uniform(-width / 4, width / 4, len(v)), v, s=12, color=host_colour[h],
+                           alpha=0.8, zorder=3, label=h if i == 0 or r == order[0] else None)
+                ax.hlines(np.median(v), x - width / 2.5, x + width / 2.5, color=host_colour[h], lw=2)
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(order)), order, rotation=30)
+        _xtick_colours(ax, order, kinds)
+        ax.set_ylabel("launch → exit / ready (ms; bar: median)")
+        ax.set_title(f"workload: {w}")
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+        handles, labs = ax.get_legend_handles_labels()
+        uniq = dict(zip(labs, handles))
+        ax.legend(uniq.values(), uniq.keys(), fontsize=8, title="host")
+    fig.suptitle(f"Startup time on {len(labels)} hosts, every measured run", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def slug(label: str) -> str:
+    """A host label as part of a file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
+
+
 FIGURES = {"startup": startup, "phases": phases, "memory": memory, "disk": disk, "density": density}
 _NEEDS = {"startup": ("startup", None), "phases": ("startup", "phase"), "memory": ("memory", "pss"),
           "disk": ("disk", "total_for_n"), "density": ("density", "density_pss_total")}
 
 
 def all_figures(df: pd.DataFrame, meta: dict, which=None) -> dict:
-    """Every figure the frame has data for (or those named in ``which``): name -> Figure."""
+    """Every figure the frame has data for (or those named in ``which``): name -> Figure.
+
+    A fleet frame gives ``hosts`` (overlay) and every other figure per host as ``NAME-HOST``.
+    """
+    if "host" in df.columns:
+        out = {}
+        if (not which or "hosts" in which) and len(measured(df[df["part"] == "startup"])):
+            out["hosts"] = hosts(df, meta)
+        for h in dict.fromkeys(df["host"]):
+            env = ((meta.get("hosts") or {}).get(h) or {}).get("environment") or {"host": h}
+            sub = df[df["host"] == h].drop(columns="host")
+            for name, fig in all_figures(sub, {**meta, "environment": env}, which).items():
+                out[f"{name}-{slug(h)}"] = fig
+        return out
     out = {}
     for name, fn in FIGURES.items():
         if which and name not in which:

@@ -120,8 +120,8 @@ def ratio_ci(values: Sequence[float], ref: Sequence[float], level: float = 0.95,
     return float(lo), float(hi)
 
 
-#: What identifies one sample in a results frame.
-GROUP = ["part", "image", "runtime", "kind", "workload", "metric", "component", "n", "unit"]
+#: What identifies one sample in a results frame (``host`` only in a fleet run's frame).
+GROUP = ["host", "part", "image", "runtime", "kind", "workload", "metric", "component", "n", "unit"]
 
 
 def measured(df):
@@ -131,7 +131,8 @@ def measured(df):
 
 
 def summarize(df, seed: int = 0):
-    """One row per sample (runtime x image x workload x metric ...) with :func:`describe`'s columns.
+    """One row per sample (runtime x image x workload x metric ..., and host when the frame has a
+    ``host`` column) with :func:`describe`'s columns.
 
     Warmup runs and failed runs are left out; ``n`` counts what remained.
     """
@@ -150,12 +151,23 @@ def summarize(df, seed: int = 0):
 def relative(df, metric: str = "launch_to_exit", baseline: str = "process", seed: int = 0):
     """Each runtime against ``baseline`` for one metric, as hyperfine's comparison.
 
+    A frame with a ``host`` column (a fleet run) is compared host by host: each runtime against
+    the baseline measured on the same host, and the result has a ``host`` column first.
+
     Columns: median, ratio (of medians), ratio_low/ratio_high (bootstrap 95 %
     CI of that ratio), mean_ratio and mean_ratio_sd (hyperfine's "x ± y times").
     Empty when the baseline has no data for that metric.
     """
     import pandas as pd
 
+    if "host" in df.columns:
+        parts = [relative(g.drop(columns="host"), metric, baseline, seed).assign(host=h)
+                 for h, g in df.groupby("host", sort=False)]
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return pd.DataFrame()
+        res = pd.concat(parts, ignore_index=True)
+        return res[["host"] + [c for c in res.columns if c != "host"]]
     data = measured(df)
     data = data[data["metric"] == metric]
     out = []

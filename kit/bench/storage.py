@@ -23,6 +23,10 @@ _DTYPES = {"study": str, "part": str, "image": str, "runtime": str, "kind": str,
            "component": str, "metric": str, "unit": str, "accel": str, "status": str}
 
 
+#: Columns kept when a frame has them: ``host`` (a fleet run, see kit.bench.fleet).
+OPTIONAL = ("host",)
+
+
 def _has_pyarrow() -> bool:
     try:
         import pyarrow  # noqa: F401
@@ -36,8 +40,8 @@ def normalise(df: pd.DataFrame, metrics: dict | None = None) -> pd.DataFrame:
     """The frame with exactly :data:`COLUMNS`, in order, with stable dtypes, and the definition of every
     metric in ``df.attrs["metrics"]`` (``metrics``, else those it carries, else the current ones)."""
     metrics = metrics or df.attrs.get("metrics") or definitions()
-    df = df.reindex(columns=COLUMNS).copy()
-    for col in _DTYPES:
+    df = df.reindex(columns=COLUMNS + [c for c in OPTIONAL if c in df.columns]).copy()
+    for col in [*_DTYPES, *(c for c in OPTIONAL if c in df.columns)]:
         df[col] = df[col].fillna("").astype(str)
     for col in ("round", "order", "repeat", "n"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
@@ -87,5 +91,6 @@ def load(directory) -> tuple[pd.DataFrame, dict]:
     else:
         # Only numeric columns may be empty-as-missing: a component named "NA" stays a string.
         numeric = ("round", "order", "repeat", "n", "value", "timestamp")
-        df = pd.read_csv(d / CSV, dtype=_DTYPES, keep_default_na=False, na_values={c: [""] for c in numeric})
+        df = pd.read_csv(d / CSV, dtype={**_DTYPES, **dict.fromkeys(OPTIONAL, str)}, keep_default_na=False,
+                         na_values={c: [""] for c in numeric})
     return normalise(df, meta.get("metrics")), meta

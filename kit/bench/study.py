@@ -6,6 +6,7 @@
 >>> study.summary()            # median, IQR, CI, mean ± sd, outliers per runtime and metric
 >>> study.plot()               # startup, memory, disk, density figures
 >>> study.save("results/"); Study.load("results/").plot()
+>>> study.run(client=dask_client)  # the same study on every host of a Dask cluster (kit.bench.fleet)
 """
 
 from __future__ import annotations
@@ -98,6 +99,9 @@ class Study:
         self.name, self.progress = name, progress
         self.df: pd.DataFrame | None = None
         self.meta: dict = {}
+        #: Called with each batch of new rows (a normalised frame) as it joins ``.df``: how a
+        #: fleet host streams its completed runs back (see :mod:`kit.bench.fleet`).
+        self.on_rows = None
 
     # -- parameters ----------------------------------------------------------
     def params(self) -> dict:
@@ -140,8 +144,12 @@ class Study:
         return rounds
 
     # -- running ---------------------------------------------------------------
-    def run(self, resume: bool = False) -> pd.DataFrame:
+    def run(self, resume: bool = False, client=None, **fleet_options) -> pd.DataFrame:
         """Measure every part; return (and keep in ``.df``) the tidy frame.
+
+        With ``client`` (a ``dask.distributed.Client``) the whole study runs once on every worker
+        host instead, and the frame gains a ``host`` column: see :func:`kit.bench.fleet.run`
+        (``fleet_options``: ``per``, ``poll``) and :meth:`status`.
 
         Rows join ``.df`` as each run (or each runtime's steady-state measurement) completes.
         Interrupted (Ctrl-C: KeyboardInterrupt in a notebook) or stopped by an error, the study
@@ -154,6 +162,14 @@ class Study:
                 ``Study.load(directory)``) with the same plan: cells already measured are
                 skipped, so only the rest run.
         """
+        if client is not None:
+            if resume:
+                raise InvalidSpec("resume=True is for a study on this machine; a fleet run starts afresh")
+            from . import fleet
+
+            return fleet.run(self, client, **fleet_options)
+        if fleet_options:
+            raise InvalidSpec(f"{', '.join(fleet_options)}: only with client= (a fleet run)")
         from tqdm.auto import tqdm
 
         t_start = time.time()
@@ -247,6 +263,8 @@ class Study:
         new = storage.normalise(pd.DataFrame(rows), self.meta.get("metrics"))
         self.df = new if self.df is None or self.df.empty else \
             storage.normalise(pd.concat([self.df, new], ignore_index=True), self.meta.get("metrics"))
+        if self.on_rows is not None:
+            self.on_rows(new)
 
     def _steady(self, runtimes, kinds, n_idle, uid, bar, dropped, done) -> None:
         rng = random.Random(self.seed + 1)
@@ -292,21 +310,62 @@ class Study:
         return self.df
 
     def summary(self, part: str | None = None) -> pd.DataFrame:
-        """Statistics per runtime, image, workload and metric (warmups and failed runs left out)."""
+        """Statistics per runtime, image, workload and metric (warmups and failed runs left out);
+        per host too when the frame has a ``host`` column (a fleet run)."""
         df = self._need()
         if part:
             df = df[df["part"] == part]
         return stats.summarize(df, seed=self.seed)
 
     def relative(self, metric: str = "launch_to_exit", baseline: str = "process") -> pd.DataFrame:
-        """Each runtime against the bare-process baseline (ratio of medians with its 95 % CI)."""
+        """Each runtime against the bare-process baseline (ratio of medians with its 95 % CI), on
+        each host apart when the frame has a ``host`` column."""
         return stats.relative(self._need(), metric=metric, baseline=baseline, seed=self.seed)
 
     def plot(self, which=None):
-        """Figures for every part with data: a dict name -> matplotlib Figure."""
+        """Figures for every part with data: a dict name -> matplotlib Figure.
+
+        A fleet study (several hosts) gives ``hosts`` (every host overlaid, startup) and each
+        figure once per host, named ``NAME@HOST``."""
         from . import plots
 
         return plots.all_figures(self._need(), self.meta, which=which)
+
+    # -- fleet (several hosts) -------------------------------------------------
+    def status(self) -> pd.DataFrame:
+        """Per host of a fleet run: state (ok, failures, failed, lost, ...), why, cells measured
+        of those planned, rows, failed rows, start and end. Empty for a study on this machine."""
+        from .fleet import status
+
+        return status(self.meta)
+
+    def hosts(self) -> list[str]:
+        """The host labels of a fleet run (none for a study on this machine)."""
+        df = self._need()
+        return list(dict.fromkeys(df["host"])) if "host" in df.columns else []
+
+    def host(self, label: str) -> "Study":
+        """One host of a fleet run as a study of its own (its rows and its environment)."""
+        df = self._need()
+        if label not in self.hosts():
+            raise InvalidSpec(f"no host {label!r} in this study: choose from {', '.join(self.hosts()) or 'none'}")
+        sub = Study.from_params(self.meta.get("params", {}))
+        sub.progress = False
+        h = (self.meta.get("hosts") or {}).get(label, {})
+        sub.df = storage.normalise(df[df["host"] == label].drop(columns="host"), self.meta.get("metrics"))
+        sub.meta = {**self.meta, "environment": h.get("environment") or {}, "skipped": h.get("skipped") or {},
+                    "dropped": h.get("dropped") or {}, "partial": h.get("partial"), "elapsed_s": h.get("elapsed_s"),
+                    "runtimes": sorted(set(sub.df["runtime"]) - {"-"})}
+        for k in ("hosts", "fleet"):
+            sub.meta.pop(k, None)
+        return sub
+
+    def explore(self):
+        """Controls (part, metric, runtimes, log scale, runs or summary) that redraw the figure and the
+        matching :meth:`summary` rows: see :func:`kit.widgets.explore`."""
+        from .. import widgets
+
+        return widgets.explore(self)
 
     def save(self, directory, figures: bool = True):
         """Write results.csv (+ parquet), study.json, summary.csv, README.md (tables) and, with ``figures``, the PNGs."""
@@ -315,27 +374,48 @@ class Study:
         df = self._need()
         d = storage.save(directory, df, self.meta)
         self.summary().to_csv(d / "summary.csv", index=False)
-        (d / "README.md").write_text(markdown(self, figures=figures))
+        figs = self.plot() if figures else {}
+        if self.hosts():
+            (d / "README.md").write_text(self._fleet_markdown(list(figs)))
+        else:
+            (d / "README.md").write_text(markdown(self, figures=figures))
         if figures:
             import matplotlib.pyplot as plt
 
-            for name, fig in self.plot().items():
+            for name, fig in figs.items():
                 fig.savefig(d / f"{name}.png", dpi=120, bbox_inches="tight")
                 plt.close(fig)
         return d
+
+    def _fleet_markdown(self, figures: list[str]) -> str:
+        """A fleet study's README: the status table, then each host's tables as a study of its own."""
+        from .tables import markdown, table
+
+        out = [f"# {self.name} on {len(self.hosts())} hosts", "## Hosts\n\n" + table(self.status())]
+        for label in self.hosts():
+            body = markdown(self.host(label), figures=False).replace("\n## ", "\n### ").replace("# ", "## ", 1)
+            out.append(body.replace("## Definitions", "### Definitions"))
+        if figures:
+            out.append(" ".join(f"![{n}]({n}.png)" for n in figures))
+        return "\n\n".join(out) + "\n"
+
+    @classmethod
+    def from_params(cls, p: dict, **overrides) -> "Study":
+        """A study from :meth:`params` (as study.json keeps them); ``overrides`` replace any."""
+        p = {**p, **overrides}
+        known = ("warmup", "vm_repeat", "parts", "timeout", "memory", "idle_memory", "density_max",
+                 "vm_density_max", "density_memory_budget", "density_time_budget")
+        return cls(image=p.get("images") or "busybox", runtimes=p.get("runtimes", "all"),
+                   workload=[_saved_workload(w) for w in p.get("workloads", [])] or "true",
+                   repeat=p.get("repeat", 10), seed=p.get("seed", 0), name=p.get("name", "study"),
+                   progress=False, **{k: p[k] for k in known if k in p})
 
     @classmethod
     def load(cls, directory) -> "Study":
         """A study with the saved results and metadata, ready to summarise and plot, or (when it is
         partial) to finish with ``.run(resume=True)``."""
         df, meta = storage.load(directory)
-        p = dict(meta.get("params", {}))
-        known = ("warmup", "vm_repeat", "parts", "timeout", "memory", "idle_memory", "density_max",
-                 "vm_density_max", "density_memory_budget", "density_time_budget")
-        study = cls(image=p.get("images") or "busybox", runtimes=p.get("runtimes", "all"),
-                    workload=[_saved_workload(w) for w in p.get("workloads", [])] or "true",
-                    repeat=p.get("repeat", 10), seed=p.get("seed", 0), name=p.get("name", "study"),
-                    progress=False, **{k: p[k] for k in known if k in p})
+        study = cls.from_params(dict(meta.get("params", {})))
         study.df, study.meta = df, meta
         return study
 
