@@ -85,7 +85,7 @@ def _entries(studies, labels) -> list[tuple[str, pd.DataFrame]]:
                 out.append((str(h), g.drop(columns="host")))
             continue
         env = meta.get("environment") or {}
-        label = f"{env.get('host', 'study')} {env.get('date', '')[:16]}".strip() if env else f"study {i + 1}"
+        label = f"{env.get('host', 'study')} {env.get('date', '')[:19]}".strip() if env else f"study {i + 1}"
         out.append((label, df))
     if labels is not None:
         labels = list(labels)
