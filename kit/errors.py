@@ -4,14 +4,19 @@ One base class, so a caller can catch everything the kit means to say::
 
     KitError
     ├── InvalidSpec          a malformed option: memory, cpus, port, env, name
+    │   └── ComposeFileError a compose file the kit cannot honour (names key, service, line)
     ├── ImageNotFound        no image of that name in the store
     ├── ImageError           an image could not be built, imported or pulled
     ├── RuntimeUnavailable   unknown runtime, or one that cannot run here (with why)
     ├── CommandNotFound      the command does not exist inside the image
     ├── NameInUse            an instance of that name already exists
     ├── InstanceNotFound     no instance of that name
+    ├── NetworkNotFound      no kit network of that name
     ├── KitTimeout           a deadline passed (the instance was killed)
     ├── StartFailed          the runtime refused to start the instance
+    │   └── ServiceFailed    a compose service did not start or become healthy (with its last log lines)
+    ├── VolumeNotFound       no named volume of that name
+    ├── VolumeInUse          a named volume a live instance uses cannot be removed
     └── ExitError            a run exited non-zero and the caller asked to check
 
 Each message says what was wrong and what to do about it, on one line.
@@ -52,12 +57,36 @@ class InstanceNotFound(KitError, LookupError):
     """No instance of that name exists."""
 
 
+class NetworkNotFound(KitError, LookupError):
+    """No kit network of that name exists."""
+
+
 class KitTimeout(KitError, TimeoutError):
     """A deadline passed; whatever was waited on has been killed."""
 
 
 class StartFailed(KitError):
     """The runtime refused to start the instance."""
+
+
+class ComposeFileError(InvalidSpec):
+    """A compose file uses a key or value the kit does not honour; nothing was started."""
+
+
+class ServiceFailed(StartFailed):
+    """A compose service failed to start or become healthy; the project was removed again."""
+
+    def __init__(self, message: str, service: str = "", logs: str = ""):
+        super().__init__(message)
+        self.service, self.logs = service, logs
+
+
+class VolumeNotFound(KitError, LookupError):
+    """No named volume of that name exists."""
+
+
+class VolumeInUse(KitError):
+    """A named volume cannot be removed while a live instance uses it."""
 
 
 class ExitError(KitError):

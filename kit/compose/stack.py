@@ -1,0 +1,518 @@
+"""``up``, ``down``, ``ps``, ``logs``: a compose project started through the kit's public API only.
+
+>>> import kit
+>>> stack = kit.compose.up("docker-compose.yml", runtime="runc", project="shop")
+>>> kit.compose.ps("shop")           # one row per service
+>>> kit.compose.down("shop")         # named volumes kept; volumes=True removes them too
+
+Each service becomes one instance named ``<project>-<service>-1``, all on one kit network
+``<project>_default`` where members reach each other by service name; a top-level volume
+``data`` is the kit volume ``<project>_data`` (as Compose names them). Services start in
+``depends_on`` order; a dependant of ``condition: service_healthy`` waits until the
+dependency's healthcheck passes (run with :func:`kit.exec` inside it). ``up`` is all or
+nothing: if one service fails to start or become healthy, every instance of the project is
+removed again and :class:`~kit.errors.ServiceFailed` names the service with its last log lines.
+
+Colocation (the kit's ``x-kit-colocate: GROUP`` key, or ``up(colocate=...)``): services of one
+group run in a single instance (e.g. one VM) under a small supervisor script that starts them
+in dependency order, waits for their healthchecks, prefixes their output with ``SERVICE |``,
+and stops the instance when any of them exits. Inside, they reach each other on 127.0.0.1
+under their service names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import threading
+import time
+from dataclasses import dataclass, field
+
+from .. import api, images
+from ..errors import ComposeFileError, KitError, ServiceFailed
+from ..spec import show
+from .load import Project, Service, load
+
+#: Projects started by this session, by name.
+_stacks: dict[str, "Stack"] = {}
+_lock = threading.Lock()
+#: The line a colocated instance's supervisor writes when a service passed its healthcheck.
+HEALTHY = "kit-compose: {} is healthy"
+#: How many log lines a failure shows.
+TAIL = 8
+
+
+@dataclass
+class Unit:
+    """One instance of a project: a service, or a colocated group of services."""
+
+    name: str                 # the instance name
+    services: list[str]       # in start order
+    runtime: str
+    image: str = ""
+
+
+@dataclass
+class Stack:
+    """A running project: which instance runs which service, its network and volumes."""
+
+    project: Project
+    units: dict[str, Unit] = field(default_factory=dict)      # instance name -> unit
+    where: dict[str, str] = field(default_factory=dict)       # service -> instance name
+    network: str | None = None
+    volumes: list[str] = field(default_factory=list)          # kit volume names the project uses
+    timings: dict[str, dict] = field(default_factory=dict)    # service -> {"started": s, "healthy": s}
+    requested: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.project.name
+
+    def instance(self, service: str) -> str:
+        """The instance that runs ``service``."""
+        try:
+            return self.where[service]
+        except KeyError:
+            raise KitError(f"project {self.name!r} has no service {service!r} (services: "
+                           f"{', '.join(self.where)})") from None
+
+    def _repr_html_(self):
+        return ps(self.name)._repr_html_()
+
+
+def _instance_name(project: str, unit: str) -> str:
+    return f"{project}-{unit}-1"
+
+
+def plan(project: Project, runtime: str | None = None, runtimes: dict | None = None,
+         colocate=None) -> list[Unit]:
+    """The instances ``up`` would start, in start order, without starting anything.
+
+    Args:
+        runtime: default runtime of services without ``x-kit-runtime``.
+        runtimes: ``{service: runtime}`` overriding both.
+        colocate: ``{group: [service, ...]}`` (overrides ``x-kit-colocate``), or True: all in one.
+    """
+    runtimes = dict(runtimes or {})
+    for svc in runtimes:
+        if svc not in project.services:
+            raise ComposeFileError(f"runtimes names {svc!r}, which is not a service of {project.name!r}")
+    groups: dict[str, list[str]] = {}
+    if colocate is True:
+        groups = {"all": list(project.services)}
+    elif colocate:
+        groups = {str(g): list(m) for g, m in dict(colocate).items()}
+    else:
+        for s in project.services.values():
+            if s.colocate:
+                groups.setdefault(s.colocate, []).append(s.name)
+    group_of = {}
+    for g, members in groups.items():
+        for m in members:
+            if m not in project.services:
+                raise ComposeFileError(f"colocate group {g!r} names {m!r}, which is not a service of {project.name!r}")
+            if m in group_of:
+                raise ComposeFileError(f"service {m!r} is in two colocate groups ({group_of[m]!r}, {g!r})")
+            group_of[m] = g
+    order = project.order()
+    units: dict[str, Unit] = {}
+    for svc in order:
+        s = project.services[svc]
+        rt = runtimes.get(svc) or s.runtime or runtime
+        key = group_of.get(svc, svc)
+        if key in units:
+            if units[key].runtime != rt:
+                raise ComposeFileError(f"colocate group {key!r} mixes runtimes ({units[key].runtime}, {rt} for "
+                                       f"{svc!r}): one instance has one runtime")
+            units[key].services.append(svc)
+        else:
+            units[key] = Unit(_instance_name(project.name, key), [svc], rt)
+    # A unit starts after every unit one of its services depends on (groups keep their first slot).
+    ordered: list[Unit] = []
+
+    def place(u: Unit, seen=()):
+        if u in ordered:
+            return
+        if u.name in seen:
+            raise ComposeFileError(f"colocating {', '.join(u.services)} makes a dependency cycle between instances")
+        for svc in u.services:
+            for dep in project.services[svc].depends_on:
+                dep_unit = units[group_of.get(dep, dep)]
+                if dep_unit is not u:
+                    place(dep_unit, seen + (u.name,))
+        ordered.append(u)
+
+    for u in units.values():
+        place(u)
+    return ordered
+
+
+def up(file, runtime: str | None = None, project: str | None = None, *, runtimes: dict | None = None,
+       colocate=None, wait: bool = True, timeout: float = 600, memory=None, environ: dict | None = None) -> Stack:
+    """Start a compose file's services; return the running :class:`Stack`.
+
+    Args:
+        file: path to the compose file (or its YAML text).
+        runtime: default runtime for services without ``x-kit-runtime``.
+        project: project name (default: the file's ``name:``, else its directory's name).
+        runtimes: ``{service: runtime}``, overriding ``x-kit-runtime``.
+        colocate: ``{group: [services]}`` run together in one instance, or True for all in one.
+        wait: also wait for every service with a healthcheck to be healthy (``up --wait``).
+        timeout: seconds a service may take to become healthy.
+        memory: memory of each colocated instance (default: the sum of its services' limits).
+        environ: variables for ``${VAR}`` in the file, overriding ``os.environ``.
+
+    Raises:
+        ComposeFileError: the file or an argument is wrong; nothing was started.
+        ServiceFailed: a service did not start or become healthy; the project was removed again.
+    """
+    import os
+
+    proj = load(file, project, environ={**os.environ, **(environ or {})})
+    units = plan(proj, runtime, runtimes, colocate)
+    with _lock:
+        if proj.name in _stacks:
+            raise KitError(f"project {proj.name!r} is already up: down it first, or give another project=")
+        stack = _stacks[proj.name] = Stack(proj)
+    stack.requested = time.time()
+    created_volumes: list[str] = []
+    try:
+        for u in units:
+            u.image = _unit_image(proj, u)
+        _volumes(stack, created_volumes)
+        if len(units) > 1:
+            stack.network = _network(proj.name)
+        for u in units:
+            _wait_dependencies(stack, u, timeout)
+            try:
+                _start_unit(stack, u, memory)
+            except (ComposeFileError, ServiceFailed):
+                raise
+            except KitError as e:
+                svc = u.services[0] if len(u.services) == 1 else ", ".join(u.services)
+                raise ServiceFailed(f"service {svc!r} ({u.runtime}) failed to start: {e}", svc) from e
+        if wait:
+            for u in units:
+                for svc in u.services:
+                    _healthy(stack, svc, timeout)
+    except BaseException:
+        _teardown(stack, remove_volumes=created_volumes)
+        raise
+    return stack
+
+
+def _unit_image(proj: Project, u: Unit) -> str:
+    """The kit image of a unit: the service's own, one built from ``x-kit-packages``, or for a
+    colocated group a Debian image with every member's packages (an existing one that has them all
+    is reused)."""
+    svcs = [proj.services[s] for s in u.services]
+    if len(svcs) == 1 and not svcs[0].packages:
+        return svcs[0].image
+    names = {s.image for s in svcs if s.image and not s.packages}
+    if len(svcs) > 1 and len(names) == 1 and not any(s.packages for s in svcs):
+        return names.pop()
+    wanted: set[str] = set()
+    for s in svcs:
+        if s.packages:
+            wanted |= set(s.packages)
+        else:
+            recipe = images.get(s.image).config.get("recipe") or {}
+            if not recipe.get("packages") and recipe.get("builder") != "debootstrap":
+                raise ComposeFileError(f"service {s.name!r} cannot be colocated: image {s.image!r} is not a Debian "
+                                       f"image the kit built, so its packages are unknown; give x-kit-packages")
+            wanted |= set(recipe.get("packages", []))
+    if len(svcs) == 1 and svcs[0].image:
+        return images.debian(svcs[0].image, packages=sorted(wanted)).name
+    return packages_image(sorted(wanted)).name
+
+
+def packages_image(packages) -> "images.Image":
+    """A Debian image with at least ``packages``: the smallest stored one that has them, else a new
+    one named ``compose-<hash>`` (built with debootstrap, cached)."""
+    wanted = set(packages)
+    fits = []
+    for img in images.list_images():
+        recipe = img.config.get("recipe") or {}
+        if recipe.get("builder") == "debootstrap" and wanted <= set(recipe.get("packages", [])):
+            fits.append(img)
+    if fits:
+        return min(fits, key=lambda i: i.size)
+    digest = hashlib.sha256(" ".join(sorted(wanted)).encode()).hexdigest()[:10]
+    return images.debian(f"compose-{digest}", packages=sorted(wanted))
+
+
+def _volumes(stack: Stack, created: list[str]) -> None:
+    used = {src for s in stack.project.services.values() for src, _, _, kind in s.volumes if kind == "volume"}
+    if not used:
+        return
+    from .. import volumes as kv  # noqa: PLC0415  (only a project with volumes needs them)
+
+    have = set(kv.names())
+    for vol in sorted(used):
+        name = volume_name(stack.project, vol)
+        if name not in have:
+            kv.create(name)
+            created.append(name)
+        stack.volumes.append(name)
+
+
+def volume_name(proj: Project, vol: str) -> str:
+    """The kit volume behind top-level volume ``vol``: ``<project>_<vol>`` (an external one keeps its name)."""
+    spec = proj.volumes.get(vol, {})
+    if spec.get("external"):
+        return spec.get("name", vol)
+    return spec.get("name") or f"{proj.name}_{vol}"
+
+
+def _network(project: str) -> str:
+    from .. import networks as kn  # noqa: PLC0415
+
+    name = f"{project}_default"
+    if name not in kn.names():
+        kn.create(name)
+    return name
+
+
+def _wait_dependencies(stack: Stack, u: Unit, timeout: float) -> None:
+    for svc in u.services:
+        for dep, cond in stack.project.services[svc].depends_on.items():
+            if cond == "service_healthy" and dep not in u.services:
+                _healthy(stack, dep, timeout)
+
+
+def _start_unit(stack: Stack, u: Unit, memory) -> None:
+    proj = stack.project
+    svcs = [proj.services[s] for s in u.services]
+    for s in svcs:
+        stack.timings[s.name] = {}
+        stack.where[s.name] = u.name
+    kw = {"name": u.name, "ports": [p for s in svcs for p in s.ports],
+          "volumes": [_mount(proj, src, dest, ro, kind) for s in svcs for src, dest, ro, kind in s.volumes]}
+    if stack.network:
+        kw["network"] = stack.network
+        if len(svcs) == 1:  # the network's hosts file names each member by its hostname too
+            kw["hostname"] = svcs[0].name
+        exposed = sorted({p for s in svcs for p in s.expose} | {int(p.split(":")[1]) for s in svcs for p in s.ports})
+        if exposed and _is_vm(u.runtime):
+            kw["expose"] = exposed  # a VM's served ports, so that the other members reach them
+    if len(svcs) == 1:
+        s = svcs[0]
+        argv = s.argv(images.get(u.image).config.get("cmd") or [])
+        if not argv:
+            raise ComposeFileError(f"service {s.name!r} has no command and image {u.image!r} names none")
+        kw.update(env=s.environment, workdir=s.working_dir, memory=s.memory)
+    else:
+        argv = ["/bin/sh", "-c", supervisor(proj, u.services, u.image)]
+        limits = [s.memory for s in svcs if s.memory]
+        kw["memory"] = memory or (sum(limits) if limits else None)
+    if not kw["volumes"]:
+        del kw["volumes"]
+    api.start(u.image, argv, u.runtime, **kw)
+    stack.units[u.name] = u
+    now = time.time() - stack.requested
+    for s in svcs:
+        stack.timings[s.name]["started"] = now
+
+
+def _is_vm(runtime: str | None) -> bool:
+    from .. import runtimes
+
+    try:
+        return runtime is not None and runtimes.get(runtime).kind == "vm"
+    except KitError:
+        return False
+
+
+def _mount(proj: Project, src: str, dest: str, ro: bool, kind: str) -> str:
+    source = volume_name(proj, src) if kind == "volume" else src
+    return f"{source}:{dest}" + (":ro" if ro else "")
+
+
+def supervisor(proj: Project, services: list[str], image: str) -> str:
+    """The shell script that runs several services in one instance.
+
+    It names every service on 127.0.0.1 in /etc/hosts, starts each in order (its environment and
+    working directory, its output prefixed ``NAME |``), runs its healthcheck until it passes before
+    starting the next (a colocated group starts one by one), says so on a line of its own
+    (:data:`HEALTHY`), and ends the instance when any service exits. The host waits for those lines
+    rather than exec'ing into the instance: cheaper, and an exec into a VM under TCG is slow.
+    """
+    names = " ".join(services)
+    lines = ["set -u", f'echo "127.0.0.1 {names}" >> /etc/hosts 2>/dev/null || true', "pids="]
+    for svc in services:
+        s = proj.services[svc]
+        argv = s.argv(images.get(image).config.get("cmd") or [])
+        env = ["env"] + [f"{k}={v}" for k, v in s.environment.items()] if s.environment else []
+        run = shlex.join(env + argv)
+        cd = f"cd {shlex.quote(s.working_dir)} && " if s.working_dir else ""
+        lines += [f"( {cd}exec {run} ) 2>&1 | sed -u 's/^/{svc} | /' &", "pids=\"$pids $!\"",
+                  f"echo 'kit-compose: started {svc}'"]
+        hc = s.healthcheck
+        if hc:  # each service healthy before the next starts: what the host waits for is this line
+            lines += [f"n=0; until timeout {hc.timeout:g} {shlex.join(hc.test)} >/dev/null 2>&1; do",
+                      f"  n=$((n+1)); if [ $n -ge {_polls(hc)} ]; then echo 'kit-compose: {svc} never became "
+                      f"healthy'; exit 1; fi",
+                      f"  sleep {hc.interval:g}; done"]
+        lines += [f"echo '{HEALTHY.format(svc)}'"]
+    # Any service ending ends the instance (the kit then sees it exit); plain sh has no wait -n.
+    lines += ["while :; do for p in $pids; do kill -0 $p 2>/dev/null || { echo \"kit-compose: a service exited\"; "
+              "exit 1; }; done; sleep 1; done"]
+    return "\n".join(lines)
+
+
+def _polls(hc) -> int:
+    """How many checks a colocated dependant waits for: as long as the start timeout allows."""
+    return max(hc.retries, int(600 / max(hc.interval, 0.1)))
+
+
+def _healthy(stack: Stack, svc: str, timeout: float) -> None:
+    """Wait until ``svc`` passes its healthcheck (at once if it has none but runs).
+
+    The first check runs at once, then every ``interval``; ``retries`` consecutive failures
+    after the service first answered, or ``timeout`` seconds, or the instance exiting, fail it.
+    """
+    t = stack.timings.setdefault(svc, {})
+    if "healthy" in t:
+        return
+    name = stack.instance(svc)
+    hc = stack.project.services[svc].healthcheck
+    deadline = time.monotonic() + timeout
+    failures, last = 0, ""
+    colocated = name in stack.units and len(stack.units[name].services) > 1
+    while True:
+        if not _running(name):
+            raise _failed(stack, svc, "exited")
+        if colocated:
+            r = api.logs(name)
+            if HEALTHY.format(svc) in r.stdout.splitlines():
+                break
+            if time.monotonic() > deadline:
+                raise _failed(stack, svc, f"did not become healthy within {timeout:g} s")
+            time.sleep(0.2)
+            continue
+        if hc is None:
+            break
+        try:
+            # An exec into a VM under TCG starts slowly: give it room, whatever the file's timeout says.
+            r = api.exec_(name, hc.test, timeout=max(hc.timeout, 120) if _is_vm(stack.units[name].runtime)
+                          else hc.timeout)
+            if r.exit_code == 0:
+                break
+            last = (r.stderr or r.stdout).strip().splitlines()[-1:] or [f"exit {r.exit_code}"]
+            last = last[0]
+        except KitError as e:
+            last = str(e)
+        failures += 1
+        if time.monotonic() > deadline:
+            raise _failed(stack, svc, f"did not become healthy within {timeout:g} s after {failures} checks "
+                                      f"(last: {show(last, 120)})")
+        time.sleep(hc.interval)  # the healthcheck's own interval, as Compose polls
+    t["healthy"] = time.time() - stack.requested
+
+
+def _running(name: str) -> bool:
+    table = api.ps()
+    row = table[table.name == name]
+    return bool(len(row)) and row.status.iloc[0] == "running"
+
+
+def _failed(stack: Stack, svc: str, what: str) -> ServiceFailed:
+    tail = _tail(stack, svc)
+    return ServiceFailed(f"service {svc!r} ({stack.units[stack.where[svc]].runtime if stack.where[svc] in stack.units else '?'}) "
+                         f"{what}; last log lines: {' | '.join(tail) or '(none)'}", svc, "\n".join(tail))
+
+
+def _tail(stack: Stack, svc: str) -> list[str]:
+    try:
+        return logs(stack.name, svc).splitlines()[-TAIL:]
+    except KitError:
+        return []
+
+
+def _teardown(stack: Stack, remove_volumes=()) -> list[str]:
+    gone = []
+    for name in reversed(list(stack.units)):
+        try:
+            api.rm(name, force=True)
+            gone.append(name)
+        except KitError:
+            pass
+    stack.units.clear()
+    if stack.network:
+        from .. import networks as kn  # noqa: PLC0415
+
+        kn.rm(stack.network)
+    if remove_volumes:
+        from .. import volumes as kv  # noqa: PLC0415
+
+        for v in remove_volumes:
+            kv.rm(v)
+    with _lock:
+        if _stacks.get(stack.name) is stack:
+            del _stacks[stack.name]
+    return gone
+
+
+def get(project) -> Stack:
+    """The running :class:`Stack` of ``project`` (a name, or a Stack)."""
+    if isinstance(project, Stack):
+        return project
+    try:
+        return _stacks[str(project)]
+    except KeyError:
+        raise KitError(f"no compose project {str(project)!r} is up (up: {', '.join(_stacks) or 'none'})") from None
+
+
+def down(project, volumes: bool = False) -> list[str]:
+    """Remove the project's instances and network; its named volumes too if ``volumes`` (``down -v``).
+
+    Returns the names of the instances removed.
+    """
+    stack = get(project)
+    return _teardown(stack, remove_volumes=[v for v in stack.volumes
+                                            if volumes and not _external(stack.project, v)])
+
+
+def _external(proj: Project, kit_volume: str) -> bool:
+    return any(spec.get("external") and volume_name(proj, v) == kit_volume for v, spec in proj.volumes.items())
+
+
+def ps(project):
+    """One row per service: service, instance, runtime, image, status, ports, started_s, healthy_s."""
+    import pandas as pd
+
+    stack = get(project)
+    table = api.ps().set_index("name")
+    rows = []
+    for svc, name in stack.where.items():
+        if name not in stack.units:
+            continue
+        s, u = stack.project.services[svc], stack.units[name]
+        rows.append({"service": svc, "instance": name, "runtime": u.runtime, "image": u.image,
+                     "status": table.status.get(name, "removed"), "ports": ", ".join(s.ports),
+                     "started_s": stack.timings.get(svc, {}).get("started"),
+                     "healthy_s": stack.timings.get(svc, {}).get("healthy")})
+    return pd.DataFrame(rows, columns=["service", "instance", "runtime", "image", "status", "ports",
+                                       "started_s", "healthy_s"])
+
+
+def logs(project, service: str | None = None) -> str:
+    """What the project's services wrote, each line prefixed ``SERVICE |`` (only ``service``'s if given)."""
+    stack = get(project)
+    out = []
+    for svc, name in stack.where.items():
+        if service is not None and svc != service:
+            continue
+        try:
+            r = api.logs(name)
+        except KitError:
+            continue
+        text = (r.stdout or "") + (r.stderr or "")
+        colocated = len(stack.units[name].services) > 1 if name in stack.units else False
+        for line in text.splitlines():
+            if colocated:  # the supervisor already prefixed each line with its service
+                if line.startswith(f"{svc} | ") or (line.startswith("kit-compose:") and svc == stack.units[name].services[0]):
+                    out.append(line if line.startswith(f"{svc} | ") else f"{svc} | {line}")
+            else:
+                out.append(f"{svc} | {line}")
+    return "\n".join(out)

@@ -1,0 +1,279 @@
+"""kit.compose: every supported key honoured, every other key refused by name and line, up all or
+nothing, down with and without volumes, the example backend end to end, the bounded HTTP load."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import urllib.request
+
+import pytest
+
+import kit
+import kit.compose as compose
+from kit.compose import measure
+from kit.compose.load import duration, interpolate
+from kit.errors import ComposeFileError, ServiceFailed
+from tests.conftest import need, unique
+
+
+def _load(text, **kw):
+    return compose.load(text, project="t", **kw)
+
+
+# ---- the file: each key read, each other key refused ----------------------------------------
+
+def test_every_supported_key_is_read(tmp_path):
+    f = tmp_path / "docker-compose.yml"
+    f.write_text("""
+services:
+  web:
+    image: busybox
+    entrypoint: sh -c
+    command: ["echo $$HOME"]
+    environment: [A=1, FROM_HOST]
+    ports: ["127.0.0.1:18001:80", "18002:81/tcp"]
+    expose: [82]
+    volumes: [data:/data, ./site:/site:ro, {type: volume, source: data, target: /more, read_only: true}]
+    depends_on:
+      db: {condition: service_healthy}
+    working_dir: /site
+    mem_limit: 64m
+  db:
+    image: busybox
+    command: httpd -f
+    environment: {B: 2, C: true}
+    depends_on: [cache]
+    healthcheck: {test: ["CMD", "true"], interval: 1m30s, timeout: 500ms, retries: 4}
+    deploy: {resources: {limits: {memory: 32m}}}
+    x-kit-runtime: qemu
+  cache:
+    image: busybox
+    healthcheck: {test: "exit 0"}
+    x-kit-packages: [redis-server]
+    x-kit-colocate: data
+    x-note: ignored, as the Compose specification says of extensions
+volumes: {data: }
+networks: {default: }
+""")
+    p = compose.load(f, environ={"FROM_HOST": "h"})
+    web, db, cache = p.services["web"], p.services["db"], p.services["cache"]
+    assert web.argv() == ["sh", "-c", "echo $HOME"]
+    assert web.environment == {"A": "1", "FROM_HOST": "h"}
+    assert web.ports == ["18001:80", "18002:81"] and web.expose == [82]
+    assert web.volumes == [("data", "/data", False, "volume"), (str(tmp_path / "site"), "/site", True, "bind"),
+                           ("data", "/more", True, "volume")]
+    assert web.depends_on == {"db": "service_healthy"} and db.depends_on == {"cache": "service_started"}
+    assert web.working_dir == "/site" and web.memory == 64 * 2**20 and db.memory == 32 * 2**20
+    assert db.command == ["httpd", "-f"] and db.environment == {"B": "2", "C": "true"}
+    assert (db.healthcheck.test, db.healthcheck.interval, db.healthcheck.timeout, db.healthcheck.retries) == \
+        (["true"], 90.0, 0.5, 4)
+    assert cache.healthcheck.test == ["/bin/sh", "-c", "exit 0"] and cache.healthcheck.retries == 3
+    assert db.runtime == "qemu" and cache.packages == ["redis-server"] and cache.colocate == "data"
+    assert p.order() == ["cache", "db", "web"]
+    assert set(p.volumes) == {"data"} and set(p.networks) == {"default"}
+
+
+@pytest.mark.parametrize("snippet, key, line", [
+    ("    privileged: true\n", "privileged", 4),
+    ("    networks: [front]\n", "networks", 4),
+    ("    healthcheck: {test: [CMD, 'true'], start_period: 5s}\n", "start_period", 4),
+    ("    deploy: {replicas: 2}\n", "replicas", 4),
+    ("    deploy: {resources: {limits: {cpus: '1'}}}\n", "cpus", 4),
+    ("    depends_on: {b: {condition: service_started, restart: true}}\n", "restart", 4),
+    ("    x-kit-runtim: runc\n", "x-kit-runtim", 4),
+])
+def test_an_unsupported_key_names_key_service_and_line(snippet, key, line):
+    text = "services:\n  a:\n    image: busybox\n" + snippet + "  b:\n    image: busybox\n"
+    with pytest.raises(ComposeFileError) as e:
+        _load(text)
+    msg = str(e.value)
+    assert f":{line}:" in msg and repr(key) in msg and "'a'" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("text, said", [
+    ("services:\n  a:\n    image: busybox\nconfigs: {}\n", "top-level key 'configs'"),
+    ("services:\n  a:\n    command: x\n", "no 'image:'"),
+    ("services:\n  a:\n    image: busybox\n    depends_on: [b]\n", "depends on 'b'"),
+    ("services:\n  a:\n    image: busybox\n    depends_on: [b]\n  b:\n    image: busybox\n    depends_on: [a]\n",
+     "cycle: a -> b -> a"),
+    ("services:\n  a:\n    image: busybox\n    volumes: [data:/d]\n", "not declared"),
+    ("services:\n  a:\n    image: busybox\n    ports: ['80']\n", "HOST:CONTAINER"),
+    ("services:\n  a:\n    image: busybox\n    ports: ['0.0.0.0:80:80']\n", "HOST:CONTAINER"),
+    ("services:\n  a:\n    image: busybox\n    healthcheck: {test: [CMD], interval: 5x}\n", "healthcheck test"),
+    ("services:\n  a:\n    image: busybox\n    depends_on: {b: {condition: service_completed_successfully}}\n"
+     "  b:\n    image: busybox\n", "condition 'service_completed_successfully'"),
+    ("services:\n  a:\n    image: busybox\n    command: ${NOPE}\n", "variable 'NOPE' is not set"),
+    ("services: [\n", "not valid YAML"),
+])
+def test_bad_files_are_refused_in_one_line(text, said):
+    with pytest.raises(ComposeFileError) as e:
+        _load(text, environ={})
+    assert said in str(e.value) and "\n" not in str(e.value)
+
+
+def test_durations_and_interpolation():
+    assert duration("1m30s") == 90 and duration("500ms") == 0.5 and duration(3) == 3.0
+    with pytest.raises(ValueError):
+        duration("5 seconds")
+    assert interpolate("${A:-x}-$B-$$C-${D-y}", {"B": "b"}) == "x-b-$C-y"
+
+
+def test_plan_groups_and_runtimes():
+    p = compose.load(compose.EXAMPLE, project="t")
+    units = compose.plan(p, "runc", runtimes={"db": "qemu", "cache": "qemu"}, colocate={"data": ["db", "cache"]})
+    assert [(u.name, u.services, u.runtime) for u in units] == [
+        ("t-data-1", ["cache", "db"], "qemu"), ("t-backend-1", ["backend"], "runc")]
+    with pytest.raises(ComposeFileError, match="mixes runtimes"):
+        compose.plan(p, "runc", runtimes={"db": "qemu"}, colocate={"data": ["db", "cache"]})
+    assert [u.name for u in compose.plan(p, "qemu", colocate=True)] == ["t-all-1"]
+
+
+# ---- running it ---------------------------------------------------------------------------
+
+STACK = """
+services:
+  web:
+    image: busybox
+    entrypoint: ["sh", "-c"]
+    command: ["echo \\"$$GREETING from $$(pwd)\\" > /site/index.html; cat /site/index.html; exec httpd -f -p 8080 -h /site"]
+    environment: {GREETING: hello}
+    working_dir: /tmp
+    ports: ["${PORT}:8080"]
+    volumes: [site:/site, "${HOSTDIR}:/host:ro"]
+    mem_limit: 48m
+    depends_on:
+      store: {condition: service_healthy}
+  store:
+    image: busybox
+    command: sh -c "touch /tmp/ready-later; sleep 1; touch /tmp/ready; exec sleep 600"
+    deploy: {resources: {limits: {memory: 40m}}}
+    healthcheck: {test: ["CMD-SHELL", "test -e /tmp/ready"], interval: 0.2s, timeout: 5s, retries: 100}
+volumes: {site: }
+"""
+
+
+def _get(port, path="/index.html"):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+        return r.read().decode()
+
+
+@pytest.mark.parametrize("runtime", ["runc"])
+def test_up_honours_each_key_and_down_keeps_named_volumes(runtime, tmp_path):
+    need(runtime)
+    (tmp_path / "f.txt").write_text("from the host")
+    f = tmp_path / "docker-compose.yml"
+    f.write_text(STACK)
+    project, port = unique("kc"), kit.free_port()
+    env = {"PORT": str(port), "HOSTDIR": str(tmp_path)}
+    stack = compose.up(f, runtime=runtime, project=project, environ=env)
+    try:
+        t = stack.timings
+        assert t["store"]["healthy"] < t["web"]["started"]  # service_healthy waited for
+        assert _get(port) == "hello from /tmp\n"               # entrypoint, command, environment, working_dir, ports
+        web, store = f"{project}-web-1", f"{project}-store-1"
+        assert set(compose.ps(project).instance) == {web, store}
+        assert "web | hello from /tmp" in compose.logs(project, "web")
+        assert kit.exec(web, ["cat", "/host/f.txt"]).stdout == "from the host"        # bind volume
+        assert kit.exec(web, ["sh", "-c", "echo x > /host/f.txt"]).exit_code != 0      # :ro
+        hosts = kit.exec(store, ["cat", "/etc/hosts"]).stdout.split()
+        assert "web" in hosts and web in hosts                                       # one network, by name
+        # the runtimes enforce a limit (their own tests); compose's part is to pass the right one
+        assert [kit.api.instance(n)[1].spec.memory for n in (web, store)] == [48 * 2**20, 40 * 2**20]  # mem_limit, deploy
+        assert f"{project}_default" in kit.networks.names()
+    finally:
+        compose.down(project)
+    assert f"{project}_site" in kit.volumes.names() and f"{project}_default" not in kit.networks.names()
+    assert not [n for n in kit.ps().name if n.startswith(project)]
+    stack = compose.up(f, runtime=runtime, project=project, environ=env, wait=False)
+    try:
+        compose.measure.first_response(f"http://127.0.0.1:{port}/index.html", timeout=30)
+    finally:
+        compose.down(project, volumes=True)
+    assert f"{project}_site" not in kit.volumes.names()
+
+
+@pytest.mark.parametrize("runtime", ["runc"])
+def test_up_is_all_or_nothing(runtime):
+    need(runtime)
+    text = """
+services:
+  ok:
+    image: busybox
+    command: sleep 600
+  sick:
+    image: busybox
+    command: sh -c "echo about to be unhealthy; exec sleep 600"
+    healthcheck: {test: ["CMD", "false"], interval: 0.1s, timeout: 5s, retries: 2}
+  after:
+    image: busybox
+    command: sleep 600
+    depends_on: {sick: {condition: service_healthy}}
+"""
+    project = unique("kc")
+    with pytest.raises(ServiceFailed) as e:
+        compose.up(text, runtime=runtime, project=project, timeout=3)
+    assert e.value.service == "sick" and "'sick'" in str(e.value) and "about to be unhealthy" in str(e.value)
+    assert not [n for n in kit.ps().name if n.startswith(project)]
+    assert f"{project}_default" not in kit.networks.names()
+    with pytest.raises(kit.KitError, match="no compose project"):
+        compose.ps(project)
+
+
+def test_a_refused_key_starts_nothing():
+    project = unique("kc")
+    before = set(kit.ps().name)
+    with pytest.raises(ComposeFileError, match="'cap_add' of service 'b'"):
+        compose.up("services:\n  a:\n    image: busybox\n    command: sleep 60\n  b:\n    image: busybox\n"
+                   "    cap_add: [NET_ADMIN]\n", runtime="runc", project=project)
+    assert set(kit.ps().name) == before
+
+
+@pytest.mark.parametrize("runtime", ["runc"])
+def test_example_backend_colocated_counts_in_redis_and_mariadb(runtime):
+    need(runtime)
+    project, port = unique("kc"), kit.free_port()
+    compose.up(compose.EXAMPLE, runtime=runtime, project=project, colocate=True, environ={"BACKEND_PORT": str(port)})
+    try:
+        first = json.loads(_get(port, "/"))
+        second = json.loads(_get(port, "/"))
+        assert second["redis_hits"] == first["redis_hits"] + 1 and second["db_visits"] == first["db_visits"] + 1
+        mem = measure.memory(project)
+        assert len(mem) == 1 and mem.pss.iloc[0] > 20e6  # redis + mariadb + python: tens of MB at least
+        disk = measure.disk(project)
+        assert set(disk.part) == {"image", "instance", "volume"}
+        assert disk[disk.part == "volume"].bytes.sum() > 1e6  # MariaDB's system tables live in the volume
+    finally:
+        compose.down(project, volumes=True)
+
+
+# ---- the bounded load --------------------------------------------------------------------
+
+def test_http_load_counts_every_request_and_its_errors():
+    hits = []
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            hits.append(self.path)
+            self.send_response(200 if self.path == "/" else 500)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}"
+        r = measure.http_load(url + "/", requests=37, concurrency=5)
+        assert (r["requests"], r["errors"], len(r["latencies_ms"]), len(hits)) == (37, 0, 37, 37)
+        assert 0 < r["p50_ms"] <= r["p99_ms"] and r["rps"] > 0
+        assert measure.http_load(url + "/bad", requests=4, concurrency=8)["errors"] == 4
+        assert measure.first_response(url + "/", timeout=5) >= 0
+    finally:
+        srv.shutdown()
+    with pytest.raises(kit.errors.InvalidSpec):
+        measure.http_load("http://10.0.0.1/", requests=1)
+    assert measure.percentile([1, 2, 3, 4], 50) == 2.5 and measure.percentile([5], 99) == 5
