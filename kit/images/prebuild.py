@@ -16,6 +16,10 @@ from .debian import choose_mirror, debian
 SERVICE_IMAGES = {
     "debian-redis": ["redis-server"],
     "debian-mariadb": ["mariadb-server"],
+    # notebook 05's backend (Flask over Redis and MariaDB), and all three in one image for
+    # "everything in one VM" (kit.compose colocation reuses a stored image with every package)
+    "debian-backend": ["python3-flask", "python3-redis", "python3-pymysql"],
+    "debian-stack": ["python3-flask", "python3-redis", "python3-pymysql", "redis-server", "mariadb-server"],
     # the load tools kit.bench.loads runs inside an instance (and the iperf3 server)
     "debian-bench": ["sysbench", "fio", "iperf3", "socat", "redis-tools"],
 }
