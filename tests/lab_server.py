@@ -52,6 +52,13 @@ class Lab:
         with opener.open(req, timeout=5) as resp:
             return json.load(resp)
 
+    def kernel_state(self, notebook: str) -> str | None:
+        """The execution state (``starting``, ``idle``, ``busy``) of ``notebook``'s kernel, None before it has one."""
+        for s in self.api("sessions"):
+            if s.get("path") == notebook and s.get("kernel"):
+                return s["kernel"].get("execution_state")
+        return None
+
     def connection_file(self, notebook: str) -> Path:
         """The kernel connection file of the session running ``notebook``."""
         for s in self.api("sessions"):

@@ -88,6 +88,7 @@ def test_stop_button_in_jupyterlab(tmp_path):
             wait = WebDriverWait(driver, 60)
             driver.get(lab.page(NOTEBOOK))
             editor = wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, ".jp-Notebook .jp-Cell .cm-content")))
+            kit.wait_until(lambda: lab.kernel_state(NOTEBOOK) == "idle", 60, what="the notebook's kernel to be ready")
             editor.click()
             editor.send_keys(Keys.SHIFT, Keys.ENTER)  # run the cell
             row = f".kit-row-{name}"
