@@ -277,3 +277,26 @@ def test_http_load_counts_every_request_and_its_errors():
     with pytest.raises(kit.errors.InvalidSpec):
         measure.http_load("http://10.0.0.1/", requests=1)
     assert measure.percentile([1, 2, 3, 4], 50) == 2.5 and measure.percentile([5], 99) == 5
+
+
+def test_compose_magic_is_a_thin_layer(ip, tmp_path, capsys):
+    from IPython.core.error import UsageError
+
+    need("runc")
+    f = tmp_path / "docker-compose.yml"
+    f.write_text("services:\n  one:\n    image: busybox\n    command: sh -c 'echo said-one; exec sleep 600'\n")
+    project = unique("kc")
+    table = ip.run_line_magic("compose", f"up -f {f} -r runc -p {project}")
+    try:
+        assert list(table.instance) == [f"{project}-one-1"] and list(table.status) == ["running"]
+        assert list(ip.run_line_magic("compose", f"ps -p {project}").service) == ["one"]
+        kit.wait_until(lambda: "said-one" in compose.logs(project), 10, what="the service's output")
+        ip.run_line_magic("compose", f"logs one -p {project}")
+        assert "one | said-one" in capsys.readouterr().out
+    finally:
+        assert list(ip.run_line_magic("compose", f"down -p {project} -v")) == [f"{project}-one-1"]
+    f.write_text("services:\n  one:\n    image: busybox\n    restart: always\n")
+    with pytest.raises(UsageError, match="'restart' of service 'one'"):
+        ip.run_line_magic("compose", f"up -f {f} -r runc")
+    with pytest.raises(UsageError, match="invalid choice"):
+        ip.run_line_magic("compose", "sideways")

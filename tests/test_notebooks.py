@@ -23,6 +23,8 @@ SMALL = {
     "02-containers-vs-vms": {"repeat": 3, "vm_repeat": 2, "warmup": 1, "density_max": 2, "vm_density_max": 1},
     "03-images-and-layers": {"n_instances": 2, "write_mb": 4},
     "04-services": {"redis_requests": 500, "mariadb_queries": 50, "strict": True, "timeout": 240},
+    # runc and everything in one VM (the TCG boot dominates): ~3 minutes here
+    "05-backend-stack": {"configs": "runc,vm", "requests": 50, "concurrency": 4, "strict": True, "timeout": 400},
     "07-many-machines": {"repeat": 2},
 }
 
