@@ -43,7 +43,7 @@ dockerd: system-packages
 	@$(SUDO) bash scripts/ensure-dockerd
 
 guest-kernel: venv system-packages
-	$(BIN)/python -m kit.vm.kernel fetch
+	$(BIN)/python -m kit.vm.kernel fetch --with-9p
 
 # The service images the notebooks and tests use, built once with debootstrap and cached
 # under $$KIT_HOME (about a minute for Redis, a few for MariaDB, the first time).

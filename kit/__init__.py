@@ -5,15 +5,15 @@
 'hello\\n'
 
 In IPython or Jupyter: ``%load_ext kit``, then ``%container run busybox echo hello``.
-``kit.bench`` (studies) and ``kit.verify`` (the isolation matrix) load on first use, so
-``import kit`` stays light (no pandas, no matplotlib).
+``kit.bench`` (studies), ``kit.verify`` (the isolation matrix) and ``kit.widgets`` (live notebook
+controls) load on first use, so ``import kit`` stays light (no pandas, no matplotlib, no ipywidgets).
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import errors, images, runtimes
+from . import errors, images, networks, runtimes
 from .api import exec_, logs, prune, ps, rm, run, start, stop
 from .errors import KitError
 from .net import free_port, wait_for_port, wait_until
@@ -23,12 +23,13 @@ exec = exec_  # noqa: A001  (kit.exec(name, cmd) reads naturally; the builtin is
 
 __all__ = [
     "__version__", "run", "start", "ps", "logs", "exec", "stop", "rm", "prune",
-    "RunResult", "KitError", "errors", "images", "runtimes", "load_ipython_extension", "bench", "verify",
-    "net", "free_port", "wait_for_port", "wait_until",
+    "RunResult", "KitError", "errors", "images", "networks", "runtimes", "load_ipython_extension", "bench", "verify",
+    "net", "free_port", "wait_for_port", "wait_until", "widgets",
+    "compose",
 ]
 
 #: Public subpackages imported on first attribute access (PEP 562), not by ``import kit``.
-_LAZY = ("bench", "verify")
+_LAZY = ("bench", "verify", "widgets", "compose")
 
 
 def __getattr__(name: str):

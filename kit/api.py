@@ -23,7 +23,9 @@ from typing import Iterable, Sequence
 
 from . import images as _images
 from . import lifetime
+from . import networks as _networks
 from . import runtimes as _runtimes
+from . import volumes as _volumes
 from ._proc import Stream
 from .errors import (CommandNotFound, InstanceNotFound, InvalidSpec, KitError, KitTimeout,
                      NameInUse)
@@ -83,11 +85,19 @@ def _check_command(rt: Runtime, spec: RunSpec, image) -> None:
         if ("/" in argv0 and not os.access(argv0, os.X_OK)) or ("/" not in argv0 and not shutil.which(argv0)):
             raise CommandNotFound(f"command {show(argv0)} not found on this host's PATH: check its spelling or install it")
         return
-    if resolve_in_rootfs(image.rootfs, argv0, path, spec.workdir or "/") is None:
+    key = (image.id, argv0, path, spec.workdir or "/")
+    if key in _found_commands:  # an image id names immutable content: a command found stays found
+        return
+    if resolve_in_rootfs(image.rootfs, argv0, path, spec.workdir or "/") is not None:
+        _found_commands[key] = True
+    else:
         raise CommandNotFound(
             f"command {show(argv0)} not found in image {image.name!r} (searched {show(path, 80)}): "
             f"install it in the image or give its full path"
         )
+
+
+_found_commands: dict[tuple, bool] = {}
 
 
 def resolve_in_rootfs(rootfs: Path, argv0: str, path: str, cwd: str = "/") -> str | None:
@@ -139,8 +149,15 @@ def _check_ports(spec: RunSpec) -> None:
                 raise InvalidSpec(f"port {host} on 127.0.0.1 is already in use: choose another host port") from None
 
 
+def _image_command(command) -> bool:
+    """No command given: the image's (Entrypoint + Cmd) runs, as with docker run."""
+    return command is None or (isinstance(command, (list, tuple)) and not command)
+
+
 def _create(image: str | None, command, runtime: str | None, **kw) -> tuple[Runtime, Instance]:
-    spec = _spec(image or "-", command, runtime=runtime, **kw)  # bad options are reported before anything else
+    from_image = _image_command(command) and bool(image)
+    # Bad options are reported before anything else (a placeholder stands for the image's command).
+    spec = _spec(image or "-", ["-"] if from_image else command, runtime=runtime, **kw)
     rt = _runtimes.require(runtime or _runtimes.default_container_runtime())
     rt_name = rt.name
     if rt.uses_image and not image:
@@ -152,7 +169,12 @@ def _create(image: str | None, command, runtime: str | None, **kw) -> tuple[Runt
     if spec.network and not rt.supports_networks:
         raise InvalidSpec(f"runtime {rt_name!r} cannot join a kit network; use runc, crun, runsc, lxc, docker "
                           f"or qemu")
-    img = _images.get(image) if rt.uses_image else None
+    if from_image and not rt.uses_image:
+        raise InvalidSpec("no command given: put the command after the image, e.g. busybox echo hello")
+    # A reference naming a registry (127.0.0.1:5000/app:1, NAME@sha256:...) is pulled on first use.
+    img = _images.obtain(image) if rt.uses_image else None
+    if img is not None:
+        spec.command = check_argv(_images.command_for(img, None if from_image else spec.command))
     _check_command(rt, spec, img)
     _check_ports(spec)
     lifetime.ensure_reaper()
@@ -161,11 +183,24 @@ def _create(image: str | None, command, runtime: str | None, **kw) -> tuple[Runt
         if spec.name in _live:
             raise NameInUse(f"name {spec.name!r} is already in use by a {_live[spec.name][0].name} instance: "
                             f"remove it with rm {spec.name} or choose another --name")
+        # Host directories checked, named volumes created and marked in use (kit.volumes).
+        mounts = _volumes.attach(spec.name, spec.volumes, rt_name)
         try:
             inst = rt.new_instance(spec, img)
         except FileExistsError:
+            _volumes.detach(spec.name, mounts)
             raise NameInUse(f"name {spec.name!r} is already in use: remove it or choose another --name") from None
+        except BaseException:
+            _volumes.detach(spec.name, mounts)
+            raise
+        inst.mounts = mounts
         _live[spec.name] = (rt, inst)
+    if spec.network:
+        try:  # a member before it starts: its runtime joins the network's namespace
+            _networks.join(spec.network, rt, inst)
+        except BaseException:
+            _discard(rt, inst)
+            raise
     return rt, inst
 
 
@@ -178,7 +213,13 @@ def _discard(rt: Runtime, inst: Instance) -> None:
     try:
         rt.remove(inst)
     finally:
-        _forget(inst.name)
+        try:
+            _networks.leave(inst)  # after the member is gone: an auto network may go with it
+        finally:
+            try:
+                _volumes.detach(inst.name, inst.mounts)  # the volumes stay, no longer in use by it
+            finally:
+                _forget(inst.name)
 
 
 #: Foreground instances whose teardown (unmount, state, cgroup) runs off the caller's path.
@@ -316,10 +357,11 @@ def ps(all: bool = True):  # noqa: A002
                      "image": inst.image.name if inst.image else "-",
                      "command": " ".join(inst.spec.command), "status": status,
                      "ports": ", ".join(f"127.0.0.1:{h}->{c}" for h, c in inst.spec.ports),
+                     "network": inst.spec.network or "-",
                      "created": pd.Timestamp(inst.created_at, unit="s", tz="UTC").floor("s"),
                      "id": inst.id})
     return pd.DataFrame(rows, columns=["name", "runtime", "kind", "image", "command", "status", "ports",
-                                       "created", "id"])
+                                       "network", "created", "id"])
 
 
 def logs(name: str) -> RunResult:
@@ -380,6 +422,7 @@ def prune(dead_sessions: bool = True) -> list[str]:
         except KitError:
             pass
     wait_for_teardown()
+    _networks.remove_all()
     return names + (lifetime.sweep_dead_sessions() if dead_sessions else [])
 
 

@@ -27,14 +27,19 @@ from .errors import KitError
 #: subcommand -> (its arguments, what it does)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("[options] IMAGE [CMD [ARG...]]", "run a command in a new isolated instance"),
-    "ps": ("", "list this session's instances"),
+    "ps": ("[--live]", "list this session's instances (--live: a live table with logs, stop, rm)"),
     "logs": ("NAME", "what a detached instance wrote so far"),
     "exec": ("NAME CMD [ARG...]", "run a command inside a running instance"),
     "stop": ("[-t SECONDS] NAME", "stop an instance: SIGTERM, then SIGKILL"),
     "rm": ("[-f] NAME [NAME...]", "remove instances (-f: stop them first)"),
     "images": ("", "the images stored here"),
+    "pull": ("[--name NAME] [--via skopeo|docker] REF", "bring an image from a registry into the kit's store"),
+    "build": ("[-f DOCKERFILE] [--build-arg K=V] -t TAG CONTEXT",
+              "build a Dockerfile with the local Docker daemon, into the kit's store"),
     "runtimes": ("", "every runtime, whether it works here, and why not"),
     "prune": ("", "remove every instance of this session (and what dead sessions left)"),
+    "network": ("create|ls|inspect|rm [-f] [NAME]", "kit networks: members reach each other by name (loopback only)"),
+    "volume": ("create|ls|inspect|rm [NAME]", "named volumes: data that outlives instances, in any runtime"),
 }
 
 
@@ -78,6 +83,12 @@ def _run_parser(prog: str, kind: str = "container") -> _Parser:
                        help="HOSTPORT:PORT on 127.0.0.1, repeatable")
         p.add_argument("--hostname", help="hostname inside (default: the name)")
         p.add_argument("--read-only", action="store_true", help="read-only root filesystem")
+        p.add_argument("-v", "--volume", action="append", default=[], metavar="SRC:DEST[:ro]",
+                       help="mount a host directory (absolute) or a named volume at DEST, repeatable")
+        p.add_argument("--network", help="join the kit network NAME (made if it does not exist): members reach "
+                                         "each other by name")
+        p.add_argument("--expose", action="append", default=[], metavar="PORT",
+                       help="VM only: a port the VM serves to its network's members, repeatable")
     if kind in ("container", "cell"):
         p.add_argument("--no-harden", action="store_true",
                        help="without the baseline hardening (seccomp filter, dropped capabilities, masked /proc "
@@ -99,6 +110,25 @@ def _sub_parser(sub: str, magic: str = "container") -> _Parser:
                        help="seconds to wait after SIGTERM before SIGKILL (default 10, as docker stop)")
     if sub == "rm":
         p.add_argument("-f", "--force", action="store_true", help="stop running instances first")
+    if sub == "ps":
+        p.add_argument("--live", action="store_true",
+                       help="a live table, refreshed every 1.5 s, with logs, stop and rm buttons per row")
+    if sub == "network":
+        p.add_argument("action", choices=("create", "ls", "inspect", "rm"))
+        p.add_argument("name", metavar="NAME", nargs="?")
+        p.add_argument("-f", "--force", action="store_true", help="rm: remove its members first")
+    if sub == "volume":
+        p.add_argument("action", choices=("create", "ls", "inspect", "rm"))
+        p.add_argument("name", metavar="NAME", nargs="?")
+    if sub == "pull":
+        p.add_argument("--name", help="the name in the kit's store (default: REF)")
+        p.add_argument("--via", choices=("skopeo", "docker"), help="default: skopeo if installed, else the daemon")
+        p.add_argument("ref", metavar="REF")
+    if sub == "build":
+        p.add_argument("-t", "--tag", required=True, help="the image's name, e.g. myapp:1")
+        p.add_argument("-f", "--file", help="the Dockerfile (default: CONTEXT/Dockerfile)")
+        p.add_argument("--build-arg", action="append", default=[], metavar="K=V", help="an ARG value, repeatable")
+        p.add_argument("context", metavar="CONTEXT")
     if sub in ("logs", "stop"):
         p.add_argument("name", metavar="NAME")
     if sub == "rm":
@@ -154,6 +184,21 @@ def _bench_help() -> str:
     from .bench.options import build_parser
 
     return build_parser().format_help()
+
+
+def _named(module, kind: str, tokens: list[str]):
+    """``%container network|volume create|ls|inspect|rm [-f] NAME``: a named thing's lifecycle,
+    through ``module``'s create/ls/inspect/rm (``-f``: rm's force, where the subcommand has it)."""
+    opts = _sub_parser(kind).parse_args(tokens)
+    if opts.action == "ls":
+        return module.ls()
+    if not opts.name:
+        raise UsageError(f"%container {kind} {opts.action}: give the {kind}'s NAME")
+    if opts.action == "rm":
+        module.rm(opts.name, **({"force": True} if getattr(opts, "force", False) else {}))
+        print(f"removed {kind} {opts.name}")
+        return None
+    return getattr(module, opts.action)(opts.name)
 
 
 class Pruned(list):
@@ -247,6 +292,12 @@ class ContainerMagics(Magics):
 
         return self._guard(bench.magic, line)
 
+    @no_var_expand
+    @line_magic
+    def compose(self, line):
+        """``%compose up|down|ps|logs -f FILE [-r RUNTIME] [-p PROJECT] [-v]``: a compose file (kit.compose)."""
+        return self._guard(_compose, _tokens(line))
+
     # -- subcommands -----------------------------------------------------
     def _run(self, tokens, prog, kind, cell=None):
         parser = _run_parser(prog, kind)
@@ -267,23 +318,29 @@ class ContainerMagics(Magics):
             if command:
                 raise UsageError("%%container takes no command: the cell body is the /bin/sh script")
             command = ["/bin/sh", "-c", cell]
-        if not command:
+        if not command and image is None:
             raise UsageError(f"{prog}: no command given: put it after the image, e.g. {prog} busybox echo hello")
+        # With an image and no command, the image's Entrypoint and Cmd run, as with docker run.
         extra = {k: v for k, v in (("kernel", getattr(opts, "kernel", None)),
-                                   ("machine", getattr(opts, "machine", None))) if v}
+                                   ("machine", getattr(opts, "machine", None)),
+                                   ("expose", getattr(opts, "expose", None))) if v}
         echo = _Echo(self.max_display_bytes) if self.stream and not opts.detach else None
         result = api.run(
             image, command, runtime=rt, detach=opts.detach, name=opts.name, memory=opts.memory, cpus=opts.cpus,
             env=opts.env, ports=getattr(opts, "publish", []), workdir=opts.workdir,
             hostname=getattr(opts, "hostname", None), timeout=opts.timeout or (self.timeout or None),
-            read_only=getattr(opts, "read_only", False), harden=not getattr(opts, "no_harden", False), stream=echo,
+            read_only=getattr(opts, "read_only", False), network=getattr(opts, "network", None),
+            volumes=getattr(opts, "volume", []), harden=not getattr(opts, "no_harden", False), stream=echo,
             check=opts.check or self.raise_on_error, **extra,
         )
         result.streamed = echo is not None and echo.shown > 0
         return result
 
     def _ps(self, tokens):
-        _sub_parser("ps").parse_args(tokens)
+        if _sub_parser("ps").parse_args(tokens).live:
+            from . import widgets
+
+            return widgets.instances()
         return api.ps()
 
     def _logs(self, tokens):
@@ -316,9 +373,28 @@ class ContainerMagics(Magics):
         _sub_parser("images").parse_args(tokens)
         return images.table()
 
+    def _pull(self, tokens):
+        opts = _sub_parser("pull").parse_args(tokens)
+        return images.pull(opts.ref, name=opts.name, via=opts.via)
+
+    def _build(self, tokens):
+        opts = _sub_parser("build").parse_args(tokens)
+        args = dict(a.partition("=")[::2] for a in opts.build_arg)
+        return images.build(opts.context, tag=opts.tag, dockerfile=opts.file, buildargs=args)
+
     def _runtimes(self, tokens):
         _sub_parser("runtimes").parse_args(tokens)
         return runtimes.available()
+
+    def _network(self, tokens):
+        from . import networks
+
+        return _named(networks, "network", tokens)
+
+    def _volume(self, tokens):
+        from . import volumes
+
+        return _named(volumes, "volume", tokens)
 
     def _prune(self, tokens):
         _sub_parser("prune").parse_args(tokens)
@@ -334,12 +410,39 @@ class ContainerMagics(Magics):
             raise UsageError(f"{type(e).__name__}: {e}") from None
 
 
+def _compose_parser() -> _Parser:
+    p = _Parser(prog="%compose", description="a compose file's services as kit instances (kit.compose)")
+    p.add_argument("action", choices=["up", "down", "ps", "logs"])
+    p.add_argument("service", nargs="?", help="logs: only this service")
+    p.add_argument("-f", "--file", default="docker-compose.yml", help="the compose file")
+    p.add_argument("-r", "--runtime", help="runtime of services without x-kit-runtime")
+    p.add_argument("-p", "--project", help="project name (default: the file's name:, else its directory)")
+    p.add_argument("-v", "--volumes", action="store_true", help="down: remove the named volumes too")
+    return p
+
+
+def _compose(tokens):
+    from . import compose
+
+    opts = _compose_parser().parse_args(tokens)
+    project = opts.project or compose.load(opts.file).name
+    if opts.action == "up":
+        return compose.ps(compose.up(opts.file, runtime=opts.runtime, project=project))
+    if opts.action == "down":
+        return Pruned(compose.down(project, volumes=opts.volumes))
+    if opts.action == "ps":
+        return compose.ps(project)
+    print(compose.logs(project, opts.service))
+    return None
+
+
 # ``%container?`` and friends show the real usage, built from the parsers when asked
 # (IPython's ``?`` calls an object's ``getdoc()``; building the %bench parser imports kit.bench).
 ContainerMagics.container.getdoc = lambda: _full_help("container")
 ContainerMagics.vm.getdoc = lambda: _full_help("vm")
 ContainerMagics.process.getdoc = lambda: _full_help("process")
 ContainerMagics.bench.getdoc = _bench_help
+ContainerMagics.compose.getdoc = lambda: _compose_parser().format_help()
 
 
 def load_ipython_extension(ipython):

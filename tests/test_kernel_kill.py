@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+import kit
 from kit import lifetime
 from kit._proc import wait_until
 from tests.conftest import EXPECTED_HERE, need, skipped_by_env
@@ -19,6 +20,13 @@ _started = []
 for _rt in {runtimes!r}:
     kit.start("busybox", ["sleep", "300"], runtime=_rt, name="left-" + _rt)
     _started.append(_rt)
+# A kit network with a member: its holder (a Docker container here) must go with the session too.
+kit.networks.create("left-net")
+kit.start("busybox", ["sleep", "300"], runtime="runc", name="left-net-member", network="left-net")
+# A named volume in use (written to): the sweep leaves it, data and all, with nothing of it mounted.
+kit.start("busybox", ["sh", "-c", "echo kept > /d/f; exec sleep 300"], runtime="runc", name="left-vol-user",
+          volumes=["{vol}:/d"])
+kit.wait_until(lambda: kit.volumes.inspect("{vol}")["size"] > 4096, 10, what="the volume's write")
 print(_session, flush=True)
 """
 
@@ -63,18 +71,24 @@ def test_sigkill_of_kernel_leaves_nothing(attempt, record_property):
     kc = km.client()
     kc.start_channels()
     session = None
+    vol = f"left-vol-{os.getpid()}-{attempt}"
     try:
         kc.wait_for_ready(timeout=60)
-        session = _execute(kc, SETUP.format(runtimes=runtimes)).split()[-1]
+        session = _execute(kc, SETUP.format(runtimes=runtimes, vol=vol)).split()[-1]
         before = lifetime.leftovers(session)
         for rt in runtimes:  # every instance is there before the kill: the sweep has something to do
             mark = SEEN_AS.get(rt, f"left-{rt}")
             assert any(mark in x for x in before), (rt, mark, before)
+        assert any("--net-left-net" in x for x in before), before  # the network's holder
         t0 = time.monotonic()
         os.kill(km.provisioner.process.pid, signal.SIGKILL)
         wait_until(lambda: not lifetime.leftovers(session), timeout=15, interval=0.2,
                    what=f"the reaper removing session {session}'s instances")
         elapsed = time.monotonic() - t0
+        data = kit.volumes.root() / vol / "data"
+        assert (data / "f").read_text() == "kept\n"  # the volume outlives the session
+        assert str(data) not in open("/proc/mounts").read()
+        kit.volumes.rm(vol)  # the dead session's marker does not hold it
         record_property("cleanup_seconds", round(elapsed, 2))
         print(f"session {session} ({', '.join(runtimes)}) cleaned up in {elapsed:.2f} s")
     finally:
@@ -82,3 +96,5 @@ def test_sigkill_of_kernel_leaves_nothing(attempt, record_property):
         km.shutdown_kernel(now=True)
         if session:
             lifetime.sweep(session)
+        if vol in kit.volumes.names():
+            kit.volumes.rm(vol)

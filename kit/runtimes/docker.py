@@ -34,6 +34,7 @@ from ..cgroups import Cgroup
 from ..cgroups import version as cgroup_version
 from ..errors import CommandNotFound, KitTimeout, NameInUse, StartFailed
 from ..images import engine
+from . import _rootfs
 from .base import Availability, Instance, Runtime, _descendants
 
 PROBE_TIMEOUT = 2
@@ -42,6 +43,8 @@ PROBE_TIMEOUT = 2
 class DockerRuntime(Runtime):
     name = "docker"
     kind = "container"
+    supports_networks = True  # kit.networks: joins the network's namespace
+    supports_volumes = True  # kit.volumes: bind mounts of the kit's directories
 
     @property
     def client(self):
@@ -76,10 +79,19 @@ class DockerRuntime(Runtime):
         labels = {"kit.session": config.SESSION_ID, "kit.name": inst.name, "kit.managed": "1"}
         api = self.client.api
         host = {"read_only": spec.read_only or None}
-        if spec.ports:
+        net = inst.net
+        if net is not None:
+            # A kit network member: the holder's namespace (kit.networks), its names at /etc/hosts;
+            # ports go through the kit's forwarder, and Docker refuses a hostname in this mode.
+            host["network_mode"] = f"container:{net.holder_id}"
+            host["binds"] = [f"{net.hosts_path}:/etc/hosts:ro"]
+        elif spec.ports:
             host["port_bindings"] = {f"{c}/tcp": ("127.0.0.1", h) for h, c in spec.ports}
         else:
             host["network_mode"] = "none"
+        if inst.mounts:  # kit.volumes: the same host directories every runtime mounts
+            host["mounts"] = [docker.types.Mount(m.target, str(m.host), type="bind", read_only=m.read_only)
+                              for m in inst.mounts]
         if spec.memory:
             host["mem_limit"] = spec.memory
             host["memswap_limit"] = spec.memory  # equal: no swap on top of the limit
@@ -97,8 +109,9 @@ class DockerRuntime(Runtime):
             # create + start: the clock's launch is the create call, as runc's is its spawn.
             inst.phases["launched"] = time.time()
             cid = api.create_container(
-                ref, command=spec.command, name=inst.id, hostname=spec.hostname, labels=labels,
-                environment=spec.environment(), working_dir=spec.workdir, ports=[(c, "tcp") for _, c in spec.ports],
+                ref, command=spec.command, name=inst.id, hostname=None if net else spec.hostname, labels=labels,
+                environment=_rootfs.environment(spec, inst.image), working_dir=_rootfs.workdir(spec, inst.image),
+                ports=[] if net else [(c, "tcp") for _, c in spec.ports],
                 host_config=host_config, stdin_open=False, tty=False, detach=True)["Id"]
         except docker.errors.APIError as e:
             if e.status_code == 409:
@@ -115,6 +128,8 @@ class DockerRuntime(Runtime):
             if spec.detach:
                 # A foreground run may be gone already; pids()/cgroup_path() find it on demand.
                 self._locate(inst)
+            if net is not None and spec.ports:
+                inst.forwarder = net.publish(spec.ports)
         except docker.errors.APIError as e:
             self.cleanup(inst)
             text = _explain(e)
@@ -223,6 +238,9 @@ class DockerRuntime(Runtime):
     def cleanup(self, inst: Instance) -> None:
         import docker
 
+        fwd, inst.forwarder = inst.forwarder, None
+        if fwd is not None:
+            fwd.stop()
         try:
             self.client.api.remove_container(inst.id, force=True, v=True)
         except docker.errors.NotFound:

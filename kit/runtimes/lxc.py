@@ -49,14 +49,25 @@ def _quote(value: str) -> str:
     return value
 
 
+def _fstab(path: str) -> str:
+    # lxc.mount.entry is an fstab line: LXC reads it with getmntent, which decodes \040-style escapes.
+    return _quote(path).replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011")
+
+
 def build_config(inst: Instance, monitor_rel: str | None) -> str:
     """The LXC config file text for ``inst``; ``inst.spec.harden`` adds :mod:`.hardening`'s baseline."""
     spec, image = inst.spec, inst.image
     upper = inst.state_dir / "overlay" / "upper"
+    if inst.net is not None:
+        # A kit network member shares the namespace of the network's holder, and sees its names.
+        net = [f"lxc.namespace.share.net = {inst.net.pid}",
+               f"lxc.mount.entry = {_fstab(str(inst.net.hosts_path))} etc/hosts none bind,ro,create=file 0 0"]
+    else:
+        net = ["lxc.net.0.type = empty",
+               "lxc.net.0.flags = up"]  # for "empty" this brings up lo, which LXC 5 otherwise leaves down
     lines = [
         f"lxc.uts.name = {_quote(spec.hostname)}",
-        "lxc.net.0.type = empty",
-        "lxc.net.0.flags = up",  # for "empty" this brings up lo, which LXC 5 otherwise leaves down
+        *net,
         # LXC puts the overlay's work dir beside upper: <state>/overlay/work.
         f"lxc.rootfs.path = overlay:{image.rootfs}:{upper}",
         "lxc.mount.auto = proc:mixed sys:ro cgroup:mixed",
@@ -71,6 +82,9 @@ def build_config(inst: Instance, monitor_rel: str | None) -> str:
         lines.append(f"lxc.cap.drop = {CAP_DROP}")
     if spec.read_only:
         lines.append("lxc.rootfs.options = ro")
+    for m in inst.mounts:  # kit.volumes: the target is relative to the rootfs
+        lines.append(f"lxc.mount.entry = {_fstab(str(m.host))} {_fstab(m.target.lstrip('/'))} none "
+                     f"bind,create=dir{',ro' if m.read_only else ''} 0 0")
     lines += [f"lxc.environment = {_quote(k)}={_quote(v)}" for k, v in _rootfs.environment(spec, image).items()]
     if inst.cgroup is not None:
         lines += [f"lxc.cgroup.dir.container = {inst.cgroup.rel}/ctr",
@@ -83,6 +97,8 @@ class LXCRuntime(Runtime):
 
     name = "lxc"
     kind = "container"
+    supports_networks = True  # kit.networks: joins the network's namespace
+    supports_volumes = True  # kit.volumes: lxc.mount.entry binds
 
     def probe(self) -> Availability:
         exe = which("lxc-execute")

@@ -66,6 +66,13 @@ MOUNTS = [
 START_DEADLINE = 15.0  # seconds for a detached container to reach "created"
 
 
+def bind_mounts(mounts) -> list[dict]:
+    """OCI mounts for the instance's resolved volumes (:mod:`kit.volumes`): recursive binds,
+    read-only when asked (runc and crun remount the bind ro; gVisor's gofer serves it ro)."""
+    return [{"destination": m.target, "type": "bind", "source": str(m.host),
+             "options": ["rbind", "ro" if m.read_only else "rw"]} for m in mounts]
+
+
 def build_config(spec: RunSpec, image, rootfs: Path, cgroups_path: str | None = None,
                  network: str | None = "new") -> dict:
     """The OCI runtime config (``config.json``) for ``spec``.
@@ -129,6 +136,8 @@ class OCIRuntime(Runtime):
     """
 
     kind = "container"
+    supports_networks = True  # kit.networks: joins the network's namespace
+    supports_volumes = True  # kit.volumes: bind mounts (build_config)
     #: Global options put before the subcommand.
     global_args: tuple[str, ...] = ()
     #: Prove the runtime works with a tiny run in probe() (crun: cgroup hybrid mode).
@@ -223,7 +232,8 @@ class OCIRuntime(Runtime):
         return run([*self._cli_for(inst), *args], timeout=timeout, check=False, preexec_fn=self._preexec(inst))
 
     def _network(self, inst: Instance) -> str | None:
-        return "new"
+        # A kit network member joins the network's namespace (kit.networks) by path.
+        return inst.net.ns_path if inst.net is not None else "new"
 
     def start(self, inst: Instance, stream: Stream | None = None) -> None:
         spec = inst.spec
@@ -237,6 +247,9 @@ class OCIRuntime(Runtime):
                 network = self._network(inst)
             with _rootfs.step(inst, "config"):
                 cfg = build_config(spec, inst.image, rootfs, _rootfs.container_cgroup(inst), network)
+                cfg["mounts"] += bind_mounts(inst.mounts)
+                if inst.net is not None:  # the network's names, at /etc/hosts (read-only)
+                    cfg["mounts"].append(inst.net.oci_mount())
                 bundle.mkdir(exist_ok=True)
                 (bundle / "config.json").write_text(json.dumps(cfg))
                 self.root.mkdir(parents=True, exist_ok=True)
@@ -259,7 +272,9 @@ class OCIRuntime(Runtime):
         """The container's root: the image's own rootfs when the run is read-only and the runtime
         need not create anything in it (no overlay to mount or remove), else a private overlay."""
         spec, image = inst.spec, inst.image
-        if spec.read_only and _rootfs.shareable(image.rootfs, [m["destination"] for m in MOUNTS],
+        # (A network member's /etc/hosts mount point may have to be created: never in the image.)
+        # (Nor a volume's mount point.)
+        if spec.read_only and inst.net is None and not inst.mounts and _rootfs.shareable(image.rootfs, [m["destination"] for m in MOUNTS],
                                                  _rootfs.workdir(spec, image)):
             inst.info["rootfs"] = "image, read-only"
             return image.rootfs
@@ -418,6 +433,9 @@ class GVisorRuntime(OCIRuntime):
         return {**super()._probe_info(), "platform": self.platform}
 
     def _network(self, inst: Instance) -> str | None:
+        if inst.net is not None:  # a kit network member: started inside its namespace (--network=host)
+            inst.netns_fd = inst.net.open_ns()
+            return None
         if not inst.spec.ports:
             return "new"
         # Ports: a private loopback-only namespace that runsc joins with --network=host.

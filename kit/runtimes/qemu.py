@@ -37,26 +37,36 @@ from pathlib import Path
 
 from .._proc import Pumped, Stream, kill_group, run, wait_until
 from ..errors import InvalidSpec, KitTimeout, StartFailed
+from ..portfwd import setns
 from ..spec import parse_memory
 from ..vm import accel as accel_mod
 from ..vm import disk as disk_mod
 from ..vm import initramfs, machine, qmp
 from ..vm import kernel as kernel_mod
 from ..vm.channel import MAX_PATH, Channel, LineRecords
+from . import _rootfs
 from .base import Availability, Instance, Runtime, which
 
 DEFAULT_MEMORY = 256 * 1024**2
 MIN_MEMORY = 96 * 1024**2  # below this the cloud kernel plus initramfs cannot boot reliably
 INITRAMFS_MAX_IMAGE = 32 * 1024**2  # "auto" boots images up to this size from the initramfs
-OPTIONS = {"kernel", "modules", "machine", "accel", "boot", "disk_size"}
+OPTIONS = {"kernel", "modules", "machine", "accel", "boot", "disk_size", "expose"}
 BOOT_DEADLINE = 120.0  # a detached VM must have started its command by then
 CHANNEL_NAMES = {"console": "console.sock", "kit.ctl": "ctl.sock", "kit.exec": "exec.sock"}
 FOLLOW_INTERVAL = 0.05  # how often a foreground run's stream gets what the command wrote
 
 
+def _security_model() -> str:
+    """9p's: as root, passthrough (the guest's owners and modes are the files' own, so a
+    database's files written in a VM keep their owner for a container); otherwise none."""
+    return "passthrough" if os.geteuid() == 0 else "none"
+
+
 class QemuRuntime(Runtime):
     name = "qemu"
     kind = "vm"
+    supports_networks = True  # kit.networks: QEMU started inside the network's namespace
+    supports_volumes = True  # kit.volumes: QEMU's own 9p server (virtio-9p), mounted by the guest init
     min_memory = MIN_MEMORY  # the guest's RAM: the kernel and initramfs must fit
     min_memory_what = "a VM"
 
@@ -229,6 +239,8 @@ class _VM:
         opts = self._options()
         inst, spec, image = self.inst, self.spec, self.inst.image
         k = kernel_mod.resolve(opts.get("kernel"), opts.get("modules"))
+        if inst.mounts:  # volumes: the guest mounts QEMU's 9p exports, so its kernel needs 9p
+            k = kernel_mod.with_9p(k, initramfs.module_names())
         cache = kernel_mod.kernels_dir() / k.version
         if k.version.startswith("user-") and not cache.exists():
             self.unproven_kernel_dir = cache  # built for this run: removed if the kernel never boots
@@ -271,7 +283,23 @@ class _VM:
         self.boot = boot
         return machine.VMConfig(kernel=k.vmlinuz, initrd=initrd, disk=disk, accel=verdict.accel,
                                 machine=mach, cpus=machine.vcpus(spec.cpus), memory_mib=memory // 1024**2,
-                                ports=list(spec.ports), tsc_khz=tsc_khz)
+                                ports=self._guest_ports(opts), in_netns=inst.net is not None, tsc_khz=tsc_khz,
+                                shares=[(f"kit{i}", m.host, m.read_only, _security_model())
+                                        for i, m in enumerate(inst.mounts)])
+
+    def _guest_ports(self, opts: dict) -> list[tuple[int, int]]:
+        """QEMU's forwards: the published ports on the host; in a kit network, each exposed port and
+        each published container port P as 127.0.0.1:P of the network's namespace (the kit's
+        forwarder publishes those on the host)."""
+        from ..networks import parse_expose
+
+        expose = parse_expose(opts.get("expose"))
+        if self.inst.net is None:
+            if expose:
+                raise InvalidSpec("expose is for a VM on a kit network (network=NAME): without one, publish "
+                                  "ports with -p HOST:PORT")
+            return list(self.spec.ports)
+        return [(p, p) for p in dict.fromkeys(expose + [c for _, c in self.spec.ports])]
 
     def spec_script(self) -> bytes:
         """What the guest init sources: settings, the environment and the command, shell-quoted.
@@ -280,16 +308,22 @@ class _VM:
         hold a NUL, and the guest reads up to it with a builtin (no fork).
         """
         spec, q = self.spec, shlex.quote
+        net = getattr(self.inst, "net", None)  # a kit network's names (Instance.net)
         image_workdir = (self.inst.image.config or {}).get("workdir") if self.inst.image else None
-        env = " ".join(q(f"{k}={v}") for k, v in spec.environment().items())
+        env = " ".join(q(f"{k}={v}") for k, v in _rootfs.environment(spec, self.inst.image).items())
         lines = [
             f"KIT_MODE={q(self.boot)}",
             f"KIT_HOSTNAME={q(spec.hostname or spec.name)}",
             f"KIT_WORKDIR={q(spec.workdir or image_workdir or '/')}",
-            f"KIT_NET={'1' if spec.ports else ''}",
+            f"KIT_NET={'1' if spec.ports or net else ''}",
+            f"KIT_HOSTS={q(net.hosts_text(guest=spec.name) if net else '')}",
             f"KIT_RO={'1' if spec.read_only else ''}",
             f"kit_env() {{ exec env -i {env} \"$@\"; }}",
             f"kit_cmd() {{ kit_env {' '.join(q(a) for a in spec.command)}; }}",
+            # Volumes: the init defines kit_mount TAG TARGET [ro] per stage (see init.sh).
+            f"KIT_9P={'1' if self.inst.mounts else ''}",
+            "kit_volumes() { :; " + "".join(f"kit_mount kit{i} {q(m.target)}{' ro' if m.read_only else ''}; "
+                                            for i, m in enumerate(self.inst.mounts)) + "}",
         ]
         return ("\n".join(lines) + "\n").encode()
 
@@ -329,7 +363,9 @@ class _VM:
         qlog = inst.state_dir / "qemu"
         qlog.mkdir(exist_ok=True)
         try:
-            inst.proc = Pumped(argv, qlog, detach=True)
+            # A kit network member: QEMU (and so its user network) lives in the network's namespace.
+            enter = None if inst.net is None else (lambda fd=inst.net.nsfd: setns(fd))
+            inst.proc = Pumped(argv, qlog, detach=True, preexec_fn=enter)
         except OSError as e:
             raise StartFailed(f"qemu: could not start {argv[0]}: {e}") from None
         self.proc = inst.proc.proc
@@ -350,6 +386,8 @@ class _VM:
             self.proc.wait(5)
             raise StartFailed(f"qemu: QEMU exited at once ({self.proc.returncode}): {self.qemu_error()}")
         self.ctl.send(self.spec_script() + b"\0")
+        if inst.net is not None and spec.ports:  # -p of a member: host 127.0.0.1:H -> namespace :P -> guest
+            inst.forwarder = inst.net.publish(spec.ports)
 
     def wait_for_command(self, deadline: float) -> None:
         """Block until the guest runs the command (a service is then up), or raise why not."""
@@ -453,6 +491,9 @@ class _VM:
 
     def teardown(self) -> None:
         """Kill QEMU if alive; close channels and files; remove sockets (idempotent)."""
+        fwd, self.inst.forwarder = self.inst.forwarder, None
+        if fwd is not None:
+            fwd.stop()
         if self.proc is not None and self.proc.poll() is None:
             self.killed = True
             kill_group(self.proc)

@@ -84,6 +84,7 @@ EOF
     . "$K/spec.sh"
     echo spec >&3
     [ -n "$KIT_NET" ] && load net
+    [ -n "$KIT_9P" ] && load 9p
     if [ "$KIT_MODE" = initramfs ]; then
         stage2
     fi
@@ -100,6 +101,9 @@ EOF
     mkdir -p "$top$K/run" "$top/dev" "$top/proc" "$top/sys" "$top/run" /mnt/rw/upper /mnt/rw/work
     mkdir -m 1777 "$top/tmp"
     cp -a "$K/busybox" "$K/init" "$K/spec.sh" "$K/fstab.2" "$K/bin" "$top$K/"
+    # Volumes' mount points, in the thin layer: they exist even when the root is read-only.
+    kit_mount() { mkdir -p "$top$2"; }
+    kit_volumes
     if [ -n "$KIT_RO" ]; then
         mount -t overlay -o "ro,lowerdir=$top:/mnt/lower" root /newroot
     else
@@ -127,6 +131,14 @@ stage2() {
     . "$K/spec.sh"
     mkdir -p "$K/run" /dev/pts /dev/shm 2>/dev/null
     mount -a -T "$K/fstab.2" 2>/dev/null  # /dev/pts /dev/shm
+    # Volumes (QEMU's 9p exports, tags kit0, kit1...), before a read-only root is made so; a
+    # read-only one is refused by QEMU too (readonly=on).
+    kit_mount() {
+        mkdir -p "$2" 2>/dev/null
+        mount -t 9p -o "trans=virtio,version=9p2000.L,msize=262144${3:+,ro}" "$1" "$2" ||
+            die "could not mount volume $1 at $2"
+    }
+    kit_volumes
     # A read-only root needs a writable place for the exec agent's files.
     if [ -n "$KIT_RO" ]; then
         mount -t tmpfs -o mode=0700 run "$K/run"
@@ -137,6 +149,12 @@ stage2() {
     fi
     echo "$KIT_HOSTNAME" >/proc/sys/kernel/hostname
     echo 9 >/sys/class/net/lo/flags  # IFF_LOOPBACK|IFF_UP: "ip link set lo up" without a fork
+    if [ -n "$KIT_HOSTS" ]; then
+        # A kit network member: its names (the others at QEMU's gateway 10.0.2.2). Kept in $K/run,
+        # writable even on a read-only root, so the host can rewrite it as members come and go.
+        printf '%s' "$KIT_HOSTS" >"$K/run/hosts"
+        { [ -e /etc/hosts ] || : >/etc/hosts; } 2>/dev/null && mount -o bind "$K/run/hosts" /etc/hosts
+    fi
     if [ -n "$KIT_NET" ]; then
         # QEMU user networking: the guest is 10.0.2.15, the gateway 10.0.2.2 (guest side only).
         ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2 ||

@@ -47,8 +47,13 @@ class VMConfig:
     cpus: int = 1
     memory_mib: int = 256
     ports: list[tuple[int, int]] = field(default_factory=list)
+    #: Member of a kit network (QEMU runs inside its namespace): user networking even with no
+    #: port, unrestricted, so the guest reaches the namespace's loopback at 10.0.2.2.
+    in_netns: bool = False
     sockets: dict[str, Path] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
+    #: Volumes, through QEMU's own 9p server: (mount tag, host directory, read-only, security model).
+    shares: list[tuple[str, Path, bool, str]] = field(default_factory=list)
     qmp: Path | None = None
     append: str = ""
     tsc_khz: int | None = None
@@ -118,12 +123,20 @@ def argv(cfg: VMConfig, qemu: str = QEMU) -> list[str]:
     if cfg.disk is not None:
         a += ["-drive", f"file={_opt(cfg.disk)},format=raw,if=none,id=root,readonly=on",
               "-device", f"virtio-blk-{bus},drive=root"]
-    if cfg.ports:
-        fwd = ",".join(f"hostfwd=tcp:127.0.0.1:{h}-:{c}" for h, c in cfg.ports)
-        # restrict=on: the guest reaches nothing outside; only the forwarded ports come in.
-        a += ["-netdev", f"user,id=net0,restrict=on,{fwd}", "-device", f"virtio-net-{bus},netdev=net0"]
+    if cfg.ports or cfg.in_netns:
+        fwd = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{c}" for h, c in cfg.ports)
+        # restrict=on: the guest reaches nothing outside; only the forwarded ports come in. In a kit
+        # network's namespace "outside" is that namespace's loopback alone (no other device): open.
+        a += ["-netdev", f"user,id=net0,restrict={'off' if cfg.in_netns else 'on'}{fwd}",
+              "-device", f"virtio-net-{bus},netdev=net0"]
     else:
         a += ["-nic", "none"]
+    for i, (tag, path, read_only, model) in enumerate(cfg.shares):
+        # -fsdev + a device of the machine's bus (virtio-9p-device on microvm, -pci on q35); -virtfs
+        # would always add a PCI device. readonly=on: QEMU itself refuses writes (EROFS).
+        a += ["-fsdev", f"local,id=fs{i},path={_opt(path)},security_model={model}"
+                        + (",readonly=on" if read_only else ""),
+              "-device", f"virtio-9p-{bus},fsdev=fs{i},mount_tag={_opt(tag)}"]
     if cfg.qmp is not None:
         a += ["-qmp", f"unix:{_opt(cfg.qmp)},server=on,wait=off"]
     return a
