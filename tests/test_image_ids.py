@@ -17,3 +17,19 @@ def test_malformed_ids_are_refused(bad):
 def test_a_real_id_still_finds_its_image():
     img = kit.images.get("busybox")
     assert store.get(img.id).rootfs == img.rootfs
+
+
+def test_a_name_stored_again_with_another_config_is_read_anew(tmp_path):
+    """One tree, two configs under one name (e.g. a rebuilt Dockerfile that only changed CMD):
+    get() must not hand back the config it read the first time."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "f").write_text("same bytes")
+    name = f"cache-probe-{tmp_path.name}"
+    try:
+        store.add(name, tree, "test", config_={"cmd": ["first"]}, move=False)
+        assert store.get(name).config == {"cmd": ["first"]}
+        store.add(name, tree, "test", config_={"cmd": ["second"]}, move=False)
+        assert store.get(name).config == {"cmd": ["second"]}
+    finally:
+        store.remove(name)

@@ -270,20 +270,26 @@ def get(name: str) -> Image:
             f"import with kit.images.import_tar()/import_dir(), or pull with kit.images.pull()"
         )
     digest = names[key]
-    hit = _loaded.get((digest, key))
+    try:  # the name's own metadata (config, layers) may be rewritten for the same tree
+        st = _meta_file(key).stat()
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+    except OSError:
+        stamp = None
+    hit = _loaded.get((digest, key, stamp))
     if hit is not None and hit.rootfs.is_dir():
         return replace(hit)  # a copy: callers may set attributes on theirs
     try:
         img = _load(digest, key)
     except (OSError, ValueError, TypeError) as e:
         raise ImageNotFound(f"image {name!r} is damaged in the store ({e}); remove it with kit.images.remove({name!r}) and rebuild it") from None
-    _loaded[(digest, key)] = img
+    _loaded[(digest, key, stamp)] = img
     return img
 
 
-#: Loaded images by (id, name): an id names immutable content, so its image.json never
-#: changes; a run then costs one read of the name index, not a parse of image.json too.
-_loaded: dict[tuple[str, str], Image] = {}
+#: Loaded images by (id, name, stamp of the name's metadata file): an id names immutable
+#: content, so its image.json never changes, and a name's own config changes only with its
+#: metadata file; a run then costs one read of the name index and a stat, not two JSON parses.
+_loaded: dict[tuple, Image] = {}
 
 
 def exists(name: str) -> bool:
