@@ -102,6 +102,18 @@ def wait_exit(proc: subprocess.Popen, timeout: float) -> None:
         raise subprocess.TimeoutExpired(proc.args, timeout)
 
 
+def deliver(stream: Stream | None, label: str, chunk: bytes) -> Stream | None:
+    """Hand ``chunk`` to ``stream``; return the stream to use next: None once it has failed,
+    because a broken display must not stop the collection of output (the logs have it all)."""
+    if stream is None:
+        return None
+    try:
+        stream(label, chunk)
+        return stream
+    except Exception:
+        return None
+
+
 def _pump_both(pipes, stream: Stream | None) -> None:
     """Copy each (label, pipe, log path) to its log file, and to ``stream``, until every pipe ends."""
     poller = select.poll()
@@ -125,11 +137,7 @@ def _pump_both(pipes, stream: Stream | None) -> None:
                     pipe.close()
                     continue
                 log.write(chunk)
-                if stream is not None:
-                    try:
-                        stream(label, chunk)
-                    except Exception:  # a broken display must not stop collection
-                        stream = None
+                stream = deliver(stream, label, chunk)
     finally:
         for _label, pipe, log in open_.values():
             log.close()

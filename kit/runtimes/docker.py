@@ -29,7 +29,7 @@ from pathlib import Path
 import psutil
 
 from .. import config
-from .._proc import Stream
+from .._proc import Stream, deliver
 from ..cgroups import Cgroup
 from ..cgroups import version as cgroup_version
 from ..errors import CommandNotFound, KitTimeout, NameInUse, StartFailed
@@ -156,11 +156,7 @@ class DockerRuntime(Runtime):
                     for stream_id, data in frames_iter(sock, tty=False):
                         label, f = ("stderr", err) if stream_id == STDERR else ("stdout", out)
                         f.write(data)
-                        if cb is not None:
-                            try:
-                                cb(label, data)
-                            except Exception:  # a broken display must not stop collection
-                                cb = None
+                        cb = deliver(cb, label, data)
                 finally:
                     try:
                         sock.close()

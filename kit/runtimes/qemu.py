@@ -35,7 +35,7 @@ import threading
 import time
 from pathlib import Path
 
-from .._proc import Pumped, Stream, kill_group, run, wait_until
+from .._proc import Pumped, Stream, deliver, kill_group, run, wait_until
 from ..errors import InvalidSpec, KitTimeout, StartFailed
 from ..portfwd import setns
 from ..spec import parse_memory
@@ -414,11 +414,8 @@ class _VM:
                 done = self.exited.wait(FOLLOW_INTERVAL)
                 for label, f in files:
                     chunk = f.read()
-                    if chunk and self.stream is not None:
-                        try:
-                            self.stream(label, chunk)
-                        except Exception:  # a broken display must not stop the run
-                            self.stream = None
+                    if chunk:
+                        self.stream = deliver(self.stream, label, chunk)
                 if done:
                     return
         finally:
