@@ -187,11 +187,10 @@ def _create(image: str | None, command, runtime: str | None, **kw) -> tuple[Runt
         mounts = _volumes.attach(spec.name, spec.volumes, rt_name)
         try:
             inst = rt.new_instance(spec, img)
-        except FileExistsError:
+        except BaseException as e:
             _volumes.detach(spec.name, mounts)
-            raise NameInUse(f"name {spec.name!r} is already in use: remove it or choose another --name") from None
-        except BaseException:
-            _volumes.detach(spec.name, mounts)
+            if isinstance(e, FileExistsError):
+                raise NameInUse(f"name {spec.name!r} is already in use: remove it or choose another --name") from None
             raise
         inst.mounts = mounts
         _live[spec.name] = (rt, inst)
