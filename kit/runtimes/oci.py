@@ -272,10 +272,11 @@ class OCIRuntime(Runtime):
         """The container's root: the image's own rootfs when the run is read-only and the runtime
         need not create anything in it (no overlay to mount or remove), else a private overlay."""
         spec, image = inst.spec, inst.image
-        # (A network member's /etc/hosts mount point may have to be created: never in the image.)
-        # (Nor a volume's mount point.)
-        if spec.read_only and inst.net is None and not inst.mounts and _rootfs.shareable(image.rootfs, [m["destination"] for m in MOUNTS],
-                                                 _rootfs.workdir(spec, image)):
+        # A network member's /etc/hosts or a volume's mount point may have to be created: never
+        # in the shared image.
+        makes_mount_points = inst.net is not None or bool(inst.mounts)
+        if spec.read_only and not makes_mount_points and _rootfs.shareable(
+                image.rootfs, [m["destination"] for m in MOUNTS], _rootfs.workdir(spec, image)):
             inst.info["rootfs"] = "image, read-only"
             return image.rootfs
         inst.info["rootfs"] = "overlay"
