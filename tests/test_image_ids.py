@@ -33,3 +33,17 @@ def test_a_name_stored_again_with_another_config_is_read_anew(tmp_path):
         assert store.get(name).config == {"cmd": ["second"]}
     finally:
         store.remove(name)
+
+
+def test_not_found_stays_one_short_line_however_full_the_store(tmp_path, monkeypatch):
+    """Pulled images have long names (127.0.0.1:PORT/NAME:TAG): the message names a few, not all."""
+    monkeypatch.setenv("KIT_HOME", str(tmp_path))
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "f").write_text("x")
+    for port in range(30000, 30012):
+        store.add(f"127.0.0.1:{port}/some/rather-long-image-name:1", tree, "test", move=False)
+    with pytest.raises(ImageNotFound) as err:
+        store.get("no-such-image-xyz")
+    msg = str(err.value)
+    assert len(msg) < 250 and "(13 in all)" in msg  # twelve and the built-in busybox and "\n" not in msg, msg

@@ -264,7 +264,13 @@ def get(name: str) -> Image:
         if (digest_dir(key) / "image.json").exists():
             return _load(key)
     if key not in names:
-        known = ", ".join(sorted(set(names) | set(_BUILTINS))) or "none"
+        have = sorted(set(names) | set(_BUILTINS), key=lambda n: (len(n), n))
+        # The shortest names that fit in about 80 characters: the message stays one short line
+        # however full the store is; kit.images.table() lists them all.
+        shown: list[str] = []
+        while len(shown) < len(have) and len(", ".join(shown + [have[len(shown)]])) <= 80:
+            shown.append(have[len(shown)])
+        known = (", ".join(shown) + (f", ... ({len(have)} in all)" if len(shown) < len(have) else "")) or "none"
         raise ImageNotFound(
             f"no image {name!r} (have: {known}); build one with kit.images.debian(), "
             f"import with kit.images.import_tar()/import_dir(), or pull with kit.images.pull()"
