@@ -95,10 +95,6 @@ def test_live_sessions_are_not_swept(home):
         lifetime.sweep_dead_sessions()
         assert _alive(info["pid"]) and os.path.exists(info["state"]) and starting.is_dir()
         assert not (home / "run" / dead).exists()
-        # The own session never counts as dead, even with its owner file gone.
-        (home / "run" / config.SESSION_ID).mkdir()
-        os.utime(home / "run" / config.SESSION_ID, (0, 0))  # older than the ten minutes a start may take
-        assert config.SESSION_ID not in lifetime.dead_sessions()
         os.utime(starting, (0, 0))  # the same for another session: long dead
         assert lifetime.dead_sessions() == [starting.name]
     finally:
@@ -106,6 +102,21 @@ def test_live_sessions_are_not_swept(home):
         owner.wait(10)
         wait_until(lambda: not _alive(info["pid"]), timeout=15, what="the reaper removing the orphan")
         _kill(info["pid"])
+
+
+def test_the_own_session_never_counts_as_dead(home):
+    """Even with its owner file gone and its directory old. In a home of its own with no other kit
+    process in it: another session there (e.g. a spawned owner's import-time sweep) would take this
+    stand-in for a dead session and sweep this very process's instances and cgroups, since a
+    session's processes and cgroups are global, not per KIT_HOME."""
+    own = home / "run" / config.SESSION_ID
+    own.mkdir(parents=True)
+    os.utime(own, (0, 0))  # older than the ten minutes a start may take
+    assert config.SESSION_ID not in lifetime.dead_sessions()
+    other = home / "run" / ("old" + secrets.token_hex(4))
+    other.mkdir()
+    os.utime(other, (0, 0))
+    assert lifetime.dead_sessions() == [other.name]  # the same state in another session's name: dead
 
 
 def test_a_session_directory_that_goes_while_listed_is_not_an_error(home, monkeypatch):
