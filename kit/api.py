@@ -203,9 +203,10 @@ def _create(image: str | None, command, runtime: str | None, **kw) -> tuple[Runt
     return rt, inst
 
 
-def _forget(name: str) -> None:
+def _forget(inst: Instance) -> None:
     with _lock:
-        _live.pop(name, None)
+        if _live.get(inst.name, (None, None))[1] is inst:  # never a newer instance of the same name
+            del _live[inst.name]
 
 
 def _discard(rt: Runtime, inst: Instance) -> None:
@@ -218,7 +219,7 @@ def _discard(rt: Runtime, inst: Instance) -> None:
             try:
                 _volumes.detach(inst.name, inst.mounts)  # the volumes stay, no longer in use by it
             finally:
-                _forget(inst.name)
+                _forget(inst)
 
 
 #: Foreground instances whose teardown (unmount, state, cgroup) runs off the caller's path.
@@ -228,12 +229,13 @@ _pending: dict[str, threading.Thread] = {}
 def _discard_soon(rt: Runtime, inst: Instance) -> None:
     """Tear a finished instance down in the background: the result is already complete.
 
-    The name stays taken until the teardown is done; :func:`_create`, :func:`prune`
-    and exit wait for it.
+    The instance leaves :func:`ps` at once (its run is over and its result returned), but its
+    name stays taken until the teardown is done; :func:`_create`, :func:`prune` and exit wait for it.
     """
     t = threading.Thread(target=_discard, args=(rt, inst), name=f"kit-rm-{inst.name}", daemon=True)
     with _lock:
         _pending[inst.name] = t
+    _forget(inst)
     t.start()
 
 

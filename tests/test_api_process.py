@@ -151,3 +151,25 @@ def test_resolve_in_rootfs_keeps_hidden_directories(tmp_path):
     (tmp_path / "bin" / "dir").symlink_to("/.tools")
     assert api.resolve_in_rootfs(tmp_path, "tool", "/bin") == "/bin/tool"
     assert api.resolve_in_rootfs(tmp_path, "/bin/dir/tool", "") == "/bin/dir/tool"
+
+
+def test_a_finished_foreground_run_is_not_listed_while_it_is_torn_down(monkeypatch):
+    """Its result is returned, so it is gone for the user: ps never shows it, whatever the
+    background teardown's progress (it used to, until the teardown thread had finished)."""
+    import threading
+
+    rt = kit.runtimes.get("process")
+    release = threading.Event()
+    real_remove = rt.remove
+
+    def slow_remove(inst):  # the teardown is held until the test has looked
+        release.wait(10)
+        real_remove(inst)
+
+    monkeypatch.setattr(rt, "remove", slow_remove)
+    try:
+        r = kit.run(None, ["true"], runtime="process", name=unique("fg"))
+        assert r.name not in set(kit.ps()["name"])
+    finally:
+        release.set()
+        api.wait_for_teardown()
