@@ -40,7 +40,7 @@ _lock = threading.Lock()
 
 def _spec(image, command, name=None, detach=False, memory=None, cpus=None, env=None, ports=None,
           workdir=None, timeout=None, hostname=None, read_only=False, harden=True, runtime=None,
-          volumes=None, network=None, **options) -> RunSpec:
+          volumes=None, network=None, start="cold", **options) -> RunSpec:
     # A lone string is one item, not a sequence of characters ("8080:80" is not 7 ports).
     env = [env] if isinstance(env, str) else env
     ports = [ports] if isinstance(ports, (str, int)) else ports
@@ -72,7 +72,7 @@ def _spec(image, command, name=None, detach=False, memory=None, cpus=None, env=N
                    detach=detach, memory=parse_memory(memory, **floor), cpus=parse_cpus(cpus), env=env_d,
                    ports=port_l, workdir=workdir, timeout=timeout,
                    hostname=hostname, read_only=bool(read_only), harden=bool(harden), volumes=volumes,
-                   network=network, options=options, **kw)
+                   network=network, start=start, options=options, **kw)
 
 
 def _check_command(rt: Runtime, spec: RunSpec, image) -> None:

@@ -194,6 +194,10 @@ def new_name() -> str:
     return "kit-" + secrets.token_hex(4)
 
 
+#: How an instance can start: from nothing, pre-created ahead of time, or restored from a snapshot.
+START_MODES = ("cold", "precreated", "snapshot")
+
+
 @dataclass
 class RunSpec:
     """A validated description of one run.
@@ -216,6 +220,9 @@ class RunSpec:
         harden: the baseline hardening Docker applies by default (a seccomp filter refusing
             dangerous system calls, dropped capabilities, masked /proc paths), applied by
             every container runtime that can; False runs without it.
+        start: how the instance starts (:data:`START_MODES`): ``cold`` (from nothing, the default),
+            ``precreated`` (created ahead of time, the clock starts at the start request) or
+            ``snapshot`` (restored from a snapshot: a VM template, or CRIU for containers).
     """
 
     image: str
@@ -233,6 +240,7 @@ class RunSpec:
     harden: bool = True
     volumes: list[Mount] = field(default_factory=list)
     network: str | None = None
+    start: str = "cold"
     options: dict = field(default_factory=dict)  # runtime-specific extras (e.g. VM kernel)
 
     def __post_init__(self):
@@ -277,6 +285,8 @@ class RunSpec:
                 raise InvalidSpec(f"two volumes are mounted at {show(t)}: give each -v a different destination")
         if self.network is not None:
             check_name(str(self.network))
+        if self.start not in START_MODES:
+            raise InvalidSpec(f"start mode {show(self.start)} is not known: use one of {', '.join(START_MODES)}")
 
     def environment(self) -> dict[str, str]:
         """The full environment inside the instance."""
