@@ -57,6 +57,9 @@ def test_notebook_runs(stem, tmp_path):
     assert [p for p in (out / stem / "data").rglob("*") if p.suffix in (".csv", ".json")], "no raw data saved"
     if stem != "01-quickstart":
         assert list((out / stem / "figures").glob("*.png")), "no figure drawn"
+    if stem == "03-images-and-layers":  # the guest's own view says where a VM's writes went
+        html = (out / f"{stem}.html").read_text()
+        assert "Inside the <strong>qemu</strong> VM" in html and "writable layer is guest memory" in html
     if stem == "02-containers-vs-vms":
         html = (out / f"{stem}.html").read_text()
         accel, _ = vm_accel()  # what this host gives VMs decides which explanation the reader must see

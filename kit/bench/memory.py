@@ -156,21 +156,37 @@ def parse_meminfo(text: str) -> dict[str, int]:
     return out
 
 
+def guest_meminfo(name: str, timeout: float = 30) -> dict[str, int]:
+    """The VM ``name``'s own ``/proc/meminfo``, bytes per field, read by exec into that very VM.
+
+    ``Shmem`` is what the guest's tmpfs holds: a kit VM's writable root lives there, so a file
+    written in a VM grows it (and its used memory), not the host's disk.
+
+    Raises:
+        KitError: the exec failed, or its output has no ``MemTotal`` and ``MemAvailable``.
+    """
+    try:
+        r = api.exec_(name, ["cat", "/proc/meminfo"], timeout=timeout)
+    except (KitError, OSError) as e:
+        raise KitError(f"exec into {name!r} failed: {e}") from e
+    info = parse_meminfo(r.stdout) if r.exit_code == 0 else {}
+    if "MemTotal" not in info or "MemAvailable" not in info:
+        said = (r.stderr or r.stdout).strip()[-200:]
+        raise KitError(f"cat /proc/meminfo in {name!r} exited {r.exit_code} without MemTotal and "
+                       f"MemAvailable: {said or 'no output'}")
+    return info
+
+
 def guest_rows(name: str, timeout: float = 30) -> list[dict]:
-    """The VM ``name``'s own view of its memory, read by exec into that very VM.
+    """The VM ``name``'s own view of its memory (:func:`guest_meminfo`) as rows.
 
     When that fails, one ``failed`` row (component ``guest_view``) says why in its
     ``status``: no other VM is ever booted to stand in for the measured one.
     """
     try:
-        r = api.exec_(name, ["cat", "/proc/meminfo"], timeout=timeout)
-    except (KitError, OSError) as e:
-        return [_guest_failed(f"exec into {name!r} failed: {e}")]
-    info = parse_meminfo(r.stdout) if r.exit_code == 0 else {}
-    if "MemTotal" not in info or "MemAvailable" not in info:
-        said = (r.stderr or r.stdout).strip()[-200:]
-        return [_guest_failed(f"cat /proc/meminfo in {name!r} exited {r.exit_code} without MemTotal and "
-                              f"MemAvailable: {said or 'no output'}")]
+        info = guest_meminfo(name, timeout)
+    except KitError as e:
+        return [_guest_failed(str(e))]
     return [{"metric": "guest_used", "component": "", "value": float(info["MemTotal"] - info["MemAvailable"])},
             {"metric": "guest_total", "component": "", "value": float(info["MemTotal"])}]
 
