@@ -12,7 +12,7 @@ export KIT_HOME ?= $(HOME)/.cache/kit
 SYSTEM_PACKAGES := runc crun lxc runsc docker.io podman busybox-static debootstrap e2fsprogs \
 	cpio kmod qemu-system-x86 qemu-utils hyperfine redis-tools file iproute2 ca-certificates \
 	chromium chromium-driver redis-server mariadb-server docker-registry skopeo openssh-server \
-	sysbench fio iperf3
+	sysbench fio iperf3 criu
 
 .PHONY: setup system-packages venv dockerd guest-kernel images lab test test-fast demo bench clean
 

@@ -25,11 +25,11 @@ __all__ = [
     "__version__", "run", "start", "ps", "logs", "exec", "stop", "rm", "prune",
     "RunResult", "KitError", "errors", "images", "networks", "runtimes", "load_ipython_extension", "bench", "verify",
     "net", "free_port", "wait_for_port", "wait_until", "widgets",
-    "compose",
+    "compose", "warm",
 ]
 
 #: Public subpackages imported on first attribute access (PEP 562), not by ``import kit``.
-_LAZY = ("bench", "verify", "widgets", "compose")
+_LAZY = ("bench", "verify", "widgets", "compose", "warm")
 
 
 def __getattr__(name: str):

@@ -107,6 +107,9 @@ class Runtime(ABC):
     #: The least memory limit an instance can start in (bytes), and how messages name the instance.
     min_memory: int = MIN_MEMORY
     min_memory_what: str = "a container"
+    #: The start modes (:data:`kit.spec.START_MODES`) this runtime honours; the API refuses others
+    #: before anything starts, saying why (:meth:`start_mode_refusal`).
+    start_modes: tuple[str, ...] = ("cold",)
 
     #: How long a negative verdict is believed before the next caller probes again: a probe
     #: that failed on a busy host (or before dockerd was up) must not disable a runtime for good.
@@ -146,6 +149,18 @@ class Runtime(ABC):
     @abstractmethod
     def probe(self) -> Availability:
         """Check binaries, versions and kernel support; never raise."""
+
+    def start_mode_refusal(self, mode: str) -> str:
+        """Why ``mode`` cannot start an instance of this runtime (one line), or '' if it can."""
+        if mode in self.start_modes:
+            return ""
+        why = self._no_start_mode(mode)
+        return (f"start mode {mode!r} is not offered by runtime {self.name!r} (it offers "
+                f"{', '.join(self.start_modes)})" + (f": {why}" if why else ""))
+
+    def _no_start_mode(self, mode: str) -> str:
+        """A runtime's reason for not offering ``mode`` (a clause), or ''."""
+        return ""
 
     # -- lifecycle ---------------------------------------------------------
     def new_instance(self, spec: RunSpec, image: Image | None) -> Instance:

@@ -45,6 +45,8 @@ class DockerRuntime(Runtime):
     kind = "container"
     supports_networks = True  # kit.networks: joins the network's namespace
     supports_volumes = True  # kit.volumes: bind mounts of the kit's directories
+    #: ``precreated``: ``docker create`` ahead, ``start`` on demand (:mod:`kit.warm`).
+    start_modes = ("cold", "precreated")
 
     @property
     def client(self):
@@ -69,6 +71,13 @@ class DockerRuntime(Runtime):
 
     # -- lifecycle ---------------------------------------------------------
     def start(self, inst: Instance, stream: Stream | None = None) -> None:
+        self.create(inst)
+        self.start_created(inst, stream)
+
+    def create(self, inst: Instance) -> str:
+        """``docker create``: the image in the daemon, the container made (not started); its id.
+
+        The first half of a cold start, and what :mod:`kit.warm` does ahead of time."""
         import docker
 
         spec = inst.spec
@@ -120,6 +129,13 @@ class DockerRuntime(Runtime):
             raise StartFailed(f"docker: could not create the container: {_explain(e)}") from None
         inst.info["container_id"] = cid
         inst.phases["created"] = time.time()
+        return cid
+
+    def start_created(self, inst: Instance, stream: Stream | None = None) -> None:
+        """``docker start`` of the container :meth:`create` made (attached first when in the foreground)."""
+        import docker
+
+        spec, net, cid, api = inst.spec, inst.net, inst.info["container_id"], self.client.api
         try:
             if not spec.detach:
                 self._attach(inst, cid, stream)

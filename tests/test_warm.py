@@ -1,0 +1,185 @@
+"""Warm starts (issue 14, containers): precreated runs, refused modes, the pool's cleanup, CRIU's verdict."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import kit
+import kit.api
+from kit import criu, lifetime, warm
+from kit._proc import wait_until
+from tests.conftest import need, unique
+
+SCRIPT = 'echo "$$ $K $(pwd)"; echo oops >&2; exit 3'
+
+
+@pytest.fixture
+def pool():
+    """The session's pool, emptied afterwards whatever happened."""
+    yield warm.POOL
+    warm.clear()
+
+
+@pytest.mark.parametrize("runtime", ["runc", "runsc", "docker"])
+def test_precreated_runs_the_command_itself_from_a_waiting_container(runtime, pool):
+    need(runtime)
+    results = [kit.run("busybox", ["sh", "-c", SCRIPT], runtime=runtime, start="precreated", env={"K": "v"},
+                       workdir="/tmp", name=unique(f"warm-{runtime}")) for _ in range(2)]
+    for r in results:
+        # PID 1 is the command: no waiting init stands between the start and the command.
+        assert (r.exit_code, r.stdout, r.stderr) == (3, "1 v /tmp\n", "oops\n"), r
+        p = r.phases
+        assert p["requested"] <= p["launched"] <= p["started"] <= p["exited"], p
+        assert r.info["warm"]["prepare_s"] > 0
+    # The first request made its container (before its clock started); the second found one waiting,
+    # made after the first run exited.
+    assert [r.info["warm"]["pool"] for r in results] == ["miss", "hit"]
+    assert results[0].info["warm"]["id"] != results[1].info["warm"]["id"]
+    wait_until(lambda: pool.count() == 1, 60, what="the refill after the second run")
+    kit.api.wait_for_teardown()
+    assert not [x for x in lifetime.leftovers(kit.config.SESSION_ID) if results[0].info["warm"]["id"] in x]
+
+
+def test_detached_precreated_service_and_prepare_ahead(pool, names):
+    need("runc")
+    assert warm.prepare("busybox", ["sleep", "300"], "runc") == 1
+    assert list(warm.ls()["command"]) == ["sleep 300"]
+    names.append(unique("warm-svc"))
+    r = kit.start("busybox", ["sleep", "300"], runtime="runc", name=names[0], start="precreated")
+    assert r.info["warm"]["pool"] == "hit" and warm.ls().empty
+    assert kit.exec_(names[0], ["cat", "/proc/1/cmdline"]).stdout == "sleep\x00300\x00"
+    kit.rm(names[0], force=True)
+    assert names[0] not in set(kit.ps()["name"])
+
+
+@pytest.mark.parametrize("runtime, mode, says", [
+    ("lxc", "precreated", "(it offers cold): LXC has no create-then-start split"),
+    ("process", "snapshot", "(it offers cold)"),
+    ("runc", "snapshot", "(it offers cold, precreated): CRIU does not work here"),
+])
+def test_a_mode_the_runtime_does_not_offer_is_refused_before_anything_starts(runtime, mode, says):
+    need(runtime)
+    if runtime == "runc" and criu.probe().works:
+        pytest.skip("CRIU works on this host: runc's snapshot refusal says something else")
+    name = unique("refused")
+    image = None if runtime == "process" else "busybox"
+    with pytest.raises(kit.errors.InvalidSpec) as e:
+        kit.run(image, ["true"], runtime=runtime, start=mode, name=name)
+    msg = str(e.value)
+    assert f"start mode {mode!r} is not offered by runtime {runtime!r} {says}" in msg and "\n" not in msg
+    assert not (kit.config.state_dir() / name).exists()
+
+
+def test_precreated_with_ports_is_refused(pool):
+    need("runc")
+    with pytest.raises(kit.errors.InvalidSpec, match="takes no ports"):
+        kit.run("busybox", ["true"], runtime="runc", start="precreated", ports=["18555:80"])
+    assert pool.count() == 0
+
+
+def test_pool_is_bounded_and_cleared_without_leftovers():
+    need("runc")
+    rt = kit.runtimes.get("runc")
+    img = kit.images.get("busybox")
+    small = warm.Pool(per_key=1, limit=2)
+    specs = [kit.spec.RunSpec(image="busybox", command=["echo", str(i)], start="precreated") for i in range(3)]
+    try:
+        for s in specs:
+            small.fill(rt, s, img)
+        assert small.count() == 2  # the oldest went when the third came
+        assert small.take(rt, specs[0], img) is None
+        ids = list(small.ls()["id"])
+        dirs = [kit.config.state_dir() / i.split("-", 2)[2] for i in ids]
+        assert all(d.is_dir() for d in dirs) and all((rt.root / i).is_dir() for i in ids)
+    finally:
+        gone = small.clear()
+    assert len(gone) == 2 and small.count() == 0
+    assert not any(d.exists() for d in dirs) and not any((rt.root / i).exists() for i in ids)
+    assert not any(i in open("/proc/mounts").read() for i in ids)
+
+
+def test_prune_removes_the_pool(pool):
+    need("runc")
+    warm.prepare("busybox", ["echo", "pruned"], "runc")
+    assert any(x.startswith("warm runc container") for x in kit.prune(dead_sessions=False))
+    assert pool.count() == 0
+
+
+@pytest.mark.slow
+def test_sigkill_leaves_no_pooled_container():
+    need("runc")
+    need("docker")
+    code = textwrap.dedent("""
+        import sys, time, kit
+        kit.warm.prepare("busybox", ["echo", "left"], "runc")
+        kit.warm.prepare("busybox", ["echo", "left"], "docker")
+        print(kit.config.SESSION_ID, flush=True)
+        time.sleep(300)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, cwd=Path(__file__).parents[1],
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    session = None
+    try:
+        session = p.stdout.readline().decode().strip()
+        before = lifetime.leftovers(session)
+        assert any("runc container" in x for x in before) and any("docker container" in x for x in before), before
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(10)
+        wait_until(lambda: not lifetime.leftovers(session), 30, interval=0.2,
+                   what=f"the reaper removing session {session}'s pooled containers")
+    finally:
+        if p.poll() is None:
+            p.kill()
+        if session:
+            lifetime.sweep(session)
+
+
+def test_criu_probe_reason_is_criu_s_own_first_error():
+    v = criu.probe(refresh=True)
+    assert v.summary in kit.runtimes.get("runc").availability(refresh=True).info["criu"]
+    if not v.works:  # this machine kind: "vdso: Unexpected rt vDSO area bounds"
+        assert v.reason and "\n" not in v.reason
+        if os.geteuid() == 0 and "not installed" not in v.reason:
+            p = subprocess.run(["criu", "check"], capture_output=True, timeout=30)
+            assert p.returncode != 0 and criu.first_error(p.stderr) in v.reason
+
+
+class _Fake:
+    """Records command lines; answers like criu/runc would."""
+
+    def __init__(self, rc=0, stderr=b"", stdout=b"Version: 3.17.1\n"):
+        self.calls, self.rc, self.stderr, self.stdout = [], rc, stderr, stdout
+
+    def __call__(self, argv, timeout=None, check=False, **kw):
+        self.calls.append(list(argv))
+        rc = 0 if argv[-1] == "--version" else self.rc
+        return subprocess.CompletedProcess(argv, rc, self.stdout, self.stderr)
+
+
+def test_criu_probe_and_runc_checkpoint_restore_command_lines(tmp_path, monkeypatch):
+    monkeypatch.setattr("kit.runtimes.base.which", lambda *n: "/usr/sbin/criu")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    bad = _Fake(1, b"Error (criu/vdso.c:381): vdso: Unexpected rt vDSO area bounds\n"
+                   b"Error (criu/kerndat.c:1615): kerndat_vdso_fill_symtable failed\n")
+    v = criu.probe(runner=bad)
+    assert not v.works and v.reason == "criu 3.17.1 check fails on this kernel: vdso: Unexpected rt vDSO area bounds"
+    assert bad.calls[-1] == ["/usr/sbin/criu", "check"]
+    assert criu.probe(runner=_Fake(0)).summary == "yes (3.17.1)"
+    cli = ["/usr/sbin/runc", "--root", "/run/kit/runc"]
+    ok = _Fake(0)
+    criu.checkpoint(cli, "kit-s-redis", tmp_path / "img", runner=ok)
+    criu.restore(cli, "kit-s-redis2", tmp_path / "img", tmp_path / "bundle", tmp_path / "pid", runner=ok)
+    assert ok.calls == [
+        [*cli, "checkpoint", "--image-path", str(tmp_path / "img"), "--work-path", str(tmp_path / "img/work"),
+         "kit-s-redis"],
+        [*cli, "restore", "--detach", "--image-path", str(tmp_path / "img"), "--work-path",
+         str(tmp_path / "img/restore-work"), "--bundle", str(tmp_path / "bundle"), "--pid-file",
+         str(tmp_path / "pid"), "kit-s-redis2"],
+    ]
+    with pytest.raises(kit.errors.StartFailed, match="runc restore failed: vdso: Unexpected"):
+        criu.restore(cli, "x", tmp_path / "img", tmp_path / "b", tmp_path / "p", runner=bad)
