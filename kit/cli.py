@@ -2,6 +2,7 @@
 
     kit bench [options] [WORKLOAD...]     run a study (same options as kit.bench.Study)
     kit bench --hosts user@a,user@b ...   the same study on every host, over SSH (kit.bench.fleet)
+    kit bench -r process,runc cpu redis   the same under load: throughput and latency against native
     kit report NOTEBOOK [-p NAME VALUE]   execute a notebook into a dated report (HTML, figures, data)
 
 To add a subcommand (e.g. ``report``), write ``_setup_NAME(parser)`` and
@@ -22,36 +23,16 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
 
     add_arguments(p)
     p.add_argument("--no-figures", action="store_true", help="with --out: save no PNG figures")
-    g = p.add_argument_group("many hosts (Dask distributed; see README 'Many machines')")
-    g.add_argument("--hosts", default=None, help="comma-separated SSH hosts [user@]host[:port]: the whole study "
-                                                  "runs on each (distributed.SSHCluster; scheduler on the first)")
-    g.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (tcp://HOST:8786) "
-                                                      "whose workers each run the whole study")
-    g.add_argument("--remote-python", default=None, help="the Python on the hosts (default: this one's path)")
-    g.add_argument("--ssh-key", action="append", default=None, help="private key for SSH (repeatable)")
-    g.add_argument("--known-hosts", default=None, help="known_hosts file to check the hosts' keys against "
-                                                        "(default ~/.ssh/known_hosts)")
-    g.add_argument("--per", choices=("worker", "machine"), default="worker",
-                   help="run on every worker (those sharing a machine take turns) or once per machine")
 
 
 def _run_bench(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from .bench import Study
-    from .bench.options import study_kwargs
+    from .bench.options import run_study, study_kwargs
 
     study = Study(**study_kwargs(args))
-    if args.hosts or args.scheduler:
-        from .bench import fleet
-
-        opts = {**({"client_keys": args.ssh_key} if args.ssh_key else {}),
-                **({"known_hosts": args.known_hosts} if args.known_hosts else {})}
-        with fleet.cluster(scheduler=args.scheduler, hosts=args.hosts, connect_options=opts,
-                           remote_python=args.remote_python) as client:
-            study.run(client=client, per=args.per)
-    else:
-        study.run()
+    run_study(study, args)
     host = ["host"] if "host" in study.df.columns else []
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         if host:
@@ -67,6 +48,11 @@ def _run_bench(args: argparse.Namespace) -> int:
                 print()
                 print(rel[host + ["runtime", "workload", "median", "ratio", "ratio_low",
                                   "ratio_high"]].to_string(index=False))
+        if "load" in study.parts and not host:  # under load: throughput against native, p99; the findings
+            from .bench import loadpart
+
+            print("\n" + loadpart.table(study.df, study.seed).to_string(index=False))
+            print("\n" + study.findings()[["verdict", "finding"]].to_string(index=False))
     if study.meta.get("skipped"):
         print("\nnot measured: " + "; ".join(f"{k}: {v}" for k, v in study.meta["skipped"].items()))
     print(f"\n{len(study.df)} rows in {study.meta['elapsed_s']} s")

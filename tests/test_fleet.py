@@ -298,6 +298,17 @@ def test_kit_bench_hosts_from_the_shell(sshd, tmp_path, capsys):
     assert back.status()["state"].tolist() == ["ok"] and len(back.hosts()) == 1
 
 
+def test_bench_magic_runs_on_every_worker_of_a_scheduler(client):
+    """``%bench --scheduler ADDR`` (the same options as ``kit bench``, --hosts included)."""
+    from kit.bench.options import build_parser, magic
+
+    assert "--hosts" in build_parser().format_help()
+    study = magic(f"--scheduler {client.scheduler.address} -r process -n 2 --parts startup --no-progress true")
+    status = study.status()
+    assert sorted(status["state"]) == ["ok", "ok"] and len(study.hosts()) == 2, status.to_string()
+    assert set(study.summary("startup")["host"]) == set(study.hosts())
+
+
 # -- compare ---------------------------------------------------------------------------
 def _frame(values: dict, host: str | None = None) -> pd.DataFrame:
     """A results frame: runtime -> list of launch_to_exit values (s)."""

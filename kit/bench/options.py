@@ -16,14 +16,17 @@ from ..errors import InvalidSpec
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the Study options to ``p`` (a parser or a subcommand's parser)."""
     p.add_argument("workload", nargs="*", default=[],
-                   help="workload: a preset (true, echo, httpd, redis) or a command; default: true")
+                   help="workload: a preset (true, echo, httpd, redis), a load (cpu, memory, syscall, fileio, "
+                        "fileio-volume, network, redis, mariadb; several may be named) or a command; default: true")
     p.add_argument("-i", "--image", action="append", default=None, help="image (repeatable); default busybox")
     p.add_argument("-r", "--runtimes", default="all", help="comma-separated runtimes, or all (default)")
     p.add_argument("-n", "--repeat", type=int, default=10, help="measured startup runs per cell (default 10)")
     p.add_argument("--warmup", type=int, default=1, help="warmup runs, kept but flagged (default 1)")
     p.add_argument("--vm-repeat", type=int, default=None, help="measured runs for VMs (default min(repeat, 5))")
-    p.add_argument("--parts", default="startup,memory,disk,density",
-                   help="comma-separated parts: startup, memory, disk, density (default all)")
+    p.add_argument("--parts", default=None,
+                   help="comma-separated parts: startup, memory, disk, density, load (default: load for load "
+                        "workloads, the other four for anything else)")
+    p.add_argument("--seconds", type=float, default=5.0, help="seconds each load run lasts (default 5)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per run (default 120)")
     p.add_argument("--seed", type=int, default=0, help="seed of the interleaving and bootstrap (default 0)")
     p.add_argument("-m", "--memory", default=None, help="memory limit of startup runs, e.g. 64m (default none)")
@@ -36,6 +39,17 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--name", default="study", help="the study's label (default study)")
     p.add_argument("-o", "--out", default=None, help="save results, summary and figures to this directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("many hosts (Dask distributed; see README 'Many machines')")
+    g.add_argument("--hosts", default=None, help="comma-separated SSH hosts [user@]host[:port]: the whole study "
+                                                  "runs on each (distributed.SSHCluster; scheduler on the first)")
+    g.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (tcp://HOST:8786) "
+                                                      "whose workers each run the whole study")
+    g.add_argument("--remote-python", default=None, help="the Python on the hosts (default: this one's path)")
+    g.add_argument("--ssh-key", action="append", default=None, help="private key for SSH (repeatable)")
+    g.add_argument("--known-hosts", default=None, help="known_hosts file to check the hosts' keys against "
+                                                        "(default ~/.ssh/known_hosts)")
+    g.add_argument("--per", choices=("worker", "machine"), default="worker",
+                   help="run on every worker (those sharing a machine take turns) or once per machine")
     return p
 
 
@@ -63,13 +77,35 @@ def build_parser(prog: str = "%bench") -> argparse.ArgumentParser:
 
 def study_kwargs(ns: argparse.Namespace) -> dict:
     """The keyword arguments of :class:`~kit.bench.Study` from parsed options."""
-    workload = " ".join(shlex.quote(w) for w in ns.workload) if ns.workload else "true"
+    from .loadpart import NAMES
+    from .workloads import PRESETS
+
+    if ns.workload and all(w in NAMES or w in PRESETS for w in ns.workload):
+        workload = list(ns.workload)  # names: `kit bench cpu redis` is two workloads
+    else:
+        workload = " ".join(shlex.quote(w) for w in ns.workload) if ns.workload else "true"
     runtimes = ns.runtimes if ns.runtimes == "all" else [r.strip() for r in ns.runtimes.split(",") if r.strip()]
     return {"image": ns.image or "busybox", "runtimes": runtimes, "workload": workload, "repeat": ns.repeat,
-            "warmup": ns.warmup, "vm_repeat": ns.vm_repeat, "parts": ns.parts, "timeout": ns.timeout,
+            "warmup": ns.warmup, "vm_repeat": ns.vm_repeat, "parts": ns.parts, "seconds": ns.seconds,
+            "timeout": ns.timeout,
             "seed": ns.seed, "memory": ns.memory, "idle_memory": ns.idle_memory, "density_max": ns.density_max,
             "vm_density_max": ns.vm_density_max, "density_memory_budget": ns.density_memory_budget,
             "density_time_budget": ns.density_time_budget, "name": ns.name, "progress": not ns.no_progress}
+
+
+def run_study(study, ns: argparse.Namespace) -> None:
+    """Run ``study`` here, or once on every host when ``--hosts`` or ``--scheduler`` was given
+    (:func:`kit.bench.fleet.cluster`: an SSHCluster, or a running Dask scheduler)."""
+    if not (ns.hosts or ns.scheduler):
+        study.run()
+        return
+    from . import fleet
+
+    opts = {**({"client_keys": ns.ssh_key} if ns.ssh_key else {}),
+            **({"known_hosts": ns.known_hosts} if ns.known_hosts else {})}
+    with fleet.cluster(scheduler=ns.scheduler, hosts=ns.hosts, connect_options=opts,
+                       remote_python=ns.remote_python) as client:
+        study.run(client=client, per=ns.per)
 
 
 def magic(line: str):
@@ -89,7 +125,7 @@ def magic(line: str):
     except ValueError as e:  # shlex: unbalanced quotes
         raise InvalidSpec(f"bench: cannot parse {line!r}: {e} (check your quotes)") from None
     study = Study(**study_kwargs(ns))
-    study.run()
+    run_study(study, ns)
     if ns.out:
         study.save(ns.out)
     return study
