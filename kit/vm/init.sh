@@ -77,12 +77,23 @@ stage1() {
 $kit_spec
 EOF
     else
+        # "ready": a VM template (kit/vm/templates.py) is saved here, blocked in the read below;
+        # each restore of it resumes in that read and gets its own spec.
+        echo ready >&3
         # The spec ends at a NUL byte, which no shell word can contain.
         IFS= read -r -d '' spec <&3 || die "no run spec from the host"
         printf '%s' "$spec" >"$K/spec.sh"
     fi
     . "$K/spec.sh"
     echo spec >&3
+    if [ -n "$KIT_RESTORED" ]; then
+        # Restored from a template: its clock stopped when the template was saved, and its random
+        # state is every sibling's. The host answers "spec" with "clock SECONDS SEED" (host time,
+        # rounded; 64 random hex digits): set the wall clock, mix the seed into the kernel's pool.
+        read -r _ sec seed <&3 || die "no clock from the host"
+        date -s "@$sec" >/dev/null || die "could not set the clock"
+        printf '%s' "$seed" >/dev/urandom
+    fi
     [ -n "$KIT_NET" ] && load net
     [ -n "$KIT_9P" ] && load 9p
     if [ "$KIT_MODE" = initramfs ]; then

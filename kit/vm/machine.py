@@ -57,6 +57,14 @@ class VMConfig:
     qmp: Path | None = None
     append: str = ""
     tsc_khz: int | None = None
+    #: A virtio-net device even without ports (a VM template: each restore adds its own forwards).
+    net: bool = False
+    #: Guest RAM from this file (kit.vm.templates): shared while a template is built (the file then
+    #: holds the RAM), private (copy-on-write) when restored from it.
+    mem_path: Path | None = None
+    mem_shared: bool = False
+    #: Restore: QEMU's -incoming (``defer``: the x-ignore-shared capability is set over QMP first).
+    incoming: str | None = None
 
 
 def kernel_args(cfg: VMConfig) -> str:
@@ -95,12 +103,15 @@ def argv(cfg: VMConfig, qemu: str = QEMU) -> list[str]:
         raise InvalidSpec(f"accelerator {cfg.accel!r} is not supported: use kvm or tcg")
     bus = DEVICE_SUFFIX[cfg.machine]
     a = [qemu, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]
-    a += ["-M", MACHINE_ARGS[cfg.machine]]
+    a += ["-M", MACHINE_ARGS[cfg.machine] + (",memory-backend=kitmem" if cfg.mem_path else "")]
     if cfg.accel == "kvm":
         a += ["-accel", "kvm", "-cpu", "host"]
     else:
         a += ["-accel", "tcg"]
     a += ["-smp", str(cfg.cpus), "-m", f"{cfg.memory_mib}M"]
+    if cfg.mem_path is not None:
+        a += ["-object", f"memory-backend-file,id=kitmem,size={cfg.memory_mib}M,mem-path={_opt(cfg.mem_path)},"
+                         f"share={'on' if cfg.mem_shared else 'off'}"]
     a += ["-kernel", str(cfg.kernel), "-initrd", str(cfg.initrd)]
     a += ["-append", kernel_args(cfg)]
     if "console" in cfg.sockets:
@@ -123,7 +134,7 @@ def argv(cfg: VMConfig, qemu: str = QEMU) -> list[str]:
     if cfg.disk is not None:
         a += ["-drive", f"file={_opt(cfg.disk)},format=raw,if=none,id=root,readonly=on",
               "-device", f"virtio-blk-{bus},drive=root"]
-    if cfg.ports or cfg.in_netns:
+    if cfg.ports or cfg.in_netns or cfg.net:
         fwd = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{c}" for h, c in cfg.ports)
         # restrict=on: the guest reaches nothing outside; only the forwarded ports come in. In a kit
         # network's namespace "outside" is that namespace's loopback alone (no other device): open.
@@ -139,4 +150,6 @@ def argv(cfg: VMConfig, qemu: str = QEMU) -> list[str]:
               "-device", f"virtio-9p-{bus},fsdev=fs{i},mount_tag={_opt(tag)}"]
     if cfg.qmp is not None:
         a += ["-qmp", f"unix:{_opt(cfg.qmp)},server=on,wait=off"]
+    if cfg.incoming is not None:
+        a += ["-incoming", cfg.incoming]
     return a
