@@ -79,6 +79,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_overhead.py
 	$(BIN)/python benchmarks/bench_vm.py
 	$(BIN)/python benchmarks/bench_load.py
+	$(BIN)/python benchmarks/bench_warm.py
 
 clean:
 	rm -rf $(VENV) reports build *.egg-info

@@ -80,12 +80,13 @@ def _phases(sample: Sample, phases: dict, t0: float) -> None:
 
 
 def run_to_exit(runtime: str, image: str, workload: Workload, name: str, timeout: float,
-                memory=None) -> Sample:
+                memory=None, start_mode: str = "cold") -> Sample:
     """One foreground run: launch to exit, teardown, total, phases."""
     sample = Sample()
     t_call = time.time()
     try:
-        r = api.run(image, workload.command(), runtime=runtime, name=name, timeout=timeout, memory=memory)
+        r = api.run(image, workload.command(), runtime=runtime, name=name, timeout=timeout, memory=memory,
+                    start=start_mode)
     except KitError as e:
         sample.status = f"error: {e}"
         sample.add("failed", 1)
@@ -108,7 +109,8 @@ def run_to_exit(runtime: str, image: str, workload: Workload, name: str, timeout
     return sample
 
 
-def start(runtime: str, image: str, workload: Workload, name: str, timeout: float, memory=None) -> Live:
+def start(runtime: str, image: str, workload: Workload, name: str, timeout: float, memory=None,
+          start_mode: str = "cold") -> Live:
     """Start a detached instance and wait until it is ready.
 
     Raises:
@@ -118,7 +120,7 @@ def start(runtime: str, image: str, workload: Workload, name: str, timeout: floa
     port = free_port() if workload.needs_port else None
     t_call = time.time()
     api.start(image, workload.command(port, host_network=runtime == "process"), runtime=runtime, name=name,
-              memory=memory,
+              memory=memory, start=start_mode,
               ports=[(port, port)] if port else ())
     rt, inst = api.instance(name)
     live = Live(name, rt, inst, port, t_call)
@@ -150,11 +152,12 @@ def remove(live: Live) -> float:
     return time.time() - t0
 
 
-def service(runtime: str, image: str, workload: Workload, name: str, timeout: float, memory=None) -> Sample:
+def service(runtime: str, image: str, workload: Workload, name: str, timeout: float, memory=None,
+            start_mode: str = "cold") -> Sample:
     """One service run: launch to ready, then teardown (kill and remove)."""
     sample = Sample()
     try:
-        live = start(runtime, image, workload, name, timeout, memory)
+        live = start(runtime, image, workload, name, timeout, memory, start_mode)
     except KitError as e:
         sample.status = f"error: {e}"
         sample.add("failed", 1)
@@ -169,8 +172,9 @@ def service(runtime: str, image: str, workload: Workload, name: str, timeout: fl
     return sample
 
 
-def measure(runtime: str, image: str, workload: Workload, name: str, timeout: float, memory=None) -> Sample:
-    """One startup sample of any workload kind."""
+def measure(runtime: str, image: str, workload: Workload, name: str, timeout: float, memory=None,
+            start_mode: str = "cold") -> Sample:
+    """One startup sample of any workload kind, started as ``start_mode`` (:data:`kit.spec.START_MODES`)."""
     if workload.kind == "exit":
-        return run_to_exit(runtime, image, workload, name, timeout, memory)
-    return service(runtime, image, workload, name, timeout, memory)
+        return run_to_exit(runtime, image, workload, name, timeout, memory, start_mode)
+    return service(runtime, image, workload, name, timeout, memory, start_mode)

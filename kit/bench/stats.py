@@ -121,7 +121,7 @@ def ratio_ci(values: Sequence[float], ref: Sequence[float], level: float = 0.95,
 
 
 #: What identifies one sample in a results frame (``host`` only in a fleet run's frame).
-GROUP = ["host", "part", "image", "runtime", "kind", "workload", "metric", "component", "n", "unit"]
+GROUP = ["host", "part", "image", "runtime", "start", "kind", "workload", "metric", "component", "n", "unit"]
 
 
 def measured(df):

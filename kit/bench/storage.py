@@ -23,8 +23,9 @@ _DTYPES = {"study": str, "part": str, "image": str, "runtime": str, "kind": str,
            "component": str, "metric": str, "unit": str, "accel": str, "status": str}
 
 
-#: Columns kept when a frame has them: ``host`` (a fleet run, see kit.bench.fleet).
-OPTIONAL = ("host",)
+#: Columns kept when a frame has them: ``host`` (a fleet run, see kit.bench.fleet); ``start`` (a study
+#: of start modes, see kit.bench.starts).
+OPTIONAL = ("host", "start")
 
 
 def _has_pyarrow() -> bool:
