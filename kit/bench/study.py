@@ -1,4 +1,4 @@
-"""A study: images x runtimes x workloads, measured for startup, memory, disk and density.
+"""A study: images x runtimes x workloads, measured for startup, memory, disk, density and under load.
 
 >>> from kit.bench import Study
 >>> study = Study(image="busybox", runtimes="all", workload="true", repeat=10)
@@ -7,6 +7,7 @@
 >>> study.plot()               # startup, memory, disk, density figures
 >>> study.save("results/"); Study.load("results/").plot()
 >>> study.run(client=dask_client)  # the same study on every host of a Dask cluster (kit.bench.fleet)
+>>> Study(runtimes="process,runc", workload=["cpu", "redis"], repeat=3, seconds=5).run()  # load part
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ import pandas as pd
 from .. import runtimes as _runtimes
 from ..errors import InvalidSpec, RuntimeUnavailable
 from ..spec import parse_memory
-from . import density, disk, envinfo, memory, metrics, startup, stats, storage
-from .workloads import PRESETS, Workload, parse_many
+from . import density, disk, envinfo, loadpart, memory, metrics, startup, stats, storage
+from .workloads import PRESETS, Workload, parse, parse_many
 
-PARTS = ("startup", "memory", "disk", "density")
+PARTS = ("startup", "memory", "disk", "density", "load")
 
 #: Rough seconds one startup run or one idle instance costs, by runtime kind:
 #: only used to weight the progress bar so its time-left estimate is sensible.
@@ -52,11 +53,15 @@ class Study:
         image: image name or list of names (``busybox``).
         runtimes: ``"all"`` (every runtime available here), a list, or a comma-separated string.
         workload: a preset (``true``, ``echo``, ``httpd``, ``redis``), a command line, a
-            :class:`~kit.bench.workloads.Workload`, or a list of them.
+            :class:`~kit.bench.workloads.Workload`, a load workload (``cpu``, ``memory``, ``syscall``,
+            ``fileio``, ``fileio-volume``, ``network``, ``redis``, ``mariadb``: see
+            :mod:`kit.bench.loadpart`), or a list of them.
         repeat: measured startup runs per runtime, image and workload.
         warmup: extra startup runs first, kept in the frame but flagged ``warmup``.
         vm_repeat: measured runs for VM runtimes (boots take seconds); default ``min(repeat, 5)``.
-        parts: which of ``startup``, ``memory``, ``disk``, ``density`` to measure.
+        parts: which of ``startup``, ``memory``, ``disk``, ``density``, ``load`` to measure; default:
+            ``load`` for load workloads, the other four for anything else.
+        seconds: how long each load run lasts (the tool's own bound; it also has a deadline).
         timeout: seconds before one run (or one instance becoming ready) is abandoned.
         seed: seeds the interleaving of runtimes in each round and the bootstrap.
         memory: memory limit of startup runs (None: no limit, each runtime's default).
@@ -69,23 +74,28 @@ class Study:
     """
 
     def __init__(self, image="busybox", runtimes="all", workload="true", repeat: int = 10, *,
-                 warmup: int = 1, vm_repeat: int | None = None, parts=PARTS, timeout: float = 120.0,
-                 seed: int = 0, memory=None, idle_memory="256m", density_max: int = 8,
+                 warmup: int = 1, vm_repeat: int | None = None, parts=None, timeout: float = 120.0,
+                 seed: int = 0, seconds: float = 5.0, memory=None, idle_memory="256m", density_max: int = 8,
                  vm_density_max: int = 4, density_memory_budget="4g", density_time_budget: float = 60.0,
                  name: str = "study", progress: bool = True):
         self.images = _as_list(image, "image")
         self.runtimes = runtimes if runtimes == "all" else _as_list(runtimes, "runtime")
-        self.workloads = parse_many(workload)
+        startup_items, self.loads, parts = loadpart.split(workload, None if parts is None else
+                                                          _as_list(parts, "part"))
+        self.workloads = parse_many(startup_items) if startup_items else []
         for label, v, low in (("repeat", repeat, 1), ("warmup", warmup, 0), ("density_max", density_max, 1),
                               ("vm_density_max", vm_density_max, 1)):
             if not isinstance(v, int) or v < low:
                 raise InvalidSpec(f"{label} {v!r} must be a whole number >= {low}")
         self.repeat, self.warmup = repeat, warmup
         self.vm_repeat = min(repeat, 5) if vm_repeat is None else int(vm_repeat)
-        self.parts = tuple(_as_list(parts, "part"))
+        self.parts = tuple(parts)
         bad = [p for p in self.parts if p not in PARTS]
         if bad:
             raise InvalidSpec(f"unknown part(s) {', '.join(bad)}: choose from {', '.join(PARTS)}")
+        if "load" in self.parts:
+            loadpart.check(self.loads, seconds)
+        self.seconds = float(seconds)
         if not timeout > 0:
             raise InvalidSpec(f"timeout {timeout!r} must be a positive number of seconds")
         self.timeout, self.seed = float(timeout), int(seed)
@@ -99,6 +109,8 @@ class Study:
         self.name, self.progress = name, progress
         self.df: pd.DataFrame | None = None
         self.meta: dict = {}
+        #: Each load run's raw tool output (:meth:`raw`), saved beside the frame.
+        self.outputs = loadpart.Outputs()
         #: Called with each batch of new rows (a normalised frame) as it joins ``.df``: how a
         #: fleet host streams its completed runs back (see :mod:`kit.bench.fleet`).
         self.on_rows = None
@@ -106,7 +118,8 @@ class Study:
     # -- parameters ----------------------------------------------------------
     def params(self) -> dict:
         return {"images": self.images, "runtimes": self.runtimes,
-                "workloads": [_workload_record(w) for w in self.workloads],
+                "workloads": [_workload_record(w) for w in self.workloads], "loads": list(self.loads),
+                "seconds": self.seconds,
                 "repeat": self.repeat, "warmup": self.warmup, "vm_repeat": self.vm_repeat,
                 "parts": list(self.parts), "timeout": self.timeout, "seed": self.seed, "memory": self.memory,
                 "idle_memory": self.idle_memory, "density_max": self.density_max,
@@ -193,11 +206,22 @@ class Study:
                        if ("steady", image, rt) not in done] if steady else []
         total = sum(_COST.get(kinds[rt], 1) for _, _, (_, rt, _) in todo)
         total += sum(_COST.get(kinds[rt], 1) * n_idle[rt] + 1 for _, rt in todo_steady)
+        todo_load = {}
+        if "load" in self.parts:
+            todo_load = loadpart.unfinished(self.df if resume else None, self.loads, runtimes,
+                                            self.warmup + self.repeat - 1)
+            if resume:  # an unfinished load cell is measured again whole
+                cells = {(n, rt) for n, rts in todo_load.items() for rt in rts}
+                stale = pd.Series([(w, rt) in cells for w, rt in zip(self.df["workload"], self.df["runtime"])],
+                                  index=self.df.index) & (self.df["part"] == "load")
+                self.df = storage.normalise(self.df[~stale], self.meta.get("metrics"))
+                self.outputs.drop(cells)
+            total += sum(len(rts) for rts in todo_load.values()) * (self.warmup + self.repeat) * (self.seconds + 1)
         if resume:
             self.meta.setdefault("resumed", []).append(_iso(t_start))
         else:
             self.meta = {
-                "params": self.params(), "environment": envinfo.collect(), "metrics": metrics.definitions(),
+                "params": self.params(), "environment": self._environment(), "metrics": metrics.definitions(),
                 "runtimes": runtimes, "skipped": skipped,
                 "order": [[f"{rt}/{img}/{w.name}" for img, rt, w in cells] for cells in rounds],
                 "started": _iso(t_start), "elapsed_s": 0.0,
@@ -225,6 +249,14 @@ class Study:
                 bar.update(_COST.get(kinds[rt], 1))
             if steady:
                 self._steady(runtimes, kinds, n_idle, uid, bar, dropped, done)
+            if todo_load:
+                def progress(text, bar=bar):
+                    bar.set_postfix_str(text)
+                    bar.update(self.seconds + 1)
+
+                loadpart.run(self.loads, [r for r in runtimes if r not in dropped], repeat=self.repeat,
+                             warmup=self.warmup, seconds=self.seconds, seed=self.seed, timeout=self.timeout,
+                             add=self._add, outputs=self.outputs, progress=progress, done=todo_load)
         except BaseException as e:
             n_done = len(_done_cells(self.df)) if self.df is not None else 0
             self.meta["partial"] = (f"stopped by {type(e).__name__}{': ' + str(e) if str(e) else ''} "
@@ -238,6 +270,14 @@ class Study:
             if self.df is None:
                 self.df = storage.normalise(pd.DataFrame())
         return self.df
+
+    def _environment(self) -> dict:
+        env = envinfo.collect()
+        if "load" in self.parts:
+            from .loads import pinning
+
+            env["load_pinning"] = pinning()
+        return env
 
     def _startup_run(self, rt: str, image: str, w, name: str) -> startup.Sample:
         """One startup sample; an unexpected error becomes a failed sample, not the end of the study."""
@@ -315,12 +355,37 @@ class Study:
         df = self._need()
         if part:
             df = df[df["part"] == part]
-        return stats.summarize(df, seed=self.seed)
+        res = stats.summarize(df, seed=self.seed)
+        if res.empty:  # the same columns, so that callers can select from a part that was not measured
+            cols = [k for k in stats.GROUP if k in df.columns] + ["runs" if k == "n" else k for k in stats.describe([])]
+            res = pd.DataFrame(columns=cols)
+        return res
 
-    def relative(self, metric: str = "launch_to_exit", baseline: str = "process") -> pd.DataFrame:
+    def relative(self, metric: str | None = None, baseline: str = "process") -> pd.DataFrame:
         """Each runtime against the bare-process baseline (ratio of medians with its 95 % CI), on
-        each host apart when the frame has a ``host`` column."""
-        return stats.relative(self._need(), metric=metric, baseline=baseline, seed=self.seed)
+        each host apart when the frame has a ``host`` column.
+
+        ``metric`` defaults to ``launch_to_exit``, or ``throughput`` in a study of loads only. Load
+        metrics (throughput, p99, cpu_per_op, ...) compare per operation: see
+        :func:`kit.bench.loadpart.relative`."""
+        df = self._need()
+        if metric is None:
+            metric = "throughput" if set(df["part"]) == {"load"} else "launch_to_exit"
+        if metric in loadpart.METRICS:
+            return loadpart.relative(df, metric=metric, baseline=baseline, seed=self.seed)
+        return stats.relative(df, metric=metric, baseline=baseline, seed=self.seed)
+
+    def raw(self, workload: str, runtime: str, round: int | None = None) -> str:
+        """What the load tool printed in one run (the last one when ``round`` is None): where a number
+        of the frame came from."""
+        return self.outputs.get(workload, runtime, round)
+
+    def findings(self) -> pd.DataFrame:
+        """The reference study's findings (Felter et al. 2015; gVisor's syscall cost), each reproduced,
+        not reproduced or not measured here, and why: see :func:`kit.bench.findings.compute`."""
+        from .findings import compute
+
+        return compute(self._need(), self.meta.get("environment") or {}, self.meta.get("skipped") or {})
 
     def plot(self, which=None):
         """Figures for every part with data: a dict name -> matplotlib Figure.
@@ -329,7 +394,11 @@ class Study:
         figure once per host, named ``NAME@HOST``."""
         from . import plots
 
-        return plots.all_figures(self._need(), self.meta, which=which)
+        df = self._need()
+        figs = plots.all_figures(df, self.meta, which=which)
+        if "host" not in df.columns:
+            figs.update(loadpart.figures(df, self.meta, which=which))
+        return figs
 
     # -- fleet (several hosts) -------------------------------------------------
     def status(self) -> pd.DataFrame:
@@ -373,12 +442,13 @@ class Study:
 
         df = self._need()
         d = storage.save(directory, df, self.meta)
+        self.outputs.save(d)
         self.summary().to_csv(d / "summary.csv", index=False)
         figs = self.plot() if figures else {}
         if self.hosts():
             (d / "README.md").write_text(self._fleet_markdown(list(figs)))
         else:
-            (d / "README.md").write_text(markdown(self, figures=figures))
+            (d / "README.md").write_text(markdown(self, figures=figures) + loadpart.markdown(df, self.seed))
         if figures:
             import matplotlib.pyplot as plt
 
@@ -403,10 +473,11 @@ class Study:
     def from_params(cls, p: dict, **overrides) -> "Study":
         """A study from :meth:`params` (as study.json keeps them); ``overrides`` replace any."""
         p = {**p, **overrides}
-        known = ("warmup", "vm_repeat", "parts", "timeout", "memory", "idle_memory", "density_max",
+        known = ("warmup", "vm_repeat", "parts", "timeout", "seconds", "memory", "idle_memory", "density_max",
                  "vm_density_max", "density_memory_budget", "density_time_budget")
+        startup_workloads = [parse(_saved_workload(w)) for w in p.get("workloads", [])]
         return cls(image=p.get("images") or "busybox", runtimes=p.get("runtimes", "all"),
-                   workload=[_saved_workload(w) for w in p.get("workloads", [])] or "true",
+                   workload=startup_workloads + list(p.get("loads") or []) or "true",
                    repeat=p.get("repeat", 10), seed=p.get("seed", 0), name=p.get("name", "study"),
                    progress=False, **{k: p[k] for k in known if k in p})
 
@@ -417,6 +488,7 @@ class Study:
         df, meta = storage.load(directory)
         study = cls.from_params(dict(meta.get("params", {})))
         study.df, study.meta = df, meta
+        study.outputs = loadpart.Outputs.load(directory)
         return study
 
     def _repr_html_(self) -> str:
@@ -425,7 +497,8 @@ class Study:
         from .tables import memory_table, startup_table
 
         parts = [f"<b>{html.escape(repr(self))}</b>"]
-        for label, t in (("startup", startup_table(self)), ("memory", memory_table(self))):
+        for label, t in (("startup", startup_table(self)), ("memory", memory_table(self)),
+                         ("under load", loadpart.table(self.df, self.seed))):
             if len(t):
                 parts.append(f"<p>{label}</p>" + t.to_html(float_format=lambda v: f"{v:.3g}", na_rep=""))
         return "".join(parts)
@@ -436,7 +509,7 @@ class Study:
             state += ", partial"
         rts = self.runtimes if self.runtimes == "all" else ",".join(self.runtimes)
         return (f"<Study {self.name}: {','.join(self.images)} x {rts} x "
-                f"{','.join(w.name for w in self.workloads)}, repeat={self.repeat}, {state}>")
+                f"{','.join([w.name for w in self.workloads] + self.loads)}, repeat={self.repeat}, {state}>")
 
 
 def _iso(t: float) -> str:
@@ -449,7 +522,7 @@ def _done_cells(df: pd.DataFrame) -> set[tuple]:
     st = df[df["part"] == "startup"]
     cells = {("startup", int(r), i, rt, w) for r, i, rt, w in
              st[["round", "image", "runtime", "workload"]].drop_duplicates().itertuples(index=False)}
-    other = df[df["part"] != "startup"]
+    other = df[~df["part"].isin(["startup", "load"])]  # load cells: loadpart.unfinished
     cells |= {("disk-image", i) for i in other[other["runtime"] == "-"]["image"].unique()}
     cells |= {("steady", i, rt) for i, rt in
               other[other["runtime"] != "-"][["image", "runtime"]].drop_duplicates().itertuples(index=False)}
