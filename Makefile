@@ -12,17 +12,29 @@ export KIT_HOME ?= $(HOME)/.cache/kit
 SYSTEM_PACKAGES := runc crun lxc runsc docker.io podman busybox-static debootstrap e2fsprogs \
 	cpio kmod qemu-system-x86 qemu-utils hyperfine redis-tools file iproute2 ca-certificates \
 	chromium chromium-driver redis-server mariadb-server docker-registry skopeo openssh-server \
-	sysbench fio iperf3 criu
+	sysbench fio iperf3 criu uidmap
 
-.PHONY: setup system-packages venv dockerd guest-kernel images lab test test-fast demo bench clean
+.PHONY: setup user-check rootless-user system-packages venv dockerd guest-kernel images lab test test-fast demo bench clean
 
-setup: system-packages venv dockerd guest-kernel images
+setup: user-check system-packages venv dockerd guest-kernel images
+
+# As an ordinary user: what the kit needs from root (subordinate IDs, docker group, /dev/kvm), said first.
+user-check:
+	@[ "$$(id -u)" = 0 ] || bash scripts/user-check
+
+# The ordinary user tests/test_rootless.py runs as, with a venv it can read (the test makes it too).
+rootless-user: venv system-packages
+	$(SUDO) scripts/rootless-user
 
 system-packages:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
+		if [ -n "$(SUDO)" ] && ! sudo -n true 2>/dev/null; then \
+			echo "system packages missing:$$missing; installing them needs root: run 'sudo make system-packages'" \
+				"(or ask your administrator), then make setup again" >&2; exit 1; \
+		fi; \
 		echo "installing system packages:$$missing"; \
 		$(SUDO) apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \

@@ -222,14 +222,26 @@ def _write(path: Path, value, missing_ok: bool = False) -> None:
             raise
 
 
+def kit_rel() -> str:
+    """Where the kit's groups go, below the hierarchy root: ``kit``, or for an ordinary user on
+    cgroup v2 ``<the subtree systemd delegated to the user>/kit`` (kit.rootless)."""
+    if os.geteuid() != 0 and version() == 2:
+        from .rootless import delegated_cgroup
+
+        base = delegated_cgroup()
+        if base:
+            return f"{base}/kit"
+    return "kit"
+
+
 def for_instance(session: str, name: str) -> Cgroup:
-    return Cgroup(f"kit/{session}-{name}")
+    return Cgroup(f"{kit_rel()}/{session}-{name}")
 
 
 def writable() -> str | None:
     """None when the kit can create groups here, else the reason it cannot."""
     try:
-        base = ROOT / "kit" if version() == 2 else ROOT / "memory" / "kit"
+        base = ROOT / kit_rel() if version() == 2 else ROOT / "memory" / "kit"
         base.mkdir(parents=True, exist_ok=True)
         return None
     except OSError as e:

@@ -69,6 +69,10 @@ class StartFailed(KitError):
     """The runtime refused to start the instance."""
 
 
+class LimitsUnavailable(InvalidSpec):
+    """A memory/CPU limit was asked for that this user cannot have enforced here (kit.rootless)."""
+
+
 class ComposeFileError(InvalidSpec):
     """A compose file uses a key or value the kit does not honour; nothing was started."""
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import psutil
 
-from . import config
+from . import config, rootless
 
 MARKER = "KIT_SESSION"
 _reaper: subprocess.Popen | None = None
@@ -120,7 +119,7 @@ def sweep(session: str) -> list[str]:
     removed += _unmount_below(run_dir)
     removed += _remove_cgroups(session)
     if run_dir.exists():
-        shutil.rmtree(run_dir, ignore_errors=True)
+        rootless.rmtree(run_dir)  # shutil.rmtree, and what a user namespace made unreadable
         removed.append(f"directory {run_dir}")
     return removed
 
@@ -172,7 +171,7 @@ def _session_cgroups(session: str) -> list[str]:
 
     # On v1 the runtimes also create groups in hierarchies the kit does not limit
     # (cpuset, freezer, devices, name=systemd...): look in every one.
-    bases = [cgroups.ROOT / "kit"] if cgroups.version() == 2 else \
+    bases = [cgroups.ROOT / cgroups.kit_rel()] if cgroups.version() == 2 else \
         [d / "kit" for d in cgroups.ROOT.iterdir() if d.is_dir()]
     groups = set()
     for base in bases:
@@ -186,7 +185,7 @@ def _remove_cgroups(session: str) -> list[str]:
 
     out = []
     for g in _session_cgroups(session):
-        cgroups.Cgroup(f"kit/{g}").destroy()
+        cgroups.Cgroup(f"{cgroups.kit_rel()}/{g}").destroy()
         out.append(f"cgroup kit/{g}")
     return out
 

@@ -16,6 +16,7 @@ threads stay in the host's namespace.
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import os
 import queue
@@ -147,20 +148,30 @@ class Forwarder:
     # -- threads -----------------------------------------------------------
     def _socket_maker(self) -> None:
         """Live in the target namespace; hand out sockets created there."""
+        helper = None
         try:
             setns(self._nsfd)
             error = None
         except OSError as e:
             error = e
+            if e.errno == errno.EPERM and os.geteuid() != 0:  # a user namespace owns it (kit.rootless)
+                from .rootless import NetnsSockets
+
+                try:
+                    helper, error = NetnsSockets(self._nsfd), None
+                except OSError as e2:
+                    error = e2
         while True:
             reply = self._requests.get()
             if reply is None:
+                if helper is not None:
+                    helper.close()
                 return
             if error is not None:
                 reply.put(error)
                 continue
             try:
-                reply.put(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                reply.put(helper.socket() if helper else socket.socket(socket.AF_INET, socket.SOCK_STREAM))
             except OSError as e:
                 reply.put(e)
 

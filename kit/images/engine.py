@@ -36,7 +36,10 @@ def docker_host() -> str:
 
 
 def daemon_unreachable() -> str:
-    return f"no Docker daemon answers at {docker_host()}: start it with 'make setup' or 'dockerd &'"
+    from .. import rootless
+
+    return rootless.docker_socket_reason(docker_host()) or \
+        f"no Docker daemon answers at {docker_host()}: start it with 'make setup' or 'dockerd &'"
 
 
 def docker_client(timeout: float | None = 60, error: type[KitError] = RuntimeUnavailable):

@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import config
+from .. import config, rootless
 from .._proc import Pumped, Stream
 from ..cgroups import Cgroup
 from ..images import Image
@@ -220,7 +220,7 @@ class Runtime(ABC):
         self.cleanup(inst)
         if inst.cgroup is not None:
             inst.cgroup.destroy()
-        shutil.rmtree(inst.state_dir, ignore_errors=True)
+        rootless.rmtree(inst.state_dir)  # shutil.rmtree, and what a user namespace made unreadable
         inst.removed = True
 
     def cleanup(self, inst: Instance) -> None:

@@ -37,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .. import cgroups, config
+from .. import cgroups, config, rootless
 from .._proc import Pumped, Stream, kill_group, run, wait_until
 from ..errors import KitError, KitTimeout, StartFailed
 from ..portfwd import Forwarder, new_loopback_netns, setns
@@ -104,7 +104,7 @@ def build_config(spec: RunSpec, image, rootfs: Path, cgroups_path: str | None = 
         linux["seccomp"] = hardening.oci_seccomp()
     if cgroups_path:
         linux["cgroupsPath"] = cgroups_path
-    return {
+    cfg = {
         "ociVersion": "1.0.2",
         "process": {
             "terminal": False,
@@ -120,11 +120,12 @@ def build_config(spec: RunSpec, image, rootfs: Path, cgroups_path: str | None = 
         "mounts": [dict(m) for m in MOUNTS],
         "linux": linux,
     }
+    return rootless.oci_config(cfg) if rootless.active() else cfg
 
 
 def runtime_root(binary: str) -> Path:
     """The kit-owned ``--root`` state directory of ``binary``."""
-    base = Path("/run/kit") if os.geteuid() == 0 else config.home() / "oci-state"
+    base = Path("/run/kit") if os.geteuid() == 0 else rootless.state_base() / "oci-state"
     return base / binary
 
 
@@ -161,18 +162,25 @@ class OCIRuntime(Runtime):
             return Availability(self.name, self.kind, False, reason=f"{self.binary} --version failed: {e}")
         version = _version(p.stdout.decode(errors="replace"))
         info = {"root": str(runtime_root(self.binary)), **self._probe_info()}
-        if os.geteuid() != 0:
-            return Availability(self.name, self.kind, False, version,
-                                reason=f"{self.binary} needs root here (rootless containers are not supported by the kit)",
-                                info=info)
-        if self.smoke_test:
+        if rootless.active():
+            info["mode"] = "rootless"
+            why = rootless.userns_reason() or self._rootless_reason()
+            if why:
+                return Availability(self.name, self.kind, False, version, reason=why, info=info)
+        if self.smoke_test or rootless.active():
             why = self._smoke_run(path)
             if why:
+                if rootless.active():
+                    why = f"{self.binary} fails as {rootless.user()} (rootless): {why}"
                 return Availability(self.name, self.kind, False, version, reason=why, info=info)
         return Availability(self.name, self.kind, True, version, info=info)
 
     def _probe_info(self) -> dict:
         return {"cgroups": cgroups.describe()}
+
+    def _rootless_reason(self) -> str:
+        """Why this runtime cannot run for an ordinary user, before trying; "" to try (a smoke run)."""
+        return ""
 
     def _smoke_run(self, path: str, timeout: float = 8.0) -> str:
         """Run ``true`` in busybox with a deadline; '' when it worked, else why not."""
@@ -279,6 +287,9 @@ class OCIRuntime(Runtime):
                 image.rootfs, [m["destination"] for m in MOUNTS], _rootfs.workdir(spec, image)):
             inst.info["rootfs"] = "image, read-only"
             return image.rootfs
+        if rootless.active():
+            inst.info["rootfs"] = rootless.ROOTFS_KIND
+            return rootless.private_rootfs(image.rootfs, target)
         inst.info["rootfs"] = "overlay"
         return _rootfs.mount_overlay(image.rootfs, inst.state_dir, target)
 
@@ -422,7 +433,8 @@ class GVisorRuntime(OCIRuntime):
 
     @property
     def global_args(self) -> tuple[str, ...]:  # type: ignore[override]
-        return (f"--platform={self.platform}", "--network=none")
+        own = ("--rootless", "--ignore-cgroups") if rootless.active() else ()
+        return (f"--platform={self.platform}", "--network=none", *own)
 
     def _cli_for(self, inst: Instance) -> list[str]:
         cli = self._cli()

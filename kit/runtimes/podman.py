@@ -16,7 +16,7 @@ from __future__ import annotations
 import subprocess
 import time
 
-from .. import config
+from .. import config, rootless
 from .._proc import Pumped, Stream, kill_group, run
 from ..errors import ImageError, StartFailed
 from ..images import archive, engine
@@ -37,7 +37,8 @@ class PodmanRuntime(Runtime):
         try:
             version = run([exe, "--version"], timeout=10).stdout.decode().strip().rsplit(" ", 1)[-1]
             ref = self._ensure(get_image("busybox"))
-            p = run([exe, "run", "--rm", "--network", "none", "--name", f"kit-probe-{config.SESSION_ID}", ref, "true"],
+            p = run([exe, *rootless.podman_args(), "run", "--rm", "--network", "none",
+                     "--name", f"kit-probe-{config.SESSION_ID}", ref, "true"],
                     timeout=PROBE_TIMEOUT, check=False)
         except subprocess.TimeoutExpired:
             return Availability(self.name, self.kind, False, reason=f"podman did not answer within {PROBE_TIMEOUT} s")
@@ -76,7 +77,7 @@ class PodmanRuntime(Runtime):
         spec = inst.spec
         inst.phases["launched"] = time.time()
         ref = self._ensure(inst.image)
-        argv = ["podman", "run", "--name", inst.id, "--hostname", spec.hostname,
+        argv = ["podman", *rootless.podman_args(), "run", "--name", inst.id, "--hostname", spec.hostname,
                 "--label", f"kit.session={config.SESSION_ID}", "--label", f"kit.name={inst.name}",
                 "--label", "kit.managed=1"]
         if spec.ports:

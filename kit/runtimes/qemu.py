@@ -62,6 +62,14 @@ def _security_model() -> str:
     return "passthrough" if os.geteuid() == 0 else "none"
 
 
+def _kvm_access() -> dict:
+    """{"kvm": why this user cannot use /dev/kvm} when it exists but is closed to them."""
+    from .. import rootless
+
+    why = rootless.kvm_reason()
+    return {"kvm": why} if why else {}
+
+
 class QemuRuntime(Runtime):
     name = "qemu"
     kind = "vm"
@@ -97,10 +105,11 @@ class QemuRuntime(Runtime):
                                            f"{kernel_mod.kernels_dir()}/<version>/vmlinuz, or run "
                                            "'python -m kit.vm.kernel fetch' on a host with apt")
             return Availability(self.name, self.kind, True, version,
-                                info={"kernel": "fetched on first run", "accel": "probed on first run"})
+                                info={"kernel": "fetched on first run", "accel": "probed on first run",
+                                      **_kvm_access()})
         v = accel_mod.choose(k, binary)  # bounded (PROBE_DEADLINE), then cached
         return Availability(self.name, self.kind, True, f"{version}, accel {v.accel}",
-                            info={"accel": v.accel, "accel_reason": v.reason, "kernel": k.version,
+                            info={**_kvm_access(), "accel": v.accel, "accel_reason": v.reason, "kernel": k.version,
                                   "machine": _default_machine(k, v.accel, accel_mod.guest_tsc_khz(v.accel))})
 
     # -- lifecycle ---------------------------------------------------------

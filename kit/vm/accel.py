@@ -100,7 +100,9 @@ def precheck() -> str | None:
     if not dev.exists():
         return "no /dev/kvm on this host (KVM not loaded or not exposed)"
     if not os.access(dev, os.R_OK | os.W_OK):
-        return "/dev/kvm is not readable and writable by this user (add it to the kvm group)"
+        from .. import rootless
+
+        return rootless.kvm_reason(dev)
     return None
 
 

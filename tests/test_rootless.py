@@ -1,0 +1,212 @@
+"""The kit as an ordinary user (issue 15): rootless runc and LXC, Docker through the docker group,
+limits refused with their reason, exact reasons for what cannot run rootless, nothing left behind.
+
+Run as root (as CI is): :file:`scripts/rootless-user` makes the user ``kituser`` (subordinate IDs,
+docker group) and a venv it can run, once; each test then runs a short Python script as that user
+(``runuser``), with the user's own ``HOME`` and ``KIT_HOME``, and reads a JSON line it prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from kit import cgroups
+from kit._proc import wait_until
+
+USER = "kituser"
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="these tests create an ordinary user: run them as root")
+
+
+@pytest.fixture(scope="module")
+def py():
+    """The user's python (made once by scripts/rootless-user; cheap when it exists)."""
+    p = subprocess.run([str(REPO / "scripts" / "rootless-user"), USER], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    return p.stdout.strip().splitlines()[-1]
+
+
+def _env(home: str) -> list[str]:
+    return ["env", "-i", f"HOME={home}", f"KIT_HOME={home}/.cache/kit", "PATH=/usr/local/bin:/usr/bin:/bin",
+            f"USER={USER}", "LANG=C.UTF-8"]
+
+
+def as_user(py: str, code: str, timeout: float = 60, groups: bool = True, popen: bool = False):
+    """Run ``code`` as the user; return the JSON its last stdout line holds (or the Popen)."""
+    home = f"/home/{USER}"
+    # runuser gives the user's groups (docker); setpriv --clear-groups none, as a user outside them.
+    who = ["runuser", "-u", USER, "--"] if groups else \
+        ["setpriv", f"--reuid={USER}", f"--regid={USER}", "--clear-groups", "--"]
+    argv = [*who, *_env(home), py, "-c", textwrap.dedent(code)]
+    if popen:
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/tmp")
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd="/tmp")
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_runtimes_table_as_the_user_sees_it(py):
+    got = as_user(py, """
+        import json, kit
+        t = kit.runtimes.available()
+        docker = __import__("kit.images.engine", fromlist=["x"]).daemon_unreachable()
+        print(json.dumps({"table": t.to_dict("records"), "docker_unreachable": docker}))
+    """)
+    rows = {r["name"]: r for r in got["table"]}
+    # Rootless: runc (user namespace), LXC (unprivileged, subordinate IDs), Podman (with runc),
+    # Docker through the docker group, a process, and QEMU.
+    for name in ("process", "runc", "lxc", "docker", "podman", "qemu"):
+        assert rows[name]["available"], (name, rows[name]["reason"])
+    assert "mode=rootless" in rows["runc"]["details"]
+    # What cannot run rootless here says exactly why.
+    assert "runsc fails as kituser (rootless)" in rows["runsc"]["reason"]
+    assert "gofer" in rows["runsc"]["reason"]
+    if cgroups.version() == 1:
+        assert "hybrid mode not supported" in rows["crun"]["reason"], rows["crun"]
+    if Path("/dev/kvm").exists() and not (os.stat("/dev/kvm").st_mode & 0o006):
+        assert "cannot open it: add yourself to the kvm group" in rows["qemu"]["details"], rows["qemu"]
+    print("\n".join(f"{r['name']:8} {r['available']!s:5} {r['reason']}" for r in got["table"]))
+
+
+def test_docker_socket_permission_reason(py):
+    """Outside the docker group, Docker's reason names the socket and the two ways in."""
+    got = as_user(py, """
+        import json, kit
+        print(json.dumps(kit.runtimes.get("docker").availability().reason))
+    """, groups=False)
+    assert got == ("permission denied on /var/run/docker.sock: add your user to the docker group "
+                   "(then log in again) or set DOCKER_HOST to a rootless daemon"), got
+
+
+def test_rootless_runc_is_root_inside_and_the_user_outside(py):
+    got = as_user(py, """
+        import json, os, psutil, kit
+        r = kit.run("busybox", ["id", "-u"], runtime="runc")
+        kit.start("busybox", ["sleep", "60"], runtime="runc", name="owner")
+        rt, inst = kit.api._find("owner")
+        owners = sorted({psutil.Process(p).uids().real for p in rt.pids(inst)})
+        root = str(rt.root)
+        kit.rm("owner", force=True)
+        print(json.dumps({"out": r.stdout, "code": r.exit_code, "owners": owners, "root": root,
+                          "uid": os.getuid(), "rootfs": inst.info.get("rootfs")}))
+    """)
+    assert got["code"] == 0 and got["out"] == "0\n", got
+    assert got["owners"] == [got["uid"]], got  # every host process of the container is the user's
+    assert got["root"].startswith(f"/home/{USER}/"), got  # runtime state under the user's KIT_HOME
+
+
+@pytest.mark.parametrize("runtime", ["runc", "lxc"])
+def test_rootless_service_port_exec_logs_stop_rm(py, runtime):
+    got = as_user(py, f"""
+        import json, http.client, kit
+        name = "web-{runtime}"
+        port = kit.free_port()
+        kit.start("busybox", ["sh", "-c", "mkdir -p /www && echo hello > /www/index.html && echo up && "
+                  "exec httpd -f -p 8080 -h /www"], runtime="{runtime}", name=name, ports=[f"{{port}}:8080"])
+
+        def get():
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                c.request("GET", "/index.html")
+                return c.getresponse().read().decode()
+            except OSError:
+                return None
+
+        body = kit.wait_until(get, 15, what="the rootless service")
+        ex = kit.exec(name, ["id", "-u"])
+        logs = kit.logs(name).stdout
+        stopped = kit.stop(name, timeout=1)
+        kit.rm(name)
+        print(json.dumps({{"body": body, "exec": ex.stdout, "logs": logs, "ps": len(kit.ps()),
+                          "stopped_exit": stopped.exit_code is not None}}))
+    """)
+    assert got == {"body": "hello\n", "exec": "0\n", "logs": "up\n", "ps": 0, "stopped_exit": True}, got
+
+
+def test_limit_refused_with_its_reason(py):
+    got = as_user(py, """
+        import json, kit
+        out = {}
+        for rt in ("runc", "process"):
+            try:
+                kit.run("busybox", ["true"], runtime=rt, memory="64m")
+                out[rt] = "ran"
+            except kit.errors.LimitsUnavailable as e:
+                out[rt] = str(e)
+        print(json.dumps(out))
+    """)
+    if cgroups.version() == 1:  # no delegation on cgroup v1: refused, never run unlimited
+        for rt in ("runc", "process"):
+            assert got[rt].startswith(f"{rt}: cannot limit memory as {USER}: limits need a cgroup this user may write"), got
+            assert "cgroup v1" in got[rt], got
+
+
+def test_docker_through_group_membership(py):
+    got = as_user(py, """
+        import json, kit
+        r = kit.run("busybox", ["echo", "via-docker"], runtime="docker")
+        print(json.dumps(r.stdout))
+    """, timeout=120)
+    assert got == "via-docker\n"
+
+
+def test_sigkill_of_the_users_python_leaves_nothing(py):
+    """The user's reaper sweeps runc and LXC instances (one serving a port) of a killed session."""
+    proc = as_user(py, """
+        import json, sys, kit
+        kit.start("busybox", ["sleep", "300"], runtime="runc", name="left-runc")
+        kit.start("busybox", ["sleep", "300"], runtime="lxc", name="left-lxc")
+        kit.start("busybox", ["httpd", "-f", "-p", "80"], runtime="runc", name="left-port",
+                  ports=[f"{kit.free_port()}:80"])
+        print(kit.config.SESSION_ID, flush=True)
+        sys.stdin = None
+        import time; time.sleep(300)
+    """, popen=True)
+    session = None
+    try:
+        session = proc.stdout.readline().strip()
+        assert session, proc.stderr.read() if proc.poll() is not None else "no session id"
+        check = """
+            import json, kit
+            from kit import lifetime
+            before = lifetime.leftovers("%s")
+            print(json.dumps(before))
+        """ % session
+        before = as_user(py, check)
+        for mark in ("left-runc", "(lxc-execute)", "left-port"):  # LXC's instance shows as its process
+            assert any(mark in x for x in before), (mark, before)
+        for pid in [*_children(proc.pid), proc.pid]:  # the user's python (runuser's child) first
+            os.kill(pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        left = as_user(py, """
+            import json, kit
+            from kit import lifetime
+            try:
+                kit.wait_until(lambda: not lifetime.leftovers("%s"), 20, interval=0.2, what="the sweep")
+            except kit.KitError:
+                pass
+            print(json.dumps(lifetime.leftovers("%s")))
+        """ % (session, session))
+        assert left == [], left
+        print(f"rootless session {session} cleaned up within {time.monotonic() - t0:.1f} s")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def _children(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True) if c.name().startswith("python")]
+    except psutil.Error:
+        return []
