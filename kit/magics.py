@@ -287,7 +287,8 @@ class ContainerMagics(Magics):
     @no_var_expand
     @line_magic
     def bench(self, line):
-        """``%bench [options] [WORKLOAD...]``: run a benchmark study (same options as ``kit bench``)."""
+        """``%bench [options] [WORKLOAD...]``: run a benchmark study (same options as ``kit bench``);
+        load workloads too: ``%bench -r process,runc --seconds 2 cpu redis``."""
         from . import bench
 
         return self._guard(bench.magic, line)
