@@ -74,6 +74,28 @@ def test_resume_measures_only_unfinished_load_cells(study):
     assert todo == {"cpu": ["runc"]}  # the process's volume failure is a finished cell
 
 
+def test_resume_remeasures_an_unfinished_load_cell_whole(study, tmp_path):
+    again = Study.load(study.save(tmp_path / "s", figures=False))
+    df = again.df
+    again.df = df[~((df["workload"] == "cpu") & (df["runtime"] == "runc") & (df["round"] == 2))]
+    again.outputs.records = [r for r in again.outputs.records if (r["workload"], r["runtime"], r["round"])
+                             != ("cpu", "runc", 2)]
+    again.run(resume=True)
+    cpu = again.df[(again.df["workload"] == "cpu") & (again.df["metric"] == "throughput")]
+    assert sorted(cpu[cpu["runtime"] == "runc"]["round"]) == [0, 1, 2]  # measured again whole, not doubled
+    assert len(cpu[cpu["runtime"] == "lxc"]) == 3 and again.meta["partial"] is None
+    fio = again.df[again.df["workload"] == "fileio-volume"]
+    assert len(fio) == len(study.df[study.df["workload"] == "fileio-volume"])  # finished cells are kept as they were
+    assert "events per second" in again.raw("cpu", "runc", round=2)
+
+
+def test_bench_magic_takes_load_names(ip):
+    need("process")
+    s = ip.run_line_magic("bench", "-r process --seconds 1 -n 1 --warmup 0 --no-progress cpu")
+    assert s.loads == ["cpu"] and s.parts == ("load",)
+    assert (s.df[s.df["metric"] == "throughput"]["unit"] == "events/s").all() and len(s.relative()) == 1
+
+
 def test_names_parts_and_options():
     assert Study(workload=["true", "cpu"], progress=False).parts == ("startup", "memory", "disk", "density", "load")
     assert Study(workload="redis", progress=False).loads == ["redis"]  # a load by default
