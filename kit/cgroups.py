@@ -243,6 +243,8 @@ def writable() -> str | None:
     try:
         base = ROOT / kit_rel() if version() == 2 else ROOT / "memory" / "kit"
         base.mkdir(parents=True, exist_ok=True)
+        if not os.access(base, os.W_OK):  # made by root earlier: there, but not this user's to write
+            return f"cannot create cgroups under {base} (permission denied); run as root for memory/cpu limits"
         return None
     except OSError as e:
         return f"cannot create cgroups under {ROOT} ({e.strerror}); run as root for memory/cpu limits"

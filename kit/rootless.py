@@ -208,6 +208,13 @@ def check_limits(runtime: str, memory, cpus) -> None:
         raise LimitsUnavailable(f"{runtime}: cannot limit {'memory' if memory else 'cpu'} as {user()}: {why}")
 
 
+def idle_limit(runtime: str, memory):
+    """The memory limit of a study's idle instance: ``memory``, or None where this user's runtime
+    cannot enforce one (the study's environment record says so: :func:`enforced_limits`); a limit
+    caps an idle instance, it does not change what it uses."""
+    return None if limits_refusal() and runtime in KIT_CGROUP_RUNTIMES else memory
+
+
 def enforced_limits(runtime: str) -> str:
     """What the environment record says about limits for ``runtime`` run by this user."""
     if not active() or runtime not in KIT_CGROUP_RUNTIMES:

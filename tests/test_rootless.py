@@ -210,3 +210,23 @@ def _children(pid: int) -> list[int]:
         return [c.pid for c in psutil.Process(pid).children(recursive=True) if c.name().startswith("python")]
     except psutil.Error:
         return []
+
+
+def test_a_study_as_the_user_records_rootless_and_measures_memory(py):
+    got = as_user(py, """
+        import json, kit
+        from kit.bench import Study
+        s = Study(image="busybox", runtimes=["runc"], workload="true", repeat=2, parts=["startup", "memory"],
+                  progress=False)
+        df = s.run()
+        env = s.meta["environment"]
+        ok = df[df.status == "ok"]
+        pss = ok[(ok.part == "memory") & (ok.metric == "pss")].value.tolist()
+        print(json.dumps({"privileges": env.get("privileges"), "limits": env.get("limits", {}).get("runc"),
+                          "pss": pss, "failed": df[df.metric == "failed"].status.tolist()}))
+    """, timeout=120)
+    assert got["privileges"] == "rootless", got
+    assert got["failed"] == [], got
+    assert got["pss"] and got["pss"][0] > 100_000, got  # the container's own processes, found without a cgroup
+    if cgroups.version() == 1:
+        assert got["limits"].startswith("refused (limits need a cgroup this user may write"), got

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 
+from .. import rootless
 from ..errors import KitError
 from . import disk, memory, startup
 from .workloads import IDLE
@@ -74,7 +75,8 @@ def steady_state(runtime: str, image: str, *, parts, max_n: int, memory_budget: 
             while len(lives) < target:
                 i = len(lives)
                 try:
-                    live = startup.start(runtime, image, IDLE, f"{prefix}-{i}", timeout, memory_limit)
+                    live = startup.start(runtime, image, IDLE, f"{prefix}-{i}", timeout,
+                                         rootless.idle_limit(runtime, memory_limit))
                 except KitError as e:
                     rows.append(_row("density", "failed", 1, n=i + 1, status=f"error: {e}"))
                     failed = True
