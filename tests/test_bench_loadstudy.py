@@ -59,7 +59,8 @@ def test_figures_save_and_load_round_trip(study, tmp_path):
     assert {"load", "latency"} <= set(figs)
     d = study.save(tmp_path / "s")
     assert (d / "load.png").exists() and (d / "latency.png").exists()
-    assert "Performance under load" in (d / "README.md").read_text()
+    text = (d / "README.md").read_text()
+    assert "Under load: throughput" in text and "![load](load.png)" in text and "startup.png" not in text
     back = Study.load(d)
     assert back.loads == ["cpu", "fileio-volume"] and back.parts == ("load",) and back.seconds == 1
     pd.testing.assert_frame_equal(back.relative(), study.relative())

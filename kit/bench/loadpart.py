@@ -190,17 +190,6 @@ def table(df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["workload", "operation", "× native"]).reset_index(drop=True)
 
 
-def markdown(df: pd.DataFrame, seed: int = 0) -> str:
-    """The load section of a saved study's README ('' without load rows)."""
-    from .tables import table as md
-
-    t = table(df, seed)
-    if t.empty:
-        return ""
-    return ("## Performance under load (throughput against the bare process, p99)\n\n" + md(t) +
-            "\n\n![load](load.png) ![latency](latency.png)\n")
-
-
 def figures(df: pd.DataFrame, meta: dict, which=None) -> dict:
     """``load`` (throughput relative to native per workload and runtime, 95 % CI) and ``latency``
     (p50/p95/p99 per workload and runtime), where the frame has the data."""

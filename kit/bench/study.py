@@ -55,7 +55,8 @@ class Study:
         workload: a preset (``true``, ``echo``, ``httpd``, ``redis``), a command line, a
             :class:`~kit.bench.workloads.Workload`, a load workload (``cpu``, ``memory``, ``syscall``,
             ``fileio``, ``fileio-volume``, ``network``, ``redis``, ``mariadb``: see
-            :mod:`kit.bench.loadpart`), or a list of them.
+            :mod:`kit.bench.loadpart`), or a list of them. ``redis`` is the load unless ``parts``
+            leaves ``load`` out (then it is the startup preset).
         repeat: measured startup runs per runtime, image and workload.
         warmup: extra startup runs first, kept in the frame but flagged ``warmup``.
         vm_repeat: measured runs for VM runtimes (boots take seconds); default ``min(repeat, 5)``.
@@ -448,7 +449,7 @@ class Study:
         if self.hosts():
             (d / "README.md").write_text(self._fleet_markdown(list(figs)))
         else:
-            (d / "README.md").write_text(markdown(self, figures=figures) + loadpart.markdown(df, self.seed))
+            (d / "README.md").write_text(markdown(self, figures=list(figs) if figures else False))
         if figures:
             import matplotlib.pyplot as plt
 

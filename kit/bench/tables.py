@@ -9,7 +9,7 @@ import math
 
 import pandas as pd
 
-from . import metrics
+from . import loadpart, metrics
 from .stats import measured
 
 MIB = 1024 * 1024
@@ -115,14 +115,16 @@ def density_table(study) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("PSS/instance MiB").reset_index(drop=True)
 
 
-def markdown(study, figures: bool = True) -> str:
-    """Every table of a study, with the environment and what was left out, as one Markdown document."""
+def markdown(study, figures=True) -> str:
+    """Every table of a study, with the environment and what was left out, as one Markdown document.
+
+    ``figures``: link the figures (True: those of startup, memory, disk and density; or a list of names)."""
     env = study.meta.get("environment", {})
     p = study.meta.get("params", {})
     partial = study.meta.get("partial")
     parts = [f"# {p.get('name', 'study')}: {', '.join(p.get('images', []))} × "
              f"{', '.join(study.meta.get('runtimes', []))} × "
-             f"{', '.join(w['name'] for w in p.get('workloads', []))}",
+             f"{', '.join([w['name'] for w in p.get('workloads', [])] + list(p.get('loads') or []))}",
              f"Host {env.get('host')} ({env.get('os')}), kernel {env.get('kernel')}, {env.get('cpu_count')} × "
              f"{env.get('cpu_model')}, {env.get('memory_total', 0) / 2**30:.1f} GiB, cgroups {env.get('cgroup')}; "
              f"VM accelerator: {env.get('vm_accel') or 'none'} {('(' + env['vm_accel_reason'] + ')') if env.get('vm_accel_reason') else ''}; "
@@ -134,7 +136,8 @@ def markdown(study, figures: bool = True) -> str:
     sections = [("Startup (launch → exit), warmups and failed runs left out", startup_table(study)),
                 ("Teardown", teardown_table(study)), ("Memory of one idle instance", memory_table(study)),
                 ("Image bytes per format", image_table(study)), ("Disk with sharing accounted", disk_table(study)),
-                ("Density", density_table(study))]
+                ("Density", density_table(study)),
+                ("Under load: throughput against the bare process (95 % CI), p99", loadpart.table(study.df, study.seed))]
     for heading, t in sections:
         if len(t):
             parts.append(f"## {heading}\n\n" + table(t, index=not isinstance(t.index, pd.RangeIndex)))
@@ -148,7 +151,8 @@ def markdown(study, figures: bool = True) -> str:
         parts.append("Failed runs: " + "; ".join(f"{r.runtime}: {r.status}" for r in
                                                 failed.drop_duplicates(["runtime", "status"]).itertuples()))
     if figures:
-        parts.append(" ".join(f"![{n}]({n}.png)" for n in ("startup", "phases", "memory", "disk", "density")))
+        names = figures if isinstance(figures, (list, tuple)) else ("startup", "phases", "memory", "disk", "density")
+        parts.append(" ".join(f"![{n}]({n}.png)" for n in names))
     if len(study.df):
         parts.append("## Definitions\n\n" + metrics.markdown(set(study.df["metric"])))
     return "\n\n".join(parts) + "\n"
