@@ -29,6 +29,8 @@ SMALL = {
     "06-performance-under-load": {"runtimes": "process,runc", "loads": "cpu,redis", "repeat": 2, "warmup": 0,
                                   "seconds": 1},
     "07-many-machines": {"repeat": 2},
+    # runc pre-created and a restored VM against their cold starts (a template is built once, then cached)
+    "08-warm-starts": {"runtimes": "process,runc,qemu", "repeat": 2, "vm_repeat": 1, "warmup": 0},
 }
 
 

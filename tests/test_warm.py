@@ -183,3 +183,32 @@ def test_criu_probe_and_runc_checkpoint_restore_command_lines(tmp_path, monkeypa
     ]
     with pytest.raises(kit.errors.StartFailed, match="runc restore failed: vdso: Unexpected"):
         criu.restore(cli, "x", tmp_path / "img", tmp_path / "b", tmp_path / "p", runner=bad)
+
+
+def test_study_measures_each_offered_start_mode_and_compares_warm_with_cold(pool):
+    need("runc")
+    from kit.bench import Study
+
+    s = Study(runtimes="process,runc", workload="true", repeat=2, warmup=0, parts=["startup"],
+              starts=["cold", "precreated"], progress=False)
+    df = s.run()
+    runs = df[df["metric"] == "launch_to_exit"].groupby(["runtime", "start"]).size().to_dict()
+    assert runs == {("process", "cold"): 2, ("runc", "cold"): 2, ("runc", "precreated"): 2}, runs
+    assert "(it offers cold)" in s.meta["skipped_starts"]["process/precreated"]
+    rel = s.relative(baseline="cold")
+    assert list(zip(rel["runtime"], rel["start"])) == [("runc", "precreated")]
+    assert set(s.relative()["runtime"]) == {"process", "runc", "runc/precreated"}
+    assert "start" in s.summary().columns
+    # The start modes travel with the study (study.json, a fleet host's copy) and come back on load.
+    assert Study.from_params(s.params()).starts == ("cold", "precreated")
+    with pytest.raises(kit.errors.InvalidSpec, match="not known"):
+        Study(starts=["tepid"])
+
+
+def test_magic_start_option(ip, pool):
+    need("runc")
+    need("lxc")
+    r = ip.run_line_magic("container", "run --start precreated -r runc busybox echo warm")
+    assert (r.exit_code, r.stdout, r.info["warm"]["pool"]) == (0, "warm\n", "miss")
+    with pytest.raises(Exception, match=r"not offered by runtime 'lxc' \(it offers cold\)"):
+        ip.run_line_magic("container", "run --start precreated -r lxc busybox true")

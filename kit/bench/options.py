@@ -26,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--parts", default=None,
                    help="comma-separated parts: startup, memory, disk, density, load (default: load for load "
                         "workloads, the other four for anything else)")
+    p.add_argument("--starts", default="cold", help="comma-separated start modes of the startup runs: cold, "
+                                                   "precreated, snapshot (each where its runtime offers it; default cold)")
     p.add_argument("--seconds", type=float, default=5.0, help="seconds each load run lasts (default 5)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per run (default 120)")
     p.add_argument("--seed", type=int, default=0, help="seed of the interleaving and bootstrap (default 0)")
@@ -90,7 +92,8 @@ def study_kwargs(ns: argparse.Namespace) -> dict:
             "timeout": ns.timeout,
             "seed": ns.seed, "memory": ns.memory, "idle_memory": ns.idle_memory, "density_max": ns.density_max,
             "vm_density_max": ns.vm_density_max, "density_memory_budget": ns.density_memory_budget,
-            "density_time_budget": ns.density_time_budget, "name": ns.name, "progress": not ns.no_progress}
+            "density_time_budget": ns.density_time_budget, "name": ns.name, "progress": not ns.no_progress,
+            "starts": [m.strip() for m in ns.starts.split(",") if m.strip()]}
 
 
 def run_study(study, ns: argparse.Namespace) -> None:

@@ -24,6 +24,7 @@ from .. import runtimes as _runtimes
 from ..errors import InvalidSpec, RuntimeUnavailable
 from ..spec import parse_memory
 from . import density, disk, envinfo, loadpart, memory, metrics, startup, stats, storage
+from . import starts as starts_
 from .workloads import PRESETS, Workload, parse, parse_many
 
 PARTS = ("startup", "memory", "disk", "density", "load")
@@ -72,13 +73,16 @@ class Study:
         density_time_budget: stop adding instances (per runtime) before this many seconds.
         name: the study's label in the frame.
         progress: show a tqdm progress bar.
+        starts: start modes of the startup runs (``cold``, ``precreated``, ``snapshot``): each cell runs
+            once per mode its runtime offers; rows get a ``start`` column (see :mod:`kit.bench.starts`).
     """
 
     def __init__(self, image="busybox", runtimes="all", workload="true", repeat: int = 10, *,
                  warmup: int = 1, vm_repeat: int | None = None, parts=None, timeout: float = 120.0,
                  seed: int = 0, seconds: float = 5.0, memory=None, idle_memory="256m", density_max: int = 8,
                  vm_density_max: int = 4, density_memory_budget="4g", density_time_budget: float = 60.0,
-                 name: str = "study", progress: bool = True):
+                 name: str = "study", progress: bool = True, starts=("cold",)):
+        self.starts = starts_.check(starts)
         self.images = _as_list(image, "image")
         self.runtimes = runtimes if runtimes == "all" else _as_list(runtimes, "runtime")
         startup_items, self.loads, parts = loadpart.split(workload, None if parts is None else
@@ -125,7 +129,7 @@ class Study:
                 "parts": list(self.parts), "timeout": self.timeout, "seed": self.seed, "memory": self.memory,
                 "idle_memory": self.idle_memory, "density_max": self.density_max,
                 "vm_density_max": self.vm_density_max, "density_memory_budget": self.density_memory_budget,
-                "density_time_budget": self.density_time_budget, "name": self.name}
+                "density_time_budget": self.density_time_budget, "name": self.name, "starts": list(self.starts)}
 
     def resolve_runtimes(self) -> tuple[list[str], dict[str, str]]:
         """(runtimes to measure, {runtime left out: why}).
@@ -237,16 +241,22 @@ class Study:
             for r, pos, (image, rt, w) in todo:
                 if rt in dropped:
                     continue
-                bar.set_postfix_str(f"startup {rt} {w.name} round {r + 1}/{len(rounds)}")
-                s = self._startup_run(rt, image, w, f"b{uid}-{r}-{pos}")
-                failures[rt] = 0 if s.status == "ok" else failures[rt] + 1
-                if failures[rt] >= MAX_CONSECUTIVE_FAILURES:
-                    dropped[rt] = s.status
-                warm = r < self.warmup
-                ctx = {"part": "startup", "image": image, "runtime": rt, "kind": kinds[rt],
-                       "workload": w.name, "round": r, "order": pos, "warmup": warm,
-                       "repeat": r if warm else r - self.warmup, "accel": s.accel, "status": s.status}
-                self._add([{**ctx, **row} for row in s.rows])
+                modes, refused = starts_.offered(rt, self.starts)
+                self.meta.setdefault("skipped_starts", {}).update(refused)
+                for mode in modes:
+                    if rt in dropped:
+                        break
+                    bar.set_postfix_str(f"startup {rt} {w.name} {mode} round {r + 1}/{len(rounds)}")
+                    s = self._startup_run(rt, image, w, f"b{uid}-{r}-{pos}-{mode[0]}", mode)
+                    failures[rt] = 0 if s.status == "ok" else failures[rt] + 1
+                    if failures[rt] >= MAX_CONSECUTIVE_FAILURES:
+                        dropped[rt] = s.status
+                    warm = r < self.warmup
+                    ctx = {"part": "startup", "image": image, "runtime": rt, "kind": kinds[rt],
+                           "workload": w.name, "round": r, "order": pos, "warmup": warm,
+                           "repeat": r if warm else r - self.warmup, "accel": s.accel, "status": s.status,
+                           **({"start": mode} if self.starts != ("cold",) else {})}
+                    self._add([{**ctx, **row} for row in s.rows])
                 bar.update(_COST.get(kinds[rt], 1))
             if steady:
                 self._steady(runtimes, kinds, n_idle, uid, bar, dropped, done)
@@ -280,10 +290,11 @@ class Study:
             env["load_pinning"] = pinning()
         return env
 
-    def _startup_run(self, rt: str, image: str, w, name: str) -> startup.Sample:
+    def _startup_run(self, rt: str, image: str, w, name: str, mode: str = "cold") -> startup.Sample:
         """One startup sample; an unexpected error becomes a failed sample, not the end of the study."""
         try:
-            return startup.measure(rt, image, w, name, self.timeout, self.memory)
+            return startup.measure(rt, image, w, name, self.timeout, self.memory,
+                                   **({"start_mode": mode} if mode != "cold" else {}))
         except Exception as e:  # noqa: BLE001  (recorded in the frame; the other runtimes go on)
             s = startup.Sample(status=f"error: {type(e).__name__}: {e}")
             s.add("failed", 1)
@@ -364,7 +375,8 @@ class Study:
 
     def relative(self, metric: str | None = None, baseline: str = "process") -> pd.DataFrame:
         """Each runtime against the bare-process baseline (ratio of medians with its 95 % CI), on
-        each host apart when the frame has a ``host`` column.
+        each host apart when the frame has a ``host`` column. ``baseline="cold"``: each runtime's
+        warm start modes against its own cold start (:func:`kit.bench.starts.relative`).
 
         ``metric`` defaults to ``launch_to_exit``, or ``throughput`` in a study of loads only. Load
         metrics (throughput, p99, cpu_per_op, ...) compare per operation: see
@@ -372,6 +384,9 @@ class Study:
         df = self._need()
         if metric is None:
             metric = "throughput" if set(df["part"]) == {"load"} else "launch_to_exit"
+        if baseline == "cold":  # warm start modes against each runtime's own cold start
+            return starts_.relative(df, metric=metric, seed=self.seed)
+        df = starts_.labelled(df)  # RUNTIME/MODE for warm rows: modes stay apart
         if metric in loadpart.METRICS:
             return loadpart.relative(df, metric=metric, baseline=baseline, seed=self.seed)
         return stats.relative(df, metric=metric, baseline=baseline, seed=self.seed)
@@ -475,7 +490,7 @@ class Study:
         """A study from :meth:`params` (as study.json keeps them); ``overrides`` replace any."""
         p = {**p, **overrides}
         known = ("warmup", "vm_repeat", "parts", "timeout", "seconds", "memory", "idle_memory", "density_max",
-                 "vm_density_max", "density_memory_budget", "density_time_budget")
+                 "vm_density_max", "density_memory_budget", "density_time_budget", "starts")
         startup_workloads = [parse(_saved_workload(w)) for w in p.get("workloads", [])]
         return cls(image=p.get("images") or "busybox", runtimes=p.get("runtimes", "all"),
                    workload=startup_workloads + list(p.get("loads") or []) or "true",

@@ -102,6 +102,12 @@ class LXCRuntime(Runtime):
     supports_networks = True  # kit.networks: joins the network's namespace
     supports_volumes = True  # kit.volumes: lxc.mount.entry binds
 
+    def _no_start_mode(self, mode: str) -> str:
+        # lxc-execute creates and starts in one step; a stopped defined container (lxc-create) still
+        # pays the whole lxc-start, and lxc-checkpoint needs the CRIU that runc's row reports on.
+        return ("LXC has no create-then-start split: its closest, a defined container, still pays the whole "
+                "lxc-start" if mode == "precreated" else "lxc-checkpoint needs CRIU (see runc's criu verdict)")
+
     def probe(self) -> Availability:
         exe = which("lxc-execute")
         missing = [t for t in ("lxc-execute", "lxc-attach", "lxc-stop") if which(t) is None]
