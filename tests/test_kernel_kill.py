@@ -20,6 +20,8 @@ _started = []
 for _rt in {runtimes!r}:
     kit.start("busybox", ["sleep", "300"], runtime=_rt, name="left-" + _rt)
     _started.append(_rt)
+if "qemu" in _started:  # a VM restored from its template (issue 14): its QEMU goes, the template stays
+    kit.start("busybox", ["sleep", "300"], runtime="qemu", start="snapshot", name="left-qemu-warm")
 # A kit network with a member: its holder (a Docker container here) must go with the session too.
 kit.networks.create("left-net")
 kit.start("busybox", ["sleep", "300"], runtime="runc", name="left-net-member", network="left-net")
@@ -80,6 +82,8 @@ def test_sigkill_of_kernel_leaves_nothing(attempt, record_property):
             mark = SEEN_AS.get(rt, f"left-{rt}")
             assert any(mark in x for x in before), (rt, mark, before)
         assert any("--net-left-net" in x for x in before), before  # the network's holder
+        if "qemu" in runtimes:  # the cold VM and the restored one
+            assert sum("(qemu-system" in x for x in before) == 2, before
         t0 = time.monotonic()
         os.kill(km.provisioner.process.pid, signal.SIGKILL)
         wait_until(lambda: not lifetime.leftovers(session), timeout=15, interval=0.2,

@@ -80,18 +80,20 @@ def test_restore_command_line(tmp_path, accel):
     assert "share=on" in _after(build, "-object")[0] and "-incoming" not in build
 
 
-def test_listing_and_prune_skip_a_template_in_use(tmp_path, monkeypatch):
+def test_listing_and_prune_skip_a_template_in_use(tmp_path, monkeypatch, ip):
     monkeypatch.setenv("KIT_HOME", str(tmp_path))
     for key in ("aaaa", "bbbb"):
         d = templates.root() / key
         d.mkdir(parents=True)
-        (d / "memory").write_bytes(b"\1" * 8192)
+        (d / "memory").write_bytes(b"\1" * 2**20)
         (d / "state").write_bytes(b"s")
         (d / "meta.json").write_text(json.dumps({"key": key, "machine": "microvm", "memory_mib": 128,
                                                  "state_bytes": 1}))
     (templates.root() / ".build-cccc-x1").mkdir()  # a dead builder's leftovers
     listed = {t["key"]: t for t in templates.ls()}
-    assert set(listed) == {"aaaa", "bbbb"} and listed["aaaa"]["disk_bytes"] >= 8192
+    assert set(listed) == {"aaaa", "bbbb"} and listed["aaaa"]["disk_bytes"] >= 2**20
+    shown = ip.run_line_magic("container", "templates")
+    assert list(shown["key"]) == ["aaaa", "bbbb"] and (shown["disk_mb"] > 0).all()
     hold = templates.InUse("aaaa")
     try:
         assert templates.prune() == ["bbbb"]
@@ -116,12 +118,18 @@ def _qemus_of(path: Path) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def first():
-    """The first snapshot run: it builds the template (or finds one left by an earlier session)."""
+def first(tmp_path_factory):
+    """The first snapshot run: it builds the template, in a store of this module's own (other
+    processes' snapshot runs of the same guest neither rebuild nor remove it meanwhile)."""
     need("qemu")
-    r = _run()
-    assert r.exit_code == 0, (r.stderr, r.info)
-    return r
+    with pytest.MonkeyPatch.context() as mp:
+        store = tmp_path_factory.mktemp("templates")
+        mp.setattr(templates, "root", lambda: store)
+        r = _run()
+        assert r.exit_code == 0, (r.stderr, r.info)
+        assert r.info["template_build_s"] > 0
+        yield r
+        shutil.rmtree(store, ignore_errors=True)  # tens of MB of guest RAM
 
 
 @pytest.mark.slow

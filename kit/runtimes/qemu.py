@@ -16,6 +16,13 @@ they arrive, into ``inst.phases``::
     exited     the init reported the command's exit code
     vm_exited  the QEMU process ended (seen through a pidfd or a blocking waitpid)
 
+With ``start="snapshot"`` the guest is restored from a template (:mod:`kit.vm.templates`,
+built on first use and reused while its inputs match) instead of booting: ``restore``
+(QEMU started with the template's state) and ``resumed`` (the state loaded, the guest
+running again) replace ``kernel`` and ``init``; at ``spec`` the init then sets its clock
+and reseeds its RNG from the host. ``inst.info`` has ``template`` and, when this run
+built it, ``template_build_s``.
+
 Options (``kit.run(..., runtime="qemu", **options)``): ``kernel``, ``modules``,
 ``machine`` (``microvm`` | ``q35``; default: microvm when the kernel finds its
 virtio-mmio devices and, under TCG, the host's TSC frequency is known, else q35),
@@ -41,7 +48,7 @@ from ..portfwd import setns
 from ..spec import parse_memory
 from ..vm import accel as accel_mod
 from ..vm import disk as disk_mod
-from ..vm import initramfs, machine, qmp
+from ..vm import initramfs, machine, qmp, templates
 from ..vm import kernel as kernel_mod
 from ..vm.channel import MAX_PATH, Channel, LineRecords
 from . import _rootfs
@@ -54,6 +61,7 @@ OPTIONS = {"kernel", "modules", "machine", "accel", "boot", "disk_size", "expose
 BOOT_DEADLINE = 120.0  # a detached VM must have started its command by then
 CHANNEL_NAMES = {"console": "console.sock", "kit.ctl": "ctl.sock", "kit.exec": "exec.sock"}
 FOLLOW_INTERVAL = 0.05  # how often a foreground run's stream gets what the command wrote
+RESTORE_DEADLINE = 20.0  # a restored guest must have resumed by then (here: ~0.1 s under TCG)
 
 
 def _security_model() -> str:
@@ -77,6 +85,7 @@ class QemuRuntime(Runtime):
     supports_volumes = True  # kit.volumes: QEMU's own 9p server (virtio-9p), mounted by the guest init
     min_memory = MIN_MEMORY  # the guest's RAM: the kernel and initramfs must fit
     min_memory_what = "a VM"
+    start_modes = ("cold", "snapshot")  # snapshot: restored from a VM template (kit.vm.templates)
 
     def __init__(self, qemu: str = machine.QEMU):
         super().__init__()
@@ -118,6 +127,8 @@ class QemuRuntime(Runtime):
         inst.handle = vm
         try:
             vm.launch()
+            if vm.template is not None:
+                vm.wait_resumed(RESTORE_DEADLINE)
             if inst.spec.detach:
                 vm.wait_for_command(min(inst.spec.timeout or BOOT_DEADLINE, BOOT_DEADLINE))
         except BaseException:
@@ -233,6 +244,8 @@ class _VM:
         self.exited = threading.Event()  # QEMU has ended
         self.unproven_kernel_dir: Path | None = None
         self.command_started = threading.Event()
+        self.template: templates.Template | None = None  # start="snapshot": restored from it
+        self.template_hold: templates.InUse | None = None
 
     # -- assembling ---------------------------------------------------------
     def _options(self) -> dict:
@@ -264,6 +277,9 @@ class _VM:
         mach = opts.get("machine") or _default_machine(k, verdict.accel, tsc_khz)
         if mach not in machine.MACHINES:
             raise InvalidSpec(f"machine {mach!r} is not supported: use one of {', '.join(machine.MACHINES)}")
+        if spec.start == "snapshot" and (inst.mounts or inst.net is not None):
+            raise InvalidSpec("start='snapshot' restores a VM without volumes or a kit network: "
+                              "use start='cold' for those")
         if mach == "microvm" and not k.supports_microvm():
             raise InvalidSpec(f"kernel {k.version} cannot find microvm's virtio-mmio devices: use machine='q35'")
         memory = spec.memory or DEFAULT_MEMORY
@@ -327,6 +343,7 @@ class _VM:
             f"KIT_NET={'1' if spec.ports or net else ''}",
             f"KIT_HOSTS={q(net.hosts_text(guest=spec.name) if net else '')}",
             f"KIT_RO={'1' if spec.read_only else ''}",
+            f"KIT_RESTORED={'1' if self.template is not None else ''}",
             f"kit_env() {{ exec env -i {env} \"$@\"; }}",
             f"kit_cmd() {{ kit_env {' '.join(q(a) for a in spec.command)}; }}",
             # Volumes: the init defines kit_mount TAG TARGET [ro] per stage (see init.sh).
@@ -367,6 +384,7 @@ class _VM:
             self.channels[name] = Channel(self.sock_dir / CHANNEL_NAMES[name], handler)
             cfg.sockets[name] = self.channels[name].path
         self.ctl = self.channels["kit.ctl"]
+        state = self._restore_from(cfg) if spec.start == "snapshot" else subprocess.DEVNULL
         argv = machine.argv(cfg, which(self.rt.qemu) or self.rt.qemu)
         self.argv = argv
         qlog = inst.state_dir / "qemu"
@@ -374,11 +392,16 @@ class _VM:
         try:
             # A kit network member: QEMU (and so its user network) lives in the network's namespace.
             enter = None if inst.net is None else (lambda fd=inst.net.nsfd: setns(fd))
-            inst.proc = Pumped(argv, qlog, detach=True, preexec_fn=enter)
+            inst.proc = Pumped(argv, qlog, detach=True, preexec_fn=enter, stdin=state)
         except OSError as e:
             raise StartFailed(f"qemu: could not start {argv[0]}: {e}") from None
+        finally:
+            if state is not subprocess.DEVNULL:
+                state.close()
         self.proc = inst.proc.proc
         inst.phases["launched"] = inst.proc.launched_at
+        if self.template is not None:
+            inst.phases["restore"] = inst.proc.launched_at
         threading.Thread(target=self._watch_exit, daemon=True, name=f"kit-vm-exit-{inst.name}").start()
         if not spec.detach and self.stream is not None:
             self.follower = threading.Thread(target=self._follow, daemon=True, name=f"kit-vm-out-{inst.name}")
@@ -397,6 +420,52 @@ class _VM:
         self.ctl.send(self.spec_script() + b"\0")
         if inst.net is not None and spec.ports:  # -p of a member: host 127.0.0.1:H -> namespace :P -> guest
             inst.forwarder = inst.net.publish(spec.ports)
+
+    def _restore_from(self, cfg: machine.VMConfig):
+        """Find (or build) the template of ``cfg`` and point ``cfg`` at it; the open state file."""
+        tpl, built_s = templates.ensure(cfg, which(self.rt.qemu) or self.rt.qemu)
+        self.inst.info["template"] = tpl.key
+        if built_s is not None:
+            self.inst.info["template_build_s"] = round(built_s, 3)
+        self.template_hold = templates.InUse(tpl.key)  # prune leaves it alone until resumed
+        try:
+            state = tpl.open_state()
+        except templates.TemplateCorrupt as e:
+            self._release_template()
+            templates.discard(tpl.key)
+            raise StartFailed(f"qemu: {e}; it was removed and the next run rebuilds it") from None
+        self.template = tpl
+        cfg.net, cfg.mem_path, cfg.mem_shared, cfg.incoming = bool(cfg.ports), tpl.memory, False, "defer"
+        return state
+
+    def _release_template(self) -> None:
+        hold, self.template_hold = self.template_hold, None
+        if hold is not None:
+            hold.release()
+
+    def wait_resumed(self, deadline: float) -> None:
+        """A restore: load the template's state and resume the guest, else kill QEMU, drop the
+        template (a state QEMU cannot load is rebuilt on the next run) and raise one line why."""
+        try:
+            why = templates.incoming(self.qmp_path, lambda: self.proc.poll() is None, deadline)
+            if why is None:
+                self.inst.phases["resumed"] = time.time()
+                # The guest's clock stopped with its template, and it shares its RNG state with
+                # every sibling: after its spec it reads the host's time and a fresh seed. Sent now,
+                # as it runs again, so that the time is at most the init's next steps old.
+                self.ctl.send(f"clock {round(time.time())} {os.urandom(32).hex()}\n".encode())
+                return
+            kill_group(self.proc)
+            self.proc.wait()
+            err = self.qemu_error()
+            if err != "no message":
+                why = err
+            self._release_template()
+            templates.discard(self.template.key)
+            raise StartFailed(f"qemu: restoring VM template {self.template.key} failed: {why}; it was "
+                              f"removed and the next run rebuilds it")
+        finally:
+            self._release_template()
 
     def wait_for_command(self, deadline: float) -> None:
         """Block until the guest runs the command (a service is then up), or raise why not."""
@@ -503,6 +572,7 @@ class _VM:
         if self.proc is not None and self.proc.poll() is None:
             self.killed = True
             kill_group(self.proc)
+        self._release_template()
         for ch in self.channels.values():
             ch.close()
         for ch in self.channels.values():

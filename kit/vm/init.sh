@@ -66,6 +66,11 @@ find_ports() {  # set P_ctl P_out P_err P_exec to the /dev nodes of the kit's po
 stage1() {
     echo kit:init
     mount -a -T "$K/fstab.1"  # /proc /sys /dev: one process for three mounts
+    # /dev/pts and /dev/shm here, before the template point (see below), not in stage 2: a restored
+    # guest's first forks are its slowest (under TCG its translation cache starts empty). They
+    # move along with /dev into the image's root.
+    mkdir -p /dev/pts /dev/shm "$K/run"
+    mount -a -T "$K/fstab.2"
     load "${kit_bus:-pci}"
     find_ports
     export P_ctl P_out P_err P_exec
@@ -88,8 +93,9 @@ EOF
     echo spec >&3
     if [ -n "$KIT_RESTORED" ]; then
         # Restored from a template: its clock stopped when the template was saved, and its random
-        # state is every sibling's. The host answers "spec" with "clock SECONDS SEED" (host time,
-        # rounded; 64 random hex digits): set the wall clock, mix the seed into the kernel's pool.
+        # state is every sibling's. The host sends "clock SECONDS SEED" after the spec once the guest
+        # runs again (host time, rounded; 64 random hex digits): set the wall clock, mix the seed
+        # into the kernel's pool.
         read -r _ sec seed <&3 || die "no clock from the host"
         date -s "@$sec" >/dev/null || die "could not set the clock"
         printf '%s' "$seed" >/dev/urandom
@@ -140,8 +146,8 @@ agent() {  # exec requests on fd 4: "<length>\n<script>" in, "out N\n<bytes>err 
 
 stage2() {
     . "$K/spec.sh"
-    mkdir -p "$K/run" /dev/pts /dev/shm 2>/dev/null
-    mount -a -T "$K/fstab.2" 2>/dev/null  # /dev/pts /dev/shm
+    # /dev/pts /dev/shm are mounted in stage 1 (builtins only here when they are).
+    [ -d "$K/run" ] && [ -e /dev/pts/ptmx ] || { mkdir -p "$K/run" /dev/pts /dev/shm; mount -a -T "$K/fstab.2"; } 2>/dev/null
     # Volumes (QEMU's 9p exports, tags kit0, kit1...), before a read-only root is made so; a
     # read-only one is refused by QEMU too (readonly=on).
     kit_mount() {

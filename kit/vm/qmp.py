@@ -7,6 +7,9 @@ the caller's next step is always to kill the process anyway.
 
 from __future__ import annotations
 
+import json
+import socket
+import time
 from pathlib import Path
 
 
@@ -42,3 +45,60 @@ def status(path: Path, timeout: float = 2.0) -> str | None:
     """The VM's run state (``running``, ``paused``, ...), or None."""
     r = command(path, "query-status", timeout)
     return r.get("status") if isinstance(r, dict) else None
+
+
+class Monitor:
+    """One synchronous QMP connection, every read under the deadline given.
+
+    Plain blocking socket I/O, no asyncio: ``qemu.qmp``'s synchronous wrapper runs an event
+    loop of its own and fails where one already runs (a Jupyter kernel's main thread).
+    Commands raise :class:`RuntimeError` with QEMU's reason; socket errors and timeouts pass.
+    """
+
+    def __init__(self, path: Path, timeout: float):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            self.sock.settimeout(timeout)
+            self.sock.connect(str(path))
+            self.reader = self.sock.makefile("rb")
+            self.events: list[dict] = []
+            self._read()  # the greeting
+            self.cmd("qmp_capabilities")
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def _read(self) -> dict:
+        line = self.reader.readline()
+        if not line:
+            raise ConnectionError("QEMU closed its QMP socket")
+        return json.loads(line)
+
+    def cmd(self, name: str, **args):
+        """Run one command; its return value."""
+        msg = {"execute": name, **({"arguments": args} if args else {})}
+        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        while True:
+            reply = self._read()
+            if "event" in reply:
+                self.events.append(reply)
+            elif "error" in reply:
+                raise RuntimeError(f"{name}: {reply['error'].get('desc', reply['error'])}")
+            elif "return" in reply:
+                return reply["return"]
+
+    def event(self, deadline: float) -> dict:
+        """The next event (raises TimeoutError at the monotonic ``deadline``)."""
+        if self.events:
+            return self.events.pop(0)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("no QMP event in time")
+        self.sock.settimeout(left)
+        return self._read()
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass

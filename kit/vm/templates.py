@@ -48,7 +48,7 @@ from pathlib import Path
 from .._proc import _marked, kill_group, run
 from .. import config
 from ..errors import StartFailed
-from . import machine
+from . import machine, qmp
 from .channel import Channel, LineRecords
 
 FORMAT = 1  # bump when the layout or the guest's template point changes
@@ -262,17 +262,15 @@ def _build(key: str, cfg: machine.VMConfig, binary: str) -> Template:
 
 def _save(qmp_path: Path, state: Path, key: str) -> None:
     """Stop the guest, migrate its devices to ``state`` (RAM stays in the shared file), quit QEMU."""
-    from qemu.qmp.legacy import QEMUMonitorProtocol
-
-    mon = QEMUMonitorProtocol(str(qmp_path))
-    mon.settimeout(SAVE_DEADLINE)
     try:
-        mon.connect()
-
+        mon = qmp.Monitor(qmp_path, SAVE_DEADLINE)
+    except OSError as e:
+        raise StartFailed(f"qemu: saving VM template {key}: no QMP connection ({e})") from None
+    try:
         def cmd(name, **args):
             try:
                 return mon.cmd(name, **args)
-            except Exception as e:  # ExecuteError (QEMU's reason), or the socket gone
+            except (RuntimeError, OSError) as e:  # QEMU's reason, or the socket gone / timed out
                 raise StartFailed(f"qemu: saving VM template {key}: {name} failed: {e}") from None
 
         cmd("stop")
@@ -288,13 +286,10 @@ def _save(qmp_path: Path, state: Path, key: str) -> None:
             time.sleep(0.02)  # polling QEMU's own status; it has no blocking wait
         try:
             mon.cmd("quit")
-        except Exception:  # QEMU closing the socket as it quits
+        except (RuntimeError, OSError):  # QEMU closing the socket as it quits
             pass
     finally:
-        try:
-            mon.close()
-        except Exception:
-            pass
+        mon.close()
 
 
 def incoming(qmp_path: Path, alive, deadline: float) -> str | None:
@@ -302,38 +297,32 @@ def incoming(qmp_path: Path, alive, deadline: float) -> str | None:
     x-ignore-shared (RAM is the template's file) and events, ``migrate-incoming fd:0``, wait for
     the load to complete, ``cont`` (the template was saved stopped, so QEMU stays paused).
     Returns None once the guest runs, or why not (the caller then kills QEMU)."""
-    from qemu.qmp.legacy import QEMUMonitorProtocol
-
     end = time.monotonic() + deadline
     while not qmp_path.exists():  # QEMU creates it while it starts up
         if not alive() or time.monotonic() > end:
             return "QEMU did not open its QMP socket"
         time.sleep(0.002)
-    mon = QEMUMonitorProtocol(str(qmp_path))
-    mon.settimeout(deadline)
+    mon = None
     try:
-        mon.connect()
+        mon = qmp.Monitor(qmp_path, deadline)
         mon.cmd("migrate-set-capabilities", capabilities=[
             {"capability": "x-ignore-shared", "state": True}, {"capability": "events", "state": True}])
         mon.cmd("migrate-incoming", uri="fd:0")
         while True:
-            left = end - time.monotonic()
-            if left <= 0:
-                return f"the state did not load within {deadline:g} s"
-            ev = mon.pull_event(wait=left)
-            status = (ev or {}).get("data", {}).get("status") if (ev or {}).get("event") == "MIGRATION" else None
+            ev = mon.event(end)
+            status = ev.get("data", {}).get("status") if ev.get("event") == "MIGRATION" else None
             if status == "completed":
                 mon.cmd("cont")
                 return None
             if status == "failed":
                 return "QEMU could not load the state"
-    except Exception as e:  # QEMU's refusal (ExecuteError), QEMU gone, or the deadline: the caller kills it
-        return f"QMP: {str(e) or type(e).__name__}"
+    except TimeoutError:
+        return f"the state did not load within {deadline:g} s"
+    except (RuntimeError, OSError, ValueError) as e:  # QEMU's refusal, or QEMU gone
+        return f"QMP: {e}"
     finally:
-        try:
+        if mon is not None:
             mon.close()
-        except Exception:
-            pass
 
 
 def _dig_holes(path: Path) -> None:
@@ -382,6 +371,16 @@ def ls() -> list[dict]:
                     "state_bytes": m.get("state_bytes"), "disk_bytes": _disk_bytes(d),
                     "build_s": m.get("build_s"), "created": m.get("created")})
     return out
+
+
+def table():
+    """:func:`ls` as a DataFrame: key, machine, accel, memory, cpus, MB on disk, state KB, build seconds."""
+    import pandas as pd
+
+    cols = ["key", "machine", "accel", "memory_mib", "cpus", "disk_mb", "state_kb", "build_s", "created"]
+    rows = [{**t, "disk_mb": round(t["disk_bytes"] / 1e6, 1), "state_kb": round((t["state_bytes"] or 0) / 1e3, 1),
+             "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t["created"] or 0))} for t in ls()]
+    return pd.DataFrame(rows, columns=cols)
 
 
 def prune() -> list[str]:
