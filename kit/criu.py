@@ -100,11 +100,14 @@ def checkpoint_argv(cli: list[str], cid: str, images: Path, leave_running: bool 
             *(["--leave-running"] if leave_running else []), cid]
 
 
-def restore_argv(cli: list[str], cid: str, images: Path, bundle: Path, pid_file: Path) -> list[str]:
+def restore_argv(cli: list[str], cid: str, images: Path, bundle: Path, pid_file: Path,
+                 work: Path | None = None) -> list[str]:
     """``runc restore --detach``: a new container ``cid`` from the dump in ``images``, on ``bundle``
-    (a fresh overlay over the same image: CRIU finds the same files at the same paths)."""
-    return [*cli, "restore", "--detach", "--image-path", str(images), "--work-path", str(images / "restore-work"),
-            "--bundle", str(bundle), "--pid-file", str(pid_file), cid]
+    (a fresh overlay over the same image: CRIU finds the same files at the same paths); ``work``
+    (CRIU's logs) is the restore's own, so restores from one dump can run at once."""
+    return [*cli, "restore", "--detach", "--image-path", str(images),
+            "--work-path", str(work or images / "restore-work"), "--bundle", str(bundle), "--pid-file", str(pid_file),
+            cid]
 
 
 def checkpoint(cli: list[str], cid: str, images: Path, runner=None, timeout: float = 60) -> None:

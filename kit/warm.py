@@ -113,9 +113,11 @@ def key(rt: Runtime, spec, image) -> tuple:
 def check(rt: Runtime, spec) -> None:
     """Refuse, before anything starts, a start mode ``rt`` does not offer for ``spec`` (InvalidSpec)."""
     why = rt.start_mode_refusal(spec.start)
-    if not why and spec.start == "precreated" and (spec.ports or spec.volumes or spec.network):
-        why = ("a precreated run takes no ports, volumes or network yet (they are bound when the container "
+    if not why and spec.start != "cold" and (spec.ports or spec.volumes or spec.network) and rt.kind != "vm":
+        why = (f"a {spec.start} run takes no ports, volumes or network yet (they are bound when the container "
                "is created): use start='cold'")
+    if not why and spec.start == "snapshot" and rt.kind != "vm" and not spec.detach:
+        why = "a container snapshot restores a checkpointed service: start it detached (kit.start, -d)"
     if why:
         raise InvalidSpec(why)
 
@@ -125,21 +127,27 @@ def _oci_create(rt, inst: Instance) -> _Relay:
     bundle = rt.prepare_bundle(inst)
     pidfile = inst.state_dir / "container.pid"
     relay = _Relay()
+    _under_shim(rt, inst, ["create", "--bundle", str(bundle), "--pid-file", str(pidfile), inst.id], pidfile, relay,
+                "create a container ahead of time")
+    return relay
+
+
+def _under_shim(rt, inst: Instance, action: list[str], pidfile, stream, what: str) -> None:
+    """Run ``<runtime> ACTION`` under the subreaper (:data:`SHIM`); return once ``pidfile`` names the
+    container's process (StartFailed with the runtime's reason if it ends first)."""
     argv = [sys.executable, "-S", "-c", SHIM, str(pidfile), *rt._cli_for(inst),
-            "--log", str(inst.state_dir / "runtime.log"), "--log-format", "json",
-            "create", "--bundle", str(bundle), "--pid-file", str(pidfile), inst.id]
-    inst.proc = Pumped(argv, inst.state_dir, stream=relay, preexec_fn=rt._preexec(inst))
+            "--log", str(inst.state_dir / "runtime.log"), "--log-format", "json", *action]
+    inst.proc = Pumped(argv, inst.state_dir, stream=stream, preexec_fn=rt._preexec(inst))
     inst.info["runtime_root"] = str(rt.root)
 
-    def created_or_failed():
+    def done_or_failed():
         if inst.proc.proc.poll() is not None:
             return "failed"
-        return "created" if pidfile.exists() and pidfile.stat().st_size else None
+        return "done" if pidfile.exists() and pidfile.stat().st_size else None
 
-    if wait_until(created_or_failed, CREATE_DEADLINE, interval=0.005, what=f"{rt.name} create") == "failed":
+    if wait_until(done_or_failed, CREATE_DEADLINE, interval=0.005, what=f"{rt.name} {action[0]}") == "failed":
         why = rt.start_error(inst) or _tail(inst.stderr_path) or f"exit {inst.proc.proc.returncode}"
-        raise StartFailed(f"{rt.name}: could not create a container ahead of time: {why}")
-    return relay
+        raise StartFailed(f"{rt.name}: could not {what}: {why}")
 
 
 def _oci_start(rt, inst: Instance, relay: _Relay, stream: Stream | None) -> None:
@@ -317,11 +325,14 @@ def prepare(image: str, command, runtime: str, n: int = 1, **kw) -> int:
 
 
 def start(rt: Runtime, inst: Instance, stream: Stream | None = None) -> None:
-    """Start ``inst`` (made by :func:`kit.api._create`) from a pre-created container.
+    """Start ``inst`` (made by :func:`kit.api._create`) from a pre-created container, or (``snapshot``,
+    runc where CRIU works) restore it from its service's checkpoint (:func:`restore`).
 
     The one waiting for its key is taken, or one is made now (``pool: miss``); ``requested`` is
     stamped when it is in hand, so the startup clock measures ``start`` -> exit only.
     """
+    if inst.spec.start == "snapshot":
+        return restore(rt, inst, stream)
     entry = POOL.take(rt, inst.spec, inst.image)
     pool = "hit"
     if entry is None:
@@ -350,9 +361,93 @@ def refill(rt: Runtime, inst: Instance) -> None:
     POOL.fill_soon(rt, inst.spec, inst.image)
 
 
+# -- snapshot: runc checkpoint/restore (CRIU) ------------------------------------------
+#: Seconds a template service runs before it is checkpointed: its own start-up, which the kit cannot
+#: see (``kit.start(..., start="snapshot", settle=S)`` for a slower one).
+SETTLE = 1.0
+
+
+class Checkpoints:
+    """One CRIU dump per :func:`key`: a template of the service started cold, left to settle for
+    :data:`SETTLE` seconds, checkpointed (``runc checkpoint``, which ends it), its writable layer
+    kept beside the dump. Kept in the session's state directory: cleared with the pool, swept with it."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._dirs: dict[tuple, tuple] = {}
+
+    def get(self, rt: Runtime, spec, image) -> tuple:
+        """(checkpoint directory, seconds it took to make, ``hit`` or ``miss``)."""
+        k = key(rt, spec, image)
+        with self._lock:  # one template per key at a time; restores of a made one do not wait
+            if k in self._dirs and (self._dirs[k][0] / "images").is_dir():
+                return (*self._dirs[k], "hit")
+            self._dirs[k] = self._make(rt, spec, image)
+            return (*self._dirs[k], "miss")
+
+    def _make(self, rt: Runtime, spec, image) -> tuple:
+        import shutil
+
+        from . import config, criu, lifetime
+
+        lifetime.ensure_reaper()
+        token = secrets.token_hex(4)
+        t0 = time.perf_counter()
+        d = config.state_dir() / f"checkpoint-{token}"  # apart from the template, which goes
+        tinst = rt.new_instance(replace(spec, name=f"ckpt-{token}", detach=True, start="cold"), image)
+        try:
+            rt.start(tinst)
+            threading.Event().wait(float(spec.options.get("settle", SETTLE)))  # the service's own start-up
+            if not rt.running(tinst):
+                raise StartFailed(f"{rt.name}: the service to checkpoint exited within its settle time: "
+                                  f"{_tail(tinst.stderr_path) or 'no output'}")
+            criu.checkpoint(rt._cli_for(tinst), tinst.id, d / "images")
+            upper = tinst.state_dir / "overlay" / "upper"
+            if upper.is_dir():  # what the service wrote before the dump: its restores find it again
+                shutil.copytree(upper, d / "upper", symlinks=True)
+        except BaseException:
+            shutil.rmtree(d, ignore_errors=True)
+            raise
+        finally:
+            rt.remove(tinst)
+        return d, time.perf_counter() - t0
+
+    def clear(self) -> list[str]:
+        import shutil
+
+        with self._lock:
+            gone, self._dirs = list(self._dirs.values()), {}
+        for d, _ in gone:
+            shutil.rmtree(d, ignore_errors=True)
+        return [f"checkpoint {d.name}" for d, _ in gone]
+
+
+CHECKPOINTS = Checkpoints()
+
+
+def restore(rt: Runtime, inst: Instance, stream: Stream | None = None) -> None:
+    """A ``snapshot`` start of a runc service: ``runc restore --detach`` of its key's checkpoint (made
+    first when there is none, before the clock starts) on a fresh bundle, under the subreaper."""
+    import shutil
+
+    from . import criu
+
+    d, made_s, hit = CHECKPOINTS.get(rt, inst.spec, inst.image)
+    inst.info["snapshot"] = {"checkpoint": hit, "checkpoint_s": round(made_s, 6), "dir": str(d)}
+    inst.phases["requested"] = time.time()
+    bundle = rt.prepare_bundle(inst)
+    if (d / "upper").is_dir() and inst.info.get("rootfs") == "overlay":
+        shutil.copytree(d / "upper", bundle / "rootfs", symlinks=True, dirs_exist_ok=True)
+    pidfile = inst.state_dir / "container.pid"
+    inst.phases["launched"] = time.time()
+    _under_shim(rt, inst, criu.restore_argv([], inst.id, d / "images", bundle, pidfile, inst.state_dir / "criu"),
+                pidfile, None if inst.spec.detach else stream, "restore the checkpoint")
+    inst.phases["started"] = time.time()
+
+
 def clear() -> list[str]:
-    """Remove every pre-created container of this session (also done at exit and by prune)."""
-    return POOL.clear()
+    """Remove every pre-created container and checkpoint of this session (also done at exit and by prune)."""
+    return POOL.clear() + CHECKPOINTS.clear()
 
 
 def ls():

@@ -1,5 +1,6 @@
 """Warm starts (issue 14, containers): precreated runs, refused modes, the pool's cleanup, CRIU's verdict."""
 
+import json
 import os
 import signal
 import subprocess
@@ -212,3 +213,95 @@ def test_magic_start_option(ip, pool):
     assert (r.exit_code, r.stdout, r.info["warm"]["pool"]) == (0, "warm\n", "miss")
     with pytest.raises(Exception, match=r"not offered by runtime 'lxc' \(it offers cold\)"):
         ip.run_line_magic("container", "run --start precreated -r lxc busybox true")
+
+
+FAKE_RUNC = r'''#!/usr/bin/env python3
+# Stands in for runc where CRIU cannot run: records each command line, keeps a sleep per container.
+import json, os, signal, subprocess, sys, time
+args = sys.argv[1:]
+root = args[args.index("--root") + 1]
+with open(os.path.join(root, "calls.jsonl"), "a") as f:
+    f.write(json.dumps(args) + "\n")
+i = next(k for k, a in enumerate(args) if a in ("run", "checkpoint", "restore", "kill", "delete", "state"))
+cmd, rest, cid = args[i], args[i + 1:], args[-1] if args[i] != "kill" else args[i + 1]
+d = os.path.join(root, cid)
+def pid():
+    try:
+        return int(open(os.path.join(d, "pid")).read())
+    except OSError:
+        return 0
+def stop():
+    try:
+        os.kill(pid(), signal.SIGKILL)
+    except OSError:
+        pass
+if cmd == "run":
+    os.makedirs(d, exist_ok=True)
+    open(os.path.join(d, "pid"), "w").write(str(os.getpid()))
+    open(os.path.join(d, "state.json"), "w").write("{}")
+    os.execv("/bin/sleep", ["sleep", "300"])
+elif cmd == "checkpoint":
+    images = rest[rest.index("--image-path") + 1]
+    os.makedirs(images, exist_ok=True)
+    open(os.path.join(images, "inventory.img"), "w").write("dump")
+    stop()
+elif cmd == "restore":
+    assert os.path.exists(os.path.join(rest[rest.index("--image-path") + 1], "inventory.img"))
+    os.makedirs(d, exist_ok=True)
+    p = subprocess.Popen(["/bin/sleep", "300"], start_new_session=True)
+    open(os.path.join(d, "pid"), "w").write(str(p.pid))
+    open(os.path.join(d, "state.json"), "w").write("{}")
+    open(rest[rest.index("--pid-file") + 1], "w").write(str(p.pid))
+elif cmd == "kill":
+    stop()
+elif cmd == "delete":
+    stop()
+    import shutil
+    shutil.rmtree(d, ignore_errors=True)
+elif cmd == "state":
+    print(json.dumps({"status": "running", "pid": pid()}))
+'''
+
+
+def test_runc_snapshot_checkpoints_a_service_once_and_restores_it(tmp_path, monkeypatch, names):
+    """The snapshot path where CRIU works, with a stand-in for runc: the command lines, the checkpoint
+    made once per key (before the clock starts), restores under the subreaper, and nothing left."""
+    need("runc")
+    fake = tmp_path / "runc"
+    fake.write_text(FAKE_RUNC)
+    fake.chmod(0o755)
+    rt = kit.runtimes.get("runc")
+    monkeypatch.setattr(criu, "probe", lambda *a, **k: criu.Verdict(True, "3.17.1"))
+    monkeypatch.setattr(type(rt), "_cli_for", lambda self, inst: [sys.executable, str(fake), "--root", str(tmp_path)])
+    monkeypatch.setattr(type(rt), "_has_state", lambda self, inst: (tmp_path / inst.id).is_dir())
+    monkeypatch.setattr(type(rt), "_started", lambda self, inst: (tmp_path / inst.id / "state.json").exists())
+    assert "snapshot" in rt.start_modes
+    with pytest.raises(kit.errors.InvalidSpec, match="start it detached"):
+        kit.run("busybox", ["sleep", "300"], runtime="runc", start="snapshot")
+    try:
+        results = []
+        for _ in range(2):
+            names.append(unique("snap"))
+            results.append(kit.start("busybox", ["sleep", "300"], runtime="runc", start="snapshot", name=names[-1],
+                                     settle=0.05))
+        assert [r.info["snapshot"]["checkpoint"] for r in results] == ["miss", "hit"]
+        assert all(kit.api.instance(n)[0].running(kit.api.instance(n)[1]) for n in names)
+        p = results[1].phases
+        assert p["requested"] <= p["launched"] <= p["started"]
+        calls = [json.loads(x) for x in (tmp_path / "calls.jsonl").read_text().splitlines()]
+        cmds = [c[c.index(str(tmp_path)) + 1:] for c in calls]
+        ckpt = [c for c in cmds if "checkpoint" in c]
+        assert len(ckpt) == 1 and ckpt[0][:2] == ["checkpoint", "--image-path"]
+        images = Path(results[0].info["snapshot"]["dir"]) / "images"
+        restores = [c for c in cmds if "restore" in c]
+        assert len(restores) == 2
+        for r, inst_name in zip(restores, names):
+            inst = kit.api.instance(inst_name)[1]
+            assert r[r.index("restore"):] == criu.restore_argv(
+                [], inst.id, images, inst.state_dir / "bundle", inst.state_dir / "container.pid", inst.state_dir / "criu")
+        for n in names:
+            kit.rm(n, force=True)
+    finally:
+        warm.clear()
+    assert not images.parent.exists()
+    assert not [m for m in open("/proc/mounts").read().split("\n") if "ckpt-" in m or "checkpoint-" in m or "snap-" in m]
