@@ -1,11 +1,15 @@
 """The kit as an ordinary (non-root) user: what differs, and why a runtime cannot run rootless.
 
-Rootless runc and crun get a user namespace that maps the user to root inside (plus the user's
-subordinate IDs, ``/etc/subuid``, when ``newuidmap`` is installed), runtime state under
-``$XDG_RUNTIME_DIR`` or ``$KIT_HOME``, and no cgroups of their own. A non-root user cannot mount
-an overlay on the host, so a writable container root is a private copy of the image's rootfs in
-the instance's state directory (``cp --reflink=auto``: free on btrfs/xfs, a real copy elsewhere);
-a read-only run uses the image's rootfs as it is, as for root.
+Rootless runc and crun run inside a user namespace of the kit's own (``unshare --user
+--map-root-user --mount``, plus ``--map-auto`` for the user's subordinate IDs, ``/etc/subuid``,
+when ``newuidmap`` is installed): the user is root there, the instance's overlay is mounted in that
+namespace's private mount namespace (an ordinary user cannot mount one on the host), and the
+runtime runs as that namespace's root, so it makes the container's other namespaces inside it.
+The overlay goes when the last process of that mount namespace does: nothing to unmount, nothing
+to leak. Later control commands run on the host (``kill``, ``state``, ``delete``: the user owns
+the processes and the state) or, for ``exec``, enter the container's user namespace (``nsenter``).
+Runtime state lives under ``$XDG_RUNTIME_DIR`` or ``$KIT_HOME``; there are no cgroups of the
+runtime's own.
 
 Memory and CPU limits need a cgroup the user may write: on cgroup v2 a subtree systemd delegated
 to the user (:func:`delegated_cgroup`); elsewhere (cgroup v1) a run asking for a limit is refused
@@ -30,7 +34,11 @@ from . import config
 #: enforce their own).
 KIT_CGROUP_RUNTIMES = ("process", "runc", "crun", "runsc", "lxc")
 #: What a writable rootless OCI root is (Instance.info["rootfs"]).
-ROOTFS_KIND = "private copy (rootless: no overlay mount outside a user namespace)"
+ROOTFS_KIND = "overlay (in the kit's user namespace)"
+#: Run by ``sh -c`` as root of the kit's user namespace: mount the overlay (when there is one), then
+#: become the runtime. Data only as arguments: $1 the overlay's options, $2 its mount point.
+_LAUNCH = ('if [ -n "$1" ]; then mount -t overlay overlay -o "$1" "$2" || exit 125; fi; '
+           'if [ "$3" = net ]; then ip link set lo up || exit 125; fi; shift 3; exec "$@"')
 
 
 def active() -> bool:
@@ -105,12 +113,12 @@ def userns_reason() -> str:
 
 
 def oci_config(cfg: dict) -> dict:
-    """Make a root OCI config rootless (as ``runc spec --rootless`` does, keeping the own network
-    namespace, which a user namespace may own): a user namespace with :func:`id_mappings`, /sys
-    bound instead of mounted, no uid=/gid= mount options, no cgroup path or resources."""
+    """Make a root OCI config fit a runtime run as root of the kit's user namespace (see
+    :func:`launcher`; as ``runc spec --rootless`` does, but the user namespace is the launcher's and
+    the own network namespace stays): /sys bound instead of mounted, no uid=/gid= mount options,
+    no cgroup path or resources unless systemd delegated a cgroup v2 subtree."""
     linux = cfg["linux"]
-    linux["namespaces"] = [ns for ns in linux["namespaces"] if ns["type"] != "user"] + [{"type": "user"}]
-    linux["uidMappings"], linux["gidMappings"] = id_mappings()
+    linux["namespaces"] = [ns for ns in linux["namespaces"] if ns["type"] != "user"]
     linux.pop("resources", None)
     if delegated_cgroup() is None:  # cgroup v2 with a delegated subtree: the kit's group is the user's
         linux.pop("cgroupsPath", None)
@@ -138,6 +146,67 @@ def state_base() -> Path:
         except OSError:
             pass
     return config.home()
+
+
+def unshare_args() -> list[str]:
+    """``unshare`` making the kit's user namespace (the user as root, subordinate IDs from 1) and
+    a private mount namespace in it."""
+    argv = ["unshare", "--user", "--map-root-user", "--mount"]
+    if subordinate_ids("uid") and subordinate_ids("gid") and _helper("newuidmap") and _helper("newgidmap"):
+        argv.insert(3, "--map-auto")
+    return argv
+
+
+def launcher(overlay: tuple[str, str] | None = None, net: bool = False) -> list[str]:
+    """The argv prefix that starts a runtime as root of a new user namespace of the kit's, after
+    mounting ``overlay`` (options, mount point; from :func:`overlay_options`) there; with ``net``,
+    in a new network namespace too, its loopback up (gVisor's ``--network=host`` uses it)."""
+    opts, target = overlay or ("", "")
+    return [*unshare_args(), *(["--net"] if net else []), "--", "sh", "-c", _LAUNCH, "sh", opts, target,
+            "net" if net else ""]
+
+
+def control_prefix(runtime_root: Path, inst) -> list[str]:
+    """The argv prefix of a control command for ``inst``: :func:`launcher` before it is launched,
+    then ``nsenter`` into its user namespace while it runs (``exec`` must join namespaces that
+    namespace owns; with the launcher's own network namespace, into that too, where gVisor's
+    control socket is), then nothing (``delete`` of what is left needs no namespace)."""
+    net = bool(inst.info.get("launcher_netns"))
+    if inst.proc is None:
+        return launcher(inst.info.get("overlay_mount"), net)
+    for pid in (_state_pid(runtime_root / inst.id / "state.json"), inst.proc.pid):
+        if pid and _in_other_userns(pid):
+            return ["nsenter", "-t", str(pid), "-U", *(["-n"] if net else []), "--preserve-credentials", "--"]
+    return []
+
+
+def _state_pid(state: Path) -> int | None:
+    """runc's (and crun's) container init pid from its state file, or None."""
+    try:
+        import json
+
+        return int(json.loads(state.read_text())["init_process_pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _in_other_userns(pid: int) -> bool:
+    """Whether ``pid`` lives, in a user namespace other than this process's (the kit's)."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/user").st_ino != os.stat("/proc/self/ns/user").st_ino
+    except OSError:
+        return False
+
+
+def overlay_options(lower: Path, state_dir: Path, target: Path) -> tuple[str, str]:
+    """Make the upper, work and mount point directories of an instance's overlay; return what
+    :func:`launcher` mounts (the overlay's options, its mount point)."""
+    from .runtimes._rootfs import _escape
+
+    upper, work = state_dir / "overlay" / "upper", state_dir / "overlay" / "work"
+    for d in (upper, work, target):
+        d.mkdir(parents=True, exist_ok=True)
+    return f"lowerdir={_escape(lower)},upperdir={_escape(upper)},workdir={_escape(work)}", str(target)
 
 
 def private_rootfs(lower: Path, target: Path) -> Path:
@@ -381,7 +450,9 @@ class NetnsSockets:
 
 def rmtree(path: Path) -> None:
     """``shutil.rmtree`` that also removes directories the user owns but may not read (an overlay's
-    ``work/work``, mode 000, which a user-namespace mount leaves); never raises."""
+    ``work/work``, mode 000, which a user-namespace mount leaves) and, as an ordinary user, files a
+    container made as one of the user's subordinate IDs (through ``unshare --map-auto``, as root of a
+    namespace with the same mapping); never raises."""
     import shutil
 
     def retry(func, p, _exc):
@@ -396,3 +467,9 @@ def rmtree(path: Path) -> None:
             pass
 
     shutil.rmtree(path, onerror=retry)
+    if os.path.lexists(path) and active() and subordinate_ids("uid") and _helper("newuidmap"):
+        try:
+            subprocess.run(["unshare", "--map-root-user", "--map-auto", "rm", "-rf", "--", str(path)],
+                           capture_output=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            pass

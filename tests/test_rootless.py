@@ -1,5 +1,5 @@
-"""The kit as an ordinary user (issue 15): rootless runc and LXC, Docker through the docker group,
-limits refused with their reason, exact reasons for what cannot run rootless, nothing left behind.
+"""The kit as an ordinary user (issue 15): rootless runc, gVisor and LXC, Docker through the docker
+group, limits refused with their reason, exact reasons for what cannot run rootless, nothing left behind.
 
 Run as root (as CI is): :file:`scripts/rootless-user` makes the user ``kituser`` (subordinate IDs,
 docker group) and a venv it can run, once; each test then runs a short Python script as that user
@@ -61,14 +61,12 @@ def test_runtimes_table_as_the_user_sees_it(py):
         print(json.dumps({"table": t.to_dict("records"), "docker_unreachable": docker}))
     """)
     rows = {r["name"]: r for r in got["table"]}
-    # Rootless: runc (user namespace), LXC (unprivileged, subordinate IDs), Podman (with runc),
-    # Docker through the docker group, a process, and QEMU.
-    for name in ("process", "runc", "lxc", "docker", "podman", "qemu"):
+    # Rootless: runc and runsc (in the kit's user namespace), LXC (unprivileged, subordinate IDs),
+    # Podman (with runc), Docker through the docker group, a process, and QEMU.
+    for name in ("process", "runc", "runsc", "lxc", "docker", "podman", "qemu"):
         assert rows[name]["available"], (name, rows[name]["reason"])
     assert "mode=rootless" in rows["runc"]["details"]
     # What cannot run rootless here says exactly why.
-    assert "runsc fails as kituser (rootless)" in rows["runsc"]["reason"]
-    assert "gofer" in rows["runsc"]["reason"]
     if cgroups.version() == 1:
         assert "hybrid mode not supported" in rows["crun"]["reason"], rows["crun"]
     if Path("/dev/kvm").exists() and not (os.stat("/dev/kvm").st_mode & 0o006):
@@ -95,15 +93,19 @@ def test_rootless_runc_is_root_inside_and_the_user_outside(py):
         owners = sorted({psutil.Process(p).uids().real for p in rt.pids(inst)})
         root = str(rt.root)
         kit.rm("owner", force=True)
+        mounts = open("/proc/self/mounts").read()
         print(json.dumps({"out": r.stdout, "code": r.exit_code, "owners": owners, "root": root,
+                          "host_mount": str(inst.state_dir) in mounts,
                           "uid": os.getuid(), "rootfs": inst.info.get("rootfs")}))
     """)
     assert got["code"] == 0 and got["out"] == "0\n", got
     assert got["owners"] == [got["uid"]], got  # every host process of the container is the user's
     assert got["root"].startswith(f"/home/{USER}/"), got  # runtime state under the user's KIT_HOME
+    # The overlay is mounted in the kit's user namespace, never on the host.
+    assert got["rootfs"] == "overlay (in the kit's user namespace)" and not got["host_mount"], got
 
 
-@pytest.mark.parametrize("runtime", ["runc", "lxc"])
+@pytest.mark.parametrize("runtime", ["runc", "runsc", "lxc"])
 def test_rootless_service_port_exec_logs_stop_rm(py, runtime):
     got = as_user(py, f"""
         import json, http.client, kit
@@ -159,12 +161,14 @@ def test_docker_through_group_membership(py):
 
 
 def test_sigkill_of_the_users_python_leaves_nothing(py):
-    """The user's reaper sweeps runc and LXC instances (one serving a port) of a killed session."""
+    """The user's reaper sweeps runc, runsc and LXC instances (two serving a port) of a killed session."""
     proc = as_user(py, """
         import json, sys, kit
         kit.start("busybox", ["sleep", "300"], runtime="runc", name="left-runc")
         kit.start("busybox", ["sleep", "300"], runtime="lxc", name="left-lxc")
         kit.start("busybox", ["httpd", "-f", "-p", "80"], runtime="runc", name="left-port",
+                  ports=[f"{kit.free_port()}:80"])
+        kit.start("busybox", ["httpd", "-f", "-p", "80"], runtime="runsc", name="left-runsc",
                   ports=[f"{kit.free_port()}:80"])
         print(kit.config.SESSION_ID, flush=True)
         sys.stdin = None
@@ -181,7 +185,7 @@ def test_sigkill_of_the_users_python_leaves_nothing(py):
             print(json.dumps(before))
         """ % session
         before = as_user(py, check)
-        for mark in ("left-runc", "(lxc-execute)", "left-port"):  # LXC's instance shows as its process
+        for mark in ("left-runc", "(lxc-execute)", "left-port", "left-runsc"):  # LXC's instance shows as its process
             assert any(mark in x for x in before), (mark, before)
         for pid in [*_children(proc.pid), proc.pid]:  # the user's python (runuser's child) first
             os.kill(pid, signal.SIGKILL)

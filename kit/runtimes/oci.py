@@ -205,7 +205,8 @@ class OCIRuntime(Runtime):
             bundle.mkdir()
             cfg = build_config(spec, image, image.rootfs, f"/{group.rel}")
             (bundle / "config.json").write_text(json.dumps(cfg))
-            argv = [path, "--root", str(root), *self.global_args, "run", "--bundle", str(bundle), cid]
+            argv = [*(rootless.launcher() if rootless.active() else ()), path, "--root", str(root),
+                    *self.global_args, "run", "--bundle", str(bundle), cid]
             p = run(argv, timeout=timeout, check=False, stdin=subprocess.DEVNULL)
             if p.returncode == 0:
                 return ""
@@ -229,6 +230,8 @@ class OCIRuntime(Runtime):
         return [which(self.binary) or self.binary, "--root", str(self.root), *self.global_args]
 
     def _cli_for(self, inst: Instance) -> list[str]:
+        if rootless.active():  # launched in the kit's user namespace, exec'd through it (kit.rootless)
+            return [*rootless.control_prefix(self.root, inst), *self._cli()]
         return self._cli()
 
     def _preexec(self, inst: Instance):
@@ -287,9 +290,10 @@ class OCIRuntime(Runtime):
                 image.rootfs, [m["destination"] for m in MOUNTS], _rootfs.workdir(spec, image)):
             inst.info["rootfs"] = "image, read-only"
             return image.rootfs
-        if rootless.active():
+        if rootless.active():  # mounted in the kit's user namespace when the runtime is launched
             inst.info["rootfs"] = rootless.ROOTFS_KIND
-            return rootless.private_rootfs(image.rootfs, target)
+            inst.info["overlay_mount"] = rootless.overlay_options(image.rootfs, inst.state_dir, target)
+            return target
         inst.info["rootfs"] = "overlay"
         return _rootfs.mount_overlay(image.rootfs, inst.state_dir, target)
 
@@ -437,8 +441,8 @@ class GVisorRuntime(OCIRuntime):
         return (f"--platform={self.platform}", "--network=none", *own)
 
     def _cli_for(self, inst: Instance) -> list[str]:
-        cli = self._cli()
-        if inst.netns_fd is not None:
+        cli = super()._cli_for(inst)
+        if inst.netns_fd is not None or inst.info.get("launcher_netns"):
             cli[cli.index("--network=none")] = "--network=host"
         return cli
 
@@ -451,6 +455,9 @@ class GVisorRuntime(OCIRuntime):
             return None
         if not inst.spec.ports:
             return "new"
+        if rootless.active():  # the launcher's own network namespace (kit.rootless), as --network=host
+            inst.info["launcher_netns"] = True
+            return None
         # Ports: a private loopback-only namespace that runsc joins with --network=host.
         inst.netns_fd = new_loopback_netns()
         return None
@@ -462,6 +469,8 @@ class GVisorRuntime(OCIRuntime):
             return False
 
     def _netns_path(self, inst: Instance) -> str:
+        if inst.info.get("launcher_netns"):  # rootless: the namespace runsc was launched in
+            return f"/proc/{inst.proc.pid}/ns/net"
         return f"/proc/{os.getpid()}/fd/{inst.netns_fd}"
 
     def _forget_state(self, cid: str) -> None:
