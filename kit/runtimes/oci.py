@@ -143,6 +143,15 @@ class OCIRuntime(Runtime):
     global_args: tuple[str, ...] = ()
     #: Prove the runtime works with a tiny run in probe() (crun: cgroup hybrid mode).
     smoke_test = False
+    @property
+    def start_modes(self) -> tuple[str, ...]:  # type: ignore[override]
+        """``precreated``: ``create`` ahead, ``start`` on demand; ``snapshot`` (runc, where CRIU works):
+        ``runc restore`` of a checkpointed service (:mod:`kit.warm`)."""
+        from .. import criu
+
+        if rootless.active():
+            return ("cold",)
+        return ("cold", "precreated") + (("snapshot",) if self.binary == "runc" and criu.probe().works else ())
 
     def __init__(self, binary: str = "runc"):
         super().__init__()
@@ -176,7 +185,24 @@ class OCIRuntime(Runtime):
         return Availability(self.name, self.kind, True, version, info=info)
 
     def _probe_info(self) -> dict:
-        return {"cgroups": cgroups.describe()}
+        info = {"cgroups": cgroups.describe()}
+        if self.binary == "runc":  # checkpoint/restore (a snapshot start) needs a working CRIU
+            from .. import criu
+
+            info["criu"] = criu.probe().summary
+        return info
+
+    def _no_start_mode(self, mode: str) -> str:
+        if rootless.active():
+            return ("not yet for an ordinary user (rootless): the container is created and started through the "
+                    "kit's user-namespace launcher in one step")
+        if mode == "snapshot" and self.binary == "runc":
+            from .. import criu
+
+            return f"CRIU does not work here ({criu.probe().reason})"
+        if mode == "snapshot":
+            return f"the kit drives no checkpoint/restore of {self.binary} (only of runc, where CRIU works)"
+        return ""
 
     def _rootless_reason(self) -> str:
         """Why this runtime cannot run for an ordinary user, before trying; "" to try (a smoke run)."""
@@ -249,21 +275,7 @@ class OCIRuntime(Runtime):
     def start(self, inst: Instance, stream: Stream | None = None) -> None:
         spec = inst.spec
         try:
-            with _rootfs.step(inst, "cgroup"):
-                inst.cgroup = _rootfs.kit_cgroup(inst)
-            bundle = inst.state_dir / "bundle"
-            with _rootfs.step(inst, "rootfs"):
-                rootfs = self._rootfs(inst, bundle / "rootfs")
-            with _rootfs.step(inst, "netns"):
-                network = self._network(inst)
-            with _rootfs.step(inst, "config"):
-                cfg = build_config(spec, inst.image, rootfs, _rootfs.container_cgroup(inst), network)
-                cfg["mounts"] += bind_mounts(inst.mounts)
-                if inst.net is not None:  # the network's names, at /etc/hosts (read-only)
-                    cfg["mounts"].append(inst.net.oci_mount())
-                bundle.mkdir(exist_ok=True)
-                (bundle / "config.json").write_text(json.dumps(cfg))
-                self.root.mkdir(parents=True, exist_ok=True)
+            bundle = self.prepare_bundle(inst)
             argv = [*self._cli_for(inst), "--log", str(inst.state_dir / "runtime.log"), "--log-format", "json",
                     "run", "--bundle", str(bundle), inst.id]
             inst.proc = Pumped(argv, inst.state_dir, stream=stream, detach=spec.detach,
@@ -278,6 +290,27 @@ class OCIRuntime(Runtime):
         except BaseException:
             self.remove(inst)
             raise
+
+    def prepare_bundle(self, inst: Instance) -> Path:
+        """The kit's part of a start before the runtime runs (cgroup, rootfs, network, config.json),
+        each step timed; returns the bundle. Shared by cold starts and :mod:`kit.warm`'s ``create``."""
+        spec = inst.spec
+        with _rootfs.step(inst, "cgroup"):
+            inst.cgroup = _rootfs.kit_cgroup(inst)
+        bundle = inst.state_dir / "bundle"
+        with _rootfs.step(inst, "rootfs"):
+            rootfs = self._rootfs(inst, bundle / "rootfs")
+        with _rootfs.step(inst, "netns"):
+            network = self._network(inst)
+        with _rootfs.step(inst, "config"):
+            cfg = build_config(spec, inst.image, rootfs, _rootfs.container_cgroup(inst), network)
+            cfg["mounts"] += bind_mounts(inst.mounts)
+            if inst.net is not None:  # the network's names, at /etc/hosts (read-only)
+                cfg["mounts"].append(inst.net.oci_mount())
+            bundle.mkdir(exist_ok=True)
+            (bundle / "config.json").write_text(json.dumps(cfg))
+            self.root.mkdir(parents=True, exist_ok=True)
+        return bundle
 
     def _rootfs(self, inst: Instance, target: Path) -> Path:
         """The container's root: the image's own rootfs when the run is read-only and the runtime
