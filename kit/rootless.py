@@ -209,19 +209,6 @@ def overlay_options(lower: Path, state_dir: Path, target: Path) -> tuple[str, st
     return f"lowerdir={_escape(lower)},upperdir={_escape(upper)},workdir={_escape(work)}", str(target)
 
 
-def private_rootfs(lower: Path, target: Path) -> Path:
-    """A writable root for a rootless container: a copy of ``lower`` at ``target``."""
-    from .errors import StartFailed
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    p = subprocess.run(["cp", "-a", "--reflink=auto", "-T", str(lower), str(target)],
-                       capture_output=True, timeout=600)
-    if p.returncode != 0:
-        raise StartFailed(f"cannot copy image {lower} for a rootless container: "
-                          f"{p.stderr.decode(errors='replace').strip()[-200:]}")
-    return target
-
-
 # -- limits ----------------------------------------------------------------------------
 def delegated_cgroup() -> str | None:
     """On cgroup v2, the user's own writable subtree with the memory and cpu controllers
