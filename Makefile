@@ -52,7 +52,7 @@ venv: $(VENV)/.installed
 
 # Start dockerd in the background unless a daemon already answers.
 dockerd: system-packages
-	@$(SUDO) bash scripts/ensure-dockerd
+	@docker version --format '{{.Server.Version}}' >/dev/null 2>&1 || $(SUDO) bash scripts/ensure-dockerd
 
 guest-kernel: venv system-packages
 	$(BIN)/python -m kit.vm.kernel fetch --with-9p
@@ -60,7 +60,9 @@ guest-kernel: venv system-packages
 # The service images the notebooks and tests use, built once with debootstrap and cached
 # under $$KIT_HOME (about a minute for Redis, a few for MariaDB, the first time).
 images: venv system-packages
-	$(BIN)/python -m kit.images.prebuild
+	@if [ "$$(id -u)" = 0 ]; then $(BIN)/python -m kit.images.prebuild; else \
+		echo "make images: skipped: the Debian images are built with debootstrap, which needs root" \
+			"(busybox and registry or Docker images work as an ordinary user)"; fi
 
 # JupyterLab from the venv, on 127.0.0.1 only, with the notebooks folder open: it prints its URL
 # with the login token (open that address in a browser on this machine; Ctrl-C stops it).

@@ -234,3 +234,15 @@ def test_a_study_as_the_user_records_rootless_and_measures_memory(py):
     assert got["pss"] and got["pss"][0] > 100_000, got  # the container's own processes, found without a cgroup
     if cgroups.version() == 1:
         assert got["limits"].startswith("refused (limits need a cgroup this user may write"), got
+
+
+def test_a_debian_image_build_says_it_needs_root(py):
+    got = as_user(py, """
+        import json, kit
+        try:
+            kit.images.debian("kit-rootless-probe", ["redis-server"])
+            print(json.dumps("built"))
+        except kit.errors.ImageError as e:
+            print(json.dumps(str(e)))
+    """)
+    assert got.startswith("building 'kit-rootless-probe' needs root: debootstrap runs only as root"), got

@@ -194,6 +194,10 @@ def debian(name: str, packages=(), suite: str = "bookworm", mirror: str | None =
     exe = _debootstrap()
     if not exe:
         raise ImageError("debootstrap is not installed: apt-get install debootstrap (or run 'make setup')")
+    if os.geteuid() != 0:
+        raise ImageError(f"building {name!r} needs root: debootstrap runs only as root, and the kit builds no "
+                         "Debian image rootless yet; as an ordinary user use busybox, or an image from a registry "
+                         "or Docker (kit.images.pull, kit.images.import_docker)")
     key = store.normalize(name).replace("/", "_")
     locks = store.root() / ".locks"
     locks.mkdir(exist_ok=True)
