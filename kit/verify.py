@@ -19,7 +19,7 @@ import types
 from pathlib import Path
 
 from . import api, runtimes
-from .errors import KitError
+from .errors import KitError, LimitsUnavailable
 
 NAMESPACES = ("pid", "mnt", "uts", "ipc", "net", "user", "cgroup")
 
@@ -184,7 +184,10 @@ def _memory_row(runtime: str, image: str, timeout: float, vm: bool) -> tuple:
     guest kernel's oom_kill counter for a VM) into ``RunResult.oom_killed``.
     """
     limit, mb = (VM_MEMORY, VM_ALLOC_MB) if vm else ("32m", 100)
-    r = api.run(image, alloc(mb), runtime=runtime, memory=limit, timeout=timeout)
+    try:
+        r = api.run(image, alloc(mb), runtime=runtime, memory=limit, timeout=timeout)
+    except LimitsUnavailable as e:  # an ordinary user without a delegated cgroup (kit.rootless)
+        return MEMORY_ROW, "refused: no limit for this user here", limit, None, str(e)
     observed = "killed (OOM)" if r.oom_killed else f"exit {r.exit_code}, no OOM kill"
     note = f"{mb} MB asked under a {limit} limit"
     if vm:

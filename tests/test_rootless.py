@@ -246,3 +246,16 @@ def test_a_debian_image_build_says_it_needs_root(py):
             print(json.dumps(str(e)))
     """)
     assert got.startswith("building 'kit-rootless-probe' needs root: debootstrap runs only as root"), got
+
+
+def test_the_isolation_matrix_as_the_user(py):
+    got = as_user(py, """
+        import json, kit
+        df = kit.verify("runc").set_index("property")
+        print(json.dumps({p: [df.loc[p, "observed"], df.loc[p, "isolated"], df.loc[p, "note"]] for p in df.index}))
+    """)
+    assert got["own user namespace"][1] is True, got  # rootless: root inside is the user outside
+    memory = got["memory limit enforced (OOM kill)"]
+    if cgroups.version() == 1:  # refused with its reason, not a failed probe and not "enforced"
+        assert memory[0] == "refused: no limit for this user here" and memory[1] is None, memory
+        assert "limits need a cgroup this user may write" in memory[2], memory
