@@ -103,6 +103,36 @@ def test_listing_and_prune_skip_a_template_in_use(tmp_path, monkeypatch, ip):
     assert templates.prune() == ["aaaa"] and templates.ls() == []
 
 
+def test_two_threads_build_a_template_once(tmp_path, monkeypatch):
+    """The second caller waits on the first's lock (seen blocked in /proc/locks), then reuses."""
+    monkeypatch.setenv("KIT_HOME", str(tmp_path))
+    cfg, go, built = _cfg(tmp_path), threading.Event(), []
+
+    def fake_build(key, cfg, binary):
+        built.append(key)
+        assert go.wait(30)
+        d = templates.root() / key
+        d.mkdir()
+        (d / "meta.json").write_text(json.dumps({"key": key}))
+        return templates.Template(key, d, {"key": key})
+
+    monkeypatch.setattr(templates, "_build", fake_build)
+    got = []
+    first = threading.Thread(target=lambda: got.append(templates.ensure(cfg, machine.QEMU)))
+    first.start()
+    wait_until(lambda: built, 10, what="the first build")
+    second = threading.Thread(target=lambda: got.append(templates.ensure(cfg, machine.QEMU)))
+    second.start()
+    inode = os.stat(templates.root() / f"{built[0]}.lock").st_ino
+    wait_until(lambda: any("->" in line and line.split()[-3].endswith(f":{inode}")
+                           for line in open("/proc/locks")), 10, what="the second caller waiting on the lock")
+    go.set()
+    first.join(30)
+    second.join(30)
+    assert len(built) == 1 and len(got) == 2
+    assert sorted(b is None for _, b in got) == [False, True]  # one built it, the other reused it
+
+
 # -- boots ---------------------------------------------------------------------------------
 
 def _run(**kw):

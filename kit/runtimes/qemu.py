@@ -423,11 +423,11 @@ class _VM:
 
     def _restore_from(self, cfg: machine.VMConfig):
         """Find (or build) the template of ``cfg`` and point ``cfg`` at it; the open state file."""
-        tpl, built_s = templates.ensure(cfg, which(self.rt.qemu) or self.rt.qemu)
+        # Held (prune leaves it alone) until the restored guest runs.
+        tpl, built_s, self.template_hold = templates.checkout(cfg, which(self.rt.qemu) or self.rt.qemu)
         self.inst.info["template"] = tpl.key
         if built_s is not None:
             self.inst.info["template_build_s"] = round(built_s, 3)
-        self.template_hold = templates.InUse(tpl.key)  # prune leaves it alone until resumed
         try:
             state = tpl.open_state()
         except templates.TemplateCorrupt as e:

@@ -198,6 +198,21 @@ def ensure(cfg: machine.VMConfig, qemu: str) -> tuple[Template, float | None]:
         return t, time.monotonic() - t0
 
 
+def checkout(cfg: machine.VMConfig, qemu: str) -> tuple[Template, float | None, InUse]:
+    """:func:`ensure`, then a shared hold on the template (release it once the restore loaded it):
+    a prune between the two is seen, and the template built again."""
+    built_total = None
+    for _ in range(3):
+        t, built = ensure(cfg, qemu)
+        if built is not None:
+            built_total = (built_total or 0) + built
+        hold = InUse(t.key)
+        if (t.path / "meta.json").exists():
+            return t, built_total, hold
+        hold.release()  # removed meanwhile
+    raise StartFailed(f"qemu: VM template {t.key} was removed each time it was built (a prune running in a loop?)")
+
+
 def _build(key: str, cfg: machine.VMConfig, binary: str) -> Template:
     root().mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=root()))
