@@ -210,15 +210,23 @@ def overlay_options(lower: Path, state_dir: Path, target: Path) -> tuple[str, st
 
 
 # -- limits ----------------------------------------------------------------------------
-def delegated_cgroup() -> str | None:
-    """On cgroup v2, the user's own writable subtree with the memory and cpu controllers
-    (systemd delegates ``user@UID.service`` to the user), as a path below /sys/fs/cgroup; else None."""
+def delegated_cgroup(self_cgroup: str | None = None, root: Path | None = None) -> str | None:
+    """On cgroup v2, the writable subtree with the memory and cpu controllers that systemd delegates
+    to the user (``user@UID.service``) and this process runs in, as a path below ``root``
+    (/sys/fs/cgroup); else None. Only from inside it may the kit move processes into groups of its
+    own there (a login session's scope is outside it: its common ancestor is root's).
+
+    Args:
+        self_cgroup, root: this process's /proc/self/cgroup text and the hierarchy's root (tests).
+    """
     from . import cgroups
 
-    if cgroups.version() != 2:
+    if root is None and cgroups.version() != 2:
         return None
+    root = root or cgroups.ROOT
     try:
-        line = next(ln for ln in Path("/proc/self/cgroup").read_text().splitlines() if ln.startswith("0::"))
+        text = self_cgroup if self_cgroup is not None else Path("/proc/self/cgroup").read_text()
+        line = next(ln for ln in text.splitlines() if ln.startswith("0::"))
     except (OSError, StopIteration):
         return None
     rel = line[3:].strip("/")
@@ -227,7 +235,7 @@ def delegated_cgroup() -> str | None:
     for i in range(len(parts), 0, -1):
         if parts[i - 1].startswith("user@") and parts[i - 1].endswith(".service"):
             base = "/".join(parts[:i])
-            d = cgroups.ROOT / base
+            d = root / base
             try:
                 ctrl = set((d / "cgroup.controllers").read_text().split())
             except OSError:
@@ -248,8 +256,8 @@ def limits_refusal() -> str:
         return (f"limits need a cgroup this user may write; cgroup {cgroups.describe()} gives non-root users "
                 "none: run as root, or use a cgroup v2 host with systemd (a delegated subtree)")
     if delegated_cgroup() is None:
-        return ("memory/cpu limits need a cgroup the user may write: systemd delegates one with a login "
-                "session (loginctl enable-linger $USER, then log in again), or run as root")
+        return ("limits need a cgroup this user may write: run the kit inside the subtree your systemd user "
+                "manager is delegated (e.g. systemd-run --user --scope jupyter lab), or run as root")
     return ""
 
 

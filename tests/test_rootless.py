@@ -259,3 +259,37 @@ def test_the_isolation_matrix_as_the_user(py):
     if cgroups.version() == 1:  # refused with its reason, not a failed probe and not "enforced"
         assert memory[0] == "refused: no limit for this user here" and memory[1] is None, memory
         assert "limits need a cgroup this user may write" in memory[2], memory
+
+
+def test_delegated_cgroup_v2_subtree(tmp_path):
+    """Where limits go for an ordinary user on cgroup v2: the subtree systemd delegates, only when the
+    kit runs inside it with memory and cpu available (a pure function of /proc/self/cgroup and the tree)."""
+    from kit import rootless
+
+    unit = tmp_path / "user.slice" / "user-1001.slice" / "user@1001.service"
+    (unit / "app.slice" / "run-1.scope").mkdir(parents=True)
+    (unit / "cgroup.controllers").write_text("cpu io memory pids\n")
+    inside = "0::/user.slice/user-1001.slice/user@1001.service/app.slice/run-1.scope\n"
+    assert rootless.delegated_cgroup(inside, tmp_path) == "user.slice/user-1001.slice/user@1001.service"
+    session = "0::/user.slice/user-1001.slice/session-3.scope\n"  # a login shell: outside the delegation
+    assert rootless.delegated_cgroup(session, tmp_path) is None
+    (unit / "cgroup.controllers").write_text("pids\n")  # memory and cpu not delegated
+    assert rootless.delegated_cgroup(inside, tmp_path) is None
+
+
+def test_rootless_oci_config_leaves_the_user_namespace_to_the_launcher():
+    from kit import rootless
+    from kit.runtimes.oci import build_config
+    from kit.spec import RunSpec
+
+    cfg = build_config(RunSpec(image="busybox", command=["true"], name="x"), None, "/r", "/kit/x")
+    cfg = rootless.oci_config(cfg)
+    assert {"type": "user"} not in cfg["linux"]["namespaces"]  # runc runs as root of the kit's namespace
+    assert {"type": "network"} in cfg["linux"]["namespaces"]  # its own loopback, as for root
+    sys_mount = next(m for m in cfg["mounts"] if m["destination"] == "/sys")
+    assert sys_mount["type"] == "none" and "rbind" in sys_mount["options"]
+    assert not any(o.startswith(("uid=", "gid=")) for m in cfg["mounts"] for o in m.get("options", []))
+    assert "resources" not in cfg["linux"]
+    argv = rootless.launcher(("lowerdir=/a,upperdir=/b,workdir=/c", "/m"), net=True)
+    assert argv[:2] == ["unshare", "--user"] and "--mount" in argv and "--net" in argv
+    assert argv[-3:] == ["lowerdir=/a,upperdir=/b,workdir=/c", "/m", "net"]  # data as arguments, not code
