@@ -313,13 +313,17 @@ def incoming(qmp_path: Path, alive, deadline: float) -> str | None:
     the load to complete, ``cont`` (the template was saved stopped, so QEMU stays paused).
     Returns None once the guest runs, or why not (the caller then kills QEMU)."""
     end = time.monotonic() + deadline
-    while not qmp_path.exists():  # QEMU creates it while it starts up
-        if not alive() or time.monotonic() > end:
-            return "QEMU did not open its QMP socket"
-        time.sleep(0.002)
     mon = None
+    while mon is None:  # QEMU creates the socket, then listens on it, while it starts up
+        try:
+            mon = qmp.Monitor(qmp_path, deadline)
+        except (FileNotFoundError, ConnectionRefusedError):
+            if not alive() or time.monotonic() > end:
+                return "QEMU did not open its QMP socket"
+            time.sleep(0.002)
+        except OSError as e:
+            return f"QMP: {e}"
     try:
-        mon = qmp.Monitor(qmp_path, deadline)
         mon.cmd("migrate-set-capabilities", capabilities=[
             {"capability": "x-ignore-shared", "state": True}, {"capability": "events", "state": True}])
         mon.cmd("migrate-incoming", uri="fd:0")
