@@ -150,7 +150,7 @@ def test_findings_from_a_known_frame():
     assert v["cpu_memory"][0] == "reproduced" and "runc 1.00×" in v["cpu_memory"][1]
     assert v["vm_latency"][0] == "reproduced" and "TCG" in v["vm_latency"][1] and "I/O not measured" in v["vm_latency"][1]
     assert v["docker_nat"][0] == "reproduced" and "docker-proxy" in v["docker_nat"][1]
-    assert "no NAT" in v["docker_nat"][1] and "runc's forwarder 30.0 µs" in v["docker_nat"][1]
+    assert "no NAT" in v["docker_nat"][1] and "redis, CPU per request: runc (kit forwarder) 30.0 µs" in v["docker_nat"][1]
     assert v["volume"][0] == "not reproduced" and "runc fileio-volume/read 1.00×" in v["volume"][1]
     assert "MySQL: not measured" in v["volume"][1]
     assert v["syscall"][0] == "reproduced" and "22.5×" in v["syscall"][1]
