@@ -343,7 +343,7 @@ class _VM:
             f"KIT_NET={'1' if spec.ports or net else ''}",
             f"KIT_HOSTS={q(net.hosts_text(guest=spec.name) if net else '')}",
             f"KIT_RO={'1' if spec.read_only else ''}",
-            f"KIT_RESTORED={'1' if self.template is not None else ''}",
+            f"KIT_RESTORED={'1' if spec.start == 'snapshot' else ''}",
             f"kit_env() {{ exec env -i {env} \"$@\"; }}",
             f"kit_cmd() {{ kit_env {' '.join(q(a) for a in spec.command)}; }}",
             # Volumes: the init defines kit_mount TAG TARGET [ro] per stage (see init.sh).
