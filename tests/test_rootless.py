@@ -2,7 +2,7 @@
 group, limits refused with their reason, exact reasons for what cannot run rootless, nothing left behind.
 
 Run as root (as CI is): :file:`scripts/rootless-user` makes the user ``kituser`` (subordinate IDs,
-docker group) and a venv it can run, once; each test then runs a short Python script as that user
+docker group) and a venv it can run, one per checkout; each test then runs a short Python script as that user
 (``runuser``), with the user's own ``HOME`` and ``KIT_HOME``, and reads a JSON line it prints.
 """
 
@@ -51,6 +51,24 @@ def as_user(py: str, code: str, timeout: float = 60, groups: bool = True, popen:
     p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd="/tmp")
     assert p.returncode == 0, p.stderr[-3000:]
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_the_users_venv_where_the_checkout_is_unreadable():
+    """CI's clone may sit where the user cannot read (under /root): the venv then holds links to the
+    project's packages and a copy of the kit's source. Forced here, so it runs wherever the clone is."""
+    p = subprocess.run([str(REPO / "scripts" / "rootless-user"), USER, "copy"], capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    py = p.stdout.strip().splitlines()[-1]
+    got = as_user(py, """
+        import json, kit, yaml, psutil
+        r = kit.run("busybox", ["echo", "copied"], runtime="process")
+        print(json.dumps({"kit": kit.__file__, "yaml": yaml.__file__, "out": r.stdout}))
+    """)
+    venv = str(Path(py).parent.parent.parent)
+    assert got["kit"] == f"{venv}/deps/src/kit/__init__.py", (got, venv)  # not the checkout's
+    assert got["yaml"].startswith(f"{venv}/deps/site-packages/"), got
+    assert got["out"] == "copied\n", got
 
 
 def test_runtimes_table_as_the_user_sees_it(py):
