@@ -16,6 +16,7 @@ import os
 import posixpath
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -161,6 +162,10 @@ def _create(image: str | None, command, runtime: str | None, **kw) -> tuple[Runt
     spec = _spec(image or "-", ["-"] if from_image else command, runtime=runtime, **kw)
     rt = _runtimes.require(runtime or _runtimes.default_container_runtime())
     rt_name = rt.name
+    if spec.start != "cold":  # a mode the runtime does not offer is refused before anything starts
+        from . import warm
+
+        warm.check(rt, spec)
     if rt.uses_image and not image:
         raise InvalidSpec(f"runtime {rt_name!r} needs an image: e.g. busybox")
     if spec.volumes and not rt.supports_volumes:
@@ -297,7 +302,13 @@ def run(image: str | None, command: Sequence[str], runtime: str | None = None, *
     # 'prepare' time, inside the measured span for every runtime alike.
     inst.phases["requested"] = time.time()
     try:
-        rt.start(inst, stream=None if detach else stream)
+        if inst.spec.start == "precreated" or (inst.spec.start == "snapshot" and rt.kind != "vm"):
+            # kit.warm: created ahead (or a container's checkpoint restored), the clock restarts at its start
+            from . import warm
+
+            warm.start(rt, inst, stream=None if detach else stream)
+        else:
+            rt.start(inst, stream=None if detach else stream)
     except BaseException:
         _discard(rt, inst)
         raise
@@ -318,6 +329,10 @@ def run(image: str | None, command: Sequence[str], runtime: str | None = None, *
         _discard(rt, inst)
         raise
     _discard_soon(rt, inst)
+    if inst.spec.start == "precreated":
+        from . import warm
+
+        warm.refill(rt, inst)  # the next identical run finds its container waiting
     return result.check() if check else result
 
 
@@ -415,8 +430,13 @@ def rm(name: str, force: bool = False) -> None:
     _discard(rt, inst)
 
 
-def prune(dead_sessions: bool = True) -> list[str]:
-    """Remove every instance of this session, and what dead sessions left; say what went."""
+def prune(dead_sessions: bool = True, templates: bool = False) -> list[str]:
+    """Remove every instance of this session, and what dead sessions left; say what went.
+
+    ``templates``: also the stored VM templates (``start="snapshot"``; shared by every session)
+    that no run is restoring from right now, as ``template KEY``; the next snapshot run of each
+    rebuilds it (``%container prune --templates``).
+    """
     with _lock:
         names = list(_live)
     for n in names:
@@ -426,6 +446,12 @@ def prune(dead_sessions: bool = True) -> list[str]:
             pass
     wait_for_teardown()
     _networks.remove_all()
+    if "kit.warm" in sys.modules:  # the pre-created containers waiting in the pool
+        names += sys.modules["kit.warm"].clear()
+    if templates:
+        from .vm import templates as _templates
+
+        names += [f"template {k}" for k in _templates.prune()]
     return names + (lifetime.sweep_dead_sessions() if dead_sessions else [])
 
 

@@ -33,11 +33,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "stop": ("[-t SECONDS] NAME", "stop an instance: SIGTERM, then SIGKILL"),
     "rm": ("[-f] NAME [NAME...]", "remove instances (-f: stop them first)"),
     "images": ("", "the images stored here"),
+    "templates": ("", "the stored VM templates (--start snapshot), with their size on disk"),
     "pull": ("[--name NAME] [--via skopeo|docker] REF", "bring an image from a registry into the kit's store"),
     "build": ("[-f DOCKERFILE] [--build-arg K=V] -t TAG CONTEXT",
               "build a Dockerfile with the local Docker daemon, into the kit's store"),
     "runtimes": ("", "every runtime, whether it works here, and why not"),
-    "prune": ("", "remove every instance of this session (and what dead sessions left)"),
+    "prune": ("[--templates]", "remove every instance of this session (and what dead sessions left)"),
     "network": ("create|ls|inspect|rm [-f] [NAME]", "kit networks: members reach each other by name (loopback only)"),
     "volume": ("create|ls|inspect|rm [NAME]", "named volumes: data that outlives instances, in any runtime"),
 }
@@ -79,6 +80,9 @@ def _run_parser(prog: str, kind: str = "container") -> _Parser:
     p.add_argument("--timeout", type=float, help="kill a foreground run after this many seconds")
     p.add_argument("--check", action="store_true", help="raise if the command exits non-zero")
     if kind != "process":
+        p.add_argument("--start", default="cold", metavar="MODE",
+                       help="cold (default), precreated (created ahead, started on demand) or snapshot "
+                            "(restored from a template); a runtime refuses a mode it does not offer")
         p.add_argument("-p", "--publish", action="append", default=[],
                        help="HOSTPORT:PORT on 127.0.0.1, repeatable")
         p.add_argument("--hostname", help="hostname inside (default: the name)")
@@ -110,6 +114,9 @@ def _sub_parser(sub: str, magic: str = "container") -> _Parser:
                        help="seconds to wait after SIGTERM before SIGKILL (default 10, as docker stop)")
     if sub == "rm":
         p.add_argument("-f", "--force", action="store_true", help="stop running instances first")
+    if sub == "prune":
+        p.add_argument("--templates", action="store_true",
+                       help="also the stored VM templates no run is restoring from (shared by every session)")
     if sub == "ps":
         p.add_argument("--live", action="store_true",
                        help="a live table, refreshed every 1.5 s, with logs, stop and rm buttons per row")
@@ -332,7 +339,7 @@ class ContainerMagics(Magics):
             hostname=getattr(opts, "hostname", None), timeout=opts.timeout or (self.timeout or None),
             read_only=getattr(opts, "read_only", False), network=getattr(opts, "network", None),
             volumes=getattr(opts, "volume", []), harden=not getattr(opts, "no_harden", False), stream=echo,
-            check=opts.check or self.raise_on_error, **extra,
+            check=opts.check or self.raise_on_error, start=getattr(opts, "start", "cold"), **extra,
         )
         result.streamed = echo is not None and echo.shown > 0
         return result
@@ -374,6 +381,12 @@ class ContainerMagics(Magics):
         _sub_parser("images").parse_args(tokens)
         return images.table()
 
+    def _templates(self, tokens):
+        _sub_parser("templates").parse_args(tokens)
+        from .vm import templates
+
+        return templates.table()
+
     def _pull(self, tokens):
         opts = _sub_parser("pull").parse_args(tokens)
         return images.pull(opts.ref, name=opts.name, via=opts.via)
@@ -398,8 +411,8 @@ class ContainerMagics(Magics):
         return _named(volumes, "volume", tokens)
 
     def _prune(self, tokens):
-        _sub_parser("prune").parse_args(tokens)
-        return Pruned(api.prune())
+        opts = _sub_parser("prune").parse_args(tokens)
+        return Pruned(api.prune(templates=opts.templates))
 
     def _guard(self, fn, *args, **kw):
         try:
