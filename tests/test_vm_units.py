@@ -294,3 +294,49 @@ def test_init_decodes_a_spec_from_the_kernel_command_line(tmp_path):
     subprocess.run([busybox, "sh", "-c", "die() { echo \"$*\"; exit 1; }\n" + branch], env=env, check=True,
                    timeout=10)
     assert (tmp_path / "spec.sh").read_bytes() == want
+
+
+def test_qmp_calls_work_where_an_event_loop_already_runs(tmp_path):
+    """A notebook kernel's main thread runs an asyncio loop: a graceful quit must still be sent.
+
+    The QMP peer is a few lines of socket server speaking QEMU's protocol (greeting, capabilities,
+    one command): what is tested is the kit's client, not QEMU.
+    """
+    import asyncio
+    import json
+    import socket
+    import threading
+
+    from kit.vm import qmp
+
+    path = tmp_path / "qmp.sock"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(4)
+    seen = []
+
+    def serve():
+        for _ in range(2):
+            conn, _ = srv.accept()
+            with conn, conn.makefile("rb") as r:
+                conn.sendall(b'{"QMP": {"version": {}, "capabilities": []}}\n')
+                for line in r:
+                    name = json.loads(line)["execute"]
+                    seen.append(name)
+                    reply = {"status": "running"} if name == "query-status" else {}
+                    conn.sendall(json.dumps({"return": reply}).encode() + b"\n")
+                    if name == "quit":
+                        break
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+
+    async def in_a_running_loop():
+        return qmp.status(path), qmp.quit(path)
+
+    try:
+        assert asyncio.run(in_a_running_loop()) == ("running", True)
+        assert seen == ["qmp_capabilities", "query-status", "qmp_capabilities", "quit"]
+    finally:
+        srv.close()
+    assert qmp.status(tmp_path / "gone.sock") is None and qmp.quit(tmp_path / "gone.sock") is False

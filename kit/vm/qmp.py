@@ -1,8 +1,11 @@
 """QEMU's control socket (QMP), with a deadline on every call.
 
-Uses the ``qemu.qmp`` library's synchronous client; any failure (QEMU already
-gone, socket missing, deadline passed) returns False rather than raising, since
-the caller's next step is always to kill the process anyway.
+Plain blocking socket I/O (:class:`Monitor`), no asyncio: ``qemu.qmp``'s synchronous
+wrapper runs an event loop of its own and fails where one already runs (a Jupyter
+kernel's main thread), so a VM's graceful quit silently became a kill in notebooks.
+:func:`command` and its callers return False on any failure (QEMU already gone, socket
+missing, deadline passed) rather than raising, since the caller's next step is always
+to kill the process anyway.
 """
 
 from __future__ import annotations
@@ -18,22 +21,16 @@ def command(path: Path, name: str, timeout: float = 2.0, **args) -> dict | bool:
     if not Path(path).exists():
         return False
     try:
-        from qemu.qmp.legacy import QEMUMonitorProtocol
-    except ImportError:
+        mon = Monitor(path, timeout)
+    except (OSError, ValueError, RuntimeError):
         return False
-    mon = QEMUMonitorProtocol(str(path))
     try:
-        mon.settimeout(timeout)
-        mon.connect()
         ret = mon.cmd(name, **args)
         return ret if ret else True
-    except Exception:  # QEMU exiting mid-call closes the socket: that is success for quit
+    except (OSError, ValueError, RuntimeError):  # QEMU exiting mid-call closes the socket: that is success for quit
         return name == "quit"
     finally:
-        try:
-            mon.close()
-        except Exception:
-            pass
+        mon.close()
 
 
 def quit(path: Path, timeout: float = 2.0) -> bool:  # noqa: A001
@@ -50,8 +47,6 @@ def status(path: Path, timeout: float = 2.0) -> str | None:
 class Monitor:
     """One synchronous QMP connection, every read under the deadline given.
 
-    Plain blocking socket I/O, no asyncio: ``qemu.qmp``'s synchronous wrapper runs an event
-    loop of its own and fails where one already runs (a Jupyter kernel's main thread).
     Commands raise :class:`RuntimeError` with QEMU's reason; socket errors and timeouts pass.
     """
 
