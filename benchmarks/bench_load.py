@@ -1,14 +1,18 @@
 """Performance under load (issue 11): every load workload on every available runtime, interleaved,
-relative to the bare process, plus the kit's port forwarder before (user-space copy) and after
-(splice) on Redis. Writes benchmarks/results/load/: load.csv (every run, raw output apart),
-relative.csv, summary.md and load.png.
+relative to the bare process; host loads (network, latency, redis) on both paths, through the
+published port and directly inside the instance's network namespace, with the forwarder's CPU
+time as a component. Writes benchmarks/results/load/: load.csv (every run, raw output apart),
+raw/ (each tool's output), relative.csv, summary.md and load.png. The forwarder before/after is
+benchmarks/bench_forwarder.py (forwarder.md).
 
-    python benchmarks/bench_load.py [--repeat 3] [--seconds 5] [--runtimes process,runc,...]
+    python benchmarks/bench_load.py [--repeat 3] [--seconds 2] [--runtimes process,runc,...] [--loads cpu,...]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import time
 from pathlib import Path
 
 import matplotlib
@@ -21,61 +25,151 @@ import kit  # noqa: E402
 from kit.bench import loads, stats  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "load"
+#: Host loads measured on both paths (published port and direct); the others on the published one.
+BOTH_PATHS = ("network", "latency", "redis")
+#: Small counts: every figure is a rate, and the VM under TCG or gVisor must finish in seconds.
+COUNTS = {"redis": 6_000, "syscall": 50_000}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--seconds", type=float, default=2)
     ap.add_argument("--runtimes", default="")
     ap.add_argument("--loads", default=",".join(loads.LOADS))
     a = ap.parse_args()
     avail = kit.runtimes.available()
     rts = a.runtimes.split(",") if a.runtimes else [r for r, ok in zip(avail.name, avail.available) if ok]
-    rows = loads.run(a.loads.split(","), rts, repeat=a.repeat, warmup=1, seconds=a.seconds,
-                     progress=lambda s: print(s, flush=True))
-    rows += loads.run(["fileio"], [r for r in rts if r != "qemu"], repeat=a.repeat, warmup=1, seconds=a.seconds,
-                      volume=True)
-    df = pd.DataFrame(rows)
+    t0, load0 = time.monotonic(), os.getloadavg()
+    rows = []
+    for lname in a.loads.split(","):
+        rows += loads.run([lname], rts, repeat=a.repeat, warmup=1, seconds=a.seconds, counts=COUNTS,
+                          paths=loads.PATHS if lname in BOTH_PATHS else ("published",),
+                          progress=lambda s: print(s, flush=True))
+    if "fileio" in a.loads.split(","):
+        rows += loads.run(["fileio"], [r for r in rts if r != "qemu"], repeat=a.repeat, warmup=1,
+                          seconds=a.seconds, volume=True)
+    env = {"runtimes": rts, "repeat": a.repeat, "seconds": a.seconds, "minutes": (time.monotonic() - t0) / 60,
+           "load_before": load0, "load_after": os.getloadavg(), "pinning": loads.pinning()}
+    write(pd.DataFrame(rows), env)
+
+
+def write(df: pd.DataFrame, env: dict) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "raw").mkdir(exist_ok=True)
+    for old in (OUT / "raw").glob("*.txt"):
+        old.unlink()
     df.drop(columns=["raw"], errors="ignore").to_csv(OUT / "load.csv", index=False)
-    for i, r in df[df.get("raw").notna()].drop_duplicates(["runtime", "workload", "round"]).iterrows():
-        (OUT / "raw" / f"{r.workload}-{r.runtime}-{r['round']}.txt").write_text(r.raw)
+    has_raw = df[df["raw"].notna()] if "raw" in df else df.iloc[:0]
+    for _, r in has_raw.drop_duplicates(["runtime", "workload", "round", "raw"]).iterrows():
+        path = "direct" if str(r.component).startswith("direct") else "published"
+        (OUT / "raw" / f"{r.workload}-{r.runtime}-{path}-{r['round']}.txt").write_text(r.raw)
     df["n"], df["unit"] = 0, df["unit"].fillna("")
-    df["warmup"] = df["warmup"].fillna(False)
+    df["warmup"] = df["warmup"].fillna(False).astype(bool)
+    ok = df[(df.status == "ok") & ~df.warmup]
     rel = []
     for (w, comp), g in df[df.metric == "throughput"].groupby(["workload", "component"]):
-        r = stats.relative(g.assign(workload=f"{w}/{comp}"), metric="throughput")
-        rel.append(r)
-    rel = pd.concat(rel) if rel else pd.DataFrame()
+        rel.append(stats.relative(g.assign(workload=f"{w}/{comp}"), metric="throughput"))
+    rel = pd.concat(rel, ignore_index=True) if rel else pd.DataFrame()
     rel.to_csv(OUT / "relative.csv", index=False)
-    p99 = df[df.metric.isin(["p99", "p95"]) & (df.status == "ok") & ~df.warmup.astype(bool)] \
-        .groupby(["workload", "component", "runtime", "metric"]).value.median().unstack("metric")
-    lines = ["# Performance under load", "", f"runtimes: {', '.join(rts)}; repeat {a.repeat}, {a.seconds:g} s each",
-             "", rel.round(3).to_markdown(index=False) if len(rel) else "(no data)", "",
-             p99.round(3).to_markdown() if len(p99) else ""]
-    failed = df[df.metric == "failed"]
-    lines += ["", "failed:"] + [f"- {r.workload} {r.runtime}: {r.status}" for r in failed.itertuples()]
+    qemu_accel = sorted(set(ok[ok.runtime == "qemu"].get("accel", pd.Series(dtype=str)).dropna()) - {""})
+    lines = ["# Performance under load", "",
+             "Generated by `python benchmarks/bench_load.py` (part of `make bench`); the forwarder before/after "
+             "is in [forwarder.md](forwarder.md), each tool's own output in raw/.", "",
+             f"Runtimes: {', '.join(env['runtimes'])}; {env['repeat']} interleaved rounds after one warmup, "
+             f"{env['seconds']:g} s per timed tool (redis-benchmark: {COUNTS['redis']} requests per test); "
+             f"{env['minutes']:.1f} min in all. Pinning: instance on CPU {env['pinning']['instance']}, "
+             f"load generator on CPU {env['pinning']['generator']}. Load average (1/5/15 min) before: "
+             f"{' '.join(f'{x:.2f}' for x in env['load_before'])}, after: "
+             f"{' '.join(f'{x:.2f}' for x in env['load_after'])} on 2 CPUs shared with other work: "
+             "expect noise of tens of per cent between neighbouring cells.", "",
+             f"**qemu runs under {'/'.join(qemu_accel) or 'an unrecorded accelerator'}**"
+             + (" (software emulation, no KVM on this machine kind): CPU-bound figures are expected to be an "
+                "order of magnitude below native; they are the emulator's, not a VM's on KVM." if "tcg" in qemu_accel
+                else "."), "",
+             "## Throughput by workload and runtime", "",
+             "Median throughput, ratio to the bare process (`process`) with its bootstrap 95 % CI, and the "
+             "p99 latency where the tool reports one. `direct/...`: the same tool reaching the service inside "
+             "the instance's network namespace (for qemu: exec'd in the guest), without the published port.", "",
+             main_table(rel, ok), "", "## The path to a published port", "",
+             "Per host load: published throughput against direct, and host CPU time per operation of the "
+             "instance and of the forwarder (kit forwarder: its connection threads in the kit's process; "
+             "Docker: docker-proxy; qemu: its user network is inside the QEMU process, so it is part of the "
+             "instance's figure). For the bare process both paths are the same loopback: their ratio shows the "
+             "noise of this host.", "", forwarder_table(ok), ""]
+    failed = df[df.metric == "failed"].drop_duplicates(["workload", "runtime", "component", "status"])
+    lines += ["## Failed or not measured", ""] + (
+        [f"- {r.workload} {r.runtime}{' (direct)' if r.component == 'direct' else ''}: {r.status}"
+         for r in failed.itertuples()] or ["(none)"])
     (OUT / "summary.md").write_text("\n".join(lines) + "\n")
-    if len(rel):
-        fig, ax = plt.subplots(figsize=(12, 5))
-        labels = sorted(rel.workload.unique())
-        rtl = [r for r in rts if r in set(rel.runtime)]
-        w = 0.8 / max(len(rtl), 1)
-        for j, rt in enumerate(rtl):
-            g = rel[rel.runtime == rt].set_index("workload").reindex(labels)
-            x = [i + j * w for i in range(len(labels))]
-            ax.bar(x, g.ratio, width=w, label=rt,
-                   yerr=[(g.ratio - g.ratio_low).clip(lower=0), (g.ratio_high - g.ratio).clip(lower=0)])
-        ax.axhline(1, color="k", lw=0.8)
-        ax.set_xticks([i + 0.4 - w / 2 for i in range(len(labels))], labels, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel("throughput relative to the bare process (95 % CI)")
-        ax.set_yscale("log")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(OUT / "load.png", dpi=110)
+    plot(rel, env["runtimes"])
     print((OUT / "summary.md").read_text())
+
+
+def main_table(rel: pd.DataFrame, ok: pd.DataFrame) -> str:
+    if not len(rel):
+        return "(no data)"
+    units = ok[ok.metric == "throughput"].assign(key=lambda d: d.workload + "/" + d.component) \
+        .groupby("key").unit.first()
+    p99 = ok[ok.metric == "p99"].assign(key=lambda d: d.workload + "/" + d.component) \
+        .groupby(["key", "runtime"]).value.median()
+    out = []
+    for r in rel.sort_values(["workload", "median"]).itertuples():
+        out.append({"workload": r.workload, "runtime": r.runtime, "median": f"{r.median:,.4g}",
+                    "unit": units.get(r.workload, ""),
+                    "ratio to native [95 % CI]": f"{r.ratio:.2f} [{r.ratio_low:.2f}, {r.ratio_high:.2f}]",
+                    "p99 (ms)": f"{p99[(r.workload, r.runtime)]:.3g}" if (r.workload, r.runtime) in p99 else ""})
+    return pd.DataFrame(out).to_markdown(index=False)
+
+
+def forwarder_table(ok: pd.DataFrame) -> str:
+    host = ok[ok.workload.isin(BOTH_PATHS)]
+    if not len(host):
+        return "(no host loads)"
+    med = host.groupby(["workload", "runtime", "metric", "component"]).value.median()
+    out = []
+    for (w, rt), _ in host.groupby(["workload", "runtime"]):
+        tp = [c for (m, c) in med[w, rt].index if m == "throughput" and not c.startswith("direct")]
+        for comp in tp:
+            pub = med[w, rt].get(("throughput", comp))
+            dire = med[w, rt].get(("throughput", f"direct/{comp}"))
+            cpu = {k: v for (m, k), v in med[w, rt].items() if m == "cpu_per_op"}
+            inst = next((v for k, v in cpu.items() if k.startswith("instance/")), None)
+            fwd = next((v for k, v in cpu.items() if k.startswith("forwarder/")), None)
+            dinst = next((v for k, v in cpu.items() if k.startswith("direct/instance/")), None)
+            op = next((k.split("/", 1)[1] for k in cpu if k.startswith("instance/")), "")
+            out.append({"workload": f"{w}/{comp}", "runtime": rt, "published": _g(pub), "direct": _g(dire),
+                        "published/direct": f"{pub / dire:.2f}" if pub and dire else "",
+                        "instance µs/op (pub / direct)": f"{_g(inst)} / {_g(dinst)}",
+                        "forwarder µs/op": _g(fwd) if fwd is not None else
+                        ("in QEMU" if rt == "qemu" else "none" if rt == "process" else "?"), "op": op})
+    return pd.DataFrame(out).to_markdown(index=False)
+
+
+def _g(v) -> str:
+    return "" if v is None or v != v else f"{v:,.4g}"
+
+
+def plot(rel: pd.DataFrame, rts: list[str]) -> None:
+    if not len(rel):
+        return
+    fig, ax = plt.subplots(figsize=(14, 5))
+    labels = sorted(rel.workload.unique())
+    rtl = [r for r in rts if r in set(rel.runtime)]
+    w = 0.8 / max(len(rtl), 1)
+    for j, rt in enumerate(rtl):
+        g = rel[rel.runtime == rt].set_index("workload").reindex(labels)
+        x = [i + j * w for i in range(len(labels))]
+        ax.bar(x, g.ratio, width=w, label=rt,
+               yerr=[(g.ratio - g.ratio_low).clip(lower=0), (g.ratio_high - g.ratio).clip(lower=0)])
+    ax.axhline(1, color="k", lw=0.8)
+    ax.set_xticks([i + 0.4 - w / 2 for i in range(len(labels))], labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("throughput relative to the bare process (95 % CI)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(OUT / "load.png", dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import queue
 import socket
 import struct
 import threading
+import time
 
 from .errors import InvalidSpec, StartFailed
 
@@ -79,12 +80,26 @@ class Forwarder:
             at :meth:`start`, so the forwarder keeps working whatever the pid becomes.
         ports: (host port, container port) pairs.
         connect_timeout: seconds to wait for the inner connection.
+        copy: how bytes cross: ``"splice"`` (socket -> pipe -> socket in the kernel, the default)
+            or ``"user"`` (recv/sendall through Python: the path before splice, kept so
+            benchmarks/bench_forwarder.py can measure both).
+
+    :meth:`cpu_seconds` is the CPU time its connection threads used (finished and live), so a
+    benchmark can tell port publishing from the isolation's own cost.
     """
 
-    def __init__(self, netns: str, ports: list[tuple[int, int]], connect_timeout: float = 5.0):
+    COPIES = ("splice", "user")
+
+    def __init__(self, netns: str, ports: list[tuple[int, int]], connect_timeout: float = 5.0,
+                 copy: str = "splice"):
+        if copy not in self.COPIES:
+            raise InvalidSpec(f"forwarder copy mode {copy!r}: one of {', '.join(self.COPIES)}")
         self.netns = netns
         self.ports = list(ports)
         self.connect_timeout = connect_timeout
+        self.copy = copy
+        self._cpu_done = 0.0                # CPU seconds of connection threads that ended
+        self._cpu_live: set[int] = set()    # pthread ids of connection threads still running
         self._listeners: list[socket.socket] = []
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -145,6 +160,24 @@ class Forwarder:
             os.close(self._nsfd)
             self._nsfd = None
 
+    def cpu_seconds(self) -> float:
+        """CPU seconds (user + system) the connection threads spent, those still running included."""
+        with self._lock:  # held while reading: a thread leaves _cpu_live (under it) before it ends
+            return self._cpu_done + sum(_thread_cpu(tid) for tid in self._cpu_live)
+
+    def _counted(self, fn, *args) -> None:
+        """Run ``fn(*args)`` in this thread and add the thread's CPU time to :meth:`cpu_seconds`."""
+        tid = threading.get_ident()
+        with self._lock:
+            self._cpu_live.add(tid)
+        try:
+            fn(*args)
+        finally:
+            spent = time.thread_time()
+            with self._lock:
+                self._cpu_live.discard(tid)
+                self._cpu_done += spent
+
     # -- threads -----------------------------------------------------------
     def _socket_maker(self) -> None:
         """Live in the target namespace; hand out sockets created there."""
@@ -189,7 +222,7 @@ class Forwarder:
                 client, _ = ls.accept()
             except OSError:
                 return  # listener closed by stop()
-            threading.Thread(target=self._serve, args=(client, cont), daemon=True,
+            threading.Thread(target=self._counted, args=(self._serve, client, cont), daemon=True,
                              name=f"kit-portfwd-conn-{cont}").start()
 
     def _serve(self, client: socket.socket, cont: int) -> None:
@@ -214,9 +247,9 @@ class Forwarder:
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        back = threading.Thread(target=_pipe, args=(inner, client), daemon=True)
+        back = threading.Thread(target=self._counted, args=(_pipe, inner, client, self.copy), daemon=True)
         back.start()
-        _pipe(client, inner)
+        _pipe(client, inner, self.copy)
         back.join()
         with self._lock:
             self._conns.discard(client)
@@ -225,15 +258,18 @@ class Forwarder:
         _close(inner)
 
 
-def _pipe(src: socket.socket, dst: socket.socket) -> None:
+def _pipe(src: socket.socket, dst: socket.socket, copy: str = "splice") -> None:
     """Copy until EOF, then half-close, so request/response protocols see the end.
 
-    The bytes go socket -> pipe -> socket with splice(2): they never enter Python, and the
-    thread holds no GIL while it waits or copies, so many connections do not queue on the
-    interpreter (the copying loop of recv/sendall did: see benchmarks/bench_load.py).
+    ``splice``: the bytes go socket -> pipe -> socket with splice(2); they never enter Python, and
+    the thread holds no GIL while it copies. ``user``: recv/sendall through Python (the path before
+    splice). benchmarks/bench_forwarder.py measures both (results/load/forwarder.md).
     """
     try:
-        _splice_loop(src, dst)
+        if copy == "user":
+            _copy_loop(src, dst)
+        else:
+            _splice_loop(src, dst)
     except OSError:
         pass
     try:
@@ -246,10 +282,14 @@ def _pipe(src: socket.socket, dst: socket.socket) -> None:
 _CHUNK = 1 << 18
 
 
+def _copy_loop(src: socket.socket, dst: socket.socket) -> None:
+    while data := src.recv(65536):
+        dst.sendall(data)
+
+
 def _splice_loop(src: socket.socket, dst: socket.socket) -> None:
     if not hasattr(os, "splice"):  # not Linux: copy through user space
-        while data := src.recv(65536):
-            dst.sendall(data)
+        _copy_loop(src, dst)
         return
     r, w = os.pipe()
     try:
@@ -267,6 +307,14 @@ def _splice_loop(src: socket.socket, dst: socket.socket) -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+def _thread_cpu(ident: int) -> float:
+    """CPU seconds of the running thread ``ident`` (``threading.get_ident()``) of this process."""
+    try:
+        return time.clock_gettime(time.pthread_getcpuclockid(ident))
+    except (OSError, AttributeError):
+        return 0.0  # no per-thread CPU clock here
 
 
 def _close(s: socket.socket) -> None:

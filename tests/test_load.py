@@ -3,7 +3,6 @@ must satisfy on real runtimes (margins wide enough for a noisy two-core host).""
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 
 import pytest
@@ -134,3 +133,58 @@ def test_a_missing_tool_is_one_line_naming_tool_and_runtime(names):
     import kit
 
     assert name not in set(kit.ps().name)
+
+
+def test_tcp_rtt_parser_and_nearest_rank_percentiles():
+    f = figures("tcp-rtt", "tcp_rtt.json")
+    assert f["throughput", "rtt"].unit == "round trips/s"
+    assert f["throughput", "rtt"].value == pytest.approx(9172 / 1.8146)
+    assert (f["p50", "rtt"].value, f["p99", "rtt"].value) == (pytest.approx(0.1723), pytest.approx(2.291))
+    with pytest.raises(ToolOutputError, match="tcp-rtt"):
+        parse("tcp-rtt", '{"tool": "iperf3"}')
+    from kit.bench.tools.tcp_rtt import percentile
+
+    values = list(range(1, 101))
+    assert (percentile(values, 50), percentile(values, 99), percentile(values, 100)) == (50, 99, 100)
+    assert percentile([7], 99) == 7
+
+
+def test_tcp_rtt_client_times_round_trips_against_an_echo_server():
+    import socket
+    import threading
+
+    from kit.bench.tools.tcp_rtt import round_trips
+
+    ls = socket.create_server(("127.0.0.1", 0))
+
+    def echo():
+        c, _ = ls.accept()
+        with c:
+            while data := c.recv(4096):
+                c.sendall(data)
+
+    t = threading.Thread(target=echo, daemon=True)
+    t.start()
+    try:
+        out = round_trips("127.0.0.1", ls.getsockname()[1], seconds=10, count=300, warmup=10)
+    finally:
+        ls.close()
+    t.join(5)
+    rtt = out["rtt_us"]
+    assert out["n"] == 300  # the count bounds it before the 10 s do
+    assert 0 < rtt["p50"] <= rtt["p95"] <= rtt["p99"] <= rtt["max"]
+    assert out["seconds"] == pytest.approx(rtt["mean"] * 300 / 1e6)
+
+
+@pytest.mark.parametrize("runtime", ["runc", "docker"])
+def test_direct_and_published_paths_are_separate_rows_with_the_forwarder_on_one(runtime):
+    need(runtime)
+    rows = loads.sample("latency", runtime, seconds=1, paths=loads.PATHS)
+    comps = {(r["metric"], r["component"]) for r in rows}
+    for prefix in ("", "direct/"):
+        assert _value(rows, "throughput", prefix + "rtt") > 0
+        assert _value(rows, "p50", prefix + "rtt") <= _value(rows, "p95", prefix + "rtt") \
+            <= _value(rows, "p99", prefix + "rtt")
+    assert _value(rows, "cpu_per_op", "forwarder/round trip") > 0  # kit forwarder threads / docker-proxy
+    assert not any(c.startswith("direct/forwarder") for _, c in comps)  # no forwarder on the direct path
+    assert {r["raw"].lstrip()[:17] for r in rows} == {'{"tool": "tcp-rtt'}

@@ -23,8 +23,16 @@ so exec'd processes follow) are pinned to one CPU and the host-side generator (`
 another; :func:`pinning` says which, and a study records it in its environment record. The host
 CPU time the instance used during the load is divided by the operations the tool counted:
 ``cpu_per_op`` (the cgroup's cpuacct where the runtime made one, else the CPU time of its host
-processes, e.g. QEMU). The kit's own forwarder runs in this Python process: its CPU time during a
-host load is ``cpu_per_op`` with component ``forwarder`` (docker-proxy's for Docker).
+processes, e.g. QEMU).
+
+The path to a published port is measured as a component of its own. A host load runs on one of
+two paths (:data:`PATHS`): ``published`` (from the host through 127.0.0.1:PORT, the rows'
+components as the tool names them) or ``direct`` (the same tool reaching the service inside the
+instance's own network namespace, ``nsenter --net``; for a VM, exec'd in the guest; components
+prefixed ``direct/``). Their difference is what port publishing costs. The forwarder's CPU time
+during a published load is ``cpu_per_op`` with component ``forwarder/OP``: the kit's forwarder's
+connection threads (:meth:`kit.portfwd.Forwarder.cpu_seconds`), docker-proxy for Docker. QEMU's
+user network runs inside the QEMU process, so for a VM it is part of the instance's own figure.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -69,7 +78,7 @@ class Load:
     image: str = BENCH_IMAGE
     server: tuple[str, ...] = ()
     inner_port: int = 0
-    ready: str = ""           # host loads: how the server proves it answers (redis, mysql, log:REGEX)
+    ready: str = ""           # host loads: how the server proves it answers (redis, mysql, echo, log:REGEX)
     what: str = ""
     defaults: dict = field(default_factory=dict, compare=False, hash=False)
 
@@ -90,7 +99,9 @@ LOADS: dict[str, Load] = {l.name: l for l in (
          ("sysbench", "memory", "--threads=1", "--time={seconds}", "--memory-block-size=1M",
           "--memory-total-size={count}M", "run"),
          what="sysbench memory, 1 MiB blocks written, one thread: MiB/s", defaults={"count": 10**6}),
-    Load("syscall", "dd", "inside", ("env", "LC_ALL=C", "dd", "if=/dev/zero", "of=/dev/null", "bs=1",
+    # /usr/bin/dd, not dd: where a busybox shell runs the command (a VM's exec), a bare name is its applet,
+    # whose dd prints no timing line
+    Load("syscall", "dd", "inside", ("env", "LC_ALL=C", "/usr/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=1",
                                      "count={count}"),
          what="dd bs=1 from /dev/zero to /dev/null: one read(2) and one write(2) per byte; ns per syscall",
          defaults={"count": 100_000}),
@@ -101,6 +112,13 @@ LOADS: dict[str, Load] = {l.name: l for l in (
     Load("network", "iperf3", "host", ("iperf3", "-c", "127.0.0.1", "-p", "{port}", "-t", "{seconds}", "-J"),
          server=("iperf3", "-s", "-p", "{port}", "--forceflush"), inner_port=5201, ready="log:Server listening",
          what="iperf3 TCP from the host through the published port: Gbit/s"),
+    Load("latency", "tcp-rtt", "host",
+         (sys.executable, "-m", "kit.bench.tools.tcp_rtt", "127.0.0.1", "{port}", "--seconds", "{seconds}",
+          "--count", "{count}", "--size", "64"),
+         server=("socat", "TCP-LISTEN:{port},bind={bind},reuseaddr,fork", "PIPE"), inner_port=7007, ready="echo",
+         what="TCP request/response: 64 bytes to an echo server (socat) and back, one at a time on one "
+              "connection (kit.bench.tools.tcp_rtt): round trips/s, RTT p50/p95/p99",
+         defaults={"count": 10**6}),
     Load("redis", "redis-benchmark", "host",
          ("redis-benchmark", "-h", "127.0.0.1", "-p", "{port}", "-n", "{count}", "-c", "8", "-t", "set,get",
           "--csv"),
@@ -206,11 +224,6 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _self_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 def pin(rt, inst, cpus: list[int]) -> str:
     """Pin the instance's host threads (and its cpuset cgroup, so later processes follow) to ``cpus``."""
     import psutil
@@ -250,6 +263,9 @@ def _answers(kind: str, port: int, rt, inst) -> bool:
         return kind[4:].encode() in out + err and _connects(port)
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            if kind == "echo":
+                s.sendall(b"kit\n")
+                return s.recv(16) == b"kit\n"
             if kind == "redis":
                 s.sendall(b"PING\r\n")
                 return s.recv(16).startswith(b"+PONG")
@@ -349,15 +365,20 @@ def _mariadb_prepare(live: Instance, timeout: float) -> None:
     _host_tool(argv, timeout, live.load, live.runtime)
 
 
-def _host_tool(argv: list[str], deadline: float, load: Load, runtime: str) -> str:
+def _host_tool(argv: list[str], deadline: float, load: Load, runtime: str, netns: str | None = None) -> str:
+    """Run a load generator on the host, pinned (and inside ``netns`` for the direct path)."""
     if shutil.which(argv[0]) is None:
         raise ToolOutputError(f"{argv[0]}: not installed on the host, needed for load {load.name!r} against "
                               f"{runtime} (apt-get install {'redis-tools' if argv[0].startswith('redis') else argv[0]})")
     gen = pinning()["generator"]
     pre = ["taskset", "-c", ",".join(map(str, gen))] if len(os.sched_getaffinity(0)) > 1 and shutil.which("taskset") \
         else []
+    if netns:
+        pre += ["nsenter", f"--net={netns}", "--"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")])))
     try:
-        p = subprocess.run(pre + argv, capture_output=True, text=True, timeout=deadline)
+        p = subprocess.run(pre + argv, capture_output=True, text=True, timeout=deadline, env=env)
     except subprocess.TimeoutExpired:
         raise ToolOutputError(f"{argv[0]} against {runtime}: no result within the {deadline:g} s deadline") from None
     if p.returncode != 0:
@@ -393,49 +414,101 @@ def _inside_tool(live: Instance, argv: list[str], deadline: float) -> str:
     return text
 
 
-def _forwarder_cpu(runtime: str, port: int | None):
-    """A function returning the CPU seconds of what forwards ``port`` (None: nothing apart)."""
-    kind = _runtimes.get(runtime).kind
-    if kind in ("process", "vm") or port is None:
-        return None  # no forwarder / QEMU's user network is inside the QEMU process
-    if runtime in ("docker", "podman"):
+#: The paths a host load can take to its service (see the module's docstring).
+PATHS = ("published", "direct")
+
+
+def forwarder_cpu(rt, inst, port: int | None):
+    """A function returning the CPU seconds of what forwards ``port`` to ``inst`` (None: nothing
+    apart from the instance: a bare process has no forwarder, QEMU's user network is inside QEMU)."""
+    fwd = getattr(inst, "forwarder", None)
+    if hasattr(fwd, "cpu_seconds"):
+        return fwd.cpu_seconds  # the kit's forwarder: its connection threads in this process
+    if rt.kind in ("process", "vm") or port is None:
+        return None
+    if rt.name in ("docker", "podman"):
         import psutil
 
         procs = [p for p in psutil.process_iter(["name", "cmdline"])
-                 if p.info["name"] == "docker-proxy" and str(port) in (p.info["cmdline"] or [])]
-        return lambda: _proc_cpu([p.pid for p in procs])
-    return _self_cpu  # the kit's forwarder: threads of this process
+                 if p.info["name"] in ("docker-proxy", "rootlessport") and str(port) in (p.info["cmdline"] or [])]
+        return lambda: _proc_cpu([p.pid for p in procs]) if procs else None
+    return None
+
+
+def netns_of(rt, inst) -> str:
+    """The network namespace (a path nsenter opens) where ``inst``'s service listens."""
+    fwd = getattr(inst, "forwarder", None)
+    if getattr(fwd, "netns", None):
+        return fwd.netns
+    pids = _own_pids(rt, inst)
+    if not pids:
+        raise KitError(f"{inst.name} in {rt.name}: no host process left to find its network namespace")
+    return f"/proc/{pids[0]}/ns/net"
+
+
+def _direct(live: Instance, rt, inst, argv: list[str], deadline: float) -> str:
+    """Run a host load's generator where the service is: in its network namespace, or in the guest."""
+    load = live.load
+    if rt.kind == "vm":
+        if argv[0] == sys.executable:
+            raise ToolOutputError(f"{load.tool} direct in {live.runtime}: the client is Python on the host and the "
+                                  f"guest image {load.image!r} has no Python; only the published path is measured")
+        return _inside_tool(live, argv, deadline)
+    if rt.kind == "process":
+        return _host_tool(argv, deadline, load, live.runtime)  # already in the host's namespace
+    if os.geteuid() != 0:
+        raise KitError(f"{load.name} direct in {live.runtime}: entering the instance's network namespace "
+                       f"(nsenter --net) needs root; run as root or measure the published path only")
+    return _host_tool(argv, deadline, load, live.runtime, netns=netns_of(rt, inst))
 
 
 def measure(live: Instance, seconds: float = 5.0, count: int | None = None, deadline: float | None = None,
-            directory: str = "/tmp") -> tuple[list[dict], str]:
-    """Run the load once against a started instance: (rows, raw output)."""
+            directory: str = "/tmp", path: str = "published") -> tuple[list[dict], str]:
+    """Run the load once against a started instance: (rows, raw output).
+
+    Args:
+        path: for a host load, ``published`` (through the published port) or ``direct`` (inside the
+            instance's network namespace; rows' components prefixed ``direct/``). See :data:`PATHS`.
+    """
     load = live.load
+    if path not in PATHS:
+        raise KitError(f"load path {path!r}: one of {', '.join(PATHS)}")
+    direct = path == "direct" and load.where == "host"
     rt, inst = api.instance(live.name)
     count = count or load.defaults.get("count", 10**6)
-    deadline = deadline or max(60.0, seconds * 10)
+    # a VM under TCG runs a count-bounded tool an order of magnitude slower, and a timed-out exec
+    # leaves the guest without exec: a deadline it does not reach on a busy host
+    deadline = deadline or max(60.0, seconds * 10) * (3 if rt.kind == "vm" else 1)
     secs = max(1, int(round(seconds)))
     meter = CpuMeter(rt, inst)
-    fwd = _forwarder_cpu(live.runtime, live.port) if load.where == "host" else None
-    c0, ch0, f0, t0 = meter.read(), _children_cpu(), fwd() if fwd else 0.0, time.monotonic()
+    fwd = forwarder_cpu(rt, inst, live.port) if load.where == "host" and not direct else None
+    f0 = fwd() if fwd else None
+    c0, ch0, t0 = meter.read(), _children_cpu(), time.monotonic()
     if load.where == "inside":
         raw = _inside_tool(live, _fill(load.argv, seconds=secs, count=count, dir=directory), deadline)
+    elif direct:
+        port = live.port if rt.kind == "process" else load.inner_port
+        raw = _direct(live, rt, inst, _fill(load.argv, port=port, seconds=secs, count=count), deadline)
     else:
         raw = _host_tool(_fill(load.argv, port=live.port, seconds=secs, count=count), deadline, load, live.runtime)
     wall = time.monotonic() - t0
     cpu = meter.read() - c0
     if rt.kind == "process" and load.where == "inside":
         cpu += _children_cpu() - ch0  # exec'd beside the bare process, as a child of this one
+    f1 = fwd() if fwd else None
     figures = parse(load.tool, raw)
     rows = [f.row() for f in figures]
     ops, op_unit = _operations(figures, wall)
     if ops > 0:
         rows.append({"metric": "cpu_per_op", "component": f"instance/{op_unit}", "value": cpu / ops * 1e6,
                      "unit": "µs"})
-        if fwd:
+        if f0 is not None and f1 is not None:
             rows.append({"metric": "cpu_per_op", "component": f"forwarder/{op_unit}",
-                         "value": (fwd() - f0) / ops * 1e6, "unit": "µs"})
+                         "value": (f1 - f0) / ops * 1e6, "unit": "µs"})
     rows.append({"metric": "load_time", "component": "", "value": wall, "unit": "s"})
+    if direct:
+        for r in rows:
+            r["component"] = "direct/" + r["component"] if r["component"] else "direct"
     return rows, raw
 
 
@@ -452,8 +525,9 @@ def _operations(figures, wall: float) -> tuple[float, str]:
 
 
 def sample(load: str, runtime: str, seconds: float = 5.0, count: int | None = None, timeout: float = 300.0,
-           volume: bool = False, name: str | None = None) -> list[dict]:
-    """Start, load once, remove: the rows of one run (for tests and quick looks).
+           volume: bool = False, name: str | None = None, paths=("published",)) -> list[dict]:
+    """Start, load once per path (:data:`PATHS`; inside loads have one), remove: the rows of one run
+    (for tests and quick looks).
 
     Raises:
         ToolOutputError: the tool is missing or printed what its parser does not know.
@@ -464,13 +538,23 @@ def sample(load: str, runtime: str, seconds: float = 5.0, count: int | None = No
     try:
         live = start(spec, runtime, name, timeout, volume=vol)
         try:
-            rows, raw = measure(live, seconds, count, directory="/kit-vol" if vol else _scratch(live))
+            out = []
+            for path in _paths(spec, paths):
+                rows, raw = measure(live, seconds, count, directory="/kit-vol" if vol else _scratch(live), path=path)
+                out += [dict(r, raw=raw, pinning=live.pinned) for r in rows]
         finally:
             remove(live)
     finally:
         if vol:
             shutil.rmtree(vol, ignore_errors=True)
-    return [dict(r, raw=raw, pinning=live.pinned) for r in rows]
+    return out
+
+
+def _paths(load: Load, paths) -> list[str]:
+    bad = [p for p in paths if p not in PATHS]
+    if bad:
+        raise KitError(f"load path {bad[0]!r}: one of {', '.join(PATHS)}")
+    return list(paths) if load.where == "host" else ["published"]
 
 
 def _scratch(live: Instance) -> str:
@@ -484,9 +568,10 @@ def _scratch(live: Instance) -> str:
 
 def run(loads, runtimes, repeat: int = 3, warmup: int = 1, seconds: float = 5.0, seed: int = 0,
         timeout: float = 300.0, counts: dict | None = None, volume: bool = False, on_rows=None,
-        progress=None) -> list[dict]:
+        progress=None, paths=("published",)) -> list[dict]:
     """Every load on every runtime, interleaved: for each load, one instance per runtime, then rounds
-    (warmup first) of one run per runtime in a seeded shuffled order.
+    (warmup first) of one run per runtime (and per path of a host load, :data:`PATHS`) in a seeded
+    shuffled order.
 
     ``on_rows(rows)`` receives each run's rows as it completes (a study adds them to its frame).
     A runtime whose instance fails to start or whose tool fails gives a ``failed`` row with the
@@ -527,13 +612,15 @@ def run(loads, runtimes, repeat: int = 3, warmup: int = 1, seconds: float = 5.0,
                     ctx = {"part": "load", "runtime": rt, "kind": _runtimes.get(rt).kind,
                            "workload": lname + ("-volume" if volume else ""), "image": load.image, "round": r,
                            "order": pos, "warmup": r < warmup, "repeat": r - warmup if r >= warmup else r}
-                    try:
-                        d = "/kit-vol" if volume and rt in vols else _scratch(live)
-                        rows, raw = measure(live, seconds, (counts or {}).get(lname), directory=d)
-                        accel = str(api.instance(live.name)[1].info.get("accel", ""))
-                        emit([{**ctx, **row, "status": "ok", "raw": raw, "accel": accel} for row in rows])
-                    except (KitError, OSError, subprocess.SubprocessError) as e:
-                        emit([{**ctx, "metric": "failed", "value": 1, "status": f"error: {_one_line(e)}"}])
+                    for path in _paths(load, paths):
+                        try:
+                            d = "/kit-vol" if volume and rt in vols else _scratch(live)
+                            rows, raw = measure(live, seconds, (counts or {}).get(lname), directory=d, path=path)
+                            accel = str(api.instance(live.name)[1].info.get("accel", ""))
+                            emit([{**ctx, **row, "status": "ok", "raw": raw, "accel": accel} for row in rows])
+                        except (KitError, OSError, subprocess.SubprocessError) as e:
+                            emit([{**ctx, "metric": "failed", "value": 1, "component": "direct" if path == "direct"
+                                   else "", "status": f"error: {_one_line(e)}"}])
         finally:
             for live in lives.values():
                 remove(live)

@@ -91,19 +91,22 @@ METRICS: dict[str, tuple[str, str]] = {
     "throughput": ("per row", "load workloads: the rate the tool reported, unit as it counts (component: the "
                               "operation): sysbench cpu events/s, sysbench memory MiB/s, fio IOPS (read, write), "
                               "iperf3 Gbit/s received, redis-benchmark requests/s (SET, GET), sysbench oltp "
-                              "transactions/s (and queries/s), dd syscalls/s."),
+                              "transactions/s (and queries/s), dd syscalls/s, tcp-rtt round trips/s (latency load). "
+                              "Host loads measured inside the instance's network namespace instead of through its "
+                              "published port have components prefixed 'direct/'."),
     "p50": ("ms", "load workloads: median latency of one operation as the tool measured it (fio completion "
-                  "latency, redis-benchmark request latency)."),
+                  "latency, redis-benchmark request latency, tcp-rtt round trip of 64 bytes)."),
     "p95": ("ms", "load workloads: 95th percentile latency of one operation (fio, redis-benchmark; sysbench: its "
                   "'95th percentile' of one event or transaction)."),
-    "p99": ("ms", "load workloads: 99th percentile latency of one operation (fio, redis-benchmark)."),
+    "p99": ("ms", "load workloads: 99th percentile latency of one operation (fio, redis-benchmark, tcp-rtt)."),
     "mean_latency": ("ms", "load workloads: sysbench's average latency of one event or transaction."),
     "op_time": ("ns", "syscall load: wall time of one system call, dd bs=1 from /dev/zero to /dev/null "
                       "(one read(2) and one write(2) per byte) divided by the calls."),
     "cpu_per_op": ("µs", "load workloads: host CPU time spent per operation during the load (component: "
                          "'instance/<op>': the instance's cgroup cpuacct, or for the bare process and VMs the "
                          "CPU time of its host processes, QEMU's included; 'forwarder/<op>': the kit's port "
-                         "forwarder (threads of the Python process) or docker-proxy)."),
+                         "forwarder (its connection threads in the Python process) or docker-proxy; 'direct/...': the "
+                         "same load inside the instance's network namespace, no forwarder)."),
     "load_time": ("s", "load workloads: wall time of one load run, from starting the tool to its exit."),
     "retransmits": ("count", "network load: TCP retransmissions iperf3's sender reported."),
     # -- failures ----------------------------------------------------------------

@@ -41,11 +41,12 @@ def need(cond, tool: str, what: str, text: str) -> None:
 
 
 def parse(tool: str, output: str) -> list[Figure]:
-    """The figures in ``output`` of ``tool`` (``sysbench``, ``fio``, ``iperf3``, ``redis-benchmark``, ``dd``)."""
-    from . import dd, fio, iperf3, redis_benchmark, sysbench
+    """The figures in ``output`` of ``tool`` (``sysbench``, ``fio``, ``iperf3``, ``redis-benchmark``, ``dd``,
+    ``tcp-rtt``)."""
+    from . import dd, fio, iperf3, redis_benchmark, sysbench, tcp_rtt
 
     parsers = {"sysbench": sysbench.parse, "fio": fio.parse, "iperf3": iperf3.parse,
-               "redis-benchmark": redis_benchmark.parse, "dd": dd.parse}
+               "redis-benchmark": redis_benchmark.parse, "dd": dd.parse, "tcp-rtt": tcp_rtt.parse}
     if tool not in parsers:
         raise ToolOutputError(f"no parser for tool {tool!r}: one of {', '.join(parsers)}")
     return parsers[tool](output)

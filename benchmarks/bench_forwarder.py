@@ -1,0 +1,179 @@
+"""The kit's port forwarder measured before and after (issue 11): the user-space copy it had
+(recv/sendall in Python threads) against the splice(2) path it has now, and against no forwarder
+at all (the client inside the service's network namespace). Writes benchmarks/results/load/forwarder.md.
+
+The services (iperf3 -s, redis-server, a socat echo server) are the host's own binaries started in
+a fresh loopback-only network namespace (kit.portfwd.new_loopback_netns), pinned to the
+"instance" CPU; the clients run on the host pinned to the "generator" CPU (kit.bench.loads.pinning),
+exactly as the load benchmarks run them. Rounds interleave the paths.
+
+    python benchmarks/bench_forwarder.py [--repeat 5] [--seconds 2] [--requests 10000] [--render]
+
+``--render`` rewrites forwarder.md from the kept forwarder.csv without measuring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from kit.bench import loads
+from kit.bench.tools import parse
+from kit.portfwd import Forwarder, new_loopback_netns, setns
+from kit._proc import wait_until
+from kit.net import free_port
+
+OUT = Path(__file__).parent / "results" / "load" / "forwarder.md"
+CSV = OUT.with_suffix(".csv")
+PATHS = ("direct", "user", "splice")
+SERVERS = {  # load name -> (inner port, server argv)
+    "network": (5201, ["iperf3", "-s", "-p", "5201"]),
+    "redis": (6379, ["redis-server", "--port", "6379", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]),
+    "latency": (7007, ["socat", "TCP-LISTEN:7007,bind=127.0.0.1,reuseaddr,fork", "PIPE"]),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--seconds", type=int, default=2)
+    ap.add_argument("--requests", type=int, default=10000)
+    ap.add_argument("--render", action="store_true")
+    a = ap.parse_args()
+    if a.render:
+        df = pd.read_csv(CSV, keep_default_na=False, na_values=[""])
+        write(df, a)
+        return
+    for tool in ("iperf3", "redis-server", "redis-benchmark", "socat", "nsenter"):
+        if shutil.which(tool) is None:
+            sys.exit(f"bench_forwarder: {tool} is not installed (make system-packages)")
+    fd = new_loopback_netns()
+    ns = f"/proc/{os.getpid()}/fd/{fd}"
+    pin = loads.pinning()
+    procs, fwds = [], {}
+    try:
+        for port, argv in SERVERS.values():
+            procs.append(subprocess.Popen(["taskset", "-c", ",".join(map(str, pin["instance"])), "nsenter",
+                                           f"--net={ns}", "--", *argv], pass_fds=(fd,),
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for mode in ("user", "splice"):
+            fwds[mode] = {name: (p := free_port(), Forwarder(ns, [(p, inner)], copy=mode).start())
+                          for name, (inner, _) in SERVERS.items()}
+        for name, (inner, _) in SERVERS.items():
+            wait_until(lambda: listens_in(fd, inner), 30, interval=0.05, what=f"{name} server in the namespace")
+        rows = []
+        for rnd in range(a.repeat + 1):  # round 0: warmup
+            for name in SERVERS:
+                for path in (PATHS if rnd % 2 else PATHS[::-1]):
+                    rows += [dict(r, round=rnd, path=path, load=name)
+                             for r in one(name, path, ns, fwds, a.seconds, a.requests)]
+    finally:
+        for mode in fwds.values():
+            for _, f in mode.values():
+                f.stop()
+        for p in procs:
+            p.terminate()
+            p.wait(10)
+        os.close(fd)
+    df = pd.DataFrame(rows)
+    df["load_average"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    df.to_csv(CSV, index=False)
+    write(df, a)
+
+
+def listens_in(nsfd: int, port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:``port`` inside the namespace ``nsfd``."""
+    got = []
+
+    def probe():
+        setns(nsfd)
+        with socket.socket() as s:
+            got.append(s.connect_ex(("127.0.0.1", port)) == 0)
+
+    t = threading.Thread(target=probe)
+    t.start()
+    t.join(5)
+    return bool(got and got[0])
+
+
+def one(name: str, path: str, ns: str, fwds: dict, seconds: int, requests: int) -> list[dict]:
+    load = loads.LOADS[name]
+    inner = SERVERS[name][0]
+    port = inner if path == "direct" else fwds[path][name][0]
+    argv = loads._fill(load.argv, port=port, seconds=seconds, count=requests if name == "redis" else 10**6)
+    fwd = None if path == "direct" else fwds[path][name][1]
+    c0, t0 = fwd.cpu_seconds() if fwd else 0.0, time.monotonic()
+    raw = loads._host_tool(argv, 120, load, f"forwarder {path}", netns=ns if path == "direct" else None)
+    wall = time.monotonic() - t0
+    cpu = (fwd.cpu_seconds() - c0) if fwd else 0.0
+    figs = parse(load.tool, raw)
+    ops, unit = loads._operations(figs, wall)
+    out = [f.row() for f in figs if f.metric in ("throughput", "p50", "p99")]
+    if fwd and ops:
+        out.append({"metric": "forwarder_cpu_per_op", "component": unit, "value": cpu / ops * 1e6, "unit": "µs"})
+        out.append({"metric": "forwarder_cpu_share", "component": "", "value": cpu / wall * 100, "unit": "% of a CPU"})
+    return out
+
+
+def reading(med: pd.DataFrame) -> list[str]:
+    """What the table says, computed from it."""
+    m = med.set_index(["load", "metric", "component"])
+
+    def v(load, metric, comp, path):
+        try:
+            return float(m.loc[(load, metric, comp), path])
+        except KeyError:
+            return float("nan")
+
+    out = []
+    for load, comp, unit in (("redis", "SET", "requests/s"), ("redis", "GET", "requests/s"),
+                             ("network", "tcp", "Gbit/s"), ("latency", "rtt", "round trips/s")):
+        d, u, s = (v(load, "throughput", comp, p) for p in PATHS)
+        out.append(f"- {load} {comp}: splice gives {s / u:.2f}x the {unit} of the user-space copy and "
+                   f"{s / d:.2f} of the direct path.")
+    for load, op in (("redis", "request"), ("network", "MiB"), ("latency", "round trip")):
+        u, s = (v(load, "forwarder_cpu_per_op", op, p) for p in ("user", "splice"))
+        out.append(f"- forwarder CPU per {op} ({load}): {u:.1f} µs copying through Python, {s:.1f} µs with "
+                   f"splice ({s / u:.2f}x).")
+    return out
+
+
+def write(df: pd.DataFrame, a) -> None:
+    ok = df[df["round"] > 0].assign(component=lambda d: d.component.fillna(""))
+    repeat, load1 = ok["round"].max(), df["load_average"].iloc[-1]
+    med = ok.groupby(["load", "metric", "component", "unit", "path"]).value.agg(
+        lambda v: statistics.median(v)).unstack("path").reindex(columns=list(PATHS))
+    med = med.reset_index()
+    med = med[~med.metric.isin(["p50"]) | (med.load == "latency")]
+    med["splice/user"] = med["splice"] / med["user"]
+    lines = ["# The kit's port forwarder, before (user-space copy) and after (splice)", "",
+             "Generated by `python benchmarks/bench_forwarder.py` (part of `make bench`).", "",
+             f"Services: the host's iperf3, redis-server and a socat echo server in a loopback-only network "
+             f"namespace pinned to CPU {loads.pinning()['instance']}; clients on CPU {loads.pinning()['generator']}. "
+             f"`direct`: the client inside that namespace (no forwarder); `user`: kit.portfwd.Forwarder(copy='user'), "
+             f"recv/sendall in Python threads (the forwarder before); `splice`: the default, splice(2) through a pipe. "
+             f"Median of {repeat} interleaved rounds after one warmup; iperf3 and the RTT client {a.seconds} s each, "
+             f"redis-benchmark {a.requests} requests with 8 clients. Forwarder CPU: the CPU time of its connection "
+             f"threads (Forwarder.cpu_seconds) per operation. Load average at the end: {load1} "
+             f"(2 CPUs, shared with other work).", "",
+             med.round(3).to_markdown(index=False), "", "## Reading", ""] + reading(med) + [
+             "", "The RTT client's throughput is 1/mean round trip, which the tail decides; p50 is the "
+             "round trip itself. On this machine kind (a Firecracker VM) a CPU that sleeps between two "
+             "round trips wakes slowly, so a path with fewer hops can show a longer tail.", ""]
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text("\n".join(lines))
+    print(OUT.read_text())
+
+
+if __name__ == "__main__":
+    main()
