@@ -6,11 +6,13 @@ raw/ (each tool's output), relative.csv, summary.md and load.png. The forwarder 
 benchmarks/bench_forwarder.py (forwarder.md).
 
     python benchmarks/bench_load.py [--repeat 3] [--seconds 2] [--runtimes process,runc,...] [--loads cpu,...]
+    python benchmarks/bench_load.py --render     # summary.md, relative.csv, load.png again from load.csv
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -37,7 +39,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=2)
     ap.add_argument("--runtimes", default="")
     ap.add_argument("--loads", default=",".join(loads.LOADS))
+    ap.add_argument("--render", action="store_true", help="write the summary again from load.csv and env.json")
     a = ap.parse_args()
+    if a.render:
+        write(pd.read_csv(OUT / "load.csv", keep_default_na=False, na_values=[""]),
+              json.loads((OUT / "env.json").read_text()))
+        return
     avail = kit.runtimes.available()
     rts = a.runtimes.split(",") if a.runtimes else [r for r, ok in zip(avail.name, avail.available) if ok]
     t0, load0 = time.monotonic(), os.getloadavg()
@@ -56,14 +63,16 @@ def main() -> None:
 
 def write(df: pd.DataFrame, env: dict) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "raw").mkdir(exist_ok=True)
-    for old in (OUT / "raw").glob("*.txt"):
-        old.unlink()
-    df.drop(columns=["raw"], errors="ignore").to_csv(OUT / "load.csv", index=False)
-    has_raw = df[df["raw"].notna()] if "raw" in df else df.iloc[:0]
-    for _, r in has_raw.drop_duplicates(["runtime", "workload", "round", "raw"]).iterrows():
-        path = "direct" if str(r.component).startswith("direct") else "published"
-        (OUT / "raw" / f"{r.workload}-{r.runtime}-{path}-{r['round']}.txt").write_text(r.raw)
+    if "raw" in df:  # a measurement, not a --render: keep every run and each tool's own output
+        (OUT / "raw").mkdir(exist_ok=True)
+        for old in (OUT / "raw").glob("*.txt"):
+            old.unlink()
+        df.drop(columns=["raw"]).to_csv(OUT / "load.csv", index=False)
+        (OUT / "env.json").write_text(json.dumps(env, indent=1) + "\n")
+        for _, r in df[df["raw"].notna()].drop_duplicates(["runtime", "workload", "round", "raw"]).iterrows():
+            path = "direct" if str(r.component).startswith("direct") else "published"
+            (OUT / "raw" / f"{r.workload}-{r.runtime}-{path}-{r['round']}.txt").write_text(r.raw)
+    df["component"] = df["component"].fillna("")
     df["n"], df["unit"] = 0, df["unit"].fillna("")
     df["warmup"] = df["warmup"].fillna(False).astype(bool)
     ok = df[(df.status == "ok") & ~df.warmup]

@@ -188,3 +188,10 @@ def test_direct_and_published_paths_are_separate_rows_with_the_forwarder_on_one(
     assert _value(rows, "cpu_per_op", "forwarder/round trip") > 0  # kit forwarder threads / docker-proxy
     assert not any(c.startswith("direct/forwarder") for _, c in comps)  # no forwarder on the direct path
     assert {r["raw"].lstrip()[:17] for r in rows} == {'{"tool": "tcp-rtt'}
+
+
+def test_a_server_that_stops_is_explained_by_its_first_error_line():
+    log = ("[Warning] failed to retrieve the MAC address\n"
+           "0 [ERROR] mariadbd: io_uring_wait_cqe() returned -1\n[ERROR] got signal 6 ;\n0x5643 ...\n\nAborted\n")
+    assert loads._why(log) == "0 [ERROR] mariadbd: io_uring_wait_cqe() returned -1 ... Aborted"
+    assert loads._why("Server listening\nbye\n") == "bye"

@@ -325,8 +325,8 @@ def start(load: Load, runtime: str, name: str, timeout: float = 300.0, memory="5
         def ready():
             if not rt_.running(inst):
                 out, err = rt_.logs(inst)
-                tail = ((err or out).decode(errors="replace").strip().splitlines() or [""])[-1]
-                raise KitError(f"{load.name} in {runtime}: the instance exited before it was ready: {tail[:200]}")
+                raise KitError(f"{load.name} in {runtime}: the instance exited before it was ready: "
+                               f"{_why((err or out).decode(errors='replace'))[:200]}")
             if load.where == "inside":
                 return rt_.kind != "vm" or "command" in inst.phases
             return _answers(load.ready, live.port, rt_, inst)
@@ -340,6 +340,15 @@ def start(load: Load, runtime: str, name: str, timeout: float = 300.0, memory="5
         remove(live)
         raise
     return live
+
+
+def _why(log: str) -> str:
+    """The line of a server's log that says why it stopped: its first ``[ERROR]`` line (the cause; what
+    follows is the crash report, e.g. mariadbd's 'Aborted' under gVisor after io_uring failed), else its last."""
+    lines = [ln.strip() for ln in log.strip().splitlines() if ln.strip()]
+    first_error = next((ln for ln in lines if "[ERROR]" in ln), None)
+    last = lines[-1] if lines else ""
+    return f"{first_error} ... {last}" if first_error and first_error != last else last
 
 
 def remove(live: Instance) -> None:
