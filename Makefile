@@ -12,7 +12,7 @@ export KIT_HOME ?= $(HOME)/.cache/kit
 SYSTEM_PACKAGES := runc crun lxc runsc docker.io podman busybox-static debootstrap e2fsprogs \
 	cpio kmod qemu-system-x86 qemu-utils hyperfine redis-tools file iproute2 ca-certificates \
 	chromium chromium-driver redis-server mariadb-server docker-registry skopeo openssh-server \
-	sysbench fio iperf3 criu uidmap
+	sysbench fio iperf3 socat criu uidmap
 
 .PHONY: setup user-check rootless-user system-packages venv dockerd guest-kernel images lab test test-fast demo bench clean
 
@@ -93,7 +93,9 @@ bench: setup
 	$(BIN)/python benchmarks/bench_overhead.py
 	$(BIN)/python benchmarks/bench_vm.py
 	$(BIN)/python benchmarks/bench_load.py
+	$(BIN)/python benchmarks/bench_forwarder.py
 	$(BIN)/python benchmarks/bench_warm.py
+	$(BIN)/python benchmarks/bench_vm_restore.py
 
 clean:
 	rm -rf $(VENV) reports build *.egg-info
