@@ -295,6 +295,9 @@ def test_exec_into_running_vm(redis_vm):
     assert (e.exit_code, e.stdout) == (0, "PONG\n")
     e = kit.exec(name, ["sh", "-c", "echo out; echo err >&2; exit 4"], timeout=60)
     assert (e.exit_code, e.stdout, e.stderr) == (4, "out\n", "err\n")
+    # A bare name runs the image's program, as in a container: GNU dd, not the init's busybox applet.
+    e = kit.exec(name, ["dd", "--version"], timeout=60)
+    assert e.exit_code == 0 and "coreutils" in e.stdout, (e.stdout, e.stderr)
 
 
 @vm_test

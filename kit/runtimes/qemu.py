@@ -335,7 +335,8 @@ class _VM:
         spec, q = self.spec, shlex.quote
         net = getattr(self.inst, "net", None)  # a kit network's names (Instance.net)
         image_workdir = (self.inst.image.config or {}).get("workdir") if self.inst.image else None
-        env = " ".join(q(f"{k}={v}") for k, v in _rootfs.environment(spec, self.inst.image).items())
+        environ = _rootfs.environment(spec, self.inst.image)
+        env = " ".join(q(f"{k}={v}") for k, v in environ.items())
         lines = [
             f"KIT_MODE={q(self.boot)}",
             f"KIT_HOSTNAME={q(spec.hostname or spec.name)}",
@@ -344,7 +345,8 @@ class _VM:
             f"KIT_HOSTS={q(net.hosts_text(guest=spec.name) if net else '')}",
             f"KIT_RO={'1' if spec.read_only else ''}",
             f"KIT_RESTORED={'1' if spec.start == 'snapshot' else ''}",
-            f"kit_env() {{ exec env -i {env} \"$@\"; }}",
+            # the command found on the instance's PATH, not the init's (kit_which: init.sh)
+            f"kit_env() {{ kit_which \"$1\" {q(environ.get('PATH', ''))}; shift; exec env -i {env} \"$kit_found\" \"$@\"; }}",
             f"kit_cmd() {{ kit_env {' '.join(q(a) for a in spec.command)}; }}",
             # Volumes: the init defines kit_mount TAG TARGET [ro] per stage (see init.sh).
             f"KIT_9P={'1' if self.inst.mounts else ''}",

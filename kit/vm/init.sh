@@ -34,6 +34,21 @@ die() {
     exec reboot -f
 }
 
+kit_which() {  # kit_which CMD PATH: set kit_found to where CMD resolves on PATH, as a container's execvp would
+    # (builtins only). Without it, this busybox (PREFER_APPLETS) would run its own applet for a bare
+    # name such as dd even where the image has the real program in /usr/bin.
+    kit_found=$1
+    case "$1" in */*) return 0 ;; esac
+    set -f
+    old_ifs=$IFS
+    IFS=:
+    for d in $2; do
+        [ -f "${d:-.}/$1" ] && [ -x "${d:-.}/$1" ] && { kit_found="${d:-.}/$1"; break; }
+    done
+    IFS=$old_ifs
+    set +f
+}
+
 load() {  # insmod the modules named in $K/modules.$1, in order
     [ -f "$K/modules.$1" ] || return 0
     while read -r m; do
