@@ -95,12 +95,20 @@ def test_spec_script_quotes_everything():
     vm.spec, vm.boot = spec, "disk"
     vm.inst = type("I", (), {"image": None, "net": None, "mounts": []})()
     script = vm.spec_script().decode()
-    # Run the script in a host shell with stubs: the command must come back byte-exact.
-    probe = script + 'env() { shift; for a; do printf "<%s>" "$a"; done; }\nkit_cmd\n' \
+    # Run the script in a host shell with the init's own kit_which and an env stub: the command
+    # must come back byte-exact, its name resolved on the instance's PATH (here: the host's sh).
+    init = (Path(qemu_rt.__file__).parent.parent / "vm" / "init.sh").read_text()
+    kit_which = init[init.index("kit_which() {"):init.index("\n}\n", init.index("kit_which() {")) + 3]
+    probe = kit_which + script + 'env() { shift; for a; do printf "<%s>" "$a"; done; }\nkit_cmd\n' \
         'printf "|%s|%s|%s|%s" "$KIT_MODE" "$KIT_HOSTNAME" "$KIT_WORKDIR" "$KIT_NET"\n'
     out = subprocess.run(["sh", "-c", probe.replace("exec env", "env")], capture_output=True, text=True).stdout
     assert "<X=it's \"q\">" in out
-    assert out.endswith("<sh><-c><echo 'a b'; echo $HOME\nexit 3>|disk|n1|/tmp|1")
+    sh = next(f"{d}/sh" for d in spec.environment()["PATH"].split(":") if os.access(f"{d}/sh", os.X_OK))
+    assert out.endswith(f"<{sh}><-c><echo 'a b'; echo $HOME\nexit 3>|disk|n1|/tmp|1")
+    # A name found nowhere on PATH is left as given (env then says it cannot run it).
+    out = subprocess.run(["sh", "-c", kit_which + 'kit_which no-such-cmd /bin:/usr/bin; printf %s "$kit_found"'],
+                         capture_output=True, text=True).stdout
+    assert out == "no-such-cmd"
 
 
 def test_agent_reply_framing_cannot_be_faked_by_output():
