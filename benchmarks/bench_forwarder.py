@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 
 from kit.bench import loads
 from kit.bench.tools import parse
@@ -35,7 +36,10 @@ from kit.net import free_port
 
 OUT = Path(__file__).parent / "results" / "load" / "forwarder.md"
 CSV = OUT.with_suffix(".csv")
-PATHS = ("direct", "user", "splice")
+PATHS = ("direct", "user", "splice", "native")
+#: A forwarder written in C, for comparison: systemd's socket proxy (splice, one event loop), given
+#: the host-side listening socket by socket activation and started inside the namespace.
+PROXYD = "/lib/systemd/systemd-socket-proxyd"
 SERVERS = {  # load name -> (inner port, server argv)
     "network": (5201, ["iperf3", "-s", "-p", "5201"]),
     "redis": (6379, ["redis-server", "--port", "6379", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]),
@@ -69,12 +73,16 @@ def main() -> None:
         for mode in ("user", "splice"):
             fwds[mode] = {name: (p := free_port(), Forwarder(ns, [(p, inner)], copy=mode).start())
                           for name, (inner, _) in SERVERS.items()}
+        if os.access(PROXYD, os.X_OK):
+            fwds["native"] = {name: NativeProxy(fd, inner).start() for name, (inner, _) in SERVERS.items()}
+        else:
+            print(f"bench_forwarder: no {PROXYD} (Debian's systemd package): the native column stays empty")
         for name, (inner, _) in SERVERS.items():
             wait_until(lambda: listens_in(fd, inner), 30, interval=0.05, what=f"{name} server in the namespace")
         rows = []
         for rnd in range(a.repeat + 1):  # round 0: warmup
             for name in SERVERS:
-                for path in (PATHS if rnd % 2 else PATHS[::-1]):
+                for path in [p for p in (PATHS if rnd % 2 else PATHS[::-1]) if p == "direct" or p in fwds]:
                     rows += [dict(r, round=rnd, path=path, load=name)
                              for r in one(name, path, ns, fwds, a.seconds, a.requests)]
     finally:
@@ -89,6 +97,36 @@ def main() -> None:
     df["load_average"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     df.to_csv(CSV, index=False)
     write(df, a)
+
+
+class NativeProxy:
+    """systemd-socket-proxyd in the namespace ``nsfd``, accepting on a 127.0.0.1 socket of the host's."""
+
+    def __init__(self, nsfd: int, inner: int):
+        self.nsfd, self.inner = nsfd, inner
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(128)
+        self.port = self.listener.getsockname()[1]
+
+    def start(self) -> tuple[int, "NativeProxy"]:
+        # socket activation: the listener as fd 3, LISTEN_PID the proxy's own pid (the wrapper execs into it)
+        lfd = self.listener.fileno()
+        wrap = ("import os, sys; os.dup2(int(sys.argv[1]), 3); "
+                "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1'); os.execvp(sys.argv[2], sys.argv[2:])")
+        self.proc = subprocess.Popen([sys.executable, "-c", wrap, str(lfd), "nsenter",
+                                      f"--net=/proc/{os.getpid()}/fd/{self.nsfd}", PROXYD, f"127.0.0.1:{self.inner}"],
+                                     pass_fds=(lfd,))
+        return self.port, self
+
+    def cpu_seconds(self) -> float:
+        t = psutil.Process(self.proc.pid).cpu_times()
+        return t.user + t.system
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.listener.close()
 
 
 def listens_in(nsfd: int, port: int) -> bool:
@@ -138,13 +176,13 @@ def reading(med: pd.DataFrame) -> list[str]:
     out = []
     for load, comp, unit in (("redis", "SET", "requests/s"), ("redis", "GET", "requests/s"),
                              ("network", "tcp", "Gbit/s"), ("latency", "rtt", "round trips/s")):
-        d, u, s = (v(load, "throughput", comp, p) for p in PATHS)
-        out.append(f"- {load} {comp}: splice gives {s / u:.2f}x the {unit} of the user-space copy and "
-                   f"{s / d:.2f} of the direct path.")
+        d, u, s, n = (v(load, "throughput", comp, p) for p in PATHS)
+        out.append(f"- {load} {comp}: splice gives {s / u:.2f}x the {unit} of the user-space copy, "
+                   f"{s / n:.2f}x that of systemd's C proxy and {s / d:.2f} of the direct path.")
     for load, op in (("redis", "request"), ("network", "MiB"), ("latency", "round trip")):
-        u, s = (v(load, "forwarder_cpu_per_op", op, p) for p in ("user", "splice"))
+        u, s, n = (v(load, "forwarder_cpu_per_op", op, p) for p in ("user", "splice", "native"))
         out.append(f"- forwarder CPU per {op} ({load}): {u:.1f} µs copying through Python, {s:.1f} µs with "
-                   f"splice ({s / u:.2f}x).")
+                   f"splice ({s / u:.2f}x), {n:.1f} µs in systemd's C proxy.")
     return out
 
 
@@ -156,15 +194,18 @@ def write(df: pd.DataFrame, a) -> None:
     med = med.reset_index()
     med = med[~med.metric.isin(["p50"]) | (med.load == "latency")]
     med["splice/user"] = med["splice"] / med["user"]
-    lines = ["# The kit's port forwarder, before (user-space copy) and after (splice)", "",
+    med["splice/native"] = med["splice"] / med["native"]
+    lines = ["# The kit's port forwarder, before (user-space copy) and after (splice), against a C proxy", "",
              "Generated by `python benchmarks/bench_forwarder.py` (part of `make bench`).", "",
              f"Services: the host's iperf3, redis-server and a socat echo server in a loopback-only network "
              f"namespace pinned to CPU {loads.pinning()['instance']}; clients on CPU {loads.pinning()['generator']}. "
              f"`direct`: the client inside that namespace (no forwarder); `user`: kit.portfwd.Forwarder(copy='user'), "
-             f"recv/sendall in Python threads (the forwarder before); `splice`: the default, splice(2) through a pipe. "
+             f"recv/sendall in Python threads (the forwarder before); `splice`: the default, splice(2) through a pipe; "
+             f"`native`: systemd-socket-proxyd (C, splice, one event loop) in the namespace, handed the host-side "
+             f"listening socket by socket activation: what a forwarder outside Python gets here. "
              f"Median of {repeat} interleaved rounds after one warmup; iperf3 and the RTT client {a.seconds} s each, "
              f"redis-benchmark {a.requests} requests with 8 clients. Forwarder CPU: the CPU time of its connection "
-             f"threads (Forwarder.cpu_seconds) per operation. Load average at the end: {load1} "
+             f"threads (Forwarder.cpu_seconds; the proxy process's for `native`) per operation. Load average at the end: {load1} "
              f"(2 CPUs, shared with other work).", "",
              med.round(3).to_markdown(index=False), "", "## Reading", ""] + reading(med) + [
              "", "The RTT client's throughput is 1/mean round trip, which the tail decides; p50 is the "
