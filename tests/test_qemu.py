@@ -305,6 +305,8 @@ def test_stop_and_rm_leave_nothing(redis_vm):
     name, port, _ = redis_vm
     rt, inst = kit.api.instance(name)
     pid = inst.proc.pid
+    # Serving first (run alone, this test would otherwise stop a guest that is still booting).
+    assert wait_until(lambda: _ping(port), 60, interval=0.2, what="redis PING") == b"+PONG\r\n"
     stopped = kit.stop(name, timeout=20)
     assert "Redis is starting" in stopped.stdout
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
