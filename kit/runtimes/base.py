@@ -226,6 +226,14 @@ class Runtime(ABC):
     def cleanup(self, inst: Instance) -> None:
         """Runtime-specific teardown (state, mounts); must be idempotent."""
 
+    def _unpublish_and_kill(self, inst: Instance) -> None:
+        """Where a cleanup starts: its published ports closed, then the instance killed if it still runs."""
+        fwd, inst.forwarder = inst.forwarder, None
+        if fwd is not None:
+            fwd.stop()
+        if self.running(inst):
+            self.kill(inst)
+
     def sweep(self, session: str, dry_run: bool = False) -> list[str]:
         """Remove what a (dead) kit session left in this runtime; return a line per thing removed.
 

@@ -209,11 +209,7 @@ class LXCRuntime(Runtime):
             kill_group(inst.proc.proc)  # LXC itself is stuck: end it
 
     def cleanup(self, inst: Instance) -> None:
-        fwd, inst.forwarder = inst.forwarder, None
-        if fwd is not None:
-            fwd.stop()
-        if inst.proc is not None and inst.proc.proc.poll() is None:
-            self.stop(inst, timeout=0)
+        self._unpublish_and_kill(inst)
         shutil.rmtree(lxcpath() / inst.id, ignore_errors=True)
         if inst.cgroup is not None:
             cgroups.Cgroup(self._monitor_rel(inst)).destroy()

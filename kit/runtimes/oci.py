@@ -423,11 +423,7 @@ class OCIRuntime(Runtime):
             kill_group(inst.proc.proc)  # the runtime itself is stuck: end it
 
     def cleanup(self, inst: Instance) -> None:
-        fwd, inst.forwarder = inst.forwarder, None
-        if fwd is not None:
-            fwd.stop()
-        if inst.proc is not None and inst.proc.proc.poll() is None:
-            self.stop(inst, timeout=0)
+        self._unpublish_and_kill(inst)
         if self._has_state(inst):
             self._ctl(inst, "delete", "--force", inst.id, timeout=15)
             self._forget_state(inst.id)
