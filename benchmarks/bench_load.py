@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import kit  # noqa: E402
-from kit.bench import loads, stats  # noqa: E402
+from kit.bench import loadpart, loads  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "load"
 #: Host loads measured on both paths (published port and direct); the others on the published one.
@@ -76,10 +76,10 @@ def write(df: pd.DataFrame, env: dict) -> None:
     df["n"], df["unit"] = 0, df["unit"].fillna("")
     df["warmup"] = df["warmup"].fillna(False).astype(bool)
     ok = df[(df.status == "ok") & ~df.warmup]
-    rel = []
-    for (w, comp), g in df[df.metric == "throughput"].groupby(["workload", "component"]):
-        rel.append(stats.relative(g.assign(workload=f"{w}/{comp}"), metric="throughput"))
-    rel = pd.concat(rel, ignore_index=True) if rel else pd.DataFrame()
+    # kit.bench.loadpart: the same ratios (and p99s) a Study's load part reports
+    rel = loadpart.relative(df.assign(part="load"))
+    if len(rel):
+        rel = rel.assign(load=rel.workload, workload=rel.workload + "/" + rel.component)
     rel.to_csv(OUT / "relative.csv", index=False)
     qemu_accel = sorted(set(ok[ok.runtime == "qemu"].get("accel", pd.Series(dtype=str)).dropna()) - {""})
     lines = ["# Performance under load", "",
@@ -100,7 +100,7 @@ def write(df: pd.DataFrame, env: dict) -> None:
              "Median throughput, ratio to the bare process (`process`) with its bootstrap 95 % CI, and the "
              "p99 latency where the tool reports one. `direct/...`: the same tool reaching the service inside "
              "the instance's network namespace (for qemu: exec'd in the guest), without the published port.", "",
-             main_table(rel, ok), "", "## The path to a published port", "",
+             main_table(rel, df), "", "## The path to a published port", "",
              "Per host load: published throughput against direct, and host CPU time per operation of the "
              "instance and of the forwarder (kit forwarder: its connection threads in the kit's process; "
              "Docker: docker-proxy; qemu: its user network is inside the QEMU process, so it is part of the "
@@ -115,19 +115,17 @@ def write(df: pd.DataFrame, env: dict) -> None:
     print((OUT / "summary.md").read_text())
 
 
-def main_table(rel: pd.DataFrame, ok: pd.DataFrame) -> str:
+def main_table(rel: pd.DataFrame, df: pd.DataFrame) -> str:
     if not len(rel):
         return "(no data)"
-    units = ok[ok.metric == "throughput"].assign(key=lambda d: d.workload + "/" + d.component) \
-        .groupby("key").unit.first()
-    p99 = ok[ok.metric == "p99"].assign(key=lambda d: d.workload + "/" + d.component) \
-        .groupby(["key", "runtime"]).value.median()
+    lat = loadpart.latency(df.assign(part="load"))
+    p99 = lat["p99"] if "p99" in lat else pd.Series(dtype=float)
     out = []
     for r in rel.sort_values(["workload", "median"]).itertuples():
-        out.append({"workload": r.workload, "runtime": r.runtime, "median": f"{r.median:,.4g}",
-                    "unit": units.get(r.workload, ""),
+        key = (r.load, r.component, r.runtime)
+        out.append({"workload": r.workload, "runtime": r.runtime, "median": f"{r.median:,.4g}", "unit": r.unit,
                     "ratio to native [95 % CI]": f"{r.ratio:.2f} [{r.ratio_low:.2f}, {r.ratio_high:.2f}]",
-                    "p99 (ms)": f"{p99[(r.workload, r.runtime)]:.3g}" if (r.workload, r.runtime) in p99 else ""})
+                    "p99 (ms)": f"{p99[key]:.3g}" if pd.notna(p99.get(key)) else ""})
     return pd.DataFrame(out).to_markdown(index=False)
 
 
