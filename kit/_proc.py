@@ -188,6 +188,15 @@ def run(argv: Sequence[str], timeout: float = 60, check: bool = True, **kw) -> s
     return p
 
 
+def last_line(path: Path) -> str:
+    """The last line of a log file, stripped; "" when it is empty or cannot be read."""
+    try:
+        lines = Path(path).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1].strip() if lines else ""
+
+
 def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.01, what: str = "condition"):
     """Poll ``predicate`` until it returns a truthy value or ``timeout`` passes.
 

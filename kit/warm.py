@@ -37,13 +37,12 @@ from __future__ import annotations
 
 import atexit
 import secrets
-import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
 
-from ._proc import Pumped, Stream, wait_until
+from ._proc import Pumped, Stream, last_line, wait_until
 from .errors import InvalidSpec, KitError, KitTimeout, StartFailed
 from .runtimes.base import Instance, Runtime
 
@@ -146,7 +145,7 @@ def _under_shim(rt, inst: Instance, action: list[str], pidfile, stream, what: st
         return "done" if pidfile.exists() and pidfile.stat().st_size else None
 
     if wait_until(done_or_failed, CREATE_DEADLINE, interval=0.005, what=f"{rt.name} {action[0]}") == "failed":
-        why = rt.start_error(inst) or _tail(inst.stderr_path) or f"exit {inst.proc.proc.returncode}"
+        why = rt.start_error(inst) or last_line(inst.stderr_path) or f"exit {inst.proc.proc.returncode}"
         raise StartFailed(f"{rt.name}: could not {what}: {why}")
 
 
@@ -299,14 +298,6 @@ def _drop(e: Entry) -> None:
         pass
 
 
-def _tail(path) -> str:
-    try:
-        lines = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return lines[-1].strip() if lines else ""
-
-
 #: The session's pool.
 POOL = Pool()
 
@@ -400,7 +391,7 @@ class Checkpoints:
             threading.Event().wait(float(spec.options.get("settle", SETTLE)))  # the service's own start-up
             if not rt.running(tinst):
                 raise StartFailed(f"{rt.name}: the service to checkpoint exited within its settle time: "
-                                  f"{_tail(tinst.stderr_path) or 'no output'}")
+                                  f"{last_line(tinst.stderr_path) or 'no output'}")
             criu.checkpoint(rt._cli_for(tinst), tinst.id, d / "images")
             upper = tinst.state_dir / "overlay" / "upper"
             if upper.is_dir():  # what the service wrote before the dump: its restores find it again

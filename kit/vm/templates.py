@@ -45,7 +45,7 @@ import threading
 import time
 from pathlib import Path
 
-from .._proc import _marked, kill_group, run
+from .._proc import _marked, kill_group, last_line, run
 from .. import config
 from ..errors import StartFailed
 from . import machine, qmp
@@ -242,7 +242,7 @@ def _build(key: str, cfg: machine.VMConfig, binary: str) -> Template:
         t0 = time.monotonic()
         while not ready.wait(0.05):
             if proc.poll() is not None or time.monotonic() - t0 > BUILD_DEADLINE:
-                why = _last_line(tmp / "qemu.log") or bytes(console).decode(errors="replace").strip()[-200:]
+                why = last_line(tmp / "qemu.log") or bytes(console).decode(errors="replace").strip()[-200:]
                 when = "exited" if proc.poll() is not None else f"did not reach the kit init in {BUILD_DEADLINE:g} s"
                 raise StartFailed(f"qemu: building VM template {key} failed: QEMU {when} ({why or 'no message'})")
         _save(socks / "qmp.sock", tmp / "state", key)
@@ -350,14 +350,6 @@ def _dig_holes(path: Path) -> None:
     tool = shutil.which("fallocate")
     if tool:
         run([tool, "--dig-holes", str(path)], timeout=60, check=False)
-
-
-def _last_line(p: Path) -> str:
-    try:
-        lines = p.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return lines[-1] if lines else ""
 
 
 # -- listing and removal --------------------------------------------------------
