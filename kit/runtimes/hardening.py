@@ -25,7 +25,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from ..vm._cache import building
+from .._cache import building
 
 #: Refused with EPERM: system calls Docker's default profile refuses to a container without
 #: extra capabilities. Grouped by what they would let a container do.

@@ -15,7 +15,7 @@ from pathlib import Path
 from .._proc import run
 from ..errors import ImageError, InvalidSpec
 from ..images import Image
-from ._cache import building
+from .._cache import building
 
 _MIB = 1024 * 1024
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..errors import RuntimeUnavailable
 from ..images import Image
 from ..images.builtin import _static_busybox
-from ._cache import building
+from .._cache import building
 from .kernel import Kernel, kernels_dir
 
 INIT_SCRIPT = Path(__file__).with_name("init.sh")

@@ -1,4 +1,4 @@
-"""Cached build products (initramfs, disks) appear whole or not at all."""
+"""Cached build products (a VM's initramfs and disk, the LXC seccomp profile) appear whole or not at all."""
 
 from __future__ import annotations
 
