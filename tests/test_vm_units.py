@@ -15,7 +15,7 @@ from kit.errors import InvalidSpec, StartFailed
 from kit.runtimes import qemu as qemu_rt
 from kit.spec import RunSpec
 from kit.vm import accel, channel, initramfs, machine
-from kit.vm.kernel import Kernel
+from kit.vm.kernel import MODULES, Kernel
 
 
 def _cfg(**kw):
@@ -193,9 +193,9 @@ def test_kernel_args_name_the_bus_and_hand_over_the_tsc_only_under_tcg():
 
 
 def test_each_bus_loads_only_its_own_virtio_transport():
-    assert "virtio_mmio" not in initramfs.MODULES["pci"] and "virtio_pci" not in initramfs.MODULES["mmio"]
+    assert "virtio_mmio" not in MODULES["pci"] and "virtio_pci" not in MODULES["mmio"]
     for bus in machine.VIRTIO_BUS.values():
-        mods = initramfs.MODULES[bus]
+        mods = MODULES[bus]
         assert mods[:2] == ["virtio_ring", "virtio"] and mods[-1] == "virtio_console"
 
 

@@ -262,7 +262,7 @@ class _VM:
         inst, spec, image = self.inst, self.spec, self.inst.image
         k = kernel_mod.resolve(opts.get("kernel"), opts.get("modules"))
         if inst.mounts:  # volumes: the guest mounts QEMU's 9p exports, so its kernel needs 9p
-            k = kernel_mod.with_9p(k, initramfs.module_names())
+            k = kernel_mod.with_9p(k, kernel_mod.module_names())
         cache = kernel_mod.kernels_dir() / k.version
         if k.version.startswith("user-") and not cache.exists():
             self.unproven_kernel_dir = cache  # built for this run: removed if the kernel never boots

@@ -22,32 +22,9 @@ from ..errors import RuntimeUnavailable
 from ..images import Image
 from ..images.builtin import _static_busybox
 from .._cache import building
-from .kernel import Kernel, kernels_dir
+from .kernel import MODULES, OPTIONAL_GROUPS, Kernel, kernels_dir
 
 INIT_SCRIPT = Path(__file__).with_name("init.sh")
-
-#: Load order (see /work/shared/MACHINE.md): each module needs the ones before it.
-#: The init loads the group of its machine's virtio transport (kernel argument
-#: ``kit_bus``: q35 has PCI, microvm only virtio-mmio), then ``disk`` or ``net`` when
-#: the run needs them. Each insmod costs a fork and the module's init, about 10 ms
-#: under TCG, so a machine loads only its own transport.
-MODULES = {
-    "pci": ["virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci",
-            "virtio_console"],
-    "mmio": ["virtio_ring", "virtio", "virtio_mmio", "virtio_console"],
-    # ext4 and what it needs are built into the cloud kernel (skipped), modules in the generic one.
-    "disk": ["crc16", "mbcache", "jbd2", "crc32c_generic", "ext4", "virtio_blk", "overlay"],
-    "net": ["failover", "net_failover", "virtio_net"],
-    # Volumes: QEMU's 9p server over virtio (kit.volumes). Optional: a kernel without it gets no group.
-    "9p": ["netfs", "fscache", "9pnet", "9pnet_virtio", "9p"],
-}
-OPTIONAL_GROUPS = {"9p"}
-
-
-def module_names() -> set[str]:
-    """Every module the initramfs may pack."""
-    return {m for names in MODULES.values() for m in names}
-
 
 class Cpio:
     """A newc cpio archive writer (what ``cpio -o -H newc`` makes)."""

@@ -202,6 +202,31 @@ def _prune_modules(mods: Path, keep: set[str]) -> None:
             ko.unlink()
 
 
+#: The modules a kit guest loads, by group: the initramfs packs them (kit.vm.initramfs) and a
+#: kernel fetched for volumes keeps only them (:func:`with_9p`), so they live with the kernel.
+#: Load order (see /work/shared/MACHINE.md): each module needs the ones before it.
+#: The init loads the group of its machine's virtio transport (kernel argument
+#: ``kit_bus``: q35 has PCI, microvm only virtio-mmio), then ``disk`` or ``net`` when
+#: the run needs them. Each insmod costs a fork and the module's init, about 10 ms
+#: under TCG, so a machine loads only its own transport.
+MODULES = {
+    "pci": ["virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci",
+            "virtio_console"],
+    "mmio": ["virtio_ring", "virtio", "virtio_mmio", "virtio_console"],
+    # ext4 and what it needs are built into the cloud kernel (skipped), modules in the generic one.
+    "disk": ["crc16", "mbcache", "jbd2", "crc32c_generic", "ext4", "virtio_blk", "overlay"],
+    "net": ["failover", "net_failover", "virtio_net"],
+    # Volumes: QEMU's 9p server over virtio (kit.volumes). Optional: a kernel without it gets no group.
+    "9p": ["netfs", "fscache", "9pnet", "9pnet_virtio", "9p"],
+}
+OPTIONAL_GROUPS = {"9p"}
+
+
+def module_names() -> set[str]:
+    """Every module the initramfs may pack (what a fetched kernel must keep)."""
+    return {m for names in MODULES.values() for m in names}
+
+
 #: What a VM's volumes need (QEMU's own 9p server, virtio-9p): 9p over virtio, in or beside the kernel.
 NINEP_OPTIONS = ("NET_9P", "NET_9P_VIRTIO", "9P_FS")
 
@@ -289,8 +314,6 @@ def main(argv: list[str] | None = None) -> int:
         k = fetch(args.version)
         print(f"{k.version}: {k.vmlinuz}")
         if args.with_9p:
-            from .initramfs import module_names
-
             k9 = with_9p(k, module_names())
             print(f"{k9.version} (for volumes, 9p): {k9.vmlinuz}")
     else:
