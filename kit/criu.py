@@ -28,7 +28,7 @@ CHECK_TIMEOUT = 20.0
 
 
 @dataclass(frozen=True)
-class Verdict:
+class CriuVerdict:
     """CRIU here: ``works``, its ``version`` and, when it does not work, ``reason`` (one line)."""
 
     works: bool
@@ -41,11 +41,11 @@ class Verdict:
         return f"yes ({self.version})" if self.works else f"no: {self.reason}"
 
 
-_verdict: Verdict | None = None
+_verdict: CriuVerdict | None = None
 _lock = threading.Lock()
 
 
-def probe(refresh: bool = False, runner=None) -> Verdict:
+def probe(refresh: bool = False, runner=None) -> CriuVerdict:
     """Whether ``criu check`` passes here (probed once per session; ``refresh`` probes again)."""
     global _verdict
     with _lock:
@@ -57,29 +57,30 @@ def probe(refresh: bool = False, runner=None) -> Verdict:
         return _verdict
 
 
-def _probe(runner) -> Verdict:
+def _probe(runner) -> CriuVerdict:
     from .runtimes.base import which
 
     path = which("criu")
     if path is None:
-        return Verdict(False, reason="criu is not installed: apt-get install criu (Debian 12 has 3.17; run make setup)")
+        return CriuVerdict(False,
+                           reason="criu is not installed: apt-get install criu (Debian 12 has 3.17; run make setup)")
     try:
         p = runner([path, "--version"], timeout=10, check=False)
         m = re.search(r"Version:\s*(\S+)", p.stdout.decode(errors="replace"))
         version = m.group(1) if m else ""
     except (OSError, subprocess.TimeoutExpired) as e:
-        return Verdict(False, reason=f"criu --version failed: {e}")
+        return CriuVerdict(False, reason=f"criu --version failed: {e}")
     if os.geteuid() != 0:
-        return Verdict(False, version, reason="criu check needs root (CAP_SYS_ADMIN and friends)")
+        return CriuVerdict(False, version, reason="criu check needs root (CAP_SYS_ADMIN and friends)")
     try:
         p = runner([path, "check"], timeout=CHECK_TIMEOUT, check=False)
     except subprocess.TimeoutExpired:
-        return Verdict(False, version, reason=f"criu check did not finish within {CHECK_TIMEOUT:g} s")
+        return CriuVerdict(False, version, reason=f"criu check did not finish within {CHECK_TIMEOUT:g} s")
     except OSError as e:
-        return Verdict(False, version, reason=f"criu check failed: {e}")
+        return CriuVerdict(False, version, reason=f"criu check failed: {e}")
     if p.returncode == 0:
-        return Verdict(True, version)
-    return Verdict(False, version, reason=f"criu {version} check fails on this kernel: {first_error(p.stderr)}")
+        return CriuVerdict(True, version)
+    return CriuVerdict(False, version, reason=f"criu {version} check fails on this kernel: {first_error(p.stderr)}")
 
 
 def first_error(stderr: bytes) -> str:

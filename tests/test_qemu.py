@@ -64,7 +64,7 @@ def _new_session(monkeypatch):
 def test_kvm_timeout_holds_for_its_session_and_is_final_only_when_a_later_session_sees_it_again(
         verdicts, monkeypatch):
     k, deadlines, script = verdicts
-    script += [accel.Verdict("tcg", TIMED_OUT, final=False), accel.Verdict("tcg", TIMED_OUT, final=False)]
+    script += [accel.AccelVerdict("tcg", TIMED_OUT, final=False), accel.AccelVerdict("tcg", TIMED_OUT, final=False)]
     first = accel.choose(k)
     assert (first.accel, first.final, first.strikes) == ("tcg", False, 1)
     assert accel.choose(k).reason == first.reason and len(deadlines) == 1  # this session: no second probe
@@ -78,7 +78,7 @@ def test_kvm_timeout_holds_for_its_session_and_is_final_only_when_a_later_sessio
 
 def test_kvm_timeout_then_a_boot_in_time_gives_kvm(verdicts, monkeypatch):
     k, deadlines, script = verdicts
-    script += [accel.Verdict("tcg", TIMED_OUT, final=False), accel.Verdict("kvm", "reached init in 3.0 s")]
+    script += [accel.AccelVerdict("tcg", TIMED_OUT, final=False), accel.AccelVerdict("kvm", "reached init in 3.0 s")]
     assert accel.choose(k).accel == "tcg"
     _new_session(monkeypatch)
     assert accel.choose(k).accel == "kvm"
@@ -88,7 +88,7 @@ def test_kvm_timeout_then_a_boot_in_time_gives_kvm(verdicts, monkeypatch):
 
 def test_definite_kvm_rejection_is_cached_for_good(verdicts, monkeypatch):
     k, deadlines, script = verdicts
-    script.append(accel.Verdict("tcg", "KVM rejected: QEMU failed under -accel kvm: failed to set MSR"))
+    script.append(accel.AccelVerdict("tcg", "KVM rejected: QEMU failed under -accel kvm: failed to set MSR"))
     assert accel.choose(k).final
     _new_session(monkeypatch)
     v = accel.choose(k)
@@ -99,7 +99,7 @@ def test_verdict_cached_by_an_older_kit_is_probed_again_unless_it_was_kvm(verdic
     k, deadlines, script = verdicts
     accel._cache_path().write_text(json.dumps(
         {accel.host_key(k): {"accel": "tcg", "reason": "did not reach init", "probed_at": 1.0, "probe_seconds": 15.0}}))
-    script.append(accel.Verdict("tcg", TIMED_OUT, final=False))
+    script.append(accel.AccelVerdict("tcg", TIMED_OUT, final=False))
     assert accel.choose(k).strikes == 1 and len(deadlines) == 1
     accel._cache_path().write_text(json.dumps(
         {accel.host_key(k): {"accel": "kvm", "reason": "reached init", "probed_at": 1.0, "probe_seconds": 2.0}}))

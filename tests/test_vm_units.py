@@ -160,7 +160,7 @@ def test_accel_precheck_and_cache(tmp_path, monkeypatch):
 
     def fake_probe(kernel, qemu, deadline):
         calls.append(deadline)
-        return accel.Verdict("tcg", "probe boot did not reach init (fake)")
+        return accel.AccelVerdict("tcg", "probe boot did not reach init (fake)")
 
     monkeypatch.setattr(accel, "probe", fake_probe)
     monkeypatch.setattr(accel, "precheck", lambda: None)

@@ -271,7 +271,7 @@ def test_runc_snapshot_checkpoints_a_service_once_and_restores_it(tmp_path, monk
     fake.write_text(FAKE_RUNC)
     fake.chmod(0o755)
     rt = kit.runtimes.get("runc")
-    monkeypatch.setattr(criu, "probe", lambda *a, **k: criu.Verdict(True, "3.17.1"))
+    monkeypatch.setattr(criu, "probe", lambda *a, **k: criu.CriuVerdict(True, "3.17.1"))
     monkeypatch.setattr(type(rt), "_cli_for", lambda self, inst: [sys.executable, str(fake), "--root", str(tmp_path)])
     monkeypatch.setattr(type(rt), "_has_state", lambda self, inst: (tmp_path / inst.id).is_dir())
     monkeypatch.setattr(type(rt), "_started", lambda self, inst: (tmp_path / inst.id / "state.json").exists())

@@ -270,7 +270,7 @@ class _VM:
         if forced is not None:
             if forced not in ("kvm", "tcg"):
                 raise InvalidSpec(f"accel {forced!r} is not supported: use kvm or tcg (or leave it out to probe)")
-            verdict = accel_mod.Verdict(forced, "asked for by the caller")
+            verdict = accel_mod.AccelVerdict(forced, "asked for by the caller")
         else:
             verdict = accel_mod.choose(k, which(self.rt.qemu) or self.rt.qemu)
         tsc_khz = accel_mod.guest_tsc_khz(verdict.accel)

@@ -37,7 +37,7 @@ TIMEOUT_STRIKES = 2
 
 
 @dataclass
-class Verdict:
+class AccelVerdict:
     """The accelerator to use and why.
 
     ``final``: a definite verdict, cached for good. A tentative one (the probe boot did not
@@ -78,18 +78,18 @@ def _load_cache() -> dict:
         return {}
 
 
-def cached(kernel: Kernel) -> Verdict | None:
+def cached(kernel: Kernel) -> AccelVerdict | None:
     """The cached verdict for this host and kernel, final or tentative, or None (no probe is run)."""
     hit = _load_cache().get(host_key(kernel))
     if not hit:
         return None
-    known = {k: v for k, v in hit.items() if k in Verdict.__dataclass_fields__}
+    known = {k: v for k, v in hit.items() if k in AccelVerdict.__dataclass_fields__}
     # Entries written before verdicts were tentative: only a KVM success was certainly definite.
     known.setdefault("final", hit.get("accel") == "kvm")
-    return Verdict(**known)
+    return AccelVerdict(**known)
 
 
-def _usable(hit: Verdict | None) -> bool:
+def _usable(hit: AccelVerdict | None) -> bool:
     """A final verdict, or a tentative one this very session reached."""
     return hit is not None and (hit.final or hit.session == config.SESSION_ID)
 
@@ -139,7 +139,7 @@ def guest_tsc_khz(accel: str) -> int | None:
     return host_tsc_khz() if accel == "tcg" else None
 
 
-def choose(kernel: Kernel, qemu: str = machine.QEMU, deadline: float = PROBE_DEADLINE) -> Verdict:
+def choose(kernel: Kernel, qemu: str = machine.QEMU, deadline: float = PROBE_DEADLINE) -> AccelVerdict:
     """KVM if a probe boot under it reaches the kit init within ``deadline``, else TCG.
 
     Cached per host and kernel (see the module's docstring for which verdicts are final);
@@ -150,7 +150,7 @@ def choose(kernel: Kernel, qemu: str = machine.QEMU, deadline: float = PROBE_DEA
         return hit
     why = precheck()
     if why:
-        return Verdict("tcg", why)  # cheap to re-check; not cached, so a fixed host is noticed
+        return AccelVerdict("tcg", why)  # cheap to re-check; not cached, so a fixed host is noticed
     config.home().mkdir(parents=True, exist_ok=True)
     with open(config.home() / ".accel.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -174,7 +174,7 @@ def choose(kernel: Kernel, qemu: str = machine.QEMU, deadline: float = PROBE_DEA
         return v
 
 
-def probe(kernel: Kernel, qemu: str = machine.QEMU, deadline: float = PROBE_DEADLINE) -> Verdict:
+def probe(kernel: Kernel, qemu: str = machine.QEMU, deadline: float = PROBE_DEADLINE) -> AccelVerdict:
     """Boot ``kernel`` under KVM; never takes longer than ``deadline`` (+ a kill)."""
     cfg = machine.VMConfig(kernel=kernel.vmlinuz, initrd=initramfs.base(kernel), accel="kvm",
                            machine="microvm" if kernel.supports_microvm() else "q35", memory_mib=256)
@@ -186,7 +186,7 @@ def probe(kernel: Kernel, qemu: str = machine.QEMU, deadline: float = PROBE_DEAD
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              start_new_session=True)
     except OSError as e:
-        return Verdict("tcg", f"could not start {qemu} for the KVM probe: {e}", time.time(), final=False)
+        return AccelVerdict("tcg", f"could not start {qemu} for the KVM probe: {e}", time.time(), final=False)
     seen = b""
     try:
         while time.monotonic() - t0 < deadline:
@@ -195,7 +195,7 @@ def probe(kernel: Kernel, qemu: str = machine.QEMU, deadline: float = PROBE_DEAD
                 chunk = os.read(p.stdout.fileno(), 65536)
                 seen = (seen + chunk)[-4096:]
                 if MARK in seen:
-                    return Verdict("kvm", f"probe boot under KVM ({kmod}) reached init in "
+                    return AccelVerdict("kvm", f"probe boot under KVM ({kmod}) reached init in "
                                           f"{time.monotonic() - t0:.1f} s", time.time(), time.monotonic() - t0)
                 if not chunk and p.poll() is not None:
                     break
@@ -204,9 +204,9 @@ def probe(kernel: Kernel, qemu: str = machine.QEMU, deadline: float = PROBE_DEAD
         if p.poll() is not None:
             err = p.stderr.read().decode(errors="replace").strip().splitlines()
             tail = err[-1] if err else f"exit {p.returncode}"
-            return Verdict("tcg", f"KVM ({kmod}) rejected: QEMU failed under -accel kvm: {tail}",
+            return AccelVerdict("tcg", f"KVM ({kmod}) rejected: QEMU failed under -accel kvm: {tail}",
                            time.time(), time.monotonic() - t0)
-        return Verdict("tcg", f"KVM ({kmod}) rejected: a probe boot did not reach init within "
+        return AccelVerdict("tcg", f"KVM ({kmod}) rejected: a probe boot did not reach init within "
                               f"{deadline:g} s (the guest kernel hangs under this KVM, or the host was busy)",
                        time.time(), time.monotonic() - t0, final=False)
     finally:
