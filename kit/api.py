@@ -32,6 +32,7 @@ from ._proc import Stream
 from .errors import (CommandNotFound, InstanceNotFound, InvalidSpec, KitError, KitTimeout,
                      NameInUse)
 from .result import RunResult
+from .runtimes import _rootfs
 from .runtimes.base import Instance, Runtime
 from .spec import RunSpec, check_argv, parse_cpus, parse_env, parse_memory, parse_port, show
 
@@ -80,17 +81,20 @@ def _spec(image, command, name=None, detach=False, memory=None, cpus=None, env=N
 def _check_command(rt: Runtime, spec: RunSpec, image) -> None:
     """Refuse, before anything starts, a command that does not exist where it will run."""
     argv0 = spec.command[0]
-    path = spec.environment().get("PATH", "")
     if image is None:
         import shutil
 
         if ("/" in argv0 and not os.access(argv0, os.X_OK)) or ("/" not in argv0 and not shutil.which(argv0)):
             raise CommandNotFound(f"command {show(argv0)} not found on this host's PATH: check its spelling or install it")
         return
-    key = (image.id, argv0, path, spec.workdir or "/")
+    # The PATH the command will run with: the user's -e PATH, else the image's own ENV PATH (Go,
+    # Node, Java images put their tools there), else the kit's default, as docker run resolves it.
+    path = _rootfs.environment(spec, image).get("PATH", "")
+    cwd = _rootfs.workdir(spec, image)  # a relative ./tool resolves from the image's WORKDIR too
+    key = (image.id, argv0, path, cwd)
     if key in _found_commands:  # an image id names immutable content: a command found stays found
         return
-    if resolve_in_rootfs(image.rootfs, argv0, path, spec.workdir or "/") is not None:
+    if resolve_in_rootfs(image.rootfs, argv0, path, cwd) is not None:
         _found_commands[key] = True
     else:
         raise CommandNotFound(

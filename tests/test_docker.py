@@ -53,6 +53,76 @@ def names(client):
             c.remove(force=True, v=True)
 
 
+class BridgeWatch:
+    """Every container of this session the daemon starts, inspected as it starts (Docker's event
+    stream), and every Docker network one joins: the evidence that no kit container ever has an
+    address on a Docker network (the project's network rule: loopback only)."""
+
+    def __init__(self, client):
+        self.client = client
+        self.ours: set[str] = set()          # container ids created with this session's label
+        self.inspected: dict[str, dict] = {}  # id -> {"name", "ip", "networks"}
+        self.offences: list[str] = []
+        self._stream = client.api.events(decode=True, filters={"type": ["container", "network"]})
+        self._thread = threading.Thread(target=self._run, name="bridge-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        import docker
+
+        try:
+            for ev in self._stream:
+                actor = ev.get("Actor") or {}
+                attrs = actor.get("Attributes") or {}
+                if ev.get("Type") == "container" and ev.get("Action") == "create" \
+                        and attrs.get("kit.session") == config.SESSION_ID:
+                    self.ours.add(actor.get("ID"))
+                elif ev.get("Type") == "container" and ev.get("Action") == "start" and actor.get("ID") in self.ours:
+                    try:
+                        self.note(self.client.api.inspect_container(actor["ID"]))
+                    except docker.errors.NotFound:
+                        pass  # a quick run already removed; its network events still count
+                elif ev.get("Type") == "network" and ev.get("Action") == "connect" \
+                        and attrs.get("container") in self.ours and attrs.get("name") != "none":
+                    self.offences.append(f"container {attrs['container'][:12]} joined Docker network {attrs['name']!r}")
+        except Exception:  # the stream closed by stop()
+            pass
+
+    def note(self, attrs: dict) -> None:
+        ns = attrs.get("NetworkSettings") or {}
+        nets = ns.get("Networks") or {}
+        ips = [n.get("IPAddress") for n in nets.values() if n.get("IPAddress")]
+        self.inspected[attrs["Id"]] = {"name": attrs["Name"], "ip": ns.get("IPAddress") or "", "networks": set(nets)}
+        if ns.get("IPAddress") or ips or not set(nets) <= {"none"}:
+            self.offences.append(f"{attrs['Name']} has Docker network address(es) {ns.get('IPAddress')!r} {ips} "
+                                 f"on {sorted(nets)}")
+
+    def stop(self):
+        self._stream.close()
+
+
+@pytest.fixture(scope="module")
+def bridge_watch(client):
+    watch = BridgeWatch(client)
+    yield watch
+    watch.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_docker_network_addresses(client, bridge_watch):
+    """After every test of this module: no container of this session ever had a Docker network address."""
+    yield
+    import docker
+
+    for c in client.api.containers(all=True, filters={"label": f"kit.session={config.SESSION_ID}"}):
+        try:
+            bridge_watch.note(client.api.inspect_container(c["Id"]))
+        except docker.errors.NotFound:  # removed meanwhile
+            pass
+    found, bridge_watch.offences = bridge_watch.offences, []  # each test answers for its own
+    assert found == []
+
+
 def containers_named(client, name):
     kit.api.wait_for_teardown()  # a finished foreground run is removed in the background
     return client.containers.list(all=True, filters={"label": f"kit.name={name}"})
@@ -189,19 +259,52 @@ def test_daemon_owns_its_cgroup_and_shim_the_kit_only_reads_them(rt, names, clie
     assert containers_named(client, name) == []
 
 
-def test_published_port_reaches_a_server_inside(rt, names, client):
+def test_published_port_reaches_a_server_inside(rt, names, client, bridge_watch):
     name, port = names(), free_port()
     kit.start("busybox", ["sh", "-c", "mkdir -p /www && echo served-by-docker > /www/index.html && "
                                       "exec httpd -f -p 80 -h /www"],
               runtime="docker", name=name, ports=[f"{port}:80"])
     (c,) = containers_named(client, name)
-    bindings = c.attrs["HostConfig"]["PortBindings"]["80/tcp"]
-    assert bindings == [{"HostIp": "127.0.0.1", "HostPort": str(port)}]
+    # No network of Docker's: no bridge, no 172.x address, no docker-proxy; the kit's forwarder
+    # publishes 127.0.0.1:port into the container's own loopback.
+    assert c.attrs["HostConfig"]["NetworkMode"] == "none" and not c.attrs["HostConfig"]["PortBindings"]
+    assert c.attrs["NetworkSettings"]["IPAddress"] == "" and set(c.attrs["NetworkSettings"]["Networks"]) == {"none"}
+    _, inst = kit.api.instance(name)
+    assert inst.forwarder.netns == f"/proc/{c.attrs['State']['Pid']}/ns/net"
+    assert not [p for p in psutil.process_iter(["name", "cmdline"])
+                if p.info["name"] == "docker-proxy" and str(port) in (p.info["cmdline"] or [])]
 
     def fetch():
         return http_get(port, "/")
 
     assert wait_until(fetch, timeout=15, interval=0.1, what="httpd answering") == b"served-by-docker\n"
+    # The watcher saw it start and inspected it (so its check is not vacuous).
+    wait_until(lambda: c.id in bridge_watch.inspected, 10, what="the event watcher inspecting the container")
+    assert bridge_watch.inspected[c.id]["networks"] == {"none"}
+
+
+def test_a_foreground_run_publishes_its_ports_too(rt, names):
+    name, port = names(), free_port()
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.update(r=kit.run(
+        "busybox", ["sh", "-c", "echo answer | nc -l -p 80"], runtime="docker", name=name,
+        ports=[f"{port}:80"], timeout=60)))
+    t.start()
+
+    def answer():
+        # Until nc listens inside, the forwarder accepts and closes at once (an empty read).
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                return s.recv(64) or None
+        except OSError:
+            return None
+
+    try:
+        assert wait_until(answer, timeout=30, interval=0.05, what="nc answering through the port") == b"answer\n"
+    finally:
+        t.join(60)
+    r = result["r"]
+    assert r.exit_code == 0 and r.info["prepare_ms"]["forwarder"] >= 0
 
 
 def test_hostname_and_pid_namespace_are_the_containers_own(rt, names):

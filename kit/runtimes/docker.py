@@ -4,8 +4,11 @@ Nothing is pulled during a run: the kit image's root filesystem is
 ``docker import``-ed once (tag ``kit/<name>:<short id>``) and reused. Every
 container is named after the instance id and labelled ``kit.session``,
 ``kit.name`` and ``kit.managed=1``, so a later sweep can find what a dead
-session left. With no ports it has no network at all; published ports are
-bound to 127.0.0.1 only, and the container's bridge address is never used.
+session left. A container has no network (``network_mode=none``: only its own
+loopback) or a kit network's namespace; Docker's bridge and docker-proxy are never
+used. Published ports are the kit's own :class:`~kit.portfwd.Forwarder` on
+127.0.0.1, into the container's namespace (``/proc/PID/ns/net``) once it runs, as
+for the OCI runtimes.
 
 The container's cgroup and its containerd shim belong to the daemon: the kit
 reads them for measurement (:meth:`DockerRuntime.cgroup_path`,
@@ -34,6 +37,7 @@ from ..cgroups import Cgroup
 from ..cgroups import version as cgroup_version
 from ..errors import CommandNotFound, KitTimeout, NameInUse, StartFailed
 from ..images import engine
+from ..portfwd import Forwarder
 from . import _rootfs
 from .base import Availability, Instance, Runtime, _descendants
 
@@ -94,9 +98,9 @@ class DockerRuntime(Runtime):
             # ports go through the kit's forwarder, and Docker refuses a hostname in this mode.
             host["network_mode"] = f"container:{net.holder_id}"
             host["binds"] = [f"{net.hosts_path}:/etc/hosts:ro"]
-        elif spec.ports:
-            host["port_bindings"] = {f"{c}/tcp": ("127.0.0.1", h) for h, c in spec.ports}
         else:
+            # No network even with ports: a port binding would put the container on Docker's bridge
+            # (a 172.x address the host routes to); start_created forwards into its loopback instead.
             host["network_mode"] = "none"
         if inst.mounts:  # kit.volumes: the same host directories every runtime mounts
             host["mounts"] = [docker.types.Mount(m.target, str(m.host), type="bind", read_only=m.read_only)
@@ -120,7 +124,6 @@ class DockerRuntime(Runtime):
             cid = api.create_container(
                 ref, command=spec.command, name=inst.id, hostname=None if net else spec.hostname, labels=labels,
                 environment=_rootfs.environment(spec, inst.image), working_dir=_rootfs.workdir(spec, inst.image),
-                ports=[] if net else [(c, "tcp") for _, c in spec.ports],
                 host_config=host_config, stdin_open=False, tty=False, detach=True)["Id"]
         except docker.errors.APIError as e:
             if e.status_code == 409:
@@ -141,11 +144,12 @@ class DockerRuntime(Runtime):
                 self._attach(inst, cid, stream)
             api.start(cid)
             inst.phases["started"] = time.time()
-            if spec.detach:
+            if spec.detach or (spec.ports and net is None):
                 # A foreground run may be gone already; pids()/cgroup_path() find it on demand.
                 self._locate(inst)
-            if net is not None and spec.ports:
-                inst.forwarder = net.publish(spec.ports)
+            if spec.ports:
+                with _rootfs.step(inst, "forwarder"):
+                    inst.forwarder = net.publish(spec.ports) if net is not None else self._publish(inst)
         except docker.errors.APIError as e:
             self.cleanup(inst)
             text = _explain(e)
@@ -156,6 +160,23 @@ class DockerRuntime(Runtime):
         except BaseException:
             self.cleanup(inst)
             raise
+
+    def _publish(self, inst: Instance) -> Forwarder | None:
+        """The kit's forwarder from 127.0.0.1 into the started container's own namespace; None when
+        a quick foreground command has finished already (its result stands; nothing to publish)."""
+        pid = inst.info.get("pid")
+        if not pid:
+            return None
+        try:
+            fwd = Forwarder(f"/proc/{pid}/ns/net", inst.spec.ports).start()
+        except StartFailed:
+            if self.running(inst):
+                raise
+            return None
+        if _cgroup_of(pid) != inst.info.get("docker_cgroup"):
+            fwd.stop()  # the container ended and its pid went to another process before the namespace opened
+            return None
+        return fwd
 
     def _attach(self, inst: Instance, cid: str, stream: Stream | None) -> None:
         """Attach before start (as ``docker run`` does), so no output is missed."""

@@ -21,6 +21,7 @@ from .._proc import Pumped, Stream, kill_group, run
 from ..errors import ImageError, StartFailed
 from ..images import archive, engine
 from ..images import get as get_image
+from . import _rootfs
 from .base import Availability, Instance, Runtime, _descendants, exec_cli, which
 
 PROBE_TIMEOUT = 30
@@ -89,10 +90,11 @@ class PodmanRuntime(Runtime):
             argv += ["--memory", str(spec.memory), "--memory-swap", str(spec.memory)]
         if spec.cpus:
             argv += ["--cpus", str(spec.cpus)]
-        for k, v in spec.environment().items():
+        # podman import keeps no ENV or WORKDIR of the kit's image: both are given here, the
+        # image's own (its PATH, for one) under the user's, as for every other runtime.
+        for k, v in _rootfs.environment(spec, inst.image).items():
             argv += ["-e", f"{k}={v}"]
-        if spec.workdir:
-            argv += ["-w", spec.workdir]
+        argv += ["-w", _rootfs.workdir(spec, inst.image)]
         if spec.read_only:
             argv.append("--read-only")
         try:
