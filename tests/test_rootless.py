@@ -8,8 +8,10 @@ docker group) and a venv it can run, one per checkout; each test then runs a sho
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import textwrap
@@ -23,13 +25,14 @@ from kit._proc import wait_until
 
 USER = "kituser"
 REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "rootless-user"
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="these tests create an ordinary user: run them as root")
 
 
 @pytest.fixture(scope="module")
 def py():
     """The user's python (made once by scripts/rootless-user; cheap when it exists)."""
-    p = subprocess.run([str(REPO / "scripts" / "rootless-user"), USER], capture_output=True, text=True, timeout=300)
+    p = subprocess.run([str(SCRIPT), USER], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     return p.stdout.strip().splitlines()[-1]
 
@@ -56,8 +59,7 @@ def as_user(py: str, code: str, timeout: float = 60, groups: bool = True, popen:
 def test_the_users_venv_where_the_checkout_is_unreadable():
     """CI's clone may sit where the user cannot read (under /root): the venv then holds links to the
     project's packages and a copy of the kit's source. Forced here, so it runs wherever the clone is."""
-    p = subprocess.run([str(REPO / "scripts" / "rootless-user"), USER, "copy"], capture_output=True, text=True,
-                       timeout=300)
+    p = subprocess.run([str(SCRIPT), USER, "copy"], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     py = p.stdout.strip().splitlines()[-1]
     got = as_user(py, """
@@ -69,6 +71,83 @@ def test_the_users_venv_where_the_checkout_is_unreadable():
     assert got["kit"] == f"{venv}/deps/src/kit/__init__.py", (got, venv)  # not the checkout's
     assert got["yaml"].startswith(f"{venv}/deps/site-packages/"), got
     assert got["out"] == "copied\n", got
+
+
+def _state(*paths: Path) -> list:
+    """What could change of root's files and directories: names, owners, modes, sizes, contents, times."""
+    out = []
+    for top in paths:
+        for p in [top, *sorted(top.rglob("*"))]:
+            st = p.lstat()
+            out.append((str(p), st.st_uid, st.st_mode, st.st_size, st.st_mtime_ns,
+                        p.read_bytes() if p.is_file() else None))
+    return out
+
+
+def test_symlinks_the_user_plants_redirect_no_root_write(py, tmp_path):
+    """scripts/rootless-user runs as root. The user plants symlinks to root's files wherever the script
+    once wrote in the user's home (its venvs lived in ~/.kit-venvs: a lock, a repo file, the venv, the
+    copied packages), then makes ~/.kit-venvs itself a link to a directory of root's: root's files are
+    untouched, the script still gives a venv that runs the kit, and every directory it writes in is root's
+    alone (no component the user could swap for a link)."""
+    home = Path(f"/home/{USER}")
+    # Root's: /tmp/pytest-of-root is closed to the user, but a symlink reaches it all the same.
+    canary = tmp_path / "canary"
+    canary.write_text("root's own\n")
+    canary.chmod(0o600)
+    rootdir, rootdir2 = tmp_path / "rootdir", tmp_path / "rootdir2"
+    for d in (rootdir, rootdir2):
+        d.mkdir(mode=0o700)
+        (d / "f").write_text("root's\n")
+    before = _state(canary, rootdir, rootdir2)
+    keys = " ".join(hashlib.sha256(f"{REPO} {m}".encode()).hexdigest()[:12] for m in ("auto", "copy"))
+    plant = f"""set -e
+        cd
+        # root's venvs of an older script, which the user cannot empty, but can move aside
+        if [ -e .kit-venvs ] || [ -L .kit-venvs ]; then mv .kit-venvs .kit-venvs.aside.$$; fi
+        mkdir .kit-venvs
+        for k in {keys}; do
+          ln -s {canary} .kit-venvs/$k.lock
+          mkdir .kit-venvs/$k
+          ln -s {canary} .kit-venvs/$k/repo
+          ln -s {rootdir} .kit-venvs/$k/venv
+          ln -s {rootdir} .kit-venvs/$k/deps
+        done"""
+
+    def as_the_user(script: str) -> None:
+        p = subprocess.run(["runuser", "-u", USER, "--", "sh", "-c", script], capture_output=True, text=True,
+                           timeout=30)
+        assert p.returncode == 0, p.stderr
+
+    try:
+        as_the_user(plant)
+        pythons = []
+        for mode in ("auto", "copy"):
+            p = subprocess.run([str(SCRIPT), USER, mode], capture_output=True, text=True, timeout=300)
+            assert p.returncode == 0, p.stderr
+            pythons.append(p.stdout.strip().splitlines()[-1])
+        assert _state(canary, rootdir, rootdir2) == before  # not written, truncated, chmod'ed or added to
+        as_the_user(f"cd && mv .kit-venvs .kit-venvs.aside2.$$ && ln -s {rootdir2} .kit-venvs")  # all of it a link
+        p = subprocess.run([str(SCRIPT), USER], capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        assert _state(canary, rootdir, rootdir2) == before
+        for python in pythons:  # the script still works
+            got = as_user(python, "import json, kit; print(json.dumps(kit.run('busybox', ['echo', 'ok'], "
+                                  "runtime='process').stdout))")
+            assert got == "ok\n"
+            venv_dir = Path(python).parents[2]  # DIR/venv/bin/python
+            for d in [venv_dir, *venv_dir.parents]:
+                st = d.lstat()
+                assert st.st_uid == 0 and not st.st_mode & 0o022 and not d.is_symlink(), (d, oct(st.st_mode))
+            theirs = [p for p in [venv_dir, *venv_dir.rglob("*")] if p.lstat().st_uid != 0]
+            assert not theirs, theirs[:5]
+        assert not [p for p in home.rglob("*") if p.lstat().st_uid == 0]  # root made nothing in the user's home
+    finally:
+        for p in home.glob(".kit-venvs*"):  # what the user planted (rmtree follows no link)
+            if p.is_symlink():
+                p.unlink()
+            else:
+                shutil.rmtree(p)
 
 
 def test_runtimes_table_as_the_user_sees_it(py):
