@@ -43,7 +43,6 @@ def alloc(mb: int) -> list[str]:
     return ["sh", "-c", f"x=$(head -c {mb * 1000000} /dev/zero | tr '\\0' a); echo ${{#x}}"]
 
 
-ALLOC_100M = alloc(100)
 #: A VM cannot boot in 32m: its limit is the guest's memory, so it gets more, and is asked for more.
 VM_MEMORY, VM_ALLOC_MB = "128m", 300
 

@@ -2,7 +2,8 @@
 
 :mod:`kit.compose.load` reads and checks the file (every key with its line);
 :mod:`kit.compose.stack` starts it through the public API (order, health, all or nothing);
-:mod:`kit.compose.http` drives a bounded HTTP load against what it serves.
+:mod:`kit.compose.measure` says what it costs and serves: first good response, bounded HTTP load,
+memory, disk.
 """
 
 from __future__ import annotations

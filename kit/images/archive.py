@@ -33,8 +33,6 @@ from . import store
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
-_MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json",
-                   "application/vnd.docker.distribution.manifest.v2+json")
 
 
 def import_dir(name: str, path: str | os.PathLike, config: dict | None = None) -> store.Image:

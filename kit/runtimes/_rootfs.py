@@ -22,7 +22,6 @@ from ..errors import StartFailed
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-MS_RDONLY = 1
 MNT_DETACH = 2
 
 
