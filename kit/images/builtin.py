@@ -14,7 +14,12 @@ from . import store
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 
 
-def _static_busybox() -> Path:
+def static_busybox() -> Path:
+    """The host's statically linked busybox (a dynamically linked one cannot run in an empty root).
+
+    Raises:
+        ImageError: there is none, with how to install it.
+    """
     for cand in BUSYBOX_CANDIDATES:
         p = Path(cand)
         if p.exists():
@@ -30,7 +35,7 @@ def _static_busybox() -> Path:
 
 def populate_busybox(root: Path, busybox: Path | None = None) -> None:
     """Write a minimal busybox root filesystem into ``root``."""
-    busybox = busybox or _static_busybox()
+    busybox = busybox or static_busybox()
     for d in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp",
               "root", "var/tmp", "run", "home"):
         (root / d).mkdir(parents=True, exist_ok=True)
@@ -64,10 +69,10 @@ def busybox() -> store.Image:
     try:
         rootfs = tmp / "rootfs"
         populate_busybox(rootfs)
-        return store.add("busybox", rootfs, source=f"builtin:busybox ({_static_busybox()})",
+        return store.add("busybox", rootfs, source=f"builtin:busybox ({static_busybox()})",
                          config_={"cmd": ["sh"], "env": {}, "workdir": "/"})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-store._BUILTINS["busybox"] = busybox
+store.register_builtin("busybox", busybox)

@@ -326,5 +326,10 @@ def remove(name: str) -> None:
             shutil.rmtree(digest_dir(digest), ignore_errors=True)
 
 
-#: name -> zero-argument builder, registered by the builtin module.
+#: name -> zero-argument builder, registered by the builtin module (:func:`register_builtin`).
 _BUILTINS: dict = {}
+
+
+def register_builtin(name: str, build) -> None:
+    """Make :func:`get` of ``name`` call ``build()`` (it stores the image) when no image has that name."""
+    _BUILTINS[normalize(name)] = build

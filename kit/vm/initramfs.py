@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import RuntimeUnavailable
 from ..images import Image
-from ..images.builtin import _static_busybox
+from ..images.builtin import static_busybox
 from .._cache import building
 from .kernel import MODULES, OPTIONAL_GROUPS, Kernel, kernels_dir
 
@@ -145,7 +145,7 @@ def _inputs_digest(kernel: Kernel, busybox: Path) -> str:
 
 def base(kernel: Kernel) -> Path:
     """The kit initramfs for ``kernel`` (built on first use, then cached)."""
-    busybox = _static_busybox()
+    busybox = static_busybox()
     out = kernels_dir() / kernel.version / f"initramfs-{_inputs_digest(kernel, busybox)}.cpio"
     if out.is_file():
         return out
