@@ -1,7 +1,8 @@
 """The ``kit`` command: one subcommand per module, dispatched from :data:`COMMANDS`.
 
     kit bench [options] [WORKLOAD...]     run a study (same options as kit.bench.Study)
-    kit bench --hosts user@a,user@b ...   the same study on every host, over SSH (kit.bench.fleet)
+    kit bench --hosts user@a,user@b ...   the same study on every host, over SSH (kit.bench.fleet; TLS)
+    kit bench --scheduler tls://lab1:8786 --tls-ca-file ca.pem --tls-cert me.pem ...   a running cluster
     kit bench -r process,runc cpu redis   the same under load: throughput and latency against native
     kit report NOTEBOOK [-p NAME VALUE]   execute a notebook into a dated report (HTML, figures, data)
 

@@ -1,6 +1,7 @@
 """The same study on many hosts through Dask: a LocalCluster of two worker processes on 127.0.0.1
 (one machine: the two must take turns), hosts that fail, raise or die halfway, and an SSHCluster
-through an sshd this test starts on a free loopback port. Only 127.0.0.1 is contacted."""
+through an sshd this test starts on a free loopback port; every one of them over TLS, and what is
+refused without it. Only 127.0.0.1 is contacted."""
 
 from __future__ import annotations
 
@@ -105,6 +106,9 @@ def _kit_back(*_) -> None:
 
 # -- tests ---------------------------------------------------------------------------
 def test_two_workers_on_one_machine_take_turns(client, tmp_path):
+    # the kit's own cluster speaks TLS, even on 127.0.0.1 (every local user reaches loopback)
+    addresses = [client.scheduler.address, *client.scheduler_info()["workers"]]
+    assert all(a.startswith("tls://127.0.0.1:") for a in addresses), addresses
     s = Study(**TINY)
     df = s.run(client=client)
     assert list(df.columns) == COLUMNS + ["host"]
@@ -219,6 +223,79 @@ def test_bad_fleet_options():
     assert fleet.parse_host("alice@lab1:2222") == ("lab1", {"username": "alice", "port": 2222})
 
 
+# -- TLS -----------------------------------------------------------------------------
+def test_tls_unless_plaintext_is_asked_for_by_name(capsys):
+    from kit.bench.fleettls import choose, is_loopback
+
+    assert choose() is True and choose(hosts=["lab1", "lab2"]) is True  # clusters the kit starts
+    assert choose(hosts=["127.0.0.1"]) is True  # loopback too: every local user reaches it
+    assert choose(insecure=True) is False and choose(hosts=["lab1"], insecure=True) is False
+    assert choose(scheduler="tls://lab1:8786") is True and choose(scheduler="wss://lab1:8786") is True
+    for local in ("tcp://127.0.0.1:8786", "tcp://localhost:8786", "tcp://[::1]:8786", "tcp://127.0.0.2:1",
+                  "127.0.0.1:8786"):
+        assert choose(scheduler=local) is False, local  # someone's own loopback scheduler: accepted
+    for remote in ("tcp://lab1:8786", "lab1:8786", "tcp://192.0.2.7:8786", "ws://lab1:8786", "tcp://0.0.0.0:8786"):
+        with pytest.raises(InvalidSpec, match="is plaintext and not on this machine.*insecure=True") as e:
+            choose(scheduler=remote)
+        assert "\n" not in str(e.value) and remote in str(e.value)
+        assert choose(scheduler=remote, insecure=True) is False
+    with pytest.raises(InvalidSpec, match="contradict"):
+        choose(security=object(), insecure=True)
+    with pytest.raises(InvalidSpec, match="security= is for a TLS scheduler"):
+        choose(scheduler="tcp://127.0.0.1:8786", security=object())
+    assert [is_loopback(h) for h in ("127.0.0.1", "::1", "[::1]", "localhost", "lab1", "10.0.0.1", "0.0.0.0")] == \
+        [True, True, True, True, False, False, False]
+    assert capsys.readouterr().err == ""  # the choice itself says nothing
+
+
+def test_a_plaintext_remote_scheduler_is_refused_before_any_connection(capsys):
+    """``kit bench --scheduler tcp://HOST`` off this machine: a one-line error saying what to do, and no
+    connection attempt (the address is in TEST-NET-1: nothing answers there); --insecure warns in one line."""
+    from kit.bench import fleettls
+    from kit.bench.options import magic
+    from kit.cli import main
+
+    argv = ["bench", "--scheduler", "tcp://192.0.2.7:8786", "-r", "process", "-n", "2", "--no-progress", "true"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("kit bench: scheduler tcp://192.0.2.7:8786 is plaintext"), err
+    assert "--insecure" in err and "tls://" in err
+    with pytest.raises(InvalidSpec, match="give --hosts or --scheduler"):
+        magic("--insecure -r process true")
+
+    class Fake:  # what check_client reads of a Client: the scheduler's and the workers' addresses
+        def __init__(self, scheduler, workers):
+            self.scheduler = type("S", (), {"address": scheduler})()
+            self._workers = workers
+
+        def scheduler_info(self, n_workers=-1):
+            return {"workers": {w: {} for w in self._workers}}
+
+    fleettls.check_client(Fake("tls://192.0.2.7:1", ["tls://192.0.2.8:2"]))
+    fleettls.check_client(Fake("tcp://127.0.0.1:1", ["tcp://127.0.0.1:2"]))
+    assert capsys.readouterr().err == ""
+    with pytest.raises(InvalidSpec, match="worker tcp://192.0.2.8:2 is plaintext"):
+        fleettls.check_client(Fake("tcp://127.0.0.1:1", ["tcp://192.0.2.8:2"]))  # a loopback scheduler, a remote worker
+    fleettls.check_client(Fake("tcp://127.0.0.1:1", ["tcp://192.0.2.8:2"]), insecure=True)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("kit fleet: warning: plaintext Dask connections (tcp://192.0.2.8:2")
+
+
+def test_the_kits_cluster_refuses_plaintext_and_other_credentials(client):
+    """The LocalCluster is TLS for real: a plaintext client, and one with another cluster's
+    certificates, are turned away; only its own credentials get in."""
+    from distributed import Client
+    from distributed.security import Security
+
+    addr = client.scheduler.address
+    with pytest.raises(OSError):  # the listener resets a plaintext hello
+        Client(addr.replace("tls://", "tcp://"), timeout=5)
+    with pytest.raises(OSError):  # a certificate this cluster's CA did not sign
+        Client(addr, security=Security.temporary(), timeout=5)
+    with Client(addr, security=client.security, timeout=10) as other:
+        assert set(other.scheduler_info()["workers"]) == set(client.scheduler_info()["workers"])
+
+
 # -- SSH -----------------------------------------------------------------------------
 @pytest.fixture
 def sshd(tmp_path):
@@ -264,12 +341,21 @@ def test_a_study_through_ssh_matches_a_local_one(sshd):
     for rt in RUNTIMES:
         need(rt)
     opts = {"port": sshd["port"], "client_keys": [sshd["key"]], "known_hosts": None}
+    before = set(Path("/tmp").glob("kit-fleet-*"))
     with fleet.cluster(hosts=["root@127.0.0.1"], connect_options=opts, remote_python=sys.executable,
                        bind="127.0.0.1") as client:
-        assert all(a.startswith("tcp://127.0.0.1:") for a in client.scheduler_info()["workers"])
-        assert client.scheduler.address.startswith("tcp://127.0.0.1:")
+        assert all(a.startswith("tls://127.0.0.1:") for a in client.scheduler_info()["workers"])
+        assert client.scheduler.address.startswith("tls://127.0.0.1:")
+        # the hosts' certificate and key: files in a directory of their own, closed to others ...
+        (creds,) = set(Path("/tmp").glob("kit-fleet-*")) - before
+        assert creds.stat().st_mode & 0o777 == 0o700
+        assert {p.name: p.stat().st_mode & 0o777 for p in creds.iterdir()} == {
+            n: 0o600 for n in ("ca.pem", "scheduler.pem", "scheduler.key", "worker.pem", "worker.key")}
+        # ... never on a command line or in an environment another process could read
+        assert not _processes_showing("PRIVATE KEY")
         s = Study(**TINY)
         df = s.run(client=client)
+    assert not creds.exists()  # removed with the cluster
     assert (s.status()["state"] == "ok").all(), s.status()[["state", "reason"]]
     local = Study(**TINY)
     ldf = local.run()
@@ -277,6 +363,19 @@ def test_a_study_through_ssh_matches_a_local_one(sshd):
     shape = ["part", "runtime", "metric", "warmup"]
     assert df[shape].value_counts().to_dict() == ldf[shape].value_counts().to_dict()
     assert (df["status"] == "ok").all()
+
+
+def _processes_showing(text: str) -> list[int]:
+    """The processes whose command line or environment holds ``text``."""
+    found = []
+    for d in Path("/proc").glob("[0-9]*"):
+        for f in ("cmdline", "environ"):
+            try:
+                if text.encode() in (d / f).read_bytes():
+                    found.append(int(d.name))
+            except OSError:  # gone meanwhile
+                pass
+    return found
 
 
 @pytest.mark.timeout(240)
@@ -298,12 +397,21 @@ def test_kit_bench_hosts_from_the_shell(sshd, tmp_path, capsys):
     assert back.status()["state"].tolist() == ["ok"] and len(back.hosts()) == 1
 
 
-def test_bench_magic_runs_on_every_worker_of_a_scheduler(client):
-    """``%bench --scheduler ADDR`` (the same options as ``kit bench``, --hosts included)."""
+def test_bench_magic_runs_on_every_worker_of_a_scheduler(client, tmp_path):
+    """``%bench --scheduler tls://ADDR --tls-*`` (the same options as ``kit bench``, --hosts included):
+    a running TLS scheduler and its workers, reached with the cluster's certificates as files."""
     from kit.bench.options import build_parser, magic
 
-    assert "--hosts" in build_parser().format_help()
-    study = magic(f"--scheduler {client.scheduler.address} -r process -n 2 --parts startup --no-progress true")
+    assert "--hosts" in build_parser().format_help() and "--insecure" in build_parser().format_help()
+    sec = client.security  # the cluster's own (made for it, in memory): written out as a user would have them
+    for name, pem in (("ca.pem", sec.tls_ca_file), ("me.pem", sec.tls_client_cert), ("me.key", sec.tls_client_key)):
+        (tmp_path / name).write_text(pem)
+    addr = client.scheduler.address
+    assert addr.startswith("tls://")
+    with pytest.raises(InvalidSpec, match=f"scheduler {addr} speaks TLS: give its CA"):
+        magic(f"--scheduler {addr} -r process -n 2 --parts startup --no-progress true")
+    tls = f"--tls-ca-file {tmp_path / 'ca.pem'} --tls-cert {tmp_path / 'me.pem'} --tls-key {tmp_path / 'me.key'}"
+    study = magic(f"--scheduler {addr} {tls} -r process -n 2 --parts startup --no-progress true")
     status = study.status()
     assert sorted(status["state"]) == ["ok", "ok"] and len(study.hosts()) == 2, status.to_string()
     assert set(study.summary("startup")["host"]) == set(study.hosts())
@@ -332,12 +440,13 @@ def test_compare_says_whether_a_difference_beats_the_noise():
     assert got.loc["runc", "verdict"] == "slower" and got.loc["runc", "ratio_low"] > 1
     assert got.loc["runc", "p_value"] < 0.01 and got.loc["runc", "change_pct"] == pytest.approx(50, abs=10)
     assert got.loc["lxc", "verdict"] == "within noise" and got.loc["lxc", "ratio_low"] < 1 < got.loc["lxc", "ratio_high"]
-    assert got.loc["qemu", "verdict"] == "too few runs"
+    assert got.loc["qemu", "verdict"] == "not enough runs"
     assert set(v["baseline"]) == {"monday"} and set(v["other"]) == {"friday"}
     assert "slower" in markdown(v)
-    # two runs against two can never be told apart at 95 %, however far apart they are
-    tiny = compare([_frame({"runc": [0.01, 0.011]}), _frame({"runc": [0.05, 0.051]})])
-    assert tiny["verdict"].tolist() == ["within noise"] and tiny["p_value"].iloc[0] == pytest.approx(1 / 3)
+    # two runs against two (or three against three) can never be told apart at 95 %, however far apart
+    # they are: the rank test's smallest p is 1/3 (0.1); below it the verdict is "not enough runs"
+    tiny = compare([_frame({"runc": [0.01, 0.011, 0.012]}), _frame({"runc": [0.05, 0.051, 0.052]})])
+    assert tiny["verdict"].tolist() == ["not enough runs"] and tiny["ratio"].iloc[0] == pytest.approx(0.051 / 0.011)
     # the rank test: 4 against 4, all apart: 2 of the 70 splits are as extreme
     assert rank_permutation_p([5, 6, 7, 8], [1, 2, 3, 4]) == pytest.approx(2 / 70)
     # a fleet frame: one entry per host

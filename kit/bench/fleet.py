@@ -1,14 +1,17 @@
 """The same study on many hosts, through Dask distributed: the whole study once per worker host.
 
->>> from dask.distributed import Client
->>> from kit.bench import Study
+>>> from kit.bench import Study, fleet
 >>> study = Study(runtimes="process,runc", workload="true", repeat=5)
->>> df = study.run(client=Client("tcp://scheduler:8786"))   # one frame, with a ``host`` column
+>>> with fleet.cluster(scheduler="tls://scheduler:8786", security=sec) as client:   # sec: its certificates
+...     df = study.run(client=client)                           # one frame, with a ``host`` column
 >>> study.status()                                           # per host: ok, failures, failed, lost, why
 >>> study.summary()                                          # statistics per host
 
 How it runs:
 
+- Over TLS (:mod:`kit.bench.fleettls`): a cluster the kit starts gets credentials made for it; a
+  plaintext scheduler or worker off this machine is refused unless ``insecure=True`` asks for it,
+  since whoever reaches one runs code on the workers.
 - Every worker is identified first (``Client.run``) by a probe that needs nothing but Python, so
   a host without the kit still answers: its host name, boot id, machine id, kit version.
 - Workers with the same boot id (else machine id, else host name) share a machine: they run one
@@ -259,7 +262,7 @@ def _failure_row(study, host: _Host, reason: str) -> dict:
             "status": f"host: {reason}", "warmup": False, "timestamp": time.time()}
 
 
-def run(study, client, *, per: str = "worker", poll: float = POLL) -> pd.DataFrame:
+def run(study, client, *, per: str = "worker", poll: float = POLL, insecure: bool = False) -> pd.DataFrame:
     """Run ``study`` on every worker host of ``client``; fill ``study.df`` and ``study.meta``.
 
     Args:
@@ -268,6 +271,9 @@ def run(study, client, *, per: str = "worker", poll: float = POLL) -> pd.DataFra
         per: ``"worker"`` (every worker runs the study, workers sharing a machine one after the
             other) or ``"machine"`` (one worker per machine).
         poll: seconds between looks at the queue, the tasks and the workers.
+        insecure: accept a plaintext scheduler or worker off this machine (one that
+            :func:`cluster` made with ``insecure=True`` is accepted already); else such a fleet is
+            refused before anything is sent to a worker.
 
     Returns:
         The tidy frame of every host, with a ``host`` column. ``study.meta["hosts"]`` holds each
@@ -276,7 +282,7 @@ def run(study, client, *, per: str = "worker", poll: float = POLL) -> pd.DataFra
     import kit
     from distributed import Queue, wait
 
-    from . import metrics, storage
+    from . import fleettls, metrics, storage
 
     if per not in ("worker", "machine"):
         raise InvalidSpec(f"per={per!r}: choose 'worker' or 'machine'")
@@ -285,6 +291,7 @@ def run(study, client, *, per: str = "worker", poll: float = POLL) -> pd.DataFra
         client.wait_for_workers(1, timeout=WAIT_WORKERS)
     except TimeoutError:
         raise InvalidSpec(f"the Dask cluster has no worker after {WAIT_WORKERS:.0f} s: start workers first") from None
+    fleettls.check_client(client, insecure)  # before the probe: it is the first code sent to the workers
     found = workers(client)
     chains: dict[str, list[str]] = {}
     for addr, info in found.items():
@@ -411,11 +418,15 @@ def parse_host(spec: str) -> tuple[str, dict]:
 
 @contextlib.contextmanager
 def cluster(scheduler: str | None = None, hosts=None, *, n_local: int = 2, connect_options: dict | None = None,
-            remote_python: str | None = None, bind: str | None = None):
+            remote_python: str | None = None, bind: str | None = None, security=None, insecure: bool = False):
     """A ``Client`` for a fleet run, closed (with the cluster it started) on exit.
 
+    Connections use TLS (:mod:`kit.bench.fleettls`): clusters the kit starts get credentials made
+    for them; a running scheduler speaks ``tls://`` with the certificates given, or ``tcp://`` on
+    loopback only. Plaintext elsewhere only with ``insecure=True``, which warns.
+
     Args:
-        scheduler: the address of a running Dask scheduler (``tcp://host:8786``).
+        scheduler: the address of a running Dask scheduler (``tls://host:8786``).
         hosts: SSH hosts (``[user@]host[:port]``, a list or a comma-separated string) for
             ``distributed.SSHCluster``: the scheduler runs on the first, one worker on each.
         n_local: with neither: a ``LocalCluster`` of this many worker processes on 127.0.0.1.
@@ -424,16 +435,32 @@ def cluster(scheduler: str | None = None, hosts=None, *, n_local: int = 2, conne
             at the same path has it).
         bind: the address the scheduler and workers listen on (SSH; default: 127.0.0.1 when every
             host is this one, else each host's own).
+        security: a ``distributed.security.Security`` with the cluster's certificates (default:
+            made for the cluster the kit starts; Dask's config for a ``tls://`` scheduler).
+        insecure: plaintext (``tcp://``), asked for by name: whoever reaches the scheduler or a
+            worker runs code on the workers.
 
-    >>> with cluster() as client:            # two workers on this machine
+    Raises:
+        InvalidSpec: a plaintext scheduler off this machine without ``insecure``, a ``tls://`` one
+            without certificates, or contradicting options.
+
+    >>> with cluster() as client:            # two workers on this machine, over TLS
     ...     Study(runtimes="process", repeat=3).run(client=client)
     """
+    import dask
     from distributed import Client, LocalCluster
+    from distributed.security import Security
+
+    from . import fleettls
 
     if scheduler and hosts:
         raise InvalidSpec("give a scheduler address or SSH hosts, not both")
     if scheduler:
-        with Client(scheduler) as client:
+        tls = fleettls.choose(scheduler, security=security, insecure=insecure)
+        if not tls and fleettls.plaintext_remote(scheduler):
+            fleettls.warn(scheduler)
+        with Client(scheduler, security=fleettls.client_security(scheduler, security) if tls else None) as client:
+            client._kit_insecure = insecure
             yield client
         return
     if hosts:
@@ -445,17 +472,38 @@ def cluster(scheduler: str | None = None, hosts=None, *, n_local: int = 2, conne
             raise InvalidSpec("no SSH host given: name at least one as [user@]host[:port]")
         names = [parsed[0][0]] + [h for h, _ in parsed]
         opts = [{**(connect_options or {}), **o} for o in [parsed[0][1]] + [o for _, o in parsed]]
-        if bind is None and all(h in ("127.0.0.1", "localhost") for h in names):
+        local = all(fleettls.is_loopback(h) for h in names)
+        if bind is None and local:
             bind = "127.0.0.1"  # else the scheduler advertises the host's first address, not loopback
         net = {"host": bind} if bind else {}
-        with SSHCluster(names, connect_options=opts, remote_python=remote_python,
-                        worker_options={"nthreads": 1, **net},
-                        scheduler_options={"port": 0, "dashboard": False, **net}) as c, Client(c) as client:
+        tls = fleettls.choose(hosts=names, security=security, insecure=insecure)
+        if not tls and not local:
+            fleettls.warn(", ".join(dict.fromkeys(names)))
+        with contextlib.ExitStack() as stack:
+            sec = creds = None
+            if tls:
+                sec = security if security is not None else Security.temporary()
+                creds = fleettls.RemoteCredentials(sec, list(zip(names, opts)), remote_python)
+                stack.callback(creds.remove)  # after the cluster has stopped (the stack unwinds in reverse)
+                creds.write()
+            # The hosts' scheduler and workers inherit this process's Dask config when they start:
+            # with TLS, that names the credential files they read.
+            with dask.config.set(creds.config() if creds else {}):
+                c = stack.enter_context(SSHCluster(
+                    names, connect_options=opts, remote_python=remote_python, security=sec,
+                    worker_options={"nthreads": 1, **net},
+                    scheduler_options={"port": 0, "dashboard": False, **({"protocol": "tls"} if tls else {}),
+                                       **net}))
+            client = stack.enter_context(Client(c))
+            client._kit_insecure = insecure
             # a worker has printed its address before the scheduler has registered it
             client.wait_for_workers(len(parsed), timeout=WAIT_WORKERS)
             yield client
         return
+    tls = fleettls.choose(security=security, insecure=insecure)
+    sec = (security if security is not None else Security.temporary()) if tls else None
     with LocalCluster(n_workers=n_local, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as c, Client(c) as client:
+                      dashboard_address=None, security=sec) as c, Client(c) as client:
+        client._kit_insecure = insecure
         client.wait_for_workers(n_local, timeout=WAIT_WORKERS)
         yield client

@@ -41,11 +41,23 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--name", default="study", help="the study's label (default study)")
     p.add_argument("-o", "--out", default=None, help="save results, summary and figures to this directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g = p.add_argument_group("many hosts (Dask distributed; see README 'Many machines')")
+    g = p.add_argument_group("many hosts (Dask distributed; see README 'Many machines')",
+                             "Dask connections use TLS: a cluster started over SSH gets certificates made for it; "
+                             "a running scheduler is tls:// with the --tls-* files, or tcp:// on 127.0.0.1 only. "
+                             "Plaintext elsewhere only with --insecure.")
     g.add_argument("--hosts", default=None, help="comma-separated SSH hosts [user@]host[:port]: the whole study "
-                                                  "runs on each (distributed.SSHCluster; scheduler on the first)")
-    g.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (tcp://HOST:8786) "
-                                                      "whose workers each run the whole study")
+                                                  "runs on each (distributed.SSHCluster over TLS; scheduler on the "
+                                                  "first)")
+    g.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (tls://HOST:8786, or "
+                                                      "tcp://127.0.0.1:PORT) whose workers each run the whole study")
+    g.add_argument("--tls-ca-file", default=None, help="CA certificate of the cluster (a tls:// --scheduler, or "
+                                                        "your own certificates for --hosts)")
+    g.add_argument("--tls-cert", default=None, help="certificate this client (and, with --hosts, the scheduler and "
+                                                     "workers) presents")
+    g.add_argument("--tls-key", default=None, help="its private key (unless the --tls-cert file holds it)")
+    g.add_argument("--insecure", action="store_true",
+                   help="plaintext Dask connections (tcp://) off this machine: whoever reaches the scheduler or a "
+                        "worker runs code there as its user; say it only on a network you trust")
     g.add_argument("--remote-python", default=None, help="the Python on the hosts (default: this one's path)")
     g.add_argument("--ssh-key", action="append", default=None, help="private key for SSH (repeatable)")
     g.add_argument("--known-hosts", default=None, help="known_hosts file to check the hosts' keys against "
@@ -98,16 +110,20 @@ def study_kwargs(ns: argparse.Namespace) -> dict:
 
 def run_study(study, ns: argparse.Namespace) -> None:
     """Run ``study`` here, or once on every host when ``--hosts`` or ``--scheduler`` was given
-    (:func:`kit.bench.fleet.cluster`: an SSHCluster, or a running Dask scheduler)."""
+    (:func:`kit.bench.fleet.cluster`: an SSHCluster, or a running Dask scheduler; TLS unless
+    ``--insecure``)."""
     if not (ns.hosts or ns.scheduler):
+        if ns.insecure or ns.tls_ca_file or ns.tls_cert or ns.tls_key:
+            raise InvalidSpec("--insecure and --tls-* are for a fleet: give --hosts or --scheduler")
         study.run()
         return
-    from . import fleet
+    from . import fleet, fleettls
 
     opts = {**({"client_keys": ns.ssh_key} if ns.ssh_key else {}),
             **({"known_hosts": ns.known_hosts} if ns.known_hosts else {})}
-    with fleet.cluster(scheduler=ns.scheduler, hosts=ns.hosts, connect_options=opts,
-                       remote_python=ns.remote_python) as client:
+    security = fleettls.from_files(ns.tls_ca_file, ns.tls_cert, ns.tls_key)
+    with fleet.cluster(scheduler=ns.scheduler, hosts=ns.hosts, connect_options=opts, remote_python=ns.remote_python,
+                       security=security, insecure=ns.insecure) as client:
         study.run(client=client, per=ns.per)
 
 
