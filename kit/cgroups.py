@@ -5,6 +5,10 @@ creates, limits and removes. Runtimes place their container *below* it (runc's
 ``cgroupsPath``, LXC's ``lxc.cgroup.dir``) or move a bare process into it. Because the
 limit and its OOM counter live in the kit's own group, they survive the
 runtime tearing down its own sub-group, and read the same for every runtime.
+
+An ordinary user's groups go in the cgroup v2 subtree systemd delegates to the user
+(:func:`delegated_cgroup`); where there is none, :func:`limits_refusal` says why a limit
+cannot be had and how to get one.
 """
 
 from __future__ import annotations
@@ -222,12 +226,58 @@ def _write(path: Path, value, missing_ok: bool = False) -> None:
             raise
 
 
+# -- an ordinary user's groups ------------------------------------------------------------
+def delegated_cgroup(self_cgroup: str | None = None, root: Path | None = None) -> str | None:
+    """On cgroup v2, the writable subtree with the memory and cpu controllers that systemd delegates
+    to the user (``user@UID.service``) and this process runs in, as a path below ``root``
+    (/sys/fs/cgroup); else None. Only from inside it may the kit move processes into groups of its
+    own there (a login session's scope is outside it: its common ancestor is root's).
+
+    Args:
+        self_cgroup, root: this process's /proc/self/cgroup text and the hierarchy's root (tests).
+    """
+    if root is None and version() != 2:
+        return None
+    root = root or ROOT
+    try:
+        text = self_cgroup if self_cgroup is not None else Path("/proc/self/cgroup").read_text()
+        line = next(ln for ln in text.splitlines() if ln.startswith("0::"))
+    except (OSError, StopIteration):
+        return None
+    rel = line[3:].strip("/")
+    parts = rel.split("/")
+    # Go up to the delegated unit (user@UID.service): the kit's groups go beside the session's own.
+    for i in range(len(parts), 0, -1):
+        if parts[i - 1].startswith("user@") and parts[i - 1].endswith(".service"):
+            base = "/".join(parts[:i])
+            d = root / base
+            try:
+                ctrl = set((d / "cgroup.controllers").read_text().split())
+            except OSError:
+                return None
+            if {"memory", "cpu"} <= ctrl and os.access(d, os.W_OK):
+                return base
+            return None
+    return None
+
+
+def limits_refusal() -> str:
+    """Why an ordinary user's run cannot have a memory/CPU limit here, or "" when it can."""
+    if os.geteuid() == 0:
+        return ""
+    if version() != 2:
+        return (f"limits need a cgroup this user may write; cgroup {describe()} gives non-root users "
+                "none: run as root, or use a cgroup v2 host with systemd (a delegated subtree)")
+    if delegated_cgroup() is None:
+        return ("limits need a cgroup this user may write: run the kit inside the subtree your systemd user "
+                "manager is delegated (e.g. systemd-run --user --scope jupyter lab), or run as root")
+    return ""
+
+
 def kit_rel() -> str:
     """Where the kit's groups go, below the hierarchy root: ``kit``, or for an ordinary user on
-    cgroup v2 ``<the subtree systemd delegated to the user>/kit`` (kit.rootless)."""
+    cgroup v2 ``<the subtree systemd delegated to the user>/kit`` (:func:`delegated_cgroup`)."""
     if os.geteuid() != 0 and version() == 2:
-        from .rootless import delegated_cgroup
-
         base = delegated_cgroup()
         if base:
             return f"{base}/kit"

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import psutil
 
-from . import config, rootless
+from . import config, userns
 
 MARKER = "KIT_SESSION"
 _reaper: subprocess.Popen | None = None
@@ -119,7 +119,7 @@ def sweep(session: str) -> list[str]:
     removed += _unmount_below(run_dir)
     removed += _remove_cgroups(session)
     if run_dir.exists():
-        rootless.rmtree(run_dir)  # shutil.rmtree, and what a user namespace made unreadable
+        userns.rmtree(run_dir)  # shutil.rmtree, and what a user namespace made unreadable
         removed.append(f"directory {run_dir}")
     return removed
 

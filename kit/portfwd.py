@@ -187,8 +187,8 @@ class Forwarder:
             error = None
         except OSError as e:
             error = e
-            if e.errno == errno.EPERM and os.geteuid() != 0:  # a user namespace owns it (kit.rootless)
-                from .rootless import NetnsSockets
+            if e.errno == errno.EPERM and os.geteuid() != 0:  # a user namespace owns it (kit.userns)
+                from .userns import NetnsSockets
 
                 try:
                     helper, error = NetnsSockets(self._nsfd), None

@@ -361,17 +361,17 @@ def test_the_isolation_matrix_as_the_user(py):
 def test_delegated_cgroup_v2_subtree(tmp_path):
     """Where limits go for an ordinary user on cgroup v2: the subtree systemd delegates, only when the
     kit runs inside it with memory and cpu available (a pure function of /proc/self/cgroup and the tree)."""
-    from kit import rootless
+    from kit import cgroups
 
     unit = tmp_path / "user.slice" / "user-1001.slice" / "user@1001.service"
     (unit / "app.slice" / "run-1.scope").mkdir(parents=True)
     (unit / "cgroup.controllers").write_text("cpu io memory pids\n")
     inside = "0::/user.slice/user-1001.slice/user@1001.service/app.slice/run-1.scope\n"
-    assert rootless.delegated_cgroup(inside, tmp_path) == "user.slice/user-1001.slice/user@1001.service"
+    assert cgroups.delegated_cgroup(inside, tmp_path) == "user.slice/user-1001.slice/user@1001.service"
     session = "0::/user.slice/user-1001.slice/session-3.scope\n"  # a login shell: outside the delegation
-    assert rootless.delegated_cgroup(session, tmp_path) is None
+    assert cgroups.delegated_cgroup(session, tmp_path) is None
     (unit / "cgroup.controllers").write_text("pids\n")  # memory and cpu not delegated
-    assert rootless.delegated_cgroup(inside, tmp_path) is None
+    assert cgroups.delegated_cgroup(inside, tmp_path) is None
 
 
 def test_rootless_oci_config_leaves_the_user_namespace_to_the_launcher():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from .. import __version__, cgroups, rootless
+from .. import __version__, cgroups, rootless, userns
 
 
 def _read(path: str) -> str:
@@ -89,8 +89,8 @@ def collect() -> dict:
         "memory_total": psutil.virtual_memory().total,
         "cgroup": cgroups.describe(),
         # "rootless" when an ordinary user measured, and per runtime whether limits were enforced.
-        "privileges": rootless.mode(),
-        "user": rootless.user(),
+        "privileges": userns.mode(),
+        "user": userns.user(),
         "limits": {r["name"]: rootless.enforced_limits(r["name"]) for r in rts if r["available"]},
         "virtualised": _read("/sys/class/dmi/id/sys_vendor").strip() or _hypervisor_flag(),
         "runtimes": rts,

@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import config, rootless
+from .. import config, userns
 from .._proc import Pumped, Stream
 from ..cgroups import Cgroup
 from ..images import Image
@@ -220,7 +220,7 @@ class Runtime(ABC):
         self.cleanup(inst)
         if inst.cgroup is not None:
             inst.cgroup.destroy()
-        rootless.rmtree(inst.state_dir)  # shutil.rmtree, and what a user namespace made unreadable
+        userns.rmtree(inst.state_dir)  # shutil.rmtree, and what a user namespace made unreadable
         inst.removed = True
 
     def cleanup(self, inst: Instance) -> None:

@@ -25,7 +25,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .. import cgroups, config, rootless
+from .. import cgroups, config, rootless, userns
 from .._proc import Pumped, Stream, kill_group, run, wait_until
 from ..errors import KitTimeout, StartFailed
 from ..portfwd import Forwarder
@@ -86,7 +86,7 @@ def build_config(inst: Instance, monitor_rel: str | None) -> str:
         lines.append(f"lxc.mount.entry = {_fstab(str(m.host))} {_fstab(m.target.lstrip('/'))} none "
                      f"bind,create=dir{',ro' if m.read_only else ''} 0 0")
     lines += [f"lxc.environment = {_quote(k)}={_quote(v)}" for k, v in _rootfs.environment(spec, image).items()]
-    if rootless.active():  # unprivileged: the user as root inside, its subordinate IDs above
+    if userns.active():  # unprivileged: the user as root inside, its subordinate IDs above
         lines += rootless.lxc_idmap_lines()
     if inst.cgroup is not None:
         lines += [f"lxc.cgroup.dir.container = {inst.cgroup.rel}/ctr",
@@ -118,7 +118,7 @@ class LXCRuntime(Runtime):
             version = run([exe, "--version"], timeout=5, check=False).stdout.decode().strip()
         except (OSError, subprocess.TimeoutExpired) as e:
             return Availability(self.name, self.kind, False, reason=f"lxc-execute --version failed: {e}")
-        if rootless.active() and rootless.lxc_reason():
+        if userns.active() and rootless.lxc_reason():
             return Availability(self.name, self.kind, False, version, reason=rootless.lxc_reason())
         return Availability(self.name, self.kind, True, version,
                             info={"lxcpath": str(lxcpath()), "cgroups": cgroups.describe()})

@@ -37,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .. import cgroups, config, rootless
+from .. import cgroups, config, rootless, userns
 from .._proc import Pumped, Stream, kill_group, run, wait_until
 from ..errors import KitError, KitTimeout, StartFailed
 from ..portfwd import Forwarder, new_loopback_netns, setns
@@ -120,12 +120,12 @@ def build_config(spec: RunSpec, image, rootfs: Path, cgroups_path: str | None = 
         "mounts": [dict(m) for m in MOUNTS],
         "linux": linux,
     }
-    return rootless.oci_config(cfg) if rootless.active() else cfg
+    return rootless.oci_config(cfg) if userns.active() else cfg
 
 
 def runtime_root(binary: str) -> Path:
     """The kit-owned ``--root`` state directory of ``binary``."""
-    base = Path("/run/kit") if os.geteuid() == 0 else rootless.state_base() / "oci-state"
+    base = Path("/run/kit") if os.geteuid() == 0 else userns.state_base() / "oci-state"
     return base / binary
 
 
@@ -149,7 +149,7 @@ class OCIRuntime(Runtime):
         ``runc restore`` of a checkpointed service (:mod:`kit.warm`)."""
         from .. import criu
 
-        if rootless.active():
+        if userns.active():
             return ("cold",)
         return ("cold", "precreated") + (("snapshot",) if self.binary == "runc" and criu.probe().works else ())
 
@@ -171,16 +171,16 @@ class OCIRuntime(Runtime):
             return Availability(self.name, self.kind, False, reason=f"{self.binary} --version failed: {e}")
         version = _version(p.stdout.decode(errors="replace"))
         info = {"root": str(runtime_root(self.binary)), **self._probe_info()}
-        if rootless.active():
+        if userns.active():
             info["mode"] = "rootless"
-            why = rootless.userns_reason() or self._rootless_reason()
+            why = userns.userns_reason() or self._rootless_reason()
             if why:
                 return Availability(self.name, self.kind, False, version, reason=why, info=info)
-        if self.smoke_test or rootless.active():
+        if self.smoke_test or userns.active():
             why = self._smoke_run(path)
             if why:
-                if rootless.active():
-                    why = f"{self.binary} fails as {rootless.user()} (rootless): {why}"
+                if userns.active():
+                    why = f"{self.binary} fails as {userns.user()} (rootless): {why}"
                 return Availability(self.name, self.kind, False, version, reason=why, info=info)
         return Availability(self.name, self.kind, True, version, info=info)
 
@@ -193,7 +193,7 @@ class OCIRuntime(Runtime):
         return info
 
     def _no_start_mode(self, mode: str) -> str:
-        if rootless.active():
+        if userns.active():
             return ("not yet for an ordinary user (rootless): the container is created and started through the "
                     "kit's user-namespace launcher in one step")
         if mode == "snapshot" and self.binary == "runc":
@@ -231,7 +231,7 @@ class OCIRuntime(Runtime):
             bundle.mkdir()
             cfg = build_config(spec, image, image.rootfs, f"/{group.rel}")
             (bundle / "config.json").write_text(json.dumps(cfg))
-            argv = [*(rootless.launcher() if rootless.active() else ()), path, "--root", str(root),
+            argv = [*(rootless.launcher() if userns.active() else ()), path, "--root", str(root),
                     *self.global_args, "run", "--bundle", str(bundle), cid]
             p = run(argv, timeout=timeout, check=False, stdin=subprocess.DEVNULL)
             if p.returncode == 0:
@@ -256,7 +256,7 @@ class OCIRuntime(Runtime):
         return [which(self.binary) or self.binary, "--root", str(self.root), *self.global_args]
 
     def _cli_for(self, inst: Instance) -> list[str]:
-        if rootless.active():  # launched in the kit's user namespace, exec'd through it (kit.rootless)
+        if userns.active():  # launched in the kit's user namespace, exec'd through it (kit.rootless)
             return [*rootless.control_prefix(self.root, inst), *self._cli()]
         return self._cli()
 
@@ -323,7 +323,7 @@ class OCIRuntime(Runtime):
                 image.rootfs, [m["destination"] for m in MOUNTS], _rootfs.workdir(spec, image)):
             inst.info["rootfs"] = "image, read-only"
             return image.rootfs
-        if rootless.active():  # mounted in the kit's user namespace when the runtime is launched
+        if userns.active():  # mounted in the kit's user namespace when the runtime is launched
             inst.info["rootfs"] = rootless.ROOTFS_KIND
             inst.info["overlay_mount"] = rootless.overlay_options(image.rootfs, inst.state_dir, target)
             return target
@@ -466,7 +466,7 @@ class GVisorRuntime(OCIRuntime):
 
     @property
     def global_args(self) -> tuple[str, ...]:  # type: ignore[override]
-        own = ("--rootless", "--ignore-cgroups") if rootless.active() else ()
+        own = ("--rootless", "--ignore-cgroups") if userns.active() else ()
         return (f"--platform={self.platform}", "--network=none", *own)
 
     def _cli_for(self, inst: Instance) -> list[str]:
@@ -484,7 +484,7 @@ class GVisorRuntime(OCIRuntime):
             return None
         if not inst.spec.ports:
             return "new"
-        if rootless.active():  # the launcher's own network namespace (kit.rootless), as --network=host
+        if userns.active():  # the launcher's own network namespace (kit.rootless), as --network=host
             inst.info["launcher_netns"] = True
             return None
         # Ports: a private loopback-only namespace that runsc joins with --network=host.

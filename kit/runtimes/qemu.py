@@ -72,9 +72,7 @@ def _security_model() -> str:
 
 def _kvm_access() -> dict:
     """{"kvm": why this user cannot use /dev/kvm} when it exists but is closed to them."""
-    from .. import rootless
-
-    why = rootless.kvm_reason()
+    why = accel_mod.kvm_reason()
     return {"kvm": why} if why else {}
 
 

@@ -20,12 +20,13 @@ import os
 import platform
 import re
 import select
+import stat
 import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .. import config
+from .. import config, userns
 from .._proc import kill_group
 from . import initramfs, machine
 from .kernel import Kernel
@@ -100,10 +101,25 @@ def precheck() -> str | None:
     if not dev.exists():
         return "no /dev/kvm on this host (KVM not loaded or not exposed)"
     if not os.access(dev, os.R_OK | os.W_OK):
-        from .. import rootless
-
-        return rootless.kvm_reason(dev)
+        return kvm_reason(dev)
     return None
+
+
+def kvm_reason(dev: Path = Path("/dev/kvm")) -> str:
+    """Why this user cannot open ``/dev/kvm`` although it exists, or ""."""
+    try:
+        st = dev.stat()
+    except OSError:
+        return ""
+    if os.access(dev, os.R_OK | os.W_OK):
+        return ""
+    group = userns.group_name(st.st_gid)
+    if group == "root":
+        how = "add yourself to the kvm group (then log in again); here the device is root-only " \
+              f"({stat.filemode(st.st_mode)} root:root): as root, chgrp kvm {dev} && chmod 660 {dev}"
+    else:
+        how = f"add yourself to the {group} group (then log in again)"
+    return f"{dev} exists but {userns.user()} cannot open it: {how}"
 
 
 def host_tsc_khz() -> int | None:
