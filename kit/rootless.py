@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from pathlib import Path
 
 from . import cgroups, userns
@@ -141,25 +140,6 @@ def enforced_limits(runtime: str) -> str:
 
 
 # -- why a runtime cannot run as this user -----------------------------------------------
-def docker_socket_reason(host: str) -> str:
-    """Why this user cannot reach the Docker daemon at ``host`` (a unix:// URL), or ""."""
-    if not host.startswith("unix://"):
-        return ""
-    sock = host[len("unix://"):]
-    try:
-        st = os.stat(sock)
-    except FileNotFoundError:
-        return ""
-    except PermissionError:
-        return f"permission denied on the directory of {sock}: set DOCKER_HOST to a daemon this user can reach"
-    if not stat.S_ISSOCK(st.st_mode) or os.access(sock, os.R_OK | os.W_OK):
-        return ""
-    group = userns.group_name(st.st_gid)
-    how = f"add your user to the {group} group (then log in again)" if group != "root" else \
-        "ask for access to it"
-    return f"permission denied on {sock}: {how} or set DOCKER_HOST to a rootless daemon"
-
-
 def lxc_reason() -> str:
     """The exact piece unprivileged LXC lacks here, or "" (it then runs without cgroups of its own)."""
     if not userns.subordinate_ids("uid") or not userns.subordinate_ids("gid"):

@@ -16,10 +16,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
 from pathlib import Path
 
+from .. import userns
 from ..errors import ImageError, KitError, RuntimeUnavailable
 from . import archive, store
 
@@ -36,10 +38,28 @@ def docker_host() -> str:
 
 
 def daemon_unreachable() -> str:
-    from .. import rootless
-
-    return rootless.docker_socket_reason(docker_host()) or \
+    """Why no Docker daemon answers, and what to do: this user's access to its socket, else start one."""
+    return docker_socket_reason(docker_host()) or \
         f"no Docker daemon answers at {docker_host()}: start it with 'make setup' or 'dockerd &'"
+
+
+def docker_socket_reason(host: str) -> str:
+    """Why this user cannot reach the Docker daemon at ``host`` (a unix:// URL), or ""."""
+    if not host.startswith("unix://"):
+        return ""
+    sock = host[len("unix://"):]
+    try:
+        st = os.stat(sock)
+    except FileNotFoundError:
+        return ""
+    except PermissionError:
+        return f"permission denied on the directory of {sock}: set DOCKER_HOST to a daemon this user can reach"
+    if not stat.S_ISSOCK(st.st_mode) or os.access(sock, os.R_OK | os.W_OK):
+        return ""
+    group = userns.group_name(st.st_gid)
+    how = f"add your user to the {group} group (then log in again)" if group != "root" else \
+        "ask for access to it"
+    return f"permission denied on {sock}: {how} or set DOCKER_HOST to a rootless daemon"
 
 
 def docker_client(timeout: float | None = 60, error: type[KitError] = RuntimeUnavailable):
