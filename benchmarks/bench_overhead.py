@@ -50,6 +50,7 @@ from pathlib import Path
 import pandas as pd
 
 import kit
+from kit.bench import storage
 
 HERE = Path(__file__).resolve().parent
 CMD = ["echo", "hello"]
@@ -242,6 +243,7 @@ def main(argv=None) -> int:
             "return; teardown_off_path: after the result, not in kit_ms.\n\n"
             + parts.to_markdown(index=False, missingval="-") + "\n")
     (out / "overhead.md").write_text(text)
+    storage.record(out, __file__, ["overhead.csv", "overhead.md"])  # the commit and definitions measured under
     print(text)
     return 0
 

@@ -64,6 +64,7 @@ from pathlib import Path
 
 import kit
 from kit._proc import wait_exit
+from kit.bench import storage
 from kit.runtimes.qemu import DEFAULT_MEMORY, _VM
 from kit.spec import RunSpec
 from kit.vm import accel, disk, initramfs, kernel, machine
@@ -327,6 +328,7 @@ def main(argv=None) -> int:
     (RESULTS / "vm_summary.md").write_text(
         f"accel={verdict.accel} ({verdict.reason}); {args.runs} interleaved rounds after {args.warmup} warm-up\n\n"
         + md + "\n")
+    storage.record(RESULTS, __file__, ["vm_runs.csv", "vm_summary.csv", "vm_summary.md"])
     print(md)
     return 0
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from kit.bench import Study, Workload, envinfo, startup, tables
+from kit.bench import Study, Workload, envinfo, startup, storage, tables
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -133,6 +133,7 @@ def main(argv=None) -> int:
             f"{int(table['within_10pct'].sum())}/{len(table)} within 10 %, "
             f"{int(table['ok'].sum())}/{len(table)} within 10 % or {FLOOR_MS:g} ms\n")
     (out / "hyperfine.md").write_text(text)
+    storage.record(out, __file__, ["hyperfine.csv", "hyperfine.md"])  # the commit and definitions measured under
     print(text)
     return 0 if table["ok"].all() else 1
 

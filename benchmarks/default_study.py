@@ -19,7 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from kit.bench import Study  # noqa: E402
+from kit.bench import Study, storage  # noqa: E402
 from kit.bench.tables import markdown  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -40,10 +40,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     params = {**DEFAULT, "repeat": args.repeat,
               "runtimes": args.runtimes if args.runtimes == "all" else args.runtimes.split(",")}
-    t0 = time.monotonic()
+    t0, started = time.monotonic(), time.time()
     study = Study(**params)
     study.run()
     out = study.save(args.out)
+    storage.record(out, __file__, since=started)  # every file the save wrote
     print(markdown(study, figures=False))
     print(f"default study: {time.monotonic() - t0:.0f} s wall, saved to {out}")
     return 0

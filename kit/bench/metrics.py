@@ -8,6 +8,9 @@ this code. README.md shows the same table (a test keeps the two equal).
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 #: Columns of the results frame, in order.
 COLUMNS = [
     "study", "part", "image", "runtime", "kind", "workload", "round", "order", "repeat", "warmup",
@@ -125,6 +128,29 @@ def unit(metric: str) -> str:
 def definitions() -> dict[str, dict[str, str]]:
     """METRICS as a JSON-friendly dict: name -> {unit, definition}."""
     return {k: {"unit": u, "definition": d} for k, (u, d) in METRICS.items()}
+
+
+def fingerprint(metrics: dict | None = None) -> str:
+    """A short hash of metric definitions (default: :data:`METRICS`, the current ones).
+
+    Every committed result records the fingerprint of the definitions it was measured under (see
+    :func:`kit.bench.storage.record` and ``meta["metrics_fingerprint"]`` of a saved study); a result
+    whose fingerprint differs from the current one was measured under other definitions and must be
+    measured again. Any change of a name, unit or definition changes it.
+
+    Args:
+        metrics: definitions as :data:`METRICS` holds them (name -> (unit, definition)) or as
+            :func:`definitions` returns them (name -> {unit, definition}), e.g. a saved study's
+            ``meta["metrics"]``.
+
+    >>> fingerprint() == fingerprint(definitions())
+    True
+    """
+    metrics = METRICS if metrics is None else metrics
+    canon = {name: [v["unit"], v["definition"]] if isinstance(v, dict) else [v[0], v[1]]
+             for name, v in metrics.items()}
+    text = json.dumps(canon, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def markdown(names=None) -> str:
