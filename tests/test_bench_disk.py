@@ -3,6 +3,7 @@
 import os
 import secrets
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -109,3 +110,52 @@ def test_instance_writing_5m_adds_5m(started, runtime):
     assert growth < 6 * MIB
     # nothing of the image is counted per instance
     assert base.allocated < shared.allocated or shared.allocated == 0
+
+
+def test_boot_paths_from_a_qemu_command_line():
+    argv = ["qemu-system-x86_64", "-M", "q35", "-kernel", "/k/6.1/vmlinuz", "-initrd", "/img/formats/qemu/i.cpio",
+            "-append", "console=ttyS0 -kernel /not/this", "-drive", "file=/img/a,,b.ext4,format=raw,readonly=on",
+            "-drive", "if=none,id=x,file=/d2.img"]
+    got = disk.boot_paths(argv)
+    assert got == {"kernel": [Path("/k/6.1/vmlinuz")], "initrd": [Path("/img/formats/qemu/i.cpio")],
+                   "disk": [Path("/img/a,b.ext4"), Path("/d2.img")]}
+    assert disk.boot_paths(["qemu"]) == {"kernel": [], "initrd": [], "disk": []}
+
+
+def _allocated(paths) -> int:
+    """Blocks allocated to exactly these files, each inode once (an independent count: os.stat)."""
+    seen = {}
+    for p in paths:
+        st = os.stat(p)
+        seen[(st.st_dev, st.st_ino)] = st.st_blocks * 512
+    return sum(seen.values())
+
+
+@pytest.mark.slow
+def test_vm_shares_only_the_files_it_boots_from(started):
+    """A VM's shared bytes are its kernel, initramfs and disk, read here from QEMU's own /proc cmdline:
+    not every kernel cached under $KIT_HOME/kernels (other versions, whole module trees, the 9p kernel)."""
+    need("qemu")
+    img = kit.images.get("busybox")
+    rt, inst = started("qemu", ["sleep", "3600"])
+    wait_until(lambda: "command" in inst.phases, 120, what="the guest running its command")
+    qemu = [p for p in rt.pids(inst) if "qemu" in open(f"/proc/{p}/comm").read()]
+    assert len(qemu) == 1, qemu
+    argv = open(f"/proc/{qemu[0]}/cmdline", "rb").read().split(b"\0")
+    argv = [a.decode() for a in argv if a]
+    files = [argv[i + 1] for i, a in enumerate(argv) if a in ("-kernel", "-initrd")]
+    files += [o[len("file="):].replace(",,", ",") for i, a in enumerate(argv) if a == "-drive"
+              for o in argv[i + 1].split(",") if o.startswith("file=")]
+    assert len(files) >= 2 and any(f.endswith("vmlinuz") for f in files), argv
+    _, usages = disk.image_rows(img)
+    shared = disk.shared_usage("qemu", usages, inst)
+    assert shared.allocated == _allocated(files)
+    parts = disk.boot_usage("qemu", inst)
+    assert parts["kernel"].allocated + parts["qemu"].allocated == shared.allocated  # the parts add up
+    kernels = kit.config.home() / "kernels"
+    everything = subprocess.run(["du", "-s", "--block-size=1", str(kernels)], capture_output=True, text=True,
+                                check=True).stdout.split()[0]
+    # the whole kernel cache (every version and module tree) is several times one VM's kernel
+    assert parts["kernel"].allocated < int(everything)
+    # the image rows count the default kernel file, not the cache
+    assert usages["kernel"].allocated == _allocated([argv[argv.index("-kernel") + 1]])

@@ -116,7 +116,7 @@ def steady_state(runtime: str, image: str, *, parts, max_n: int, memory_budget: 
             if max(pss, used) / n * nxt > memory_budget or elapsed + elapsed / n * (nxt - n) > time_budget:
                 break
         if "disk" in parts and lives:
-            shared = disk.shared_usage(runtime, image_usages)
+            shared = disk.shared_usage(runtime, image_usages, lives[0].inst)  # a VM: the files it boots from
             rows.append(_row("disk", "image_shared", shared.allocated, n=len(lives)))
             union = disk.Usage()
             for i, live in enumerate(lives):

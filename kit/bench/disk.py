@@ -5,20 +5,26 @@ twice) counts once, and an instance's files that are the image's own inodes
 count as the image's. Walks never cross into mount points, so a bind or
 overlay mount of the image inside an instance's directory is not counted
 again.
+
+A VM's shared bytes are the files QEMU boots it from, read from its own
+command line (:func:`boot_paths`): its kernel, its initramfs (which carries the
+modules its init loads) and its read-only disk, never every kernel cached
+under ``$KIT_HOME/kernels`` (other versions, whole module trees, the 9p kernel).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import config
 
 #: Which stored formats each runtime reads an image from. ``rootfs`` is the
 #: image's own tree; others are directories under ``<image>/formats/``;
-#: ``docker`` is the daemon's copy; ``kernel`` is ``$KIT_HOME/kernels``.
+#: ``docker`` is the daemon's copy; ``kernel`` is the guest kernel a VM boots by
+#: default. A live VM's own boot files replace these (:func:`shared_usage` with ``inst``).
 RUNTIME_FORMATS = {
     "process": (),
     "runc": ("rootfs", "oci"),
@@ -120,20 +126,27 @@ def usage(path, exclude: set | None = None, mounts: set | None = None) -> Usage:
     return u
 
 
-def kernels_dir() -> Path:
-    return config.home() / "kernels"
+def default_kernel() -> Path | None:
+    """The vmlinuz a VM boots when no kernel is given (the newest cached one), or None: nothing fetched."""
+    from ..vm import kernel
+
+    k = kernel.cached()
+    return k.vmlinuz if k is not None else None
 
 
 def format_paths(image) -> dict[str, Path]:
-    """Every on-disk format of ``image`` that exists: rootfs, formats/<name>, kernel."""
+    """Every on-disk format of ``image`` that exists: rootfs, formats/<name>, and ``kernel``: the one
+    guest kernel file a VM boots by default (not the kernels directory: other versions and module
+    trees are no VM's; the initramfs a VM boots is counted from the VM itself, :func:`boot_usage`)."""
     out = {"rootfs": Path(image.rootfs)}
     fdir = Path(image.dir) / "formats"
     if fdir.is_dir():
         for d in sorted(fdir.iterdir()):
             if d.is_dir() and any(d.iterdir()):
                 out[d.name] = d
-    if kernels_dir().is_dir():
-        out["kernel"] = kernels_dir()
+    k = default_kernel()
+    if k is not None:
+        out["kernel"] = k
     return out
 
 
@@ -174,13 +187,82 @@ def image_rows(image) -> tuple[list[dict], dict[str, Usage]]:
     return rows, usages
 
 
-def shared_usage(runtime: str, usages: dict[str, Usage]) -> Usage:
-    """What every instance of ``runtime`` shares on disk: the formats it reads, each inode once."""
+def shared_usage(runtime: str, usages: dict[str, Usage], inst=None) -> Usage:
+    """What every instance of ``runtime`` shares on disk: the formats it reads, each inode once.
+
+    Args:
+        inst: a live instance of ``runtime``. For a VM its own boot files are counted
+            (:func:`boot_usage`: its kernel, initramfs and disk) instead of every derivation of
+            the image and the default kernel, which is all that is known without one.
+    """
+    if inst is not None and runtime_kind(runtime) == "vm":
+        total = Usage()
+        for u in boot_usage(runtime, inst).values():
+            total = total.add(u)
+        return total
     total = Usage()
     for fmt in RUNTIME_FORMATS.get(runtime, ("rootfs",)):
         if fmt in usages:
             total = total.add(usages[fmt])
     return total
+
+
+def runtime_kind(runtime) -> str:
+    """The kind (process, container, sandbox, vm) of a runtime given by name or object."""
+    from .. import runtimes
+
+    return (runtimes.get(runtime) if isinstance(runtime, str) else runtime).kind
+
+
+def _qemu_file(value: str) -> str | None:
+    """The ``file=`` of a QEMU option value (``a=b,file=PATH,c=d``; a comma in PATH is doubled)."""
+    for part in re.split(r"(?<!,),(?!,)", value):
+        if part.startswith("file="):
+            return part[len("file="):].replace(",,", ",")
+    return None
+
+
+def boot_paths(argv: list[str]) -> dict[str, list[Path]]:
+    """The files a QEMU command line boots from: ``kernel`` (``-kernel``), ``initrd`` (``-initrd``) and
+    ``disk`` (every ``-drive file=``).
+
+    >>> boot_paths(["qemu", "-kernel", "/k/vmlinuz", "-initrd", "/i.cpio", "-drive", "file=/a,,b.img,format=raw"])
+    {'kernel': [PosixPath('/k/vmlinuz')], 'initrd': [PosixPath('/i.cpio')], 'disk': [PosixPath('/a,b.img')]}
+    """
+    out: dict[str, list[Path]] = {"kernel": [], "initrd": [], "disk": []}
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "-kernel":
+            out["kernel"].append(Path(value))
+        elif flag == "-initrd":
+            out["initrd"].append(Path(value))
+        elif flag == "-drive":
+            f = _qemu_file(value)
+            if f:
+                out["disk"].append(Path(f))
+    return out
+
+
+def boot_usage(runtime, inst) -> dict[str, Usage]:
+    """The files a live VM booted from, from its own QEMU command line, as ``kernel`` (its kernel, and
+    an initramfs of the kernel's: the kit's init and the modules it loads) and ``qemu`` (the image's
+    own: its initramfs with the image, or its disk).
+
+    Raises:
+        KitError: ``inst`` is not a live VM of ``runtime`` (its command line is gone).
+    """
+    from .. import runtimes
+
+    rt = runtimes.get(runtime) if isinstance(runtime, str) else runtime
+    paths = boot_paths(rt.vm(inst).argv)
+    image_dir = Path(os.path.realpath(inst.image.dir)) if inst.image is not None else None
+    out = {"kernel": Usage(), "qemu": Usage()}
+    mounts = mount_points()
+    for p in paths["kernel"] + paths["initrd"] + paths["disk"]:
+        real = Path(os.path.realpath(p))
+        own = p not in paths["kernel"] and image_dir is not None and image_dir in real.parents
+        fmt = "qemu" if own else "kernel"
+        out[fmt] = out[fmt].add(usage(real, mounts=mounts))
+    return out
 
 
 def docker_container_size(inst) -> int | None:

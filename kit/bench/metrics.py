@@ -65,15 +65,17 @@ METRICS: dict[str, tuple[str, str]] = {
     # -- disk --------------------------------------------------------------------
     "image_apparent": ("bytes", "bytes of the image in one format (component: rootfs, a per-runtime derivation "
                                 "under the image's formats/ directory, docker = the Docker image size, kernel = "
-                                "the guest kernel, modules and initramfs under $KIT_HOME/kernels): sum of file "
-                                "sizes, each hard-linked file once."),
+                                "the guest kernel file a VM boots by default, not the other cached kernels and "
+                                "module trees): sum of file sizes, each hard-linked file once."),
     "image_allocated": ("bytes", "as image_apparent, but the blocks allocated on disk (st_blocks * 512)."),
     "instance_apparent": ("bytes", "bytes one live instance adds on disk (its state directory and writable "
                                    "layer, not crossing into mounts; files hard-linked to the image count as "
                                    "shared, not here), apparent size."),
     "instance_allocated": ("bytes", "as instance_apparent, allocated blocks."),
     "image_shared": ("bytes", "allocated bytes of the image formats this runtime reads (see image_allocated), "
-                              "each file once: paid once however many instances run."),
+                              "each file once: paid once however many instances run. For a VM, the files QEMU "
+                              "boots it from, read from its command line: its kernel, its initramfs (the kit's "
+                              "init and the modules it loads, or those with the image) and its read-only disk."),
     "total_for_n": ("bytes", "allocated bytes on disk for n live instances with sharing accounted: the image "
                              "formats the runtime uses, counted once, plus every instance's own bytes."),
     "volume_apparent": ("bytes", "bytes in a volume an instance mounts (component: the named volume, or the host "

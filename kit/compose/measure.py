@@ -150,7 +150,7 @@ def disk(stack):
     for name, unit in s.units.items():
         rt, inst = api.instance(name)
         _, usages = dk.image_rows(images.get(unit.image))
-        shared = dk.shared_usage(rt.name, usages)
+        shared = dk.shared_usage(rt.name, usages, inst)
         inst_rows, own = dk.instance_rows(rt, inst, shared)
         rows.append({"instance": name, "part": "image", "component": unit.image, "bytes": float(shared.allocated)})
         rows.append({"instance": name, "part": "instance", "component": "", "bytes": float(own.allocated)})
