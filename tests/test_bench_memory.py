@@ -12,8 +12,12 @@ spare, and 64 MiB is still far above what an idle instance holds (well under 8 M
 test_idle_process_is_small), so an accounting that missed the buffer cannot pass.
 """
 
+import os
 import secrets
+import subprocess
 
+import pandas as pd
+import psutil
 import pytest
 
 import kit
@@ -29,6 +33,9 @@ AT_LEAST = 64 * MIB
 HOLD_96M = ["sh", "-c", f"dd if=/dev/zero bs={HELD // MIB}M count=1 | sleep 3600"]
 LIMIT = "256m"  # room for the 96 MiB buffer plus the runtime's own processes
 RUNTIMES = ["process", "runc", "crun", "lxc", "runsc", "docker"]
+#: What each runtime keeps beside an instance to hold it (its monitor_pids), by process name.
+MONITORS = {"process": set(), "runc": {"runc"}, "crun": {"crun"}, "lxc": {"lxc-execute"}, "runsc": {"runsc"},
+            "docker": {"containerd-shim-runc-v2"}}
 
 
 @pytest.fixture
@@ -69,12 +76,12 @@ def test_96m_allocation_shows_in_pss_and_working_set(started, runtime):
     # the per-instance monitor is reported apart, never inside the instance's own figure
     monitors = set(rt.monitor_pids(inst))
     assert not monitors & set(memory.host_pids(rt, inst))
-    shown = {c for (metric, c) in m if metric == "monitor_pss"}
-    assert len(shown) <= len(monitors)
-    if runtime == "docker":
-        # the container's own containerd shim is its monitor: reported apart, not in its pss
-        assert any(c.startswith("containerd-shim") for c in shown), m
-        assert not any(c.startswith("containerd-shim") for c in own), own
+    # every monitor process shows, under its own name (read apart with psutil), with its PSS
+    names = {psutil.Process(p).name() for p in monitors}
+    assert names == MONITORS[runtime], (names, monitors)
+    shown = {c: v for (metric, c), v in m.items() if metric == "monitor_pss"}
+    assert set(shown) == names and all(v > 0 for v in shown.values()), m
+    assert all(r["status"] == "ok" for r in memory.instance_rows(rt, inst))  # root reads every process
 
 
 def test_idle_process_is_small(started):
@@ -118,8 +125,6 @@ class _Monitored:
 
 
 def test_monitor_is_reported_apart_and_pss_by_process_sums_to_pss():
-    import os
-
     rt = _Monitored(os.getpid(), os.getppid())
     rows = memory.instance_rows(rt, None)
     m = {(r["metric"], r["component"]): r["value"] for r in rows}
@@ -162,3 +167,67 @@ def test_vm_guest_view_sees_96m(started):
     host = _metrics(rt, inst)
     assert host[("pss", "")] >= AT_LEAST  # QEMU's resident guest RAM holds it too
     assert any(c.startswith("qemu") for (metric, c) in host if metric == "pss_by_process")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="makes an ordinary user (scripts/rootless-user): run as root")
+def test_a_process_that_cannot_be_read_makes_the_figure_partial_never_smaller():
+    """An ordinary user cannot read root's memory maps (psutil AccessDenied): the figure that needs them
+    is flagged partial with the process named, a failed row says so, and the strict sums refuse."""
+    from tests.test_rootless import REPO, USER, as_user
+
+    p = subprocess.run([str(REPO / "scripts" / "rootless-user"), USER], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    py = p.stdout.strip().splitlines()[-1]
+    got = as_user(py, f"""
+        import json, os
+        from kit.bench import memory
+
+        class Rt:  # the user's own process, and a root process (this test's pytest) beside it
+            def pids(self, inst): return [os.getpid(), {os.getpid()}]
+            def monitor_pids(self, inst): return []
+            def cgroup_path(self, inst): return None
+
+        rows = memory.instance_rows(Rt(), None)
+        r = memory.read([os.getpid(), {os.getpid()}])
+        try:
+            memory.total_pss([os.getpid(), {os.getpid()}])
+            refused = ""
+        except memory.PartialMemory as e:
+            refused = str(e)
+        print(json.dumps({{"rows": rows, "read": [p["pid"] for p in r.procs], "unreadable": r.unreadable,
+                          "alone": memory.read([os.getpid()]).status, "refused": refused, "me": os.getpid()}}))
+    """)
+    assert got["read"] == [got["me"]] and [u["pid"] for u in got["unreadable"]] == [os.getpid()]
+    assert "access denied" in got["unreadable"][0]["why"]
+    assert got["alone"] == "ok"  # its own process alone: whole
+    rows = {(r["metric"], r["component"]): r for r in got["rows"]}
+    for metric in ("pss", "uss", "rss"):
+        assert rows[(metric, "")]["status"].startswith("partial: 1 of 2 processes could not be read"), rows
+        assert f"{os.getpid()} " in rows[(metric, "")]["status"]
+    assert rows[("failed", "pss")]["value"] == 1 and "could not be read" in rows[("failed", "pss")]["status"]
+    assert got["refused"].startswith("memory figure incomplete: 1 of 2 processes could not be read")
+    # summaries take ok rows only: the partial figure is left out, not shown smaller
+    from kit.bench import stats, storage
+
+    df = storage.normalise(pd.DataFrame([{**r, "warmup": False} for r in got["rows"]]))
+    assert stats.measured(df).empty
+
+
+def test_a_process_without_pss_is_not_counted_as_its_uss(monkeypatch):
+    """No PSS from the kernel for one process: never its USS in its place; the reading is partial."""
+    real = psutil.Process.memory_full_info
+
+    def without_pss(self):
+        info = real(self)
+        if self.pid != os.getpid():
+            return info
+        fields = {k: v for k, v in info._asdict().items() if k != "pss"}
+        return type("pfullmem", (), fields)()
+
+    monkeypatch.setattr(psutil.Process, "memory_full_info", without_pss)
+    r = memory.read([os.getpid(), os.getppid()])
+    assert [p["pid"] for p in r.procs] == [os.getppid()]
+    assert r.unreadable == [{"pid": os.getpid(), "name": memory.label(psutil.Process()), "why": "no PSS reported"}]
+    assert r.status.startswith("partial: 1 of 2")
+    with pytest.raises(memory.PartialMemory, match="no PSS reported"):
+        memory.total_pss([os.getpid()])

@@ -89,9 +89,11 @@ def steady_state(runtime: str, image: str, *, parts, max_n: int, memory_budget: 
             if not lives:
                 break
             n = len(lives)
-            pss = memory.settle(all_pids)
+            reading = memory.steady(all_pids)  # partial (a process unreadable): its rows say so
+            pss = reading.pss
             if n == 1 and "memory" in parts:
-                rows += [{**_row("memory", r["metric"], r["value"], n=1, component=r["component"])}
+                rows += [_row("memory", r["metric"], r["value"], n=1, component=r["component"],
+                              status=r.get("status", "ok"))
                          for r in memory.instance_rows(lives[0].runtime, lives[0].inst)]
                 if lives[0].runtime.kind == "vm":
                     # The measured VM's own view, or a failed row saying why (never another VM's).
@@ -101,12 +103,16 @@ def steady_state(runtime: str, image: str, *, parts, max_n: int, memory_budget: 
             used = memory.host_used() - base_used
             if "density" in parts:
                 ws = [memory.cgroup_memory(live.runtime.cgroup_path(live.inst))[1] for live in lives]
-                rows += [_row("density", "density_pss_total", pss, n=n),
-                         _row("density", "density_pss_per_instance", pss / n, n=n),
+                rows += [_row("density", "density_pss_total", pss, n=n, status=reading.status),
+                         _row("density", "density_pss_per_instance", pss / n, n=n, status=reading.status),
                          _row("density", "density_host_used", used, n=n)]
-                monitors = monitor_pids()
-                if monitors:
-                    rows.append(_row("density", "density_monitor_pss_total", memory.total_pss(monitors), n=n))
+                monitors = memory.read(monitor_pids())
+                if monitors.procs or monitors.unreadable:
+                    rows.append(_row("density", "density_monitor_pss_total", monitors.pss, n=n,
+                                     status=monitors.status))
+                rows += [_row("density", r["metric"], r["value"], n=n, component=r["component"], status=r["status"])
+                         for r in memory.partial_rows(reading, "density_pss_total")
+                         + memory.partial_rows(monitors, "density_monitor_pss_total")]
                 if all(w is not None for w in ws):
                     rows.append(_row("density", "density_working_set_total", sum(ws), n=n))
             if failed or n >= max_n:

@@ -7,12 +7,20 @@ per-instance monitor a runtime keeps beside it (``runc run``, LXC's monitor, the
 apart as ``monitor_pss``, as the shared daemons are as ``daemon_pss``: a user who runs
 the same container detached, or through containerd, would not pay for it the same way.
 
+A figure is never silently smaller: a process that exists but cannot be read
+(psutil's AccessDenied, e.g. another user's process for a rootless user, or no
+PSS figure from the kernel) makes the figure partial, and its row says so in its
+``status`` (``partial: ...``, see :data:`kit.bench.metrics.METRICS` ``failed``), so
+summaries, which take ``ok`` rows only, leave it out. A process that has ended
+meanwhile uses no memory and is not counted.
+
 Definitions of every figure are in :data:`kit.bench.metrics.METRICS`.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -25,18 +33,79 @@ from ..errors import KitError, KitTimeout
 DAEMONS = {"docker": ("dockerd", "containerd")}
 
 
-def process_memory(pids) -> list[dict]:
-    """PSS, USS and RSS of each process that still exists (pid, name, pss, uss, rss)."""
-    out = []
+class PartialMemory(KitError):
+    """Some processes of a memory figure could not be read: the figure would be too small."""
+
+
+@dataclass
+class Reading:
+    """The memory of a set of processes: those read (``procs``: pid, name, pss, uss, rss) and those
+    that exist but could not be read (``unreadable``: pid, name, why)."""
+
+    procs: list[dict] = field(default_factory=list)
+    unreadable: list[dict] = field(default_factory=list)
+
+    def total(self, metric: str) -> int:
+        return sum(p[metric] for p in self.procs)
+
+    @property
+    def pss(self) -> int:
+        return self.total("pss")
+
+    @property
+    def status(self) -> str:
+        """``ok``, or ``partial: ...`` naming the processes left out and why."""
+        if not self.unreadable:
+            return "ok"
+        who = ", ".join(f"{u['pid']} {u['name']} ({u['why']})" for u in self.unreadable[:5])
+        more = f" and {len(self.unreadable) - 5} more" if len(self.unreadable) > 5 else ""
+        return (f"partial: {len(self.unreadable)} of {len(self.procs) + len(self.unreadable)} processes could not "
+                f"be read: {who}{more}")
+
+    def checked(self) -> "Reading":
+        """This reading, or :class:`PartialMemory` when a process could not be read."""
+        if self.unreadable:
+            raise PartialMemory(self.status.replace("partial: ", "memory figure incomplete: ", 1)
+                                + " (run as their owner or as root to measure them)")
+        return self
+
+
+def read(pids) -> Reading:
+    """PSS, USS and RSS of each of ``pids``: a process that has ended is left out (it holds no memory),
+    one that cannot be read is listed in ``unreadable`` with why."""
+    out = Reading()
     for pid in sorted(set(pids)):
         try:
             p = psutil.Process(pid)
+            name = label(p)
             info = p.memory_full_info()
-            out.append({"pid": pid, "name": label(p), "pss": getattr(info, "pss", info.uss),
-                        "uss": info.uss, "rss": info.rss})
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
             continue
+        except psutil.AccessDenied as e:
+            out.unreadable.append({"pid": pid, "name": _name_or_pid(pid), "why": f"access denied: {e.msg or 'smaps'}"})
+            continue
+        if not hasattr(info, "pss"):  # no PSS from this kernel/platform: never stand in USS for it
+            out.unreadable.append({"pid": pid, "name": name, "why": "no PSS reported"})
+            continue
+        out.procs.append({"pid": pid, "name": name, "pss": info.pss, "uss": info.uss, "rss": info.rss})
     return out
+
+
+def _name_or_pid(pid: int) -> str:
+    try:
+        return psutil.Process(pid).name()
+    except psutil.Error:
+        return f"pid {pid}"
+
+
+def process_memory(pids) -> list[dict]:
+    """PSS, USS and RSS of each process that still exists (pid, name, pss, uss, rss).
+
+    Raises:
+        PartialMemory: a process exists but could not be read (see :func:`read` for the figures
+            with the reason instead).
+    """
+    return read(pids).checked().procs
 
 
 def label(p: psutil.Process) -> str:
@@ -60,7 +129,12 @@ def label(p: psutil.Process) -> str:
 
 
 def total_pss(pids) -> int:
-    return sum(p["pss"] for p in process_memory(pids))
+    """The PSS of ``pids`` summed.
+
+    Raises:
+        PartialMemory: a process could not be read (the sum would be too small).
+    """
+    return read(pids).checked().pss
 
 
 def _group(path) -> cgroups.Cgroup | None:
@@ -83,26 +157,36 @@ def cgroup_memory(path) -> tuple[int | None, int | None]:
     return group.memory_usage(), group.working_set()
 
 
-def settle(pids_fn, timeout: float = 20.0, tolerance: float = 0.02, gap: float = 0.5) -> int:
+def steady(pids_fn, timeout: float = 20.0, tolerance: float = 0.02, gap: float = 0.5) -> Reading:
     """Wait until the PSS of ``pids_fn()`` is steady (two readings ``gap`` s apart within ``tolerance``).
 
-    Returns the last reading. A workload that keeps growing is measured as it is at ``timeout``.
+    Returns the last reading (its ``status`` says whether it is partial). A workload that keeps
+    growing is measured as it is at ``timeout``.
     """
-    last = [total_pss(pids_fn()), time.monotonic()]
+    last = [read(pids_fn()), time.monotonic()]
 
-    def steady():
+    def still():
         if time.monotonic() - last[1] < gap:
             return False
-        now = total_pss(pids_fn())
+        now = read(pids_fn())
         prev = last[0]
         last[:] = [now, time.monotonic()]
-        return now > 0 and abs(now - prev) <= tolerance * max(now, prev)
+        return now.pss > 0 and abs(now.pss - prev.pss) <= tolerance * max(now.pss, prev.pss)
 
     try:
-        wait_until(steady, timeout, interval=0.05, what="steady memory")
+        wait_until(still, timeout, interval=0.05, what="steady memory")
     except KitTimeout:
         pass
     return last[0]
+
+
+def settle(pids_fn, timeout: float = 20.0, tolerance: float = 0.02, gap: float = 0.5) -> int:
+    """:func:`steady`'s last reading of PSS (bytes).
+
+    Raises:
+        PartialMemory: a process could not be read (the figure would be too small).
+    """
+    return steady(pids_fn, timeout, tolerance, gap).checked().pss
 
 
 def split_pids(rt, inst) -> tuple[list[int], list[int]]:
@@ -119,30 +203,42 @@ def host_pids(rt, inst) -> list[int]:
     return split_pids(rt, inst)[0]
 
 
-def _by_name(procs: list[dict], metric: str) -> list[dict]:
+def _by_name(r: Reading, metric: str) -> list[dict]:
     by_name: dict[str, int] = {}
-    for p in procs:
+    for p in r.procs:
         by_name[p["name"]] = by_name.get(p["name"], 0) + p["pss"]
-    return [{"metric": metric, "component": k, "value": float(v)} for k, v in sorted(by_name.items())]
+    return [{"metric": metric, "component": k, "value": float(v), "status": r.status}
+            for k, v in sorted(by_name.items())]
 
 
 def instance_rows(rt, inst) -> list[dict]:
-    """Every memory metric of one live instance, as (metric, component, value) rows.
+    """Every memory metric of one live instance, as (metric, component, value, status) rows.
 
     ``pss``/``uss``/``rss`` and ``pss_by_process`` (which sums to ``pss``) cover the
-    instance's own processes; ``monitor_pss`` (component: process name) its monitor's.
+    instance's own processes; ``monitor_pss`` (component: process name) its monitor's. When a
+    process could not be read, the figures it belongs to have status ``partial: ...`` (which
+    process, why), and a ``failed`` row (component: the figure) says so too.
     """
-    own, monitors = split_pids(rt, inst)
-    procs = process_memory(own)
-    rows = [{"metric": m, "component": "", "value": float(sum(p[m] for p in procs))} for m in ("pss", "uss", "rss")]
-    rows += _by_name(procs, "pss_by_process")
-    rows += _by_name(process_memory(monitors), "monitor_pss")
+    own_pids, monitor_pids = split_pids(rt, inst)
+    own, monitors = read(own_pids), read(monitor_pids)
+    rows = [{"metric": m, "component": "", "value": float(own.total(m)), "status": own.status}
+            for m in ("pss", "uss", "rss")]
+    rows += _by_name(own, "pss_by_process")
+    rows += _by_name(monitors, "monitor_pss")
+    rows += partial_rows(own, "pss") + partial_rows(monitors, "monitor_pss")
     usage, ws = cgroup_memory(rt.cgroup_path(inst))
     if usage is not None:
-        rows.append({"metric": "cgroup_usage", "component": "", "value": float(usage)})
+        rows.append({"metric": "cgroup_usage", "component": "", "value": float(usage), "status": "ok"})
     if ws is not None:
-        rows.append({"metric": "cgroup_working_set", "component": "", "value": float(ws)})
+        rows.append({"metric": "cgroup_working_set", "component": "", "value": float(ws), "status": "ok"})
     return rows
+
+
+def partial_rows(r: Reading, figure: str) -> list[dict]:
+    """One ``failed`` row (component: ``figure``) when ``r`` is partial, saying which processes and why."""
+    if not r.unreadable:
+        return []
+    return [{"metric": "failed", "component": figure, "value": 1.0, "status": f"error: {r.status}"}]
 
 
 def parse_meminfo(text: str) -> dict[str, int]:
@@ -196,14 +292,21 @@ def _guest_failed(why: str) -> dict:
 
 
 def daemon_rows(runtime: str) -> list[dict]:
-    """PSS of the daemons a runtime depends on (dockerd, containerd), one row per daemon."""
+    """PSS of the daemons a runtime depends on (dockerd, containerd), one row per daemon (status
+    ``partial: ...`` and a ``failed`` row when a daemon's process could not be read, e.g. by a
+    rootless user)."""
     names = DAEMONS.get(runtime, ())
     found: dict[str, list[int]] = {n: [] for n in names}
     for p in psutil.process_iter(["name"]):
         if p.info["name"] in found:
             found[p.info["name"]].append(p.pid)
-    return [{"metric": "daemon_pss", "component": n, "value": float(total_pss(pids))}
-            for n, pids in found.items() if pids]
+    rows = []
+    for n, pids in found.items():
+        if pids:
+            r = read(pids)
+            rows.append({"metric": "daemon_pss", "component": n, "value": float(r.pss), "status": r.status})
+            rows += partial_rows(r, f"daemon_pss/{n}")
+    return rows
 
 
 def host_used() -> int:

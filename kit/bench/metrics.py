@@ -40,7 +40,12 @@ METRICS: dict[str, tuple[str, str]] = {
     "pss": ("bytes", "proportional set size summed over every host process of the instance (the workload, "
                      "runsc sentry and gofer, QEMU), via psutil memory_full_info; pages shared with k "
                      "processes count 1/k each. Steady state: two readings 0.5 s apart within 2 %. The "
-                     "runtime's monitor process is not included: see monitor_pss."),
+                     "runtime's monitor process is not included: see monitor_pss. Every memory figure of "
+                     "host processes (pss, uss, rss, pss_by_process, monitor_pss, daemon_pss, density_*pss*) "
+                     "is whole or flagged: when a process exists but cannot be read (access denied, or no "
+                     "PSS from the kernel: USS never stands in for it), the figure's rows have status "
+                     "'partial: <which processes, why>', summaries leave them out, and a 'failed' row "
+                     "names the figure. A process that ended meanwhile holds no memory and is not counted."),
     "monitor_pss": ("bytes", "PSS of the per-instance process that only supervises the instance (runc run, "
                              "LXC's monitor, the runsc run CLI, Docker's containerd-shim; component: its process "
                              "name), reported apart and not included in pss: a user's `runc run -d` or containerd "
@@ -116,7 +121,10 @@ METRICS: dict[str, tuple[str, str]] = {
     "retransmits": ("count", "network load: TCP retransmissions iperf3's sender reported."),
     # -- failures ----------------------------------------------------------------
     "failed": ("count", "a run or measurement that did not complete (status says why: timeout, error message; "
-                        "component guest_view: the VM's own memory view could not be read from the measured VM)."),
+                        "component guest_view: the VM's own memory view could not be read from the measured VM; "
+                        "component pss, monitor_pss, daemon_pss/<daemon>, density_pss_total or "
+                        "density_monitor_pss_total: some processes of that figure could not be read, so its rows "
+                        "are flagged 'partial')."),
 }
 
 #: How each runtime kind is presented (plots and tables), in this order.
