@@ -1,6 +1,6 @@
 """Load workloads in a study: rows in the tidy frame, relative() with CIs, figures, save/load with the
-raw outputs, failure rows with their reason, the CLI/magic options; and the reference findings
-computed from a small known frame."""
+raw outputs, failure rows with their reason, the CLI/magic options (the reference findings: see
+tests/test_bench_findings.py)."""
 
 from __future__ import annotations
 
@@ -109,64 +109,3 @@ def test_names_parts_and_options():
     kw = study_kwargs(build_parser().parse_args(["-r", "process,runc", "--seconds", "2", "cpu", "redis"]))
     assert kw["workload"] == ["cpu", "redis"] and kw["seconds"] == 2 and kw["parts"] is None
     assert study_kwargs(build_parser().parse_args(["echo", "hi"]))["workload"] == "echo hi"  # still a command
-
-
-# -- the reference findings, from a small known frame ---------------------------------------------------
-
-KINDS = {"process": "process", "runc": "container", "lxc": "container", "docker": "container", "runsc": "sandbox",
-         "qemu": "vm"}
-
-
-def frame(values: dict) -> pd.DataFrame:
-    """{(workload, component, metric, runtime): [values]} as load rows."""
-    rows = [{"part": "load", "image": "debian-bench", "workload": w, "component": c, "metric": m, "runtime": rt,
-             "kind": KINDS[rt], "value": v, "warmup": False, "status": "ok", "unit": "", "n": 0}
-            for (w, c, m, rt), vs in values.items() for v in vs]
-    return pd.DataFrame(rows)
-
-
-def known(**changes) -> pd.DataFrame:
-    v = {("cpu", "cpu", "throughput", rt): [1000, 1010, 990] for rt in ("process", "runc", "lxc", "docker")}
-    v |= {("memory", "memory", "throughput", rt): [5000, 5050, 4950] for rt in ("process", "runc", "lxc")}
-    v |= {("redis", "GET", "p99", "process"): [1.0, 1.1, 0.9], ("redis", "GET", "p99", "runc"): [1.0, 1.05, 0.95],
-          ("redis", "GET", "p99", "docker"): [3.0, 3.1, 2.9], ("redis", "GET", "p99", "qemu"): [20, 21, 19],
-          ("redis", "GET", "cpu_per_op", "runc"): [30, 31, 29]}
-    v[("redis", "forwarder/request", "cpu_per_op", "runc")] = [30.0, 31.0, 29.0]
-    v |= {("fileio", "read", "throughput", "runc"): [900, 910, 890],
-          ("fileio-volume", "read", "throughput", "runc"): [905, 900, 895]}
-    v |= {("syscall", "syscall", "op_time", "runc"): [400, 410, 390],
-          ("syscall", "syscall", "op_time", "runsc"): [9000, 9100, 8900]}
-    v.update(changes.pop("values", {}))
-    return frame(v)
-
-
-def verdicts(df, env=None, skipped=None) -> dict:
-    f = findings.compute(df, env or {"vm_accel": "tcg", "vm_accel_reason": "no usable /dev/kvm"}, skipped)
-    return {r.key: (r.verdict, r.why) for r in f.itertuples()}
-
-
-def test_findings_from_a_known_frame():
-    v = verdicts(known())
-    assert v["cpu_memory"][0] == "reproduced" and "runc 1.00×" in v["cpu_memory"][1]
-    assert v["vm_latency"][0] == "reproduced" and "TCG" in v["vm_latency"][1] and "I/O not measured" in v["vm_latency"][1]
-    assert v["docker_nat"][0] == "reproduced" and "docker-proxy" in v["docker_nat"][1]
-    assert "no NAT" in v["docker_nat"][1] and "redis, CPU per request: runc (kit forwarder) 30.0 µs" in v["docker_nat"][1]
-    assert v["volume"][0] == "not reproduced" and "runc fileio-volume/read 1.00×" in v["volume"][1]
-    assert "MySQL: not measured" in v["volume"][1]
-    assert v["syscall"][0] == "reproduced" and "22.5×" in v["syscall"][1]
-
-
-def test_findings_that_do_not_hold_or_were_not_measured():
-    slow = {("cpu", "cpu", "throughput", "lxc"): [500, 505, 495],
-            ("syscall", "syscall", "op_time", "runsc"): [600, 610, 590],
-            ("fileio-volume", "read", "throughput", "runc"): [2000, 2010, 1990]}
-    v = verdicts(known(values=slow))
-    assert v["cpu_memory"][0] == "not reproduced" and "lxc cpu not within" in v["cpu_memory"][1]
-    assert v["syscall"][0] == "not reproduced" and v["volume"][0] == "reproduced"
-    no_vm_docker = known()
-    no_vm_docker = no_vm_docker[~no_vm_docker["runtime"].isin(["qemu", "docker"])]
-    v = verdicts(no_vm_docker, {"vm_accel": "tcg"}, skipped={"qemu": "no guest kernel"})
-    assert v["vm_latency"][0] == "not measured" and "qemu: no guest kernel" in v["vm_latency"][1]
-    assert v["docker_nat"][0] == "not measured" and "no NAT" in v["docker_nat"][1]
-    assert set(verdicts(pd.DataFrame({"part": ["startup"]})).values()) == {("not measured",
-                                                                          "no load workload was run")}

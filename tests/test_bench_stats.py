@@ -104,3 +104,24 @@ def test_relative_table_against_process():
     assert r.loc["runc", "mean_ratio"] == 10.0
     assert r.loc["runc", "ratio_low"] <= 10.0 <= r.loc["runc", "ratio_high"]
     assert stats.relative(df, baseline="nothing").empty
+
+
+def test_one_rule_for_every_verdict_and_not_enough_runs_below_it():
+    """kit.bench.compare.difference decides compare() and the findings alike; its size floor is where the rank
+    test can reach p < 1 - level at all, checked here against the exact test on fully separated samples."""
+    from kit.bench.compare import NOT_ENOUGH, difference, enough_runs, min_p, rank_permutation_p
+
+    for n in range(1, 7):
+        for m in range(1, 7):
+            apart = rank_permutation_p(list(range(100, 100 + n)), list(range(m)))  # exact: the most extreme split
+            assert min_p(n, m) == pytest.approx(apart if n and m else 1.0), (n, m)
+            assert enough_runs(n, m) == (min(n, m) >= 2 and apart < 0.05), (n, m)
+    far = difference([10.0, 10.1, 10.2], [1.0, 1.1, 1.2])  # 9x apart, 3 against 3: the bootstrap alone would say so
+    assert far["verdict"] == NOT_ENOUGH and far["ratio"] == pytest.approx(10.1 / 1.1) and math.isnan(far["p_value"])
+    up = difference([10.0, 10.1, 10.2, 10.3], [1.0, 1.1, 1.2, 1.3])
+    assert up["verdict"] == "higher" and up["ratio_low"] > 1 and up["p_value"] == pytest.approx(2 / 70)
+    down = difference([1.0, 1.1, 1.2, 1.3], [10.0, 10.1, 10.2, 10.3])
+    assert down["verdict"] == "lower" and down["ratio_high"] < 1
+    same = difference([1.0, 1.2, 1.1, 1.3, 1.05], [1.1, 1.0, 1.25, 1.15, 1.2])
+    assert same["verdict"] == "within noise"
+    assert difference([1.0] * 5, [0.0] * 5)["verdict"] == NOT_ENOUGH  # no ratio to a zero median

@@ -5,15 +5,19 @@
 >>> bench.compare([fleet_study])                                    # the hosts of one fleet run
 
 Each study (or each host of a fleet study) is an entry; every entry after the first is compared
-with the first, per image, workload, runtime and metric measured in both. The verdict rests on
-the ratio of medians (other / first) and its percentile bootstrap confidence interval, each
-sample resampled on its own (:func:`kit.bench.stats.ratio_ci`): when the interval excludes 1,
-the difference is larger than the noise. A two-sided Mann-Whitney U test must agree (p below
-``1 - level``), as hyperfine's ``scripts/welch_ttest.py`` adds a test to its comparison: SciPy's
-when installed, else the same test by permutation of the ranks (exact for small samples,
-seeded Monte Carlo otherwise; ``method`` says which). The test keeps tiny samples honest: two
-runs against two can never reach p < 0.05, whatever the bootstrap says. A sample of fewer than
-two measured runs on either side gets the verdict ``too few runs``.
+with the first, per image, workload, runtime and metric measured in both.
+
+The rule is :func:`difference`, the one every verdict of the kit uses (these comparisons and the
+reference findings of :mod:`kit.bench.findings`): the ratio of medians (other / first) and its
+percentile bootstrap confidence interval, each sample resampled on its own
+(:func:`kit.bench.stats.ratio_ci`); when the interval excludes 1, the difference may be larger
+than the noise, and a two-sided Mann-Whitney U test must agree (p below ``1 - level``), as
+hyperfine's ``scripts/welch_ttest.py`` adds a test to its comparison: SciPy's when installed,
+else the same test by permutation of the ranks (exact for small samples, seeded Monte Carlo
+otherwise; ``method`` says which). Below the sizes at which that test can reach ``1 - level`` at
+all (:func:`enough_runs`: 3 runs against 3 cannot reach p < 0.05, whatever the bootstrap says;
+4 against 4 can), the verdict is ``not enough runs``: a bootstrap interval of so few runs is
+not to be trusted.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ KEYS = ["part", "image", "workload", "runtime", "kind", "metric", "component", "
 
 #: Permutations of the Monte Carlo test when the exact one would enumerate more splits than this.
 N_PERM = 20000
+
+#: The verdict below the sample sizes at which the rule can decide (see :func:`enough_runs`).
+NOT_ENOUGH = "not enough runs"
 
 
 def _mannwhitney():
@@ -67,6 +74,68 @@ def rank_permutation_p(b, a, seed: int = 0) -> float:
         rng = np.random.default_rng(seed)
         sums = np.array([ranks[rng.permutation(n)[:nb]].sum() for _ in range(N_PERM)])
     return float(np.mean(np.abs(sums - centre) >= observed - 1e-9))
+
+
+def min_p(n_a: int, n_b: int) -> float:
+    """The smallest two-sided p-value a rank test of ``n_a`` against ``n_b`` runs can give: the most
+    extreme split is 2 of the C(n_a + n_b, n_a) equally likely ones (no ties).
+
+    >>> round(min_p(3, 3), 3), round(min_p(4, 4), 4)
+    (0.1, 0.0286)
+    """
+    return min(1.0, 2 / math.comb(n_a + n_b, n_a)) if n_a and n_b else 1.0
+
+
+def enough_runs(n_a: int, n_b: int, level: float = 0.95) -> bool:
+    """Whether ``n_a`` against ``n_b`` runs can show a difference at ``level`` at all (below, the
+    verdict is :data:`NOT_ENOUGH`).
+
+    >>> enough_runs(3, 3), enough_runs(3, 4), enough_runs(4, 4), enough_runs(3, 5)
+    (False, False, True, True)
+    """
+    return min(n_a, n_b) >= 2 and min_p(n_a, n_b) < 1 - level
+
+
+def runs_needed(level: float = 0.95) -> int:
+    """The fewest runs per side (equal sizes) with which :func:`difference` can decide at ``level``.
+
+    >>> runs_needed(0.95), runs_needed(0.99)
+    (4, 5)
+    """
+    n = 2
+    while not enough_runs(n, n, level):
+        n += 1
+    return n
+
+
+def difference(values, ref, level: float = 0.95, seed: int = 0) -> dict:
+    """Is the median of ``values`` different from that of ``ref`` beyond the noise? The one rule of
+    every verdict of the kit (:func:`compare` and the reference findings).
+
+    Returns:
+        ``n``/``n_ref``, ``median``/``median_ref``, ``ratio`` (of medians, values / ref) with its
+        bootstrap interval ``ratio_low``/``ratio_high`` at ``level``, ``p_value`` of a two-sided
+        Mann-Whitney U test, ``test`` (which implementation) and ``verdict``: ``higher`` or
+        ``lower`` when the interval excludes 1 and p < ``1 - level``, else ``within noise``;
+        :data:`NOT_ENOUGH` below the sizes at which the test can reach that p at all
+        (:func:`enough_runs`), and when the reference median is 0 (no ratio).
+    """
+    a, b = np.asarray(ref, float), np.asarray(values, float)
+    a, b = a[~np.isnan(a)], b[~np.isnan(b)]
+    ma = float(np.median(a)) if a.size else math.nan
+    mb = float(np.median(b)) if b.size else math.nan
+    ratio = mb / ma if a.size and b.size and ma else math.nan
+    test_name, test = _mannwhitney()
+    out = {"n": int(b.size), "n_ref": int(a.size), "median": mb, "median_ref": ma, "ratio": ratio,
+           "ratio_low": math.nan, "ratio_high": math.nan, "p_value": math.nan, "test": test_name}
+    if not enough_runs(a.size, b.size, level) or not math.isfinite(ratio):
+        return {**out, "verdict": NOT_ENOUGH}
+    lo, hi = stats.ratio_ci(b, a, level=level, seed=seed)
+    p = test(b, a, seed=seed)
+    out.update(ratio_low=lo, ratio_high=hi, p_value=p)
+    if (lo > 1 or hi < 1) and p < 1 - level:
+        return {**out, "verdict": "higher" if lo > 1 else "lower"}
+    return {**out, "verdict": "within noise"}
 
 
 def _entries(studies, labels) -> list[tuple[str, pd.DataFrame]]:
@@ -119,13 +188,12 @@ def compare(studies, labels=None, metrics=None, level: float = 0.95, seed: int =
         metric, ...), ``n_baseline``/``n_other``, ``median_baseline``/``median_other``, ``ratio``
         (other / baseline), ``ratio_low``/``ratio_high``, ``change_pct``, ``p_value``, ``method``
         and ``verdict`` (``slower``/``faster`` for times, ``larger``/``smaller`` otherwise,
-        ``within noise`` or ``too few runs``).
+        ``within noise`` or ``not enough runs``: see :func:`difference`).
     """
     if not 0.5 < level < 1:
         raise InvalidSpec(f"level {level!r} must lie between 0.5 and 1 (e.g. 0.95)")
     entries = _entries(studies, labels)
-    test_name, test = _mannwhitney()
-    method = f"bootstrap CI of the ratio of medians + {test_name}"
+    method = f"bootstrap CI of the ratio of medians + {_mannwhitney()[0]}"
     base_label, base = entries[0]
     base = stats.measured(base)
     rows = []
@@ -143,29 +211,20 @@ def compare(studies, labels=None, metrics=None, level: float = 0.95, seed: int =
             if metrics is None and max(a.size, b.size) < 2:
                 continue  # one value per study (disk bytes, a density step): nothing to weigh
             rows.append({"baseline": base_label, "other": label, **rec,
-                         **_verdict(a, b, rec.get("unit", ""), level, seed, test), "method": method})
+                         **_verdict(a, b, rec.get("unit", ""), level, seed), "method": method})
     cols = ["baseline", "other"] + KEYS + ["n_baseline", "n_other", "median_baseline", "median_other", "ratio",
                                            "ratio_low", "ratio_high", "change_pct", "p_value", "verdict", "method"]
     return pd.DataFrame(rows, columns=cols)
 
 
-def _verdict(a: np.ndarray, b: np.ndarray, unit: str, level: float, seed: int, test) -> dict:
-    ma, mb = float(np.median(a)), float(np.median(b))
-    ratio = mb / ma if ma else math.nan
-    out = {"n_baseline": int(a.size), "n_other": int(b.size), "median_baseline": ma, "median_other": mb,
-           "ratio": ratio, "ratio_low": math.nan, "ratio_high": math.nan,
-           "change_pct": (ratio - 1) * 100 if math.isfinite(ratio) else math.nan, "p_value": math.nan}
-    if min(a.size, b.size) < 2 or not ma:
-        return {**out, "verdict": "too few runs"}
-    lo, hi = stats.ratio_ci(b, a, level=level, seed=seed)
-    out.update(ratio_low=lo, ratio_high=hi)
-    out["p_value"] = test(b, a, seed=seed)
-    beyond = (lo > 1 or hi < 1) and out["p_value"] < 1 - level
-    if not beyond:
-        return {**out, "verdict": "within noise"}
-    up = lo > 1
-    words = ("slower", "faster") if unit == "s" else ("larger", "smaller")
-    return {**out, "verdict": words[0] if up else words[1]}
+def _verdict(a: np.ndarray, b: np.ndarray, unit: str, level: float, seed: int) -> dict:
+    d = difference(b, a, level=level, seed=seed)
+    words = {"higher": "slower", "lower": "faster"} if unit == "s" else {"higher": "larger", "lower": "smaller"}
+    ratio = d["ratio"]
+    return {"n_baseline": d["n_ref"], "n_other": d["n"], "median_baseline": d["median_ref"],
+            "median_other": d["median"], "ratio": ratio, "ratio_low": d["ratio_low"], "ratio_high": d["ratio_high"],
+            "change_pct": (ratio - 1) * 100 if math.isfinite(ratio) else math.nan, "p_value": d["p_value"],
+            "verdict": words.get(d["verdict"], d["verdict"])}
 
 
 def markdown(verdicts: pd.DataFrame) -> str:
