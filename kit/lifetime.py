@@ -24,11 +24,12 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import psutil
 
-from . import config, userns
+from . import cgroups, config, userns
 
 MARKER = "KIT_SESSION"
 _reaper: subprocess.Popen | None = None
@@ -167,8 +168,6 @@ def _unmount_below(path: Path) -> list[str]:
 
 
 def _session_cgroups(session: str) -> list[str]:
-    from . import cgroups
-
     # On v1 the runtimes also create groups in hierarchies the kit does not limit
     # (cpuset, freezer, devices, name=systemd...): look in every one.
     bases = [cgroups.ROOT / cgroups.kit_rel()] if cgroups.version() == 2 else \
@@ -181,8 +180,6 @@ def _session_cgroups(session: str) -> list[str]:
 
 
 def _remove_cgroups(session: str) -> list[str]:
-    from . import cgroups
-
     out = []
     for g in _session_cgroups(session):
         cgroups.Cgroup(f"{cgroups.kit_rel()}/{g}").destroy()
@@ -194,7 +191,6 @@ def dead_sessions() -> list[str]:
     run = config.home() / "run"
     if not run.is_dir():
         return []
-    import time
 
     def dead(d: Path) -> bool:
         if not (d / "owner.json").exists():

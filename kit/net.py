@@ -14,6 +14,7 @@ from __future__ import annotations
 import socket
 
 from ._proc import wait_until
+from .errors import InvalidSpec
 
 __all__ = ["free_port", "wait_for_port", "wait_until"]
 
@@ -67,8 +68,6 @@ def wait_for_port(port: int, timeout: float = 30.0, host: str = "127.0.0.1", set
         KitTimeout: nothing served the port within ``timeout`` seconds.
         InvalidSpec: ``port`` is not a TCP port number.
     """
-    from .errors import InvalidSpec
-
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         raise InvalidSpec(f"port {port!r} is not a TCP port: give a number from 1 to 65535, e.g. kit.free_port()")
     wait_until(lambda: _accepts(host, port, settle), timeout, interval=0.05, what=f"{host}:{port} to be served")

@@ -7,6 +7,8 @@ import shlex
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from .errors import ExitError
+
 _REPR_LIMIT = 2000
 
 
@@ -77,8 +79,6 @@ class RunResult:
 
     def check(self) -> "RunResult":
         """Raise :class:`~kit.errors.ExitError` unless the exit code is 0."""
-        from .errors import ExitError
-
         if self.exit_code != 0:
             raise ExitError(self)
         return self

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import platform
 import posixpath
 import shutil
 import stat
@@ -204,8 +205,6 @@ def _oci_manifest(src) -> tuple[list[dict], dict]:
 
 def host_platform() -> str:
     """This host's architecture as images name it (``amd64``, ``arm64``, ...)."""
-    import platform
-
     m = platform.machine().lower()
     return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "i386": "386"}.get(m, m)
 

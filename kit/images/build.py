@@ -24,6 +24,7 @@ from typing import Callable
 
 from ..errors import ImageError, ImageNotFound
 from . import engine, store
+from .pull import parse
 
 #: The Docker API version the kit builds with: Debian's dockerd 20.10 speaks 1.41, and newer
 #: daemons accept it (the machine's newer docker CLI would ask for more than the daemon has).
@@ -102,8 +103,6 @@ def build(context: str | os.PathLike, tag: str, dockerfile: str | None = None, b
     df = df if df.is_absolute() or df.exists() else ctx / df
     if not df.is_file():
         raise ImageError(f"no Dockerfile at {str(df)!r}: write one, or name it with dockerfile=")
-    from .pull import parse
-
     parse(tag)  # a name the daemon can tag (lower-case, NAME[:TAG]); raises a one-line ImageError
     say = stream or (lambda line: (sys.stdout.write(line + "\n"), sys.stdout.flush()))
     client = _client()

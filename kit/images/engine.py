@@ -177,9 +177,7 @@ def import_docker(name: str, ref: str | None = None, source: str | None = None) 
         with open(saved, "wb") as f:
             for chunk in client.api.get_image(ref, chunk_size=1 << 20):
                 f.write(chunk)
-        from .archive import import_archive
-
-        return import_archive(name, saved, source=source or f"docker:{ref}")
+        return archive.import_archive(name, saved, source=source or f"docker:{ref}")
     except docker.errors.APIError as e:
         raise ImageError(f"the Docker daemon could not save {ref!r}: {e.explanation or e}") from None
     finally:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ImageError, ImageNotFound
-from . import archive, store
+from . import archive, engine, store
 
 #: Seconds a registry may stay silent (no answer, no byte) before a pull is given up.
 PULL_TIMEOUT = 15
@@ -323,8 +323,6 @@ def _pull_docker(ref: str, r: Reference, name: str, progress: bool) -> store.Ima
     import docker
     import requests
 
-    from . import engine
-
     try:
         client = engine.docker_client(timeout=PULL_TIMEOUT, error=ImageError)
     except ImageError as e:
@@ -361,8 +359,6 @@ def push(name: str, ref: str, progress: bool = True) -> str:
         ImageError: no such image, no daemon, or the registry refused.
     """
     import docker
-
-    from . import engine
 
     r = parse(ref)
     if r.digest:

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import stat
+import subprocess
 import tempfile
 import threading
 from dataclasses import asdict, dataclass, field, replace
@@ -208,8 +209,6 @@ def _store_tree(name, digest, size, rootfs, dest, source, layers, config_, move)
 
 def _copy_tree(src: Path, dst: Path) -> None:
     # cp -a keeps owners, modes, device nodes and hard links; argv list, no shell.
-    import subprocess
-
     p = subprocess.run(["cp", "-a", "--reflink=auto", f"{src}/.", str(dst)], capture_output=True)
     if p.returncode:
         Path(dst).mkdir(parents=True, exist_ok=True)
