@@ -37,6 +37,8 @@ class Pumped:
         self.stderr_path = self.log_dir / "stderr.log"
         self._threads: list[threading.Thread] = []
         self.launched_at = time.time()
+        #: When :meth:`wait` first saw the process exit (epoch seconds), None before.
+        self.exited_at: float | None = None
         env = _marked(env)
         if detach:
             with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
@@ -61,6 +63,8 @@ class Pumped:
     def wait(self, timeout: float | None = None) -> int:
         """Wait for exit and for all output; raises subprocess.TimeoutExpired."""
         code = _wait(self.proc, timeout) if timeout is not None else self.proc.wait()
+        if self.exited_at is None:  # the exit as seen, before the output is collected
+            self.exited_at = time.time()
         for t in self._threads:
             # The pipes close when every holder exits; a stray grandchild could
             # hold them open, so output collection gets its own deadline.

@@ -234,7 +234,23 @@ def _discard(rt: Runtime, inst: Instance) -> None:
 
 
 #: Foreground instances whose teardown (unmount, state, cgroup) runs off the caller's path.
-_pending: dict[str, threading.Thread] = {}
+_pending: dict[str, "_Teardown"] = {}
+
+
+class _Teardown(threading.Thread):
+    """The background removal of one finished foreground instance; ``ended_at`` (epoch seconds)
+    says when everything it left was gone, so that a measurement can time the removal itself."""
+
+    def __init__(self, rt: Runtime, inst: Instance):
+        super().__init__(name=f"kit-rm-{inst.name}", daemon=True)
+        self.rt, self.inst = rt, inst
+        self.ended_at: float | None = None
+
+    def run(self) -> None:
+        try:
+            _discard(self.rt, self.inst)
+        finally:
+            self.ended_at = time.time()
 
 
 def _discard_soon(rt: Runtime, inst: Instance) -> None:
@@ -243,23 +259,66 @@ def _discard_soon(rt: Runtime, inst: Instance) -> None:
     The instance leaves :func:`ps` at once (its run is over and its result returned), but its
     name stays taken until the teardown is done; :func:`_create`, :func:`prune` and exit wait for it.
     """
-    t = threading.Thread(target=_discard, args=(rt, inst), name=f"kit-rm-{inst.name}", daemon=True)
+    t = _Teardown(rt, inst)
     with _lock:
         _pending[inst.name] = t
     _forget(inst)
     t.start()
 
 
-def wait_for_teardown(name: str | None = None, timeout: float = 30) -> None:
-    """Wait until the background teardown of ``name`` (or of every instance) is done."""
+def wait_for_teardown(name: str | None = None, timeout: float = 30) -> float | None:
+    """Wait until the background teardown of ``name`` (or of every instance) is done.
+
+    Returns:
+        When the teardown of ``name`` finished (epoch seconds, the host clock of the phases), or
+        None when ``name`` had none pending (or ``name`` is None). A teardown still running after
+        ``timeout`` stays pending (and None is returned for it).
+    """
     with _lock:
         pending = list(_pending.items())
+    deadline = time.monotonic() + timeout
+    ended = None
     for n, t in pending:
         if name is None or n == name:
-            t.join(timeout)
+            t.join(max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                continue
             with _lock:
                 if _pending.get(n) is t:
                     del _pending[n]
+            if n == name:
+                ended = t.ended_at
+    return ended
+
+
+def wait_until_quiet(timeout: float = 60.0) -> None:
+    """Block until nothing this session runs in the background is still running: the teardowns of
+    finished foreground runs, warm-pool refills (:mod:`kit.warm`) and the start-up sweep of dead
+    sessions.
+
+    A measurement that starts after this shares the machine with nothing of an earlier run (on 2
+    cores, a removal or a ``runc create`` beside a start makes it measurably slower):
+    :mod:`kit.bench.startup` calls it before every sample.
+
+    Raises:
+        KitTimeout: something was still running after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        left = max(0.0, deadline - time.monotonic())
+        wait_for_teardown(timeout=left)
+        _sweeper.join(max(0.0, deadline - time.monotonic()))
+        warm = sys.modules.get("kit.warm")  # loaded only by a warm start, which is what refills
+        if warm is not None:
+            warm.POOL.wait_idle(max(0.0, deadline - time.monotonic()))
+        with _lock:
+            busy = [n for n, t in _pending.items() if t.is_alive()]
+        busy += ["the dead-session sweep"] if _sweeper.is_alive() else []
+        busy += ["warm-pool refills"] if warm is not None and warm.POOL.filling() else []
+        if not busy:
+            return
+        if time.monotonic() >= deadline:
+            raise KitTimeout(f"the kit was not quiet within {timeout:g} s: still running: {', '.join(busy)}")
 
 
 def _result(rt: Runtime, inst: Instance, out: bytes = b"", err: bytes = b"") -> RunResult:
@@ -303,11 +362,12 @@ def run(image: str | None, command: Sequence[str], runtime: str | None = None, *
                        env=env, ports=ports, workdir=workdir, timeout=timeout, **options)
     # Every runtime's startup clock starts here, after the kit's own checks (common to all):
     # what a runtime prepares before launching (overlay, bundle, cgroup, disk, image) is its
-    # 'prepare' time, inside the measured span for every runtime alike.
+    # 'prepare' time, inside the measured span for every runtime and start mode alike (a warm
+    # start that has to make its container or checkpoint pays for it here: info["pool"] = "miss").
     inst.phases["requested"] = time.time()
     try:
         if inst.spec.start == "precreated" or (inst.spec.start == "snapshot" and rt.kind != "vm"):
-            # kit.warm: created ahead (or a container's checkpoint restored), the clock restarts at its start
+            # kit.warm: created ahead (or a container's checkpoint restored)
             from . import warm
 
             warm.start(rt, inst, stream=None if detach else stream)
@@ -460,4 +520,5 @@ def prune(dead_sessions: bool = True, templates: bool = False) -> list[str]:
 
 
 atexit.register(prune, dead_sessions=False)
-lifetime.sweep_dead_sessions_in_background()
+#: What dead sessions left, swept once per session in the background (:func:`wait_until_quiet` waits).
+_sweeper = lifetime.sweep_dead_sessions_in_background()

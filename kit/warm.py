@@ -2,12 +2,13 @@
 
 A cold start pays for everything at the start request: the kit's preparation (cgroup,
 overlay, bundle), the runtime's ``create`` (namespaces, mounts, cgroup placement) and its
-``start``. A pre-created start pays only the last: the container was made earlier by
-:func:`prepare` (or by the start request itself when none was waiting), and the startup clock
-(``requested``) starts when it is taken from the pool, so only ``start`` -> exit is measured.
-The preparation is measured too and reported apart: ``info["warm"]`` of the result holds
-``prepare_s`` (how long creating it took), ``pool`` (``hit``: it was waiting; ``miss``: it was
-made for this request, before the clock started) and the pooled instance's id.
+``start``. A pre-created start pays only the last when its container was made earlier (by
+:func:`prepare`, or by the refill after the previous run): ``pool: hit``. When none was waiting
+at the request, the request makes its own (``pool: miss``) and pays for it: the startup clock
+(``requested``, stamped by :mod:`kit.api` as for a cold start) runs through the preparation, so a
+miss is never shown as a warm start (:mod:`kit.bench` keeps misses out of warm medians unless
+asked). ``info["pool"]`` says which; ``info["warm"]`` also holds ``prepare_s`` (how long creating
+the container took) and the pooled instance's id.
 
 How the command gets in: the OCI process (argv, env, cwd) is fixed when the container is
 created (``runc create`` hands it to the container's init, which waits on its exec FIFO), and
@@ -27,7 +28,9 @@ the shim's (pumped to the instance's logs and stream).
 
 The pool is bounded (:data:`PER_KEY` waiting containers per key, :data:`LIMIT` in all; the
 oldest goes first), thread-safe, refilled in the background after a foreground run exits, and a
-start request first waits for refills in flight, so no preparation runs inside a measured span.
+start request first waits for refills in flight, so no preparation runs beside a start (one it
+waited for did not have its container waiting: a miss). :func:`kit.api.wait_until_quiet` waits
+for the refills too, so a measurement starts with none in flight.
 Pooled containers carry the session's id (``kit-<session>-warm-...``, Docker label
 ``kit.session``), so :func:`clear` (at exit and in :func:`kit.prune`) and the dead-session sweep
 after a SIGKILL remove them like any instance.
@@ -243,19 +246,33 @@ class Pool:
         t.start()
         return t
 
-    def take(self, rt: Runtime, spec, image, timeout: float = CREATE_DEADLINE) -> Entry | None:
-        """A waiting container for ``spec`` (removed from the pool), or None.
+    def take(self, rt: Runtime, spec, image, timeout: float = CREATE_DEADLINE) -> tuple[Entry | None, bool]:
+        """(a waiting container for ``spec``, removed from the pool, or None; whether one was already
+        waiting when asked).
 
-        Waits first for preparations in flight: they must not run inside the caller's measured span."""
+        Waits first for preparations in flight: they must not run beside the caller's start. A
+        container made during that wait was not waiting at the request: the caller's start is a miss.
+        """
         k = key(rt, spec, image)
         with self._cond:
+            waiting = any(e.key == k for e in self._entries)
             if not self._cond.wait_for(lambda: self._filling == 0, timeout):
                 raise KitTimeout(f"the warm pool's preparations did not finish within {timeout:g} s")
             for e in self._entries:
                 if e.key == k:
                     self._entries.remove(e)
-                    return e
-        return None
+                    return e, waiting
+        return None, False
+
+    def wait_idle(self, timeout: float = CREATE_DEADLINE) -> bool:
+        """Block until no preparation is in flight (refills included); False if one still is after ``timeout``."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._filling == 0, timeout)
+
+    def filling(self) -> int:
+        """How many preparations (fills) are in flight."""
+        with self._cond:
+            return self._filling
 
     def count(self, k: tuple | None = None) -> int:
         with self._cond:
@@ -319,20 +336,21 @@ def start(rt: Runtime, inst: Instance, stream: Stream | None = None) -> None:
     """Start ``inst`` (made by :func:`kit.api._create`) from a pre-created container, or (``snapshot``,
     runc where CRIU works) restore it from its service's checkpoint (:func:`restore`).
 
-    The one waiting for its key is taken, or one is made now (``pool: miss``); ``requested`` is
-    stamped when it is in hand, so the startup clock measures ``start`` -> exit only.
+    The one waiting for its key is taken (``pool: hit``), or one is made now (``pool: miss``). The
+    startup clock (``requested``, stamped by the API before this) runs on through the taking and,
+    on a miss, through the preparation: a miss is measured as what it is, a start that paid for
+    its container (``info["pool"]``, and ``info["warm"]`` with ``prepare_s``).
     """
     if inst.spec.start == "snapshot":
         return restore(rt, inst, stream)
-    entry = POOL.take(rt, inst.spec, inst.image)
-    pool = "hit"
+    entry, hit = POOL.take(rt, inst.spec, inst.image)
     if entry is None:
         entry = POOL.prepare(rt, inst.spec, inst.image)
-        pool = "miss"
     _, begin = _halves(rt)
     _adopt(inst, entry)
+    pool = "hit" if hit else "miss"
+    inst.info["pool"] = pool
     inst.info["warm"] = {"pool": pool, "prepare_s": round(entry.prepare_s, 6), "id": entry.inst.id}
-    inst.phases["requested"] = time.time()
     begin(rt, inst, entry.relay, stream)  # on failure the API removes inst, now the pooled container
 
 
@@ -418,14 +436,15 @@ CHECKPOINTS = Checkpoints()
 
 def restore(rt: Runtime, inst: Instance, stream: Stream | None = None) -> None:
     """A ``snapshot`` start of a runc service: ``runc restore --detach`` of its key's checkpoint (made
-    first when there is none, before the clock starts) on a fresh bundle, under the subreaper."""
+    first when there is none: ``pool: miss``, inside the startup clock, as a VM template is) on a
+    fresh bundle, under the subreaper."""
     import shutil
 
     from . import criu
 
-    d, made_s, hit = CHECKPOINTS.get(rt, inst.spec, inst.image)
+    d, made_s, hit = CHECKPOINTS.get(rt, inst.spec, inst.image)  # a miss makes it inside the clock
+    inst.info["pool"] = hit
     inst.info["snapshot"] = {"checkpoint": hit, "checkpoint_s": round(made_s, 6), "dir": str(d)}
-    inst.phases["requested"] = time.time()
     bundle = rt.prepare_bundle(inst)
     if (d / "upper").is_dir() and inst.info.get("rootfs") == "overlay":
         shutil.copytree(d / "upper", bundle / "rootfs", symlinks=True, dirs_exist_ok=True)

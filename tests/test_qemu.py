@@ -22,7 +22,7 @@ from kit.vm import accel
 from kit.vm.kernel import Kernel
 from tests.conftest import need, unique
 
-PHASES = ["launched", "kernel", "init", "command", "exited", "vm_exited"]
+PHASES = ["launched", "kernel", "init", "command", "command_exited", "exited"]
 
 
 @pytest.fixture(scope="module")
@@ -311,7 +311,7 @@ def test_stop_and_rm_leave_nothing(redis_vm):
     assert "Redis is starting" in stopped.stdout
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert _ping(port) is None
-    assert stopped.phases["vm_exited"] >= stopped.phases["command"]
+    assert stopped.phases["exited"] >= stopped.phases["command"]
     kit.rm(name)
     assert not inst.state_dir.exists()
 

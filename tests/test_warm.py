@@ -29,8 +29,11 @@ def pool():
 @pytest.mark.parametrize("runtime", ["runc", "runsc", "docker"])
 def test_precreated_runs_the_command_itself_from_a_waiting_container(runtime, pool):
     need(runtime)
-    results = [kit.run("busybox", ["sh", "-c", SCRIPT], runtime=runtime, start="precreated", env={"K": "v"},
-                       workdir="/tmp", name=unique(f"warm-{runtime}")) for _ in range(2)]
+    results = []
+    for _ in range(2):
+        kit.api.wait_until_quiet()  # the first run's refill done: the second finds its container waiting
+        results.append(kit.run("busybox", ["sh", "-c", SCRIPT], runtime=runtime, start="precreated",
+                               env={"K": "v"}, workdir="/tmp", name=unique(f"warm-{runtime}")))
     for r in results:
         # PID 1 is the command: no waiting init stands between the start and the command.
         assert (r.exit_code, r.stdout, r.stderr) == (3, "1 v /tmp\n", "oops\n"), r
@@ -44,6 +47,29 @@ def test_precreated_runs_the_command_itself_from_a_waiting_container(runtime, po
     wait_until(lambda: pool.count() == 1, 60, what="the refill after the second run")
     kit.api.wait_for_teardown()
     assert not [x for x in lifetime.leftovers(kit.config.SESSION_ID) if results[0].info["warm"]["id"] in x]
+
+
+@pytest.mark.parametrize("runtime", ["runc", "docker"])
+def test_a_pool_miss_is_measured_as_a_miss_with_its_preparation(runtime, pool):
+    need(runtime)
+    argv = ["echo", unique("miss")]  # a command no pooled container has
+
+    def run():
+        return kit.run("busybox", argv, runtime=runtime, start="precreated")
+
+    kit.api.wait_until_quiet()
+    first = run()
+    during = run()  # asked while the refill after the first is still being made: nothing was waiting
+    kit.api.wait_until_quiet()
+    hit = run()
+    assert [r.info["pool"] for r in (first, during, hit)] == ["miss", "miss", "hit"]
+    assert first.info["warm"]["pool"] == "miss" and hit.info["warm"]["pool"] == "hit"
+    # The miss's clock runs from its request through making its container: prepare_s is inside it.
+    made = first.info["warm"]["prepare_s"]
+    assert first.phases["launched"] - first.phases["requested"] >= made
+    assert first.phases["exited"] - first.phases["requested"] >= made
+    # A hit paid for no container: its wait before the start is less than making one took.
+    assert hit.phases["launched"] - hit.phases["requested"] < hit.info["warm"]["prepare_s"]
 
 
 def test_detached_precreated_service_and_prepare_ahead(pool, names):
@@ -93,7 +119,7 @@ def test_pool_is_bounded_and_cleared_without_leftovers():
         for s in specs:
             small.fill(rt, s, img)
         assert small.count() == 2  # the oldest went when the third came
-        assert small.take(rt, specs[0], img) is None
+        assert small.take(rt, specs[0], img) == (None, False)
         ids = list(small.ls()["id"])
         dirs = [kit.config.state_dir() / i.split("-", 2)[2] for i in ids]
         assert all(d.is_dir() for d in dirs) and all((rt.root / i).is_dir() for i in ids)
@@ -196,8 +222,24 @@ def test_study_measures_each_offered_start_mode_and_compares_warm_with_cold(pool
     runs = df[df["metric"] == "launch_to_exit"].groupby(["runtime", "start"]).size().to_dict()
     assert runs == {("process", "cold"): 2, ("runc", "cold"): 2, ("runc", "precreated"): 2}, runs
     assert "(it offers cold)" in s.meta["skipped_starts"]["process/precreated"]
+    # The first precreated run found nothing waiting (a miss, its preparation inside its clock); the
+    # second found the refill the first left (each sample starts once the kit is quiet).
+    l2e = df[df["metric"] == "launch_to_exit"]
+    assert l2e.groupby(["start", "pool"]).size().to_dict() == {("cold", ""): 4, ("precreated", "hit"): 1,
+                                                              ("precreated", "miss"): 1}
+    assert l2e[l2e["pool"] == "hit"]["round"].tolist() == [1]
+    # Misses stay out of the warm medians unless asked, and are counted.
     rel = s.relative(baseline="cold")
     assert list(zip(rel["runtime"], rel["start"])) == [("runc", "precreated")]
+    assert (rel["runs"].iloc[0], rel["misses"].iloc[0]) == (1, 1)
+    assert rel["median"].iloc[0] == l2e[l2e["pool"] == "hit"]["value"].iloc[0]
+    assert s.relative(baseline="cold", misses=True)["runs"].iloc[0] == 2
+    summ = s.summary("startup")
+    warm_rows = summ[(summ["metric"] == "launch_to_exit") & (summ["start"] == "precreated")]
+    assert warm_rows[["pool", "runs"]].values.tolist() == [["hit", 1]]
+    every = s.summary("startup", misses=True)
+    assert sorted(every[(every["metric"] == "launch_to_exit") & (every["start"] == "precreated")]["pool"]) == \
+        ["hit", "miss"]
     assert set(s.relative()["runtime"]) == {"process", "runc", "runc/precreated"}
     assert "start" in s.summary().columns
     # The start modes travel with the study (study.json, a fleet host's copy) and come back on load.
@@ -285,6 +327,10 @@ def test_runc_snapshot_checkpoints_a_service_once_and_restores_it(tmp_path, monk
             results.append(kit.start("busybox", ["sleep", "300"], runtime="runc", start="snapshot", name=names[-1],
                                      settle=0.05))
         assert [r.info["snapshot"]["checkpoint"] for r in results] == ["miss", "hit"]
+        assert [r.info["pool"] for r in results] == ["miss", "hit"]
+        # the miss made its checkpoint inside its clock, as a VM snapshot miss builds its template
+        made = results[0].info["snapshot"]["checkpoint_s"]
+        assert results[0].phases["launched"] - results[0].phases["requested"] >= made
         assert all(kit.api.instance(n)[0].running(kit.api.instance(n)[1]) for n in names)
         p = results[1].phases
         assert p["requested"] <= p["launched"] <= p["started"]

@@ -11,7 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 
-#: Columns of the results frame, in order.
+#: Columns of the results frame, in order. A study of start modes adds ``start`` (cold, precreated,
+#: snapshot) and ``pool``: ``hit`` when a warm start's container (or checkpoint, or VM template) was
+#: waiting, ``miss`` when the start made it inside its clock, "" for a cold start; misses are left out of
+#: statistics unless asked (``misses=True``). A fleet run adds ``host``.
 COLUMNS = [
     "study", "part", "image", "runtime", "kind", "workload", "round", "order", "repeat", "warmup",
     "n", "component", "metric", "value", "unit", "accel", "status", "timestamp",
@@ -22,20 +25,35 @@ METRICS: dict[str, tuple[str, str]] = {
     # -- startup ---------------------------------------------------------------
     "launch_to_exit": ("s", "run-to-exit workloads: from the request (phase 'requested', stamped by kit.api "
                             "just before it hands the instance to the runtime, the same moment for every "
-                            "runtime) to the command's exit as seen by the host (phase 'exited'). It includes "
-                            "the phase 'prepare'."),
-    "launch_to_ready": ("s", "services and idle instances: from the request (as launch_to_exit) to readiness (the "
-                             "probe succeeded: TCP connect on 127.0.0.1, log line, probe command; for an idle VM, "
-                             "the guest's 'command' milestone)."),
-    "teardown": ("s", "from the command's exit (or the stop request of a service) until the kit has removed "
-                      "everything the instance left (runtime state, mounts, cgroup, files)."),
-    "total": ("s", "the user's view: from calling kit.run/kit.start until the instance is gone, including the "
-                   "kit's own checks before the request (image lookup, command lookup, port check)."),
+                            "runtime and start mode) to phase 'exited': the host has the command's exit status "
+                            "and the instance's own host process has ended (the bare process reaped; runc run, "
+                            "runsc run or lxc-execute exited, with the cleanup they do before handing the "
+                            "status over; Docker's wait answered; QEMU exited, after the guest's power-off). "
+                            "It includes the phase 'prepare', and for a warm start that found nothing waiting "
+                            "(pool 'miss') the making of its container, checkpoint or VM template. Each sample "
+                            "starts on a quiet kit: no removal or pool refill of an earlier run still runs."),
+    "launch_to_ready": ("s", "services and idle instances: from the request (as launch_to_exit) to readiness. A "
+                             "service: its probe succeeded (TCP on 127.0.0.1, log line, probe command; polled "
+                             "every 5 ms). An idle instance: its command started, as the host sees it (phase "
+                             "'started': the exec succeeded (process), the container left 'created' (OCI), "
+                             "Docker's start call returned; LXC's log says the container's init started, and "
+                             "the command follows it: LXC shows nothing later; a VM: phase 'command', the guest "
+                             "init's mark just before it execs the command)."),
+    "teardown": ("s", "run-to-exit workloads: from phase 'exited' until the kit has removed everything the "
+                      "instance left (runtime state, mounts, cgroup, files); kit.run returns before the removal "
+                      "ends (it finishes in the background), so it is waited for and timed to its end. Services: "
+                      "the stop request and removal (kit.rm)."),
+    "total": ("s", "the user's view: from calling kit.run/kit.start until everything is removed, including the "
+                   "kit's own checks before the request (image lookup, command lookup, port check): those checks "
+                   "+ launch_to_exit (or launch_to_ready) + teardown. A service's time up between readiness and "
+                   "its stop request is left out."),
     "phase": ("s", "a milestone, in seconds after the request (component = its name). 'prepare' is the kit's and "
                    "the runtime's own preparation before the runtime's process or API call starts (overlay, OCI "
-                   "bundle, cgroup, VM disk; Docker's image check): phase 'launched' - 'requested'. Then what "
-                   "the runtime exposes: OCI create/start, Docker image_ready/created/started, VM kernel, init, "
-                   "command, exited."),
+                   "bundle, cgroup, VM disk; Docker's image check; a warm miss's container, checkpoint or "
+                   "template): phase 'launched' - 'requested'. Then what the runtime exposes: 'started' (see "
+                   "launch_to_ready), OCI create/start, Docker image_ready/created, VM kernel, init, spec, "
+                   "command, 'command_exited' (the guest init reported the exit code, before the power-off), and "
+                   "'exited' (the end of launch_to_exit)."),
     # -- memory (one idle instance at steady state) --------------------------
     "pss": ("bytes", "proportional set size summed over every host process of the instance (the workload, "
                      "runsc sentry and gofer, QEMU), via psutil memory_full_info; pages shared with k "

@@ -1,14 +1,24 @@
 """Startup: time one run from launch to exit or readiness, and its teardown.
 
 Only the public API is used (``kit.run``, ``kit.start``, ``kit.rm``,
-``kit.api.instance``), so what is timed is what a user gets. Times come from
-the phases the instance records plus the host clock around the calls.
+``kit.api.instance``, ``kit.api.wait_for_teardown``), so what is timed is what a
+user gets. Times come from the phases the instance records plus the host clock
+around the calls.
 
 Every runtime's clock starts at the same moment: ``requested``, stamped by
 :mod:`kit.api` just before it hands the instance to the runtime. What the kit
 and the runtime do before the runtime's own process or API call starts
-(overlay, bundle, cgroup, disk; Docker's image check) is the phase
-``prepare`` = ``launched`` - ``requested``, inside every startup figure alike.
+(overlay, bundle, cgroup, disk; Docker's image check; a warm start's container
+or template when none was waiting) is the phase ``prepare`` = ``launched`` -
+``requested``, inside every startup figure alike.
+
+Every sample starts on a quiet kit (:func:`kit.api.wait_until_quiet`): nothing
+of an earlier sample (the background removal of a foreground run, a warm pool
+refill) still runs beside it. Measured before that wait existed, on 2 cores,
+about half the samples of an interleaved study overlapped the previous one's
+removal or a refill, by tens of milliseconds for LXC and Docker, which made a
+study's startup longer than a whole ``kit.run`` timed from outside
+(``benchmarks/bench_study_clock.py`` compares the two).
 """
 
 from __future__ import annotations
@@ -20,16 +30,18 @@ from .. import api
 from .._proc import wait_until
 from ..errors import KitError, StartFailed
 from ..net import free_port
-from .workloads import Workload
+from .workloads import Workload, started_at
 
 
 @dataclass
 class Sample:
-    """What one run produced: metric rows, a status and the accelerator used."""
+    """What one run produced: metric rows, a status, the accelerator used and, for a warm start,
+    whether its container or template was waiting (``pool``: ``hit`` or ``miss``; "" for a cold one)."""
 
     rows: list[dict] = field(default_factory=list)
     status: str = "ok"
     accel: str = ""
+    pool: str = ""
 
     def add(self, metric: str, value: float, component: str = "") -> None:
         self.rows.append({"metric": metric, "component": component, "value": float(value)})
@@ -61,6 +73,10 @@ class Live:
         return self.t_ready - self.requested
 
     @property
+    def pool(self) -> str:
+        return str(self.inst.info.get("pool", ""))
+
+    @property
     def accel(self) -> str:
         return str(self.inst.info.get("accel", ""))
 
@@ -81,8 +97,9 @@ def _phases(sample: Sample, phases: dict, t0: float) -> None:
 
 def run_to_exit(runtime: str, image: str, workload: Workload, name: str, timeout: float,
                 memory=None, start_mode: str = "cold") -> Sample:
-    """One foreground run: launch to exit, teardown, total, phases."""
+    """One foreground run: launch to exit, teardown (waited for: the removal itself), total, phases."""
     sample = Sample()
+    api.wait_until_quiet()
     t_call = time.time()
     try:
         r = api.run(image, workload.command(), runtime=runtime, name=name, timeout=timeout, memory=memory,
@@ -91,15 +108,19 @@ def run_to_exit(runtime: str, image: str, workload: Workload, name: str, timeout
         sample.status = f"error: {e}"
         sample.add("failed", 1)
         return sample
-    t_gone = time.time()
+    t_back = time.time()
+    # kit.run returns with the result; the removal finishes in the background: wait for it and
+    # take its end, so that teardown and total reach "everything removed" as their definitions say.
+    t_gone = api.wait_for_teardown(name) or time.time()
     sample.accel = str(r.info.get("accel", ""))
+    sample.pool = str(r.info.get("pool", ""))
     if r.timed_out:
         sample.status = f"timeout after {timeout:g} s"
     elif r.exit_code != 0:
         tail = (r.stderr.strip().splitlines() or [""])[-1][:200]
         sample.status = f"exit {r.exit_code}: {tail}".rstrip(": ")
     t0 = clock_start(r.phases, t_call)
-    exited = r.phases.get("exited", t_gone)
+    exited = r.phases.get("exited", t_back)
     sample.add("launch_to_exit", exited - t0)
     sample.add("teardown", t_gone - exited)
     sample.add("total", t_gone - t_call)
@@ -118,6 +139,7 @@ def start(runtime: str, image: str, workload: Workload, name: str, timeout: floa
             ``timeout`` (it is then removed).
     """
     port = free_port() if workload.needs_port else None
+    api.wait_until_quiet()
     t_call = time.time()
     api.start(image, workload.command(port, host_network=runtime == "process"), runtime=runtime, name=name,
               memory=memory, start=start_mode,
@@ -136,6 +158,8 @@ def start(runtime: str, image: str, workload: Workload, name: str, timeout: floa
 
         wait_until(ready, timeout, interval=0.005, what=f"{runtime} instance {name} becoming ready")
         live.t_ready = time.time()
+        if workload.kind == "idle":  # ready when its command started: the host's stamp, not the poll
+            live.t_ready = started_at(inst.phases) or live.t_ready
     except BaseException:
         remove(live)
         raise
@@ -162,7 +186,7 @@ def service(runtime: str, image: str, workload: Workload, name: str, timeout: fl
         sample.status = f"error: {e}"
         sample.add("failed", 1)
         return sample
-    sample.accel = live.accel
+    sample.accel, sample.pool = live.accel, live.pool
     phases = dict(live.inst.phases)
     teardown = remove(live)
     sample.add("launch_to_ready", live.ready_after)

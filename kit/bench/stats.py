@@ -120,25 +120,32 @@ def ratio_ci(values: Sequence[float], ref: Sequence[float], level: float = 0.95,
     return float(lo), float(hi)
 
 
-#: What identifies one sample in a results frame (``host`` only in a fleet run's frame).
-GROUP = ["host", "part", "image", "runtime", "start", "kind", "workload", "metric", "component", "n", "unit"]
+#: What identifies one sample in a results frame (``host`` only in a fleet run's frame; ``start`` and
+#: ``pool`` only in a study of start modes).
+GROUP = ["host", "part", "image", "runtime", "start", "pool", "kind", "workload", "metric", "component", "n",
+         "unit"]
 
 
-def measured(df):
-    """The rows statistics are computed on: completed runs, warmups excluded."""
+def measured(df, misses: bool = False):
+    """The rows statistics are computed on: completed runs, warmups excluded, and warm starts that
+    found nothing waiting (``pool == "miss"``: they paid for their container or template) unless
+    ``misses``."""
     keep = (~df["warmup"].astype(bool)) & (df["status"] == "ok")
+    if not misses and "pool" in df.columns:
+        keep &= df["pool"] != "miss"
     return df[keep]
 
 
-def summarize(df, seed: int = 0):
+def summarize(df, seed: int = 0, misses: bool = False):
     """One row per sample (runtime x image x workload x metric ..., and host when the frame has a
     ``host`` column) with :func:`describe`'s columns.
 
-    Warmup runs and failed runs are left out; ``n`` counts what remained.
+    Warmup runs and failed runs are left out, and warm-start misses unless ``misses`` (then
+    apart from the hits: ``pool`` is part of what identifies a sample); ``n`` counts what remained.
     """
     import pandas as pd
 
-    data = measured(df)
+    data = measured(df, misses)
     rows = []
     keys = [k for k in GROUP if k in data.columns]
     for key, grp in data.groupby(keys, dropna=False, sort=False):
@@ -148,11 +155,13 @@ def summarize(df, seed: int = 0):
     return pd.DataFrame(rows)
 
 
-def relative(df, metric: str = "launch_to_exit", baseline: str = "process", seed: int = 0):
+def relative(df, metric: str = "launch_to_exit", baseline: str = "process", seed: int = 0,
+             misses: bool = False):
     """Each runtime against ``baseline`` for one metric, as hyperfine's comparison.
 
     A frame with a ``host`` column (a fleet run) is compared host by host: each runtime against
-    the baseline measured on the same host, and the result has a ``host`` column first.
+    the baseline measured on the same host, and the result has a ``host`` column first. Warm-start
+    misses are left out unless ``misses`` (see :func:`measured`).
 
     Columns: median, ratio (of medians), ratio_low/ratio_high (bootstrap 95 %
     CI of that ratio), mean_ratio and mean_ratio_sd (hyperfine's "x ± y times").
@@ -161,14 +170,14 @@ def relative(df, metric: str = "launch_to_exit", baseline: str = "process", seed
     import pandas as pd
 
     if "host" in df.columns:
-        parts = [relative(g.drop(columns="host"), metric, baseline, seed).assign(host=h)
+        parts = [relative(g.drop(columns="host"), metric, baseline, seed, misses).assign(host=h)
                  for h, g in df.groupby("host", sort=False)]
         parts = [p for p in parts if len(p)]
         if not parts:
             return pd.DataFrame()
         res = pd.concat(parts, ignore_index=True)
         return res[["host"] + [c for c in res.columns if c != "host"]]
-    data = measured(df)
+    data = measured(df, misses)
     data = data[data["metric"] == metric]
     out = []
     for (image, workload), cell in data.groupby(["image", "workload"], sort=False):

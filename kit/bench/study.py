@@ -255,7 +255,7 @@ class Study:
                     ctx = {"part": "startup", "image": image, "runtime": rt, "kind": kinds[rt],
                            "workload": w.name, "round": r, "order": pos, "warmup": warm,
                            "repeat": r if warm else r - self.warmup, "accel": s.accel, "status": s.status,
-                           **({"start": mode} if self.starts != ("cold",) else {})}
+                           **({"start": mode, "pool": s.pool} if self.starts != ("cold",) else {})}
                     self._add([{**ctx, **row} for row in s.rows])
                 bar.update(_COST.get(kinds[rt], 1))
             if steady:
@@ -361,22 +361,24 @@ class Study:
             raise InvalidSpec("this study has no results yet: call .run() first, or Study.load(directory)")
         return self.df
 
-    def summary(self, part: str | None = None) -> pd.DataFrame:
-        """Statistics per runtime, image, workload and metric (warmups and failed runs left out);
-        per host too when the frame has a ``host`` column (a fleet run)."""
+    def summary(self, part: str | None = None, misses: bool = False) -> pd.DataFrame:
+        """Statistics per runtime, image, workload and metric (warmups and failed runs left out, and
+        warm starts that missed their pool unless ``misses``: then apart, by their ``pool``); per host
+        too when the frame has a ``host`` column (a fleet run)."""
         df = self._need()
         if part:
             df = df[df["part"] == part]
-        res = stats.summarize(df, seed=self.seed)
+        res = stats.summarize(df, seed=self.seed, misses=misses)
         if res.empty:  # the same columns, so that callers can select from a part that was not measured
             cols = [k for k in stats.GROUP if k in df.columns] + ["runs" if k == "n" else k for k in stats.describe([])]
             res = pd.DataFrame(columns=cols)
         return res
 
-    def relative(self, metric: str | None = None, baseline: str = "process") -> pd.DataFrame:
+    def relative(self, metric: str | None = None, baseline: str = "process", misses: bool = False) -> pd.DataFrame:
         """Each runtime against the bare-process baseline (ratio of medians with its 95 % CI), on
         each host apart when the frame has a ``host`` column. ``baseline="cold"``: each runtime's
-        warm start modes against its own cold start (:func:`kit.bench.starts.relative`).
+        warm start modes against its own cold start (:func:`kit.bench.starts.relative`). Warm starts
+        that missed their pool are left out unless ``misses``.
 
         ``metric`` defaults to ``launch_to_exit``, or ``throughput`` in a study of loads only. Load
         metrics (throughput, p99, cpu_per_op, ...) compare per operation: see
@@ -385,11 +387,11 @@ class Study:
         if metric is None:
             metric = "throughput" if set(df["part"]) == {"load"} else "launch_to_exit"
         if baseline == "cold":  # warm start modes against each runtime's own cold start
-            return starts_.relative(df, metric=metric, seed=self.seed)
+            return starts_.relative(df, metric=metric, seed=self.seed, misses=misses)
         df = starts_.labelled(df)  # RUNTIME/MODE for warm rows: modes stay apart
         if metric in loadpart.METRICS:
             return loadpart.relative(df, metric=metric, baseline=baseline, seed=self.seed)
-        return stats.relative(df, metric=metric, baseline=baseline, seed=self.seed)
+        return stats.relative(df, metric=metric, baseline=baseline, seed=self.seed, misses=misses)
 
     def raw(self, workload: str, runtime: str, round: int | None = None) -> str:
         """What the load tool printed in one run (the last one when ``round`` is None): where a number

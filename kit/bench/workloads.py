@@ -85,11 +85,9 @@ class Workload:
     def ready(self, rt, inst, port: int | None) -> bool:
         """Has this run become ready? (Called repeatedly until it is, or a deadline passes.)"""
         if self.kind == "idle":
-            # A VM's command runs seconds after QEMU starts; the guest marks it. Anything
-            # else runs its command as soon as the runtime's start returns.
-            if rt.kind == "vm":
-                return "command" in inst.phases
-            return rt.running(inst)
+            # Ready once its command has started, as the host sees it (the same event for every
+            # runtime: see started_at), and still running.
+            return started_at(inst.phases) is not None and rt.running(inst)
         if self.tcp and port is not None and not _answers(port, self.tcp):
             return False
         if self.log:
@@ -104,6 +102,15 @@ class Workload:
             if code != 0:
                 return False
         return True
+
+
+def started_at(phases: dict) -> float | None:
+    """When the instance's command was started, as the host saw it: the readiness of an idle
+    instance. Phase ``started`` (every runtime's start step stamps it once the command runs: the
+    process's exec succeeded, an OCI container left "created", LXC's log says its init started,
+    Docker's start call returned), for a VM ``command`` (its init says it execs the command, seconds
+    after QEMU starts); None before."""
+    return phases.get("command", phases.get("started"))
 
 
 def _answers(port: int, send: bool | bytes) -> bool:

@@ -183,6 +183,9 @@ class Runtime(ABC):
         """
         assert inst.proc is not None
         code = inst.proc.wait(timeout)
+        # 'exited': the runtime's own process (runc run, lxc-execute, the command itself) has
+        # ended and handed over the exit status (see kit.bench.metrics, launch_to_exit).
+        inst.phases.setdefault("exited", inst.proc.exited_at)
         inst.exit_code = _norm_code(code)
         if inst.exit_code != 0:
             self.raise_start_error(inst)

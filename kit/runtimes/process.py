@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import time
 
 from .. import cgroups, config
 from .._proc import Pumped, Stream, kill_group
@@ -45,6 +46,7 @@ class ProcessRuntime(Runtime):
                 group.destroy()
             raise StartFailed(f"process: could not start {spec.command[0]!r}: {e}") from None
         inst.phases["launched"] = inst.proc.launched_at
+        inst.phases["started"] = time.time()  # Popen returns once the exec succeeded: the command runs
 
     def stop(self, inst: Instance, timeout: float = 10.0) -> None:
         if inst.proc is not None:

@@ -13,8 +13,9 @@ they arrive, into ``inst.phases``::
     init       the kit init printed its mark
     spec       the init has the run spec (its virtio modules are loaded)
     command    the init is about to exec the command
-    exited     the init reported the command's exit code
-    vm_exited  the QEMU process ended (seen through a pidfd or a blocking waitpid)
+    command_exited  the init reported the command's exit code (the guest's view of the exit)
+    exited     the QEMU process ended (seen by a blocking waitpid): the host has the exit status
+               and the VM is over, the event every runtime's 'exited' is (kit.bench.metrics)
 
 With ``start="snapshot"`` the guest is restored from a template (:mod:`kit.vm.templates`,
 built on first use and reused while its inputs match) instead of booting: ``restore``
@@ -139,6 +140,7 @@ class QemuRuntime(Runtime):
         # Pumped.wait wakes on a pidfd, not Popen's 50 ms polling, so the exit is seen when it
         # happens. TimeoutExpired goes to the caller, nothing killed.
         inst.proc.wait(timeout)
+        vm.exited.wait(5)  # its watcher stamps 'exited' as it reaps QEMU
         try:
             inst.exit_code = vm.outcome()
         except StartFailed:
@@ -426,6 +428,8 @@ class _VM:
         # Held (prune leaves it alone) until the restored guest runs.
         tpl, built_s, self.template_hold = templates.checkout(cfg, which(self.rt.qemu) or self.rt.qemu)
         self.inst.info["template"] = tpl.key
+        # A template built for this run is a snapshot miss, paid inside the startup clock.
+        self.inst.info["pool"] = "hit" if built_s is None else "miss"
         if built_s is not None:
             self.inst.info["template_build_s"] = round(built_s, 3)
         try:
@@ -481,7 +485,7 @@ class _VM:
 
     def _watch_exit(self) -> None:
         self.proc.wait()  # blocking waitpid: the exit is stamped when it happens
-        self.inst.phases.setdefault("vm_exited", time.time())
+        self.inst.phases.setdefault("exited", time.time())
         self.exited.set()
 
     def _follow(self) -> None:
@@ -517,7 +521,7 @@ class _VM:
             self.command_started.set()
         elif word == "exited" and arg.strip().lstrip("-").isdigit():
             self.reported = int(arg)
-            self.inst.phases.setdefault("exited", t)
+            self.inst.phases.setdefault("command_exited", t)
         elif word == "oom" and arg.strip().isdigit():
             self.inst.info["guest_oom_kills"] = int(arg)
         elif word == "error":
