@@ -13,22 +13,29 @@ to the command's exit reported by the guest (``exited``); each run is split into
 phases the host stamps. Targets (issue 14): the restore's median at most 25 % of the
 cold boot's in the same run, and at most 0.3 s.
 
-Writes benchmarks/results/warm/vm_restore.md and vm_restore.csv.
+QEMU's CPU time is that of QEMU's own process, from its reap (``RunResult.info["qemu_cpu_s"]``,
+wait4 on QEMU's pid), not this process's RUSAGE_CHILDREN, which counts any child reaped meanwhile.
+How a template is made and restored: :mod:`kit.vm.templates`. Every sentence the report states is
+computed from this run or from the environment record (:func:`kit.bench.envinfo.collect`); a
+figure from elsewhere is shown as a reference with its source.
+
+Writes benchmarks/results/warm/vm_restore.md, vm_restore.csv and vm_restore_env.json.
 Usage: python benchmarks/bench_vm_restore.py [ROUNDS]
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
-import resource
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import kit
+from kit.bench import envinfo, storage
 from kit.vm import templates
 
 OUT = Path(__file__).resolve().parent / "results" / "warm"
@@ -43,20 +50,17 @@ FIRECRACKER = ("https://github.com/firecracker-microvm/firecracker/blob/0151dbcd
                "docs/snapshotting/snapshot-support.md#performance")
 
 
-def _children_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
 def one(start: str, memory: str) -> dict:
-    cpu0 = _children_cpu()
     r = kit.run("busybox", ["true"], runtime="qemu", start=start, memory=memory, timeout=300)
-    cpu = _children_cpu() - cpu0  # QEMU's CPU seconds (reaped before run returns): load-independent
     if r.exit_code != 0:
         raise SystemExit(f"{start} {memory}: exit {r.exit_code}: {r.stderr[-200:]}")
+    cpu = r.info.get("qemu_cpu_s")  # QEMU's own process, from its reap
+    if cpu is None:
+        raise SystemExit(f"{start} {memory}: the run did not report QEMU's CPU time (info qemu_cpu_s)")
     p = r.phases
     row = {"start": start, "memory": memory, "accel": r.info.get("accel"), "machine": r.info.get("machine"),
            "template": r.info.get("template", ""), "built_s": r.info.get("template_build_s", ""),
+           "pool": r.info.get("pool", ""),
            "start_to_exit": p["exited"] - p["launched"], "requested_to_exit": p["exited"] - p["requested"],
            "host_prep": p["launched"] - p["requested"], "qemu_cpu": cpu}
     for a, b in STEPS[start]:
@@ -105,27 +109,50 @@ def main() -> None:
         w.writeheader()
         w.writerows(rows)
 
+    env = {**envinfo.collect(), "load_before": load0, "load_after": load1, "rounds": ROUNDS, "execs": execs}
+    (OUT / "vm_restore_env.json").write_text(json.dumps(env, indent=1, default=str) + "\n")
+    lines = report(rows, warmup, execs, env, {t["key"]: t for t in templates.ls()})
+    (OUT / "vm_restore.md").write_text("\n".join(lines))
+    # the commit and definitions measured under
+    storage.record(OUT, __file__, ["vm_restore.csv", "vm_restore.md", "vm_restore_env.json"])
+    print("\n".join(lines))
+
+
+def spread(vals) -> float:
+    """(max - min) / median of the values: how far apart the rounds were."""
+    vals = [v for v in vals if v != ""]
+    return (max(vals) - min(vals)) / statistics.median(vals) if vals else float("nan")
+
+
+def report(rows: list[dict], warmup: list[dict], execs: list[list[float]], env: dict, tpl: dict) -> list[str]:
+    """The report's lines: every sentence computed from the rows or the environment record."""
     by = {(s, m): [r for r in rows if r["start"] == s and r["memory"] == m] for s, m in VARIANTS}
-    cold = med(by[("cold", "128m")], "start_to_exit")
-    tpl = {t["key"]: t for t in templates.ls()}
+    cold_rows, warm_rows = by[("cold", "128m")], by[("snapshot", "128m")]
+    cold, warm = med(cold_rows, "start_to_exit"), med(warm_rows, "start_to_exit")
+    cold_cpu = med(cold_rows, "qemu_cpu")
+    per_round = [w["start_to_exit"] / c["start_to_exit"] for c in cold_rows for w in warm_rows
+                 if w["round"] == c["round"]]
     accel = rows[0]["accel"]
+    host = (f"{env.get('cpu_count')} CPUs ({env.get('cpu_model')}), {env.get('os')}, kernel {env.get('kernel')}"
+            + (f", virtualised: {env['virtualised']}" if env.get("virtualised") else ""))
     lines = [
         "# Warm VM starts: restore from a template against a cold boot",
         "",
-        f"busybox `true`, QEMU {accel.upper()}, {rows[0]['machine']}, image in the initramfs; {ROUNDS} rounds, "
-        f"variants interleaved in a random order per round after a warm-up round; medians. "
-        f"Load average (1 min) {load0[0]:.1f} at the start, {load1[0]:.1f} at the end, on 2 cores shared "
-        f"with other work: absolute figures are noisy, the ratio within a round less so. "
+        f"busybox `true`, QEMU {accel.upper()}, {rows[0]['machine']}, image in the initramfs; {len(cold_rows)} "
+        f"rounds, variants interleaved in a random order per round after a warm-up round; medians. "
+        f"Host: {host}. VM accelerator: {env.get('vm_accel') or 'none'} ({env.get('vm_accel_reason', '')}). "
+        f"Load average (1 min) {env['load_before'][0]:.1f} at the start, {env['load_after'][0]:.1f} at the end. "
         f"Generated by `benchmarks/bench_vm_restore.py` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).",
         "",
-        "QEMU CPU is the user + system CPU time QEMU used (its process's rusage): it depends much",
-        "less than the wall times on how busy the host is, and approximates what the same run takes",
-        "on an idle host with a core to itself (QEMU runs this guest on one thread).",
+        "QEMU CPU: the user + system CPU time of QEMU's own process, from its reap (wait4 on its pid).",
+        f"Spread across rounds ((max - min) / median): wall {spread(r['start_to_exit'] for r in cold_rows):.0%} "
+        f"cold, {spread(r['start_to_exit'] for r in warm_rows):.0%} restore; QEMU CPU "
+        f"{spread(r['qemu_cpu'] for r in cold_rows):.0%} cold, {spread(r['qemu_cpu'] for r in warm_rows):.0%} "
+        f"restore; restore / cold wall within a round {spread(per_round):.0%}.",
         "",
         "| variant | QEMU start -> exit (s) | vs cold | QEMU CPU (s) | vs cold | request -> exit (s) | host prep (s) |",
         "|---|---|---|---|---|---|---|",
     ]
-    cold_cpu = med(by[("cold", "128m")], "qemu_cpu")
     for (s, m), rs in by.items():
         st, cpu = med(rs, "start_to_exit"), med(rs, "qemu_cpu")
         lines.append(f"| {s} {m} | {st:.3f} | {st / cold:.0%} | {cpu:.3f} | {cpu / cold_cpu:.0%} | "
@@ -134,19 +161,33 @@ def main() -> None:
     for (s, m), rs in by.items():
         lines.append(f"- {s} {m}: " + ", ".join(f"{a} -> {b} {med(rs, f'{a}->{b}'):.3f}" for a, b in STEPS[s]))
     firsts, laters = [e[0] for e in execs], [x for e in execs for x in e[1:]]
-    lines += ["", f"`kit.exec(true)` in a restored VM (3 VMs): the first {statistics.median(firsts):.3f} s, "
-                  f"the next ones {statistics.median(laters):.3f} s (medians)."]
-    warm = med(by[("snapshot", "128m")], "start_to_exit")
+    first, later = statistics.median(firsts), statistics.median(laters)
+    loaded = med(warm_rows, "restore->resumed")
+    big = med(by[("snapshot", "256m")], "start_to_exit")
     lines += [
+        "", f"`kit.exec(true)` in a restored VM ({len(execs)} VMs): the first {first:.3f} s, the next ones "
+            f"{later:.3f} s (medians).",
+        "",
+        "## What the figures say",
+        "",
+        f"- Of the restore's {warm:.3f} s (128m), loading the state and resuming (restore -> resumed) took "
+        f"{loaded:.3f} s ({loaded / warm:.0%}); the rest is the guest's work after it resumed.",
+        f"- The command's own step (command -> exited): {med(warm_rows, 'command->exited'):.3f} s after a restore, "
+        f"{med(cold_rows, 'command->exited'):.3f} s in a cold boot; the first `kit.exec` in a restored VM took "
+        f"{first / later:.1f}x the later ones.",
+        f"- Guest memory: the 256m restore took {big / warm:.2f}x the 128m one (restore -> resumed "
+        f"{med(by[('snapshot', '256m')], 'restore->resumed'):.3f} s against {loaded:.3f} s).",
         "",
         "## Targets",
         "",
         f"- restore -> exit at most 25 % of the cold boot: {warm / cold:.0%} "
         f"({'met' if warm <= 0.25 * cold else 'NOT met'}).",
         f"- at most 0.3 s: {warm:.3f} s wall ({'met' if warm <= 0.3 else 'NOT met'} at this load); "
-        f"QEMU's CPU time for it {med(by[('snapshot', '128m')], 'qemu_cpu'):.3f} s.",
+        f"QEMU's CPU time for it {med(warm_rows, 'qemu_cpu'):.3f} s.",
         "",
         "## Templates",
+        "",
+        "How a template is made and restored: `kit/vm/templates.py` (its docstring).",
         "",
         "| key | memory | state (KB) | on disk (MB) | build (s) |",
         "|---|---|---|---|---|",
@@ -156,44 +197,19 @@ def main() -> None:
         if t:
             lines.append(f"| {t['key']} | {t['memory_mib']} MiB | {t['state_bytes'] / 1e3:.0f} | "
                          f"{t['disk_bytes'] / 1e6:.0f} | {t['build_s']} |")
-    lines += ["", NOTES.format(firecracker=FIRECRACKER), ""]
-    (OUT / "vm_restore.md").write_text("\n".join(lines))
-    print("\n".join(lines))
-
-
-NOTES = """## How the state is loaded, and what was tried
-
-- The template's RAM is a file (`memory-backend-file`, shared while the template is built); the
-  migration stream is saved with `x-ignore-shared`, so it holds only the devices and small ROMs
-  (tens of KB). A restore maps the file privately (copy-on-write, pages read on demand from the
-  page cache) and loads the small stream from its stdin (`-incoming defer`, then
-  `migrate-incoming fd:0`, then `cont` when QEMU reports the load complete). So the restore does
-  not read guest memory up front, and the memory size hardly matters (compare 128m and 256m).
-- The issue's hand measurement streamed the whole RAM instead (`exec:cat state`, 91 MB for a
-  128 MiB guest): 0.20-0.51 s to answer. QEMU 7.2 has neither the `file:` migration URI (8.2)
-  nor `mapped-ram` (9.0); `x-ignore-shared` with a file-backed RAM is what it offers, and is what
-  Kata Containers' VM templating uses.
-- What remains after `resumed` is guest work under TCG: the restored guest's translation cache
-  is empty (QEMU's translated code is not part of the state), so the code its first forks run
-  (the clock's `date -s`, the command's fork and execs) is translated anew. Compare the steps
-  `command -> exited` of the cold boot and of the restore (the same guest work), and the first
-  against the later `kit.exec(true)` in one restored VM above. That, not loading the state
-  (`restore -> resumed`, QEMU's own start included: about 60 ms of CPU), dominates the restore
-  here. The init already does every spec-independent step (mounting /dev/pts, /dev/shm) before
-  the template point; what is left after it is one fork for the clock and the command itself.
-- Tried and dropped: `prealloc=on` for the restored RAM (copies all of it up front: slower).
-
-## On a KVM host
-
-The same code path runs with `-accel kvm -cpu host` (unit-tested command line:
-`tests/test_vm_snapshot.py::test_restore_command_line`). With hardware virtualisation there is
-no translation cache to refill, so what is left is QEMU's own start-up (tens of ms), the QMP
-exchange and the page faults of the touched memory: expect restore -> exit in the order of
-tens of milliseconds. For scale, Firecracker documents a snapshot resume latency target under
-8 ms (p90 5 ms) for a 2 vCPU / 512 MB microVM with one block and one net device on m5d.metal
-({firecracker}); its restores likewise map the memory file `MAP_PRIVATE` and fault pages in on
-demand. QEMU starts slower than Firecracker, so the kit's figure there would be several times
-that, still one to two orders of magnitude below a TCG cold boot."""
+    lines += [
+        "",
+        "## For reference, not measured here",
+        "",
+        f"- Firecracker (another VMM, on KVM) documents a snapshot resume latency target under 8 ms, p90 5 ms, "
+        f"for a 2 vCPU / 512 MB microVM with one block and one net device on AWS m5d.metal: "
+        f"[snapshot-support.md, Performance]({FIRECRACKER}).",
+        f"- This run's accelerator was {accel}: "
+        + ("the KVM path (`-accel kvm -cpu host`) was not measured; its command line is unit-tested "
+           "(`tests/test_vm_snapshot.py::test_restore_command_line`)." if accel != "kvm" else "KVM."),
+        "",
+    ]
+    return lines
 
 
 if __name__ == "__main__":

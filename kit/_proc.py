@@ -18,6 +18,38 @@ from typing import Callable, Sequence
 Stream = Callable[[str, bytes], None]
 
 
+class Popen(subprocess.Popen):
+    """subprocess.Popen that keeps the exited child's own resource usage, from the reap itself (wait4).
+
+    ``rusage`` (None until the child is reaped): what this child and the descendants it waited for
+    used. RUSAGE_CHILDREN of this process cannot say that: it also counts every other child reaped
+    meanwhile (another run's runc, a load tool). Popen reaps in two private methods, ``_try_wait``
+    (wait) and ``_internal_poll`` (poll, __del__), the same since CPython 3.3: both reap with wait4.
+    """
+
+    rusage = None
+
+    def _wait4(self, pid, flags, _wait4=os.wait4):  # bound now: __del__ may run at interpreter exit
+        got, status, usage = _wait4(pid, flags)
+        if got == pid:
+            self.rusage = usage
+        return got, status
+
+    def _try_wait(self, wait_flags):
+        try:
+            return self._wait4(self.pid, wait_flags)
+        except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): as Popen, exit status unknown
+            return self.pid, 0
+
+    def _internal_poll(self, _deadstate=None, **_kw):
+        return super()._internal_poll(_deadstate, _waitpid=self._wait4)
+
+    @property
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU seconds of the exited child (None while it runs)."""
+        return None if self.rusage is None else self.rusage.ru_utime + self.rusage.ru_stime
+
+
 class Pumped:
     """A running subprocess whose stdout/stderr are teed to log files and a stream.
 
@@ -42,12 +74,12 @@ class Pumped:
         env = _marked(env)
         if detach:
             with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
-                self.proc = subprocess.Popen(self.argv, stdin=stdin, stdout=out, stderr=err, env=env,
-                                             cwd=cwd, preexec_fn=preexec_fn, start_new_session=True)
+                self.proc = Popen(self.argv, stdin=stdin, stdout=out, stderr=err, env=env,
+                                  cwd=cwd, preexec_fn=preexec_fn, start_new_session=True)
         else:
-            self.proc = subprocess.Popen(self.argv, stdin=stdin, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, env=env, cwd=cwd,
-                                         preexec_fn=preexec_fn, start_new_session=True)
+            self.proc = Popen(self.argv, stdin=stdin, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=env, cwd=cwd,
+                              preexec_fn=preexec_fn, start_new_session=True)
             # One thread reads both pipes (poll): a second thread per run costs a thread start
             # on every foreground run, which on a busy 2-core host is measurable start-up time.
             t = threading.Thread(target=_pump_both, args=(
@@ -59,6 +91,11 @@ class Pumped:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    @property
+    def cpu_seconds(self) -> float | None:
+        """CPU seconds (user + system) the process used, once it has exited and been reaped (else None)."""
+        return self.proc.cpu_seconds
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for exit and for all output; raises subprocess.TimeoutExpired."""

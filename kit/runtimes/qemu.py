@@ -141,6 +141,9 @@ class QemuRuntime(Runtime):
         # happens. TimeoutExpired goes to the caller, nothing killed.
         inst.proc.wait(timeout)
         vm.exited.wait(5)  # its watcher stamps 'exited' as it reaps QEMU
+        # QEMU's own CPU time, from its reap (wait4): not this process's RUSAGE_CHILDREN, which
+        # counts any other child reaped meanwhile
+        inst.info["qemu_cpu_s"] = inst.proc.cpu_seconds
         try:
             inst.exit_code = vm.outcome()
         except StartFailed:
