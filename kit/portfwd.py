@@ -25,7 +25,7 @@ import struct
 import threading
 import time
 
-from .errors import InvalidSpec, StartFailed
+from .errors import InvalidSpec, KitError, StartFailed
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -84,8 +84,10 @@ class Forwarder:
             or ``"user"`` (recv/sendall through Python: the path before splice, kept so
             benchmarks/bench_forwarder.py can measure both).
 
-    :meth:`cpu_seconds` is the CPU time its connection threads used (finished and live), so a
-    benchmark can tell port publishing from the isolation's own cost.
+    :meth:`cpu_seconds` is the CPU time every one of its threads used (the namespace's socket maker,
+    each port's accept loop, each connection's two copy threads; finished and live), and the rootless
+    socket helper's where there is one, so a benchmark can tell port publishing from the isolation's
+    own cost.
     """
 
     COPIES = ("splice", "user")
@@ -98,8 +100,10 @@ class Forwarder:
         self.ports = list(ports)
         self.connect_timeout = connect_timeout
         self.copy = copy
-        self._cpu_done = 0.0                # CPU seconds of connection threads that ended
-        self._cpu_live: set[int] = set()    # pthread ids of connection threads still running
+        self._cpu_done = 0.0                # CPU seconds of its threads that ended
+        self._cpu_live: set[int] = set()    # pthread ids of its threads still running
+        self._helper = None                 # kit.userns.NetnsSockets, when one makes the inner sockets
+        self._cpu_lost: str | None = None   # why a part of the CPU time could not be read
         self._listeners: list[socket.socket] = []
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -120,7 +124,8 @@ class Forwarder:
         except OSError as e:
             raise StartFailed(f"cannot open network namespace {self.netns}: {e.strerror}; "
                               f"the container exited before its ports could be published") from None
-        maker = threading.Thread(target=self._socket_maker, name="kit-portfwd-ns", daemon=True)
+        maker = threading.Thread(target=self._counted, args=(self._socket_maker,), name="kit-portfwd-ns",
+                                 daemon=True)
         maker.start()
         self._threads.append(maker)
         try:
@@ -134,7 +139,8 @@ class Forwarder:
                     raise InvalidSpec(f"port {host} on 127.0.0.1 is already in use: choose another host port") from None
                 ls.listen(64)
                 self._listeners.append(ls)
-                t = threading.Thread(target=self._accept, args=(ls, cont), name=f"kit-portfwd-{host}", daemon=True)
+                t = threading.Thread(target=self._counted, args=(self._accept, ls, cont), name=f"kit-portfwd-{host}",
+                                     daemon=True)
                 t.start()
                 self._threads.append(t)
         except BaseException:
@@ -161,9 +167,23 @@ class Forwarder:
             self._nsfd = None
 
     def cpu_seconds(self) -> float:
-        """CPU seconds (user + system) the connection threads spent, those still running included."""
+        """CPU seconds (user + system) every thread of the forwarder spent, those still running included,
+        plus the rootless socket helper process's.
+
+        Raises:
+            KitError: a thread's CPU clock (or the helper's) cannot be read: the figure would be short.
+        """
         with self._lock:  # held while reading: a thread leaves _cpu_live (under it) before it ends
-            return self._cpu_done + sum(_thread_cpu(tid) for tid in self._cpu_live)
+            if self._cpu_lost:
+                raise KitError(self._cpu_lost)
+            threads = self._cpu_done + sum(_thread_cpu(tid) for tid in self._cpu_live)
+            helper = self._helper
+        if helper is None:
+            return threads
+        try:
+            return threads + helper.cpu_seconds()
+        except OSError as e:
+            raise KitError(f"forwarder CPU: {e}") from None
 
     def _counted(self, fn, *args) -> None:
         """Run ``fn(*args)`` in this thread and add the thread's CPU time to :meth:`cpu_seconds`."""
@@ -194,10 +214,20 @@ class Forwarder:
                     helper, error = NetnsSockets(self._nsfd), None
                 except OSError as e2:
                     error = e2
+                with self._lock:
+                    self._helper = helper
         while True:
             reply = self._requests.get()
             if reply is None:
                 if helper is not None:
+                    try:  # its last reading: it ends with close
+                        spent, lost = helper.cpu_seconds(), None
+                    except OSError as e:
+                        spent, lost = 0.0, f"forwarder CPU: {e}"
+                    with self._lock:
+                        self._cpu_done += spent
+                        self._cpu_lost = self._cpu_lost or lost
+                        self._helper = None
                     helper.close()
                 return
             if error is not None:
@@ -247,7 +277,8 @@ class Forwarder:
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        back = threading.Thread(target=self._counted, args=(_pipe, inner, client, self.copy), daemon=True)
+        back = threading.Thread(target=self._counted, args=(_pipe, inner, client, self.copy), daemon=True,
+                                name=f"kit-portfwd-back-{cont}")
         back.start()
         _pipe(client, inner, self.copy)
         back.join()
@@ -310,11 +341,16 @@ def _splice_loop(src: socket.socket, dst: socket.socket) -> None:
 
 
 def _thread_cpu(ident: int) -> float:
-    """CPU seconds of the running thread ``ident`` (``threading.get_ident()``) of this process."""
+    """CPU seconds of the running thread ``ident`` (``threading.get_ident()``) of this process.
+
+    Raises:
+        KitError: no per-thread CPU clock here (a 0 would make the forwarder look free).
+    """
     try:
         return time.clock_gettime(time.pthread_getcpuclockid(ident))
-    except (OSError, AttributeError):
-        return 0.0  # no per-thread CPU clock here
+    except (OSError, AttributeError) as e:
+        raise KitError(f"forwarder CPU: the CPU clock of its thread {ident} cannot be read ({e}); "
+                       f"per-thread CPU clocks (pthread_getcpuclockid) are needed to measure it") from None
 
 
 def _close(s: socket.socket) -> None:
