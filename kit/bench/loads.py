@@ -10,7 +10,7 @@ Two shapes of load (:data:`LOADS`):
 - ``inside``: the tool (sysbench, dd, fio) is exec'd in an idle instance of ``debian-bench``;
 - ``host``: the instance runs a server (iperf3, Redis, MariaDB) and the generator runs on the host
   against its port published on 127.0.0.1, so the path to a published port (the kit's forwarder,
-  docker-proxy, QEMU's user network) is part of what is measured.
+  QEMU's user network, podman's own) is part of what is measured.
 
 Every load is bounded in time (the tool's own ``--time``) and count, and has a deadline
 (``deadline`` seconds, then the tool is killed and the sample fails). A missing tool or output
@@ -21,25 +21,26 @@ and runtime; the instance is removed whatever happens. The raw output is kept on
 Fairness on a small host: the instance's processes (and the cpuset cgroup the runtime made for it,
 so exec'd processes follow) are pinned to one CPU and the host-side generator (``taskset``) to
 another; :func:`pinning` says which, and a study records it in its environment record. The host
-CPU time the instance used during the load is divided by the operations the tool counted:
+CPU time the instance used during the load is divided by the operations the tool counted
+(:func:`kit.bench.tools.operations`: its own counts, never a rate times the wall time):
 ``cpu_per_op`` (the cgroup's cpuacct where the runtime made one, else the CPU time of its host
-processes, e.g. QEMU).
+processes, e.g. QEMU; for the bare process, a tool run beside it adds its own CPU time from its reap).
 
 The path to a published port is measured as a component of its own. A host load runs on one of
 two paths (:data:`PATHS`): ``published`` (from the host through 127.0.0.1:PORT, the rows'
 components as the tool names them) or ``direct`` (the same tool reaching the service inside the
 instance's own network namespace, ``nsenter --net``; for a VM, exec'd in the guest; components
 prefixed ``direct/``). Their difference is what port publishing costs. The forwarder's CPU time
-during a published load is ``cpu_per_op`` with component ``forwarder/OP``: the kit's forwarder's
-connection threads (:meth:`kit.portfwd.Forwarder.cpu_seconds`), docker-proxy for Docker. QEMU's
-user network runs inside the QEMU process, so for a VM it is part of the instance's own figure.
+during a published load is ``cpu_per_op`` with component ``forwarder/OP``: every thread of the kit's
+forwarder (:meth:`kit.portfwd.Forwarder.cpu_seconds`; Docker's ports go through it too), podman's
+rootlessport for podman as an ordinary user. QEMU's user network runs inside the QEMU process, so
+for a VM it is part of the instance's own figure.
 """
 
 from __future__ import annotations
 
 import os
 import random
-import resource
 import secrets
 import shutil
 import socket
@@ -53,10 +54,10 @@ from pathlib import Path
 
 from .. import api
 from .. import runtimes as _runtimes
-from .._proc import wait_until
-from ..errors import KitError
+from .._proc import Popen, kill_group, wait_until
+from ..errors import KitError, KitTimeout
 from ..net import free_port
-from .tools import ToolOutputError, parse
+from .tools import ToolOutputError, operations, parse
 
 #: The image the in-instance tools come from (``make setup`` builds it: kit.images.prebuild).
 BENCH_IMAGE = "debian-bench"
@@ -217,11 +218,6 @@ class CpuMeter:
             if v is not None:
                 return v
         return _proc_cpu(_own_pids(self.rt, self.inst))
-
-
-def _children_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
 
 
 def pin(rt, inst, cpus: list[int]) -> str:
@@ -396,14 +392,17 @@ def _host_tool(argv: list[str], deadline: float, load: Load, runtime: str, netns
     return p.stdout + p.stderr
 
 
-def _inside_tool(live: Instance, argv: list[str], deadline: float) -> str:
+def _inside_tool(live: Instance, argv: list[str], deadline: float) -> tuple[str, float | None]:
+    """Run a tool in the instance: (its output, its own CPU seconds when it ran beside a bare process
+    on the host, else None: the instance's meter counts it)."""
     out: dict = {}
+    beside = _runtimes.get(live.runtime).kind == "process"
 
     def go():  # a thread pinned like the instance: what it starts (runc exec, the tool) inherits that
         try:
             if len(os.sched_getaffinity(0)) > 1:
                 os.sched_setaffinity(0, pinning()["instance"])
-            out["r"] = api.exec_(live.name, argv, timeout=deadline)
+            out["r"] = _beside(argv, deadline) if beside else api.exec_(live.name, argv, timeout=deadline)
         except BaseException as e:  # noqa: BLE001  (re-raised in the caller's thread)
             out["e"] = e
 
@@ -420,7 +419,33 @@ def _inside_tool(live: Instance, argv: list[str], deadline: float) -> str:
     if r.exit_code != 0:
         tail = (text.strip().splitlines() or [""])[-1][:200]
         raise ToolOutputError(f"{argv[0]} in {live.runtime} exited {r.exit_code}: {tail}")
-    return text
+    return text, getattr(r, "cpu_seconds", None)
+
+
+@dataclass
+class _Ran:
+    exit_code: int
+    stdout: str
+    stderr: str
+    cpu_seconds: float | None
+
+
+def _beside(argv: list[str], deadline: float) -> _Ran:
+    """A bare process has no inside: run the tool beside it on the host, as its exec does, here as a
+    child whose own CPU time comes from its reap (this process's RUSAGE_CHILDREN would count every
+    other child reaped meanwhile)."""
+    try:
+        p = Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                  start_new_session=True)
+    except OSError as e:
+        return _Ran(127, "", f"{argv[0]}: not found ({e.strerror})", None)
+    try:
+        stdout, stderr = p.communicate(timeout=deadline)
+    except subprocess.TimeoutExpired:
+        kill_group(p)
+        p.communicate()
+        raise KitTimeout(f"{argv[0]} beside the bare process did not finish within {deadline:g} s") from None
+    return _Ran(p.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace"), p.cpu_seconds)
 
 
 #: The paths a host load can take to its service (see the module's docstring).
@@ -432,16 +457,26 @@ def forwarder_cpu(rt, inst, port: int | None):
     apart from the instance: a bare process has no forwarder, QEMU's user network is inside QEMU)."""
     fwd = getattr(inst, "forwarder", None)
     if hasattr(fwd, "cpu_seconds"):
-        return fwd.cpu_seconds  # the kit's forwarder: its connection threads in this process
+        return fwd.cpu_seconds  # the kit's forwarder: every thread of it, in this process
     if rt.kind in ("process", "vm") or port is None:
         return None
-    if rt.name in ("docker", "podman"):
+    if rt.name == "podman":  # its own -p: rootlessport for an ordinary user (as root the kernel's NAT: no process)
         import psutil
 
         procs = [p for p in psutil.process_iter(["name", "cmdline"])
-                 if p.info["name"] in ("docker-proxy", "rootlessport") and str(port) in (p.info["cmdline"] or [])]
-        return lambda: _proc_cpu([p.pid for p in procs]) if procs else None
+                 if p.info["name"] == "rootlessport" and str(port) in (p.info["cmdline"] or [])]
+        return (lambda: _forwarder_processes_cpu(procs)) if procs else None
     return None
+
+
+def _forwarder_processes_cpu(procs) -> float:
+    """CPU seconds of a runtime's forwarding processes; one that cannot be read fails (never a smaller sum)."""
+    import psutil
+
+    try:
+        return sum(t.user + t.system for t in (p.cpu_times() for p in procs))
+    except psutil.Error as e:
+        raise KitError(f"forwarder CPU: {e}") from None
 
 
 def netns_of(rt, inst) -> str:
@@ -462,7 +497,7 @@ def _direct(live: Instance, rt, inst, argv: list[str], deadline: float) -> str:
         if argv[0] == sys.executable:
             raise ToolOutputError(f"{load.tool} direct in {live.runtime}: the client is Python on the host and the "
                                   f"guest image {load.image!r} has no Python; only the published path is measured")
-        return _inside_tool(live, argv, deadline)
+        return _inside_tool(live, argv, deadline)[0]  # a VM: its CPU is QEMU's, which the meter reads
     if rt.kind == "process":
         return _host_tool(argv, deadline, load, live.runtime)  # already in the host's namespace
     if os.geteuid() != 0:
@@ -492,22 +527,23 @@ def measure(live: Instance, seconds: float = 5.0, count: int | None = None, dead
     meter = CpuMeter(rt, inst)
     fwd = forwarder_cpu(rt, inst, live.port) if load.where == "host" and not direct else None
     f0 = fwd() if fwd else None
-    c0, ch0, t0 = meter.read(), _children_cpu(), time.monotonic()
+    c0, t0 = meter.read(), time.monotonic()
+    beside = None
     if load.where == "inside":
-        raw = _inside_tool(live, _fill(load.argv, seconds=secs, count=count, dir=directory), deadline)
+        argv = _fill(load.argv, seconds=secs, count=count, dir=directory)
+        raw, beside = _inside_tool(live, argv, deadline)
     elif direct:
         port = live.port if rt.kind == "process" else load.inner_port
-        raw = _direct(live, rt, inst, _fill(load.argv, port=port, seconds=secs, count=count), deadline)
+        argv = _fill(load.argv, port=port, seconds=secs, count=count)
+        raw = _direct(live, rt, inst, argv, deadline)
     else:
-        raw = _host_tool(_fill(load.argv, port=live.port, seconds=secs, count=count), deadline, load, live.runtime)
+        argv = _fill(load.argv, port=live.port, seconds=secs, count=count)
+        raw = _host_tool(argv, deadline, load, live.runtime)
     wall = time.monotonic() - t0
-    cpu = meter.read() - c0
-    if rt.kind == "process" and load.where == "inside":
-        cpu += _children_cpu() - ch0  # exec'd beside the bare process, as a child of this one
+    cpu = meter.read() - c0 + (beside or 0.0)  # a tool run beside the bare process: its own CPU time
     f1 = fwd() if fwd else None
-    figures = parse(load.tool, raw)
-    rows = [f.row() for f in figures]
-    ops, op_unit = _operations(figures, wall)
+    rows = [f.row() for f in parse(load.tool, raw)]
+    ops, op_unit = operations(load.tool, raw, argv)
     if ops > 0:
         rows.append({"metric": "cpu_per_op", "component": f"instance/{op_unit}", "value": cpu / ops * 1e6,
                      "unit": "µs"})
@@ -519,18 +555,6 @@ def measure(live: Instance, seconds: float = 5.0, count: int | None = None, dead
         for r in rows:
             r["component"] = "direct/" + r["component"] if r["component"] else "direct"
     return rows, raw
-
-
-def _operations(figures, wall: float) -> tuple[float, str]:
-    """Operations done during the load (rate figures x wall time), and what one is."""
-    rates = [f for f in figures if f.metric == "throughput" and f.unit.endswith("/s") or f.unit == "IOPS"]
-    rates = [f for f in rates if f.unit not in ("queries/s",)]
-    if not rates:
-        return 0.0, ""
-    unit = rates[0].unit.replace("/s", "").replace("IOPS", "I/O")
-    if unit == "Gbit":
-        return sum(f.value for f in rates) * wall * 1e9 / 8 / 2**20, "MiB"
-    return sum(f.value for f in rates) * wall, unit.rstrip("s") or unit
 
 
 def sample(load: str, runtime: str, seconds: float = 5.0, count: int | None = None, timeout: float = 300.0,

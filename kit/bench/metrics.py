@@ -130,11 +130,16 @@ METRICS: dict[str, tuple[str, str]] = {
     "mean_latency": ("ms", "load workloads: sysbench's average latency of one event or transaction."),
     "op_time": ("ns", "syscall load: wall time of one system call, dd bs=1 from /dev/zero to /dev/null "
                       "(one read(2) and one write(2) per byte) divided by the calls."),
-    "cpu_per_op": ("µs", "load workloads: host CPU time spent per operation during the load (component: "
-                         "'instance/<op>': the instance's cgroup cpuacct, or for the bare process and VMs the "
-                         "CPU time of its host processes, QEMU's included; 'forwarder/<op>': the kit's port "
-                         "forwarder (its connection threads in the Python process) or docker-proxy; 'direct/...': the "
-                         "same load inside the instance's network namespace, no forwarder)."),
+    "cpu_per_op": ("µs", "load workloads: host CPU time spent during the load divided by the operations the tool "
+                         "itself counted, never a rate times the wall time (events, MiB transferred, transactions, "
+                         "I/Os, syscalls; MiB received by iperf3; round trips, warm-up ones included; "
+                         "redis-benchmark: -n times the tests it ran one after the other, SET then GET). "
+                         "Component 'instance/<op>': the instance's cgroup cpuacct, or for VMs and the bare process "
+                         "the CPU time of its host processes, QEMU's included, plus for the bare process a tool run "
+                         "beside it (its own time from its reap); 'forwarder/<op>': every thread of the kit's port "
+                         "forwarder (accept loops, namespace socket maker, connection threads, in the Python "
+                         "process; Docker's published ports go through it too) or podman's rootlessport; "
+                         "'direct/...': the same load inside the instance's network namespace, no forwarder)."),
     "load_time": ("s", "load workloads: wall time of one load run, from starting the tool to its exit."),
     "retransmits": ("count", "network load: TCP retransmissions iperf3's sender reported."),
     # -- failures ----------------------------------------------------------------

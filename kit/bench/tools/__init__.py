@@ -4,9 +4,17 @@ Each parser takes the tool's complete output (text, or the JSON/CSV the tool wri
 for a machine-readable format) and returns :class:`Figure` rows. Output of an unknown layout is
 never guessed at: the parser raises :class:`ToolOutputError`, naming the tool and what it missed.
 
->>> from kit.bench.tools import parse
+>>> from kit.bench.tools import operations, parse
 >>> [f.metric for f in parse("dd", "10+0 records in\\n10+0 records out\\n10 bytes copied, 0.00001 s, 1 MB/s\\n")]
 ['op_time', 'throughput']
+
+:func:`operations` counts what the tool did, from its own counts (its output, or the count it was
+told to do), never a rate times a wall time: redis-benchmark runs SET and then GET, each at its own
+rate for part of the run, so the sum of the rates times the run's time counts about twice the
+requests, and a wall time also holds the tool's start and connection set-up.
+
+>>> operations("dd", "10+0 records in\\n10+0 records out\\n10 bytes copied, 0.00001 s, 1 MB/s\\n", ["dd"])
+(20.0, 'syscall')
 """
 
 from __future__ import annotations
@@ -40,13 +48,25 @@ def need(cond, tool: str, what: str, text: str) -> None:
         raise ToolOutputError(f"{tool}: output has no {what} (unknown layout?): {head!r}")
 
 
+def _module(tool: str):
+    from . import dd, fio, iperf3, redis_benchmark, sysbench, tcp_rtt
+
+    modules = {"sysbench": sysbench, "fio": fio, "iperf3": iperf3, "redis-benchmark": redis_benchmark, "dd": dd,
+               "tcp-rtt": tcp_rtt}
+    if tool not in modules:
+        raise ToolOutputError(f"no parser for tool {tool!r}: one of {', '.join(modules)}")
+    return modules[tool]
+
+
 def parse(tool: str, output: str) -> list[Figure]:
     """The figures in ``output`` of ``tool`` (``sysbench``, ``fio``, ``iperf3``, ``redis-benchmark``, ``dd``,
     ``tcp-rtt``)."""
-    from . import dd, fio, iperf3, redis_benchmark, sysbench, tcp_rtt
+    return _module(tool).parse(output)
 
-    parsers = {"sysbench": sysbench.parse, "fio": fio.parse, "iperf3": iperf3.parse,
-               "redis-benchmark": redis_benchmark.parse, "dd": dd.parse, "tcp-rtt": tcp_rtt.parse}
-    if tool not in parsers:
-        raise ToolOutputError(f"no parser for tool {tool!r}: one of {', '.join(parsers)}")
-    return parsers[tool](output)
+
+def operations(tool: str, output: str, argv) -> tuple[float, str]:
+    """(how many operations ``tool`` did, what one is), counted by the tool: from ``output``, or from
+    its command line ``argv`` where the tool does exactly what it is told and does not print the count
+    (redis-benchmark ``-n`` per test). The unit names the operation of the ``cpu_per_op`` rows
+    (event, MiB, transaction, syscall, I/O, request, round trip)."""
+    return _module(tool).operations(output, list(argv))

@@ -16,9 +16,19 @@ _COPIED = re.compile(r"^(\d+) bytes.* copied, ([\d.]+(?:e-?\d+)?) s(?:econds)?, 
 SYSCALLS_PER_RECORD = 2
 
 
-def parse(text: str) -> list[Figure]:
-    rec, cop = _RECORDS.findall(text), _COPIED.findall(text)
+def _records(text: str) -> list[str]:
+    rec = _RECORDS.findall(text)
     need(len(rec) == 1, "dd", "'N+0 records out' line", text)
+    return rec
+
+
+def operations(text: str, argv: list[str]) -> tuple[float, str]:
+    """System calls made: two per record copied (its own count)."""
+    return float(int(_records(text)[0]) * SYSCALLS_PER_RECORD), "syscall"
+
+
+def parse(text: str) -> list[Figure]:
+    rec, cop = _records(text), _COPIED.findall(text)
     need(len(cop) == 1, "dd", "'... copied, T s, ...' line (run dd with LC_ALL=C)", text)
     n, secs = int(rec[0]), float(cop[0][1])
     need(n > 0 and secs > 0, "dd", "positive record count and time", text)

@@ -9,13 +9,26 @@ from . import Figure, ToolOutputError, need
 PERCENTILES = {"p50": "50.000000", "p95": "95.000000", "p99": "99.000000"}
 
 
-def parse(text: str) -> list[Figure]:
+def _doc(text: str) -> dict:
     start = text.find("{")  # fio may print warnings before the JSON document
     try:
         doc = json.loads(text[start:]) if start >= 0 else None
     except ValueError as e:
         raise ToolOutputError(f"fio: output is not JSON ({e}): run it with --output-format=json") from None
     need(isinstance(doc, dict) and doc.get("jobs"), "fio", "'jobs' list", text)
+    return doc
+
+
+def operations(text: str, argv: list[str]) -> tuple[float, str]:
+    """I/Os completed, reads and writes of every job (fio's own total_ios)."""
+    ios = [job[d]["total_ios"] for job in _doc(text)["jobs"] for d in ("read", "write")
+           if isinstance(job.get(d), dict) and "total_ios" in job[d]]
+    need(ios, "fio", "read/write total_ios", text)
+    return float(sum(ios)), "I/O"
+
+
+def parse(text: str) -> list[Figure]:
+    doc = _doc(text)
     out = []
     for job in doc["jobs"]:
         for direction in ("read", "write"):

@@ -7,7 +7,7 @@ import json
 from . import Figure, ToolOutputError, need
 
 
-def parse(text: str) -> list[Figure]:
+def _end(text: str) -> dict:
     try:
         doc = json.loads(text)
     except ValueError as e:
@@ -15,7 +15,18 @@ def parse(text: str) -> list[Figure]:
     need(isinstance(doc, dict), "iperf3", "JSON object", text)
     if doc.get("error"):
         raise ToolOutputError(f"iperf3: {doc['error']}")
-    end = doc.get("end") or {}
+    return doc.get("end") or {}
+
+
+def operations(text: str, argv: list[str]) -> tuple[float, str]:
+    """MiB received (iperf3's own byte count at the receiver)."""
+    recv = _end(text).get("sum_received") or {}
+    need("bytes" in recv, "iperf3", "end.sum_received.bytes", text)
+    return recv["bytes"] / 2**20, "MiB"
+
+
+def parse(text: str) -> list[Figure]:
+    end = _end(text)
     recv = end.get("sum_received") or {}
     need("bits_per_second" in recv, "iperf3", "end.sum_received.bits_per_second", text)
     out = [Figure("throughput", recv["bits_per_second"] / 1e9, "Gbit/s", "tcp")]

@@ -13,10 +13,23 @@ from . import Figure, need
 _CPU = re.compile(r"^\s*events per second:\s*([\d.]+)\s*$", re.M)
 _MEMORY = re.compile(r"^\s*[\d.]+ MiB transferred \(([\d.]+) MiB/sec\)\s*$", re.M)
 _OLTP = re.compile(r"^\s*transactions:\s*\d+\s+\(([\d.]+) per sec\.\)\s*$", re.M)
+_OLTP_COUNT = re.compile(r"^\s*transactions:\s*(\d+)\s+\(", re.M)
+_EVENTS = re.compile(r"^\s*total number of events:\s*(\d+)\s*$", re.M)
+_MIB = re.compile(r"^\s*([\d.]+) MiB transferred \(", re.M)
 _QUERIES = re.compile(r"^\s*queries:\s*\d+\s+\(([\d.]+) per sec\.\)\s*$", re.M)
 _P95 = re.compile(r"^\s*95th percentile:\s*([\d.]+)\s*$", re.M)
 _AVG = re.compile(r"^\s*avg:\s*([\d.]+)\s*$", re.M)
 _VERSION = re.compile(r"^sysbench 1\.", re.M)
+
+
+def operations(text: str, argv: list[str]) -> tuple[float, str]:
+    """What sysbench counted: transactions (oltp), MiB transferred (memory), else events (cpu)."""
+    need(_VERSION.search(text), "sysbench", "'sysbench 1.x' banner", text)
+    for rx, unit in ((_OLTP_COUNT, "transaction"), (_MIB, "MiB"), (_EVENTS, "event")):
+        if found := rx.findall(text):
+            need(len(found) == 1, "sysbench", f"a single count of {unit}s", text)
+            return float(found[0]), unit
+    need(False, "sysbench", "'total number of events' line", text)
 
 
 def parse(text: str) -> list[Figure]:

@@ -5,14 +5,14 @@ the same ``size`` bytes come back from an echo server (``socat ... PIPE`` in the
 round trip at a time, for ``seconds`` or ``count`` round trips, after ``warmup`` unrecorded ones.
 Each round trip is timed with ``time.perf_counter_ns`` around the send and the complete reply, so a
 figure is the time a small request takes to reach the service and its answer to come back,
-through whatever lies between: loopback, the kit's forwarder, docker-proxy, QEMU's user network.
+through whatever lies between: loopback, the kit's forwarder, QEMU's user network.
 The client is Python: its own part (a send, a recv, the clock; ~10-20 µs on this machine kind) is
 the same on every path, so differences between paths are the path's. It is a child process,
 pinned like the other host-side load tools, and never shares a GIL with the kit's forwarder.
 
     python -m kit.bench.tools.tcp_rtt HOST PORT [--seconds S] [--count N] [--size B] [--warmup W]
 
-prints one JSON object: ``{"tool": "tcp-rtt", "n": ..., "size": ..., "seconds": ...,
+prints one JSON object: ``{"tool": "tcp-rtt", "n": ..., "warmup": ..., "size": ..., "seconds": ...,
 "rtt_us": {"p50": ..., "p95": ..., "p99": ..., "mean": ..., "max": ...}}``.
 """
 
@@ -66,19 +66,32 @@ def round_trips(host: str, port: int, seconds: float = 2.0, count: int = 10**6, 
         raise ConnectionError(f"the server at {host}:{port} does not echo what it receives")
     rtts.sort()
     us = [r / 1000 for r in rtts]
-    return {"tool": "tcp-rtt", "n": len(us), "size": size, "seconds": sum(us) / 1e6,
+    return {"tool": "tcp-rtt", "n": len(us), "warmup": warmup, "size": size, "seconds": sum(us) / 1e6,
             "rtt_us": {"p50": percentile(us, 50), "p95": percentile(us, 95), "p99": percentile(us, 99),
                        "mean": sum(us) / len(us), "max": us[-1]}}
 
 
-def parse(text: str) -> list[Figure]:
-    """Round trips/s (one connection, one request in flight) and RTT percentiles in ms."""
+def _doc(text: str) -> dict:
     start = text.find("{")
     try:
         doc = json.loads(text[start:]) if start >= 0 else None
     except ValueError as e:
         raise ToolOutputError(f"tcp-rtt: output is not its JSON summary ({e})") from None
     need(isinstance(doc, dict) and doc.get("tool") == "tcp-rtt", "tcp-rtt", "JSON summary", text)
+    return doc
+
+
+def operations(text: str, argv: list[str]) -> tuple[float, str]:
+    """Round trips made: the timed ones and the warm-up ones before them (all during the run)."""
+    doc = _doc(text)
+    need(isinstance(doc.get("n"), int) and isinstance(doc.get("warmup"), int), "tcp-rtt", "n and warmup counts",
+         text)
+    return float(doc["n"] + doc["warmup"]), "round trip"
+
+
+def parse(text: str) -> list[Figure]:
+    """Round trips/s (one connection, one request in flight) and RTT percentiles in ms."""
+    doc = _doc(text)
     rtt = doc.get("rtt_us") or {}
     need(all(k in rtt for k in ("p50", "p95", "p99", "mean")) and doc.get("n", 0) > 0 and doc.get("seconds", 0) > 0,
          "tcp-rtt", "n, seconds and rtt_us p50/p95/p99/mean", text)
