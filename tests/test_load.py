@@ -297,3 +297,30 @@ def test_a_server_that_stops_is_explained_by_its_first_error_line():
     assert loads._why(log) == "0 [ERROR] mariadbd: io_uring_wait_cqe() returned -1 ... Aborted"
     assert loads._why("Server listening\nbye\n") == "bye"
 
+
+@pytest.mark.parametrize("runtime", ["process", "runc"])
+def test_mariadb_lets_in_only_the_kits_client(runtime, names):
+    """As a bare process MariaDB listens on the host's loopback, where any local user can connect: without
+    the password generated for the instance, every login is refused (root included: its unix_socket
+    login is for the socket in the server's private directory). The password is on no command line
+    (any user can read those) and its client file is the owner's alone; the load logs in with it."""
+    import psutil
+    import pymysql
+
+    need(runtime)
+    name = unique("load-mariadb")
+    names.append(name)
+    live = loads.start(loads.LOADS["mariadb"], runtime, name, timeout=300)
+    try:
+        for user, password in (("root", ""), ("root", live.secret), ("kit", ""), ("kit", "wrong"), ("mysql", "")):
+            with pytest.raises(pymysql.err.OperationalError, match="Access denied"):
+                pymysql.connect(host="127.0.0.1", port=live.port, user=user, password=password, connect_timeout=10)
+        pymysql.connect(host="127.0.0.1", port=live.port, user="kit", password=live.secret, connect_timeout=10).close()
+        assert not [p.pid for p in psutil.process_iter(["cmdline"]) if live.secret in " ".join(p.info["cmdline"] or [])]
+        cfg = Path(loads._secrets(live))
+        assert (cfg.stat().st_mode & 0o777, cfg.parent.stat().st_mode & 0o777) == (0o600, 0o700)
+        rows, raw = loads.measure(live, seconds=1)
+        assert _value(rows, "throughput", "transactions") > 0 and live.secret not in raw
+    finally:
+        loads.remove(live)
+    assert not Path(cfg).exists()

@@ -84,12 +84,24 @@ class Load:
     defaults: dict = field(default_factory=dict, compare=False, hash=False)
 
 
-_MARIADB = ("sh", "-c", "mkdir -p {dir} && { test -d {dir}/mysql || mariadb-install-db --no-defaults --user=root "
-            "--datadir={dir} --skip-test-db --force >/dev/null; } && exec mariadbd --no-defaults --user=root "
-            "--datadir={dir} --port={port} --bind-address={bind} --socket={dir}/mysqld.sock "
-            "--pid-file={dir}/mysqld.pid --skip-grant-tables --skip-name-resolve --innodb-use-native-aio=0 "
-            "--skip-log-bin")
-_SB_MYSQL = ("--db-driver=mysql", "--mysql-host=127.0.0.1", "--mysql-port={port}", "--mysql-user=root",
+#: The environment variable that carries the generated password into the server's shell.
+SECRET_ENV = "KIT_DB_PASSWORD"
+#: The MariaDB user the kit's clients log in as.
+DB_USER = "kit"
+#: MariaDB with its grant tables: the kit's client logs in as ``kit`` (DB_USER) with a password generated for each
+#: instance (:data:`SECRET_ENV`, handed over in the environment, never on a command line other users can
+#: read), written by the server's own shell into an init file in its private data directory. root keeps
+#: MariaDB's default: unix_socket authentication, on a socket in that directory (host: a 0700 temporary one).
+_MARIADB = ("sh", "-c", "umask 077 && mkdir -p {dir} && { test -d {dir}/mysql || mariadb-install-db --no-defaults "
+            "--user=root --datadir={dir} --skip-test-db --force >/dev/null; } && "
+            "printf \"CREATE USER IF NOT EXISTS 'kit'@'%%' IDENTIFIED BY '%s';\\nALTER USER 'kit'@'%%' IDENTIFIED BY "
+            "'%s';\\nGRANT ALL PRIVILEGES ON *.* TO 'kit'@'%%';\\nCREATE DATABASE IF NOT EXISTS sbtest;\\n\" "
+            "\"$KIT_DB_PASSWORD\" \"$KIT_DB_PASSWORD\" > {dir}/kit-init.sql && exec env -u KIT_DB_PASSWORD mariadbd "
+            "--no-defaults --user=root --datadir={dir} --port={port} --bind-address={bind} --socket={dir}/mysqld.sock "
+            "--pid-file={dir}/mysqld.pid --init-file={dir}/kit-init.sql --skip-name-resolve "
+            "--innodb-use-native-aio=0 --skip-log-bin")
+#: The sysbench options file holds the password (``--config-file``, mode 0600): not on its command line.
+_SB_MYSQL = ("--db-driver=mysql", "--mysql-host=127.0.0.1", "--mysql-port={port}", "--config-file={secrets}",
              "--mysql-db=sbtest", "--tables=1", "--table-size={count}")
 
 LOADS: dict[str, Load] = {l.name: l for l in (
@@ -134,6 +146,13 @@ LOADS: dict[str, Load] = {l.name: l for l in (
          what="sysbench oltp_read_write from the host (1 table of 1000 rows, 2 threads): transactions/s, p95",
          defaults={"count": 10**6, "rows": 1000}),
 )}
+
+
+def mariadb_server(datadir: str, port: int, bind: str) -> list[str]:
+    """The command line of a MariaDB server as the ``mariadb`` load runs it (see ``_MARIADB``): first start
+    in ``datadir``, then serve on ``bind:port``. Start it with ``env={SECRET_ENV: password}``; clients log
+    in as :data:`DB_USER` with that password."""
+    return _fill(_MARIADB, dir=datadir, port=port, bind=bind)
 
 
 def pinning() -> dict:
@@ -289,6 +308,10 @@ class Instance:
     port: int | None = None
     hostdir: str | None = None
     pinned: str = ""
+    #: A server that logs its clients in (MariaDB): the password generated for this instance, and the
+    #: private directory (0700) of the client's options file that holds it.
+    secret: str | None = None
+    secretdir: str | None = None
 
 
 def start(load: Load, runtime: str, name: str, timeout: float = 300.0, memory="512m",
@@ -314,7 +337,17 @@ def start(load: Load, runtime: str, name: str, timeout: float = 300.0, memory="5
         cmd = _fill(load.server, port=inner, bind="127.0.0.1" if host else "0.0.0.0",
                     dir=live.hostdir or f"/var/lib/kit-{load.name}")
         ports = () if host else [(live.port, inner)]
-    api.start(load.image, cmd, runtime=runtime, name=name, ports=ports, **kw)
+        if any(SECRET_ENV in a for a in load.server):
+            live.secret = secrets.token_urlsafe(18)  # [A-Za-z0-9_-]: nothing to quote in SQL or sh
+            kw["env"] = {SECRET_ENV: live.secret}
+            live.secretdir = tempfile.mkdtemp(prefix="kit-load-secret-")
+            _write_private(Path(live.secretdir) / "sysbench.cfg",
+                           f"mysql-user={DB_USER}\nmysql-password={live.secret}\n")
+    try:
+        api.start(load.image, cmd, runtime=runtime, name=name, ports=ports, **kw)
+    except BaseException:
+        _remove_dirs(live)
+        raise
     try:
         rt_, inst = api.instance(name)
 
@@ -352,22 +385,41 @@ def remove(live: Instance) -> None:
         api.rm(live.name, force=True)
     except KitError:
         pass
-    if live.hostdir:
-        shutil.rmtree(live.hostdir, ignore_errors=True)
+    _remove_dirs(live)
+
+
+def _remove_dirs(live: Instance) -> None:
+    for d in (live.hostdir, live.secretdir):
+        if d:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to a new file only its owner can read (created so, never chmod'ed after)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def _mariadb_prepare(live: Instance, timeout: float) -> None:
     import pymysql
 
-    conn = pymysql.connect(host="127.0.0.1", port=live.port, user="root", connect_timeout=10)
+    # the server's init file has made the user and sbtest; this proves the password works before the load
+    conn = pymysql.connect(host="127.0.0.1", port=live.port, user=DB_USER, password=live.secret, connect_timeout=10)
     try:
         with conn.cursor() as c:
             c.execute("CREATE DATABASE IF NOT EXISTS sbtest")
     finally:
         conn.close()
     rows = live.load.defaults.get("rows", 1000)
-    argv = ["sysbench", "oltp_read_write", *_fill(_SB_MYSQL, port=live.port, count=rows), "prepare"]
+    argv = ["sysbench", "oltp_read_write", *_fill(_SB_MYSQL, port=live.port, count=rows, secrets=_secrets(live)),
+            "prepare"]
     _host_tool(argv, timeout, live.load, live.runtime)
+
+
+def _secrets(live: Instance) -> str:
+    """The client's private options file (sysbench --config-file) of a server that logs clients in."""
+    return str(Path(live.secretdir) / "sysbench.cfg") if live.secretdir else ""
 
 
 def _host_tool(argv: list[str], deadline: float, load: Load, runtime: str, netns: str | None = None) -> str:
@@ -534,10 +586,10 @@ def measure(live: Instance, seconds: float = 5.0, count: int | None = None, dead
         raw, beside = _inside_tool(live, argv, deadline)
     elif direct:
         port = live.port if rt.kind == "process" else load.inner_port
-        argv = _fill(load.argv, port=port, seconds=secs, count=count)
+        argv = _fill(load.argv, port=port, seconds=secs, count=count, secrets=_secrets(live))
         raw = _direct(live, rt, inst, argv, deadline)
     else:
-        argv = _fill(load.argv, port=live.port, seconds=secs, count=count)
+        argv = _fill(load.argv, port=live.port, seconds=secs, count=count, secrets=_secrets(live))
         raw = _host_tool(argv, deadline, load, live.runtime)
     wall = time.monotonic() - t0
     cpu = meter.read() - c0 + (beside or 0.0)  # a tool run beside the bare process: its own CPU time
