@@ -12,7 +12,9 @@ kit-owned cgroup:
 
 Kit is timed as the user sees it: the wall time of ``kit.run(...)``, default options (a
 writable overlay over the image), with ``read_only=True``, and read-only with ``harden=False``
-(no seccomp filter or extra masked paths: what ``runc spec`` gives). Teardown after a foreground
+(no seccomp filter or extra masked paths: what ``runc spec`` gives; for LXC, the image's rootfs
+itself without CAP_SYS_ADMIN, see kit.runtimes.lxc.shares_image), and writable with
+``harden=False``. Teardown after a foreground
 run happens off the caller's path; it is timed apart (``wait_for_teardown`` after the call)
 and never overlaps the next run. Like hyperfine: warmup rounds, then every variant once per
 round in a shuffled order (drift and the neighbours' load hit all alike), medians and IQR.
@@ -27,7 +29,15 @@ and the runtime's own step timers (``info["prepare_ms"]``):
 - ``collect``: ``exited`` -> return (output, result);
 - ``teardown``: off the path, shown for information.
 
-Target: kit's median within max(5 %, 3 ms) of the plain median.
+Target: kit's median within max(5 %, 3 ms) of the plain median, with the plain CLI's own
+settings (``kit_ro_soft``). ``paired_ms`` is the median of the per-round differences (kit minus
+plain in the same round), which the neighbours' drift moves less than a difference of medians.
+
+The defaults' own cost, each as its own row (``defaults`` table): what kit.run's defaults add to
+the like-for-like run, as the median per-round difference from ``kit_ro_soft``: the writable
+overlay (``kit_soft``), the hardening (seccomp filter, masked paths, Docker's capabilities:
+``kit_ro``) and both (``kit``), with the phases the milliseconds land in (the kit's preparation
+steps, the runtime's own process, the teardown off the path).
 
     .venv/bin/python benchmarks/bench_overhead.py [--runs 20] [--runtimes runc,lxc]
 
@@ -56,8 +66,13 @@ HERE = Path(__file__).resolve().parent
 CMD = ["echo", "hello"]
 #: kit_ro_soft: read-only and without the default hardening (seccomp filter, masked paths), which a
 #: plain ``runc spec`` container does not have either: like for like with the plain baseline.
+#: kit_soft: the writable overlay alone, so each default's cost is a row of its own (DEFAULTS).
 VARIANTS = {"plain": None, "kit": {}, "kit_ro": {"read_only": True},
-            "kit_ro_soft": {"read_only": True, "harden": False}}
+            "kit_ro_soft": {"read_only": True, "harden": False}, "kit_soft": {"harden": False}}
+#: What each of kit.run's defaults adds: (name, the variant with it) against kit_ro_soft.
+DEFAULTS = (("writable overlay", "kit_soft"), ("hardening (seccomp, masked paths, capabilities)", "kit_ro"),
+            ("both (kit.run's defaults)", "kit"))
+LIKE_FOR_LIKE = "kit_ro_soft"
 #: The runtimes' preparation step timers (``info["prepare_ms"]``), in the order they run.
 STEPS = ("cgroup", "rootfs", "netns", "config", "forwarder")
 
@@ -175,6 +190,48 @@ def _q(s: pd.Series, q: float) -> float:
     return float(s.quantile(q))
 
 
+def _paired(g: pd.DataFrame, variant: str, against: str, col: str = "ms") -> pd.Series:
+    """Per round, ``variant``'s ``col`` minus ``against``'s (the runs of one round share the
+    machine's state of that moment, so the difference drifts less than either figure)."""
+    wide = g.pivot_table(index="round", columns="variant", values=col, aggfunc="first")
+    if variant not in wide or against not in wide:
+        return pd.Series(dtype=float)
+    return (wide[variant] - wide[against]).dropna()
+
+
+def _prepare(k: pd.DataFrame) -> pd.Series:
+    """The kit's preparation per run: its step timers and the rest of requested -> launched."""
+    steps = [c for c in k.columns if c.startswith("step_")]
+    return k[steps].fillna(0).sum(axis=1) + k.prepare_rest
+
+
+def defaults_cost(df: pd.DataFrame) -> pd.DataFrame:
+    """What each of kit.run's defaults adds to the like-for-like run (:data:`DEFAULTS`), per runtime:
+    the median per-round difference in wall and CPU time, and the phases it lands in (medians'
+    differences: the kit's preparation, the runtime's own process, the teardown off the path)."""
+    m = df[~df.warmup]
+    rows = []
+    for rt, g in m.groupby("runtime", sort=True):
+        if rt == "process":  # a bare process has neither an overlay nor a filter
+            continue
+        base = g[g.variant == LIKE_FOR_LIKE]
+        for name, variant in DEFAULTS:
+            k = g[g.variant == variant]
+            d = _paired(g, variant, LIKE_FOR_LIKE)
+            if k.empty or d.empty:
+                continue
+            rows.append({
+                "runtime": rt, "default": name, "kit": variant, "against": LIKE_FOR_LIKE,
+                "extra_ms": round(d.median(), 2), "extra_iqr": round(_q(d, .75) - _q(d, .25), 2),
+                "extra_cpu_ms": round(_paired(g, variant, LIKE_FOR_LIKE, "cpu_ms").median(), 2),
+                "in_prepare": round(_prepare(k).median() - _prepare(base).median(), 2),
+                "in_runtime_process": round(k.runtime_process.median() - base.runtime_process.median(), 2),
+                "in_teardown_off_path": round(k.teardown.median() - base.teardown.median(), 2),
+                "rounds": len(d),
+            })
+    return pd.DataFrame(rows)
+
+
 def summarize(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(overhead table per runtime and kit variant, breakdown of kit's medians in ms)."""
     m = df[~df.warmup]
@@ -190,6 +247,7 @@ def summarize(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
                 "plain_ms": round(base, 2), "plain_iqr": round(_q(plain, .75) - _q(plain, .25), 2),
                 "kit_ms": round(med, 2), "kit_iqr": round(_q(k.ms, .75) - _q(k.ms, .25), 2),
                 "overhead_ms": round(med - base, 2), "overhead_pct": round((med / base - 1) * 100, 1),
+                "paired_ms": round(_paired(g, variant, "plain").median(), 2),
                 "target_ms": round(max(0.05 * base, 3.0), 2), "within_target": bool(med - base <= max(0.05 * base, 3.0)),
                 "plain_cpu_ms": round(g[g.variant == "plain"].cpu_ms.median(), 2),
                 "kit_cpu_ms": round(k.cpu_ms.median(), 2),
@@ -230,8 +288,10 @@ def main(argv=None) -> int:
             f"(+{args.warmup} warmup), medians in ms\n\n"
             "Plain: the runtime's own CLI on the image's rootfs directory with a minimal config. "
             "kit: `kit.run(...)` wall time with default options; kit_ro: with `read_only=True`; kit_ro_soft: "
-            "read-only and `harden=False` (no seccomp filter, as in `runc spec`). "
-            "Target: overhead <= max(5 %, 3 ms). plain_cpu_ms/kit_cpu_ms: CPU time of the caller and "
+            "read-only and `harden=False` (no seccomp filter, as in `runc spec`; for LXC the image's rootfs "
+            "itself, without CAP_SYS_ADMIN); kit_soft: writable and `harden=False`. "
+            "Target: overhead <= max(5 %, 3 ms); paired_ms: the median of the per-round differences "
+            "kit - plain. plain_cpu_ms/kit_cpu_ms: CPU time of the caller and "
             "its reaped children (less moved by other load than wall time; docker's work is in the "
             "daemon and not counted).\n\n"
             + over.to_markdown(index=False) + "\n\n"
@@ -241,7 +301,13 @@ def main(argv=None) -> int:
             "preparation steps; prepare_rest: the rest of requested->launched; runtime_process: "
             "launched->exited (the runtime's own process, compare with plain_ms); collect: exit to "
             "return; teardown_off_path: after the result, not in kit_ms.\n\n"
-            + parts.to_markdown(index=False, missingval="-") + "\n")
+            + parts.to_markdown(index=False, missingval="-") + "\n\n"
+            "## What kit.run's defaults cost, each apart\n\n"
+            f"Against {LIKE_FOR_LIKE} (the plain CLI's own settings), per round: extra_ms / extra_cpu_ms, "
+            "the median per-round difference in wall / CPU time; in_prepare, in_runtime_process, "
+            "in_teardown_off_path: the difference of the medians of those phases (the kit's preparation "
+            "steps; launched->exited; the removal after the result).\n\n"
+            + defaults_cost(df).to_markdown(index=False) + "\n")
     (out / "overhead.md").write_text(text)
     storage.record(out, __file__, ["overhead.csv", "overhead.md"])  # the commit and definitions measured under
     print(text)

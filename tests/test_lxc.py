@@ -17,6 +17,7 @@ from kit import cgroups, config
 from kit._proc import wait_until
 from kit.errors import StartFailed
 from kit.runtimes import _rootfs
+from kit.runtimes import lxc as lxc_mod
 from kit.runtimes.base import Instance
 from kit.runtimes.lxc import build_config
 from kit.spec import RunSpec
@@ -62,9 +63,58 @@ def test_a_newline_cannot_smuggle_config_keys():
         build_config(_inst(env={"X": "1\nlxc.cap.drop ="}), None)
 
 
+def _image_dir(tmp_path, *dirs) -> Path:
+    root = tmp_path / "rootfs"
+    for d in dirs:
+        (root / d).mkdir(parents=True)
+    return root
+
+
+def test_a_read_only_run_shares_the_image_without_cap_sys_admin(tmp_path, monkeypatch):
+    monkeypatch.setattr(_Img, "rootfs", _image_dir(tmp_path, "proc", "sys", "dev", "srv"))
+    text = build_config(_inst(read_only=True, harden=False), None)
+    lines = text.splitlines()
+    assert f"lxc.rootfs.path = dir:{_Img.rootfs}" in lines and "lxc.rootfs.options = ro" in lines
+    # Shared by every instance: no remounting it writable.
+    assert [ln for ln in lines if ln.startswith("lxc.cap.drop")] == [f"lxc.cap.drop = {lxc_mod.CAP_DROP} sys_admin"]
+    hardened = build_config(_inst(read_only=True), None).splitlines()
+    assert f"lxc.rootfs.path = dir:{_Img.rootfs}" in hardened
+    assert not any("sys_admin" in ln for ln in hardened if ln.startswith("lxc.cap.keep"))
+
+
+@pytest.mark.parametrize("why", ["writable", "workdir-missing", "dev-missing", "volume"])
+def test_an_overlay_whenever_lxc_would_write_into_the_image(tmp_path, monkeypatch, why):
+    monkeypatch.setattr(_Img, "rootfs", _image_dir(tmp_path, "proc", "sys", *(["dev"] if why != "dev-missing" else []),
+                                                   *(["srv"] if why != "workdir-missing" else [])))
+    inst = _inst(read_only=why != "writable", harden=False)
+    if why == "volume":
+        inst.mounts = [object()]
+    text = build_config(inst, None) if why != "volume" else None
+    assert not lxc_mod.shares_image(inst)
+    if text is not None:
+        assert f"lxc.rootfs.path = overlay:{_Img.rootfs}:/state/web/overlay/upper" in text.splitlines()
+        assert f"lxc.cap.drop = {lxc_mod.CAP_DROP}" in text.splitlines()
+
+
 @pytest.fixture
 def lxc():
     need("lxc")
+
+
+@pytest.mark.parametrize("harden", [False, True])
+def test_a_read_only_run_on_the_shared_image_cannot_write_to_it(lxc, harden):
+    img = kit.images.get("busybox")
+    before = sorted(p.name for p in img.rootfs.iterdir())
+    r = kit.run("busybox", ["sh", "-c", "mount -o remount,rw / ; touch /kit-probe /bin/kit-probe; "
+                                        "cat /proc/self/status"],
+                runtime="lxc", read_only=True, harden=harden)
+    assert r.info["rootfs"] == "image, read-only"
+    assert "Read-only file system" in r.stderr and "permission denied" in r.stderr  # the remount was refused
+    cap_eff = int(next(ln for ln in r.stdout.splitlines() if ln.startswith("CapEff:")).split()[1], 16)
+    assert not cap_eff & (1 << 21)  # CAP_SYS_ADMIN
+    kit.api.wait_for_teardown()
+    assert sorted(p.name for p in img.rootfs.iterdir()) == before  # no probe, no .lxc_keep left
+    assert not (img.rootfs / "bin" / "kit-probe").exists()
 
 
 def test_container_below_kit_cgroup_monitor_beside_it(lxc, names):
@@ -109,3 +159,28 @@ def test_exec_sees_the_containers_environment_not_the_hosts(lxc, names):
     assert env["MINE"] == "1" and env["PATH"].startswith("/usr/local/sbin")
     assert "KIT_TEST_HOST_ONLY" not in env
     assert kit.logs(name).stderr == ""  # lxc-execute's complaint about lxc-attach's query is filtered out
+
+
+def test_config_and_log_are_memory_files_the_container_cannot_reach(lxc, names):
+    name = unique("lxmem")
+    names.append(name)
+    kit.start("busybox", ["sleep", "300"], runtime="lxc", name=name)
+    rt, inst = kit.api.instance(name)
+    argv = psutil.Process(inst.proc.pid).cmdline()
+    for flag in ("-f", "-o"):  # LXC opened them by the kit's /proc path; nothing is on disk
+        assert argv[argv.index(flag) + 1].startswith(f"/proc/{os.getpid()}/fd/")
+    assert not (inst.state_dir / "lxc.conf").exists() and not (inst.state_dir / "lxc.log").exists()
+    assert b"started with pid" in rt._log(inst)
+    # Close-on-exec: neither the command nor a process exec'd later holds them (it could forge the log).
+    seen = kit.exec_(name, ["sh", "-c", "ls -l /proc/1/fd/ /proc/self/fd/; for p in /proc/[0-9]*; do "
+                                        "ls -l $p/fd/ 2>/dev/null; done"]).stdout
+    assert "memfd" not in seen and "lxc." not in seen
+    for pid in rt.pids(inst):  # and on the host: only LXC's monitor holds them (the log it writes)
+        held = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        assert not any("memfd:lxc" in h for h in held) or pid == inst.proc.pid, (pid, held)
+
+
+def test_a_start_failure_quotes_lxcs_error_from_the_memory_log(lxc):
+    # LXC's first ERROR line, read from its log in memory.
+    with pytest.raises(StartFailed, match=r"could not start 'sh': .*Could not change directory to \"/no/such/dir\""):
+        kit.run("busybox", ["sh"], runtime="lxc", workdir="/no/such/dir", read_only=True)

@@ -1,6 +1,6 @@
 """LXC application containers through ``lxc-execute``.
 
-Each instance gets a generated config in its state directory and runs as
+Each instance gets a generated config and runs as
 ``lxc-execute -n ID -P <kit lxcpath> -f <config> -- argv`` under
 :class:`~kit._proc.Pumped`, so output streams and the exit code is the
 command's. PID 1 inside is ``lxc-init``, which forwards signals and reaps.
@@ -8,12 +8,19 @@ command's. PID 1 inside is ``lxc-init``, which forwards signals and reaps.
 - network: ``lxc.net.0.type = empty`` (own namespace, loopback only);
   ports are published by :class:`kit.portfwd.Forwarder`;
 - root filesystem: LXC's own overlay (``overlay:IMAGE_ROOTFS:<state>/overlay/upper``),
-  mounted inside the container's mount namespace, so nothing stays mounted on the host;
+  mounted inside the container's mount namespace, so nothing stays mounted on the host; a
+  read-only run that needs no mount point made in it gets the image's rootfs itself
+  (``dir:``, bound read-only before anything else), as a plain ``lxc-execute`` would, and
+  loses CAP_SYS_ADMIN, without which it cannot remount the shared image writable
+  (:func:`shares_image`);
 - limits: ``lxc.cgroup.dir.container`` places the container below the kit-owned
   cgroup that carries the limit; the monitor goes in a sibling group so LXC's
   own process is not charged to the container;
-- LXC writes its own log (level NOTICE) to ``<state>/lxc.log``; the line
-  "started with pid" tells a started container from one that failed to start.
+- LXC writes its own log (level NOTICE); the line "started with pid" tells a started
+  container from one that failed to start;
+- the config and the log are memory files (:class:`_Memfiles`), not files in the state
+  directory: creating a file there is a journaled filesystem operation on each start's path,
+  where the kit's whole LXC overhead budget is a few milliseconds (benchmarks/bench_overhead.py).
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ from .base import Availability, Instance, Runtime, exec_cli, which
 
 #: Capabilities LXC's own common.conf drops for application containers.
 CAP_DROP = "mac_admin mac_override sys_time sys_module sys_rawio"
+#: Where LXC mounts in the rootfs (proc, sys, autodev's /dev tmpfs, /dev/shm inside it).
+MOUNT_POINTS = ("/proc", "/sys", "/dev")
 START_DEADLINE = 15.0
 _STARTED = re.compile(rb"started with pid '(\d+)'")
 
@@ -41,6 +50,22 @@ _STARTED = re.compile(rb"started with pid '(\d+)'")
 def lxcpath() -> Path:
     """The kit-owned LXC path (``-P``), apart from the host's /var/lib/lxc."""
     return (Path("/run/kit") if os.geteuid() == 0 else config.home()) / "lxc"
+
+
+#: What a start would otherwise look up again every time (each costs tens of microseconds, and
+#: the kit's whole LXC overhead budget is a few milliseconds): the tools' paths, and whether an
+#: image (immutable content, by id) can be shared for a working directory.
+_tools: dict[str, str] = {}
+_shareable: dict[tuple, bool] = {}
+
+
+def _tool(name: str) -> str:
+    if name not in _tools:
+        found = which(name)
+        if found is None:
+            return name  # not cached: an install later in this process is found then
+        _tools[name] = found
+    return _tools[name]
 
 
 def _quote(value: str) -> str:
@@ -54,10 +79,72 @@ def _fstab(path: str) -> str:
     return _quote(path).replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011")
 
 
-def build_config(inst: Instance, monitor_rel: str | None) -> str:
-    """The LXC config file text for ``inst``; ``inst.spec.harden`` adds :mod:`.hardening`'s baseline."""
+def shares_image(inst: Instance) -> bool:
+    """Whether ``inst`` runs on the image's own rootfs (``dir:``) rather than an overlay over it.
+
+    Only a read-only run where LXC creates nothing in it: no volume or network mount point, and
+    every mount point and the working directory already there (:func:`_rootfs.shareable`).
+    Then LXC mounts no overlay and tears none down for the root (benchmarks/bench_overhead.py
+    measures what the overlay costs a start). LXC bind-mounts it read-only before anything
+    else; the only write it makes is its pin (``.lxc_keep``, created and unlinked at once in the
+    rootfs' top directory; never inside a user namespace).
+    """
+    spec, image = inst.spec, inst.image
+    if not spec.read_only or inst.mounts or inst.net is not None:
+        return False
+    cwd = _rootfs.workdir(spec, image)
+    key = (getattr(image, "id", None), str(image.rootfs), cwd)
+    if key[0] is None:  # no content id to cache by
+        return _rootfs.shareable(image.rootfs, MOUNT_POINTS, cwd)
+    if key not in _shareable:
+        _shareable[key] = _rootfs.shareable(image.rootfs, MOUNT_POINTS, cwd)
+    return _shareable[key]
+
+
+class _Memfiles:
+    """An instance's LXC config and log as memory files (``memfd``), which ``lxc-execute`` opens
+    by their ``/proc/<kit's pid>/fd/N`` path.
+
+    Nothing is created on disk per start, and nothing is inherited: the descriptors are
+    close-on-exec, so the container's processes cannot reach the log (whose "started with pid"
+    line says where ports are forwarded to) nor the config. LXC opens both before the
+    container exists and keeps the log open; the kit keeps its own descriptors until cleanup.
+    """
+
+    def __init__(self, config_text: str):
+        self.config = os.memfd_create("lxc.conf", os.MFD_CLOEXEC)
+        self.log = os.memfd_create("lxc.log", os.MFD_CLOEXEC)
+        data = memoryview(config_text.encode())
+        while data:
+            data = data[os.write(self.config, data):]
+
+    @staticmethod
+    def path(fd: int) -> str:
+        return f"/proc/{os.getpid()}/fd/{fd}"
+
+    def read_log(self) -> bytes:
+        size = os.fstat(self.log).st_size
+        return os.pread(self.log, size, 0) if size else b""
+
+    def close(self) -> None:
+        # Forgotten first: a closed number is soon another file's, which a late reader must not read.
+        fds, self.config, self.log = (self.config, self.log), -1, -1
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def build_config(inst: Instance, monitor_rel: str | None, shared: bool | None = None) -> str:
+    """The LXC config file text for ``inst``; ``inst.spec.harden`` adds :mod:`.hardening`'s baseline.
+
+    Args:
+        shared: whether the root is the image's own rootfs (:func:`shares_image`, asked when None).
+    """
     spec, image = inst.spec, inst.image
     upper = inst.state_dir / "overlay" / "upper"
+    shared = shares_image(inst) if shared is None else shared
     if inst.net is not None:
         # A kit network member shares the namespace of the network's holder, and sees its names.
         net = [f"lxc.namespace.share.net = {inst.net.pid}",
@@ -69,7 +156,7 @@ def build_config(inst: Instance, monitor_rel: str | None) -> str:
         f"lxc.uts.name = {_quote(spec.hostname)}",
         *net,
         # LXC puts the overlay's work dir beside upper: <state>/overlay/work.
-        f"lxc.rootfs.path = overlay:{image.rootfs}:{upper}",
+        f"lxc.rootfs.path = dir:{image.rootfs}" if shared else f"lxc.rootfs.path = overlay:{image.rootfs}:{upper}",
         "lxc.mount.auto = proc:mixed sys:ro cgroup:mixed",
         "lxc.autodev = 1",
         "lxc.mount.entry = shm dev/shm tmpfs rw,nosuid,nodev,mode=1777,create=dir 0 0",
@@ -79,7 +166,9 @@ def build_config(inst: Instance, monitor_rel: str | None) -> str:
         # Docker's baseline: its capabilities kept, its seccomp denylist, its masked /proc paths.
         lines += hardening.lxc_config_lines(hardening.lxc_profile_file(config.home() / "profiles"))
     else:
-        lines.append(f"lxc.cap.drop = {CAP_DROP}")
+        # On the shared image, CAP_SYS_ADMIN could remount it writable (mount -o remount,rw /) and
+        # change every later instance's files; the hardened set above has no CAP_SYS_ADMIN anyway.
+        lines.append(f"lxc.cap.drop = {CAP_DROP}{' sys_admin' if shared else ''}")
     if spec.read_only:
         lines.append("lxc.rootfs.options = ro")
     for m in inst.mounts:  # kit.volumes: the target is relative to the rootfs
@@ -124,7 +213,7 @@ class LXCRuntime(Runtime):
                             info={"lxcpath": str(lxcpath()), "cgroups": cgroups.describe()})
 
     def _base(self, tool: str, inst: Instance) -> list[str]:
-        return [which(tool) or tool, "-n", inst.id, "-P", str(lxcpath())]
+        return [_tool(tool), "-n", inst.id, "-P", str(lxcpath())]
 
     @staticmethod
     def _monitor_rel(inst: Instance) -> str | None:
@@ -136,12 +225,14 @@ class LXCRuntime(Runtime):
             with _rootfs.step(inst, "cgroup"):
                 inst.cgroup = _rootfs.kit_cgroup(inst)
             with _rootfs.step(inst, "config"):
-                (inst.state_dir / "overlay" / "upper").mkdir(parents=True, exist_ok=True)
-                conf = inst.state_dir / "lxc.conf"
-                conf.write_text(build_config(inst, self._monitor_rel(inst)))
+                shared = shares_image(inst)
+                inst.info["rootfs"] = "image, read-only" if shared else "overlay"
+                if not shared:
+                    (inst.state_dir / "overlay" / "upper").mkdir(parents=True, exist_ok=True)
+                inst.handle = files = _Memfiles(build_config(inst, self._monitor_rel(inst), shared))
                 lxcpath().mkdir(parents=True, exist_ok=True)
-            argv = [*self._base("lxc-execute", inst), "-f", str(conf),
-                    "-o", str(inst.state_dir / "lxc.log"), "-l", "NOTICE", "--", *spec.command]
+            argv = [*self._base("lxc-execute", inst), "-f", files.path(files.config),
+                    "-o", files.path(files.log), "-l", "NOTICE", "--", *spec.command]
             inst.proc = Pumped(argv, inst.state_dir, stream=stream, detach=spec.detach)
             inst.phases["launched"] = inst.proc.launched_at
             if spec.detach or spec.ports:
@@ -160,10 +251,16 @@ class LXCRuntime(Runtime):
             raise
 
     def _log(self, inst: Instance) -> bytes:
+        files = inst.handle
         try:
-            return (inst.state_dir / "lxc.log").read_bytes()
-        except OSError:
+            return files.read_log() if isinstance(files, _Memfiles) else b""
+        except OSError:  # closed by cleanup
             return b""
+
+    def _log_tail(self, inst: Instance) -> str:
+        """LXC's last log line, for a message that has no ERROR line to quote."""
+        lines = self._log(inst).decode(errors="replace").strip().splitlines()
+        return f"LXC's last log line: {lines[-1].split(' - ', 2)[-1].strip()}" if lines else "LXC logged nothing"
 
     def _await_started(self, inst: Instance) -> int | None:
         """The container's init pid once started; None if it already exited; StartFailed if it never started."""
@@ -178,7 +275,7 @@ class LXCRuntime(Runtime):
             pid = wait_until(started_or_exited, START_DEADLINE, interval=0.005, what="lxc container start")
         except KitTimeout:
             raise StartFailed(f"lxc: {inst.name!r} did not start within {START_DEADLINE:g} s; "
-                              f"see {inst.state_dir / 'lxc.log'}") from None
+                              f"{self._log_tail(inst)}") from None
         if pid == -1:
             self.raise_start_error(inst)
             return None
@@ -192,7 +289,7 @@ class LXCRuntime(Runtime):
         errors = [ln for ln in log.decode(errors="replace").splitlines() if " ERROR " in ln]
         # The first ERROR is the cause (e.g. "Could not change directory"); the later ones only
         # say that the start failed ("Failed run an application inside container").
-        return errors[0].split(" - ", 2)[-1].strip() if errors else "see " + str(inst.state_dir / "lxc.log")
+        return errors[0].split(" - ", 2)[-1].strip() if errors else self._log_tail(inst)
 
     def stop(self, inst: Instance, timeout: float = 10.0) -> None:
         if inst.proc is None or inst.proc.proc.poll() is not None:
@@ -210,6 +307,9 @@ class LXCRuntime(Runtime):
 
     def cleanup(self, inst: Instance) -> None:
         self._unpublish_and_kill(inst)
+        files, inst.handle = inst.handle, None
+        if isinstance(files, _Memfiles):
+            files.close()
         shutil.rmtree(lxcpath() / inst.id, ignore_errors=True)
         if inst.cgroup is not None:
             cgroups.Cgroup(self._monitor_rel(inst)).destroy()
