@@ -18,7 +18,8 @@ refill) still runs beside it. Measured before that wait existed, on 2 cores,
 about half the samples of an interleaved study overlapped the previous one's
 removal or a refill, by tens of milliseconds for LXC and Docker, which made a
 study's startup longer than a whole ``kit.run`` timed from outside
-(``benchmarks/bench_study_clock.py`` compares the two).
+(``benchmarks/bench_study_clock.py`` compares the two). The study's own work
+between samples is kept small for the same reason (see ``Study._add``).
 """
 
 from __future__ import annotations

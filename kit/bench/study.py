@@ -112,13 +112,29 @@ class Study:
         self.density_memory_budget = parse_memory(density_memory_budget)
         self.density_time_budget = float(density_time_budget)
         self.name, self.progress = name, progress
-        self.df: pd.DataFrame | None = None
+        #: Rows completed since ``.df`` was last read: they join it when it is (see :meth:`_add`).
+        self._pending: list[dict] = []
+        self._df: pd.DataFrame | None = None
         self.meta: dict = {}
         #: Each load run's raw tool output (:meth:`raw`), saved beside the frame.
         self.outputs = loadpart.Outputs()
         #: Called with each batch of new rows (a normalised frame) as it joins ``.df``: how a
         #: fleet host streams its completed runs back (see :mod:`kit.bench.fleet`).
         self.on_rows = None
+
+    @property
+    def df(self) -> pd.DataFrame | None:
+        """The tidy frame of every completed run (None before :meth:`run`)."""
+        if self._pending:
+            rows, self._pending = self._pending, []
+            new = storage.normalise(pd.DataFrame(rows), self.meta.get("metrics"))
+            self._df = new if self._df is None or self._df.empty else \
+                storage.normalise(pd.concat([self._df, new], ignore_index=True), self.meta.get("metrics"))
+        return self._df
+
+    @df.setter
+    def df(self, value: pd.DataFrame | None) -> None:
+        self._pending, self._df = [], value
 
     # -- parameters ----------------------------------------------------------
     def params(self) -> dict:
@@ -301,7 +317,13 @@ class Study:
             return s
 
     def _add(self, rows: list[dict]) -> None:
-        """Completed rows join ``.df`` at once, so an interruption keeps them."""
+        """Completed rows join ``.df`` at once, so an interruption keeps them.
+
+        They are kept as rows and made into the frame when ``.df`` is next read: rebuilding the
+        whole frame after every sample cost ~25 ms of CPU per sample in a study of a few hundred
+        rows (more as it grew), and on 2 busy cores that burst made the next sample measurably
+        slower (LXC's launch_to_exit by ~6 ms; benchmarks/bench_study_clock.py).
+        """
         if not rows:
             return
         now = time.time()
@@ -312,11 +334,9 @@ class Study:
             row.setdefault("timestamp", now)
             if not row.get("accel") and row.get("kind") == "vm":
                 row["accel"] = vm_accel
-        new = storage.normalise(pd.DataFrame(rows), self.meta.get("metrics"))
-        self.df = new if self.df is None or self.df.empty else \
-            storage.normalise(pd.concat([self.df, new], ignore_index=True), self.meta.get("metrics"))
-        if self.on_rows is not None:
-            self.on_rows(new)
+        self._pending.extend(rows)
+        if self.on_rows is not None:  # a fleet host streams them back at once
+            self.on_rows(storage.normalise(pd.DataFrame(rows), self.meta.get("metrics")))
 
     def _steady(self, runtimes, kinds, n_idle, uid, bar, dropped, done) -> None:
         rng = random.Random(self.seed + 1)
