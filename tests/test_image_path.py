@@ -59,3 +59,13 @@ def test_an_image_without_path_keeps_the_default():
     need("runc")
     r = kit.run("busybox", ["sh", "-c", "echo $PATH"], runtime="runc")
     assert r.stdout == kit.spec.DEFAULT_PATH + "\n"
+
+
+@pytest.mark.parametrize("runtime", ["runc", "runsc", "lxc", "docker", pytest.param("qemu", marks=pytest.mark.slow)])
+def test_exec_finds_the_images_tools_too(tool_image, runtime, names):
+    need(runtime)
+    name = unique("tool")
+    names.append(name)
+    kit.start(tool_image, ["sleep", "300"], runtime=runtime, name=name)
+    r = kit.exec_(name, ["mytool", "in"], timeout=120)
+    assert (r.exit_code, r.stdout) == (0, "mytool ran: in\n"), r.stderr
