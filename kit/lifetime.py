@@ -29,7 +29,7 @@ from pathlib import Path
 
 import psutil
 
-from . import cgroups, config, userns
+from . import cgroups, config, mounts, userns
 
 MARKER = "KIT_SESSION"
 _reaper: subprocess.Popen | None = None
@@ -117,7 +117,7 @@ def sweep(session: str) -> list[str]:
         except Exception as e:  # one broken backend must not stop the others
             removed.append(f"{name}: sweep failed: {e}")
     run_dir = config.home() / "run" / session
-    removed += _unmount_below(run_dir)
+    removed += [f"mount {m}" for m in mounts.unmount_below(run_dir)]
     removed += _remove_cgroups(session)
     if run_dir.exists():
         userns.rmtree(run_dir)  # shutil.rmtree, and what a user namespace made unreadable
@@ -136,7 +136,7 @@ def leftovers(session: str) -> list[str]:
         except Exception as e:
             found.append(f"{name}: cannot list: {e}")
     run_dir = config.home() / "run" / session
-    found += [f"mount {m}" for m in _mounts_below(run_dir)]
+    found += [f"mount {m}" for m in mounts.below(run_dir)]
     found += [f"cgroup kit/{g}" for g in _session_cgroups(session)]
     if run_dir.exists():
         found.append(f"directory {run_dir}")
@@ -148,23 +148,6 @@ def _name(p: psutil.Process) -> str:
         return p.name()
     except psutil.Error:
         return "?"
-
-
-def _mounts_below(path: Path) -> list[str]:
-    prefix = str(path.resolve()) + "/"
-    try:
-        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
-    except OSError:
-        return []
-    return sorted((m.replace("\\040", " ") for m in mounts if m.startswith(prefix)), key=len, reverse=True)
-
-
-def _unmount_below(path: Path) -> list[str]:
-    out = []
-    for mnt in _mounts_below(path):
-        if subprocess.run(["umount", "-l", mnt], capture_output=True).returncode == 0:
-            out.append(f"mount {mnt}")
-    return out
 
 
 def _session_cgroups(session: str) -> list[str]:

@@ -13,10 +13,9 @@ import pytest
 from conftest import need, unique
 
 import kit
-from kit import cgroups, config
+from kit import cgroups, config, mounts
 from kit._proc import wait_until
 from kit.errors import StartFailed
-from kit.runtimes import _rootfs
 from kit.runtimes import lxc as lxc_mod
 from kit.runtimes.base import Instance
 from kit.runtimes.lxc import build_config
@@ -142,7 +141,7 @@ def test_overlay_is_mounted_only_inside_the_container(lxc, names):
     rt, inst = kit.api.instance(name)
     upper = inst.state_dir / "overlay" / "upper"
     wait_until(lambda: (upper / "written").exists(), 10, what="the write to land in the instance's upper layer")
-    assert _rootfs.mounts_below(inst.state_dir) == []  # nothing on the host's mount table
+    assert mounts.below(inst.state_dir) == []  # nothing on the host's mount table
     assert not (kit.images.get("busybox").rootfs / "written").exists()
 
 

@@ -20,7 +20,7 @@ import pytest
 from conftest import http_get, need, unique
 
 import kit
-from kit import cgroups, config
+from kit import cgroups, config, mounts
 from kit._proc import wait_until
 from kit.errors import InvalidSpec, StartFailed
 from kit.runtimes import _rootfs, oci
@@ -54,7 +54,7 @@ def leftovers(rt_name: str, inst, pids: list[int]) -> list[str]:
             left.append(f"{rt_name} state {inst.id}")
         if root.is_dir() and any(p.name.startswith(inst.id) for p in root.iterdir()):
             left.append(f"{rt_name} state files for {inst.id}")
-    left += [f"mount {m}" for m in _rootfs.mounts_below(inst.state_dir)]
+    left += [f"mount {m}" for m in mounts.below(inst.state_dir)]
     rel = f"kit/{config.SESSION_ID}-{inst.name}"
     for h in cgroups.ROOT.iterdir():
         for d in (h / rel, h / (rel + "-lxcmon")):
@@ -405,7 +405,7 @@ def test_read_only_run_shares_the_image_rootfs_unmounted(names):
     r = kit.start("busybox", ["sleep", "300"], runtime="runc", name=name, read_only=True)
     assert r.info["rootfs"] == "image, read-only"
     rt, inst = kit.api.instance(name)
-    assert _rootfs.mounts_below(inst.state_dir) == []  # no overlay: nothing to mount or unmount
+    assert mounts.below(inst.state_dir) == []  # no overlay: nothing to mount or unmount
     w = kit.exec_(name, ["sh", "-c", "touch /x || touch /tmp/x"])
     assert w.exit_code != 0 and "Read-only" in w.stderr
     assert not (kit.images.get("busybox").rootfs / "x").exists()

@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .. import mounts
 from .._proc import Pumped, kill_group, wait_until
 from ..errors import ImageError
 from . import store
@@ -241,8 +242,9 @@ def _build(name: str, exe: str, want: dict) -> store.Image:
         return store.add(name, rootfs, source=source, move=True,
                          config_={"cmd": ["bash"], "env": {}, "workdir": "/", "recipe": want})
     finally:
-        _unmount_below(tmp)
-        if not _mounts_below(tmp):  # never delete through a mount left behind (/proc, /sys, /dev)
+        # A failed debootstrap can leave proc/sys mounted inside the rootfs.
+        mounts.unmount_below(tmp)
+        if not mounts.below(tmp):  # never delete through a mount left behind (/proc, /sys, /dev)
             shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -264,22 +266,6 @@ def _slim(rootfs: Path) -> None:
         for f in rootfs.glob(pattern):
             if f.is_file() or f.is_symlink():
                 f.unlink()
-
-
-def _mounts_below(path: Path) -> list[str]:
-    prefix = str(path.resolve()) + "/"
-    try:
-        lines = Path("/proc/self/mounts").read_text().splitlines()
-    except OSError:
-        return []
-    points = [ln.split()[1].replace("\\040", " ") for ln in lines if len(ln.split()) > 1]
-    return [p for p in points if p.startswith(prefix)]
-
-
-def _unmount_below(path: Path) -> None:
-    # A failed debootstrap can leave proc/sys mounted inside the rootfs; deepest first.
-    for point in sorted(_mounts_below(path), key=len, reverse=True):
-        subprocess.run(["umount", "-l", point], capture_output=True, timeout=30)
 
 
 class _locked:

@@ -10,19 +10,23 @@ milliseconds per start, which is the whole overhead budget of the kit.
 
 from __future__ import annotations
 
-import ctypes
-import errno
-import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from .. import mounts
 from ..errors import StartFailed
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-MNT_DETACH = 2
+
+def overlay_options(lower: Path, state_dir: Path, target: Path) -> str:
+    """Make the upper, work and mount point directories of an instance's overlay over ``lower``
+    (upper and work under ``state_dir``, the mount point ``target``); return the overlay's mount
+    options. The overlay is then mounted here (:func:`mount_overlay`), or, for an ordinary user,
+    in the kit's user namespace when the runtime is launched (:mod:`._rootless_oci`)."""
+    upper, work = state_dir / "overlay" / "upper", state_dir / "overlay" / "work"
+    for d in (upper, work, target):
+        d.mkdir(parents=True, exist_ok=True)
+    return f"lowerdir={_escape(lower)},upperdir={_escape(upper)},workdir={_escape(work)}"
 
 
 def _escape(path: Path) -> str:
@@ -39,16 +43,14 @@ def mount_overlay(lower: Path, state_dir: Path, target: Path) -> Path:
     Raises:
         StartFailed: the kernel refused the overlay (the message says why).
     """
-    upper, work = state_dir / "overlay" / "upper", state_dir / "overlay" / "work"
-    for d in (upper, work, target):
-        d.mkdir(parents=True, exist_ok=True)
-    opts = f"lowerdir={_escape(lower)},upperdir={_escape(upper)},workdir={_escape(work)}"
-    if _libc.mount(b"overlay", str(target).encode(), b"overlay", 0, opts.encode()) != 0:
-        err = ctypes.get_errno()
+    opts = overlay_options(lower, state_dir, target)
+    try:
+        mounts.mount("overlay", target, "overlay", opts)
+    except OSError as e:
         raise StartFailed(
-            f"cannot mount an overlay over image {lower}: {os.strerror(err)}; "
+            f"cannot mount an overlay over image {lower}: {e.strerror}; "
             "the kit needs root and a kernel with overlayfs (modprobe overlay)"
-        )
+        ) from None
     return target
 
 
@@ -79,28 +81,6 @@ def step(inst, name: str):
         yield
     finally:
         inst.info.setdefault("prepare_ms", {})[name] = round((time.perf_counter() - t0) * 1e3, 3)
-
-
-def unmount(target: Path) -> None:
-    """Unmount ``target`` if mounted (lazily when busy); idempotent."""
-    path = str(target).encode()
-    if _libc.umount2(path, 0) == 0:
-        return
-    err = ctypes.get_errno()
-    if err == errno.EBUSY:
-        # A process we no longer control still holds it: detach now, the kernel frees it later.
-        _libc.umount2(path, MNT_DETACH)
-
-
-def mounts_below(path: Path) -> list[str]:
-    """Mount points at or below ``path`` (as /proc/mounts spells them)."""
-    prefix = str(path)
-    try:
-        lines = Path("/proc/mounts").read_text().splitlines()
-    except OSError:
-        return []
-    found = [ln.split()[1].replace("\\040", " ") for ln in lines if len(ln.split()) > 1]
-    return [m for m in found if m == prefix or m.startswith(prefix.rstrip("/") + "/")]
 
 
 # -- what the image supplies, shared by the OCI and LXC backends ------------------

@@ -37,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .. import cgroups, config, rootless, userns
+from .. import cgroups, config, mounts, rootless, userns
 from .._proc import Pumped, Stream, kill_group, run, wait_until
 from ..errors import KitError, KitTimeout, StartFailed
 from ..portfwd import Forwarder, new_loopback_netns, setns
@@ -427,7 +427,7 @@ class OCIRuntime(Runtime):
         if self._has_state(inst):
             self._ctl(inst, "delete", "--force", inst.id, timeout=15)
             self._forget_state(inst.id)
-        _rootfs.unmount(inst.state_dir / "bundle" / "rootfs")
+        mounts.unmount(inst.state_dir / "bundle" / "rootfs")
         fd, inst.netns_fd = inst.netns_fd, None
         if fd is not None:
             os.close(fd)
