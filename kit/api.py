@@ -25,7 +25,6 @@ from typing import Iterable, Sequence
 from . import images as _images
 from . import lifetime
 from . import networks as _networks
-from . import rootless
 from . import runtimes as _runtimes
 from . import volumes as _volumes
 from ._proc import Stream
@@ -187,7 +186,7 @@ def _create(image: str | None, command, runtime: str | None, **kw) -> tuple[Runt
         spec.command = check_argv(_images.command_for(img, None if from_image else spec.command))
     _check_command(rt, spec, img)
     _check_ports(spec)
-    rootless.check_limits(rt_name, spec.memory, spec.cpus)
+    rt.check_limits(spec.memory, spec.cpus)
     lifetime.ensure_reaper()
     wait_for_teardown(spec.name)
     with _lock:

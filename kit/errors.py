@@ -70,7 +70,7 @@ class StartFailed(KitError):
 
 
 class LimitsUnavailable(InvalidSpec):
-    """A memory/CPU limit was asked for that this user cannot have enforced here (kit.rootless)."""
+    """A memory/CPU limit was asked for that this user cannot have enforced here (Runtime.check_limits)."""
 
 
 class ComposeFileError(InvalidSpec):

@@ -5,8 +5,8 @@ mappings made from them (:func:`subordinate_ids`, :func:`id_mappings`), whether 
 can be made (:func:`userns_reason`) and the ``unshare`` that makes the kit's own
 (:func:`unshare_args`), where rootless state lives (:func:`state_base`), removing what a user
 namespace left (:func:`rmtree`), and sockets made inside a network namespace that a user namespace
-owns (:class:`NetnsSockets`). What each runtime does with them is the runtime's (kit.rootless for
-now); which cgroup an ordinary user may limit is :mod:`kit.cgroups`'.
+owns (:class:`NetnsSockets`). What each runtime does with them is in its own module under
+:mod:`kit.runtimes`; which cgroup an ordinary user may limit is :mod:`kit.cgroups`'.
 
 This module sits at the bottom of the kit: it imports nothing of it but :mod:`kit.config`.
 """

@@ -185,7 +185,7 @@ def _memory_row(runtime: str, image: str, timeout: float, vm: bool) -> tuple:
     limit, mb = (VM_MEMORY, VM_ALLOC_MB) if vm else ("32m", 100)
     try:
         r = api.run(image, alloc(mb), runtime=runtime, memory=limit, timeout=timeout)
-    except LimitsUnavailable as e:  # an ordinary user without a delegated cgroup (kit.rootless)
+    except LimitsUnavailable as e:  # an ordinary user without a delegated cgroup (Runtime.check_limits)
         return MEMORY_ROW, "refused: no limit for this user here", limit, None, str(e)
     observed = "killed (OOM)" if r.oom_killed else f"exit {r.exit_code}, no OOM kill"
     note = f"{mb} MB asked under a {limit} limit"

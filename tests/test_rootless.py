@@ -234,18 +234,28 @@ def test_limit_refused_with_its_reason(py):
     got = as_user(py, """
         import json, kit
         out = {}
-        for rt in ("runc", "process"):
+        for rt in ("runc", "process", "docker"):
             try:
                 kit.run("busybox", ["true"], runtime=rt, memory="64m")
                 out[rt] = "ran"
             except kit.errors.LimitsUnavailable as e:
                 out[rt] = str(e)
         print(json.dumps(out))
-    """)
+    """, timeout=120)
     if cgroups.version() == 1:  # no delegation on cgroup v1: refused, never run unlimited
         for rt in ("runc", "process"):
             assert got[rt].startswith(f"{rt}: cannot limit memory as {USER}: limits need a cgroup this user may write"), got
             assert "cgroup v1" in got[rt], got
+    assert got["docker"] == "ran", got  # the daemon enforces its own limits, whoever asks
+
+
+def test_the_runtimes_whose_limits_are_kit_cgroups():
+    """Which runtimes' limits an ordinary user needs a writable cgroup for: declared by each runtime."""
+    from kit import runtimes
+
+    declared = {n for n in runtimes.names() if runtimes.get(n).limits_in_kit_cgroup}
+    assert declared == {"process", "runc", "crun", "runsc", "lxc"}
+    assert runtimes.get("docker").enforced_limits() == runtimes.get("qemu").enforced_limits() == "enforced"
 
 
 def test_docker_through_group_membership(py):
@@ -375,18 +385,18 @@ def test_delegated_cgroup_v2_subtree(tmp_path):
 
 
 def test_rootless_oci_config_leaves_the_user_namespace_to_the_launcher():
-    from kit import rootless
+    from kit.runtimes import _rootless_oci
     from kit.runtimes.oci import build_config
     from kit.spec import RunSpec
 
     cfg = build_config(RunSpec(image="busybox", command=["true"], name="x"), None, "/r", "/kit/x")
-    cfg = rootless.oci_config(cfg)
+    cfg = _rootless_oci.fit_config(cfg)
     assert {"type": "user"} not in cfg["linux"]["namespaces"]  # runc runs as root of the kit's namespace
     assert {"type": "network"} in cfg["linux"]["namespaces"]  # its own loopback, as for root
     sys_mount = next(m for m in cfg["mounts"] if m["destination"] == "/sys")
     assert sys_mount["type"] == "none" and "rbind" in sys_mount["options"]
     assert not any(o.startswith(("uid=", "gid=")) for m in cfg["mounts"] for o in m.get("options", []))
     assert "resources" not in cfg["linux"]
-    argv = rootless.launcher(("lowerdir=/a,upperdir=/b,workdir=/c", "/m"), net=True)
+    argv = _rootless_oci.launcher(("lowerdir=/a,upperdir=/b,workdir=/c", "/m"), net=True)
     assert argv[:2] == ["unshare", "--user"] and "--mount" in argv and "--net" in argv
     assert argv[-3:] == ["lowerdir=/a,upperdir=/b,workdir=/c", "/m", "net"]  # data as arguments, not code

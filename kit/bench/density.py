@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 
-from .. import rootless
+from .. import runtimes
 from ..errors import KitError
 from . import disk, memory, startup
 from .workloads import IDLE
@@ -62,76 +62,100 @@ def steady_state(runtime: str, image: str, *, parts, max_n: int, memory_budget: 
     lives: list[startup.Live] = []
     base_used = memory.host_used()
     t_begin = time.monotonic()
+    limit = runtimes.get(runtime).idle_limit(memory_limit)
+
+    def start(i: int) -> startup.Live:
+        return startup.start(runtime, image, IDLE, f"{prefix}-{i}", timeout, limit)
 
     def all_pids():
         return [p for live in lives for p in memory.host_pids(live.runtime, live.inst)]
 
-    def monitor_pids():
-        return [p for live in lives for p in live.runtime.monitor_pids(live.inst)]
-
+    steps = targets(max_n)
     try:
-        for target in targets(max_n):
-            failed = False
-            while len(lives) < target:
-                i = len(lives)
-                try:
-                    live = startup.start(runtime, image, IDLE, f"{prefix}-{i}", timeout,
-                                         rootless.idle_limit(runtime, memory_limit))
-                except KitError as e:
-                    rows.append(_row("density", "failed", 1, n=i + 1, status=f"error: {e}"))
-                    failed = True
-                    break
-                lives.append(live)
-                if "density" in parts:
-                    rows.append(_row("density", "density_start", live.ready_after, n=i + 1, repeat=i))
-                if tick:
-                    tick()
+        for k, target in enumerate(steps):
+            started = _start_up_to(target, lives, start, rows, "density" in parts, tick)
             if not lives:
                 break
             n = len(lives)
             reading = memory.steady(all_pids)  # partial (a process unreadable): its rows say so
-            pss = reading.pss
             if n == 1 and "memory" in parts:
-                rows += [_row("memory", r["metric"], r["value"], n=1, component=r["component"],
-                              status=r.get("status", "ok"))
-                         for r in memory.instance_rows(lives[0].runtime, lives[0].inst)]
-                if lives[0].runtime.kind == "vm":
-                    # The measured VM's own view, or a failed row saying why (never another VM's).
-                    rows += [_row("memory", r["metric"], r["value"], n=1, component=r["component"],
-                                  status=r.get("status", "ok"))
-                             for r in memory.guest_rows(lives[0].name, timeout=min(timeout, 60))]
+                rows += _memory_rows(lives[0], timeout)
             used = memory.host_used() - base_used
             if "density" in parts:
-                ws = [memory.cgroup_memory(live.runtime.cgroup_path(live.inst))[1] for live in lives]
-                rows += [_row("density", "density_pss_total", pss, n=n, status=reading.status),
-                         _row("density", "density_pss_per_instance", pss / n, n=n, status=reading.status),
-                         _row("density", "density_host_used", used, n=n)]
-                monitors = memory.read(monitor_pids())
-                if monitors.procs or monitors.unreadable:
-                    rows.append(_row("density", "density_monitor_pss_total", monitors.pss, n=n,
-                                     status=monitors.status))
-                rows += [_row("density", r["metric"], r["value"], n=n, component=r["component"], status=r["status"])
-                         for r in memory.partial_rows(reading, "density_pss_total")
-                         + memory.partial_rows(monitors, "density_monitor_pss_total")]
-                if all(w is not None for w in ws):
-                    rows.append(_row("density", "density_working_set_total", sum(ws), n=n))
-            if failed or n >= max_n:
+                rows += _density_rows(lives, reading, used)
+            if not started or n >= max_n:
                 break
-            nxt = targets(max_n)[targets(max_n).index(target) + 1]
+            nxt = steps[k + 1]
             elapsed = time.monotonic() - t_begin
-            if max(pss, used) / n * nxt > memory_budget or elapsed + elapsed / n * (nxt - n) > time_budget:
+            if max(reading.pss, used) / n * nxt > memory_budget or elapsed + elapsed / n * (nxt - n) > time_budget:
                 break
         if "disk" in parts and lives:
-            shared = disk.shared_usage(runtime, image_usages, lives[0].inst)  # a VM: the files it boots from
-            rows.append(_row("disk", "image_shared", shared.allocated, n=len(lives)))
-            union = disk.Usage()
-            for i, live in enumerate(lives):
-                inst_rows, u = disk.instance_rows(live.runtime, live.inst, shared)
-                rows += [_row("disk", r["metric"], r["value"], n=len(lives), repeat=i, component=r["component"])
-                         for r in inst_rows]
-                union = union.add(u)
-                rows.append(_row("disk", "total_for_n", shared.allocated + union.allocated, n=i + 1))
+            rows += _disk_rows(runtime, lives, image_usages)
     finally:
         for live in lives:
             startup.remove(live)
+    return rows
+
+
+def _start_up_to(target: int, lives: list, start, rows: list[dict], record: bool, tick) -> bool:
+    """Start idle instances (``start(i)``) into ``lives`` until there are ``target``, each one's start
+    time a row when ``record``; False when one failed to start (a failed row says why)."""
+    while len(lives) < target:
+        i = len(lives)
+        try:
+            live = start(i)
+        except KitError as e:
+            rows.append(_row("density", "failed", 1, n=i + 1, status=f"error: {e}"))
+            return False
+        lives.append(live)
+        if record:
+            rows.append(_row("density", "density_start", live.ready_after, n=i + 1, repeat=i))
+        if tick:
+            tick()
+    return True
+
+
+def _memory_rows(live, timeout: float) -> list[dict]:
+    """The ``memory`` part: one idle instance alone, and for a VM the guest's own view."""
+    rows = [_row("memory", r["metric"], r["value"], n=1, component=r["component"], status=r.get("status", "ok"))
+            for r in memory.instance_rows(live.runtime, live.inst)]
+    if live.runtime.kind == "vm":
+        # The measured VM's own view, or a failed row saying why (never another VM's).
+        rows += [_row("memory", r["metric"], r["value"], n=1, component=r["component"], status=r.get("status", "ok"))
+                 for r in memory.guest_rows(live.name, timeout=min(timeout, 60))]
+    return rows
+
+
+def _density_rows(lives: list, reading, used: float) -> list[dict]:
+    """The ``density`` part at ``n = len(lives)``: the instances' PSS (total and per instance), the
+    host's used memory, their monitors' PSS apart, and their cgroups' working set where every one has it."""
+    n = len(lives)
+    pss = reading.pss
+    ws = [memory.cgroup_memory(live.runtime.cgroup_path(live.inst))[1] for live in lives]
+    rows = [_row("density", "density_pss_total", pss, n=n, status=reading.status),
+            _row("density", "density_pss_per_instance", pss / n, n=n, status=reading.status),
+            _row("density", "density_host_used", used, n=n)]
+    monitors = memory.read([p for live in lives for p in live.runtime.monitor_pids(live.inst)])
+    if monitors.procs or monitors.unreadable:
+        rows.append(_row("density", "density_monitor_pss_total", monitors.pss, n=n, status=monitors.status))
+    rows += [_row("density", r["metric"], r["value"], n=n, component=r["component"], status=r["status"])
+             for r in memory.partial_rows(reading, "density_pss_total")
+             + memory.partial_rows(monitors, "density_monitor_pss_total")]
+    if all(w is not None for w in ws):
+        rows.append(_row("density", "density_working_set_total", sum(ws), n=n))
+    return rows
+
+
+def _disk_rows(runtime: str, lives: list, image_usages: dict) -> list[dict]:
+    """The ``disk`` part: the shared image formats once (a VM: the files it boots from), the bytes each
+    live instance adds, and the total for 1..N instances."""
+    shared = disk.shared_usage(runtime, image_usages, lives[0].inst)
+    rows = [_row("disk", "image_shared", shared.allocated, n=len(lives))]
+    union = disk.Usage()
+    for i, live in enumerate(lives):
+        inst_rows, u = disk.instance_rows(live.runtime, live.inst, shared)
+        rows += [_row("disk", r["metric"], r["value"], n=len(lives), repeat=i, component=r["component"])
+                 for r in inst_rows]
+        union = union.add(u)
+        rows.append(_row("disk", "total_for_n", shared.allocated + union.allocated, n=i + 1))
     return rows

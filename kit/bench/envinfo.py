@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from .. import __version__, cgroups, rootless, userns
+from .. import __version__, cgroups, runtimes, userns
 
 
 def _read(path: str) -> str:
@@ -52,15 +52,11 @@ def git_commit() -> str:
 
 def runtimes_table() -> list[dict]:
     """kit.runtimes.available() as records (name, kind, available, version, reason, details)."""
-    from .. import runtimes
-
     return runtimes.available().fillna("").to_dict("records")
 
 
 def vm_accel() -> tuple[str, str]:
     """The VM accelerator and why, as the VM runtime reports it ('' and why not when none is usable)."""
-    from .. import runtimes
-
     for name in runtimes.names():
         rt = runtimes.get(name)
         if rt.kind == "vm":
@@ -91,7 +87,7 @@ def collect() -> dict:
         # "rootless" when an ordinary user measured, and per runtime whether limits were enforced.
         "privileges": userns.mode(),
         "user": userns.user(),
-        "limits": {r["name"]: rootless.enforced_limits(r["name"]) for r in rts if r["available"]},
+        "limits": {r["name"]: runtimes.get(r["name"]).enforced_limits() for r in rts if r["available"]},
         "virtualised": _read("/sys/class/dmi/id/sys_vendor").strip() or _hypervisor_flag(),
         "runtimes": rts,
         "vm_accel": accel,

@@ -18,9 +18,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import config, userns
+from .. import cgroups, config, userns
 from .._proc import Pumped, Stream
 from ..cgroups import Cgroup
+from ..errors import LimitsUnavailable
 from ..images import Image
 from ..spec import MIN_MEMORY, RunSpec
 
@@ -110,6 +111,10 @@ class Runtime(ABC):
     #: The start modes (:data:`kit.spec.START_MODES`) this runtime honours; the API refuses others
     #: before anything starts, saying why (:meth:`start_mode_refusal`).
     start_modes: tuple[str, ...] = ("cold",)
+    #: Whether a memory/CPU limit is a cgroup the kit makes (:func:`kit.cgroups.for_instance`), so an
+    #: ordinary user needs one they may write (:meth:`limits_refusal`); False where the runtime's own
+    #: machinery enforces it (Docker's daemon, a VM's guest size).
+    limits_in_kit_cgroup: bool = False
 
     #: How long a negative verdict is believed before the next caller probes again: a probe
     #: that failed on a busy host (or before dockerd was up) must not disable a runtime for good.
@@ -161,6 +166,35 @@ class Runtime(ABC):
     def _no_start_mode(self, mode: str) -> str:
         """A runtime's reason for not offering ``mode`` (a clause), or ''."""
         return ""
+
+    # -- limits ------------------------------------------------------------
+    def limits_refusal(self) -> str:
+        """Why this user's instances of this runtime cannot have a memory/CPU limit (one line), or ''."""
+        return cgroups.limits_refusal() if self.limits_in_kit_cgroup else ""
+
+    def check_limits(self, memory: int | None, cpus: float | None) -> None:
+        """Refuse a limited run that this user's runtime cannot enforce, rather than run it unlimited.
+
+        Raises:
+            LimitsUnavailable: a limit is asked for and :meth:`limits_refusal` says why it cannot be.
+        """
+        why = self.limits_refusal() if memory or cpus else ""
+        if why:
+            raise LimitsUnavailable(f"{self.name}: cannot limit {'memory' if memory else 'cpu'} as "
+                                    f"{userns.user()}: {why}")
+
+    def idle_limit(self, memory: int | None) -> int | None:
+        """The memory limit of a study's idle instance: ``memory``, or None where this user cannot have
+        one on this runtime (the study's environment record says so: :meth:`enforced_limits`); a limit
+        caps an idle instance, it does not change what it uses."""
+        return None if self.limits_refusal() else memory
+
+    def enforced_limits(self) -> str:
+        """What the environment record of a study says about limits on this runtime for this user."""
+        if not userns.active() or not self.limits_in_kit_cgroup:
+            return "enforced"
+        why = self.limits_refusal()
+        return f"refused ({why})" if why else "enforced (delegated cgroup v2)"
 
     # -- lifecycle ---------------------------------------------------------
     def new_instance(self, spec: RunSpec, image: Image | None) -> Instance:
@@ -266,7 +300,7 @@ class Runtime(ABC):
         out: set[int] = set()
         if inst.proc is not None and inst.proc.proc.poll() is None:
             out.add(inst.proc.pid)
-            out.update(_descendants(inst.proc.pid))
+            out.update(descendants(inst.proc.pid))
         if inst.cgroup is not None:
             out.update(inst.cgroup.pids())
         return sorted(out)
@@ -318,7 +352,8 @@ def _norm_code(code: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
+    """The PIDs of every process below ``pid`` (children, theirs, ...); [] when it is gone."""
     try:
         import psutil
 

@@ -39,7 +39,7 @@ from ..errors import CommandNotFound, KitTimeout, NameInUse, StartFailed
 from ..images import engine
 from ..portfwd import Forwarder
 from . import _rootfs
-from .base import Availability, Instance, Runtime, _descendants
+from .base import Availability, Instance, Runtime, descendants
 
 PROBE_TIMEOUT = 2
 
@@ -366,7 +366,7 @@ class DockerRuntime(Runtime):
         pid = attrs["State"].get("Pid") if attrs else 0
         if pid:
             out.add(pid)
-            out.update(_descendants(pid))
+            out.update(descendants(pid))
             if "docker_cgroup" not in inst.info or "shim_pid" not in inst.info:
                 self._locate(inst)
             out.update(self.monitor_pids(inst))

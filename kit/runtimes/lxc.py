@@ -32,7 +32,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .. import cgroups, config, rootless, userns
+from .. import cgroups, config, userns
 from .._proc import Pumped, Stream, kill_group, run, wait_until
 from ..errors import KitTimeout, StartFailed
 from ..portfwd import Forwarder
@@ -50,6 +50,26 @@ _STARTED = re.compile(rb"started with pid '(\d+)'")
 def lxcpath() -> Path:
     """The kit-owned LXC path (``-P``), apart from the host's /var/lib/lxc."""
     return (Path("/run/kit") if os.geteuid() == 0 else config.home()) / "lxc"
+
+
+# -- as an ordinary user ----------------------------------------------------------------
+def rootless_reason() -> str:
+    """The exact piece unprivileged LXC lacks here (one line saying how to get it), or "" (it then
+    runs as the user, mapped to root inside, without cgroups of its own)."""
+    if not userns.subordinate_ids("uid") or not userns.subordinate_ids("gid"):
+        return f"unprivileged LXC needs subordinate IDs for {userns.user()}: as root, usermod --add-subuids " \
+               f"100000-165535 --add-subgids 100000-165535 {userns.user()}"
+    if not (userns.system_tool("newuidmap") and userns.system_tool("newgidmap")):
+        return "unprivileged LXC needs newuidmap and newgidmap: apt-get install uidmap"
+    return ""
+
+
+def idmap_lines() -> list[str]:
+    """``lxc.idmap`` lines of an unprivileged container: :func:`kit.userns.id_mappings` in LXC's
+    words (the user as root inside, its subordinate IDs above)."""
+    uids, gids = userns.id_mappings()
+    return [f"lxc.idmap = {k} {m['containerID']} {m['hostID']} {m['size']}"
+            for k, maps in (("u", uids), ("g", gids)) for m in maps]
 
 
 #: What a start would otherwise look up again every time (each costs tens of microseconds, and
@@ -176,7 +196,7 @@ def build_config(inst: Instance, monitor_rel: str | None, shared: bool | None = 
                      f"bind,create=dir{',ro' if m.read_only else ''} 0 0")
     lines += [f"lxc.environment = {_quote(k)}={_quote(v)}" for k, v in _rootfs.environment(spec, image).items()]
     if userns.active():  # unprivileged: the user as root inside, its subordinate IDs above
-        lines += rootless.lxc_idmap_lines()
+        lines += idmap_lines()
     if inst.cgroup is not None:
         lines += [f"lxc.cgroup.dir.container = {inst.cgroup.rel}/ctr",
                   f"lxc.cgroup.dir.monitor = {monitor_rel}"]
@@ -190,6 +210,7 @@ class LXCRuntime(Runtime):
     kind = "container"
     supports_networks = True  # kit.networks: joins the network's namespace
     supports_volumes = True  # kit.volumes: lxc.mount.entry binds
+    limits_in_kit_cgroup = True  # lxc.cgroup.dir.container below the kit's limited group
 
     def _no_start_mode(self, mode: str) -> str:
         # lxc-execute creates and starts in one step; a stopped defined container (lxc-create) still
@@ -207,8 +228,9 @@ class LXCRuntime(Runtime):
             version = run([exe, "--version"], timeout=5, check=False).stdout.decode().strip()
         except (OSError, subprocess.TimeoutExpired) as e:
             return Availability(self.name, self.kind, False, reason=f"lxc-execute --version failed: {e}")
-        if userns.active() and rootless.lxc_reason():
-            return Availability(self.name, self.kind, False, version, reason=rootless.lxc_reason())
+        why = rootless_reason() if userns.active() else ""
+        if why:
+            return Availability(self.name, self.kind, False, version, reason=why)
         return Availability(self.name, self.kind, True, version,
                             info={"lxcpath": str(lxcpath()), "cgroups": cgroups.describe()})
 

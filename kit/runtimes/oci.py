@@ -37,12 +37,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from .. import cgroups, config, mounts, rootless, userns
+from .. import cgroups, config, mounts, userns
 from .._proc import Pumped, Stream, kill_group, run, wait_until
 from ..errors import KitError, KitTimeout, StartFailed
 from ..portfwd import Forwarder, new_loopback_netns, setns
 from ..spec import RunSpec
-from . import _rootfs, hardening
+from . import _rootfs, _rootless_oci, hardening
 from .base import Availability, Instance, Runtime, exec_cli, which
 
 #: ``runc spec``'s defaults: the capabilities, masked and read-only paths of a plain container.
@@ -120,7 +120,7 @@ def build_config(spec: RunSpec, image, rootfs: Path, cgroups_path: str | None = 
         "mounts": [dict(m) for m in MOUNTS],
         "linux": linux,
     }
-    return rootless.oci_config(cfg) if userns.active() else cfg
+    return _rootless_oci.fit_config(cfg) if userns.active() else cfg
 
 
 def runtime_root(binary: str) -> Path:
@@ -139,6 +139,7 @@ class OCIRuntime(Runtime):
     kind = "container"
     supports_networks = True  # kit.networks: joins the network's namespace
     supports_volumes = True  # kit.volumes: bind mounts (build_config)
+    limits_in_kit_cgroup = True  # the container's cgroup below the kit's limited group (_rootfs.kit_cgroup)
     #: Global options put before the subcommand.
     global_args: tuple[str, ...] = ()
     #: Prove the runtime works with a tiny run in probe() (crun: cgroup hybrid mode).
@@ -231,7 +232,7 @@ class OCIRuntime(Runtime):
             bundle.mkdir()
             cfg = build_config(spec, image, image.rootfs, f"/{group.rel}")
             (bundle / "config.json").write_text(json.dumps(cfg))
-            argv = [*(rootless.launcher() if userns.active() else ()), path, "--root", str(root),
+            argv = [*(_rootless_oci.launcher() if userns.active() else ()), path, "--root", str(root),
                     *self.global_args, "run", "--bundle", str(bundle), cid]
             p = run(argv, timeout=timeout, check=False, stdin=subprocess.DEVNULL)
             if p.returncode == 0:
@@ -256,8 +257,8 @@ class OCIRuntime(Runtime):
         return [which(self.binary) or self.binary, "--root", str(self.root), *self.global_args]
 
     def _cli_for(self, inst: Instance) -> list[str]:
-        if userns.active():  # launched in the kit's user namespace, exec'd through it (kit.rootless)
-            return [*rootless.control_prefix(self.root, inst), *self._cli()]
+        if userns.active():  # launched in the kit's user namespace, exec'd through it (._rootless_oci)
+            return [*_rootless_oci.control_prefix(self.root, inst), *self._cli()]
         return self._cli()
 
     def _preexec(self, inst: Instance):
@@ -324,8 +325,8 @@ class OCIRuntime(Runtime):
             inst.info["rootfs"] = "image, read-only"
             return image.rootfs
         if userns.active():  # mounted in the kit's user namespace when the runtime is launched
-            inst.info["rootfs"] = rootless.ROOTFS_KIND
-            inst.info["overlay_mount"] = rootless.overlay_options(image.rootfs, inst.state_dir, target)
+            inst.info["rootfs"] = _rootless_oci.ROOTFS_KIND
+            inst.info["overlay_mount"] = _rootless_oci.overlay(image.rootfs, inst.state_dir, target)
             return target
         inst.info["rootfs"] = "overlay"
         return _rootfs.mount_overlay(image.rootfs, inst.state_dir, target)
@@ -484,7 +485,7 @@ class GVisorRuntime(OCIRuntime):
             return None
         if not inst.spec.ports:
             return "new"
-        if userns.active():  # the launcher's own network namespace (kit.rootless), as --network=host
+        if userns.active():  # the launcher's own network namespace (._rootless_oci), as --network=host
             inst.info["launcher_netns"] = True
             return None
         # Ports: a private loopback-only namespace that runsc joins with --network=host.

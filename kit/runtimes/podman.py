@@ -16,15 +16,23 @@ from __future__ import annotations
 import subprocess
 import time
 
-from .. import config, rootless
+from .. import cgroups, config, userns
 from .._proc import Pumped, Stream, kill_group, run
 from ..errors import ImageError, StartFailed
 from ..images import archive, engine
 from ..images import get as get_image
 from . import _rootfs
-from .base import Availability, Instance, Runtime, _descendants, exec_cli, which
+from .base import Availability, Instance, Runtime, descendants, exec_cli, which
 
 PROBE_TIMEOUT = 30
+
+
+def global_args() -> list[str]:
+    """Podman's global options for this user: rootless Podman's default runtime (crun) refuses
+    cgroup v1 hybrid hosts, where rootless runc works."""
+    if userns.active() and cgroups.version() != 2 and userns.system_tool("runc"):
+        return ["--runtime", "runc"]
+    return []
 
 
 class PodmanRuntime(Runtime):
@@ -38,7 +46,7 @@ class PodmanRuntime(Runtime):
         try:
             version = run([exe, "--version"], timeout=10).stdout.decode().strip().rsplit(" ", 1)[-1]
             ref = self._ensure(get_image("busybox"))
-            p = run([exe, *rootless.podman_args(), "run", "--rm", "--network", "none",
+            p = run([exe, *global_args(), "run", "--rm", "--network", "none",
                      "--name", f"kit-probe-{config.SESSION_ID}", ref, "true"],
                     timeout=PROBE_TIMEOUT, check=False)
         except subprocess.TimeoutExpired:
@@ -78,7 +86,7 @@ class PodmanRuntime(Runtime):
         spec = inst.spec
         inst.phases["launched"] = time.time()
         ref = self._ensure(inst.image)
-        argv = ["podman", *rootless.podman_args(), "run", "--name", inst.id, "--hostname", spec.hostname,
+        argv = ["podman", *global_args(), "run", "--name", inst.id, "--hostname", spec.hostname,
                 "--label", f"kit.session={config.SESSION_ID}", "--label", f"kit.name={inst.name}",
                 "--label", "kit.managed=1"]
         if spec.ports:
@@ -139,7 +147,7 @@ class PodmanRuntime(Runtime):
         pid = self._inspect(inst, "{{.State.Pid}}")
         if pid.isdigit() and int(pid) > 0:
             out.add(int(pid))
-            out.update(_descendants(int(pid)))
+            out.update(descendants(int(pid)))
         out.update(self.monitor_pids(inst))
         return sorted(out)
 

@@ -22,6 +22,7 @@ class ProcessRuntime(Runtime):
     name = "process"
     kind = "process"
     uses_image = False
+    limits_in_kit_cgroup = True
 
     def probe(self) -> Availability:
         return Availability(self.name, self.kind, True, version=f"Linux {platform.release()}")
