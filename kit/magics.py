@@ -311,7 +311,7 @@ class ContainerMagics(Magics):
         parser = _run_parser(prog, kind)
         opts_tokens, rest = _split_run_args(parser, tokens)
         opts = parser.parse_args(opts_tokens)
-        fixed = {"vm": "qemu", "process": "process"}.get(kind)
+        fixed = runtimes.of_kind(kind) if kind in ("vm", "process") else None  # %vm, %process: their kind's
         rt = fixed or opts.runtime or (None if self.runtime == "auto" else self.runtime)
         if kind == "process":  # no image: everything left is the command
             image, command = None, rest

@@ -21,22 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-#: Which stored formats each runtime reads an image from. ``rootfs`` is the
-#: image's own tree; others are directories under ``<image>/formats/``;
-#: ``docker`` is the daemon's copy; ``kernel`` is the guest kernel a VM boots by
-#: default. A live VM's own boot files replace these (:func:`shared_usage` with ``inst``).
-RUNTIME_FORMATS = {
-    "process": (),
-    "runc": ("rootfs", "oci"),
-    "crun": ("rootfs", "oci"),
-    "runsc": ("rootfs", "oci"),
-    "lxc": ("rootfs", "lxc"),
-    "docker": ("docker",),
-    "podman": ("podman",),
-    "qemu": ("qemu", "kernel"),
-}
-
-
 @dataclass
 class Usage:
     """A set of counted files: (device, inode) -> (apparent, allocated) bytes.
@@ -188,7 +172,9 @@ def image_rows(image) -> tuple[list[dict], dict[str, Usage]]:
 
 
 def shared_usage(runtime: str, usages: dict[str, Usage], inst=None) -> Usage:
-    """What every instance of ``runtime`` shares on disk: the formats it reads, each inode once.
+    """What every instance of ``runtime`` shares on disk: the image formats it reads
+    (:attr:`~kit.runtimes.base.Runtime.image_formats`; a live VM's own boot files replace these),
+    each inode once.
 
     Args:
         inst: a live instance of ``runtime``. For a VM its own boot files are counted
@@ -201,7 +187,7 @@ def shared_usage(runtime: str, usages: dict[str, Usage], inst=None) -> Usage:
             total = total.add(u)
         return total
     total = Usage()
-    for fmt in RUNTIME_FORMATS.get(runtime, ("rootfs",)):
+    for fmt in _runtime(runtime).image_formats:
         if fmt in usages:
             total = total.add(usages[fmt])
     return total
@@ -209,9 +195,14 @@ def shared_usage(runtime: str, usages: dict[str, Usage], inst=None) -> Usage:
 
 def runtime_kind(runtime) -> str:
     """The kind (process, container, sandbox, vm) of a runtime given by name or object."""
+    return _runtime(runtime).kind
+
+
+def _runtime(runtime):
+    """The runtime object of ``runtime``, a name or the object itself."""
     from .. import runtimes
 
-    return (runtimes.get(runtime) if isinstance(runtime, str) else runtime).kind
+    return runtimes.get(runtime) if isinstance(runtime, str) else runtime
 
 
 def _qemu_file(value: str) -> str | None:
@@ -250,10 +241,7 @@ def boot_usage(runtime, inst) -> dict[str, Usage]:
     Raises:
         KitError: ``inst`` is not a live VM of ``runtime`` (its command line is gone).
     """
-    from .. import runtimes
-
-    rt = runtimes.get(runtime) if isinstance(runtime, str) else runtime
-    paths = boot_paths(rt.vm(inst).argv)
+    paths = boot_paths(_runtime(runtime).vm(inst).argv)
     image_dir = Path(os.path.realpath(inst.image.dir)) if inst.image is not None else None
     out = {"kernel": Usage(), "qemu": Usage()}
     mounts = mount_points()
@@ -289,7 +277,7 @@ def docker_container_size(inst) -> int | None:
 def instance_usage(rt, inst, shared: Usage) -> Usage:
     """Bytes one live instance adds: its state directory (and Docker writable layer), shared inodes excluded."""
     u = usage(inst.state_dir, exclude=shared.inodes)
-    if rt.name == "docker":
+    if "docker" in rt.image_formats:  # made from the daemon's copy: its writable layer is the daemon's too
         rw = docker_container_size(inst)
         if rw:
             u = u.add(Usage.opaque(f"docker-rw:{inst.id}", rw))

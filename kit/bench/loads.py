@@ -227,7 +227,7 @@ class CpuMeter:
     def __init__(self, rt, inst):
         self.rt, self.inst = rt, inst
         pids = _own_pids(rt, inst)
-        self.group = None if rt.kind in ("process", "vm") else next(
+        self.group = None if not rt.cgroup_accounting else next(
             (g for p in pids if (g := _group_of(p, "cpuacct")) is not None and _cg_cpu(g) is not None), None)
         self.source = f"cgroup {self.group}" if self.group else "host processes (psutil)"
 
@@ -333,7 +333,7 @@ def start(load: Load, runtime: str, name: str, timeout: float = 300.0, memory="5
     """
     rt = _runtimes.require(runtime)
     live = Instance(name, runtime, load)
-    host = rt.kind == "process"
+    host = rt.host_network
     kw = {"memory": memory} if memory else {}
     if volume:
         kw["volumes"] = [f"{volume}:/kit-vol"]
@@ -343,7 +343,7 @@ def start(load: Load, runtime: str, name: str, timeout: float = 300.0, memory="5
     else:
         live.port = free_port()
         inner = live.port if host else load.inner_port
-        live.hostdir = tempfile.mkdtemp(prefix="kit-load-") if host else None
+        live.hostdir = tempfile.mkdtemp(prefix="kit-load-") if rt.shares_host_files else None
         cmd = _fill(load.server, port=inner, bind="127.0.0.1" if host else "0.0.0.0",
                     dir=live.hostdir or f"/var/lib/kit-{load.name}")
         ports = () if host else [(live.port, inner)]
@@ -460,7 +460,7 @@ def _inside_tool(live: Instance, argv: list[str], deadline: float) -> tuple[str,
     """Run a tool in the instance: (its output, its own CPU seconds when it ran beside a bare process
     on the host, else None: the instance's meter counts it)."""
     out: dict = {}
-    beside = _runtimes.get(live.runtime).kind == "process"
+    beside = _runtimes.get(live.runtime).shares_host_files  # "inside" is the host: time the tool by its reap
 
     def go():  # a thread pinned like the instance: what it starts (runc exec, the tool) inherits that
         try:
@@ -518,19 +518,18 @@ PATHS = ("published", "direct")
 
 def forwarder_cpu(rt, inst, port: int | None):
     """A function returning the CPU seconds of what forwards ``port`` to ``inst`` (None: nothing
-    apart from the instance: a bare process has no forwarder, QEMU's user network is inside QEMU)."""
+    apart from the instance: a bare process has no forwarder, QEMU's user network is inside QEMU;
+    a runtime's own forwarder is its :attr:`~kit.runtimes.base.Runtime.forwarder_process`)."""
     fwd = getattr(inst, "forwarder", None)
     if hasattr(fwd, "cpu_seconds"):
         return fwd.cpu_seconds  # the kit's forwarder: every thread of it, in this process
-    if rt.kind in ("process", "vm") or port is None:
+    if not rt.forwarder_process or port is None:
         return None
-    if rt.name == "podman":  # its own -p: rootlessport for an ordinary user (as root the kernel's NAT: no process)
-        import psutil
+    import psutil
 
-        procs = [p for p in psutil.process_iter(["name", "cmdline"])
-                 if p.info["name"] == "rootlessport" and str(port) in (p.info["cmdline"] or [])]
-        return (lambda: _forwarder_processes_cpu(procs)) if procs else None
-    return None
+    procs = [p for p in psutil.process_iter(["name", "cmdline"])
+             if p.info["name"] == rt.forwarder_process and str(port) in (p.info["cmdline"] or [])]
+    return (lambda: _forwarder_processes_cpu(procs)) if procs else None
 
 
 def _forwarder_processes_cpu(procs) -> float:
@@ -562,7 +561,7 @@ def _direct(live: Instance, rt, inst, argv: list[str], deadline: float) -> str:
             raise ToolOutputError(f"{load.tool} direct in {live.runtime}: the client is Python on the host and the "
                                   f"guest image {load.image!r} has no Python; only the published path is measured")
         return _inside_tool(live, argv, deadline)[0]  # a VM: its CPU is QEMU's, which the meter reads
-    if rt.kind == "process":
+    if rt.host_network:
         return _host_tool(argv, deadline, load, live.runtime)  # already in the host's namespace
     if os.geteuid() != 0:
         raise KitError(f"{load.name} direct in {live.runtime}: entering the instance's network namespace "
@@ -597,7 +596,7 @@ def measure(live: Instance, seconds: float = 5.0, count: int | None = None, dead
         argv = _fill(load.argv, seconds=secs, count=count, dir=directory)
         raw, beside = _inside_tool(live, argv, deadline)
     elif direct:
-        port = live.port if rt.kind == "process" else load.inner_port
+        port = live.port if rt.host_network else load.inner_port
         argv = _fill(load.argv, port=port, seconds=secs, count=count, secrets=_secrets(live))
         raw = _direct(live, rt, inst, argv, deadline)
     else:
@@ -656,7 +655,7 @@ def _paths(load: Load, paths) -> list[str]:
 
 def _scratch(live: Instance) -> str:
     """Where fio writes: the instance's own writable layer (a host temporary directory for the bare process)."""
-    if _runtimes.get(live.runtime).kind == "process":
+    if _runtimes.get(live.runtime).shares_host_files:
         if live.hostdir is None:
             live.hostdir = tempfile.mkdtemp(prefix="kit-load-")
         return live.hostdir

@@ -26,12 +26,9 @@ from pathlib import Path
 import psutil
 
 from .. import api, cgroups
+from .. import runtimes as _runtimes
 from .._proc import wait_until
 from ..errors import KitError, KitTimeout
-
-#: Daemons whose cost is shared by every instance of a runtime, reported apart.
-DAEMONS = {"docker": ("dockerd", "containerd")}
-
 
 class PartialMemory(KitError):
     """Some processes of a memory figure could not be read: the figure would be too small."""
@@ -295,7 +292,7 @@ def daemon_rows(runtime: str) -> list[dict]:
     """PSS of the daemons a runtime depends on (dockerd, containerd), one row per daemon (status
     ``partial: ...`` and a ``failed`` row when a daemon's process could not be read, e.g. by a
     rootless user)."""
-    names = DAEMONS.get(runtime, ())
+    names = _runtimes.get(runtime).daemons  # their cost is shared by every instance, reported apart
     found: dict[str, list[int]] = {n: [] for n in names}
     for p in psutil.process_iter(["name"]):
         if p.info["name"] in found:

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 
 from .. import api
+from .. import runtimes as _runtimes
 from .._proc import wait_until
 from ..errors import KitError, StartFailed
 from ..net import free_port
@@ -142,7 +143,7 @@ def start(runtime: str, image: str, workload: Workload, name: str, timeout: floa
     port = free_port() if workload.needs_port else None
     api.wait_until_quiet()
     t_call = time.time()
-    api.start(image, workload.command(port, host_network=runtime == "process"), runtime=runtime, name=name,
+    api.start(image, workload.command(port, host_network=_runtimes.get(runtime).host_network), runtime=runtime, name=name,
               memory=memory, start=start_mode,
               ports=[(port, port)] if port else ())
     rt, inst = api.instance(name)

@@ -57,6 +57,22 @@ def names() -> list[str]:
     return list(REGISTRY)
 
 
+def of_kind(kind: str) -> str:
+    """The first registered runtime of ``kind`` (``process``, ``container``, ``sandbox``, ``vm``),
+    without importing any backend: what ``%vm`` and ``%process`` run.
+
+    >>> of_kind("vm")
+    'qemu'
+
+    Raises:
+        RuntimeUnavailable: no runtime of that kind.
+    """
+    for name in REGISTRY:
+        if _KINDS.get(name, "container") == kind:
+            return name
+    raise RuntimeUnavailable(f"no runtime of kind {kind!r}: the kinds are process, container, sandbox, vm")
+
+
 def get(name: str) -> Runtime:
     """The runtime object called ``name`` (whether or not it is usable here).
 

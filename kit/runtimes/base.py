@@ -115,6 +115,25 @@ class Runtime(ABC):
     #: ordinary user needs one they may write (:meth:`limits_refusal`); False where the runtime's own
     #: machinery enforces it (Docker's daemon, a VM's guest size).
     limits_in_kit_cgroup: bool = False
+    #: What an instance shares with the host and where its costs are counted, for measurement
+    #: (kit.bench reads these: no runtime is named outside kit.runtimes). Its network is the host's
+    #: own: a service's port is the host's, nothing publishes or forwards it (the bare process).
+    host_network: bool = False
+    #: Its files are the host's (no root of its own): a command "inside" it is a command on the host.
+    shares_host_files: bool = False
+    #: The stored forms of an image its instances are made from, which they all share on disk
+    #: (kit.bench.disk): ``rootfs`` (the image's tree), a format under ``<image>/formats/`` (``oci``,
+    #: ``lxc``, ``qemu``), ``kernel`` (the default guest kernel), or an engine's own copy
+    #: (``docker``, ``podman``: there its instances' writable layers are too).
+    image_formats: tuple[str, ...] = ("rootfs",)
+    #: Its instances' CPU is counted by a cgroup holding their processes alone (False: by the times
+    #: of their host processes, as for a bare process or QEMU).
+    cgroup_accounting: bool = True
+    #: The name of a process of the runtime's own that forwards a published port ("" when the kit's
+    #: forwarder or the kernel does): its CPU is the forwarder's (kit.bench.loads).
+    forwarder_process: str = ""
+    #: Host daemons every instance relies on, whose memory is the runtime's cost per host (kit.bench.memory).
+    daemons: tuple[str, ...] = ()
 
     #: How long a negative verdict is believed before the next caller probes again: a probe
     #: that failed on a busy host (or before dockerd was up) must not disable a runtime for good.

@@ -49,6 +49,8 @@ class DockerRuntime(Runtime):
     kind = "container"
     supports_networks = True  # kit.networks: joins the network's namespace
     supports_volumes = True  # kit.volumes: bind mounts of the kit's directories
+    image_formats = ("docker",)  # the daemon's copy of the image (and its containers' writable layers)
+    daemons = ("dockerd", "containerd")
     #: ``precreated``: ``docker create`` ahead, ``start`` on demand (:mod:`kit.warm`).
     start_modes = ("cold", "precreated")
 

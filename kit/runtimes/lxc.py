@@ -211,6 +211,7 @@ class LXCRuntime(Runtime):
     supports_networks = True  # kit.networks: joins the network's namespace
     supports_volumes = True  # kit.volumes: lxc.mount.entry binds
     limits_in_kit_cgroup = True  # lxc.cgroup.dir.container below the kit's limited group
+    image_formats = ("rootfs", "lxc")
 
     def _no_start_mode(self, mode: str) -> str:
         # lxc-execute creates and starts in one step; a stopped defined container (lxc-create) still

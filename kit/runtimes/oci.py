@@ -140,6 +140,7 @@ class OCIRuntime(Runtime):
     supports_networks = True  # kit.networks: joins the network's namespace
     supports_volumes = True  # kit.volumes: bind mounts (build_config)
     limits_in_kit_cgroup = True  # the container's cgroup below the kit's limited group (_rootfs.kit_cgroup)
+    image_formats = ("rootfs", "oci")
     #: Global options put before the subcommand.
     global_args: tuple[str, ...] = ()
     #: Prove the runtime works with a tiny run in probe() (crun: cgroup hybrid mode).

@@ -38,6 +38,9 @@ def global_args() -> list[str]:
 class PodmanRuntime(Runtime):
     name = "podman"
     kind = "container"
+    image_formats = ("podman",)  # podman's own copy of the image (podman import)
+    #: Its own -p: rootlessport for an ordinary user (as root the kernel's NAT: no process).
+    forwarder_process = "rootlessport"
 
     def probe(self) -> Availability:
         exe = which("podman")

@@ -23,6 +23,10 @@ class ProcessRuntime(Runtime):
     kind = "process"
     uses_image = False
     limits_in_kit_cgroup = True
+    # The host's own network and files, no image; CPU from its processes (no cgroup unless limited).
+    host_network = shares_host_files = True
+    image_formats = ()
+    cgroup_accounting = False
 
     def probe(self) -> Availability:
         return Availability(self.name, self.kind, True, version=f"Linux {platform.release()}")

@@ -80,6 +80,8 @@ def _kvm_access() -> dict:
 class QemuRuntime(Runtime):
     name = "qemu"
     kind = "vm"
+    image_formats = ("qemu", "kernel")  # the image's initramfs or disk, and the default guest kernel
+    cgroup_accounting = False  # QEMU's own process times (its user network and 9p server included)
     supports_networks = True  # kit.networks: QEMU started inside the network's namespace
     supports_volumes = True  # kit.volumes: QEMU's own 9p server (virtio-9p), mounted by the guest init
     min_memory = MIN_MEMORY  # the guest's RAM: the kernel and initramfs must fit
