@@ -156,10 +156,10 @@ def one(name: str, path: str, ns: str, fwds: dict, seconds: int, requests: int) 
     load = loads.LOADS[name]
     inner = SERVERS[name][0]
     port = inner if path == "direct" else fwds[path][name][0]
-    argv = loads._fill(load.argv, port=port, seconds=seconds, count=requests if name == "redis" else 10**6)
+    argv = loads.fill_argv(load.argv, port=port, seconds=seconds, count=requests if name == "redis" else 10**6)
     fwd = None if path == "direct" else fwds[path][name][1]
     c0, t0 = fwd.cpu_seconds() if fwd else 0.0, time.monotonic()
-    raw = loads._host_tool(argv, 120, load, f"forwarder {path}", netns=ns if path == "direct" else None)
+    raw = loads.run_generator(argv, 120, load, f"forwarder {path}", netns=ns if path == "direct" else None)
     wall = time.monotonic() - t0
     cpu = (fwd.cpu_seconds() - c0) if fwd else 0.0
     figs = parse(load.tool, raw)

@@ -71,7 +71,7 @@ class Pumped:
         self.launched_at = time.time()
         #: When :meth:`wait` first saw the process exit (epoch seconds), None before.
         self.exited_at: float | None = None
-        env = _marked(env)
+        env = marked_env(env)
         if detach:
             with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
                 self.proc = Popen(self.argv, stdin=stdin, stdout=out, stderr=err, env=env,
@@ -112,8 +112,9 @@ class Pumped:
         kill_group(self.proc)
 
 
-def _marked(env):
-    """The environment with this session's marker, so a reaper can find the process."""
+def marked_env(env) -> dict[str, str]:
+    """``env`` (None: this process's) with this session's marker, ``KIT_SESSION``, so a reaper finds
+    the process it is given to (:mod:`kit.lifetime`)."""
     from .config import SESSION_ID
 
     env = dict(os.environ if env is None else env)

@@ -235,7 +235,7 @@ def _start_docker(name: str, d: Path) -> Network:
 
 
 def _start_process(name: str, d: Path) -> Network:
-    from ._proc import _marked
+    from ._proc import marked_env as _marked
     from .portfwd import new_loopback_netns, setns
 
     nsfd = new_loopback_netns()

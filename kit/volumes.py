@@ -34,7 +34,6 @@ from pathlib import Path
 from . import config, lifetime
 from .errors import InvalidSpec, VolumeInUse, VolumeNotFound
 from .spec import Mount, check_name, parse_volume, show
-from .usage import disk_usage
 
 
 @dataclass(frozen=True)
@@ -125,7 +124,9 @@ def _users(name: str, prune: bool = False) -> list[dict]:
 
 def _size(path: Path) -> int:
     """Allocated bytes under ``path`` (each inode once, not crossing mounts)."""
-    return disk_usage(path).allocated
+    from .bench.disk import usage
+
+    return usage(path).allocated
 
 
 def inspect(name: str) -> dict:

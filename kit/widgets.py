@@ -81,8 +81,7 @@ def instance_rows(now: float | None = None, memory: bool = True) -> list[dict]:
     rows = []
     for rec in api.ps().to_dict("records"):
         try:
-            handle = api.get(rec["name"])
-            rt, inst = handle.backend, handle.state
+            rt, inst = api.instance(rec["name"])
         except InstanceNotFound:
             continue
         running = rec["status"] == "running"
@@ -363,12 +362,13 @@ def study_choices(df) -> dict[str, list[str]]:
 
 def study_runtimes(df, part: str, metric: str) -> list[str]:
     """The runtimes with measured values of ``metric`` in ``part``, in the figures' order."""
-    from .bench.plots import _order
+    from .bench.plots import runtime_order
 
     m = _measured(df)
     sel = m[(m["part"] == part) & (m["metric"] == metric)]
     present = set(sel["runtime"])
-    return [r for r in _order(df, metric) if r in present] + sorted(present - set(_order(df, metric)))
+    order = runtime_order(df, metric)
+    return [r for r in order if r in present] + sorted(present - set(order))
 
 
 def _scale(unit: str) -> tuple[float, str]:
@@ -463,7 +463,7 @@ class Explore(w.VBox):
     """Controls over a finished or loaded study (see :meth:`kit.bench.Study.explore`)."""
 
     def __init__(self, study):
-        study._need()  # a study without results says so (InvalidSpec)
+        study.results()  # a study without results says so (InvalidSpec)
         self.study = study
         self.choices = study_choices(study.df)
         if not self.choices:

@@ -155,7 +155,7 @@ def test_cpu_per_op_divides_by_the_requests_redis_benchmark_made(monkeypatch, na
     finally:
         loads.remove(live)
     assert (calls.get("set"), calls.get("get")) == (1000, 1000), calls
-    argv = loads._fill(loads.LOADS["redis"].argv, port=live.port, count=1000)
+    argv = loads.fill_argv(loads.LOADS["redis"].argv, port=live.port, count=1000)
     assert operations("redis-benchmark", raw, argv) == (2000.0, "request")
     assert _value(rows, "cpu_per_op", "instance/request") == pytest.approx(500.0)
 

@@ -148,7 +148,7 @@ def _entries(studies, labels) -> list[tuple[str, pd.DataFrame]]:
     for i, s in enumerate(studies):
         if isinstance(s, (str, Path)):
             s = Study.load(s)
-        df, meta = (s, {}) if isinstance(s, pd.DataFrame) else (s._need(), s.meta)
+        df, meta = (s, {}) if isinstance(s, pd.DataFrame) else (s.results(), s.meta)
         if "host" in df.columns:
             for h, g in df.groupby("host", sort=False):
                 out.append((str(h), g.drop(columns="host")))

@@ -460,7 +460,8 @@ def cluster(scheduler: str | None = None, hosts=None, *, n_local: int = 2, conne
         if not tls and fleettls.plaintext_remote(scheduler):
             fleettls.warn(scheduler)
         with Client(scheduler, security=fleettls.client_security(scheduler, security) if tls else None) as client:
-            client._kit_insecure = insecure
+            if insecure:
+                fleettls.allow_plaintext(client)
             yield client
         return
     if hosts:
@@ -495,7 +496,8 @@ def cluster(scheduler: str | None = None, hosts=None, *, n_local: int = 2, conne
                     scheduler_options={"port": 0, "dashboard": False, **({"protocol": "tls"} if tls else {}),
                                        **net}))
             client = stack.enter_context(Client(c))
-            client._kit_insecure = insecure
+            if insecure:
+                fleettls.allow_plaintext(client)
             # a worker has printed its address before the scheduler has registered it
             client.wait_for_workers(len(parsed), timeout=WAIT_WORKERS)
             yield client
@@ -504,6 +506,7 @@ def cluster(scheduler: str | None = None, hosts=None, *, n_local: int = 2, conne
     sec = (security if security is not None else Security.temporary()) if tls else None
     with LocalCluster(n_workers=n_local, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None, security=sec) as c, Client(c) as client:
-        client._kit_insecure = insecure
+        if insecure:
+            fleettls.allow_plaintext(client)
         client.wait_for_workers(n_local, timeout=WAIT_WORKERS)
         yield client

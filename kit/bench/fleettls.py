@@ -30,6 +30,7 @@ import json
 import secrets
 import shlex
 import sys
+import weakref
 from pathlib import Path
 
 from ..errors import InvalidSpec, KitError
@@ -165,6 +166,17 @@ def from_files(ca: str | None, cert: str | None, key: str | None = None):
     return Security(require_encryption=True, tls_ca_file=ca, **roles)
 
 
+#: Clients :func:`kit.bench.fleet.cluster` made with ``insecure=True`` (it warned then); weak, so a
+#: client is forgotten with it.
+_plaintext_allowed: weakref.WeakSet = weakref.WeakSet()
+
+
+def allow_plaintext(client) -> None:
+    """Let fleet runs through ``client`` use plaintext off this machine (the kit's cluster was asked
+    for it with ``insecure=True``, and warned): :func:`check_client` accepts it."""
+    _plaintext_allowed.add(client)
+
+
 def check_client(client, insecure: bool = False) -> None:
     """Refuse a fleet run through ``client`` when its scheduler or a worker is plaintext off this
     machine, unless ``insecure`` (or the kit's cluster was asked for plaintext): nothing has been
@@ -177,7 +189,7 @@ def check_client(client, insecure: bool = False) -> None:
     bad = [a for a in addrs if plaintext_remote(a)]
     if not bad:
         return
-    if getattr(client, "_kit_insecure", False):  # fleet.cluster(insecure=True) made it, and warned
+    if client in _plaintext_allowed:  # fleet.cluster(insecure=True) made it, and warned
         return
     if not insecure:
         raise InvalidSpec(_REFUSED.format(what="scheduler" if bad[0] == addrs[0] else "worker", addr=bad[0]))

@@ -206,9 +206,9 @@ def figures(df: pd.DataFrame, meta: dict, which=None) -> dict:
 
 
 def _runtimes(df: pd.DataFrame, present) -> list[str]:
-    from .plots import _order
+    from .plots import runtime_order
 
-    return [r for r in _order(df[df["part"] == "load"]) if r in set(present)]
+    return [r for r in runtime_order(df[df["part"] == "load"]) if r in set(present)]
 
 
 def _relative_figure(rel: pd.DataFrame, df: pd.DataFrame, meta: dict):

@@ -152,7 +152,7 @@ def mariadb_server(datadir: str, port: int, bind: str) -> list[str]:
     """The command line of a MariaDB server as the ``mariadb`` load runs it (see ``_MARIADB``): first start
     in ``datadir``, then serve on ``bind:port``. Start it with ``env={SECRET_ENV: password}``; clients log
     in as :data:`DB_USER` with that password."""
-    return _fill(_MARIADB, dir=datadir, port=port, bind=bind)
+    return fill_argv(_MARIADB, dir=datadir, port=port, bind=bind)
 
 
 def pinning() -> dict:
@@ -263,7 +263,12 @@ def pin(rt, inst, cpus: list[int]) -> str:
     return f"cpus {cpus}" + (f", cpuset {', '.join(str(g) for g in done)}" if done else "")
 
 
-def _fill(argv, **kw) -> list[str]:
+def fill_argv(argv, **kw) -> list[str]:
+    """``argv`` with each ``{key}`` replaced by the value given for it (a load's command templates).
+
+    >>> fill_argv(["redis-benchmark", "-p", "{port}", "-n", "{count}"], port=6379, count=1000)
+    ['redis-benchmark', '-p', '6379', '-n', '1000']
+    """
     out = []
     for a in argv:
         for k, v in kw.items():
@@ -344,7 +349,7 @@ def start(load: Load, runtime: str, name: str, timeout: float = 300.0, memory="5
         live.port = free_port()
         inner = live.port if host else load.inner_port
         live.hostdir = tempfile.mkdtemp(prefix="kit-load-") if rt.shares_host_files else None
-        cmd = _fill(load.server, port=inner, bind="127.0.0.1" if host else "0.0.0.0",
+        cmd = fill_argv(load.server, port=inner, bind="127.0.0.1" if host else "0.0.0.0",
                     dir=live.hostdir or f"/var/lib/kit-{load.name}")
         ports = () if host else [(live.port, inner)]
         if any(SECRET_ENV in a for a in load.server):
@@ -354,12 +359,12 @@ def start(load: Load, runtime: str, name: str, timeout: float = 300.0, memory="5
             _write_private(Path(live.secretdir) / "sysbench.cfg",
                            f"mysql-user={DB_USER}\nmysql-password={live.secret}\n")
     try:
-        handle = api.start(load.image, cmd, runtime=runtime, name=name, ports=ports, **kw)
+        api.start(load.image, cmd, runtime=runtime, name=name, ports=ports, **kw)
     except BaseException:
         _remove_dirs(live)
         raise
     try:
-        rt_, inst = handle.backend, handle.state
+        rt_, inst = api.instance(name)
 
         probe: dict = {}
 
@@ -424,9 +429,9 @@ def _mariadb_prepare(live: Instance, timeout: float) -> None:
     finally:
         conn.close()
     rows = live.load.defaults.get("rows", 1000)
-    argv = ["sysbench", "oltp_read_write", *_fill(_SB_MYSQL, port=live.port, count=rows, secrets=_secrets(live)),
+    argv = ["sysbench", "oltp_read_write", *fill_argv(_SB_MYSQL, port=live.port, count=rows, secrets=_secrets(live)),
             "prepare"]
-    _host_tool(argv, timeout, live.load, live.runtime)
+    run_generator(argv, timeout, live.load, live.runtime)
 
 
 def _secrets(live: Instance) -> str:
@@ -434,7 +439,7 @@ def _secrets(live: Instance) -> str:
     return str(Path(live.secretdir) / "sysbench.cfg") if live.secretdir else ""
 
 
-def _host_tool(argv: list[str], deadline: float, load: Load, runtime: str, netns: str | None = None) -> str:
+def run_generator(argv: list[str], deadline: float, load: Load, runtime: str, netns: str | None = None) -> str:
     """Run a load generator on the host, pinned (and inside ``netns`` for the direct path)."""
     if shutil.which(argv[0]) is None:
         raise ToolOutputError(f"{argv[0]}: not installed on the host, needed for load {load.name!r} against "
@@ -562,11 +567,11 @@ def _direct(live: Instance, rt, inst, argv: list[str], deadline: float) -> str:
                                   f"guest image {load.image!r} has no Python; only the published path is measured")
         return _inside_tool(live, argv, deadline)[0]  # a VM: its CPU is QEMU's, which the meter reads
     if rt.host_network:
-        return _host_tool(argv, deadline, load, live.runtime)  # already in the host's namespace
+        return run_generator(argv, deadline, load, live.runtime)  # already in the host's namespace
     if os.geteuid() != 0:
         raise KitError(f"{load.name} direct in {live.runtime}: entering the instance's network namespace "
                        f"(nsenter --net) needs root; run as root or measure the published path only")
-    return _host_tool(argv, deadline, load, live.runtime, netns=netns_of(rt, inst))
+    return run_generator(argv, deadline, load, live.runtime, netns=netns_of(rt, inst))
 
 
 def measure(live: Instance, seconds: float = 5.0, count: int | None = None, deadline: float | None = None,
@@ -581,8 +586,7 @@ def measure(live: Instance, seconds: float = 5.0, count: int | None = None, dead
     if path not in PATHS:
         raise KitError(f"load path {path!r}: one of {', '.join(PATHS)}")
     direct = path == "direct" and load.where == "host"
-    handle = api.get(live.name)
-    rt, inst = handle.backend, handle.state
+    rt, inst = api.instance(live.name)
     count = count or load.defaults.get("count", 10**6)
     # a VM under TCG runs a count-bounded tool an order of magnitude slower, and a timed-out exec
     # leaves the guest without exec: a deadline it does not reach on a busy host
@@ -594,15 +598,15 @@ def measure(live: Instance, seconds: float = 5.0, count: int | None = None, dead
     c0, t0 = meter.read(), time.monotonic()
     beside = None
     if load.where == "inside":
-        argv = _fill(load.argv, seconds=secs, count=count, dir=directory)
+        argv = fill_argv(load.argv, seconds=secs, count=count, dir=directory)
         raw, beside = _inside_tool(live, argv, deadline)
     elif direct:
         port = live.port if rt.host_network else load.inner_port
-        argv = _fill(load.argv, port=port, seconds=secs, count=count, secrets=_secrets(live))
+        argv = fill_argv(load.argv, port=port, seconds=secs, count=count, secrets=_secrets(live))
         raw = _direct(live, rt, inst, argv, deadline)
     else:
-        argv = _fill(load.argv, port=live.port, seconds=secs, count=count, secrets=_secrets(live))
-        raw = _host_tool(argv, deadline, load, live.runtime)
+        argv = fill_argv(load.argv, port=live.port, seconds=secs, count=count, secrets=_secrets(live))
+        raw = run_generator(argv, deadline, load, live.runtime)
     wall = time.monotonic() - t0
     cpu = meter.read() - c0 + (beside or 0.0)  # a tool run beside the bare process: its own CPU time
     f1 = fwd() if fwd else None
@@ -713,7 +717,7 @@ def run(loads, runtimes, repeat: int = 3, warmup: int = 1, seconds: float = 5.0,
                         try:
                             d = "/kit-vol" if volume and rt in vols else _scratch(live)
                             rows, raw = measure(live, seconds, (counts or {}).get(lname), directory=d, path=path)
-                            accel = str(api.get(live.name).info.get("accel", ""))
+                            accel = str(api.instance(live.name)[1].info.get("accel", ""))
                             emit([{**ctx, **row, "status": "ok", "raw": raw, "accel": accel} for row in rows])
                         except (KitError, OSError, subprocess.SubprocessError) as e:
                             emit([{**ctx, "metric": "failed", "value": 1, "component": "direct" if path == "direct"

@@ -37,7 +37,7 @@ def _kinds(df: pd.DataFrame) -> dict[str, str]:
     return dict(zip(df["runtime"], df["kind"]))
 
 
-def _order(df: pd.DataFrame, metric: str | None = None) -> list[str]:
+def runtime_order(df: pd.DataFrame, metric: str | None = None) -> list[str]:
     """Runtimes by class (process, container, sandbox, vm), then by median of ``metric``."""
     kinds = _kinds(df[df["runtime"] != "-"])
     rank = {k: i for i, k in enumerate(KINDS)}
@@ -82,7 +82,7 @@ def startup(df: pd.DataFrame, meta: dict):
     for col, w in enumerate(workloads):
         wd = data[data["workload"] == w]
         main = "launch_to_exit" if (wd["metric"] == "launch_to_exit").any() else "launch_to_ready"
-        order = _order(wd, main)
+        order = runtime_order(wd, main)
         for row, (metric, label) in enumerate(metrics_):
             metric = main if metric == "launch_to_exit" else metric
             ax = axes[row][col]
@@ -120,7 +120,7 @@ def phases(df: pd.DataFrame, meta: dict):
 
     data = measured(df[(df["part"] == "startup") & (df["metric"] == "phase")])
     med = data.groupby(["runtime", "component"])["value"].median().reset_index()
-    order = [r for r in _order(df[df["part"] == "startup"], "launch_to_exit") if r in set(med["runtime"])]
+    order = [r for r in runtime_order(df[df["part"] == "startup"], "launch_to_exit") if r in set(med["runtime"])]
     detailed = [r for r in order if (med["runtime"] == r).sum() >= 3]
     kinds = _kinds(df)
     heights = [1 + 0.6 * max(1, len(order))] + [1.3] * len(detailed)
@@ -162,7 +162,7 @@ def memory(df: pd.DataFrame, meta: dict):
 
     data = df[(df["part"] == "memory") & (df["status"] == "ok")]
     comp = data[data["metric"] == "pss_by_process"]
-    order = _order(data, "pss")
+    order = runtime_order(data, "pss")
     kinds = _kinds(data)
     daemons = data[data["metric"] == "daemon_pss"]
     names = list(dict.fromkeys(comp.sort_values("value", ascending=False)["component"]))
@@ -208,7 +208,7 @@ def disk(df: pd.DataFrame, meta: dict):
     import matplotlib.pyplot as plt
 
     data = df[(df["part"] == "disk") & (df["status"] == "ok") & (df["runtime"] != "-")]
-    order = _order(data, "total_for_n")
+    order = runtime_order(data, "total_for_n")
     kinds = _kinds(data)
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 5))
     width = 0.38
@@ -246,7 +246,7 @@ def density(df: pd.DataFrame, meta: dict):
     import matplotlib.pyplot as plt
 
     data = df[(df["part"] == "density") & (df["status"] == "ok")]
-    order = _order(data, "density_pss_per_instance")
+    order = runtime_order(data, "density_pss_per_instance")
     kinds = _kinds(data)
     # density_host_used stays in the frame but not here: on a shared host it mostly shows the neighbours.
     panels = [("density_pss_total", "total PSS (MiB)", MB), ("density_pss_per_instance", "PSS per instance (MiB)", MB),
@@ -286,7 +286,7 @@ def hosts(df: pd.DataFrame, meta: dict):
     width = 0.8 / max(1, len(labels))
     for ax, w in zip(axes[0], workloads):
         wd = data[data["workload"] == w]
-        order = _order(wd, "launch_to_exit")
+        order = runtime_order(wd, "launch_to_exit")
         for j, h in enumerate(labels):
             for i, r in enumerate(order):
                 v = wd[(wd["host"] == h) & (wd["runtime"] == r)]["value"].to_numpy() * 1000

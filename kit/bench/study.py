@@ -376,7 +376,12 @@ class Study:
                 bar.update(1)
 
     # -- results ---------------------------------------------------------------
-    def _need(self) -> pd.DataFrame:
+    def results(self) -> pd.DataFrame:
+        """The results frame (:attr:`df`).
+
+        Raises:
+            InvalidSpec: the study has none yet (saying how to get one).
+        """
         if self.df is None:
             raise InvalidSpec("this study has no results yet: call .run() first, or Study.load(directory)")
         return self.df
@@ -385,7 +390,7 @@ class Study:
         """Statistics per runtime, image, workload and metric (warmups and failed runs left out, and
         warm starts that missed their pool unless ``misses``: then apart, by their ``pool``); per host
         too when the frame has a ``host`` column (a fleet run)."""
-        df = self._need()
+        df = self.results()
         if part:
             df = df[df["part"] == part]
         res = stats.summarize(df, seed=self.seed, misses=misses)
@@ -403,7 +408,7 @@ class Study:
         ``metric`` defaults to ``launch_to_exit``, or ``throughput`` in a study of loads only. Load
         metrics (throughput, p99, cpu_per_op, ...) compare per operation: see
         :func:`kit.bench.loadpart.relative`."""
-        df = self._need()
+        df = self.results()
         if metric is None:
             metric = "throughput" if set(df["part"]) == {"load"} else "launch_to_exit"
         if baseline == "cold":  # warm start modes against each runtime's own cold start
@@ -423,7 +428,7 @@ class Study:
         not reproduced or not measured here, and why: see :func:`kit.bench.findings.compute`."""
         from .findings import compute
 
-        return compute(self._need(), self.meta.get("environment") or {}, self.meta.get("skipped") or {})
+        return compute(self.results(), self.meta.get("environment") or {}, self.meta.get("skipped") or {})
 
     def plot(self, which=None):
         """Figures for every part with data: a dict name -> matplotlib Figure.
@@ -432,7 +437,7 @@ class Study:
         figure once per host, named ``NAME@HOST``."""
         from . import plots
 
-        df = self._need()
+        df = self.results()
         figs = plots.all_figures(df, self.meta, which=which)
         if "host" not in df.columns:
             figs.update(loadpart.figures(df, self.meta, which=which))
@@ -448,12 +453,12 @@ class Study:
 
     def hosts(self) -> list[str]:
         """The host labels of a fleet run (none for a study on this machine)."""
-        df = self._need()
+        df = self.results()
         return list(dict.fromkeys(df["host"])) if "host" in df.columns else []
 
     def host(self, label: str) -> "Study":
         """One host of a fleet run as a study of its own (its rows and its environment)."""
-        df = self._need()
+        df = self.results()
         if label not in self.hosts():
             raise InvalidSpec(f"no host {label!r} in this study: choose from {', '.join(self.hosts()) or 'none'}")
         sub = Study.from_params(self.meta.get("params", {}))
@@ -478,7 +483,7 @@ class Study:
         """Write results.csv (+ parquet), study.json, summary.csv, README.md (tables) and, with ``figures``, the PNGs."""
         from .tables import markdown
 
-        df = self._need()
+        df = self.results()
         d = storage.save(directory, df, self.meta)
         self.outputs.save(d)
         self.summary().to_csv(d / "summary.csv", index=False)

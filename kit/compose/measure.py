@@ -126,8 +126,7 @@ def memory(stack):
     s = get(stack)
     rows = []
     for name, unit in s.units.items():
-        handle = api.get(name)
-        rt, inst = handle.backend, handle.state
+        rt, inst = api.instance(name)
         mem.settle(lambda: mem.host_pids(rt, inst))
         got = {r["metric"]: r for r in mem.instance_rows(rt, inst) if r["metric"] in ("pss", "uss")}
         monitor = sum(r["value"] for r in mem.instance_rows(rt, inst) if r["metric"] == "monitor_pss")
@@ -149,8 +148,7 @@ def disk(stack):
     s = get(stack)
     rows = []
     for name, unit in s.units.items():
-        handle = api.get(name)
-        rt, inst = handle.backend, handle.state
+        rt, inst = api.instance(name)
         _, usages = dk.image_rows(images.get(unit.image))
         shared = dk.shared_usage(rt.name, usages, inst)
         inst_rows, own = dk.instance_rows(rt, inst, shared)

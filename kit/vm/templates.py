@@ -45,7 +45,7 @@ import threading
 import time
 from pathlib import Path
 
-from .._proc import _marked, kill_group, last_line, run
+from .._proc import kill_group, last_line, marked_env, run
 from .. import config
 from ..errors import StartFailed
 from . import machine, qmp
@@ -234,7 +234,7 @@ def _build(key: str, cfg: machine.VMConfig, binary: str) -> Template:
         with open(tmp / "qemu.log", "wb") as log:
             # Marked with this session: a reaper ends it if this process dies mid-build (the half-built
             # directory is removed by prune, its lock being free).
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=_marked(None),
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=marked_env(None),
                                     start_new_session=True)
         alive = lambda: proc.poll() is None  # noqa: E731
         for c in channels.values():

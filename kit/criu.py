@@ -21,9 +21,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._proc import run as _run
-from ..errors import StartFailed
-from .base import which
+from ._proc import run as _run
+from .errors import StartFailed
 
 CHECK_TIMEOUT = 20.0
 
@@ -59,6 +58,8 @@ def probe(refresh: bool = False, runner=None) -> CriuVerdict:
 
 
 def _probe(runner) -> CriuVerdict:
+    from .runtimes.base import which
+
     path = which("criu")
     if path is None:
         return CriuVerdict(False,
