@@ -43,9 +43,9 @@ def ms(x) -> str:
 def exec_times(n: int) -> list[float]:
     """``runc exec ID true`` in a running container, timed on the host clock (the runtime's exec time)."""
     name = f"warm-exec-{time.time_ns() % 10**6}"
-    kit.start("busybox", ["sleep", "300"], runtime="runc", name=name)
+    handle = kit.start("busybox", ["sleep", "300"], runtime="runc", name=name)
     try:
-        rt, inst = kit.api.instance(name)
+        rt, inst = handle.backend, handle.state
         argv = [*rt._cli_for(inst), "exec", inst.id, "true"]
         out = []
         for _ in range(n + 1):
@@ -61,8 +61,8 @@ def prepare_times(runtime: str, n: int) -> list[float]:
     """How long pre-creating one container takes (the preparation a warm start does not pay)."""
     out = []
     for _ in range(n):
-        e = warm.POOL.prepare(kit.runtimes.get(runtime), kit.spec.RunSpec(image="busybox", command=["true"]),
-                              kit.images.get("busybox"))
+        e = kit.api.default_session().warm.pool.prepare(
+            kit.runtimes.get(runtime), kit.spec.RunSpec(image="busybox", command=["true"]), kit.images.get("busybox"))
         out.append(e.prepare_s)
         e.runtime.remove(e.inst)
     return out

@@ -3,6 +3,12 @@
 >>> import kit
 >>> kit.run("busybox", ["echo", "hello"], runtime="runc").stdout
 'hello\\n'
+>>> with kit.start("busybox", ["sleep", "300"], runtime="runc") as napper:   # a kit.Instance
+...     napper.exec(["echo", "hi"]).stdout
+'hi\\n'
+
+Every call above acts on a default :class:`kit.Session`, made on first use; make your own
+``kit.Session()`` to keep instances apart (a context manager that removes what it started).
 
 In IPython or Jupyter: ``%load_ext kit``, then ``%container run busybox echo hello``.
 ``kit.bench`` (studies), ``kit.verify`` (the isolation matrix) and ``kit.widgets`` (live notebook
@@ -16,13 +22,15 @@ __version__ = "0.1.0"
 from . import errors, images, networks, runtimes
 from .api import exec_, logs, prune, ps, rm, run, start, stop
 from .errors import KitError
+from .instance import Instance
 from .net import free_port, wait_for_port, wait_until
 from .result import RunResult
+from .session import Session
 
 exec = exec_  # noqa: A001  (kit.exec(name, cmd) reads naturally; the builtin is untouched)
 
 __all__ = [
-    "__version__", "run", "start", "ps", "logs", "exec", "stop", "rm", "prune",
+    "__version__", "Session", "Instance", "run", "start", "ps", "logs", "exec", "stop", "rm", "prune",
     "RunResult", "KitError", "errors", "images", "networks", "runtimes", "load_ipython_extension", "bench", "verify",
     "net", "free_port", "wait_for_port", "wait_until", "widgets",
     "compose", "warm",

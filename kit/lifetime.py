@@ -6,19 +6,25 @@ Every instance carries the id of the kit session that made it (Docker labels,
 every host process the kit launches). Three mechanisms remove what a session
 started:
 
-- ``atexit`` (in :mod:`kit.api`) removes instances on a normal exit;
+- ``atexit`` (one hook, in :mod:`kit.api`) closes every open :class:`kit.Session` on a normal exit,
+  then removes this process's directory (:func:`remove_own_directory`);
 - a **reaper**, a separate process started with the first instance, holds the
   read end of a pipe whose write end only this process has. When this process
   dies for any reason, SIGKILL included, the kernel closes the write end, the
   reaper reads EOF and sweeps the session (testcontainers' Ryuk, without a
   socket);
-- a **sweep of dead sessions** (at import, in a background thread, and in
-  ``%container prune``) removes what sessions whose owner is gone left behind.
+- a **sweep of dead sessions** (once per process, in a background thread started when the
+  first :class:`kit.Session` is made, and in ``%container prune``) removes what sessions whose
+  owner is gone left behind.
+
+"Session" here is the *owner*: one Python process (:data:`kit.config.SESSION_ID`), however
+many :class:`kit.Session` objects it has; each of those puts its own token after the owner's
+id (``kit-<owner>-<session>-<name>``, ``$KIT_HOME/run/<owner>/<session>/``), so everything
+below finds them by the owner's prefix.
 """
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import subprocess
@@ -200,6 +206,24 @@ def sweep_dead_sessions_in_background() -> threading.Thread:
     return t
 
 
+_sweeper: threading.Thread | None = None
+
+
+def sweep_once_in_background() -> threading.Thread:
+    """The background sweep of dead sessions, started by the first call of this process (the
+    first :class:`kit.Session`): importing the kit starts no thread."""
+    global _sweeper
+    with _lock:
+        if _sweeper is None:
+            _sweeper = sweep_dead_sessions_in_background()
+        return _sweeper
+
+
+def sweeper() -> threading.Thread | None:
+    """This process's background sweep, once started (None before)."""
+    return _sweeper
+
+
 def _quiet_sweep():
     try:
         sweep_dead_sessions()
@@ -220,18 +244,15 @@ def _reaper_main(session: str, parent: int) -> int:
     return 0
 
 
-def _remove_own_directory() -> None:
-    """At a normal exit, after the instances are gone: the session's directory goes too."""
+def remove_own_directory() -> None:
+    """At a normal exit, after every session is closed: this process's directory goes too
+    (:mod:`kit.api`'s exit hook calls it last)."""
     run_dir = config.home() / "run" / config.SESSION_ID
     (run_dir / "owner.json").unlink(missing_ok=True)
     try:
         run_dir.rmdir()  # only when empty: anything still inside is the reaper's to sweep
     except OSError:
         pass
-
-
-# Registered before kit.api's prune, so it runs after it (atexit runs last-registered first).
-atexit.register(_remove_own_directory)
 
 
 if __name__ == "__main__":

@@ -341,6 +341,8 @@ class ContainerMagics(Magics):
             volumes=getattr(opts, "volume", []), harden=not getattr(opts, "no_harden", False), stream=echo,
             check=opts.check or self.raise_on_error, start=getattr(opts, "start", "cold"), **extra,
         )
+        if opts.detach:  # the kit.Instance handle: shown as its record, 'running (detached)'
+            result = result.result()
         result.streamed = echo is not None and echo.shown > 0
         return result
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from . import config, lifetime
 from .errors import InvalidSpec, VolumeInUse, VolumeNotFound
 from .spec import Mount, check_name, parse_volume, show
+from .usage import disk_usage
 
 
 @dataclass(frozen=True)
@@ -124,9 +125,7 @@ def _users(name: str, prune: bool = False) -> list[dict]:
 
 def _size(path: Path) -> int:
     """Allocated bytes under ``path`` (each inode once, not crossing mounts)."""
-    from .bench.disk import usage
-
-    return usage(path).allocated
+    return disk_usage(path).allocated
 
 
 def inspect(name: str) -> dict:

@@ -81,7 +81,8 @@ def instance_rows(now: float | None = None, memory: bool = True) -> list[dict]:
     rows = []
     for rec in api.ps().to_dict("records"):
         try:
-            rt, inst = api.instance(rec["name"])
+            handle = api.get(rec["name"])
+            rt, inst = handle.backend, handle.state
         except InstanceNotFound:
             continue
         running = rec["status"] == "running"

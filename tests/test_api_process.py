@@ -70,8 +70,9 @@ def test_detached_lifecycle_leaves_nothing(names):
     name = unique("napper")
     names.append(name)
     r = kit.start(None, ["sleep", "300"], runtime="process", name=name)
-    assert r.detached and r.exit_code is None
-    rt, inst = api.instance(name)
+    assert isinstance(r, kit.Instance) and r.status == "running" and kit.api.get(name) is r
+    assert r.result().detached and r.result().exit_code is None
+    inst = r.state
     pid = inst.proc.pid
     assert psutil.pid_exists(pid)
     ps = kit.ps()
@@ -107,12 +108,12 @@ def test_logs_of_detached(names):
     ({"runtime": "nope"}, KitError, "unknown runtime"),
 ])
 def test_bad_input_is_refused_before_anything_starts(kwargs, err, match):
-    before = set(os.listdir(kit.config.state_dir()))
+    before = set(os.listdir(kit.api.default_session().state_dir))
     listed = set(kit.ps().name)
     kw = {"runtime": "process", **kwargs}
     with pytest.raises(err, match=match):
         kit.run(None, ["true"], **kw)
-    assert set(os.listdir(kit.config.state_dir())) == before
+    assert set(os.listdir(kit.api.default_session().state_dir)) == before
     assert set(kit.ps().name) == listed
 
 
@@ -134,10 +135,10 @@ def test_port_in_use_is_refused():
 
 def test_resolve_in_rootfs_follows_symlinks_inside_the_image():
     img = kit.images.get("busybox")
-    assert api.resolve_in_rootfs(img.rootfs, "echo", "/bin:/usr/bin") == "/bin/echo"
-    assert api.resolve_in_rootfs(img.rootfs, "/bin/sh", "") == "/bin/sh"
-    assert api.resolve_in_rootfs(img.rootfs, "python3", "/bin:/usr/bin") is None
-    assert api.resolve_in_rootfs(img.rootfs, "../../../../usr/bin/python3", "/bin") is None
+    assert kit.session.resolve_in_rootfs(img.rootfs, "echo", "/bin:/usr/bin") == "/bin/echo"
+    assert kit.session.resolve_in_rootfs(img.rootfs, "/bin/sh", "") == "/bin/sh"
+    assert kit.session.resolve_in_rootfs(img.rootfs, "python3", "/bin:/usr/bin") is None
+    assert kit.session.resolve_in_rootfs(img.rootfs, "../../../../usr/bin/python3", "/bin") is None
 
 
 def test_resolve_in_rootfs_keeps_hidden_directories(tmp_path):
@@ -149,8 +150,8 @@ def test_resolve_in_rootfs_keeps_hidden_directories(tmp_path):
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "tool").symlink_to("/.tools/tool")
     (tmp_path / "bin" / "dir").symlink_to("/.tools")
-    assert api.resolve_in_rootfs(tmp_path, "tool", "/bin") == "/bin/tool"
-    assert api.resolve_in_rootfs(tmp_path, "/bin/dir/tool", "") == "/bin/dir/tool"
+    assert kit.session.resolve_in_rootfs(tmp_path, "tool", "/bin") == "/bin/tool"
+    assert kit.session.resolve_in_rootfs(tmp_path, "/bin/dir/tool", "") == "/bin/dir/tool"
 
 
 def test_a_finished_foreground_run_is_not_listed_while_it_is_torn_down(monkeypatch):

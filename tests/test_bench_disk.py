@@ -79,7 +79,8 @@ def started(names):
         name = f"tbd-{runtime}-{secrets.token_hex(3)}"
         names.append(name)
         kit.start("busybox", argv, runtime=runtime, name=name)
-        return kit.api.instance(name)
+        _h = kit.api.get(name)
+        return _h.backend, _h.state
 
     return start
 

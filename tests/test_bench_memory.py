@@ -46,7 +46,8 @@ def started(names):
         name = f"tbm-{runtime}-{secrets.token_hex(3)}"
         names.append(name)
         kit.start(None if runtime == "process" else "busybox", argv, runtime=runtime, name=name, **kw)
-        return kit.api.instance(name)
+        _h = kit.api.get(name)
+        return _h.backend, _h.state
 
     return start
 

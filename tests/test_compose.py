@@ -180,7 +180,7 @@ def test_up_honours_each_key_and_down_keeps_named_volumes(runtime, tmp_path):
         hosts = kit.exec(store, ["cat", "/etc/hosts"]).stdout.split()
         assert "web" in hosts and web in hosts                                       # one network, by name
         # the runtimes enforce a limit (their own tests); compose's part is to pass the right one
-        assert [kit.api.instance(n)[1].spec.memory for n in (web, store)] == [48 * 2**20, 40 * 2**20]  # mem_limit, deploy
+        assert [kit.api.get(n).state.spec.memory for n in (web, store)] == [48 * 2**20, 40 * 2**20]  # mem_limit, deploy
         assert f"{project}_default" in kit.networks.names()
     finally:
         compose.down(project)

@@ -484,8 +484,8 @@ def test_duplicate_names_across_runtimes(ip, case, runtime):
         expect_error(magic_outcome(ip, "container", f"run -r process --name {name} busybox true"),
                      UsageError, "already in use")
         assert list(kit.ps().name).count(name) == 1
-        assert kit.api.instance(name)[0].name == runtime  # the first one is untouched
-        assert kit.runtimes.get(runtime).running(kit.api.instance(name)[1])
+        assert kit.api.get(name).backend.name == runtime  # the first one is untouched
+        assert kit.runtimes.get(runtime).running(kit.api.get(name).state)
     finally:
         kit.rm(name, force=True)
 
@@ -521,7 +521,8 @@ def test_rm_of_a_running_instance_needs_force(ip, case, runtime):
         with pytest.raises(KitError, match="force") as err:
             kit.rm(name)
         clear(err.value)
-        rt, inst = kit.api.instance(name)
+        _h = kit.api.get(name)
+        rt, inst = _h.backend, _h.state
         assert rt.running(inst)  # a refused rm leaves it alone
         # Bad exec input into the running instance: refused, the instance unharmed.
         expect_error(magic_outcome(ip, "container", f"exec {name} echo 'a\0b'"), UsageError, "NUL byte")

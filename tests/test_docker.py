@@ -221,10 +221,11 @@ def test_memory_limit_kills_and_says_out_of_memory(rt, names):
 def test_detached_sleep_is_listed_stops_and_is_removed(rt, names, client):
     name = names()
     r = kit.start("busybox", ["sleep", "300"], runtime="docker", name=name)
-    assert r.detached
+    assert r.result().detached and r.status == "running"
     row = kit.ps().set_index("name").loc[name]
     assert row["runtime"] == "docker" and row["status"] == "running"
-    runtime, inst = kit.api.instance(name)
+    _h = kit.api.get(name)
+    runtime, inst = _h.backend, _h.state
     pids = runtime.pids(inst)
     assert inst.info["pid"] in pids
     assert runtime.cgroup_path(inst) is not None and runtime.cgroup_path(inst).exists()
@@ -241,7 +242,8 @@ def test_detached_sleep_is_listed_stops_and_is_removed(rt, names, client):
 def test_daemon_owns_its_cgroup_and_shim_the_kit_only_reads_them(rt, names, client, monkeypatch):
     name = names()
     kit.start("busybox", ["sleep", "300"], runtime="docker", name=name, memory="48m")
-    runtime, inst = kit.api.instance(name)
+    _h = kit.api.get(name)
+    runtime, inst = _h.backend, _h.state
     path = runtime.cgroup_path(inst)
     assert inst.cgroup is None  # never adopted: Runtime.remove destroys inst.cgroup
     usage, working_set = memory.cgroup_memory(path)
@@ -269,7 +271,8 @@ def test_published_port_reaches_a_server_inside(rt, names, client, bridge_watch)
     # publishes 127.0.0.1:port into the container's own loopback.
     assert c.attrs["HostConfig"]["NetworkMode"] == "none" and not c.attrs["HostConfig"]["PortBindings"]
     assert c.attrs["NetworkSettings"]["IPAddress"] == "" and set(c.attrs["NetworkSettings"]["Networks"]) == {"none"}
-    _, inst = kit.api.instance(name)
+    _h = kit.api.get(name)
+    _, inst = _h.backend, _h.state
     assert inst.forwarder.netns == f"/proc/{c.attrs['State']['Pid']}/ns/net"
     assert not [p for p in psutil.process_iter(["name", "cmdline"])
                 if p.info["name"] == "docker-proxy" and str(port) in (p.info["cmdline"] or [])]
@@ -349,7 +352,8 @@ def test_image_is_imported_once_and_labelled(rt, client):
 def test_name_taken_at_the_daemon_is_name_in_use(rt, names, client):
     name = names()
     ref = engine.ensure_in_docker(client, kit.images.get("busybox"))
-    client.containers.create(ref, ["true"], name=f"kit-{config.SESSION_ID}-{name}", network_mode="none",
+    s = kit.api.default_session()
+    client.containers.create(ref, ["true"], name=f"kit-{s.owner}-{s.id}-{name}", network_mode="none",
                              labels={"kit.name": name, "kit.session": config.SESSION_ID})
     with pytest.raises(NameInUse, match="already exists"):
         kit.run("busybox", ["true"], runtime="docker", name=name)
@@ -358,7 +362,8 @@ def test_name_taken_at_the_daemon_is_name_in_use(rt, names, client):
 def test_daemon_command_not_found_maps_to_command_not_found(rt, names, client):
     # The API checks commands before starting; the runtime must say the same if the daemon is asked.
     name = names()
-    inst = rt.new_instance(RunSpec(image="busybox", command=["/no/such/cmd"], name=name), kit.images.get("busybox"))
+    inst = rt.new_instance(RunSpec(image="busybox", command=["/no/such/cmd"], name=name), kit.images.get("busybox"),
+                           kit.api.default_session().context)
     try:
         with pytest.raises(CommandNotFound, match="not found"):
             rt.start(inst)

@@ -18,7 +18,8 @@ from kit._proc import wait_until
 CHILD = r"""
 import json, sys, kit
 kit.start(None, ["sleep", "300"], runtime="process", name="orphan")
-rt, inst = kit.api.instance("orphan")
+_h = kit.api.get("orphan")
+rt, inst = _h.backend, _h.state
 print(json.dumps({"session": kit.config.SESSION_ID, "pid": inst.proc.pid, "state": str(inst.state_dir)}), flush=True)
 sys.stdin.read()
 """

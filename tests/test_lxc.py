@@ -17,7 +17,7 @@ from kit import cgroups, config, mounts
 from kit._proc import wait_until
 from kit.errors import StartFailed
 from kit.runtimes import lxc as lxc_mod
-from kit.runtimes.base import Instance
+from kit.runtimes.base import Context, Instance
 from kit.runtimes.lxc import build_config
 from kit.spec import RunSpec
 
@@ -35,7 +35,7 @@ class _Group:
 def _inst(**kw) -> Instance:
     spec = RunSpec(image="img", command=["sh"], name="web", **kw)
     return Instance(name="web", runtime="lxc", spec=spec, image=_Img(), id="kit-sess-web",
-                    state_dir=Path("/state/web"))
+                    state_dir=Path("/state/web"), ctx=Context("sess", "t", Path("/state")))
 
 
 def test_config_has_empty_network_overlay_rootfs_and_kit_cgroup():
@@ -120,9 +120,10 @@ def test_container_below_kit_cgroup_monitor_beside_it(lxc, names):
     name = unique("lxcg")
     names.append(name)
     kit.start("busybox", ["sleep", "300"], runtime="lxc", name=name, memory="48m")
-    rt, inst = kit.api.instance(name)
+    _h = kit.api.get(name)
+    rt, inst = _h.backend, _h.state
     by_name = {psutil.Process(p).name(): p for p in rt.pids(inst)}
-    group = f"/kit/{config.SESSION_ID}-{name}"
+    group = f"/kit/{inst.tag}"
 
     def memcg(pid):
         return [ln for ln in Path(f"/proc/{pid}/cgroup").read_text().splitlines() if ":memory:" in ln
@@ -138,7 +139,8 @@ def test_overlay_is_mounted_only_inside_the_container(lxc, names):
     name = unique("lxov")
     names.append(name)
     kit.start("busybox", ["sh", "-c", "echo x > /written && exec sleep 300"], runtime="lxc", name=name)
-    rt, inst = kit.api.instance(name)
+    _h = kit.api.get(name)
+    rt, inst = _h.backend, _h.state
     upper = inst.state_dir / "overlay" / "upper"
     wait_until(lambda: (upper / "written").exists(), 10, what="the write to land in the instance's upper layer")
     assert mounts.below(inst.state_dir) == []  # nothing on the host's mount table
@@ -164,7 +166,8 @@ def test_config_and_log_are_memory_files_the_container_cannot_reach(lxc, names):
     name = unique("lxmem")
     names.append(name)
     kit.start("busybox", ["sleep", "300"], runtime="lxc", name=name)
-    rt, inst = kit.api.instance(name)
+    _h = kit.api.get(name)
+    rt, inst = _h.backend, _h.state
     argv = psutil.Process(inst.proc.pid).cmdline()
     for flag in ("-f", "-o"):  # LXC opened them by the kit's /proc path; nothing is on disk
         assert argv[argv.index(flag) + 1].startswith(f"/proc/{os.getpid()}/fd/")

@@ -55,7 +55,7 @@ def leftovers(rt_name: str, inst, pids: list[int]) -> list[str]:
         if root.is_dir() and any(p.name.startswith(inst.id) for p in root.iterdir()):
             left.append(f"{rt_name} state files for {inst.id}")
     left += [f"mount {m}" for m in mounts.below(inst.state_dir)]
-    rel = f"kit/{config.SESSION_ID}-{inst.name}"
+    rel = f"kit/{inst.tag}"
     for h in cgroups.ROOT.iterdir():
         for d in (h / rel, h / (rel + "-lxcmon")):
             if d.exists():
@@ -179,10 +179,10 @@ def test_detached_ps_stop_rm_leaves_nothing(rt, names):
     name = unique("nap")
     names.append(name)
     r = kit.start("busybox", ["sleep", "300"], runtime=rt, name=name, memory="64m")
-    assert r.detached and r.exit_code is None
+    assert r.result().detached and r.result().exit_code is None
     row = kit.ps().set_index("name").loc[name]
-    assert (row["runtime"], row["status"]) == (rt, "running")
-    runtime, inst = kit.api.instance(name)
+    assert (row["runtime"], row["status"]) == (rt, "running") == (r.runtime, r.status)
+    runtime, inst = r.backend, r.state
     pids = runtime.pids(inst)
     assert len(pids) >= 2  # the runtime's process and the container's
     if rt == "runsc":
@@ -208,7 +208,8 @@ def test_rm_force_of_a_running_container(rt, names):
     name = unique("force")
     names.append(name)
     kit.start("busybox", ["sleep", "300"], runtime=rt, name=name)
-    runtime, inst = kit.api.instance(name)
+    _h = kit.api.get(name)
+    runtime, inst = _h.backend, _h.state
     pids = runtime.pids(inst)
     t0 = time.monotonic()
     kit.rm(name, force=True)
@@ -254,7 +255,8 @@ def test_port_forward_reaches_a_server_inside(rt, names):
 
     assert wait_until(fetch, 20, interval=0.05, what="httpd answering through the forwarder") == b"hello-from-inside\n"
     assert fetch() == b"hello-from-inside\n"  # and again, on a new connection
-    runtime, inst = kit.api.instance(name)
+    _h = kit.api.get(name)
+    runtime, inst = _h.backend, _h.state
     assert inst.forwarder is not None  # the instance's own, not a dict on the shared runtime
     kit.rm(name, force=True)
     names.remove(name)
@@ -280,7 +282,8 @@ def test_threads_publish_and_remove_their_own_instances(rt, names):
                                           "exec httpd -f -p 8080 -h /www"],
                   runtime=rt, name=name, ports=[f"{port}:8080"])
         got = wait_until(lambda: http_get(port), 30, interval=0.05, what=f"httpd behind port {port}")
-        runtime, inst = kit.api.instance(name)
+        _h = kit.api.get(name)
+        runtime, inst = _h.backend, _h.state
         kit.rm(name, force=True)
         return got, inst
 
@@ -309,7 +312,7 @@ def test_a_start_that_fails_leaves_nothing(runtime, detach):
     rt = kit.runtimes.get(runtime)
     img = kit.images.get("busybox")
     inst = rt.new_instance(RunSpec(image="busybox", command=["/etc/passwd"], name=unique("fail"), detach=detach,
-                                   memory=64 * 2**20), img)
+                                   memory=64 * 2**20), img, kit.api.default_session().context)
     try:
         if runtime == "lxc":
             # lxc-init reports a failed exec only as exit code 255, like a command exiting 255.
@@ -387,7 +390,8 @@ def test_monitor_pids_are_the_runtimes_process_not_the_container(runtime, names)
     name = unique("mon")
     names.append(name)
     kit.start("busybox", ["sleep", "300"], runtime=runtime, name=name)
-    rt, inst = kit.api.instance(name)
+    _h = kit.api.get(name)
+    rt, inst = _h.backend, _h.state
     pids, monitor = rt.pids(inst), rt.monitor_pids(inst)
     assert monitor == [inst.proc.pid]  # runc run / runsc run / lxc-execute, and nothing else
     assert set(monitor) < set(pids)
@@ -404,7 +408,8 @@ def test_read_only_run_shares_the_image_rootfs_unmounted(names):
     names.append(name)
     r = kit.start("busybox", ["sleep", "300"], runtime="runc", name=name, read_only=True)
     assert r.info["rootfs"] == "image, read-only"
-    rt, inst = kit.api.instance(name)
+    _h = kit.api.get(name)
+    rt, inst = _h.backend, _h.state
     assert mounts.below(inst.state_dir) == []  # no overlay: nothing to mount or unmount
     w = kit.exec_(name, ["sh", "-c", "touch /x || touch /tmp/x"])
     assert w.exit_code != 0 and "Read-only" in w.stderr
@@ -430,11 +435,12 @@ def test_limits_get_a_kit_group_and_no_limits_the_runtimes_own(names):
     kit.start("busybox", ["sleep", "300"], runtime="runc", name=plain)
     kit.start("busybox", ["sleep", "300"], runtime="runc", name=limited, memory="64m")
     for name, leaf in ((plain, ""), (limited, "/ctr")):
-        rt, inst = kit.api.instance(name)
+        _h = kit.api.get(name)
+        rt, inst = _h.backend, _h.state
         pid = max(p for p in rt.pids(inst) if psutil.Process(p).name() == "sleep")
         line = [ln for ln in Path(f"/proc/{pid}/cgroup").read_text().splitlines() if ":memory:" in ln
                 or ln.startswith("0::")][0]
-        assert line.endswith(f"/kit/{config.SESSION_ID}-{name}{leaf}")
+        assert line.endswith(f"/kit/{inst.tag}{leaf}")
         assert rt.cgroup_path(inst) == inst.cgroup.path and pid in inst.cgroup.pids()
 
 
@@ -470,7 +476,8 @@ def test_sweep_finds_only_the_sessions_containers(names):
     name = unique("sw")
     names.append(name)
     kit.start("busybox", ["sleep", "300"], runtime="runc", name=name)
-    rt, inst = kit.api.instance(name)
+    _h = kit.api.get(name)
+    rt, inst = _h.backend, _h.state
     assert rt.sweep(config.SESSION_ID, dry_run=True) == [f"runc container {inst.id}"]
     assert rt.sweep("0000000000", dry_run=True) == []
     assert rt.running(inst)  # a dry run removes nothing

@@ -84,7 +84,7 @@ def test_qemu_cpu_time_of_a_run_is_qemus_own():
         proc = None
         while not stop.is_set():
             try:
-                proc = proc or psutil.Process(kit.api.instance(name)[1].proc.pid)
+                proc = proc or psutil.Process(kit.api.get(name).state.proc.pid)
                 t = proc.cpu_times()
                 seen.append(t.user + t.system)
             except (kit.KitError, AttributeError, psutil.Error):

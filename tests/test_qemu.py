@@ -16,7 +16,7 @@ from kit import config
 from kit._proc import wait_until
 from kit.errors import CommandNotFound, InvalidSpec, StartFailed
 from kit.runtimes import qemu as qemu_rt
-from kit.runtimes.base import Instance
+from kit.runtimes.base import Context, Instance
 from kit.spec import RunSpec
 from kit.vm import accel
 from kit.vm.kernel import Kernel
@@ -119,7 +119,8 @@ def test_vm_state_lives_on_the_instance_and_one_cleanup_tears_it_down(tmp_path):
     rt = qemu_rt.QemuRuntime()
     insts = [Instance(name=f"v{i}", runtime="qemu", image=None, id=f"kit-t-v{i}",
                                         spec=RunSpec(image="busybox", command=["true"], name=f"v{i}"),
-                                        state_dir=tmp_path / f"v{i}") for i in range(2)]
+                                        state_dir=tmp_path / f"v{i}", ctx=Context("t", "s", tmp_path))
+             for i in range(2)]
     torn = []
     for inst in insts:
         vm = object.__new__(qemu_rt._VM)
@@ -154,7 +155,7 @@ def _qemu_of(name: str) -> list[int]:
 
 def _assert_nothing_left(name: str) -> None:
     kit.api.wait_for_teardown(name)  # foreground runs are removed in the background
-    state = kit.config.state_dir() / name
+    state = kit.api.default_session().state_dir / name
     left = sorted(str(p.relative_to(state)) for p in state.rglob("*")) if state.exists() else []
     assert not state.exists(), f"{state} left behind: {left}"
     wait_until(lambda: not _qemu_of(name), 10, what=f"QEMU of {name} to be gone")
@@ -281,7 +282,7 @@ def _ping(port: int) -> bytes | None:
 @vm_test
 def test_redis_vm_answers_ping_on_loopback(redis_vm):
     name, port, r = redis_vm
-    assert r.detached and r.info["boot"] == "disk"
+    assert r.result().detached and r.info["boot"] == "disk"
     assert wait_until(lambda: _ping(port), 60, interval=0.2, what="redis PING") == b"+PONG\r\n"
     row = kit.ps().set_index("name").loc[name]
     assert row["runtime"] == "qemu" and row["status"] == "running"
@@ -303,7 +304,8 @@ def test_exec_into_running_vm(redis_vm):
 @vm_test
 def test_stop_and_rm_leave_nothing(redis_vm):
     name, port, _ = redis_vm
-    rt, inst = kit.api.instance(name)
+    _h = kit.api.get(name)
+    rt, inst = _h.backend, _h.state
     pid = inst.proc.pid
     # Serving first (run alone, this test would otherwise stop a guest that is still booting).
     assert wait_until(lambda: _ping(port), 60, interval=0.2, what="redis PING") == b"+PONG\r\n"

@@ -185,8 +185,8 @@ def test_rootless_runc_is_root_inside_and_the_user_outside(py):
     got = as_user(py, """
         import json, os, psutil, kit
         r = kit.run("busybox", ["id", "-u"], runtime="runc")
-        kit.start("busybox", ["sleep", "60"], runtime="runc", name="owner")
-        rt, inst = kit.api._find("owner")
+        h = kit.start("busybox", ["sleep", "60"], runtime="runc", name="owner")
+        rt, inst = h.backend, h.state
         owners = sorted({psutil.Process(p).uids().real for p in rt.pids(inst)})
         root = str(rt.root)
         kit.rm("owner", force=True)

@@ -13,7 +13,8 @@ import pytest
 
 import kit
 import kit.api as api
-from kit import warm
+from kit import pool, warm
+from kit import session as ksession
 from kit.bench import Study, startup
 from kit.bench.workloads import IDLE, parse, started_at
 from tests.conftest import need, unique
@@ -30,7 +31,8 @@ class Background:
         self.work: list[tuple[str, float, float]] = []
         self.runs: list[tuple[str, float, float]] = []
         self.removed: dict[str, float] = {}
-        real_td, real_fill, real_run, real_discard = api._Teardown.run, warm.Pool.fill, api.run, api._discard
+        real_td, real_fill, real_run = ksession._Teardown.run, pool.Pool.fill, api.run
+        real_discard = ksession.Session._discard
 
         def td_run(td):
             t0 = time.time()
@@ -52,16 +54,16 @@ class Background:
                 self.runs.append((r.name, r.phases["requested"], r.phases["exited"]))
             return r
 
-        def discard(rt, inst):
+        def discard(session, inst):
             try:
-                real_discard(rt, inst)
+                real_discard(session, inst)
             finally:
                 self.removed[inst.name] = time.time()
 
-        monkeypatch.setattr(api._Teardown, "run", td_run)
-        monkeypatch.setattr(warm.Pool, "fill", fill)
+        monkeypatch.setattr(ksession._Teardown, "run", td_run)
+        monkeypatch.setattr(pool.Pool, "fill", fill)
         monkeypatch.setattr(api, "run", run)
-        monkeypatch.setattr(api, "_discard", discard)
+        monkeypatch.setattr(ksession.Session, "_discard", discard)
 
     def overlaps(self) -> list[str]:
         """Every (run, background work) pair whose spans overlap."""
@@ -74,14 +76,15 @@ def test_wait_until_quiet_waits_for_the_removal_and_the_refill():
     name = unique("quiet")
     r = kit.run("busybox", ["echo", name], runtime="runc", start="precreated", name=name)  # a new key: a miss
     assert r.info["pool"] == "miss"
-    assert warm.POOL.filling() > 0  # the refill is in flight as kit.run returns
+    session = api.default_session()
+    assert session.warm.filling() > 0  # the refill is in flight as kit.run returns
     try:
         api.wait_until_quiet()
-        assert warm.POOL.filling() == 0 and warm.POOL.count(warm.key(
-            kit.runtimes.get("runc"), kit.api._spec("busybox", ["echo", name], start="precreated"),
+        assert session.warm.filling() == 0 and session.warm.pool.count(pool.key(
+            kit.runtimes.get("runc"), session.spec("busybox", ["echo", name], start="precreated"),
             kit.images.get("busybox"))) == 1
-        assert not any(t.is_alive() for t in api._pending.values())
-        assert not (kit.config.state_dir() / name).exists()  # removed, not only returned
+        assert not any(t.is_alive() for t in session._pending.values())
+        assert not (session.state_dir / name).exists()  # removed, not only returned
     finally:
         warm.clear()
 
@@ -112,7 +115,7 @@ def test_teardown_is_timed_to_the_end_of_the_removal(runtime, monkeypatch):
     (_, requested, exited), = bg.runs
     gone = requested + v[("launch_to_exit", "")] + v[("teardown", "")]
     assert gone >= bg.removed[name]  # the removal was over when teardown stopped
-    assert not (kit.config.state_dir() / name).exists()
+    assert not (api.default_session().state_dir / name).exists()
 
 
 def _check_parts(df) -> None:

@@ -71,7 +71,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(runtime, names, vols):
         else:
             assert says in msg, (why, msg)
         assert name not in set(kit.ps()["name"]), why
-        assert not (config.state_dir() / name).exists(), why
+        assert not (kit.api.default_session().state_dir / name).exists(), why
     assert fresh not in volumes.names()
 
 
@@ -104,7 +104,8 @@ def test_instance_removal_keeps_the_volume_and_rm_refuses_in_use(names, vols):
               runtime="runc", name=name, volumes=[f"{v}:/d"])
     kit.wait_until(lambda: (Path(volumes.root(), v, "data", "f")).exists(), 10, what="the write")
     # A study's disk part counts the volume apart from the instance's own bytes.
-    rt, inst = kit.api.instance(name)
+    _h = kit.api.get(name)
+    rt, inst = _h.backend, _h.state
     rows, _ = disk.instance_rows(rt, inst, disk.Usage())
     by = {(r["metric"], r["component"]): r["value"] for r in rows}
     assert by[("volume_allocated", v)] >= 2**20

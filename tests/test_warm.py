@@ -12,7 +12,8 @@ import pytest
 
 import kit
 import kit.api
-from kit import criu, lifetime, warm
+from kit import lifetime, pool, warm
+from kit.runtimes import criu
 from kit._proc import wait_until
 from tests.conftest import need, unique
 
@@ -20,14 +21,14 @@ SCRIPT = 'echo "$$ $K $(pwd)"; echo oops >&2; exit 3'
 
 
 @pytest.fixture
-def pool():
-    """The session's pool, emptied afterwards whatever happened."""
-    yield warm.POOL
+def waiting():
+    """The default session's pool, emptied afterwards whatever happened."""
+    yield kit.api.default_session().warm.pool
     warm.clear()
 
 
 @pytest.mark.parametrize("runtime", ["runc", "runsc", "docker"])
-def test_precreated_runs_the_command_itself_from_a_waiting_container(runtime, pool):
+def test_precreated_runs_the_command_itself_from_a_waiting_container(runtime, waiting):
     need(runtime)
     results = []
     for _ in range(2):
@@ -44,13 +45,13 @@ def test_precreated_runs_the_command_itself_from_a_waiting_container(runtime, po
     # made after the first run exited.
     assert [r.info["warm"]["pool"] for r in results] == ["miss", "hit"]
     assert results[0].info["warm"]["id"] != results[1].info["warm"]["id"]
-    wait_until(lambda: pool.count() == 1, 60, what="the refill after the second run")
+    wait_until(lambda: waiting.count() == 1, 60, what="the refill after the second run")
     kit.api.wait_for_teardown()
     assert not [x for x in lifetime.leftovers(kit.config.SESSION_ID) if results[0].info["warm"]["id"] in x]
 
 
 @pytest.mark.parametrize("runtime", ["runc", "docker"])
-def test_a_pool_miss_is_measured_as_a_miss_with_its_preparation(runtime, pool):
+def test_a_pool_miss_is_measured_as_a_miss_with_its_preparation(runtime, waiting):
     need(runtime)
     argv = ["echo", unique("miss")]  # a command no pooled container has
 
@@ -72,7 +73,7 @@ def test_a_pool_miss_is_measured_as_a_miss_with_its_preparation(runtime, pool):
     assert hit.phases["launched"] - hit.phases["requested"] < hit.info["warm"]["prepare_s"]
 
 
-def test_detached_precreated_service_and_prepare_ahead(pool, names):
+def test_detached_precreated_service_and_prepare_ahead(waiting, names):
     need("runc")
     assert warm.prepare("busybox", ["sleep", "300"], "runc") == 1
     assert list(warm.ls()["command"]) == ["sleep 300"]
@@ -99,21 +100,22 @@ def test_a_mode_the_runtime_does_not_offer_is_refused_before_anything_starts(run
         kit.run(image, ["true"], runtime=runtime, start=mode, name=name)
     msg = str(e.value)
     assert f"start mode {mode!r} is not offered by runtime {runtime!r} {says}" in msg and "\n" not in msg
-    assert not (kit.config.state_dir() / name).exists()
+    assert not (kit.api.default_session().state_dir / name).exists()
 
 
-def test_precreated_with_ports_is_refused(pool):
+def test_precreated_with_ports_is_refused(waiting):
     need("runc")
     with pytest.raises(kit.errors.InvalidSpec, match="takes no ports"):
         kit.run("busybox", ["true"], runtime="runc", start="precreated", ports=["18555:80"])
-    assert pool.count() == 0
+    assert waiting.count() == 0
 
 
 def test_pool_is_bounded_and_cleared_without_leftovers():
     need("runc")
     rt = kit.runtimes.get("runc")
     img = kit.images.get("busybox")
-    small = warm.Pool(per_key=1, limit=2)
+    session = kit.api.default_session()
+    small = pool.Pool(session.context, per_key=1, limit=2)
     specs = [kit.spec.RunSpec(image="busybox", command=["echo", str(i)], start="precreated") for i in range(3)]
     try:
         for s in specs:
@@ -121,7 +123,7 @@ def test_pool_is_bounded_and_cleared_without_leftovers():
         assert small.count() == 2  # the oldest went when the third came
         assert small.take(rt, specs[0], img) == (None, False)
         ids = list(small.ls()["id"])
-        dirs = [kit.config.state_dir() / i.split("-", 2)[2] for i in ids]
+        dirs = [session.state_dir / i.split("-", 3)[3] for i in ids]
         assert all(d.is_dir() for d in dirs) and all((rt.root / i).is_dir() for i in ids)
     finally:
         gone = small.clear()
@@ -130,11 +132,11 @@ def test_pool_is_bounded_and_cleared_without_leftovers():
     assert not any(i in open("/proc/mounts").read() for i in ids)
 
 
-def test_prune_removes_the_pool(pool):
+def test_prune_removes_the_pool(waiting):
     need("runc")
     warm.prepare("busybox", ["echo", "pruned"], "runc")
     assert any(x.startswith("warm runc container") for x in kit.prune(dead_sessions=False))
-    assert pool.count() == 0
+    assert waiting.count() == 0
 
 
 @pytest.mark.slow
@@ -189,7 +191,7 @@ class _Fake:
 
 
 def test_criu_probe_and_runc_checkpoint_restore_command_lines(tmp_path, monkeypatch):
-    monkeypatch.setattr("kit.runtimes.base.which", lambda *n: "/usr/sbin/criu")
+    monkeypatch.setattr("kit.runtimes.criu.which", lambda *n: "/usr/sbin/criu")
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     bad = _Fake(1, b"Error (criu/vdso.c:381): vdso: Unexpected rt vDSO area bounds\n"
                    b"Error (criu/kerndat.c:1615): kerndat_vdso_fill_symtable failed\n")
@@ -212,7 +214,7 @@ def test_criu_probe_and_runc_checkpoint_restore_command_lines(tmp_path, monkeypa
         criu.restore(cli, "x", tmp_path / "img", tmp_path / "b", tmp_path / "p", runner=bad)
 
 
-def test_study_measures_each_offered_start_mode_and_compares_warm_with_cold(pool):
+def test_study_measures_each_offered_start_mode_and_compares_warm_with_cold(waiting):
     need("runc")
     from kit.bench import Study
 
@@ -248,7 +250,7 @@ def test_study_measures_each_offered_start_mode_and_compares_warm_with_cold(pool
         Study(starts=["tepid"])
 
 
-def test_magic_start_option(ip, pool):
+def test_magic_start_option(ip, waiting):
     need("runc")
     need("lxc")
     r = ip.run_line_magic("container", "run --start precreated -r runc busybox echo warm")
@@ -331,7 +333,7 @@ def test_runc_snapshot_checkpoints_a_service_once_and_restores_it(tmp_path, monk
         # the miss made its checkpoint inside its clock, as a VM snapshot miss builds its template
         made = results[0].info["snapshot"]["checkpoint_s"]
         assert results[0].phases["launched"] - results[0].phases["requested"] >= made
-        assert all(kit.api.instance(n)[0].running(kit.api.instance(n)[1]) for n in names)
+        assert all(kit.api.get(n).backend.running(kit.api.get(n).state) for n in names)
         p = results[1].phases
         assert p["requested"] <= p["launched"] <= p["started"]
         calls = [json.loads(x) for x in (tmp_path / "calls.jsonl").read_text().splitlines()]
@@ -342,7 +344,7 @@ def test_runc_snapshot_checkpoints_a_service_once_and_restores_it(tmp_path, monk
         restores = [c for c in cmds if "restore" in c]
         assert len(restores) == 2
         for r, inst_name in zip(restores, names):
-            inst = kit.api.instance(inst_name)[1]
+            inst = kit.api.get(inst_name).state
             assert r[r.index("restore"):] == criu.restore_argv(
                 [], inst.id, images, inst.state_dir / "bundle", inst.state_dir / "container.pid", inst.state_dir / "criu")
         for n in names:

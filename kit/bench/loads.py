@@ -359,12 +359,12 @@ def start(load: Load, runtime: str, name: str, timeout: float = 300.0, memory="5
             _write_private(Path(live.secretdir) / "sysbench.cfg",
                            f"mysql-user={DB_USER}\nmysql-password={live.secret}\n")
     try:
-        api.start(load.image, cmd, runtime=runtime, name=name, ports=ports, **kw)
+        handle = api.start(load.image, cmd, runtime=runtime, name=name, ports=ports, **kw)
     except BaseException:
         _remove_dirs(live)
         raise
     try:
-        rt_, inst = api.instance(name)
+        rt_, inst = handle.backend, handle.state
 
         probe: dict = {}
 
@@ -586,7 +586,8 @@ def measure(live: Instance, seconds: float = 5.0, count: int | None = None, dead
     if path not in PATHS:
         raise KitError(f"load path {path!r}: one of {', '.join(PATHS)}")
     direct = path == "direct" and load.where == "host"
-    rt, inst = api.instance(live.name)
+    handle = api.get(live.name)
+    rt, inst = handle.backend, handle.state
     count = count or load.defaults.get("count", 10**6)
     # a VM under TCG runs a count-bounded tool an order of magnitude slower, and a timed-out exec
     # leaves the guest without exec: a deadline it does not reach on a busy host
@@ -717,7 +718,7 @@ def run(loads, runtimes, repeat: int = 3, warmup: int = 1, seconds: float = 5.0,
                         try:
                             d = "/kit-vol" if volume and rt in vols else _scratch(live)
                             rows, raw = measure(live, seconds, (counts or {}).get(lname), directory=d, path=path)
-                            accel = str(api.instance(live.name)[1].info.get("accel", ""))
+                            accel = str(api.get(live.name).info.get("accel", ""))
                             emit([{**ctx, **row, "status": "ok", "raw": raw, "accel": accel} for row in rows])
                         except (KitError, OSError, subprocess.SubprocessError) as e:
                             emit([{**ctx, "metric": "failed", "value": 1, "component": "direct" if path == "direct"

@@ -20,80 +20,14 @@ Definitions of every figure are in :data:`kit.bench.metrics.METRICS`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import psutil
 
-from .. import api, cgroups
+from .. import api
 from .. import runtimes as _runtimes
 from .._proc import wait_until
 from ..errors import KitError, KitTimeout
-
-class PartialMemory(KitError):
-    """Some processes of a memory figure could not be read: the figure would be too small."""
-
-
-@dataclass
-class Reading:
-    """The memory of a set of processes: those read (``procs``: pid, name, pss, uss, rss) and those
-    that exist but could not be read (``unreadable``: pid, name, why)."""
-
-    procs: list[dict] = field(default_factory=list)
-    unreadable: list[dict] = field(default_factory=list)
-
-    def total(self, metric: str) -> int:
-        return sum(p[metric] for p in self.procs)
-
-    @property
-    def pss(self) -> int:
-        return self.total("pss")
-
-    @property
-    def status(self) -> str:
-        """``ok``, or ``partial: ...`` naming the processes left out and why."""
-        if not self.unreadable:
-            return "ok"
-        who = ", ".join(f"{u['pid']} {u['name']} ({u['why']})" for u in self.unreadable[:5])
-        more = f" and {len(self.unreadable) - 5} more" if len(self.unreadable) > 5 else ""
-        return (f"partial: {len(self.unreadable)} of {len(self.procs) + len(self.unreadable)} processes could not "
-                f"be read: {who}{more}")
-
-    def checked(self) -> "Reading":
-        """This reading, or :class:`PartialMemory` when a process could not be read."""
-        if self.unreadable:
-            raise PartialMemory(self.status.replace("partial: ", "memory figure incomplete: ", 1)
-                                + " (run as their owner or as root to measure them)")
-        return self
-
-
-def read(pids) -> Reading:
-    """PSS, USS and RSS of each of ``pids``: a process that has ended is left out (it holds no memory),
-    one that cannot be read is listed in ``unreadable`` with why."""
-    out = Reading()
-    for pid in sorted(set(pids)):
-        try:
-            p = psutil.Process(pid)
-            name = label(p)
-            info = p.memory_full_info()
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
-            continue
-        except psutil.AccessDenied as e:
-            out.unreadable.append({"pid": pid, "name": _name_or_pid(pid), "why": f"access denied: {e.msg or 'smaps'}"})
-            continue
-        if not hasattr(info, "pss"):  # no PSS from this kernel/platform: never stand in USS for it
-            out.unreadable.append({"pid": pid, "name": name, "why": "no PSS reported"})
-            continue
-        out.procs.append({"pid": pid, "name": name, "pss": info.pss, "uss": info.uss, "rss": info.rss})
-    return out
-
-
-def _name_or_pid(pid: int) -> str:
-    try:
-        return psutil.Process(pid).name()
-    except psutil.Error:
-        return f"pid {pid}"
-
+from ..usage import PartialMemory, Reading, cgroup_memory, label, read  # noqa: F401  (this module's figures)
 
 def process_memory(pids) -> list[dict]:
     """PSS, USS and RSS of each process that still exists (pid, name, pss, uss, rss).
@@ -105,26 +39,6 @@ def process_memory(pids) -> list[dict]:
     return read(pids).checked().procs
 
 
-def label(p: psutil.Process) -> str:
-    """A process's name for a breakdown: its command name, or for a re-executed ``/proc/self/exe``
-    (runsc's gofer and sandbox) its argv[0]; a child without argv (gVisor's ptrace stubs) is
-    named after its parent."""
-    name = p.name()
-    if name != "exe":
-        return name
-    try:
-        argv = p.cmdline()
-        if argv:
-            return argv[0].rsplit("/", 1)[-1]
-        parent = p.parent()
-        if parent is None:
-            return name
-        up = label(parent)
-        return up if up.endswith(" child") else f"{up} child"
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return name
-
-
 def total_pss(pids) -> int:
     """The PSS of ``pids`` summed.
 
@@ -132,26 +46,6 @@ def total_pss(pids) -> int:
         PartialMemory: a process could not be read (the sum would be too small).
     """
     return read(pids).checked().pss
-
-
-def _group(path) -> cgroups.Cgroup | None:
-    """The kit's Cgroup view of an absolute memory-cgroup directory."""
-    if path is None:
-        return None
-    p = Path(path)
-    base = cgroups.ROOT if cgroups.version() == 2 else cgroups.ROOT / "memory"
-    try:
-        return cgroups.Cgroup(str(p.relative_to(base)))
-    except ValueError:
-        return None
-
-
-def cgroup_memory(path) -> tuple[int | None, int | None]:
-    """(usage, working set) of the memory cgroup at ``path``; (None, None) without one."""
-    group = _group(path)
-    if group is None or not group.exists():
-        return None, None
-    return group.memory_usage(), group.working_set()
 
 
 def steady(pids_fn, timeout: float = 20.0, tolerance: float = 0.02, gap: float = 0.5) -> Reading:

@@ -1,12 +1,11 @@
 """Startup: time one run from launch to exit or readiness, and its teardown.
 
-Only the public API is used (``kit.run``, ``kit.start``, ``kit.rm``,
-``kit.api.instance``, ``kit.api.wait_for_teardown``), so what is timed is what a
-user gets. Times come from the phases the instance records plus the host clock
-around the calls.
+Only the public API is used (``kit.run``, ``kit.start`` and the handle it returns,
+``kit.rm``, ``kit.api.wait_for_teardown``), so what is timed is what a user gets.
+Times come from the phases the instance records plus the host clock around the calls.
 
-Every runtime's clock starts at the same moment: ``requested``, stamped by
-:mod:`kit.api` just before it hands the instance to the runtime. What the kit
+Every runtime's clock starts at the same moment: ``requested``, stamped by the
+session (:meth:`kit.Session.run`) just before it hands the instance to the runtime. What the kit
 and the runtime do before the runtime's own process or API call starts
 (overlay, bundle, cgroup, disk; Docker's image check; a warm start's container
 or template when none was waiting) is the phase ``prepare`` = ``launched`` -
@@ -143,10 +142,9 @@ def start(runtime: str, image: str, workload: Workload, name: str, timeout: floa
     port = free_port() if workload.needs_port else None
     api.wait_until_quiet()
     t_call = time.time()
-    api.start(image, workload.command(port, host_network=_runtimes.get(runtime).host_network), runtime=runtime, name=name,
-              memory=memory, start=start_mode,
-              ports=[(port, port)] if port else ())
-    rt, inst = api.instance(name)
+    handle = api.start(image, workload.command(port, host_network=_runtimes.get(runtime).host_network), runtime=runtime,
+                       name=name, memory=memory, start=start_mode, ports=[(port, port)] if port else ())
+    rt, inst = handle.backend, handle.state
     live = Live(name, rt, inst, port, t_call)
     try:
         def ready():

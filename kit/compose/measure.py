@@ -126,7 +126,8 @@ def memory(stack):
     s = get(stack)
     rows = []
     for name, unit in s.units.items():
-        rt, inst = api.instance(name)
+        handle = api.get(name)
+        rt, inst = handle.backend, handle.state
         mem.settle(lambda: mem.host_pids(rt, inst))
         got = {r["metric"]: r for r in mem.instance_rows(rt, inst) if r["metric"] in ("pss", "uss")}
         monitor = sum(r["value"] for r in mem.instance_rows(rt, inst) if r["metric"] == "monitor_pss")
@@ -148,7 +149,8 @@ def disk(stack):
     s = get(stack)
     rows = []
     for name, unit in s.units.items():
-        rt, inst = api.instance(name)
+        handle = api.get(name)
+        rt, inst = handle.backend, handle.state
         _, usages = dk.image_rows(images.get(unit.image))
         shared = dk.shared_usage(rt.name, usages, inst)
         inst_rows, own = dk.instance_rows(rt, inst, shared)

@@ -62,6 +62,23 @@ def docker_socket_reason(host: str) -> str:
     return f"permission denied on {sock}: {how} or set DOCKER_HOST to a rootless daemon"
 
 
+def connect(timeout: float | None = 60, error: type[KitError] = RuntimeUnavailable):
+    """A new ``docker`` SDK client for the local daemon (``DOCKER_HOST``), with ``timeout`` on every
+    call: the one way the kit reaches Docker. Its owner closes it (a :class:`kit.Session` owns one).
+
+    Raises:
+        ``error``: the SDK is missing or no daemon answers (with what to do).
+    """
+    try:
+        import docker
+    except ImportError:
+        raise error("the docker Python SDK is not installed: pip install docker (or run 'make setup')") from None
+    try:
+        return docker.from_env(timeout=timeout)
+    except docker.errors.DockerException:
+        raise error(daemon_unreachable()) from None
+
+
 def docker_client(timeout: float | None = 60, error: type[KitError] = RuntimeUnavailable):
     """A cached ``docker`` SDK client for the local daemon, with ``timeout`` on every call.
 
@@ -71,14 +88,7 @@ def docker_client(timeout: float | None = 60, error: type[KitError] = RuntimeUna
     with _lock:
         if timeout in _clients:
             return _clients[timeout]
-    try:
-        import docker
-    except ImportError:
-        raise error("the docker Python SDK is not installed: pip install docker (or run 'make setup')") from None
-    try:
-        client = docker.from_env(timeout=timeout)
-    except docker.errors.DockerException:
-        raise error(daemon_unreachable()) from None
+    client = connect(timeout, error)
     with _lock:
         # Two threads may both have made one: every caller gets the first (the other is dropped).
         return _clients.setdefault(timeout, client)

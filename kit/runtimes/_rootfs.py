@@ -102,7 +102,7 @@ def workdir(spec, image) -> str:
 
 
 def kit_cgroup(inst):
-    """The cgroup the instance is measured by, ``kit/<session>-<name>``; None when this host
+    """The cgroup the instance is measured by, ``kit/<owner>-<session>-<name>``; None when this host
     gives the kit no cgroups (not root).
 
     With a memory or CPU limit the kit creates the group, limits it, and the runtime places the
@@ -112,13 +112,13 @@ def kit_cgroup(inst):
     kit's (about 0.35 ms on cgroup v1); usage and PIDs are read from it all the same, and
     whatever the runtime leaves of it goes at teardown.
     """
-    from .. import cgroups, config
+    from .. import cgroups
 
     if cgroups.writable() is not None:
         if inst.spec.memory or inst.spec.cpus:
             raise StartFailed(f"cannot apply memory/cpu limits: {cgroups.writable()}")
         return None
-    group = cgroups.for_instance(config.SESSION_ID, inst.name)
+    group = inst.kit_cgroup()
     if inst.spec.memory or inst.spec.cpus:
         group.create(inst.spec.memory, inst.spec.cpus)
     return group

@@ -17,11 +17,12 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
-from .. import cgroups, config, userns
+from .. import cgroups, userns
 from .._proc import Pumped, Stream
 from ..cgroups import Cgroup
-from ..errors import LimitsUnavailable
+from ..errors import InvalidSpec, LimitsUnavailable
 from ..images import Image
 from ..spec import MIN_MEMORY, RunSpec
 
@@ -36,6 +37,30 @@ class Availability:
     version: str = ""
     reason: str = ""
     info: dict = field(default_factory=dict)
+
+
+def _no_docker():
+    from ..errors import RuntimeUnavailable
+
+    raise RuntimeUnavailable("this instance's session gives it no Docker client")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a runtime is given by the session that starts an instance (it never imports upward).
+
+    Attributes:
+        owner: the process's id (:data:`kit.config.SESSION_ID`): labels, the reaper, sweeps.
+        session: the :class:`kit.Session`'s own short token: with the owner's id in every runtime id
+            (``kit-<owner>-<session>-<name>``), two sessions of one process can both have a ``web``.
+        state_root: the session's directory, ``$KIT_HOME/run/<owner>/<session>``.
+        docker: returns the session's Docker client (made on first use; the one way to the daemon).
+    """
+
+    owner: str
+    session: str
+    state_root: Path
+    docker: Callable[[], Any] = _no_docker
 
 
 @dataclass
@@ -60,6 +85,7 @@ class Instance:
     image: Image | None
     id: str
     state_dir: Path
+    ctx: Context
     proc: Pumped | None = None
     cgroup: Cgroup | None = None
     created_at: float = field(default_factory=time.time)
@@ -82,6 +108,24 @@ class Instance:
     timed_out: bool = False
     removed: bool = False
 
+    def adopt(self, made: "Instance") -> None:
+        """Become ``made``, an instance of this runtime created ahead of time for the same spec (a
+        warm pool's container, :mod:`kit.pool`): its id, state directory, process, cgroup, namespace
+        handle and info; this instance's own (still empty) state directory goes."""
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        self.id, self.state_dir, self.proc, self.cgroup = made.id, made.state_dir, made.proc, made.cgroup
+        self.netns_fd, made.netns_fd = made.netns_fd, None
+        self.info.update(made.info)
+
+    @property
+    def tag(self) -> str:
+        """``<owner>-<session>-<name>``: unique on this host; the runtime id is ``kit-<tag>``."""
+        return f"{self.ctx.owner}-{self.ctx.session}-{self.name}"
+
+    def kit_cgroup(self) -> Cgroup:
+        """The kit's cgroup of this instance, ``kit/<owner>-<session>-<name>`` (not created here)."""
+        return cgroups.for_instance(self.ctx.owner, f"{self.ctx.session}-{self.name}")
+
     @property
     def stdout_path(self) -> Path:
         return self.state_dir / "stdout.log"
@@ -99,6 +143,8 @@ class Runtime(ABC):
 
     name: str = "?"
     kind: str = "container"
+    #: The record of its instances: :class:`Instance`, or a subclass with the runtime's own typed state.
+    state_class: type[Instance] = Instance
     #: Where the image's root filesystem must be (False: the runtime ignores images).
     uses_image: bool = True
     #: Whether the runtime mounts ``RunSpec.volumes`` / joins ``RunSpec.network``; the API refuses
@@ -111,6 +157,11 @@ class Runtime(ABC):
     #: The start modes (:data:`kit.spec.START_MODES`) this runtime honours; the API refuses others
     #: before anything starts, saying why (:meth:`start_mode_refusal`).
     start_modes: tuple[str, ...] = ("cold",)
+    #: The start modes :meth:`start` itself honours (a VM restores its own templates there). A mode of
+    #: :attr:`start_modes` not listed here goes through the session's warm pool (:mod:`kit.pool`), which
+    #: calls the optional methods the mode needs: :meth:`create` and :meth:`start_created` for
+    #: ``precreated``, :meth:`checkpoint` and :meth:`restore` for ``snapshot``.
+    own_start_modes: tuple[str, ...] = ("cold",)
     #: Whether a memory/CPU limit is a cgroup the kit makes (:func:`kit.cgroups.for_instance`), so an
     #: ordinary user needs one they may write (:meth:`limits_refusal`); False where the runtime's own
     #: machinery enforces it (Docker's daemon, a VM's guest size).
@@ -215,12 +266,41 @@ class Runtime(ABC):
         why = self.limits_refusal()
         return f"refused ({why})" if why else "enforced (delegated cgroup v2)"
 
+    # -- optional start modes (declared by start_modes) ---------------------
+    def _refuse(self, mode: str) -> InvalidSpec:
+        return InvalidSpec(self.start_mode_refusal(mode) or f"runtime {self.name!r} does not implement {mode!r}")
+
+    def create(self, inst: Instance) -> None:
+        """``precreated``, first half: make the instance, its command fixed but not started (``runc
+        create``, ``docker create``), ahead of the request that starts it.
+
+        Raises:
+            InvalidSpec: this runtime does not offer ``precreated`` (the default).
+        """
+        raise self._refuse("precreated")
+
+    def start_created(self, inst: Instance, stream: Stream | None = None) -> None:
+        """``precreated``, second half: start what :meth:`create` made (``inst`` has adopted it), its output
+        to ``stream`` from now on; stamps ``started``."""
+        raise self._refuse("precreated")
+
+    def checkpoint(self, inst: Instance, directory: Path) -> None:
+        """``snapshot``: save the running ``inst`` into ``directory`` (which may end it), for :meth:`restore`."""
+        raise self._refuse("snapshot")
+
+    def restore(self, inst: Instance, directory: Path, stream: Stream | None = None) -> None:
+        """``snapshot``: start ``inst`` as the service :meth:`checkpoint` saved in ``directory``; stamps
+        ``launched`` and ``started``."""
+        raise self._refuse("snapshot")
+
     # -- lifecycle ---------------------------------------------------------
-    def new_instance(self, spec: RunSpec, image: Image | None) -> Instance:
-        state = config.state_dir() / spec.name
+    def new_instance(self, spec: RunSpec, image: Image | None, ctx: Context) -> Instance:
+        """The record of an instance of ``spec`` in ``ctx``'s session, its state directory made
+        (FileExistsError: that session has one of this name)."""
+        state = ctx.state_root / spec.name
         state.mkdir(parents=True, exist_ok=False)
-        return Instance(name=spec.name, runtime=self.name, spec=spec, image=image,
-                        id=f"kit-{config.SESSION_ID}-{spec.name}", state_dir=state)
+        return self.state_class(name=spec.name, runtime=self.name, spec=spec, image=image,
+                                id=f"kit-{ctx.owner}-{ctx.session}-{spec.name}", state_dir=state, ctx=ctx)
 
     @abstractmethod
     def start(self, inst: Instance, stream: Stream | None = None) -> None:

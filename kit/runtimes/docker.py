@@ -31,7 +31,6 @@ from pathlib import Path
 
 import psutil
 
-from .. import config
 from .._proc import Stream, deliver
 from ..cgroups import Cgroup
 from ..cgroups import version as cgroup_version
@@ -91,7 +90,7 @@ class DockerRuntime(Runtime):
         ref = engine.ensure_in_docker(self.client, inst.image)
         inst.info["docker_image"] = ref
         inst.phases["image_ready"] = time.time()
-        labels = {"kit.session": config.SESSION_ID, "kit.name": inst.name, "kit.managed": "1"}
+        labels = {"kit.session": inst.ctx.owner, "kit.name": inst.name, "kit.managed": "1"}
         api = self.client.api
         host = {"read_only": spec.read_only or None}
         net = inst.net

@@ -34,15 +34,17 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import cgroups, config, mounts, userns
-from .._proc import Pumped, Stream, kill_group, run, wait_until
+from .._proc import Pumped, Stream, kill_group, last_line, run, wait_until
 from ..errors import KitError, KitTimeout, StartFailed
 from ..portfwd import Forwarder, new_loopback_netns, setns
 from ..spec import RunSpec
-from . import _rootfs, _rootless_oci, hardening
+from . import _rootfs, _rootless_oci, criu, hardening
 from .base import Availability, Instance, Runtime, exec_cli, which
 
 #: ``runc spec``'s defaults: the capabilities, masked and read-only paths of a plain container.
@@ -129,6 +131,60 @@ def runtime_root(binary: str) -> Path:
     return base / binary
 
 
+#: The subreaper of a pre-created or restored container: ``python -S -c SHIM PIDFILE RUNTIME-ARGV...``
+#: runs ``runtime create`` (or ``restore --detach``), which exits once the container exists and would
+#: orphan its init; the shim adopts that init (PR_SET_CHILD_SUBREAPER) and exits with its exit code
+#: (128+N on signal N), so the kit waits for the shim as it waits for ``runc run`` in a cold start,
+#: and the container's stdout/stderr pipes are the shim's.
+SHIM = r"""
+import ctypes, os, sys
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)
+pidfile, argv = sys.argv[1], sys.argv[2:]
+pid = os.fork()
+if pid == 0:
+    os.execv(argv[0], argv)
+_, st = os.waitpid(pid, 0)
+code = os.waitstatus_to_exitcode(st)
+if code:
+    os._exit(code if code > 0 else 128 - code)
+with open(pidfile) as f:
+    ctr = int(f.read())
+while True:
+    try:
+        p, st = os.waitpid(-1, 0)
+    except ChildProcessError:
+        os._exit(255)
+    if p == ctr:
+        code = os.waitstatus_to_exitcode(st)
+        os._exit(code if code >= 0 else 128 - code)
+"""
+#: Seconds a ``create`` or ``restore`` may take before it is abandoned (and cleaned up).
+CREATE_DEADLINE = 60.0
+
+
+class Relay:
+    """The stream of a pre-created container's output: nobody's until a run starts it."""
+
+    def __init__(self):
+        self.target: Stream | None = None
+
+    def __call__(self, label: str, data: bytes) -> None:
+        if self.target is not None:
+            self.target(label, data)
+
+
+@dataclass
+class OCIState(Instance):
+    """An OCI instance: ``relay`` carries a pre-created container's output to the run that starts it."""
+
+    relay: Relay | None = None
+
+    def adopt(self, made: "Instance") -> None:
+        super().adopt(made)
+        if isinstance(made, OCIState):
+            self.relay, made.relay = made.relay, None
+
+
 class OCIRuntime(Runtime):
     """runc or crun (same command line, same bundle).
 
@@ -137,6 +193,7 @@ class OCIRuntime(Runtime):
     """
 
     kind = "container"
+    state_class = OCIState
     supports_networks = True  # kit.networks: joins the network's namespace
     supports_volumes = True  # kit.volumes: bind mounts (build_config)
     limits_in_kit_cgroup = True  # the container's cgroup below the kit's limited group (_rootfs.kit_cgroup)
@@ -148,9 +205,7 @@ class OCIRuntime(Runtime):
     @property
     def start_modes(self) -> tuple[str, ...]:  # type: ignore[override]
         """``precreated``: ``create`` ahead, ``start`` on demand; ``snapshot`` (runc, where CRIU works):
-        ``runc restore`` of a checkpointed service (:mod:`kit.warm`)."""
-        from .. import criu
-
+        ``runc restore`` of a checkpointed service (:meth:`create`, :meth:`restore`; :mod:`kit.pool`)."""
         if userns.active():
             return ("cold",)
         return ("cold", "precreated") + (("snapshot",) if self.binary == "runc" and criu.probe().works else ())
@@ -189,8 +244,6 @@ class OCIRuntime(Runtime):
     def _probe_info(self) -> dict:
         info = {"cgroups": cgroups.describe()}
         if self.binary == "runc":  # checkpoint/restore (a snapshot start) needs a working CRIU
-            from .. import criu
-
             info["criu"] = criu.probe().summary
         return info
 
@@ -199,8 +252,6 @@ class OCIRuntime(Runtime):
             return ("not yet for an ordinary user (rootless): the container is created and started through the "
                     "kit's user-namespace launcher in one step")
         if mode == "snapshot" and self.binary == "runc":
-            from .. import criu
-
             return f"CRIU does not work here ({criu.probe().reason})"
         if mode == "snapshot":
             return f"the kit drives no checkpoint/restore of {self.binary} (only of runc, where CRIU works)"
@@ -295,7 +346,7 @@ class OCIRuntime(Runtime):
 
     def prepare_bundle(self, inst: Instance) -> Path:
         """The kit's part of a start before the runtime runs (cgroup, rootfs, network, config.json),
-        each step timed; returns the bundle. Shared by cold starts and :mod:`kit.warm`'s ``create``."""
+        each step timed; returns the bundle. Shared by cold starts, :meth:`create` and :meth:`restore`."""
         spec = inst.spec
         with _rootfs.step(inst, "cgroup"):
             inst.cgroup = _rootfs.kit_cgroup(inst)
@@ -313,6 +364,63 @@ class OCIRuntime(Runtime):
             (bundle / "config.json").write_text(json.dumps(cfg))
             self.root.mkdir(parents=True, exist_ok=True)
         return bundle
+
+    # -- start modes: precreated (create, start_created), snapshot (checkpoint, restore) ----------
+    def create(self, inst: OCIState) -> None:
+        """``runc create`` under the subreaper (:data:`SHIM`); its output held by a :class:`Relay` until
+        :meth:`start_created`."""
+        bundle = self.prepare_bundle(inst)
+        pidfile = inst.state_dir / "container.pid"
+        inst.relay = Relay()
+        self._under_shim(inst, ["create", "--bundle", str(bundle), "--pid-file", str(pidfile), inst.id], pidfile,
+                         inst.relay, "create a container ahead of time")
+
+    def start_created(self, inst: OCIState, stream: Stream | None = None) -> None:
+        """``runc start`` of the container :meth:`create` made; its output to ``stream`` from now on."""
+        if inst.relay is not None:
+            inst.relay.target = None if inst.spec.detach else stream
+        p = self._ctl(inst, "start", inst.id, timeout=30)
+        if p.returncode != 0:
+            why = self.start_error(inst) or p.stderr.decode(errors="replace").strip() or f"exit {p.returncode}"
+            raise StartFailed(f"{self.name}: could not start the pre-created container: {why}")
+        inst.phases["started"] = time.time()
+
+    def checkpoint(self, inst: Instance, directory: Path) -> None:
+        """``runc checkpoint`` (CRIU) of the running service into ``directory/images``, which ends it; what
+        it wrote in its writable layer is kept at ``directory/upper``, so its restores find it again."""
+        criu.checkpoint(self._cli_for(inst), inst.id, directory / "images")
+        upper = inst.state_dir / "overlay" / "upper"
+        if upper.is_dir():
+            shutil.copytree(upper, directory / "upper", symlinks=True)
+
+    def restore(self, inst: Instance, directory: Path, stream: Stream | None = None) -> None:
+        """``runc restore --detach`` of :meth:`checkpoint`'s dump on a fresh bundle (the same files at the
+        same paths, its writable layer as saved), under the subreaper."""
+        bundle = self.prepare_bundle(inst)
+        if (directory / "upper").is_dir() and inst.info.get("rootfs") == "overlay":
+            shutil.copytree(directory / "upper", bundle / "rootfs", symlinks=True, dirs_exist_ok=True)
+        pidfile = inst.state_dir / "container.pid"
+        inst.phases["launched"] = time.time()
+        argv = criu.restore_argv([], inst.id, directory / "images", bundle, pidfile, inst.state_dir / "criu")
+        self._under_shim(inst, argv, pidfile, None if inst.spec.detach else stream, "restore the checkpoint")
+        inst.phases["started"] = time.time()
+
+    def _under_shim(self, inst: Instance, action: list[str], pidfile: Path, stream: Stream | None, what: str) -> None:
+        """Run ``<runtime> ACTION`` under :data:`SHIM`; return once ``pidfile`` names the container's
+        process (StartFailed with the runtime's reason if it ends first)."""
+        argv = [sys.executable, "-S", "-c", SHIM, str(pidfile), *self._cli_for(inst),
+                "--log", str(inst.state_dir / "runtime.log"), "--log-format", "json", *action]
+        inst.proc = Pumped(argv, inst.state_dir, stream=stream, preexec_fn=self._preexec(inst))
+        inst.info["runtime_root"] = str(self.root)
+
+        def done_or_failed():
+            if inst.proc.proc.poll() is not None:
+                return "failed"
+            return "done" if pidfile.exists() and pidfile.stat().st_size else None
+
+        if wait_until(done_or_failed, CREATE_DEADLINE, interval=0.005, what=f"{self.name} {action[0]}") == "failed":
+            why = self.start_error(inst) or last_line(inst.stderr_path) or f"exit {inst.proc.proc.returncode}"
+            raise StartFailed(f"{self.name}: could not {what}: {why}")
 
     def _rootfs(self, inst: Instance, target: Path) -> Path:
         """The container's root: the image's own rootfs when the run is read-only and the runtime

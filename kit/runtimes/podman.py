@@ -90,7 +90,7 @@ class PodmanRuntime(Runtime):
         inst.phases["launched"] = time.time()
         ref = self._ensure(inst.image)
         argv = ["podman", *global_args(), "run", "--name", inst.id, "--hostname", spec.hostname,
-                "--label", f"kit.session={config.SESSION_ID}", "--label", f"kit.name={inst.name}",
+                "--label", f"kit.session={inst.ctx.owner}", "--label", f"kit.name={inst.name}",
                 "--label", "kit.managed=1"]
         if spec.ports:
             for host, cont in spec.ports:

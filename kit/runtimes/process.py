@@ -12,7 +12,6 @@ import platform
 import subprocess
 import time
 
-from .. import cgroups, config
 from .._proc import Pumped, Stream, kill_group
 from ..errors import StartFailed
 from .base import Availability, Instance, Runtime, exec_cli
@@ -34,7 +33,7 @@ class ProcessRuntime(Runtime):
     def start(self, inst: Instance, stream: Stream | None = None) -> None:
         spec = inst.spec
         if spec.memory or spec.cpus:
-            inst.cgroup = cgroups.for_instance(config.SESSION_ID, inst.name).create(spec.memory, spec.cpus)
+            inst.cgroup = inst.kit_cgroup().create(spec.memory, spec.cpus)
         env = dict(os.environ)
         env.update(spec.env)
         group = inst.cgroup

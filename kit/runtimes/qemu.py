@@ -86,7 +86,10 @@ class QemuRuntime(Runtime):
     supports_volumes = True  # kit.volumes: QEMU's own 9p server (virtio-9p), mounted by the guest init
     min_memory = MIN_MEMORY  # the guest's RAM: the kernel and initramfs must fit
     min_memory_what = "a VM"
-    start_modes = ("cold", "snapshot")  # snapshot: restored from a VM template (kit.vm.templates)
+    start_modes = ("cold", "snapshot")
+    #: snapshot: start() restores a VM template (kit.vm.templates), a cache of its own kept host-wide
+    #: and keyed by the machine, not a checkpoint of a service of the spec (the spec is sent after)
+    own_start_modes = ("cold", "snapshot")
 
     def __init__(self, qemu: str = machine.QEMU):
         super().__init__()

@@ -21,8 +21,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._proc import run as _run
-from .errors import StartFailed
+from .._proc import run as _run
+from ..errors import StartFailed
+from .base import which
 
 CHECK_TIMEOUT = 20.0
 
@@ -58,8 +59,6 @@ def probe(refresh: bool = False, runner=None) -> CriuVerdict:
 
 
 def _probe(runner) -> CriuVerdict:
-    from .runtimes.base import which
-
     path = which("criu")
     if path is None:
         return CriuVerdict(False,
