@@ -26,7 +26,7 @@ from . import usage
 from ._proc import Stream
 from .errors import InstanceNotFound, InvalidSpec, KitTimeout
 from .result import RunResult
-from .runtimes.base import Instance as InstanceState
+from .runtimes.base import InstanceState
 from .runtimes.base import Runtime
 from .spec import check_argv
 

@@ -48,7 +48,7 @@ from typing import Callable
 from ._proc import Stream, last_line
 from .errors import InvalidSpec, KitError, KitTimeout, StartFailed
 from .runtimes.base import Context, Runtime
-from .runtimes.base import Instance as InstanceState
+from .runtimes.base import InstanceState
 
 #: Waiting containers per key, and in all.
 PER_KEY = 1

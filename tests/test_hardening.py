@@ -74,13 +74,13 @@ def test_oci_config_has_the_filter_only_when_hardened():
 def _lxc_inst(harden: bool):
     from pathlib import Path
 
-    from kit.runtimes.base import Context, Instance
+    from kit.runtimes.base import Context, InstanceState
 
     class Img:
         rootfs, config = Path("/images/x/rootfs"), {}
 
     spec = RunSpec(image="x", command=["true"], name="h", harden=harden)
-    return Instance(name="h", runtime="lxc", spec=spec, image=Img(), id="kit-s-h", state_dir=Path("/state/h"),
+    return InstanceState(name="h", runtime="lxc", spec=spec, image=Img(), id="kit-s-h", state_dir=Path("/state/h"),
                     ctx=Context("s", "t", Path("/state")))
 
 

@@ -17,7 +17,7 @@ from kit import cgroups, config, mounts
 from kit._proc import wait_until
 from kit.errors import StartFailed
 from kit.runtimes import lxc as lxc_mod
-from kit.runtimes.base import Context, Instance
+from kit.runtimes.base import Context, InstanceState
 from kit.runtimes.lxc import build_config
 from kit.spec import RunSpec
 
@@ -32,9 +32,9 @@ class _Group:
     rel = "kit/sess-web"
 
 
-def _inst(**kw) -> Instance:
+def _inst(**kw) -> InstanceState:
     spec = RunSpec(image="img", command=["sh"], name="web", **kw)
-    return Instance(name="web", runtime="lxc", spec=spec, image=_Img(), id="kit-sess-web",
+    return InstanceState(name="web", runtime="lxc", spec=spec, image=_Img(), id="kit-sess-web",
                     state_dir=Path("/state/web"), ctx=Context("sess", "t", Path("/state")))
 
 

@@ -42,7 +42,7 @@ def test_command_line_is_loopback_only_and_limited(rt, monkeypatch, tmp_path):
     monkeypatch.setattr(mod, "Pumped", lambda argv, *a, **k: seen.setdefault("argv", argv))
     spec = RunSpec(image="busybox", command=["sh", "-c", "echo $X; exit 3"], name="pm", memory=32 * 2**20,
                    cpus=1.5, env={"X": "a b"}, ports=[(18080, 80)], workdir="/tmp", hostname="inside")
-    inst = base.Instance(name="pm", runtime="podman", spec=spec, image=kit.images.get("busybox"), id="kit-s-pm",
+    inst = base.InstanceState(name="pm", runtime="podman", spec=spec, image=kit.images.get("busybox"), id="kit-s-pm",
                          state_dir=tmp_path, ctx=base.Context("s", "t", tmp_path))
     rt.start(inst)
     argv = seen["argv"]

@@ -16,7 +16,7 @@ from kit import config
 from kit._proc import wait_until
 from kit.errors import CommandNotFound, InvalidSpec, StartFailed
 from kit.runtimes import qemu as qemu_rt
-from kit.runtimes.base import Context, Instance
+from kit.runtimes.base import Context
 from kit.spec import RunSpec
 from kit.vm import accel
 from kit.vm.kernel import Kernel
@@ -117,7 +117,7 @@ def test_no_dev_kvm_is_never_cached(verdicts, monkeypatch):
 
 def test_vm_state_lives_on_the_instance_and_one_cleanup_tears_it_down(tmp_path):
     rt = qemu_rt.QemuRuntime()
-    insts = [Instance(name=f"v{i}", runtime="qemu", image=None, id=f"kit-t-v{i}",
+    insts = [qemu_rt.VMState(name=f"v{i}", runtime="qemu", image=None, id=f"kit-t-v{i}",
                                         spec=RunSpec(image="busybox", command=["true"], name=f"v{i}"),
                                         state_dir=tmp_path / f"v{i}", ctx=Context("t", "s", tmp_path))
              for i in range(2)]
@@ -125,15 +125,15 @@ def test_vm_state_lives_on_the_instance_and_one_cleanup_tears_it_down(tmp_path):
     for inst in insts:
         vm = object.__new__(qemu_rt._VM)
         vm.teardown = lambda inst=inst: torn.append(inst.name)
-        inst.handle = vm
-    assert rt.vm(insts[0]) is insts[0].handle is not insts[1].handle
+        inst.vm = vm
+    assert rt.vm(insts[0]) is insts[0].vm is not insts[1].vm
     threads = [threading.Thread(target=rt.cleanup, args=(insts[0],)) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(10)
-    assert torn == ["v0"] and insts[0].handle is None  # torn down once; the other VM untouched
-    assert rt.vm(insts[1]) is insts[1].handle
+    assert torn == ["v0"] and insts[0].vm is None  # torn down once; the other VM untouched
+    assert rt.vm(insts[1]) is insts[1].vm
     with pytest.raises(StartFailed, match="never started or is already removed"):
         rt.vm(insts[0])
 

@@ -166,3 +166,22 @@ def test_docker_client_is_the_sessions_own_and_closes_with_it():
     assert closed == [[]]  # closed last, after its container was removed
     with pytest.raises(InstanceNotFound):
         s.get("d")
+
+
+def test_every_info_key_written_or_read_is_written_down_once():
+    """What an instance's info may hold is kit.runtimes.base.Info: every key the kit's code writes or
+    reads on an instance record (its runtime's state, the pool's, the session's) is one of its keys."""
+    import re
+
+    from kit.runtimes.base import Info
+
+    record = r"\b(?:inst|state|tinst|made|self\.inst|self\.state|h|handle|r|result)\.info"
+    keys = set()
+    for path in (ROOT / "kit").rglob("*.py"):
+        text = path.read_text()
+        keys |= {(path.name, k) for k in re.findall(record + r"""(?:\[|\.get\(|\.setdefault\()["'](\w+)["']""", text)}
+        for body in re.findall(record + r"\.update\(\{([^}]*)\}", text):
+            keys |= {(path.name, k) for k in re.findall(r"""["'](\w+)["']\s*:""", body)}
+    assert len(keys) > 20, keys  # the search finds the writers (it would pass vacuously otherwise)
+    unknown = sorted((f, k) for f, k in keys if k not in Info.__annotations__)
+    assert unknown == [], unknown

@@ -10,9 +10,9 @@ import importlib
 import threading
 
 from ..errors import RuntimeUnavailable
-from .base import Availability, Instance, Runtime
+from .base import Availability, InstanceState, Runtime
 
-__all__ = ["Runtime", "Instance", "Availability", "get", "names", "available", "default_container_runtime"]
+__all__ = ["Runtime", "InstanceState", "Availability", "get", "names", "available", "default_container_runtime"]
 
 #: name -> (module, class, keyword arguments). Modules are imported on first use,
 #: so a backend whose Python dependency is missing only disables itself.

@@ -27,7 +27,7 @@ from pathlib import Path
 from .. import cgroups, userns
 from . import _rootfs
 
-#: What a writable rootless OCI root is (Instance.info["rootfs"]).
+#: What a writable rootless OCI root is (InstanceState.info["rootfs"]).
 ROOTFS_KIND = "overlay (in the kit's user namespace)"
 #: Run by ``sh -c`` as root of the kit's user namespace: mount the overlay (when there is one), then
 #: become the runtime. Data only as arguments: $1 the overlay's options, $2 its mount point.

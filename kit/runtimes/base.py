@@ -1,7 +1,7 @@
 """The one interface every backend implements: :class:`Runtime`.
 
 A runtime turns a validated :class:`~kit.spec.RunSpec` plus an
-:class:`~kit.images.Image` into a live :class:`Instance`, and can wait for,
+:class:`~kit.images.Image` into a live :class:`InstanceState`, and can wait for,
 exec into, stop and remove it. It also hands out what measurement needs:
 host PIDs, the cgroup path and the runtime's own id. Runtimes never parse
 user strings and never print: they raise :mod:`kit.errors` and stream bytes.
@@ -17,13 +17,14 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, TypedDict
 
 from .. import cgroups, userns
 from .._proc import Pumped, Stream
 from ..cgroups import Cgroup
 from ..errors import InvalidSpec, LimitsUnavailable
 from ..images import Image
+from ..portfwd import Forwarder
 from ..spec import MIN_MEMORY, RunSpec
 
 
@@ -63,9 +64,104 @@ class Context:
     docker: Callable[[], Any] = _no_docker
 
 
+class Info(TypedDict, total=False):
+    """Every key a runtime or the warm pool may record in :attr:`InstanceState.info` (and so in a
+    :class:`~kit.result.RunResult`'s ``info``): written down here once; nothing else is written.
+
+    Every runtime that prepares files:
+        prepare_ms: milliseconds per preparation step (``cgroup``, ``rootfs``, ``netns``, ``config``,
+            ``forwarder``), timed by :func:`kit.runtimes._rootfs.step`.
+        rootfs: what the root filesystem is: ``overlay``, ``image, read-only`` (the image's own tree,
+            nothing mounted) or the rootless overlay's kind (OCI, LXC).
+    Warm starts (:mod:`kit.pool`, and a VM's template):
+        pool: ``hit`` (its container, checkpoint or template was waiting) or ``miss`` (made inside
+            the startup clock).
+        warm: ``precreated``: ``{"pool", "prepare_s", "id"}`` (the pooled container's id).
+        snapshot: a container's ``snapshot``: ``{"checkpoint", "checkpoint_s", "dir"}``.
+    OCI runtimes:
+        runtime_root: the runtime's ``--root``.
+        overlay_mount: a rootless overlay's mount options (mounted by the user-namespace launcher).
+        launcher_netns: rootless runsc with ports: it runs in the launcher's own network namespace.
+    Docker:
+        docker_image: the daemon's tag of the kit image; container_id: the daemon's id;
+        pid, shim_pid: the container's init and its containerd shim on the host;
+        docker_cgroup: the daemon's cgroup of the container (read, never removed by the kit).
+    QEMU:
+        accel, accel_reason, machine, boot, kernel, memory_mib, vcpus, tsc_khz: how the VM was made;
+        sock_dir: its channels' directory; template, template_build_s: a ``snapshot`` start's
+        template (and how long building it took, on a miss); guest_oom_kills: the guest kernel's
+        OOM kills; qemu_cpu_s: QEMU's own CPU seconds, from its reap.
+    """
+
+    prepare_ms: dict[str, float]
+    rootfs: str
+    pool: str
+    warm: dict[str, Any]
+    snapshot: dict[str, Any]
+    runtime_root: str
+    overlay_mount: str
+    launcher_netns: bool
+    docker_image: str
+    container_id: str
+    pid: int
+    shim_pid: int
+    docker_cgroup: str
+    accel: str
+    accel_reason: str
+    machine: str
+    boot: str
+    kernel: str
+    memory_mib: int
+    vcpus: int
+    tsc_khz: int | None
+    sock_dir: str
+    template: str
+    template_build_s: float
+    guest_oom_kills: int
+    qemu_cpu_s: float | None
+
+
+class NetworkView(Protocol):
+    """What a runtime needs of the kit network an instance joins (:class:`kit.netspace.Network`):
+    the namespace its holder keeps, and the network's hosts file."""
+
+    @property
+    def holder_id(self) -> str: ...
+    @property
+    def pid(self) -> int: ...
+    @property
+    def nsfd(self) -> int: ...
+    @property
+    def ns_path(self) -> str: ...
+    @property
+    def hosts_path(self) -> Path: ...
+    def open_ns(self) -> int: ...
+    def oci_mount(self) -> dict: ...
+    def hosts_text(self, guest: str | None = None) -> str: ...
+    def publish(self, ports) -> Forwarder: ...
+
+
+class HostMount(Protocol):
+    """A volume resolved for a runtime (:class:`kit.volumestore.Resolved`): the host directory every
+    runtime mounts at ``target``."""
+
+    @property
+    def source(self) -> str: ...
+    @property
+    def target(self) -> str: ...
+    @property
+    def read_only(self) -> bool: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def host(self) -> Path: ...
+
+
 @dataclass
-class Instance:
-    """One started container, VM or process, as the kit tracks it.
+class InstanceState:
+    """One started container, VM or process, as its runtime tracks it (the runtime-level record
+    under a :class:`kit.Instance` handle). A runtime with state of its own subclasses it
+    (:attr:`Runtime.state_class`): typed fields, never an untyped slot read with getattr.
 
     Attributes:
         name: the user-facing name.
@@ -73,10 +169,12 @@ class Instance:
         spec, image: what was started.
         id: the runtime's own id (container id, runc id, QEMU pid file stem...).
         state_dir: the kit's files for it (logs, bundle, overlay, sockets).
+        ctx: what the session gave (ids, state root, Docker client).
         proc: the host process the kit launched (runc, lxc-execute, qemu), if any.
         cgroup: the kit-owned cgroup holding it, if limits were asked for.
         phases: milestones (epoch seconds) recorded while starting; ``requested`` (stamped by
-            the API just before ``Runtime.start``) is where every runtime's startup clock starts.
+            the session just before ``Runtime.start``) is where every runtime's startup clock starts.
+        info: what the runtime recorded (:class:`Info` lists every key).
     """
 
     name: str
@@ -90,25 +188,23 @@ class Instance:
     cgroup: Cgroup | None = None
     created_at: float = field(default_factory=time.time)
     phases: dict[str, float] = field(default_factory=dict)
-    info: dict = field(default_factory=dict)
+    info: Info = field(default_factory=Info)
     #: Host-side helpers that live and die with this instance (never on the runtime
     #: singleton, which threads share): the port forwarder, a network namespace fd,
-    #: helper threads, and a runtime's own handle (e.g. the QEMU VM state).
-    forwarder: object | None = None
+    #: helper threads.
+    forwarder: Forwarder | None = None
     netns_fd: int | None = None
-    threads: list = field(default_factory=list)
-    handle: object | None = None
-    #: The spec's volumes resolved by the API before start (kit.volumes): objects with
-    #: ``host`` (Path), ``target`` (str), ``read_only`` (bool), ``source`` and ``kind``.
-    mounts: list = field(default_factory=list)
-    #: The kit network joined (kit.networks), or None: its namespace and hosts file.
-    net: object | None = None
+    threads: list[threading.Thread] = field(default_factory=list)
+    #: The spec's volumes resolved by the session before start (kit.volumestore).
+    mounts: list[HostMount] = field(default_factory=list)
+    #: The kit network joined (kit.netspace), or None: its namespace and hosts file.
+    net: NetworkView | None = None
     exit_code: int | None = None
     oom_killed: bool = False
     timed_out: bool = False
     removed: bool = False
 
-    def adopt(self, made: "Instance") -> None:
+    def adopt(self, made: "InstanceState") -> None:
         """Become ``made``, an instance of this runtime created ahead of time for the same spec (a
         warm pool's container, :mod:`kit.pool`): its id, state directory, process, cgroup, namespace
         handle and info; this instance's own (still empty) state directory goes."""
@@ -143,8 +239,8 @@ class Runtime(ABC):
 
     name: str = "?"
     kind: str = "container"
-    #: The record of its instances: :class:`Instance`, or a subclass with the runtime's own typed state.
-    state_class: type[Instance] = Instance
+    #: The record of its instances: :class:`InstanceState`, or a subclass with the runtime's own typed state.
+    state_class: type[InstanceState] = InstanceState
     #: Where the image's root filesystem must be (False: the runtime ignores images).
     uses_image: bool = True
     #: Whether the runtime mounts ``RunSpec.volumes`` / joins ``RunSpec.network``; the API refuses
@@ -270,7 +366,7 @@ class Runtime(ABC):
     def _refuse(self, mode: str) -> InvalidSpec:
         return InvalidSpec(self.start_mode_refusal(mode) or f"runtime {self.name!r} does not implement {mode!r}")
 
-    def create(self, inst: Instance) -> None:
+    def create(self, inst: InstanceState) -> None:
         """``precreated``, first half: make the instance, its command fixed but not started (``runc
         create``, ``docker create``), ahead of the request that starts it.
 
@@ -279,22 +375,22 @@ class Runtime(ABC):
         """
         raise self._refuse("precreated")
 
-    def start_created(self, inst: Instance, stream: Stream | None = None) -> None:
+    def start_created(self, inst: InstanceState, stream: Stream | None = None) -> None:
         """``precreated``, second half: start what :meth:`create` made (``inst`` has adopted it), its output
         to ``stream`` from now on; stamps ``started``."""
         raise self._refuse("precreated")
 
-    def checkpoint(self, inst: Instance, directory: Path) -> None:
+    def checkpoint(self, inst: InstanceState, directory: Path) -> None:
         """``snapshot``: save the running ``inst`` into ``directory`` (which may end it), for :meth:`restore`."""
         raise self._refuse("snapshot")
 
-    def restore(self, inst: Instance, directory: Path, stream: Stream | None = None) -> None:
+    def restore(self, inst: InstanceState, directory: Path, stream: Stream | None = None) -> None:
         """``snapshot``: start ``inst`` as the service :meth:`checkpoint` saved in ``directory``; stamps
         ``launched`` and ``started``."""
         raise self._refuse("snapshot")
 
     # -- lifecycle ---------------------------------------------------------
-    def new_instance(self, spec: RunSpec, image: Image | None, ctx: Context) -> Instance:
+    def new_instance(self, spec: RunSpec, image: Image | None, ctx: Context) -> InstanceState:
         """The record of an instance of ``spec`` in ``ctx``'s session, its state directory made
         (FileExistsError: that session has one of this name)."""
         state = ctx.state_root / spec.name
@@ -303,13 +399,13 @@ class Runtime(ABC):
                                 id=f"kit-{ctx.owner}-{ctx.session}-{spec.name}", state_dir=state, ctx=ctx)
 
     @abstractmethod
-    def start(self, inst: Instance, stream: Stream | None = None) -> None:
+    def start(self, inst: InstanceState, stream: Stream | None = None) -> None:
         """Start ``inst``; with ``spec.detach`` False, output goes to ``stream`` as it comes.
 
         On failure, remove whatever was created and raise a KitError.
         """
 
-    def wait(self, inst: Instance, timeout: float | None = None) -> int:
+    def wait(self, inst: InstanceState, timeout: float | None = None) -> int:
         """Block until the instance exits; return its exit code.
 
         Raises subprocess.TimeoutExpired when ``timeout`` passes (nothing is killed).
@@ -324,32 +420,32 @@ class Runtime(ABC):
             self.raise_start_error(inst)
         return inst.exit_code
 
-    def start_error(self, inst: Instance) -> str:
+    def start_error(self, inst: InstanceState) -> str:
         """Why the runtime could not start the command, from its own logs; "" if it did start.
 
         Tells "the command exited non-zero" (a result) from "the runtime failed" (an error).
         """
         return ""
 
-    def raise_start_error(self, inst: Instance) -> None:
+    def raise_start_error(self, inst: InstanceState) -> None:
         why = self.start_error(inst)
         if why:
             from ..errors import StartFailed
 
             raise StartFailed(f"{self.name}: could not start {inst.spec.command[0]!r}: {why}")
 
-    def running(self, inst: Instance) -> bool:
+    def running(self, inst: InstanceState) -> bool:
         return inst.proc is not None and inst.proc.proc.poll() is None
 
     @abstractmethod
-    def stop(self, inst: Instance, timeout: float = 10.0) -> None:
+    def stop(self, inst: InstanceState, timeout: float = 10.0) -> None:
         """Ask the instance to stop (SIGTERM); kill it after ``timeout`` seconds."""
 
-    def kill(self, inst: Instance) -> None:
+    def kill(self, inst: InstanceState) -> None:
         """Stop at once."""
         self.stop(inst, timeout=0)
 
-    def remove(self, inst: Instance) -> None:
+    def remove(self, inst: InstanceState) -> None:
         """Delete everything the instance left: runtime state, mounts, cgroup, files."""
         if self.running(inst):
             self.kill(inst)
@@ -359,10 +455,10 @@ class Runtime(ABC):
         userns.rmtree(inst.state_dir)  # shutil.rmtree, and what a user namespace made unreadable
         inst.removed = True
 
-    def cleanup(self, inst: Instance) -> None:
+    def cleanup(self, inst: InstanceState) -> None:
         """Runtime-specific teardown (state, mounts); must be idempotent."""
 
-    def _unpublish_and_kill(self, inst: Instance) -> None:
+    def _unpublish_and_kill(self, inst: InstanceState) -> None:
         """Where a cleanup starts: its published ports closed, then the instance killed if it still runs."""
         fwd, inst.forwarder = inst.forwarder, None
         if fwd is not None:
@@ -383,18 +479,18 @@ class Runtime(ABC):
         return []
 
     @abstractmethod
-    def exec(self, inst: Instance, argv: list[str], stream: Stream | None = None,
+    def exec(self, inst: InstanceState, argv: list[str], stream: Stream | None = None,
              timeout: float | None = None) -> tuple[int, bytes, bytes]:
         """Run ``argv`` inside a running instance; return (exit code, stdout, stderr)."""
 
-    def logs(self, inst: Instance) -> tuple[bytes, bytes]:
+    def logs(self, inst: InstanceState) -> tuple[bytes, bytes]:
         return _read(inst.stdout_path), _read(inst.stderr_path)
 
-    def oom_killed(self, inst: Instance) -> bool:
+    def oom_killed(self, inst: InstanceState) -> bool:
         return inst.cgroup is not None and inst.cgroup.oom_kills() > 0
 
     # -- what measurement needs -------------------------------------------
-    def pids(self, inst: Instance) -> list[int]:
+    def pids(self, inst: InstanceState) -> list[int]:
         """Host PIDs that belong to the instance (workload, shims, helpers)."""
         out: set[int] = set()
         if inst.proc is not None and inst.proc.proc.poll() is None:
@@ -404,21 +500,21 @@ class Runtime(ABC):
             out.update(inst.cgroup.pids())
         return sorted(out)
 
-    def monitor_pids(self, inst: Instance) -> list[int]:
+    def monitor_pids(self, inst: InstanceState) -> list[int]:
         """The subset of :meth:`pids` that only supervises the instance (``runc run``, LXC's monitor,
         ``runsc run``, containerd's shim): per-instance runtime cost, reported apart from the
         instance's own memory (a user's ``runc run -d`` or containerd would not keep a ``runc run``
         process). Default: none."""
         return []
 
-    def cgroup_path(self, inst: Instance) -> Path | None:
+    def cgroup_path(self, inst: InstanceState) -> Path | None:
         return inst.cgroup.path if inst.cgroup is not None else None
 
     def __repr__(self) -> str:
         return f"<Runtime {self.name} ({self.kind})>"
 
 
-def exec_cli(inst: Instance, cmd: list[str], argv: list[str], stream: Stream | None = None,
+def exec_cli(inst: InstanceState, cmd: list[str], argv: list[str], stream: Stream | None = None,
              timeout: float | None = None, **kw) -> tuple[int, bytes, bytes]:
     """Run a runtime's exec command line (``runc exec``, ``lxc-attach``...) to completion.
 

@@ -38,7 +38,7 @@ from ..errors import CommandNotFound, KitTimeout, NameInUse, StartFailed
 from ..images import engine
 from ..portfwd import Forwarder
 from . import _rootfs
-from .base import Availability, Instance, Runtime, descendants
+from .base import Availability, InstanceState, Runtime, descendants
 
 PROBE_TIMEOUT = 2
 
@@ -75,11 +75,11 @@ class DockerRuntime(Runtime):
                             info={"api": v.get("ApiVersion", ""), "host": engine.docker_host()})
 
     # -- lifecycle ---------------------------------------------------------
-    def start(self, inst: Instance, stream: Stream | None = None) -> None:
+    def start(self, inst: InstanceState, stream: Stream | None = None) -> None:
         self.create(inst)
         self.start_created(inst, stream)
 
-    def create(self, inst: Instance) -> str:
+    def create(self, inst: InstanceState) -> str:
         """``docker create``: the image in the daemon, the container made (not started); its id.
 
         The first half of a cold start, and what :mod:`kit.warm` does ahead of time."""
@@ -135,7 +135,7 @@ class DockerRuntime(Runtime):
         inst.phases["created"] = time.time()
         return cid
 
-    def start_created(self, inst: Instance, stream: Stream | None = None) -> None:
+    def start_created(self, inst: InstanceState, stream: Stream | None = None) -> None:
         """``docker start`` of the container :meth:`create` made (attached first when in the foreground)."""
         import docker
 
@@ -162,7 +162,7 @@ class DockerRuntime(Runtime):
             self.cleanup(inst)
             raise
 
-    def _publish(self, inst: Instance) -> Forwarder | None:
+    def _publish(self, inst: InstanceState) -> Forwarder | None:
         """The kit's forwarder from 127.0.0.1 into the started container's own namespace; None when
         a quick foreground command has finished already (its result stands; nothing to publish)."""
         pid = inst.info.get("pid")
@@ -179,7 +179,7 @@ class DockerRuntime(Runtime):
             return None
         return fwd
 
-    def _attach(self, inst: Instance, cid: str, stream: Stream | None) -> None:
+    def _attach(self, inst: InstanceState, cid: str, stream: Stream | None) -> None:
         """Attach before start (as ``docker run`` does), so no output is missed."""
         from docker.utils.socket import STDERR, frames_iter
 
@@ -205,7 +205,7 @@ class DockerRuntime(Runtime):
         t.start()
         inst.threads.append(t)
 
-    def _locate(self, inst: Instance) -> None:
+    def _locate(self, inst: InstanceState) -> None:
         """Record the container's host PID, shim and cgroup (while it runs), for measurement only.
 
         The cgroup is the daemon's: it goes into ``inst.info["docker_cgroup"]``, never into
@@ -223,7 +223,7 @@ class DockerRuntime(Runtime):
             if rel:
                 inst.info["docker_cgroup"] = rel
 
-    def _container(self, inst: Instance):
+    def _container(self, inst: InstanceState):
         import docker
 
         try:
@@ -231,7 +231,7 @@ class DockerRuntime(Runtime):
         except docker.errors.NotFound:
             return None
 
-    def wait(self, inst: Instance, timeout: float | None = None) -> int:
+    def wait(self, inst: InstanceState, timeout: float | None = None) -> int:
         import docker
         import requests
 
@@ -246,16 +246,16 @@ class DockerRuntime(Runtime):
         self._join(inst)
         return inst.exit_code
 
-    def _join(self, inst: Instance, timeout: float = 5.0) -> None:
+    def _join(self, inst: InstanceState, timeout: float = 5.0) -> None:
         # The attach stream ends when the container does; a bounded join all the same.
         for t in list(inst.threads):
             t.join(timeout)
 
-    def running(self, inst: Instance) -> bool:
+    def running(self, inst: InstanceState) -> bool:
         attrs = self._container(inst)
         return bool(attrs and attrs["State"].get("Running"))
 
-    def stop(self, inst: Instance, timeout: float = 10.0) -> None:
+    def stop(self, inst: InstanceState, timeout: float = 10.0) -> None:
         import docker
 
         try:
@@ -269,7 +269,7 @@ class DockerRuntime(Runtime):
             if e.status_code != 409:  # 409: it is not running any more
                 raise
 
-    def cleanup(self, inst: Instance) -> None:
+    def cleanup(self, inst: InstanceState) -> None:
         import docker
 
         fwd, inst.forwarder = inst.forwarder, None
@@ -339,7 +339,7 @@ class DockerRuntime(Runtime):
             raise CommandNotFound(f"docker: command {argv[0]!r} not found in {inst.name!r}: give its full path")
         return code, bytes(out), bytes(err)
 
-    def logs(self, inst: Instance) -> tuple[bytes, bytes]:
+    def logs(self, inst: InstanceState) -> tuple[bytes, bytes]:
         if not inst.spec.detach:
             self._join(inst)
             return super().logs(inst)
@@ -353,14 +353,14 @@ class DockerRuntime(Runtime):
         except docker.errors.NotFound:
             return b"", b""
 
-    def oom_killed(self, inst: Instance) -> bool:
+    def oom_killed(self, inst: InstanceState) -> bool:
         attrs = self._container(inst)
         if attrs is None:
             return inst.oom_killed
         return bool(attrs["State"].get("OOMKilled"))
 
     # -- measurement ---------------------------------------------------------
-    def pids(self, inst: Instance) -> list[int]:
+    def pids(self, inst: InstanceState) -> list[int]:
         """The container's processes (from the daemon and its cgroup) plus its containerd shim."""
         out: set[int] = set()
         attrs = self._container(inst)
@@ -376,7 +376,7 @@ class DockerRuntime(Runtime):
                 out.update(group.pids())
         return sorted(out)
 
-    def monitor_pids(self, inst: Instance) -> list[int]:
+    def monitor_pids(self, inst: InstanceState) -> list[int]:
         """The container's containerd shim: one per container, its parent, not a descendant.
 
         Reported apart from the container's own memory (as ``runc run`` is for runc).
@@ -391,12 +391,12 @@ class DockerRuntime(Runtime):
             pass
         return []
 
-    def cgroup_path(self, inst: Instance) -> Path | None:
+    def cgroup_path(self, inst: InstanceState) -> Path | None:
         """The daemon's cgroup of the container (its memory group), read-only for the kit."""
         group = self._cgroup(inst)
         return group.path if group is not None else None
 
-    def _cgroup(self, inst: Instance) -> Cgroup | None:
+    def _cgroup(self, inst: InstanceState) -> Cgroup | None:
         # A view for reading only: it is never inst.cgroup, so remove() never destroys it.
         if "docker_cgroup" not in inst.info:
             self._locate(inst)

@@ -30,6 +30,7 @@ import re
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import cgroups, config, userns
@@ -37,7 +38,7 @@ from .._proc import Pumped, Stream, kill_group, run, wait_until
 from ..errors import KitTimeout, StartFailed
 from ..portfwd import Forwarder
 from . import _rootfs, hardening
-from .base import Availability, Instance, Runtime, exec_cli, which
+from .base import Availability, InstanceState, Runtime, exec_cli, which
 
 #: Capabilities LXC's own common.conf drops for application containers.
 CAP_DROP = "mac_admin mac_override sys_time sys_module sys_rawio"
@@ -99,7 +100,7 @@ def _fstab(path: str) -> str:
     return _quote(path).replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011")
 
 
-def shares_image(inst: Instance) -> bool:
+def shares_image(inst: InstanceState) -> bool:
     """Whether ``inst`` runs on the image's own rootfs (``dir:``) rather than an overlay over it.
 
     Only a read-only run where LXC creates nothing in it: no volume or network mount point, and
@@ -156,7 +157,14 @@ class _Memfiles:
                 pass
 
 
-def build_config(inst: Instance, monitor_rel: str | None, shared: bool | None = None) -> str:
+@dataclass
+class LXCState(InstanceState):
+    """An LXC instance: ``files``, its config and log as memory files while it lives."""
+
+    files: _Memfiles | None = None
+
+
+def build_config(inst: InstanceState, monitor_rel: str | None, shared: bool | None = None) -> str:
     """The LXC config file text for ``inst``; ``inst.spec.harden`` adds :mod:`.hardening`'s baseline.
 
     Args:
@@ -208,6 +216,7 @@ class LXCRuntime(Runtime):
 
     name = "lxc"
     kind = "container"
+    state_class = LXCState
     supports_networks = True  # kit.networks: joins the network's namespace
     supports_volumes = True  # kit.volumes: lxc.mount.entry binds
     limits_in_kit_cgroup = True  # lxc.cgroup.dir.container below the kit's limited group
@@ -235,14 +244,14 @@ class LXCRuntime(Runtime):
         return Availability(self.name, self.kind, True, version,
                             info={"lxcpath": str(lxcpath()), "cgroups": cgroups.describe()})
 
-    def _base(self, tool: str, inst: Instance) -> list[str]:
+    def _base(self, tool: str, inst: InstanceState) -> list[str]:
         return [_tool(tool), "-n", inst.id, "-P", str(lxcpath())]
 
     @staticmethod
-    def _monitor_rel(inst: Instance) -> str | None:
+    def _monitor_rel(inst: InstanceState) -> str | None:
         return f"{inst.cgroup.rel}-lxcmon" if inst.cgroup is not None else None
 
-    def start(self, inst: Instance, stream: Stream | None = None) -> None:
+    def start(self, inst: LXCState, stream: Stream | None = None) -> None:
         spec = inst.spec
         try:
             with _rootfs.step(inst, "cgroup"):
@@ -252,7 +261,7 @@ class LXCRuntime(Runtime):
                 inst.info["rootfs"] = "image, read-only" if shared else "overlay"
                 if not shared:
                     (inst.state_dir / "overlay" / "upper").mkdir(parents=True, exist_ok=True)
-                inst.handle = files = _Memfiles(build_config(inst, self._monitor_rel(inst), shared))
+                inst.files = files = _Memfiles(build_config(inst, self._monitor_rel(inst), shared))
                 lxcpath().mkdir(parents=True, exist_ok=True)
             argv = [*self._base("lxc-execute", inst), "-f", files.path(files.config),
                     "-o", files.path(files.log), "-l", "NOTICE", "--", *spec.command]
@@ -273,19 +282,19 @@ class LXCRuntime(Runtime):
             self.remove(inst)
             raise
 
-    def _log(self, inst: Instance) -> bytes:
-        files = inst.handle
+    def _log(self, inst: LXCState) -> bytes:
+        files = inst.files
         try:
-            return files.read_log() if isinstance(files, _Memfiles) else b""
+            return files.read_log() if files is not None else b""
         except OSError:  # closed by cleanup
             return b""
 
-    def _log_tail(self, inst: Instance) -> str:
+    def _log_tail(self, inst: InstanceState) -> str:
         """LXC's last log line, for a message that has no ERROR line to quote."""
         lines = self._log(inst).decode(errors="replace").strip().splitlines()
         return f"LXC's last log line: {lines[-1].split(' - ', 2)[-1].strip()}" if lines else "LXC logged nothing"
 
-    def _await_started(self, inst: Instance) -> int | None:
+    def _await_started(self, inst: InstanceState) -> int | None:
         """The container's init pid once started; None if it already exited; StartFailed if it never started."""
 
         def started_or_exited():
@@ -305,7 +314,7 @@ class LXCRuntime(Runtime):
         inst.phases["started"] = time.time()
         return pid
 
-    def start_error(self, inst: Instance) -> str:
+    def start_error(self, inst: InstanceState) -> str:
         log = self._log(inst)
         if _STARTED.search(log):
             return ""
@@ -314,7 +323,7 @@ class LXCRuntime(Runtime):
         # say that the start failed ("Failed run an application inside container").
         return errors[0].split(" - ", 2)[-1].strip() if errors else self._log_tail(inst)
 
-    def stop(self, inst: Instance, timeout: float = 10.0) -> None:
+    def stop(self, inst: InstanceState, timeout: float = 10.0) -> None:
         if inst.proc is None or inst.proc.proc.poll() is not None:
             return
         if timeout > 0:
@@ -328,21 +337,21 @@ class LXCRuntime(Runtime):
         except subprocess.TimeoutExpired:
             kill_group(inst.proc.proc)  # LXC itself is stuck: end it
 
-    def cleanup(self, inst: Instance) -> None:
+    def cleanup(self, inst: LXCState) -> None:
         self._unpublish_and_kill(inst)
-        files, inst.handle = inst.handle, None
-        if isinstance(files, _Memfiles):
+        files, inst.files = inst.files, None
+        if files is not None:
             files.close()
         shutil.rmtree(lxcpath() / inst.id, ignore_errors=True)
         if inst.cgroup is not None:
             cgroups.Cgroup(self._monitor_rel(inst)).destroy()
 
-    def monitor_pids(self, inst: Instance) -> list[int]:
+    def monitor_pids(self, inst: InstanceState) -> list[int]:
         """``lxc-execute`` itself: LXC's monitor, in its own ``-lxcmon`` cgroup; ``lxc-init`` and
         the command are the container."""
         return _rootfs.monitor_pids(inst)
 
-    def logs(self, inst: Instance) -> tuple[bytes, bytes]:
+    def logs(self, inst: InstanceState) -> tuple[bytes, bytes]:
         out, err = super().logs(inst)
         # The monitor shares the command's stderr; drop its own complaints
         # (e.g. about config keys lxc-attach asks for).

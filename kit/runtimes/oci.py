@@ -45,7 +45,7 @@ from ..errors import KitError, KitTimeout, StartFailed
 from ..portfwd import Forwarder, new_loopback_netns, setns
 from ..spec import RunSpec
 from . import _rootfs, _rootless_oci, criu, hardening
-from .base import Availability, Instance, Runtime, exec_cli, which
+from .base import Availability, InstanceState, Runtime, exec_cli, which
 
 #: ``runc spec``'s defaults: the capabilities, masked and read-only paths of a plain container.
 CAPABILITIES = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
@@ -174,12 +174,12 @@ class Relay:
 
 
 @dataclass
-class OCIState(Instance):
+class OCIState(InstanceState):
     """An OCI instance: ``relay`` carries a pre-created container's output to the run that starts it."""
 
     relay: Relay | None = None
 
-    def adopt(self, made: "Instance") -> None:
+    def adopt(self, made: "InstanceState") -> None:
         super().adopt(made)
         if isinstance(made, OCIState):
             self.relay, made.relay = made.relay, None
@@ -308,24 +308,24 @@ class OCIRuntime(Runtime):
     def _cli(self) -> list[str]:
         return [which(self.binary) or self.binary, "--root", str(self.root), *self.global_args]
 
-    def _cli_for(self, inst: Instance) -> list[str]:
+    def _cli_for(self, inst: InstanceState) -> list[str]:
         if userns.active():  # launched in the kit's user namespace, exec'd through it (._rootless_oci)
             return [*_rootless_oci.control_prefix(self.root, inst), *self._cli()]
         return self._cli()
 
-    def _preexec(self, inst: Instance):
+    def _preexec(self, inst: InstanceState):
         """What a control command for ``inst`` runs before exec (gVisor: enter its namespace)."""
         fd = inst.netns_fd
         return None if fd is None else (lambda: setns(fd))
 
-    def _ctl(self, inst: Instance, *args: str, timeout: float = 10) -> subprocess.CompletedProcess:
+    def _ctl(self, inst: InstanceState, *args: str, timeout: float = 10) -> subprocess.CompletedProcess:
         return run([*self._cli_for(inst), *args], timeout=timeout, check=False, preexec_fn=self._preexec(inst))
 
-    def _network(self, inst: Instance) -> str | None:
+    def _network(self, inst: InstanceState) -> str | None:
         # A kit network member joins the network's namespace (kit.networks) by path.
         return inst.net.ns_path if inst.net is not None else "new"
 
-    def start(self, inst: Instance, stream: Stream | None = None) -> None:
+    def start(self, inst: InstanceState, stream: Stream | None = None) -> None:
         spec = inst.spec
         try:
             bundle = self.prepare_bundle(inst)
@@ -344,7 +344,7 @@ class OCIRuntime(Runtime):
             self.remove(inst)
             raise
 
-    def prepare_bundle(self, inst: Instance) -> Path:
+    def prepare_bundle(self, inst: InstanceState) -> Path:
         """The kit's part of a start before the runtime runs (cgroup, rootfs, network, config.json),
         each step timed; returns the bundle. Shared by cold starts, :meth:`create` and :meth:`restore`."""
         spec = inst.spec
@@ -385,7 +385,7 @@ class OCIRuntime(Runtime):
             raise StartFailed(f"{self.name}: could not start the pre-created container: {why}")
         inst.phases["started"] = time.time()
 
-    def checkpoint(self, inst: Instance, directory: Path) -> None:
+    def checkpoint(self, inst: InstanceState, directory: Path) -> None:
         """``runc checkpoint`` (CRIU) of the running service into ``directory/images``, which ends it; what
         it wrote in its writable layer is kept at ``directory/upper``, so its restores find it again."""
         criu.checkpoint(self._cli_for(inst), inst.id, directory / "images")
@@ -393,7 +393,7 @@ class OCIRuntime(Runtime):
         if upper.is_dir():
             shutil.copytree(upper, directory / "upper", symlinks=True)
 
-    def restore(self, inst: Instance, directory: Path, stream: Stream | None = None) -> None:
+    def restore(self, inst: InstanceState, directory: Path, stream: Stream | None = None) -> None:
         """``runc restore --detach`` of :meth:`checkpoint`'s dump on a fresh bundle (the same files at the
         same paths, its writable layer as saved), under the subreaper."""
         bundle = self.prepare_bundle(inst)
@@ -405,7 +405,7 @@ class OCIRuntime(Runtime):
         self._under_shim(inst, argv, pidfile, None if inst.spec.detach else stream, "restore the checkpoint")
         inst.phases["started"] = time.time()
 
-    def _under_shim(self, inst: Instance, action: list[str], pidfile: Path, stream: Stream | None, what: str) -> None:
+    def _under_shim(self, inst: InstanceState, action: list[str], pidfile: Path, stream: Stream | None, what: str) -> None:
         """Run ``<runtime> ACTION`` under :data:`SHIM`; return once ``pidfile`` names the container's
         process (StartFailed with the runtime's reason if it ends first)."""
         argv = [sys.executable, "-S", "-c", SHIM, str(pidfile), *self._cli_for(inst),
@@ -422,7 +422,7 @@ class OCIRuntime(Runtime):
             why = self.start_error(inst) or last_line(inst.stderr_path) or f"exit {inst.proc.proc.returncode}"
             raise StartFailed(f"{self.name}: could not {what}: {why}")
 
-    def _rootfs(self, inst: Instance, target: Path) -> Path:
+    def _rootfs(self, inst: InstanceState, target: Path) -> Path:
         """The container's root: the image's own rootfs when the run is read-only and the runtime
         need not create anything in it (no overlay to mount or remove), else a private overlay."""
         spec, image = inst.spec, inst.image
@@ -440,7 +440,7 @@ class OCIRuntime(Runtime):
         inst.info["rootfs"] = "overlay"
         return _rootfs.mount_overlay(image.rootfs, inst.state_dir, target)
 
-    def _publish(self, inst: Instance) -> None:
+    def _publish(self, inst: InstanceState) -> None:
         try:
             inst.forwarder = Forwarder(self._netns_path(inst), inst.spec.ports).start()
         except StartFailed:
@@ -449,7 +449,7 @@ class OCIRuntime(Runtime):
             # The command already finished (a quick foreground run): nothing is left to
             # publish, and its exit code and output stand as the result.
 
-    def _await_started(self, inst: Instance) -> None:
+    def _await_started(self, inst: InstanceState) -> None:
         """Block until the command runs (or already exited); StartFailed with the runtime's reason."""
 
         def started_or_exited():
@@ -467,7 +467,7 @@ class OCIRuntime(Runtime):
         else:
             inst.phases["started"] = time.time()
 
-    def _started(self, inst: Instance) -> bool:
+    def _started(self, inst: InstanceState) -> bool:
         """Past "created": the container's process is running the command."""
         if self.binary == "runc":
             # Fast path, no fork: runc removes exec.fifo once the command is exec'd.
@@ -475,7 +475,7 @@ class OCIRuntime(Runtime):
             return (d / "state.json").exists() and not (d / "exec.fifo").exists()
         return self._state(inst).get("status") in ("running", "stopped")
 
-    def _state(self, inst: Instance) -> dict:
+    def _state(self, inst: InstanceState) -> dict:
         """``<runtime> state ID`` (the OCI state: status, pid, bundle), or {}."""
         if not self._has_state(inst):
             return {}
@@ -484,16 +484,16 @@ class OCIRuntime(Runtime):
         except (ValueError, subprocess.TimeoutExpired):
             return {}
 
-    def _has_state(self, inst: Instance) -> bool:
+    def _has_state(self, inst: InstanceState) -> bool:
         return (self.root / inst.id).is_dir()
 
-    def _netns_path(self, inst: Instance) -> str:
+    def _netns_path(self, inst: InstanceState) -> str:
         pid = int(self._state(inst).get("pid") or 0)
         if pid <= 0:
             raise StartFailed(f"{self.name}: {inst.name!r} exited before its ports could be published")
         return f"/proc/{pid}/ns/net"
 
-    def start_error(self, inst: Instance) -> str:
+    def start_error(self, inst: InstanceState) -> str:
         """The runtime's own error for a failed start (from its JSON log), or ''."""
         try:
             lines = (inst.state_dir / "runtime.log").read_text(errors="replace").splitlines()
@@ -508,15 +508,15 @@ class OCIRuntime(Runtime):
                 return str(rec.get("msg", "")).strip()
         return ""
 
-    def monitor_pids(self, inst: Instance) -> list[int]:
+    def monitor_pids(self, inst: InstanceState) -> list[int]:
         """``runc run`` (or ``runsc run``): the CLI process the kit keeps as the container's parent
         to hold its stdio and exit code; a user's ``runc run -d`` would not keep it."""
         return _rootfs.monitor_pids(inst)
 
-    def _signal(self, inst: Instance, sig: str) -> None:
+    def _signal(self, inst: InstanceState, sig: str) -> None:
         self._ctl(inst, "kill", inst.id, sig, timeout=10)
 
-    def stop(self, inst: Instance, timeout: float = 10.0) -> None:
+    def stop(self, inst: InstanceState, timeout: float = 10.0) -> None:
         if inst.proc is None or inst.proc.proc.poll() is not None:
             return
         if timeout > 0:
@@ -532,7 +532,7 @@ class OCIRuntime(Runtime):
         except subprocess.TimeoutExpired:
             kill_group(inst.proc.proc)  # the runtime itself is stuck: end it
 
-    def cleanup(self, inst: Instance) -> None:
+    def cleanup(self, inst: InstanceState) -> None:
         self._unpublish_and_kill(inst)
         if self._has_state(inst):
             self._ctl(inst, "delete", "--force", inst.id, timeout=15)
@@ -579,7 +579,7 @@ class GVisorRuntime(OCIRuntime):
         own = ("--rootless", "--ignore-cgroups") if userns.active() else ()
         return (f"--platform={self.platform}", "--network=none", *own)
 
-    def _cli_for(self, inst: Instance) -> list[str]:
+    def _cli_for(self, inst: InstanceState) -> list[str]:
         cli = super()._cli_for(inst)
         if inst.netns_fd is not None or inst.info.get("launcher_netns"):
             cli[cli.index("--network=none")] = "--network=host"
@@ -588,7 +588,7 @@ class GVisorRuntime(OCIRuntime):
     def _probe_info(self) -> dict:
         return {**super()._probe_info(), "platform": self.platform}
 
-    def _network(self, inst: Instance) -> str | None:
+    def _network(self, inst: InstanceState) -> str | None:
         if inst.net is not None:  # a kit network member: started inside its namespace (--network=host)
             inst.netns_fd = inst.net.open_ns()
             return None
@@ -601,13 +601,13 @@ class GVisorRuntime(OCIRuntime):
         inst.netns_fd = new_loopback_netns()
         return None
 
-    def _has_state(self, inst: Instance) -> bool:
+    def _has_state(self, inst: InstanceState) -> bool:
         try:
             return any(_container_id(p.name) == inst.id for p in self.root.iterdir())
         except OSError:
             return False
 
-    def _netns_path(self, inst: Instance) -> str:
+    def _netns_path(self, inst: InstanceState) -> str:
         if inst.info.get("launcher_netns"):  # rootless: the namespace runsc was launched in
             return f"/proc/{inst.proc.pid}/ns/net"
         return f"/proc/{os.getpid()}/fd/{inst.netns_fd}"
@@ -623,7 +623,7 @@ class GVisorRuntime(OCIRuntime):
             for p in entries:
                 p.unlink(missing_ok=True)
 
-    def start_error(self, inst: Instance) -> str:
+    def start_error(self, inst: InstanceState) -> str:
         err = super().start_error(inst)
         if err:
             return err

@@ -22,7 +22,7 @@ from ..errors import ImageError, StartFailed
 from ..images import archive, engine
 from ..images import get as get_image
 from . import _rootfs
-from .base import Availability, Instance, Runtime, descendants, exec_cli, which
+from .base import Availability, InstanceState, Runtime, descendants, exec_cli, which
 
 PROBE_TIMEOUT = 30
 
@@ -85,7 +85,7 @@ class PodmanRuntime(Runtime):
             raise ImageError(f"podman import of {image.name!r} failed: {p.stderr.decode(errors='replace').strip()[-300:]}")
         return ref
 
-    def start(self, inst: Instance, stream: Stream | None = None) -> None:
+    def start(self, inst: InstanceState, stream: Stream | None = None) -> None:
         spec = inst.spec
         inst.phases["launched"] = time.time()
         ref = self._ensure(inst.image)
@@ -113,13 +113,13 @@ class PodmanRuntime(Runtime):
         except OSError as e:
             raise StartFailed(f"podman: could not start: {e}") from None
 
-    def stop(self, inst: Instance, timeout: float = 10.0) -> None:
+    def stop(self, inst: InstanceState, timeout: float = 10.0) -> None:
         if timeout <= 0:
             run(["podman", "kill", inst.id], timeout=30, check=False)
         else:
             run(["podman", "stop", "-t", str(max(1, int(round(timeout)))), inst.id], timeout=timeout + 30, check=False)
 
-    def cleanup(self, inst: Instance) -> None:
+    def cleanup(self, inst: InstanceState) -> None:
         run(["podman", "rm", "-f", "-v", inst.id], timeout=60, check=False)
         if inst.proc is not None:
             kill_group(inst.proc.proc)
@@ -138,14 +138,14 @@ class PodmanRuntime(Runtime):
     def exec(self, inst, argv, stream=None, timeout=None):
         return exec_cli(inst, ["podman", "exec", inst.id, *argv], argv, stream, timeout)
 
-    def _inspect(self, inst: Instance, fmt: str) -> str:
+    def _inspect(self, inst: InstanceState, fmt: str) -> str:
         p = run(["podman", "inspect", "--format", fmt, inst.id], timeout=30, check=False)
         return p.stdout.decode(errors="replace").strip() if p.returncode == 0 else ""
 
-    def oom_killed(self, inst: Instance) -> bool:
+    def oom_killed(self, inst: InstanceState) -> bool:
         return self._inspect(inst, "{{.State.OOMKilled}}") == "true"
 
-    def pids(self, inst: Instance) -> list[int]:
+    def pids(self, inst: InstanceState) -> list[int]:
         out = set(super().pids(inst))
         pid = self._inspect(inst, "{{.State.Pid}}")
         if pid.isdigit() and int(pid) > 0:
@@ -154,7 +154,7 @@ class PodmanRuntime(Runtime):
         out.update(self.monitor_pids(inst))
         return sorted(out)
 
-    def monitor_pids(self, inst: Instance) -> list[int]:
+    def monitor_pids(self, inst: InstanceState) -> list[int]:
         """Podman's per-container monitor, conmon: the parent of the container's first process."""
         pid = self._inspect(inst, "{{.State.ConmonPid}}")
         return [int(pid)] if pid.isdigit() and int(pid) > 0 else []

@@ -14,7 +14,7 @@ import time
 
 from .._proc import Pumped, Stream, kill_group
 from ..errors import StartFailed
-from .base import Availability, Instance, Runtime, exec_cli
+from .base import Availability, InstanceState, Runtime, exec_cli
 
 
 class ProcessRuntime(Runtime):
@@ -30,7 +30,7 @@ class ProcessRuntime(Runtime):
     def probe(self) -> Availability:
         return Availability(self.name, self.kind, True, version=f"Linux {platform.release()}")
 
-    def start(self, inst: Instance, stream: Stream | None = None) -> None:
+    def start(self, inst: InstanceState, stream: Stream | None = None) -> None:
         spec = inst.spec
         if spec.memory or spec.cpus:
             inst.cgroup = inst.kit_cgroup().create(spec.memory, spec.cpus)
@@ -52,7 +52,7 @@ class ProcessRuntime(Runtime):
         inst.phases["launched"] = inst.proc.launched_at
         inst.phases["started"] = time.time()  # Popen returns once the exec succeeded: the command runs
 
-    def stop(self, inst: Instance, timeout: float = 10.0) -> None:
+    def stop(self, inst: InstanceState, timeout: float = 10.0) -> None:
         if inst.proc is not None:
             kill_group(inst.proc.proc, grace=timeout)
 

@@ -41,6 +41,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .._proc import Pumped, Stream, deliver, kill_group, run, wait_until
@@ -53,7 +54,7 @@ from ..vm import initramfs, machine, qmp, templates
 from ..vm import kernel as kernel_mod
 from ..vm.channel import MAX_PATH, Channel, LineRecords
 from . import _rootfs
-from .base import Availability, Instance, Runtime, which
+from .base import Availability, InstanceState, Runtime, which
 
 DEFAULT_MEMORY = 256 * 1024**2
 MIN_MEMORY = 96 * 1024**2  # below this the cloud kernel plus initramfs cannot boot reliably
@@ -77,9 +78,19 @@ def _kvm_access() -> dict:
     return {"kvm": why} if why else {}
 
 
+@dataclass
+class VMState(InstanceState):
+    """A VM instance: ``vm``, everything its run holds on the host (QEMU, channels, files), while it lives.
+
+    It lives on the instance, never on the runtime, which threads share."""
+
+    vm: _VM | None = None
+
+
 class QemuRuntime(Runtime):
     name = "qemu"
     kind = "vm"
+    state_class = VMState
     image_formats = ("qemu", "kernel")  # the image's initramfs or disk, and the default guest kernel
     cgroup_accounting = False  # QEMU's own process times (its user network and 9p server included)
     supports_networks = True  # kit.networks: QEMU started inside the network's namespace
@@ -94,7 +105,6 @@ class QemuRuntime(Runtime):
     def __init__(self, qemu: str = machine.QEMU):
         super().__init__()
         self.qemu = qemu
-        # A VM's host-side state lives on its instance (inst.handle), never here: threads share runtimes.
 
     # -- discovery ---------------------------------------------------------
     def probe(self) -> Availability:
@@ -126,9 +136,9 @@ class QemuRuntime(Runtime):
                                   "machine": _default_machine(k, v.accel, accel_mod.guest_tsc_khz(v.accel))})
 
     # -- lifecycle ---------------------------------------------------------
-    def start(self, inst: Instance, stream: Stream | None = None) -> None:
+    def start(self, inst: VMState, stream: Stream | None = None) -> None:
         vm = _VM(self, inst, stream)
-        inst.handle = vm
+        inst.vm = vm
         try:
             vm.launch()
             if vm.template is not None:
@@ -140,7 +150,7 @@ class QemuRuntime(Runtime):
             self.cleanup(inst)
             raise
 
-    def wait(self, inst: Instance, timeout: float | None = None) -> int:
+    def wait(self, inst: InstanceState, timeout: float | None = None) -> int:
         vm = self.vm(inst)
         # Pumped.wait wakes on a pidfd, not Popen's 50 ms polling, so the exit is seen when it
         # happens. TimeoutExpired goes to the caller, nothing killed.
@@ -156,10 +166,10 @@ class QemuRuntime(Runtime):
             raise
         return inst.exit_code
 
-    def running(self, inst: Instance) -> bool:
+    def running(self, inst: InstanceState) -> bool:
         return inst.proc is not None and inst.proc.proc.poll() is None
 
-    def stop(self, inst: Instance, timeout: float = 10.0) -> None:
+    def stop(self, inst: InstanceState, timeout: float = 10.0) -> None:
         """Ask the guest to SIGTERM the command; after ``timeout``, QMP quit; then kill."""
         vm = _vm_of(inst)
         if vm is None or not self.running(inst):
@@ -179,20 +189,20 @@ class QemuRuntime(Runtime):
                 pass
         kill_group(inst.proc.proc)
 
-    def kill(self, inst: Instance) -> None:
+    def kill(self, inst: InstanceState) -> None:
         vm = _vm_of(inst)
         if vm is not None:
             vm.killed = True
         if inst.proc is not None:
             kill_group(inst.proc.proc)
 
-    def cleanup(self, inst: Instance) -> None:
+    def cleanup(self, inst: VMState) -> None:
         with _HANDLES:  # two threads removing the same VM: one tears it down
-            vm, inst.handle = _vm_of(inst), None
+            vm, inst.vm = inst.vm, None
         if vm is not None:
             vm.teardown()
 
-    def exec(self, inst: Instance, argv: list[str], stream: Stream | None = None,
+    def exec(self, inst: InstanceState, argv: list[str], stream: Stream | None = None,
              timeout: float | None = None) -> tuple[int, bytes, bytes]:
         code, out, err = self.vm(inst).agent.call(argv, timeout or 60)
         if stream:
@@ -200,13 +210,13 @@ class QemuRuntime(Runtime):
             stream("stderr", err)
         return code, out, err
 
-    def oom_killed(self, inst: Instance) -> bool:
+    def oom_killed(self, inst: InstanceState) -> bool:
         # The guest kernel's OOM killer is inside the VM: the init reports the guest's oom_kill
         # count (/proc/vmstat) once the command ended (_on_record). The only other guest tasks
         # are the init's small shells (PID 1 itself is never chosen), so a kill is the command's.
         return inst.info.get("guest_oom_kills", 0) > 0
 
-    def vm(self, inst: Instance) -> "_VM":
+    def vm(self, inst: InstanceState) -> "_VM":
         """The host-side state of a started VM (its QEMU command line is ``.argv``)."""
         vm = _vm_of(inst)
         if vm is None:
@@ -217,8 +227,8 @@ class QemuRuntime(Runtime):
 _HANDLES = threading.Lock()
 
 
-def _vm_of(inst: Instance) -> "_VM | None":
-    return inst.handle if isinstance(inst.handle, _VM) else None
+def _vm_of(inst: VMState) -> "_VM | None":
+    return inst.vm
 
 
 def _default_machine(k: kernel_mod.Kernel, accel: str, tsc_khz: int | None = None) -> str:
@@ -234,7 +244,7 @@ def _default_machine(k: kernel_mod.Kernel, accel: str, tsc_khz: int | None = Non
 class _VM:
     """Everything one VM run holds on the host: QEMU, its channels, its files."""
 
-    def __init__(self, rt: QemuRuntime, inst: Instance, stream: Stream | None):
+    def __init__(self, rt: QemuRuntime, inst: InstanceState, stream: Stream | None):
         self.rt, self.inst, self.stream = rt, inst, stream
         self.spec = inst.spec
         self.channels: dict[str, Channel] = {}
@@ -341,7 +351,7 @@ class _VM:
         hold a NUL, and the guest reads up to it with a builtin (no fork).
         """
         spec, q = self.spec, shlex.quote
-        net = getattr(self.inst, "net", None)  # a kit network's names (Instance.net)
+        net = self.inst.net  # a kit network's names
         image_workdir = (self.inst.image.config or {}).get("workdir") if self.inst.image else None
         environ = _rootfs.environment(spec, self.inst.image)
         env = " ".join(q(f"{k}={v}") for k, v in environ.items())
