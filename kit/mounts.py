@@ -15,11 +15,13 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 from pathlib import Path
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_OCTAL = re.compile(r"\\([0-7]{3})")
 #: ``umount2`` flag: detach now, free when no longer busy (``umount -l``).
 MNT_DETACH = 2
 
@@ -43,8 +45,8 @@ def below(path: Path) -> list[str]:
         lines = Path("/proc/self/mounts").read_text().splitlines()
     except OSError:
         return []
-    # /proc/mounts escapes blanks in paths as octal (\040 for a space).
-    found = [ln.split()[1].replace("\\040", " ") for ln in lines if len(ln.split()) > 1]
+    # The kernel escapes a blank, tab, newline or backslash in a path as octal (\040 for a space).
+    found = [_OCTAL.sub(lambda m: chr(int(m.group(1), 8)), ln.split()[1]) for ln in lines if len(ln.split()) > 1]
     inside = [m for m in found if m == prefix or m.startswith(prefix.rstrip("/") + "/")]
     return sorted(inside, key=len, reverse=True)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from . import cgroups
+from . import cgroups, mounts
 from .errors import KitError
 
 
@@ -164,15 +164,7 @@ class DiskUsage:
 
 def mount_points() -> set[str]:
     """Every mount point of this mount namespace."""
-    out = set()
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                # field 5 is the mount point, octal-escaped
-                out.add(line.split()[4].encode().decode("unicode_escape"))
-    except OSError:
-        pass
-    return out
+    return set(mounts.below("/"))
 
 
 def disk_usage(path, exclude: set | None = None, mounts: set | None = None) -> DiskUsage:
