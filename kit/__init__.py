@@ -19,7 +19,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import errors, images, networks, runtimes
+from . import errors, images, networks, runtimes, volumes
 from .api import exec_, logs, prune, ps, rm, run, start, stop
 from .errors import KitError
 from .instance import Instance
@@ -31,7 +31,7 @@ exec = exec_  # noqa: A001  (kit.exec(name, cmd) reads naturally; the builtin is
 
 __all__ = [
     "__version__", "Session", "Instance", "run", "start", "ps", "logs", "exec", "stop", "rm", "prune",
-    "RunResult", "KitError", "errors", "images", "networks", "runtimes", "load_ipython_extension", "bench", "verify",
+    "RunResult", "KitError", "errors", "images", "networks", "volumes", "runtimes", "load_ipython_extension", "bench", "verify",
     "net", "free_port", "wait_for_port", "wait_until", "widgets",
     "compose", "warm",
 ]

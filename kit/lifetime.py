@@ -35,7 +35,7 @@ from pathlib import Path
 
 import psutil
 
-from . import cgroups, config, mounts, userns
+from . import cgroups, config, mounts, runtimes, userns
 
 MARKER = "KIT_SESSION"
 _reaper: subprocess.Popen | None = None
@@ -105,8 +105,6 @@ def sweep(session: str) -> list[str]:
 
     Returns a line per thing removed.
     """
-    from . import runtimes
-
     removed: list[str] = []
     procs = session_processes(session)
     for p in procs:
@@ -133,8 +131,6 @@ def sweep(session: str) -> list[str]:
 
 def leftovers(session: str) -> list[str]:
     """What of ``session`` is still on the machine (empty when the sweep was complete)."""
-    from . import runtimes
-
     found = [f"process {p.pid} ({_name(p)})" for p in session_processes(session)]
     for name in runtimes.names():
         try:

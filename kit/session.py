@@ -37,17 +37,18 @@ from typing import Any, Callable, Iterable, Sequence
 
 from . import config, lifetime
 from . import images as _images
-from . import networks as _networks
 from . import pool as _pool
 from . import runtimes as _runtimes
-from . import volumes as _volumes
+from .netspace import Networks
 from ._proc import Stream
 from .errors import CommandNotFound, InstanceNotFound, InvalidSpec, KitError, KitTimeout, NameInUse
+from .images import engine
 from .instance import Instance
 from .result import RunResult
 from .runtimes import _rootfs
 from .runtimes.base import Context, Runtime
 from .spec import RunSpec, check_argv, parse_cpus, parse_env, parse_memory, parse_port, show
+from .volumestore import Volumes
 
 #: Every session not yet closed (weakly: a session nobody holds any more is not kept alive).
 _open: "weakref.WeakSet[Session]" = weakref.WeakSet()
@@ -169,6 +170,8 @@ class Session:
         id: this session's short token (in its instances' ids and state directories).
         owner: the process's id, :data:`kit.config.SESSION_ID` (labels, reaper, sweeps).
         context: what its runtimes are given (:class:`~kit.runtimes.base.Context`).
+        networks: its kit networks (:class:`kit.netspace.Networks`).
+        volumes: its view of the volume store, marking what its instances use (:class:`kit.volumestore.Volumes`).
         warm: its warm pool and checkpoints (:class:`kit.pool.Warm`).
     """
 
@@ -187,6 +190,9 @@ class Session:
         self._extensions: dict[str, Any] = {}
         self._docker = None
         self._closed = False
+        self.networks = Networks(self.context, remove_member=lambda n: self.rm(n, force=True),
+                                 settle=self.wait_for_teardown)
+        self.volumes = Volumes(self.owner, self.id, alive=lifetime.owner_alive, settle=self.wait_for_teardown)
         self.warm = _pool.Warm(self.context, before_create=lifetime.ensure_reaper)
         lifetime.sweep_once_in_background()  # what dead sessions left: once per process, off this path
         with _open_lock:
@@ -208,8 +214,6 @@ class Session:
         Raises:
             RuntimeUnavailable: the SDK is missing or no daemon answers (with what to do).
         """
-        from .images import engine
-
         with self._lock:
             if self._docker is None:
                 self._docker = engine.connect(timeout=60)
@@ -272,12 +276,12 @@ class Session:
             if spec.name in self._live:
                 raise NameInUse(f"name {spec.name!r} is already in use by a {self._live[spec.name].runtime} instance: "
                                 f"remove it with rm {spec.name} or choose another --name")
-            # Host directories checked, named volumes created and marked in use (kit.volumes).
-            mounts = _volumes.attach(spec.name, spec.volumes, rt.name)
+            # Host directories checked, named volumes created and marked in use (kit.volumestore).
+            mounts = self.volumes.attach(spec.name, spec.volumes, rt.name)
             try:
                 state = rt.new_instance(spec, img, self.context)
             except BaseException as e:
-                _volumes.detach(spec.name, mounts)
+                self.volumes.detach(spec.name, mounts)
                 if isinstance(e, FileExistsError):
                     raise NameInUse(f"name {spec.name!r} is already in use: remove it or choose another --name") from None
                 raise
@@ -285,7 +289,7 @@ class Session:
             inst = self._live[spec.name] = Instance(self, rt, state)
         if spec.network:
             try:  # a member before it starts: its runtime joins the network's namespace
-                _networks.join(spec.network, rt, state)
+                self.networks.join(spec.network, rt, state)
             except BaseException:
                 self._discard(inst)
                 raise
@@ -464,10 +468,10 @@ class Session:
             inst.backend.remove(state)
         finally:
             try:
-                _networks.leave(state)  # after the member is gone: an auto network may go with it
+                self.networks.leave(state)  # after the member is gone: an auto network may go with it
             finally:
                 try:
-                    _volumes.detach(state.name, state.mounts)  # the volumes stay, no longer in use by it
+                    self.volumes.detach(state.name, state.mounts)  # the volumes stay, no longer in use by it
                 finally:
                     self._forget(inst)
 
@@ -554,10 +558,10 @@ class Session:
         rebuilds it (``%container prune --templates``).
         """
         names = self._remove_instances()
-        _networks.remove_all()
+        self.networks.remove_all()
         names += self.warm.clear()  # the pre-created containers waiting in the pool, the checkpoints
         if templates:
-            from .vm import templates as _templates
+            from .vm import templates as _templates  # not at import: only a prune of templates needs kit.vm
 
             names += [f"template {k}" for k in _templates.prune()]
         return names + (lifetime.sweep_dead_sessions() if dead_sessions else [])
@@ -579,7 +583,7 @@ class Session:
                 except KitError:
                     pass
         self._remove_instances()
-        _networks.remove_all()
+        self.networks.remove_all()
         self.warm.clear()
         with self._lock:
             client, self._docker = self._docker, None

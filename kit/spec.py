@@ -112,6 +112,23 @@ def parse_port(value: str) -> tuple[int, int]:
     return host, cont
 
 
+def parse_expose(value) -> list[int]:
+    """The ports a VM member serves to its kit network (``expose=[6379]``, ``"6379,8080"`` or ``--expose``).
+
+    Containers need none: they share the network namespace's loopback. A VM's ports are forwarded into it.
+    """
+    if value in (None, "", []):
+        return []
+    items = value.split(",") if isinstance(value, str) else [value] if isinstance(value, int) else list(value)
+    out = []
+    for item in items:
+        text = str(item).strip()
+        if not text.isdigit() or not 1 <= int(text) <= 65535:
+            raise InvalidSpec(f"expose {show(item)} is not a port: give numbers from 1 to 65535, e.g. expose=[6379]")
+        out.append(int(text))
+    return out
+
+
 def parse_env(value: str) -> tuple[str, str]:
     """Parse ``KEY=VALUE``."""
     key, sep, val = str(value).partition("=")

@@ -175,7 +175,7 @@ def test_process_holder_and_networks_rm_leave_nothing(names):
     kit.start("busybox", ["sleep", "300"], runtime="lxc", name=b, network=net)
     got = kit.wait_until(lambda: kit.exec(b, ["wget", "-qO-", "http://alpha:8080/"]).stdout or None, 20)
     assert got == "from-a\n"
-    with pytest.raises(KitError, match="Docker cannot join"):
+    with pytest.raises(KitError, match="docker cannot join"):
         kit.run("busybox", ["true"], runtime="docker", network=net)
     with pytest.raises(KitError, match="has members"):
         networks.rm(net)

@@ -247,6 +247,12 @@ class Runtime(ABC):
     #: a run that asks for what its runtime cannot do, rather than ignore it.
     supports_volumes: bool = False
     supports_networks: bool = False
+    #: The only kind of kit-network holder (:data:`kit.netspace.HOLDERS`) this runtime can join, or None:
+    #: it joins any network's namespace by path (Docker joins nothing but another Docker container).
+    network_holder: str | None = None
+    #: Whether its instance keeps its own copy of a kit network's hosts file (a VM guest), rewritten by
+    #: exec as members come and go; a container bind-mounts the network's file, which follows by itself.
+    hosts_copied: bool = False
     #: The least memory limit an instance can start in (bytes), and how messages name the instance.
     min_memory: int = MIN_MEMORY
     min_memory_what: str = "a container"

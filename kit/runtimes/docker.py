@@ -47,6 +47,7 @@ class DockerRuntime(Runtime):
     name = "docker"
     kind = "container"
     supports_networks = True  # kit.networks: joins the network's namespace
+    network_holder = "docker"  # network_mode=container:ID: only a Docker container's namespace
     supports_volumes = True  # kit.volumes: bind mounts of the kit's directories
     image_formats = ("docker",)  # the daemon's copy of the image (and its containers' writable layers)
     daemons = ("dockerd", "containerd")

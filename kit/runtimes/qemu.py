@@ -47,7 +47,7 @@ from pathlib import Path
 from .._proc import Pumped, Stream, deliver, kill_group, run, wait_until
 from ..errors import InvalidSpec, KitTimeout, StartFailed
 from ..portfwd import setns
-from ..spec import parse_memory
+from ..spec import parse_expose, parse_memory
 from ..vm import accel as accel_mod
 from ..vm import disk as disk_mod
 from ..vm import initramfs, machine, qmp, templates
@@ -94,6 +94,7 @@ class QemuRuntime(Runtime):
     image_formats = ("qemu", "kernel")  # the image's initramfs or disk, and the default guest kernel
     cgroup_accounting = False  # QEMU's own process times (its user network and 9p server included)
     supports_networks = True  # kit.networks: QEMU started inside the network's namespace
+    hosts_copied = True  # the guest's /etc/hosts is its own: rewritten by exec as members change
     supports_volumes = True  # kit.volumes: QEMU's own 9p server (virtio-9p), mounted by the guest init
     min_memory = MIN_MEMORY  # the guest's RAM: the kernel and initramfs must fit
     min_memory_what = "a VM"
@@ -334,8 +335,6 @@ class _VM:
         """QEMU's forwards: the published ports on the host; in a kit network, each exposed port and
         each published container port P as 127.0.0.1:P of the network's namespace (the kit's
         forwarder publishes those on the host)."""
-        from ..networks import parse_expose
-
         expose = parse_expose(opts.get("expose"))
         if self.inst.net is None:
             if expose:
