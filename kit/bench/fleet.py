@@ -293,13 +293,7 @@ def run(study, client, *, per: str = "worker", poll: float = POLL, insecure: boo
         raise InvalidSpec(f"the Dask cluster has no worker after {WAIT_WORKERS:.0f} s: start workers first") from None
     fleettls.check_client(client, insecure)  # before the probe: it is the first code sent to the workers
     found = workers(client)
-    chains: dict[str, list[str]] = {}
-    for addr, info in found.items():
-        chains.setdefault(info["machine"], []).append(addr)
-    if per == "machine":
-        chains = {m: addrs[:1] for m, addrs in chains.items()}
-    hosts = {addr: _Host(found[addr], i, study.progress)
-             for i, addr in enumerate(a for addrs in chains.values() for a in addrs)}
+    chains, hosts = _plan(found, per, study.progress)
     queue_name = f"kit-fleet-{secrets.token_hex(4)}"
     queue = Queue(queue_name, client=client)
     params = study.params()
@@ -337,53 +331,88 @@ def run(study, client, *, per: str = "worker", poll: float = POLL, insecure: boo
             drain()
             alive = set(client.scheduler_info(n_workers=-1)["workers"])
             for fut, addr in list(running.items()):
-                h = hosts[addr]
-                if fut.status == "finished":
-                    res = fut.result()
-                    h.frames, h.meta = [res["df"]], res["meta"]
-                    h.env = res["meta"].get("environment") or h.env
-                    h.started, h.finished = res["t0"], res["t1"]
-                    notes = _notes(res["meta"])
-                    h.done("failures" if notes or (res["df"]["status"] != "ok").any() else "ok", notes)
-                elif fut.status in ("error", "cancelled", "lost"):
-                    exc = fut.exception() if fut.status == "error" else None
-                    drain()
-                    h.done("failed", f"{type(exc).__name__}: {exc}" if exc else "cancelled")
-                elif addr not in alive:
-                    drain()
-                    fut.cancel()
-                    h.done("lost", f"worker {addr} died after {h.cells} of {h.planned} cells")
-                else:
-                    continue
-                del running[fut]
-                start_next(found[addr]["machine"])
+                if _settled(fut, hosts[addr], addr, addr in alive, drain):
+                    del running[fut]
+                    start_next(found[addr]["machine"])
     finally:
-        for fut in running:
-            fut.cancel()
-        for h in hosts.values():
-            if h.state in ("waiting", "running"):
-                h.done("interrupted" if h.state == "running" else "not run", "the fleet run was stopped")
-        with contextlib.suppress(Exception):
-            drain()
-        frames = [h.frame() for h in hosts.values()] + [pd.DataFrame(extra)]
-        frames = [f for f in frames if len(f)]
+        _stop(running, hosts.values(), drain)
+        frames = [f for f in [h.frame() for h in hosts.values()] + [pd.DataFrame(extra)] if len(f)]
         df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["host"])
         study.df = storage.normalise(df, metrics.definitions())
-        study.meta = {
-            "params": params, "metrics": metrics.definitions(),
-            "environment": {"host": ", ".join(h.label for h in hosts.values()), "kit_version": kit.__version__,
-                            "client": platform.node(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
-            "runtimes": sorted({r for h in hosts.values() for r in h.meta.get("runtimes", [])}),
-            "skipped": {}, "dropped": {}, "partial": None if all(h.state == "ok" for h in hosts.values())
-            else "not every host completed: see study.status()",
-            "hosts": {h.label: {"environment": h.env or {}, **{k: h.meta.get(k) for k in
-                                ("skipped", "dropped", "partial", "unavailable", "order", "elapsed_s")}}
-                      for h in hosts.values()},
-            "fleet": [h.status() for h in hosts.values()],
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t_start)),
-            "elapsed_s": round(time.time() - t_start, 1),
-        }
+        study.meta = _fleet_meta(params, list(hosts.values()), t_start)
     return study.df
+
+
+def _plan(found: dict, per: str, progress: bool) -> tuple[dict[str, list[str]], dict[str, _Host]]:
+    """Which workers run the study, one after the other on each machine: machine -> worker addresses
+    (all of them, or with ``per="machine"`` the first), and address -> :class:`_Host`."""
+    chains: dict[str, list[str]] = {}
+    for addr, info in found.items():
+        chains.setdefault(info["machine"], []).append(addr)
+    if per == "machine":
+        chains = {m: addrs[:1] for m, addrs in chains.items()}
+    hosts = {addr: _Host(found[addr], i, progress)
+             for i, addr in enumerate(a for addrs in chains.values() for a in addrs)}
+    return chains, hosts
+
+
+def _stop(running: dict, hosts, drain) -> None:
+    """End a fleet run (finished, failed or interrupted): cancel what still runs, mark each host that
+    did not finish, and take the last progress messages off the queue (``drain``) if it still answers."""
+    for fut in running:
+        fut.cancel()
+    for h in hosts:
+        if h.state in ("waiting", "running"):
+            h.done("interrupted" if h.state == "running" else "not run", "the fleet run was stopped")
+    with contextlib.suppress(Exception):
+        drain()
+
+
+def _settled(fut, h: _Host, addr: str, alive: bool, drain) -> bool:
+    """Record in ``h`` how its study's task ``fut`` ended: finished (its frame and notes), failed,
+    or lost with its worker ``addr`` (not ``alive``); False while it still runs. ``drain`` first takes the
+    host's last progress messages off the queue."""
+    if fut.status == "finished":
+        res = fut.result()
+        h.frames, h.meta = [res["df"]], res["meta"]
+        h.env = res["meta"].get("environment") or h.env
+        h.started, h.finished = res["t0"], res["t1"]
+        notes = _notes(res["meta"])
+        h.done("failures" if notes or (res["df"]["status"] != "ok").any() else "ok", notes)
+    elif fut.status in ("error", "cancelled", "lost"):
+        exc = fut.exception() if fut.status == "error" else None
+        drain()
+        h.done("failed", f"{type(exc).__name__}: {exc}" if exc else "cancelled")
+    elif not alive:
+        drain()
+        fut.cancel()
+        h.done("lost", f"worker {addr} died after {h.cells} of {h.planned} cells")
+    else:
+        return False
+    return True
+
+
+def _fleet_meta(params: dict, hosts: list, t_start: float) -> dict:
+    """A fleet run's ``study.meta``: its parameters and definitions, each host's environment and notes,
+    the status table, and what every host together ran."""
+    import kit
+
+    from . import metrics
+
+    return {
+        "params": params, "metrics": metrics.definitions(),
+        "environment": {"host": ", ".join(h.label for h in hosts), "kit_version": kit.__version__,
+                        "client": platform.node(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        "runtimes": sorted({r for h in hosts for r in h.meta.get("runtimes", [])}),
+        "skipped": {}, "dropped": {}, "partial": None if all(h.state == "ok" for h in hosts)
+        else "not every host completed: see study.status()",
+        "hosts": {h.label: {"environment": h.env or {}, **{k: h.meta.get(k) for k in
+                            ("skipped", "dropped", "partial", "unavailable", "order", "elapsed_s")}}
+                  for h in hosts},
+        "fleet": [h.status() for h in hosts],
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t_start)),
+        "elapsed_s": round(time.time() - t_start, 1),
+    }
 
 
 def _notes(meta: dict) -> str:
@@ -447,66 +476,91 @@ def cluster(scheduler: str | None = None, hosts=None, *, n_local: int = 2, conne
     >>> with cluster() as client:            # two workers on this machine, over TLS
     ...     Study(runtimes="process", repeat=3).run(client=client)
     """
-    import dask
-    from distributed import Client, LocalCluster
-    from distributed.security import Security
-
     from . import fleettls
 
     if scheduler and hosts:
         raise InvalidSpec("give a scheduler address or SSH hosts, not both")
     if scheduler:
-        tls = fleettls.choose(scheduler, security=security, insecure=insecure)
-        if not tls and fleettls.plaintext_remote(scheduler):
-            fleettls.warn(scheduler)
-        with Client(scheduler, security=fleettls.client_security(scheduler, security) if tls else None) as client:
-            if insecure:
-                fleettls.allow_plaintext(client)
-            yield client
-        return
-    if hosts:
-        from distributed import SSHCluster
+        made = _scheduler_client(scheduler, security, insecure)
+    elif hosts:
+        made = _ssh_client(hosts, connect_options, remote_python, bind, security, insecure)
+    else:
+        made = _local_client(n_local, security, insecure)
+    with made as client:
+        if insecure:
+            fleettls.allow_plaintext(client)
+        yield client
 
-        specs = [h for h in hosts.split(",")] if isinstance(hosts, str) else list(hosts)
-        parsed = [parse_host(h) for h in specs if h.strip()]
-        if not parsed:
-            raise InvalidSpec("no SSH host given: name at least one as [user@]host[:port]")
-        names = [parsed[0][0]] + [h for h, _ in parsed]
-        opts = [{**(connect_options or {}), **o} for o in [parsed[0][1]] + [o for _, o in parsed]]
-        local = all(fleettls.is_loopback(h) for h in names)
-        if bind is None and local:
-            bind = "127.0.0.1"  # else the scheduler advertises the host's first address, not loopback
-        net = {"host": bind} if bind else {}
-        tls = fleettls.choose(hosts=names, security=security, insecure=insecure)
-        if not tls and not local:
-            fleettls.warn(", ".join(dict.fromkeys(names)))
-        with contextlib.ExitStack() as stack:
-            sec = creds = None
-            if tls:
-                sec = security if security is not None else Security.temporary()
-                creds = fleettls.RemoteCredentials(sec, list(zip(names, opts)), remote_python)
-                stack.callback(creds.remove)  # after the cluster has stopped (the stack unwinds in reverse)
-                creds.write()
-            # The hosts' scheduler and workers inherit this process's Dask config when they start:
-            # with TLS, that names the credential files they read.
-            with dask.config.set(creds.config() if creds else {}):
-                c = stack.enter_context(SSHCluster(
-                    names, connect_options=opts, remote_python=remote_python, security=sec,
-                    worker_options={"nthreads": 1, **net},
-                    scheduler_options={"port": 0, "dashboard": False, **({"protocol": "tls"} if tls else {}),
-                                       **net}))
-            client = stack.enter_context(Client(c))
-            if insecure:
-                fleettls.allow_plaintext(client)
-            # a worker has printed its address before the scheduler has registered it
-            client.wait_for_workers(len(parsed), timeout=WAIT_WORKERS)
-            yield client
-        return
+
+@contextlib.contextmanager
+def _scheduler_client(scheduler: str, security, insecure: bool):
+    """A client of a running scheduler (see :func:`cluster`)."""
+    from distributed import Client
+
+    from . import fleettls
+
+    tls = fleettls.choose(scheduler, security=security, insecure=insecure)
+    if not tls and fleettls.plaintext_remote(scheduler):
+        fleettls.warn(scheduler)
+    with Client(scheduler, security=fleettls.client_security(scheduler, security) if tls else None) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def _ssh_client(hosts, connect_options: dict | None, remote_python: str | None, bind: str | None, security,
+                insecure: bool):
+    """A client of an ``SSHCluster`` over ``hosts``, with credentials made for it (see :func:`cluster`)."""
+    import dask
+    from distributed import Client, SSHCluster
+    from distributed.security import Security
+
+    from . import fleettls
+
+    specs = [h for h in hosts.split(",")] if isinstance(hosts, str) else list(hosts)
+    parsed = [parse_host(h) for h in specs if h.strip()]
+    if not parsed:
+        raise InvalidSpec("no SSH host given: name at least one as [user@]host[:port]")
+    names = [parsed[0][0]] + [h for h, _ in parsed]
+    opts = [{**(connect_options or {}), **o} for o in [parsed[0][1]] + [o for _, o in parsed]]
+    local = all(fleettls.is_loopback(h) for h in names)
+    if bind is None and local:
+        bind = "127.0.0.1"  # else the scheduler advertises the host's first address, not loopback
+    net = {"host": bind} if bind else {}
+    tls = fleettls.choose(hosts=names, security=security, insecure=insecure)
+    if not tls and not local:
+        fleettls.warn(", ".join(dict.fromkeys(names)))
+    with contextlib.ExitStack() as stack:
+        sec = creds = None
+        if tls:
+            sec = security if security is not None else Security.temporary()
+            creds = fleettls.RemoteCredentials(sec, list(zip(names, opts)), remote_python)
+            stack.callback(creds.remove)  # after the cluster has stopped (the stack unwinds in reverse)
+            creds.write()
+        # The hosts' scheduler and workers inherit this process's Dask config when they start:
+        # with TLS, that names the credential files they read.
+        with dask.config.set(creds.config() if creds else {}):
+            c = stack.enter_context(SSHCluster(
+                names, connect_options=opts, remote_python=remote_python, security=sec,
+                worker_options={"nthreads": 1, **net},
+                scheduler_options={"port": 0, "dashboard": False, **({"protocol": "tls"} if tls else {}),
+                                   **net}))
+        client = stack.enter_context(Client(c))
+        # a worker has printed its address before the scheduler has registered it
+        client.wait_for_workers(len(parsed), timeout=WAIT_WORKERS)
+        yield client
+
+
+@contextlib.contextmanager
+def _local_client(n_local: int, security, insecure: bool):
+    """A client of a ``LocalCluster`` of ``n_local`` worker processes on 127.0.0.1 (see :func:`cluster`)."""
+    from distributed import Client, LocalCluster
+    from distributed.security import Security
+
+    from . import fleettls
+
     tls = fleettls.choose(security=security, insecure=insecure)
     sec = (security if security is not None else Security.temporary()) if tls else None
     with LocalCluster(n_workers=n_local, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None, security=sec) as c, Client(c) as client:
-        if insecure:
-            fleettls.allow_plaintext(client)
         client.wait_for_workers(n_local, timeout=WAIT_WORKERS)
         yield client
