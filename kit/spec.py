@@ -174,7 +174,7 @@ def parse_volume(value) -> Mount:
 
     ``SRC`` starting with ``/`` is a host directory; otherwise it is a volume name
     (letters, digits, ``_ . -``; no ``/`` or ``..``). Existence is checked where the
-    mount is resolved (:func:`kit.volumes.resolve`), not here.
+    mount is resolved (:meth:`kit.volumestore.Volumes.attach`), not here.
 
     >>> parse_volume("data:/var/lib/mysql")
     Mount(source='data', target='/var/lib/mysql', read_only=False, kind='volume')

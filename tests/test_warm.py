@@ -353,3 +353,43 @@ def test_runc_snapshot_checkpoints_a_service_once_and_restores_it(tmp_path, monk
         warm.clear()
     assert not images.parent.exists()
     assert not [m for m in open("/proc/mounts").read().split("\n") if "ckpt-" in m or "checkpoint-" in m or "snap-" in m]
+
+
+@pytest.mark.parametrize("runtime", ["runc", "docker"])
+def test_create_then_start_created_through_the_runtime_interface(runtime):
+    """The two halves of a precreated start, called as the pool calls them: create makes the container
+    with its command fixed but not run; start_created runs exactly that command, its output streamed."""
+    need(runtime)
+    rt = kit.runtimes.get(runtime)
+    session = kit.api.default_session()
+    img = kit.images.get("busybox")
+    marker = unique("halves")
+    spec = session.spec("busybox", ["sh", "-c", f"echo {marker}; exit 7"], name=unique("halves"), start="precreated")
+    state = rt.new_instance(spec, img, session.context)
+    seen = []
+    try:
+        rt.create(state)
+        assert not rt.running(state) or runtime == "runc"  # runc's created container waits in its init
+        assert "started" not in state.phases
+        out, _ = rt.logs(state)
+        assert marker.encode() not in out  # nothing ran yet
+        rt.start_created(state, lambda label, data: seen.append((label, data)))
+        assert rt.wait(state, timeout=30) == 7 and "started" in state.phases
+        assert rt.logs(state)[0] == f"{marker}\n".encode()
+        assert b"".join(d for label, d in seen if label == "stdout") == f"{marker}\n".encode()
+    finally:
+        rt.remove(state)
+    assert not [x for x in lifetime.leftovers(kit.config.SESSION_ID) if state.id in x]
+
+
+def test_the_pool_keeps_only_policy():
+    """kit.pool calls the runtimes' start-mode methods and nothing else of theirs: no isinstance, no
+    private name of another object, no spec building of its own."""
+    import ast
+
+    tree = ast.parse(Path(pool.__file__).read_text())
+    calls = [n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+    private = [f"{ast.unparse(n.value)}.{n.attr}" for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+               and n.attr.startswith("_") and not n.attr.startswith("__") and ast.unparse(n.value) != "self"]
+    assert "isinstance" not in calls and private == [], private
+    assert len(calls) > 10  # the walk sees the module's calls

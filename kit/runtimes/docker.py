@@ -51,7 +51,7 @@ class DockerRuntime(Runtime):
     supports_volumes = True  # kit.volumes: bind mounts of the kit's directories
     image_formats = ("docker",)  # the daemon's copy of the image (and its containers' writable layers)
     daemons = ("dockerd", "containerd")
-    #: ``precreated``: ``docker create`` ahead, ``start`` on demand (:mod:`kit.warm`).
+    #: ``precreated``: :meth:`create` ahead, :meth:`start_created` on demand (the warm pool, :mod:`kit.pool`).
     start_modes = ("cold", "precreated")
 
     @property
@@ -83,7 +83,7 @@ class DockerRuntime(Runtime):
     def create(self, inst: InstanceState) -> str:
         """``docker create``: the image in the daemon, the container made (not started); its id.
 
-        The first half of a cold start, and what :mod:`kit.warm` does ahead of time."""
+        The first half of a cold start, and what a ``precreated`` start does ahead of time (:mod:`kit.pool`)."""
         import docker
 
         spec = inst.spec
