@@ -241,11 +241,60 @@ def test_example_backend_colocated_counts_in_redis_and_mariadb(runtime):
         assert second["redis_hits"] == first["redis_hits"] + 1 and second["db_visits"] == first["db_visits"] + 1
         mem = measure.memory(project)
         assert len(mem) == 1 and mem.pss.iloc[0] > 20e6  # redis + mariadb + python: tens of MB at least
+        assert mem.partial.iloc[0] == ""  # root reads every process: the figures are whole
         disk = measure.disk(project)
         assert set(disk.part) == {"image", "instance", "volume"}
         assert disk[disk.part == "volume"].bytes.sum() > 1e6  # MariaDB's system tables live in the volume
     finally:
         compose.down(project, volumes=True)
+
+
+# ---- memory: a partial figure says so ------------------------------------------------------
+
+def _rows(monkeypatch, own_unreadable: bool, monitor_unreadable: bool) -> list[dict]:
+    """kit.bench.memory.instance_rows of an instance with two own processes (pids 1, 2) and a monitor
+    (pid 3), any of them unreadable as for a rootless user reading root's: the readings are given,
+    the rows are the module's own."""
+    from kit.bench import memory as mem
+
+    def proc(pid, pss):
+        return {"pid": pid, "name": f"p{pid}", "pss": pss, "uss": pss // 2, "rss": pss * 2}
+
+    denied = {"name": "p2", "why": "access denied: smaps"}
+    readings = {(1, 2): mem.Reading(procs=[proc(1, 5_000_000)] + ([] if own_unreadable else [proc(2, 3_000_000)]),
+                                    unreadable=[{"pid": 2, **denied}] if own_unreadable else []),
+                (3,): mem.Reading(procs=[] if monitor_unreadable else [proc(3, 1_000_000)],
+                                  unreadable=[{"pid": 3, "name": "runc", "why": "access denied: smaps"}]
+                                  if monitor_unreadable else [])}
+    monkeypatch.setattr(mem, "split_pids", lambda rt, inst: ([1, 2], [3]))
+    monkeypatch.setattr(mem, "read", lambda pids: readings[tuple(pids)])
+
+    class NoCgroup:
+        def cgroup_path(self, inst):
+            return None
+
+    return mem.instance_rows(NoCgroup(), None)
+
+
+def test_memory_row_is_nan_and_says_why_for_a_partial_figure(monkeypatch):
+    import math
+
+    import pandas as pd
+
+    whole = measure.memory_row(_rows(monkeypatch, False, False))
+    assert whole == {"pss": 8e6, "uss": 4e6, "monitor_pss": 1e6, "partial": ""}
+    own = measure.memory_row(_rows(monkeypatch, True, False))
+    assert math.isnan(own["pss"]) and math.isnan(own["uss"]) and own["monitor_pss"] == 1e6
+    assert own["partial"].startswith("pss, uss: partial: 1 of 2 processes") and "2 p2 (access denied" in own["partial"]
+    # the monitor unreadable: no monitor_pss row at all, only the failed row names the figure
+    monitor = measure.memory_row(_rows(monkeypatch, False, True))
+    assert monitor["pss"] == 8e6 and math.isnan(monitor["monitor_pss"])
+    assert monitor["partial"].startswith("monitor_pss: partial: 1 of 1 processes") and "3 runc" in monitor["partial"]
+    both = measure.memory_row(_rows(monkeypatch, True, True))
+    assert both["partial"].count("partial:") == 2
+    # a stack's total over the table cannot pass for the whole
+    table = pd.DataFrame([whole, own])
+    assert math.isnan(table.pss.sum(skipna=False)) and table.monitor_pss.sum(skipna=False) == 2e6
 
 
 # ---- the bounded load --------------------------------------------------------------------

@@ -4,7 +4,7 @@
 >>> measure.first_response("http://127.0.0.1:18080/", timeout=120)     # seconds until a 200
 >>> measure.http_load("http://127.0.0.1:18080/", requests=500, concurrency=8)
 {'requests': 500, 'concurrency': 8, 'errors': 0, 'seconds': ..., 'rps': ..., 'p50_ms': ..., 'p99_ms': ...}
->>> measure.memory(stack)     # one row per instance: pss, monitor_pss apart
+>>> measure.memory(stack)     # one row per instance: pss, monitor_pss apart, partial says what is not whole
 >>> measure.disk(stack)       # image (shared), instance bytes, volumes apart
 """
 
@@ -116,9 +116,47 @@ def http_load(url: str, requests: int = 1000, concurrency: int = 8, timeout: flo
             "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99), "latencies_ms": latencies}
 
 
+#: The columns of :func:`memory`'s table, each with the figure of :func:`kit.bench.memory.instance_rows`
+#: it comes from: ``pss`` and ``uss`` are one reading of the instance's own processes (a ``failed``
+#: row names it ``pss``), ``monitor_pss`` sums its monitor's processes.
+MEMORY_FIGURES = {"pss": "pss", "uss": "pss", "monitor_pss": "monitor_pss"}
+
+
+def memory_row(rows: list[dict]) -> dict:
+    """The memory table's figures of one instance, from its :func:`kit.bench.memory.instance_rows`.
+
+    A figure some of whose processes could not be read (a row with status ``partial: ...``, or a
+    ``failed`` row naming it) is NaN, never the smaller sum of what could be read: a total or a plot
+    over the table then cannot pass for the whole (sum with ``skipna=False``). ``partial`` says which
+    figures and why, and is ``""`` when every figure is whole.
+
+    Returns:
+        pss, uss, monitor_pss (bytes) and partial.
+
+    >>> memory_row([{"metric": "pss", "component": "", "value": 5e6, "status": "ok"},
+    ...             {"metric": "uss", "component": "", "value": 4e6, "status": "ok"}])
+    {'pss': 5000000.0, 'uss': 4000000.0, 'monitor_pss': 0.0, 'partial': ''}
+    """
+    why: dict[str, str] = {}
+    for r in rows:
+        status = str(r.get("status", "ok"))
+        if r["metric"] == "failed" and r["component"] in MEMORY_FIGURES.values():
+            why.setdefault(r["component"], status.removeprefix("error: "))
+        elif r["metric"] in ("pss", "uss", "monitor_pss") and status.startswith("partial"):
+            why.setdefault(MEMORY_FIGURES[r["metric"]], status)
+    out = {}
+    for column, figure in MEMORY_FIGURES.items():
+        values = [r["value"] for r in rows if r["metric"] == column]
+        out[column] = float("nan") if figure in why else float(sum(values))
+    out["partial"] = "; ".join(f"{', '.join(c for c, f in MEMORY_FIGURES.items() if f == figure)}: {text}"
+                               for figure, text in why.items())
+    return out
+
+
 def memory(stack):
     """One row per instance of the stack: pss (its own host processes) and monitor_pss apart,
-    both in bytes, as :func:`kit.bench.memory.instance_rows` measures them after settling."""
+    both in bytes, as :func:`kit.bench.memory.instance_rows` measures them once the instance's
+    PSS is steady; a figure that is not whole is NaN and ``partial`` says why (:func:`memory_row`)."""
     import pandas as pd
 
     from ..bench import memory as mem
@@ -128,13 +166,10 @@ def memory(stack):
     for name, unit in s.units.items():
         handle = api.get(name)
         rt, inst = handle.backend, handle.state
-        mem.settle(lambda: mem.host_pids(rt, inst))
-        got = {r["metric"]: r for r in mem.instance_rows(rt, inst) if r["metric"] in ("pss", "uss")}
-        monitor = sum(r["value"] for r in mem.instance_rows(rt, inst) if r["metric"] == "monitor_pss")
+        mem.steady(lambda: mem.host_pids(rt, inst))  # waits only: the figures come from the rows below
         rows.append({"instance": name, "services": ", ".join(unit.services), "runtime": unit.runtime,
-                     "pss": got.get("pss", {}).get("value", 0.0), "uss": got.get("uss", {}).get("value", 0.0),
-                     "monitor_pss": monitor})
-    return pd.DataFrame(rows, columns=["instance", "services", "runtime", "pss", "uss", "monitor_pss"])
+                     **memory_row(mem.instance_rows(rt, inst))})
+    return pd.DataFrame(rows, columns=["instance", "services", "runtime", "pss", "uss", "monitor_pss", "partial"])
 
 
 def disk(stack):
