@@ -18,10 +18,10 @@ from .errors import InvalidSpec
 
 __all__ = ["free_port", "wait_for_port", "wait_until"]
 
-#: How long a connection must stay open before it counts as "answered": a port forwarder
-#: (the kit's, docker-proxy, QEMU's user network) accepts at once and closes the connection
-#: when nothing listens behind it yet, which takes a few milliseconds; 0.2 s leaves a margin
-#: of tens of times that on a busy 2-core host while keeping the wait short.
+#: How long a connection must stay open before it counts as "answered": a port forwarder (the
+#: kit's, which Docker's published ports go through too, or QEMU's user network) accepts at once
+#: and closes the connection when nothing listens behind it yet, which takes a few milliseconds;
+#: 0.2 s leaves a margin of tens of times that on a busy 2-core host while keeping the wait short.
 SETTLE = 0.2
 
 

@@ -7,12 +7,17 @@ so CI exercises exactly what ``kit report`` and ``make demo`` do. Any cell error
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 
+import kit
 from kit import report
+from kit.bench import Study
 from kit.bench.envinfo import vm_accel
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -32,6 +37,29 @@ SMALL = {
     # runc pre-created and a restored VM against their cold starts (a template is built once, then cached)
     "08-warm-starts": {"runtimes": "process,runc,qemu", "repeat": 2, "vm_repeat": 1, "warmup": 0},
 }
+
+
+def _vm_boot_bytes(image: str) -> int:
+    """Bytes allocated to the files a QEMU VM of ``image`` boots from (``-kernel``, ``-initrd``, every
+    ``-drive file=``), each inode once: read from QEMU's own /proc cmdline and os.stat, independently
+    of kit.bench.disk."""
+    name = f"tnb-boot-{os.getpid()}"
+    vm = kit.start(image, ["sleep", "600"], runtime="qemu", name=name)
+    try:
+        qemu = [p for p in vm.pids() if "qemu" in Path(f"/proc/{p}/comm").read_text()]
+        assert len(qemu) == 1, qemu
+        argv = [a.decode() for a in Path(f"/proc/{qemu[0]}/cmdline").read_bytes().split(b"\0") if a]
+    finally:
+        vm.rm(force=True)
+    files = [argv[i + 1] for i, a in enumerate(argv) if a in ("-kernel", "-initrd")]
+    files += [o[len("file="):].replace(",,", ",") for i, a in enumerate(argv) if a == "-drive"
+              for o in argv[i + 1].split(",") if o.startswith("file=")]
+    assert any(f.endswith("vmlinuz") for f in files), argv
+    blocks = {}
+    for f in files:
+        st = os.stat(f)
+        blocks[(st.st_dev, st.st_ino)] = st.st_blocks * 512
+    return sum(blocks.values())
 
 
 def test_every_notebook_is_listed_and_has_parameters():
@@ -65,6 +93,9 @@ def test_notebook_runs(stem, tmp_path):
     if stem == "03-images-and-layers":  # the guest's own view says where a VM's writes went
         html = (out / f"{stem}.html").read_text()
         assert "Inside the <strong>qemu</strong> VM" in html and "writable layer is guest memory" in html
+        # a VM's shared bytes are the files its QEMU boots, counted here from a VM's own /proc cmdline
+        sharing = pd.read_csv(out / stem / "data" / "sharing.csv").set_index("runtime")
+        assert sharing.loc["qemu", "shared_mb"] * 1e6 == pytest.approx(_vm_boot_bytes("busybox"), abs=1)
     if stem == "02-containers-vs-vms":
         html = (out / f"{stem}.html").read_text()
         accel, _ = vm_accel()  # what this host gives VMs decides which explanation the reader must see
@@ -85,3 +116,49 @@ def test_notebook_runs(stem, tmp_path):
         html = (out / f"{stem}.html").read_text()
         # the findings are computed from the run: without a VM or Docker those two are "not measured"
         assert "VM accelerator" in html and "Felter" in html and "not measured" in html
+
+
+#: A Dask address as an example gives it (``tcp://lab1:8786``, ``tls://[::1]:8786``).
+_DASK_ADDRESS = re.compile(r"\b(?:tcp|tls|ws|wss)://(?:\[[0-9a-fA-F:]+\]|[\w.-]+):\d+")
+
+
+def test_example_scheduler_addresses_are_not_plaintext_off_this_machine():
+    """The fleet refuses a plaintext scheduler off this machine unless insecure=True: an example that
+    gives one (a notebook's parameters, its text, the README) would be refused as written."""
+    from kit.bench import fleettls
+
+    texts = {p.name: "\n".join(c.source for c in nbformat.read(p, as_version=4).cells)
+             for p in NOTEBOOKS.glob("*.ipynb")}
+    texts["README.md"] = (NOTEBOOKS.parent / "README.md").read_text()
+    found = {(name, a) for name, text in texts.items() for line in text.splitlines()
+             for a in _DASK_ADDRESS.findall(line) if "insecure" not in line}
+    assert not [(name, a) for name, a in found if fleettls.plaintext_remote(a)]
+    assert ("07-many-machines.ipynb", "tls://lab1:8786") in found  # the regex finds what the notebook gives
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_many_machines_notebook_reaches_a_tls_scheduler(tmp_path):
+    """Notebook 07 given a running TLS scheduler and its certificates as files, as its parameters
+    cell says (``tls://``, ``tls_ca_file``, ``tls_cert``, ``tls_key``), measures on its workers."""
+    from kit.bench import fleet
+
+    with fleet.cluster(n_local=2) as client:  # a TLS scheduler with credentials made for it
+        sec, addr = client.security, client.scheduler.address
+        assert addr.startswith("tls://127.0.0.1:")
+        files = {}
+        for name, pem in (("ca.pem", sec.tls_ca_file), ("me.pem", sec.tls_client_cert), ("me.key", sec.tls_client_key)):
+            files[name] = tmp_path / name
+            files[name].write_text(pem)
+        params = {"scheduler": addr, "tls_ca_file": str(files["ca.pem"]), "tls_cert": str(files["me.pem"]),
+                  "tls_key": str(files["me.key"]), "runtimes": "process", "repeat": 2, "warmup": 0}
+        out = report.make_report(NOTEBOOKS / "07-many-machines.ipynb", params, out_root=tmp_path / "r",
+                                 cell_timeout=300)
+    executed = nbformat.read(out / "07-many-machines.ipynb", as_version=4)
+    errors = [o for c in executed.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, errors
+    html = (out / "07-many-machines.html").read_text()
+    assert f"Scheduler <code>{addr}</code>: TLS." in html
+    saved = next((out / "07-many-machines" / "data").rglob("study.json")).parent
+    status = Study.load(saved).status()
+    assert sorted(status["state"]) == ["ok", "ok"], status.to_string()  # both workers measured, over TLS
