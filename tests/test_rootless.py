@@ -315,10 +315,13 @@ def test_sigkill_of_the_users_python_leaves_nothing(py):
 
 
 def _children(pid: int) -> list[int]:
+    """The user's python below ``pid``, not its reaper (``python -m kit.lifetime``): the reaper is what
+    must outlive it and sweep (killing it too left the sweep to the next session's sweep of dead ones)."""
     import psutil
 
     try:
-        return [c.pid for c in psutil.Process(pid).children(recursive=True) if c.name().startswith("python")]
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)
+                if c.name().startswith("python") and "kit.lifetime" not in c.cmdline()]
     except psutil.Error:
         return []
 
