@@ -21,7 +21,8 @@ CMD ["sh", "-c", "echo $(cat what) by $WHO in $(pwd)"]
 @pytest.fixture(scope="module")
 def docker_client():
     need("docker")
-    return engine.docker_client()
+    with engine.connected() as client:
+        yield client
 
 
 @pytest.fixture(scope="module")

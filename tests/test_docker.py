@@ -29,7 +29,8 @@ def rt():
 
 @pytest.fixture(scope="module")
 def client(rt):
-    return engine.docker_client()
+    with engine.connected() as client:
+        yield client
 
 
 @pytest.fixture

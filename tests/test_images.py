@@ -219,7 +219,8 @@ def test_an_archive_without_a_manifest_is_refused(tmp_path, image_names):
 @pytest.fixture(scope="module")
 def docker_client():
     need("docker")
-    return engine.docker_client()
+    with engine.connected() as client:
+        yield client
 
 
 def test_docker_save_of_the_kit_image_imports_to_the_same_content(busybox, docker_client, image_names, tmp_path):

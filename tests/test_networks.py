@@ -156,7 +156,7 @@ def test_last_member_takes_an_auto_network_with_it(names):
     assert kit.wait_until(lambda: http_get(port, "/"), 20) == b"solo\n"
     kit.rm(name, force=True)
     assert net not in networks.names()
-    client = kit.images.engine.docker_client()
+    client = kit.api.default_session().docker
     assert not client.api.containers(all=True, filters={"id": n.holder_id})
     assert _ns_holders(ino) == [] and not n.dir.exists()
     assert _kit_threads() <= threads

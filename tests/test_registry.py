@@ -131,7 +131,8 @@ def test_skopeo_and_the_daemon_give_the_same_content_id(pushed, image_names, doc
 @pytest.fixture(scope="module")
 def docker_client():
     need("docker")
-    return engine.docker_client()
+    with engine.connected() as client:
+        yield client
 
 
 @pytest.mark.parametrize("runtime", ["runc", "docker"])

@@ -185,3 +185,24 @@ def test_every_info_key_written_or_read_is_written_down_once():
     assert len(keys) > 20, keys  # the search finds the writers (it would pass vacuously otherwise)
     unknown = sorted((f, k) for f, k in keys if k not in Info.__annotations__)
     assert unknown == [], unknown
+
+
+def test_a_compose_project_belongs_to_its_session_and_goes_down_with_it_first():
+    need("runc")
+    from kit import compose
+
+    project = unique("cs")
+    text = "services:\n  a:\n    image: busybox\n    command: sleep 300\n  b:\n    image: busybox\n    command: sleep 300\n"
+    s = kit.Session()
+    try:
+        stack = compose.up(text, runtime="runc", project=project, session=s)
+        assert compose.get(project, session=s) is stack and stack.session is s
+        with pytest.raises(KitError, match="is up"):
+            compose.get(project)  # the default session has no such project
+        assert set(s.ps()["name"]) == {f"{project}-a-1", f"{project}-b-1"} and s.networks.names() == [f"{project}_default"]
+        assert not set(kit.ps()["name"]) & set(s.ps()["name"])
+        pids = [p for h in s.list() for p in h.pids()]
+    finally:
+        s.close()
+    assert s.list() == [] and s.networks.names() == [] and compose.get(stack) is stack and not stack.units
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)

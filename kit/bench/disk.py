@@ -18,6 +18,7 @@ import os
 import re
 from pathlib import Path
 
+from ..images import engine
 from ..usage import DiskUsage as Usage  # noqa: F401  (this module's figures are these)
 from ..usage import disk_usage as usage
 from ..usage import mount_points
@@ -50,17 +51,12 @@ def format_paths(image) -> dict[str, Path]:
 def docker_image_size(image) -> int | None:
     """Size of the daemon's copy of ``image`` (the SDK's ``Size``), or None if it has none."""
     try:
-        import docker
-
-        client = docker.from_env(timeout=10)
-        try:
+        with engine.connected(timeout=10) as client:
             for img in client.images.list():
                 labels = img.labels or {}
                 tags = " ".join(img.tags)
                 if labels.get("kit.image.id") == image.id or image.short_id in tags:
                     return int(img.attrs.get("Size", 0))
-        finally:
-            client.close()
     except Exception:  # no SDK, no daemon: nothing to report
         return None
     return None
@@ -171,18 +167,13 @@ def docker_container_size(inst) -> int | None:
     per-container directory (config, hosts, resolv.conf, logs), or None without a daemon."""
     cid = inst.info.get("container_id") or inst.id
     try:
-        import docker
-
-        client = docker.from_env(timeout=10)
-        try:
-            # the list endpoint is the SDK's public way to ask for sizes (inspect has no size flag)
-            found = client.api.containers(all=True, size=True, filters={"id": cid})
-            if not found:
-                return None
-            meta = usage(Path(client.info()["DockerRootDir"]) / "containers" / found[0]["Id"])
-            return int(found[0].get("SizeRw") or 0) + meta.allocated
-        finally:
-            client.close()
+        client = inst.ctx.docker()  # the instance's session's
+        # the list endpoint is the SDK's public way to ask for sizes (inspect has no size flag)
+        found = client.api.containers(all=True, size=True, filters={"id": cid})
+        if not found:
+            return None
+        meta = usage(Path(client.info()["DockerRootDir"]) / "containers" / found[0]["Id"])
+        return int(found[0].get("SizeRw") or 0) + meta.allocated
     except Exception:
         return None
 

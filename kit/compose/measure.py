@@ -15,7 +15,6 @@ import threading
 import time
 from urllib.parse import urlsplit
 
-from .. import api
 from .._proc import wait_until
 from ..errors import InvalidSpec
 from .stack import get
@@ -164,7 +163,7 @@ def memory(stack):
     s = get(stack)
     rows = []
     for name, unit in s.units.items():
-        handle = api.get(name)
+        handle = s.session.get(name)
         rt, inst = handle.backend, handle.state
         mem.steady(lambda: mem.host_pids(rt, inst))  # waits only: the figures come from the rows below
         rows.append({"instance": name, "services": ", ".join(unit.services), "runtime": unit.runtime,
@@ -184,7 +183,7 @@ def disk(stack):
     s = get(stack)
     rows = []
     for name, unit in s.units.items():
-        handle = api.get(name)
+        handle = s.session.get(name)
         rt, inst = handle.backend, handle.state
         _, usages = dk.image_rows(images.get(unit.image))
         shared = dk.shared_usage(rt.name, usages, inst)

@@ -30,12 +30,10 @@ from dataclasses import dataclass, field
 
 from .. import api, images
 from ..errors import ComposeFileError, KitError, ServiceFailed
+from ..session import Session
 from ..spec import show
 from .load import Project, Service, load
 
-#: Projects started by this session, by name.
-_stacks: dict[str, "Stack"] = {}
-_lock = threading.Lock()
 #: The line a colocated instance's supervisor writes when a service passed its healthcheck.
 HEALTHY = "kit-compose: {} is healthy"
 #: How many log lines a failure shows.
@@ -52,11 +50,35 @@ class Unit:
     image: str = ""
 
 
+class Stacks:
+    """The projects one :class:`kit.Session` has up, by name (kept on the session through its
+    extension hook, ``session.extension("compose", Stacks)``); downed first when the session closes."""
+
+    def __init__(self, session: Session):
+        self.session = session
+        self.lock = threading.Lock()
+        self.up: dict[str, Stack] = {}
+
+    def close(self) -> None:
+        """Down every project (its named volumes kept), before the session removes its other instances."""
+        with self.lock:
+            stacks = list(self.up.values())
+        for stack in stacks:
+            _teardown(stack)
+
+
+def _stacks(session: Session | None = None) -> Stacks:
+    """The projects of ``session`` (default: the default session's)."""
+    return (session or api.default_session()).extension("compose", Stacks)
+
+
 @dataclass
 class Stack:
-    """A running project: which instance runs which service, its network and volumes."""
+    """A running project: which instance runs which service, its network and volumes, and the session
+    whose instances they are."""
 
     project: Project
+    registry: Stacks
     units: dict[str, Unit] = field(default_factory=dict)      # instance name -> unit
     where: dict[str, str] = field(default_factory=dict)       # service -> instance name
     network: str | None = None
@@ -68,6 +90,11 @@ class Stack:
     def name(self) -> str:
         return self.project.name
 
+    @property
+    def session(self) -> Session:
+        """The session whose instances its services are."""
+        return self.registry.session
+
     def instance(self, service: str) -> str:
         """The instance that runs ``service``."""
         try:
@@ -77,7 +104,7 @@ class Stack:
                            f"{', '.join(self.where)})") from None
 
     def _repr_html_(self):
-        return ps(self.name)._repr_html_()
+        return ps(self)._repr_html_()
 
 
 def _instance_name(project: str, unit: str) -> str:
@@ -148,7 +175,8 @@ def plan(project: Project, runtime: str | None = None, runtimes: dict | None = N
 
 
 def up(file, runtime: str | None = None, project: str | None = None, *, runtimes: dict | None = None,
-       colocate=None, wait: bool = True, timeout: float = 600, memory=None, environ: dict | None = None) -> Stack:
+       colocate=None, wait: bool = True, timeout: float = 600, memory=None, environ: dict | None = None,
+       session: Session | None = None) -> Stack:
     """Start a compose file's services; return the running :class:`Stack`.
 
     Args:
@@ -161,6 +189,7 @@ def up(file, runtime: str | None = None, project: str | None = None, *, runtimes
         timeout: seconds a service may take to become healthy.
         memory: memory of each colocated instance (default: the sum of its services' limits).
         environ: variables for ``${VAR}`` in the file, overriding ``os.environ``.
+        session: the :class:`kit.Session` whose instances the services become (default: the default one).
 
     Raises:
         ComposeFileError: the file or an argument is wrong; nothing was started.
@@ -170,10 +199,11 @@ def up(file, runtime: str | None = None, project: str | None = None, *, runtimes
 
     proj = load(file, project, environ={**os.environ, **(environ or {})})
     units = plan(proj, runtime, runtimes, colocate)
-    with _lock:
-        if proj.name in _stacks:
+    stacks = _stacks(session)
+    with stacks.lock:
+        if proj.name in stacks.up:
             raise KitError(f"project {proj.name!r} is already up: down it first, or give another project=")
-        stack = _stacks[proj.name] = Stack(proj)
+        stack = stacks.up[proj.name] = Stack(proj, stacks)
     stack.requested = time.time()
     created_volumes: list[str] = []
     try:
@@ -181,7 +211,7 @@ def up(file, runtime: str | None = None, project: str | None = None, *, runtimes
             u.image = _unit_image(proj, u)
         _volumes(stack, created_volumes)
         if len(units) > 1:
-            stack.network = _network(proj.name)
+            stack.network = _network(stack)
         for u in units:
             _wait_dependencies(stack, u, timeout)
             try:
@@ -245,8 +275,7 @@ def _volumes(stack: Stack, created: list[str]) -> None:
     used = {src for s in stack.project.services.values() for src, _, _, kind in s.volumes if kind == "volume"}
     if not used:
         return
-    from .. import volumes as kv  # noqa: PLC0415  (only a project with volumes needs them)
-
+    kv = stack.session.volumes
     have = set(kv.names())
     for vol in sorted(used):
         name = volume_name(stack.project, vol)
@@ -264,12 +293,10 @@ def volume_name(proj: Project, vol: str) -> str:
     return spec.get("name") or f"{proj.name}_{vol}"
 
 
-def _network(project: str) -> str:
-    from .. import networks as kn  # noqa: PLC0415
-
-    name = f"{project}_default"
-    if name not in kn.names():
-        kn.create(name)
+def _network(stack: Stack) -> str:
+    name = f"{stack.name}_default"
+    if name not in stack.session.networks.names():
+        stack.session.networks.create(name)
     return name
 
 
@@ -307,7 +334,7 @@ def _start_unit(stack: Stack, u: Unit, memory) -> None:
         kw["memory"] = memory or (sum(limits) if limits else None)
     if not kw["volumes"]:
         del kw["volumes"]
-    api.start(u.image, argv, u.runtime, **kw)
+    stack.session.start(u.image, argv, u.runtime, **kw)
     stack.units[u.name] = u
     now = time.time() - stack.requested
     for s in svcs:
@@ -380,10 +407,10 @@ def _healthy(stack: Stack, svc: str, timeout: float) -> None:
     failures, last = 0, ""
     colocated = name in stack.units and len(stack.units[name].services) > 1
     while True:
-        if not _running(name):
+        if not _running(stack, name):
             raise _failed(stack, svc, "exited")
         if colocated:
-            r = api.logs(name)
+            r = stack.session.logs(name)
             if HEALTHY.format(svc) in r.stdout.splitlines():
                 break
             if time.monotonic() > deadline:
@@ -394,7 +421,7 @@ def _healthy(stack: Stack, svc: str, timeout: float) -> None:
             break
         try:
             # An exec into a VM under TCG starts slowly: give it room, whatever the file's timeout says.
-            r = api.exec_(name, hc.test, timeout=max(hc.timeout, 120) if _is_vm(stack.units[name].runtime)
+            r = stack.session.exec(name, hc.test, timeout=max(hc.timeout, 120) if _is_vm(stack.units[name].runtime)
                           else hc.timeout)
             if r.exit_code == 0:
                 break
@@ -410,10 +437,11 @@ def _healthy(stack: Stack, svc: str, timeout: float) -> None:
     t["healthy"] = time.time() - stack.requested
 
 
-def _running(name: str) -> bool:
-    table = api.ps()
-    row = table[table.name == name]
-    return bool(len(row)) and row.status.iloc[0] == "running"
+def _running(stack: Stack, name: str) -> bool:
+    try:
+        return stack.session.get(name).status == "running"
+    except KitError:  # removed
+        return False
 
 
 def _failed(stack: Stack, svc: str, what: str) -> ServiceFailed:
@@ -433,34 +461,32 @@ def _teardown(stack: Stack, remove_volumes=()) -> list[str]:
     gone = []
     for name in reversed(list(stack.units)):
         try:
-            api.rm(name, force=True)
+            stack.session.rm(name, force=True)
             gone.append(name)
         except KitError:
             pass
     stack.units.clear()
     if stack.network:
-        from .. import networks as kn  # noqa: PLC0415
-
-        kn.rm(stack.network)
-    if remove_volumes:
-        from .. import volumes as kv  # noqa: PLC0415
-
-        for v in remove_volumes:
-            kv.rm(v)
-    with _lock:
-        if _stacks.get(stack.name) is stack:
-            del _stacks[stack.name]
+        stack.session.networks.rm(stack.network)
+    for v in remove_volumes:
+        stack.session.volumes.rm(v)
+    with stack.registry.lock:
+        if stack.registry.up.get(stack.name) is stack:
+            del stack.registry.up[stack.name]
     return gone
 
 
-def get(project) -> Stack:
-    """The running :class:`Stack` of ``project`` (a name, or a Stack)."""
+def get(project, session: Session | None = None) -> Stack:
+    """The running :class:`Stack` of ``project`` (a name, or a Stack) in ``session`` (default: the default one)."""
     if isinstance(project, Stack):
         return project
-    try:
-        return _stacks[str(project)]
-    except KeyError:
-        raise KitError(f"no compose project {str(project)!r} is up (up: {', '.join(_stacks) or 'none'})") from None
+    stacks = _stacks(session)
+    with stacks.lock:
+        try:
+            return stacks.up[str(project)]
+        except KeyError:
+            up = ", ".join(stacks.up) or "none"
+    raise KitError(f"no compose project {str(project)!r} is up (up: {up})")
 
 
 def down(project, volumes: bool = False) -> list[str]:
@@ -482,7 +508,7 @@ def ps(project):
     import pandas as pd
 
     stack = get(project)
-    table = api.ps().set_index("name")
+    table = stack.session.ps().set_index("name")
     rows = []
     for svc, name in stack.where.items():
         if name not in stack.units:
@@ -504,7 +530,7 @@ def logs(project, service: str | None = None) -> str:
         if service is not None and svc != service:
             continue
         try:
-            r = api.logs(name)
+            r = stack.session.logs(name)
         except KitError:
             continue
         text = (r.stdout or "") + (r.stderr or "")

@@ -36,14 +36,7 @@ _FROM = re.compile(r"^\s*FROM\s+(?:--\S+\s+)*(?P<image>\S+)(?:\s+AS\s+(?P<alias>
 
 
 def _client():
-    try:
-        import docker
-    except ImportError:
-        raise ImageError("the docker Python SDK is not installed: pip install docker (or run 'make setup')") from None
-    try:
-        return docker.APIClient(base_url=engine.docker_host(), version=API_VERSION, timeout=BUILD_TIMEOUT)
-    except docker.errors.DockerException:
-        raise ImageError(engine.daemon_unreachable()) from None
+    return engine.connect(timeout=BUILD_TIMEOUT, error=ImageError, version=API_VERSION)
 
 
 def base_images(dockerfile_text: str) -> list[str]:
@@ -64,7 +57,7 @@ def _provide_bases(client, names: list[str]) -> None:
 
     for ref in names:
         try:
-            client.inspect_image(ref)
+            client.api.inspect_image(ref)
             continue
         except docker.errors.ImageNotFound:
             pass
@@ -74,9 +67,9 @@ def _provide_bases(client, names: list[str]) -> None:
             image = store.get(ref)
         except ImageNotFound:
             continue  # the daemon's error names it
-        tagged = engine.ensure_in_docker(engine.docker_client(timeout=300, error=ImageError), image)
+        tagged = engine.ensure_in_docker(client, image)
         repo, _, tag = ref.rpartition(":") if ":" in ref.rsplit("/", 1)[-1] else (ref, "", "latest")
-        client.tag(tagged, repo, tag or "latest")
+        client.api.tag(tagged, repo, tag or "latest")
 
 
 def build(context: str | os.PathLike, tag: str, dockerfile: str | None = None, buildargs: dict | None = None,
@@ -106,11 +99,11 @@ def build(context: str | os.PathLike, tag: str, dockerfile: str | None = None, b
     parse(tag)  # a name the daemon can tag (lower-case, NAME[:TAG]); raises a one-line ImageError
     say = stream or (lambda line: (sys.stdout.write(line + "\n"), sys.stdout.flush()))
     client = _client()
-    _provide_bases(client, base_images(df.read_text(errors="replace")))
     tail: collections.deque[str] = collections.deque(maxlen=TAIL)
     step, image_id, pending = "", None, ""
     try:
-        for chunk in client.build(path=str(ctx.resolve()), dockerfile=str(df.resolve()), tag=tag, rm=True,
+        _provide_bases(client, base_images(df.read_text(errors="replace")))
+        for chunk in client.api.build(path=str(ctx.resolve()), dockerfile=str(df.resolve()), tag=tag, rm=True,
                                   forcerm=True, pull=False, buildargs=buildargs or {}, decode=True):
             if chunk.get("error"):
                 detail = " | ".join(list(tail) + [chunk["error"].strip()])
@@ -130,6 +123,8 @@ def build(context: str | os.PathLike, tag: str, dockerfile: str | None = None, b
         raise ImageError(f"build of {tag!r}: the Docker daemon refused: {' '.join(str(e.explanation or e).split())[:300]}") from None
     except docker.errors.DockerException as e:
         raise ImageError(f"build of {tag!r}: {engine.daemon_unreachable()} ({e})") from None
+    finally:
+        client.close()
     if pending:
         say(pending)
     if not image_id:

@@ -19,6 +19,7 @@ import shutil
 import stat
 import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from .. import userns
@@ -26,7 +27,6 @@ from ..errors import ImageError, KitError, RuntimeUnavailable
 from . import archive, store
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
-_clients: dict[float | None, object] = {}
 _lock = threading.Lock()
 #: One import per tag at a time: threads starting their first container of an image at once
 #: wait for one ``docker import`` instead of racing (a failed one would untag the other's image).
@@ -62,9 +62,11 @@ def docker_socket_reason(host: str) -> str:
     return f"permission denied on {sock}: {how} or set DOCKER_HOST to a rootless daemon"
 
 
-def connect(timeout: float | None = 60, error: type[KitError] = RuntimeUnavailable):
-    """A new ``docker`` SDK client for the local daemon (``DOCKER_HOST``), with ``timeout`` on every
-    call: the one way the kit reaches Docker. Its owner closes it (a :class:`kit.Session` owns one).
+def connect(timeout: float | None = 60, error: type[KitError] = RuntimeUnavailable, version: str | None = None):
+    """A new ``docker`` SDK client (``docker.DockerClient``) for the local daemon (``DOCKER_HOST``), with
+    ``timeout`` on every call and, if given, a pinned API ``version``: the one way the kit reaches Docker.
+    Its owner closes it: a :class:`kit.Session` owns one (``session.docker``), which its instances' runtime
+    gets through their context; what has no session (a probe, a sweep, a pull) uses :func:`connected`.
 
     Raises:
         ``error``: the SDK is missing or no daemon answers (with what to do).
@@ -74,24 +76,19 @@ def connect(timeout: float | None = 60, error: type[KitError] = RuntimeUnavailab
     except ImportError:
         raise error("the docker Python SDK is not installed: pip install docker (or run 'make setup')") from None
     try:
-        return docker.from_env(timeout=timeout)
+        return docker.from_env(timeout=timeout, version=version)
     except docker.errors.DockerException:
         raise error(daemon_unreachable()) from None
 
 
-def docker_client(timeout: float | None = 60, error: type[KitError] = RuntimeUnavailable):
-    """A cached ``docker`` SDK client for the local daemon, with ``timeout`` on every call.
-
-    Raises:
-        ``error``: the SDK is missing or no daemon answers (with what to do).
-    """
-    with _lock:
-        if timeout in _clients:
-            return _clients[timeout]
-    client = connect(timeout, error)
-    with _lock:
-        # Two threads may both have made one: every caller gets the first (the other is dropped).
-        return _clients.setdefault(timeout, client)
+@contextmanager
+def connected(timeout: float | None = 60, error: type[KitError] = RuntimeUnavailable, version: str | None = None):
+    """:func:`connect` for the length of a ``with`` block, closed after it."""
+    client = connect(timeout, error, version)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def engine_ref(image: store.Image) -> str:
@@ -175,20 +172,20 @@ def import_docker(name: str, ref: str | None = None, source: str | None = None) 
     import docker
 
     ref = ref or name
-    client = docker_client(timeout=300, error=ImageError)
-    try:
-        client.api.inspect_image(ref)
-    except docker.errors.ImageNotFound:
-        raise ImageError(f"the Docker daemon has no image {ref!r}: 'docker images' lists what it has; "
-                         f"pull it with kit.images.pull({ref!r}) or build one with kit.images.debian()") from None
-    tmp = Path(tempfile.mkdtemp(prefix=".docker-save-", dir=store.root()))
-    try:
-        saved = tmp / "image.tar"
-        with open(saved, "wb") as f:
-            for chunk in client.api.get_image(ref, chunk_size=1 << 20):
-                f.write(chunk)
-        return archive.import_archive(name, saved, source=source or f"docker:{ref}")
-    except docker.errors.APIError as e:
-        raise ImageError(f"the Docker daemon could not save {ref!r}: {e.explanation or e}") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with connected(timeout=300, error=ImageError) as client:
+        try:
+            client.api.inspect_image(ref)
+        except docker.errors.ImageNotFound:
+            raise ImageError(f"the Docker daemon has no image {ref!r}: 'docker images' lists what it has; "
+                             f"pull it with kit.images.pull({ref!r}) or build one with kit.images.debian()") from None
+        tmp = Path(tempfile.mkdtemp(prefix=".docker-save-", dir=store.root()))
+        try:
+            saved = tmp / "image.tar"
+            with open(saved, "wb") as f:
+                for chunk in client.api.get_image(ref, chunk_size=1 << 20):
+                    f.write(chunk)
+            return archive.import_archive(name, saved, source=source or f"docker:{ref}")
+        except docker.errors.APIError as e:
+            raise ImageError(f"the Docker daemon could not save {ref!r}: {e.explanation or e}") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -324,7 +324,7 @@ def _pull_docker(ref: str, r: Reference, name: str, progress: bool) -> store.Ima
     import requests
 
     try:
-        client = engine.docker_client(timeout=PULL_TIMEOUT, error=ImageError)
+        client = engine.connect(timeout=PULL_TIMEOUT, error=ImageError)
     except ImageError as e:
         raise ImageError(f"cannot pull {ref!r}: no Docker daemon to pull with ({e}); or install skopeo") from None
     target = f"{r.repo}@{r.digest}" if r.digest else f"{r.repo}:{r.tag}"
@@ -343,6 +343,7 @@ def _pull_docker(ref: str, r: Reference, name: str, progress: bool) -> store.Ima
         raise explain(ref, f"timed out: no answer within {PULL_TIMEOUT} s ({type(e).__name__})") from None
     finally:
         bar.close()
+        client.close()
     return engine.import_docker(name, target, source=f"pull:{r} (docker)")
 
 
@@ -358,12 +359,16 @@ def push(name: str, ref: str, progress: bool = True) -> str:
     Raises:
         ImageError: no such image, no daemon, or the registry refused.
     """
-    import docker
-
     r = parse(ref)
     if r.digest:
         raise ImageError(f"cannot push to {ref!r}: a push names a tag, not a digest")
-    client = engine.docker_client(timeout=300, error=ImageError)
+    with engine.connected(timeout=300, error=ImageError) as client:
+        return _push(client, name, ref, r, progress)
+
+
+def _push(client, name: str, ref: str, r: Reference, progress: bool) -> str:
+    import docker
+
     try:
         client.api.inspect_image(name)
         src = name

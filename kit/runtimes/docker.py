@@ -54,22 +54,22 @@ class DockerRuntime(Runtime):
     #: ``precreated``: :meth:`create` ahead, :meth:`start_created` on demand (the warm pool, :mod:`kit.pool`).
     start_modes = ("cold", "precreated")
 
-    @property
-    def client(self):
-        return engine.docker_client(timeout=60)
+    @staticmethod
+    def _api(inst: InstanceState):
+        """The Docker API of ``inst``'s session (its client, through the instance's context)."""
+        return inst.ctx.docker().api
 
     def probe(self) -> Availability:
         try:
-            import docker
+            import docker  # noqa: F401  (whether the SDK is there)
         except ImportError:
             return Availability(self.name, self.kind, False,
                                 reason="the docker Python SDK is not installed: pip install docker")
         try:
             # A short-lived client: a hung daemon must not hold up the probe.
-            quick = docker.from_env(timeout=PROBE_TIMEOUT)
-            quick.ping()
-            v = quick.version()
-            quick.close()
+            with engine.connected(timeout=PROBE_TIMEOUT) as quick:
+                quick.ping()
+                v = quick.version()
         except Exception:
             return Availability(self.name, self.kind, False, reason=engine.daemon_unreachable())
         return Availability(self.name, self.kind, True, version=v.get("Version", ""),
@@ -88,11 +88,11 @@ class DockerRuntime(Runtime):
 
         spec = inst.spec
         # Docker's preparation: the image must be in the daemon (imported once, then a lookup).
-        ref = engine.ensure_in_docker(self.client, inst.image)
+        ref = engine.ensure_in_docker(inst.ctx.docker(), inst.image)
         inst.info["docker_image"] = ref
         inst.phases["image_ready"] = time.time()
         labels = {"kit.session": inst.ctx.owner, "kit.name": inst.name, "kit.managed": "1"}
-        api = self.client.api
+        api = self._api(inst)
         host = {"read_only": spec.read_only or None}
         net = inst.net
         if net is not None:
@@ -140,7 +140,7 @@ class DockerRuntime(Runtime):
         """``docker start`` of the container :meth:`create` made (attached first when in the foreground)."""
         import docker
 
-        spec, net, cid, api = inst.spec, inst.net, inst.info["container_id"], self.client.api
+        spec, net, cid, api = inst.spec, inst.net, inst.info["container_id"], self._api(inst)
         try:
             if not spec.detach:
                 self._attach(inst, cid, stream)
@@ -186,7 +186,7 @@ class DockerRuntime(Runtime):
 
         # No "logs": the daemon subscribes to the streams before it answers the attach, so the
         # stream alone misses nothing; logs=1 replays what the stream also delivers (doubled output).
-        sock = self.client.api.attach_socket(cid, params={"stdout": 1, "stderr": 1, "stream": 1})
+        sock = self._api(inst).attach_socket(cid, params={"stdout": 1, "stderr": 1, "stream": 1})
 
         def pump():
             with open(inst.stdout_path, "ab") as out, open(inst.stderr_path, "ab") as err:
@@ -228,7 +228,7 @@ class DockerRuntime(Runtime):
         import docker
 
         try:
-            return self.client.api.inspect_container(inst.id)
+            return self._api(inst).inspect_container(inst.id)
         except docker.errors.NotFound:
             return None
 
@@ -237,7 +237,7 @@ class DockerRuntime(Runtime):
         import requests
 
         try:
-            res = self.client.api.wait(inst.id, timeout=timeout)
+            res = self._api(inst).wait(inst.id, timeout=timeout)
         except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
             raise subprocess.TimeoutExpired(inst.spec.command, timeout) from None
         except docker.errors.NotFound:
@@ -261,9 +261,9 @@ class DockerRuntime(Runtime):
 
         try:
             if timeout <= 0:
-                self.client.api.kill(inst.id)
+                self._api(inst).kill(inst.id)
             else:
-                self.client.api.stop(inst.id, timeout=max(1, int(round(timeout))))
+                self._api(inst).stop(inst.id, timeout=max(1, int(round(timeout))))
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as e:
@@ -277,7 +277,7 @@ class DockerRuntime(Runtime):
         if fwd is not None:
             fwd.stop()
         try:
-            self.client.api.remove_container(inst.id, force=True, v=True)
+            self._api(inst).remove_container(inst.id, force=True, v=True)
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as e:
@@ -293,21 +293,22 @@ class DockerRuntime(Runtime):
         import docker
 
         out = []
-        for c in self.client.api.containers(all=True, filters={"label": f"kit.session={session}"}):
-            if not dry_run:
-                try:
-                    self.client.api.remove_container(c["Id"], force=True, v=True)
-                except docker.errors.NotFound:
-                    pass
-            out.append(f"docker container {(c.get('Names') or [c['Id']])[0].lstrip('/')}")
+        with engine.connected(timeout=60) as client:  # a dead session's: this process has no session for it
+            for c in client.api.containers(all=True, filters={"label": f"kit.session={session}"}):
+                if not dry_run:
+                    try:
+                        client.api.remove_container(c["Id"], force=True, v=True)
+                    except docker.errors.NotFound:
+                        pass
+                out.append(f"docker container {(c.get('Names') or [c['Id']])[0].lstrip('/')}")
         return out
 
     def exec(self, inst, argv, stream=None, timeout=None):
         import docker
 
         try:
-            ex = self.client.api.exec_create(inst.id, argv, stdout=True, stderr=True)
-            frames = self.client.api.exec_start(ex["Id"], stream=True, demux=True)
+            ex = self._api(inst).exec_create(inst.id, argv, stdout=True, stderr=True)
+            frames = self._api(inst).exec_start(ex["Id"], stream=True, demux=True)
         except docker.errors.APIError as e:
             raise StartFailed(f"docker: could not exec {argv[0]!r} in {inst.name!r}: {_explain(e)}") from None
         out, err = bytearray(), bytearray()
@@ -323,7 +324,7 @@ class DockerRuntime(Runtime):
         t = threading.Thread(target=pump, daemon=True)
         t.start()
         t.join(timeout or 60)
-        info = self.client.api.exec_inspect(ex["Id"])
+        info = self._api(inst).exec_inspect(ex["Id"])
         if t.is_alive():
             pid = info.get("Pid")
             if pid:
@@ -348,8 +349,8 @@ class DockerRuntime(Runtime):
         import docker
 
         try:
-            out = self.client.api.logs(inst.id, stdout=True, stderr=False)
-            err = self.client.api.logs(inst.id, stdout=False, stderr=True)
+            out = self._api(inst).logs(inst.id, stdout=True, stderr=False)
+            err = self._api(inst).logs(inst.id, stdout=False, stderr=True)
             return out, err
         except docker.errors.NotFound:
             return b"", b""
