@@ -192,7 +192,7 @@ def volume_rows(inst) -> list[dict]:
     """volume_apparent/volume_allocated of each volume ``inst`` mounts (component: its name or host
     directory). Never part of the instance's own bytes: volumes live outside its state directory."""
     rows = []
-    for m in getattr(inst, "mounts", []):
+    for m in inst.mounts:
         u = usage(m.host)
         rows += [{"metric": "volume_apparent", "component": m.source, "value": float(u.apparent)},
                  {"metric": "volume_allocated", "component": m.source, "value": float(u.allocated)}]

@@ -525,8 +525,8 @@ def forwarder_cpu(rt, inst, port: int | None):
     """A function returning the CPU seconds of what forwards ``port`` to ``inst`` (None: nothing
     apart from the instance: a bare process has no forwarder, QEMU's user network is inside QEMU;
     a runtime's own forwarder is its :attr:`~kit.runtimes.base.Runtime.forwarder_process`)."""
-    fwd = getattr(inst, "forwarder", None)
-    if hasattr(fwd, "cpu_seconds"):
+    fwd = inst.forwarder
+    if fwd is not None:
         return fwd.cpu_seconds  # the kit's forwarder: every thread of it, in this process
     if not rt.forwarder_process or port is None:
         return None
@@ -549,8 +549,8 @@ def _forwarder_processes_cpu(procs) -> float:
 
 def netns_of(rt, inst) -> str:
     """The network namespace (a path nsenter opens) where ``inst``'s service listens."""
-    fwd = getattr(inst, "forwarder", None)
-    if getattr(fwd, "netns", None):
+    fwd = inst.forwarder
+    if fwd is not None and fwd.netns:
         return fwd.netns
     pids = _own_pids(rt, inst)
     if not pids:
