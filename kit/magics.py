@@ -441,7 +441,7 @@ def _compose(tokens):
     from . import compose
 
     opts = _compose_parser().parse_args(tokens)
-    project = opts.project or compose.load(opts.file).name
+    project = opts.project or compose.read(opts.file).name
     if opts.action == "up":
         return compose.ps(compose.up(opts.file, runtime=opts.runtime, project=project))
     if opts.action == "down":

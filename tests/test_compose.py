@@ -13,13 +13,13 @@ import pytest
 import kit
 import kit.compose as compose
 from kit.compose import measure
-from kit.compose.load import duration, interpolate
+from kit.compose.file import duration, interpolate
 from kit.errors import ComposeFileError, ServiceFailed
 from tests.conftest import need, unique
 
 
 def _load(text, **kw):
-    return compose.load(text, project="t", **kw)
+    return compose.read(text, project="t", **kw)
 
 
 # ---- the file: each key read, each other key refused ----------------------------------------
@@ -57,7 +57,7 @@ services:
 volumes: {data: }
 networks: {default: }
 """)
-    p = compose.load(f, environ={"FROM_HOST": "h"})
+    p = compose.read(f, environ={"FROM_HOST": "h"})
     web, db, cache = p.services["web"], p.services["db"], p.services["cache"]
     assert web.argv() == ["sh", "-c", "echo $HOME"]
     assert web.environment == {"A": "1", "FROM_HOST": "h"}
@@ -121,7 +121,7 @@ def test_durations_and_interpolation():
 
 
 def test_plan_groups_and_runtimes():
-    p = compose.load(compose.EXAMPLE, project="t")
+    p = compose.read(compose.EXAMPLE, project="t")
     units = compose.plan(p, "runc", runtimes={"db": "qemu", "cache": "qemu"}, colocate={"data": ["db", "cache"]})
     assert [(u.name, u.services, u.runtime) for u in units] == [
         ("t-data-1", ["cache", "db"], "qemu"), ("t-backend-1", ["backend"], "runc")]

@@ -32,7 +32,7 @@ from .. import api, images
 from ..errors import ComposeFileError, KitError, ServiceFailed
 from ..session import Session
 from ..spec import show
-from .load import Project, Service, load
+from .file import Project, Service, read
 
 #: The line a colocated instance's supervisor writes when a service passed its healthcheck.
 HEALTHY = "kit-compose: {} is healthy"
@@ -197,7 +197,7 @@ def up(file, runtime: str | None = None, project: str | None = None, *, runtimes
     """
     import os
 
-    proj = load(file, project, environ={**os.environ, **(environ or {})})
+    proj = read(file, project, environ={**os.environ, **(environ or {})})
     units = plan(proj, runtime, runtimes, colocate)
     stacks = _stacks(session)
     with stacks.lock:

@@ -1,7 +1,7 @@
 """A ``docker-compose.yml`` read into a checked model, every key with its line.
 
->>> from kit.compose import load
->>> p = load.load("services:\\n  cache:\\n    image: debian-redis\\n    command: redis-server\\n", project="demo")
+>>> from kit import compose
+>>> p = compose.read("services:\\n  cache:\\n    image: debian-redis\\n    command: redis-server\\n", project="demo")
 >>> p.services["cache"].command
 ['redis-server']
 
@@ -105,7 +105,7 @@ class Project:
         return done
 
 
-def load(source, project: str | None = None, environ: dict | None = None) -> Project:
+def read(source, project: str | None = None, environ: dict | None = None) -> Project:
     """Read a compose file (a path, or YAML text) into a checked :class:`Project`.
 
     Args:
