@@ -6,16 +6,22 @@ import pytest
 from IPython.core.error import UsageError
 
 import kit
-from kit.magics import ContainerMagics, _run_parser, _split_run_args
+from kit.magics import ContainerMagics, run_parser
 from tests.conftest import CONTAINER_RUNTIMES, need, unique
 
 
 def test_split_keeps_the_commands_own_options():
-    p = _run_parser("container run")
-    assert _split_run_args(p, ["-r", "runc", "-d", "busybox", "ls", "-r", "-d"]) == (
-        ["-r", "runc", "-d"], ["busybox", "ls", "-r", "-d"])
-    assert _split_run_args(p, ["--name", "x", "--", "-weird-image", "cmd"]) == (["--name", "x"], ["-weird-image", "cmd"])
-    assert _split_run_args(p, ["-m", "64m"]) == (["-m", "64m"], [])
+    p = run_parser("%container run")
+    opts = p.parse_args(["-r", "runc", "-d", "busybox", "ls", "-r", "-d"])
+    assert (opts.runtime, opts.detach, opts.image, opts.command) == ("runc", True, "busybox", ["ls", "-r", "-d"])
+    opts = p.parse_args(["--name", "x", "--", "-weird-image", "cmd"])
+    assert (opts.name, opts.image, opts.command) == ("x", "-weird-image", ["cmd"])
+    opts = p.parse_args(["-m", "64m"])
+    assert (opts.memory, opts.image, opts.command) == ("64m", None, [])
+    opts = run_parser("%process run", "process").parse_args(["-m", "64m", "sh", "-c", "echo -m --help"])
+    assert (opts.memory, opts.command) == ("64m", ["sh", "-c", "echo -m --help"])
+    opts = p.parse_args(["busybox", "ls", "--help"])  # the command's --help, not the magic's
+    assert (opts.help, opts.image, opts.command) == (False, "busybox", ["ls", "--help"])
 
 
 def test_process_magic_prints_and_returns_result(ip, capsys):
@@ -65,7 +71,9 @@ def test_detached_ps_logs_exec_stop_rm(ip, names):
     name = unique("svc")
     names.append(name)
     r = ip.run_line_magic("container", f"run -d --name {name} -r process busybox sh -c 'echo up; sleep 300'")
-    assert r.detached
+    assert isinstance(r, kit.Instance) and r is kit.api.get(name)  # the handle, shown as such
+    assert (r.name, r.runtime, r.status) == (name, "process", "running")
+    assert name in repr(r) and "running" in r._repr_html_()
     ps = ip.run_line_magic("container", "ps")
     assert name in set(ps.name)
     kit._proc.wait_until(lambda: "up" in ip.run_line_magic("container", f"logs {name}").stdout, 10, what="log")
@@ -180,6 +188,10 @@ def test_run_cell_reports_usage_error_without_traceback(ip, capsys):
     ("vm", "stop --help", ["usage: %container stop"]),
     ("process", "--help", ["usage: %process run [options] CMD [ARG...]", "--timeout"]),
     ("process", "run --help", ["usage: %process run [options] CMD [ARG...]"]),
+    ("container", "network --help", ["usage: %container network create|ls|inspect|rm", "--force"]),
+    ("container", "volume -h", ["usage: %container volume create|ls|inspect|rm [NAME]"]),
+    ("compose", "--help", ["usage: %compose up|down|ps|logs", "--volumes", "the compose file"]),
+    ("compose", "up --help", ["usage: %compose"]),
     ("bench", "--help", ["usage: %bench", "--repeat", "--parts"]),
     ("bench", "-h", ["usage: %bench"]),
 ])
@@ -205,6 +217,7 @@ def test_help_of_a_run_for_a_process_offers_no_image_options(ip, capsys):
     ("vm", ["usage: %vm run [options] IMAGE", "--machine"]),
     ("process", ["usage: %process run [options] CMD [ARG...]"]),
     ("bench", ["usage: %bench", "--density-max"]),
+    ("compose", ["usage: %compose up|down|ps|logs", "--project"]),
 ])
 def test_question_mark_shows_the_real_usage(ip, capsys, magic, expect):
     res = ip.run_cell(f"%{magic}?")
@@ -212,6 +225,20 @@ def test_question_mark_shows_the_real_usage(ip, capsys, magic, expect):
     assert res.success
     for text in expect:
         assert text in out, (text, out[:2000])
+
+
+@pytest.mark.parametrize("line,match", [
+    ("", r"^%compose: the following arguments are required: ACTION; usage: %compose up"),
+    ("frob", r"^%compose: argument ACTION: invalid choice: 'frob'"),
+    ("ps --bogus", r"^%compose: unrecognized arguments: --bogus"),
+    ("up -f /nonexistent/docker-compose.yml", r"^ComposeFileError: cannot read compose file"),
+    ("ps -p nothing-up", r"^KitError: no compose project 'nothing-up' is up"),
+])
+def test_compose_bad_input_is_one_line(ip, line, match):
+    with pytest.raises(UsageError, match=match) as err:
+        ip.run_line_magic("compose", line)
+    assert "\n" not in str(err.value).strip()
+    assert kit.ps().empty
 
 
 def test_bench_bad_options_are_one_line(ip):

@@ -215,9 +215,10 @@ def test_bad_input_is_refused_in_one_line():
 
 def test_magics(ip, capsys):
     need("runc")
-    from kit.magics import _run_parser
+    from kit.magics import run_parser
 
-    assert {"--network", "--expose"} <= set(_run_parser("%vm run", "vm")._option_string_actions)
+    opts = run_parser("%vm run", "vm").parse_args(["--network", "n", "--expose", "80", "busybox"])
+    assert (opts.network, opts.expose) == ("n", ["80"])
     net = unique("mg")
     ip.run_line_magic("container", f"network create {net}")
     try:

@@ -153,9 +153,9 @@ def test_magic_volume_flags_and_subcommand(ip, vols, capsys):
     assert ip.run_line_magic("container", f"volume inspect {v}")["size"] > 0
     r = ip.run_cell_magic("container", f"-r runc -v {v}:/data busybox", "cat /data/f\n")
     assert r.stdout == "hi\n"
-    from kit.magics import _run_parser
+    from kit.magics import run_parser
 
-    assert _run_parser("%vm run", "vm").parse_args(["-v", f"{v}:/x", "-v", "/tmp:/y:ro"]).volume == \
+    assert run_parser("%vm run", "vm").parse_args(["-v", f"{v}:/x", "-v", "/tmp:/y:ro"]).volume == \
         [f"{v}:/x", "/tmp:/y:ro"]
     with pytest.raises(UsageError, match="cannot mount volumes"):
         ip.run_line_magic("container", f"run -r process -v {v}:/x busybox true")
