@@ -17,7 +17,7 @@ controls) load on first use, so ``import kit`` stays light (no pandas, no matplo
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401  (kit.__version__)
 
 from . import errors, images, networks, runtimes, volumes
 from .api import exec_, logs, prune, ps, rm, run, start, stop

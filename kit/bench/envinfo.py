@@ -11,7 +11,8 @@ from pathlib import Path
 
 import psutil
 
-from .. import __version__, cgroups, runtimes, userns
+from .. import cgroups, runtimes, userns
+from ..version import __version__
 
 
 def _read(path: str) -> str:
