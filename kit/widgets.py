@@ -5,7 +5,7 @@
 >>> study.explore()                # part, metric, runtimes, log scale, runs or summary
 
 Each widget only displays: the work is done by :mod:`kit.api` (``ps``, ``logs``,
-``stop``, ``rm``), :mod:`kit.bench.memory` (PSS) and :class:`~kit.bench.Study`
+``stop``, ``rm``), :mod:`kit.bench.footprint` (PSS) and :class:`~kit.bench.Study`
 (``summary``), through the plain functions below, which are tested without a browser.
 A widget also carries a static rendering (``text/html``) in its display bundle, so a
 report rendered without a kernel (nbconvert HTML, ``kit report``) shows a table or a
@@ -60,12 +60,12 @@ def format_bytes(n: float | None) -> str:
 
 
 def _pss(rt, inst) -> int | None:
-    """The instance's own PSS (its monitor left out, as :mod:`kit.bench.memory` defines it)."""
-    from .bench import memory
+    """The instance's own PSS (its monitor left out, as :mod:`kit.bench.footprint` defines it)."""
+    from .bench import footprint
 
     try:
-        pids = memory.host_pids(rt, inst)
-        return memory.total_pss(pids) if pids else None
+        pids = footprint.host_pids(rt, inst)
+        return footprint.total_pss(pids) if pids else None
     except (KitError, OSError):  # gone between ps and now
         return None
 

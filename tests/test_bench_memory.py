@@ -1,6 +1,6 @@
 """Memory accounting on real instances of known size: 96 MiB held by dd must show up as at least 64.
 
-The readings are taken at steady state (the bench's own definition, memory.settle): dd fills
+The readings are taken at steady state (the bench's own definition, footprint.settle): dd fills
 its buffer as its read proceeds, and a reading taken mid-fill saw PSS past a threshold while USS
 was still short of it (PSS also counts shared libraries). The margin: the workload holds 96 MiB
 and the tests ask for 64. Even steady, a reading can see less of a buffer than its size: a short
@@ -22,7 +22,7 @@ import pytest
 
 import kit
 from kit._proc import wait_until
-from kit.bench import memory
+from kit.bench import footprint
 from tests.conftest import need
 
 MIB = 1024 * 1024
@@ -53,7 +53,7 @@ def started(names):
 
 
 def _metrics(rt, inst) -> dict:
-    return {(r["metric"], r["component"]): r["value"] for r in memory.instance_rows(rt, inst)}
+    return {(r["metric"], r["component"]): r["value"] for r in footprint.instance_rows(rt, inst)}
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
@@ -66,7 +66,7 @@ def test_96m_allocation_shows_in_pss_and_working_set(started, runtime):
         return m.get(("pss", ""), 0) >= AT_LEAST and m.get(("cgroup_working_set", ""), 0) >= AT_LEAST and m
 
     wait_until(both, timeout=30, what=f"{runtime}: at least 64 of 96 MiB visible in PSS and cgroup working set")
-    memory.settle(lambda: memory.host_pids(rt, inst))  # dd's buffer complete: the readings hold still
+    footprint.settle(lambda: footprint.host_pids(rt, inst))  # dd's buffer complete: the readings hold still
     m = _metrics(rt, inst)
     assert m[("uss", "")] >= AT_LEAST and m[("cgroup_working_set", "")] >= AT_LEAST
     assert m[("rss", "")] >= m[("pss", "")] >= m[("uss", "")]
@@ -76,20 +76,20 @@ def test_96m_allocation_shows_in_pss_and_working_set(started, runtime):
     assert m[("pss", "")] < 256 * MIB  # and nothing absurd: the limit holds
     # the per-instance monitor is reported apart, never inside the instance's own figure
     monitors = set(rt.monitor_pids(inst))
-    assert not monitors & set(memory.host_pids(rt, inst))
+    assert not monitors & set(footprint.host_pids(rt, inst))
     # every monitor process shows, under its own name (read apart with psutil), with its PSS
     names = {psutil.Process(p).name() for p in monitors}
     assert names == MONITORS[runtime], (names, monitors)
     shown = {c: v for (metric, c), v in m.items() if metric == "monitor_pss"}
     assert set(shown) == names and all(v > 0 for v in shown.values()), m
-    assert all(r["status"] == "ok" for r in memory.instance_rows(rt, inst))  # root reads every process
+    assert all(r["status"] == "ok" for r in footprint.instance_rows(rt, inst))  # root reads every process
 
 
 def test_idle_process_is_small(started):
     need("process")
     rt, inst = started("process", ["sleep", "3600"], memory="64m")
-    wait_until(lambda: rt.running(inst) and memory.total_pss(rt.pids(inst)) > 0, 10, what="sleep running")
-    pss = memory.settle(lambda: rt.pids(inst), timeout=10)
+    wait_until(lambda: rt.running(inst) and footprint.total_pss(rt.pids(inst)) > 0, 10, what="sleep running")
+    pss = footprint.settle(lambda: rt.pids(inst), timeout=10)
     # An idle sleep's PSS is a few hundred KiB (its share of libc plus its own stack and heap);
     # 8 MiB leaves room for a host whose libc is shared by few processes, and still fails if a
     # helper or a stray buffer were counted as the instance's.
@@ -97,14 +97,14 @@ def test_idle_process_is_small(started):
 
 
 def test_parse_meminfo():
-    info = memory.parse_meminfo("MemTotal:        2000 kB\nMemAvailable:     500 kB\nHugePages_Total:       0\n")
+    info = footprint.parse_meminfo("MemTotal:        2000 kB\nMemAvailable:     500 kB\nHugePages_Total:       0\n")
     assert info == {"MemTotal": 2_048_000, "MemAvailable": 512_000, "HugePages_Total": 0}
 
 
 def test_daemon_rows_only_for_docker():
-    assert memory.daemon_rows("runc") == []
+    assert footprint.daemon_rows("runc") == []
     need("docker")
-    rows = {r["component"]: r["value"] for r in memory.daemon_rows("docker")}
+    rows = {r["component"]: r["value"] for r in footprint.daemon_rows("docker")}
     # dockerd's PSS is tens of MiB; 1 MiB only proves it was found and measured at all
     assert rows.get("dockerd", 0) > 1 * MIB
 
@@ -127,11 +127,11 @@ class _Monitored:
 
 def test_monitor_is_reported_apart_and_pss_by_process_sums_to_pss():
     rt = _Monitored(os.getpid(), os.getppid())
-    rows = memory.instance_rows(rt, None)
+    rows = footprint.instance_rows(rt, None)
     m = {(r["metric"], r["component"]): r["value"] for r in rows}
-    own = memory.process_memory([os.getpid()])[0]
-    parent = memory.process_memory([os.getppid()])[0]
-    assert memory.host_pids(rt, None) == [os.getpid()]
+    own = footprint.process_memory([os.getpid()])[0]
+    parent = footprint.process_memory([os.getppid()])[0]
+    assert footprint.host_pids(rt, None) == [os.getpid()]
     assert [c for (metric, c) in m if metric == "pss_by_process"] == [own["name"]]
     assert sum(v for (metric, _), v in m.items() if metric == "pss_by_process") == m[("pss", "")]
     assert [c for (metric, c) in m if metric == "monitor_pss"] == [parent["name"]]
@@ -145,9 +145,9 @@ def test_guest_view_that_cannot_be_read_is_a_failed_row_and_boots_nothing(monkey
     def no_run(*a, **kw):
         raise AssertionError("guest_rows booted a substitute VM")
 
-    monkeypatch.setattr(memory.api, "exec_", no_exec)
-    monkeypatch.setattr(memory.api, "run", no_run)
-    rows = memory.guest_rows("vm-gone")
+    monkeypatch.setattr(footprint.api, "exec_", no_exec)
+    monkeypatch.setattr(footprint.api, "run", no_run)
+    rows = footprint.guest_rows("vm-gone")
     assert [(r["metric"], r["component"], r["value"]) for r in rows] == [("failed", "guest_view", 1.0)]
     assert rows[0]["status"].startswith("error: exec into 'vm-gone' failed") and "not running" in rows[0]["status"]
 
@@ -159,7 +159,7 @@ def test_vm_guest_view_sees_96m(started):
     wait_until(lambda: "command" in inst.phases, 120, what="the guest running its command")
 
     def guest_used():
-        rows = {r["metric"]: r for r in memory.guest_rows(inst.name)}
+        rows = {r["metric"]: r for r in footprint.guest_rows(inst.name)}
         assert "failed" not in rows, rows["failed"]["status"]
         return rows["guest_used"]["value"] >= AT_LEAST and {k: r["value"] for k, r in rows.items()}
 
@@ -181,22 +181,22 @@ def test_a_process_that_cannot_be_read_makes_the_figure_partial_never_smaller():
     py = p.stdout.strip().splitlines()[-1]
     got = as_user(py, f"""
         import json, os
-        from kit.bench import memory
+        from kit.bench import footprint
 
         class Rt:  # the user's own process, and a root process (this test's pytest) beside it
             def pids(self, inst): return [os.getpid(), {os.getpid()}]
             def monitor_pids(self, inst): return []
             def cgroup_path(self, inst): return None
 
-        rows = memory.instance_rows(Rt(), None)
-        r = memory.read([os.getpid(), {os.getpid()}])
+        rows = footprint.instance_rows(Rt(), None)
+        r = footprint.read([os.getpid(), {os.getpid()}])
         try:
-            memory.total_pss([os.getpid(), {os.getpid()}])
+            footprint.total_pss([os.getpid(), {os.getpid()}])
             refused = ""
-        except memory.PartialMemory as e:
+        except footprint.PartialMemory as e:
             refused = str(e)
         print(json.dumps({{"rows": rows, "read": [p["pid"] for p in r.procs], "unreadable": r.unreadable,
-                          "alone": memory.read([os.getpid()]).status, "refused": refused, "me": os.getpid()}}))
+                          "alone": footprint.read([os.getpid()]).status, "refused": refused, "me": os.getpid()}}))
     """)
     assert got["read"] == [got["me"]] and [u["pid"] for u in got["unreadable"]] == [os.getpid()]
     assert "access denied" in got["unreadable"][0]["why"]
@@ -226,9 +226,9 @@ def test_a_process_without_pss_is_not_counted_as_its_uss(monkeypatch):
         return type("pfullmem", (), fields)()
 
     monkeypatch.setattr(psutil.Process, "memory_full_info", without_pss)
-    r = memory.read([os.getpid(), os.getppid()])
+    r = footprint.read([os.getpid(), os.getppid()])
     assert [p["pid"] for p in r.procs] == [os.getppid()]
-    assert r.unreadable == [{"pid": os.getpid(), "name": memory.label(psutil.Process()), "why": "no PSS reported"}]
+    assert r.unreadable == [{"pid": os.getpid(), "name": footprint.label(psutil.Process()), "why": "no PSS reported"}]
     assert r.status.startswith("partial: 1 of 2")
-    with pytest.raises(memory.PartialMemory, match="no PSS reported"):
-        memory.total_pss([os.getpid()])
+    with pytest.raises(footprint.PartialMemory, match="no PSS reported"):
+        footprint.total_pss([os.getpid()])

@@ -252,10 +252,10 @@ def test_example_backend_colocated_counts_in_redis_and_mariadb(runtime):
 # ---- memory: a partial figure says so ------------------------------------------------------
 
 def _rows(monkeypatch, own_unreadable: bool, monitor_unreadable: bool) -> list[dict]:
-    """kit.bench.memory.instance_rows of an instance with two own processes (pids 1, 2) and a monitor
+    """kit.bench.footprint.instance_rows of an instance with two own processes (pids 1, 2) and a monitor
     (pid 3), any of them unreadable as for a rootless user reading root's: the readings are given,
     the rows are the module's own."""
-    from kit.bench import memory as mem
+    from kit.bench import footprint as mem
 
     def proc(pid, pss):
         return {"pid": pid, "name": f"p{pid}", "pss": pss, "uss": pss // 2, "rss": pss * 2}

@@ -13,7 +13,7 @@ import pytest
 import kit
 from kit import config
 from kit._proc import wait_until
-from kit.bench import memory
+from kit.bench import footprint
 from kit.cgroups import Cgroup
 from kit.errors import CommandNotFound, KitError, NameInUse
 from kit.images import engine
@@ -247,7 +247,7 @@ def test_daemon_owns_its_cgroup_and_shim_the_kit_only_reads_them(rt, names, clie
     runtime, inst = _h.backend, _h.state
     path = runtime.cgroup_path(inst)
     assert inst.cgroup is None  # never adopted: Runtime.remove destroys inst.cgroup
-    usage, working_set = memory.cgroup_memory(path)
+    usage, working_set = footprint.cgroup_memory(path)
     assert usage > 0 and working_set is not None  # still measured, through cgroup_path
     assert inst.info["pid"] in Cgroup(inst.info["docker_cgroup"]).pids()
     # the containerd shim supervises the container: one of its pids, reported apart as its monitor

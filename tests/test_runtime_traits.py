@@ -67,7 +67,7 @@ def test_declared_host_sharing_is_what_an_instance_sees(runtime, names):
 
 
 def test_declared_daemons_run_and_image_formats_are_stored_forms():
-    """A runtime's daemons (whose memory kit.bench.memory reports) are running processes; its image
+    """A runtime's daemons (whose memory kit.bench.footprint reports) are running processes; its image
     formats are forms the image store makes or an engine's own copy."""
     need("docker")
     running = {p.info["name"] for p in psutil.process_iter(["name"])}

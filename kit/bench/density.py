@@ -18,7 +18,7 @@ import time
 
 from .. import runtimes
 from ..errors import KitError
-from . import disk, memory, startup
+from . import disk, footprint, startup
 from .workloads import IDLE
 
 
@@ -60,7 +60,7 @@ def steady_state(runtime: str, image: str, *, parts, max_n: int, memory_budget: 
     """
     rows: list[dict] = []
     lives: list[startup.Live] = []
-    base_used = memory.host_used()
+    base_used = footprint.host_used()
     t_begin = time.monotonic()
     limit = runtimes.get(runtime).idle_limit(memory_limit)
 
@@ -68,7 +68,7 @@ def steady_state(runtime: str, image: str, *, parts, max_n: int, memory_budget: 
         return startup.start(runtime, image, IDLE, f"{prefix}-{i}", timeout, limit)
 
     def all_pids():
-        return [p for live in lives for p in memory.host_pids(live.runtime, live.inst)]
+        return [p for live in lives for p in footprint.host_pids(live.runtime, live.inst)]
 
     steps = targets(max_n)
     try:
@@ -77,10 +77,10 @@ def steady_state(runtime: str, image: str, *, parts, max_n: int, memory_budget: 
             if not lives:
                 break
             n = len(lives)
-            reading = memory.steady(all_pids)  # partial (a process unreadable): its rows say so
+            reading = footprint.steady(all_pids)  # partial (a process unreadable): its rows say so
             if n == 1 and "memory" in parts:
                 rows += _memory_rows(lives[0], timeout)
-            used = memory.host_used() - base_used
+            used = footprint.host_used() - base_used
             if "density" in parts:
                 rows += _density_rows(lives, reading, used)
             if not started or n >= max_n:
@@ -118,11 +118,11 @@ def _start_up_to(target: int, lives: list, start, rows: list[dict], record: bool
 def _memory_rows(live, timeout: float) -> list[dict]:
     """The ``memory`` part: one idle instance alone, and for a VM the guest's own view."""
     rows = [_row("memory", r["metric"], r["value"], n=1, component=r["component"], status=r.get("status", "ok"))
-            for r in memory.instance_rows(live.runtime, live.inst)]
+            for r in footprint.instance_rows(live.runtime, live.inst)]
     if live.runtime.kind == "vm":
         # The measured VM's own view, or a failed row saying why (never another VM's).
         rows += [_row("memory", r["metric"], r["value"], n=1, component=r["component"], status=r.get("status", "ok"))
-                 for r in memory.guest_rows(live.name, timeout=min(timeout, 60))]
+                 for r in footprint.guest_rows(live.name, timeout=min(timeout, 60))]
     return rows
 
 
@@ -131,16 +131,16 @@ def _density_rows(lives: list, reading, used: float) -> list[dict]:
     host's used memory, their monitors' PSS apart, and their cgroups' working set where every one has it."""
     n = len(lives)
     pss = reading.pss
-    ws = [memory.cgroup_memory(live.runtime.cgroup_path(live.inst))[1] for live in lives]
+    ws = [footprint.cgroup_memory(live.runtime.cgroup_path(live.inst))[1] for live in lives]
     rows = [_row("density", "density_pss_total", pss, n=n, status=reading.status),
             _row("density", "density_pss_per_instance", pss / n, n=n, status=reading.status),
             _row("density", "density_host_used", used, n=n)]
-    monitors = memory.read([p for live in lives for p in live.runtime.monitor_pids(live.inst)])
+    monitors = footprint.read([p for live in lives for p in live.runtime.monitor_pids(live.inst)])
     if monitors.procs or monitors.unreadable:
         rows.append(_row("density", "density_monitor_pss_total", monitors.pss, n=n, status=monitors.status))
     rows += [_row("density", r["metric"], r["value"], n=n, component=r["component"], status=r["status"])
-             for r in memory.partial_rows(reading, "density_pss_total")
-             + memory.partial_rows(monitors, "density_monitor_pss_total")]
+             for r in footprint.partial_rows(reading, "density_pss_total")
+             + footprint.partial_rows(monitors, "density_monitor_pss_total")]
     if all(w is not None for w in ws):
         rows.append(_row("density", "density_working_set_total", sum(ws), n=n))
     return rows

@@ -216,7 +216,7 @@ def _proc_cpu(pids) -> float:
 
 
 def _own_pids(rt, inst) -> list[int]:
-    from .memory import host_pids
+    from .footprint import host_pids
 
     return host_pids(rt, inst)
 

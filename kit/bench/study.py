@@ -23,7 +23,7 @@ import pandas as pd
 from .. import runtimes as _runtimes
 from ..errors import InvalidSpec, RuntimeUnavailable
 from ..spec import parse_memory
-from . import density, disk, envinfo, loadpart, memory, metrics, startup, stats, storage
+from . import density, disk, envinfo, footprint, loadpart, metrics, startup, stats, storage
 from . import starts as starts_
 from .workloads import PRESETS, Workload, parse, parse_many
 
@@ -362,7 +362,7 @@ class Study:
                 try:
                     if "memory" in self.parts:
                         rows += [{**ctx, "part": "memory", "status": "ok", "n": 0, **r}
-                                 for r in memory.daemon_rows(rt)]
+                                 for r in footprint.daemon_rows(rt)]
                     part_rows = density.steady_state(
                         rt, image, parts=self.parts, max_n=n_idle[rt], memory_budget=self.density_memory_budget,
                         time_budget=self.density_time_budget, timeout=self.timeout, prefix=f"b{uid}-s{i}",

@@ -115,14 +115,14 @@ def http_load(url: str, requests: int = 1000, concurrency: int = 8, timeout: flo
             "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99), "latencies_ms": latencies}
 
 
-#: The columns of :func:`memory`'s table, each with the figure of :func:`kit.bench.memory.instance_rows`
+#: The columns of :func:`memory`'s table, each with the figure of :func:`kit.bench.footprint.instance_rows`
 #: it comes from: ``pss`` and ``uss`` are one reading of the instance's own processes (a ``failed``
 #: row names it ``pss``), ``monitor_pss`` sums its monitor's processes.
 MEMORY_FIGURES = {"pss": "pss", "uss": "pss", "monitor_pss": "monitor_pss"}
 
 
 def memory_row(rows: list[dict]) -> dict:
-    """The memory table's figures of one instance, from its :func:`kit.bench.memory.instance_rows`.
+    """The memory table's figures of one instance, from its :func:`kit.bench.footprint.instance_rows`.
 
     A figure some of whose processes could not be read (a row with status ``partial: ...``, or a
     ``failed`` row naming it) is NaN, never the smaller sum of what could be read: a total or a plot
@@ -154,11 +154,11 @@ def memory_row(rows: list[dict]) -> dict:
 
 def memory(stack):
     """One row per instance of the stack: pss (its own host processes) and monitor_pss apart,
-    both in bytes, as :func:`kit.bench.memory.instance_rows` measures them once the instance's
+    both in bytes, as :func:`kit.bench.footprint.instance_rows` measures them once the instance's
     PSS is steady; a figure that is not whole is NaN and ``partial`` says why (:func:`memory_row`)."""
     import pandas as pd
 
-    from ..bench import memory as mem
+    from ..bench import footprint as mem
 
     s = get(stack)
     rows = []

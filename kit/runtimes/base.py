@@ -285,7 +285,7 @@ class Runtime(ABC):
     #: The name of a process of the runtime's own that forwards a published port ("" when the kit's
     #: forwarder or the kernel does): its CPU is the forwarder's (kit.bench.loads).
     forwarder_process: str = ""
-    #: Host daemons every instance relies on, whose memory is the runtime's cost per host (kit.bench.memory).
+    #: Host daemons every instance relies on, whose memory is the runtime's cost per host (kit.bench.footprint).
     daemons: tuple[str, ...] = ()
 
     #: How long a negative verdict is believed before the next caller probes again: a probe

@@ -1,4 +1,6 @@
-"""Memory of a live instance: host-side PSS/USS, cgroup working set, the guest's own view.
+"""An instance's memory footprint: host-side PSS/USS, cgroup working set, the guest's own view.
+
+(Named apart from the ``memory=`` parameter, a limit, and from the ``memory`` load, a bandwidth test.)
 
 An instance's figures (``pss``, ``uss``, ``rss``, ``pss_by_process``) count its own
 processes: the workload and what runs it (runsc's sentry and gofer, QEMU). The
