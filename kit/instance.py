@@ -115,6 +115,7 @@ class Instance:
                 self.backend.wait(self.state, timeout=0.01)
             except Exception:
                 pass
+        self.backend.unpublish(self.state)  # ended by itself: its ports go, as at stop
         return f"exited ({self.state.exit_code})"
 
     # -- what it does ----------------------------------------------------
@@ -153,16 +154,20 @@ class Instance:
         except subprocess.TimeoutExpired:
             raise KitTimeout(f"{self.name!r} did not exit within {timeout:g} s") from None
         self.state.phases.setdefault("exited", time.time())
+        self.backend.unpublish(self.state)
         return self.logs()
 
     def stop(self, timeout: float = 10.0) -> RunResult:
-        """Stop it (SIGTERM, then SIGKILL after ``timeout``); it stays listed until :meth:`rm`."""
+        """Stop it (SIGTERM, then SIGKILL after ``timeout``) and release its published ports; it stays
+        listed until :meth:`rm`."""
         self.backend.stop(self.state, timeout=timeout)
         try:
             self.backend.wait(self.state, timeout=timeout + 5)
         except subprocess.TimeoutExpired:
             self.backend.kill(self.state)
             raise KitTimeout(f"{self.name!r} did not stop within {timeout + 5:g} s and was killed") from None
+        finally:
+            self.backend.unpublish(self.state)
         self.state.phases.setdefault("exited", time.time())
         return self.logs()
 

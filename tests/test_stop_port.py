@@ -3,10 +3,10 @@
 What a Docker user expects: ``docker stop`` releases a container's published ports and ``docker
 start`` binds them again. The kit has no restart, so a stopped instance's port would never serve
 again; kept bound, it only refuses the port to a replacement and accepts clients with nothing
-behind them. Today runc, runsc, LXC and Docker close the kit's forwarder only in their cleanup
-(``kit.rm``): those are marked as the known gap (strict, so the mark fails once it is fixed); a VM's
-port is QEMU's own and goes with it. Closing ``state.forwarder`` once the backend's wait returns in
-``Instance.stop`` releases it for all four (checked by hand): one place, every runtime.
+behind them. ``Runtime.unpublish`` closes the kit's forwarder into an instance (runc, runsc, LXC,
+Docker, a VM on a kit network); the handle calls it at stop and wait, and wherever it finds the
+instance exited (its status, so ``kit.ps``). A VM's own port (QEMU's user network) goes with QEMU.
+Before the fix, runc, runsc, LXC and Docker kept the port until ``kit.rm``.
 """
 
 from __future__ import annotations
@@ -19,13 +19,7 @@ import kit
 from kit._proc import wait_until
 from tests.conftest import http_get, need, unique
 
-#: Runtimes whose published port stays bound from kit.stop until kit.rm (their forwarder closes in
-#: cleanup): the gap this file records.
-RELEASED_AT_RM_ONLY = {"runc", "runsc", "lxc", "docker"}
-
-
-class StillBound(AssertionError):
-    """The port was still bound after kit.stop: the known gap, nothing else."""
+HTTPD = "mkdir -p /www && echo served > /www/index.html && exec httpd -f -p 8080 -h /www"
 
 
 def _bindable(port: int) -> bool:
@@ -38,22 +32,42 @@ def _bindable(port: int) -> bool:
         return True
 
 
-@pytest.mark.parametrize("runtime", ["runc", "runsc", "lxc", "docker", "qemu"])
-def test_stop_releases_the_published_port(runtime, names, request):
+def _serving(runtime: str, name: str, names: list, script: str = HTTPD) -> tuple[kit.Instance, int]:
     need(runtime)
-    if runtime in RELEASED_AT_RM_ONLY:
-        request.applymarker(pytest.mark.xfail(strict=True, raises=StillBound,
-                                              reason="the forwarder closes at kit.rm, not at kit.stop"))
-    name, port = unique("stopport"), kit.free_port()
+    port = kit.free_port()
     names.append(name)
-    kit.start("busybox", ["sh", "-c", "mkdir -p /www && echo served > /www/index.html && exec httpd -f -p 8080 -h /www"],
-              runtime=runtime, name=name, ports=[f"{port}:8080"])
+    web = kit.start("busybox", ["sh", "-c", script], runtime=runtime, name=name, ports=[f"{port}:8080"])
     assert wait_until(lambda: http_get(port), 180, interval=0.1, what="httpd through the published port") == b"served\n"
     assert not _bindable(port)  # bound while it runs
+    return web, port
+
+
+@pytest.mark.parametrize("runtime", ["runc", "runsc", "lxc", "docker", "qemu"])
+def test_stop_releases_the_published_port(runtime, names):
+    name = unique("stopport")
+    _, port = _serving(runtime, name, names)
     kit.stop(name, timeout=5)
     assert not kit.ps().set_index("name").status[name].startswith("running")
-    if not _bindable(port):
-        raise StillBound(f"127.0.0.1:{port} still bound after kit.stop of a {runtime} instance")
+    assert _bindable(port), f"127.0.0.1:{port} still bound after kit.stop of a {runtime} instance"
     kit.rm(name)
     names.remove(name)
     assert _bindable(port)
+
+
+@pytest.mark.parametrize("runtime", ["runc", "docker"])
+def test_an_instance_that_exits_by_itself_releases_its_port_once_seen(runtime, names):
+    """The handle's wait, and ps finding it exited, release the port of an instance that ended on its own."""
+    for seen_by in ("wait", "ps"):
+        name = unique(f"exitport-{seen_by}")
+        # httpd in the background; the instance ends when told to, by the file the exec below makes
+        script = HTTPD.replace("exec httpd -f", "httpd") + " && while [ ! -e /www/stop ]; do sleep 0.1; done"
+        web, port = _serving(runtime, name, names, script=script)
+        web.exec(["touch", "/www/stop"], check=True)
+        if seen_by == "wait":
+            assert web.wait(timeout=60).exit_code == 0
+        else:
+            wait_until(lambda: kit.ps().set_index("name").status[name].startswith("exited"), 60,
+                       what=f"{name} exited, as ps sees it")
+        assert _bindable(port), f"127.0.0.1:{port} still bound once {seen_by} saw the {runtime} instance exit"
+        web.rm()
+        names.remove(name)

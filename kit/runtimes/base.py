@@ -464,11 +464,19 @@ class Runtime(ABC):
     def cleanup(self, inst: InstanceState) -> None:
         """Runtime-specific teardown (state, mounts); must be idempotent."""
 
-    def _unpublish_and_kill(self, inst: InstanceState) -> None:
-        """Where a cleanup starts: its published ports closed, then the instance killed if it still runs."""
+    def unpublish(self, inst: InstanceState) -> None:
+        """Release the instance's published ports: close the kit's forwarder into it. Called once it has
+        stopped (its handle's stop and wait, or ps finding it exited), as ``docker stop`` releases a
+        container's ports: the kit has no restart, so a stopped instance's port never serves again, and
+        kept bound it would refuse the port to a replacement and accept clients with nothing behind
+        them. Idempotent; a port that is the instance's own process's (QEMU's user network) goes with it."""
         fwd, inst.forwarder = inst.forwarder, None
         if fwd is not None:
             fwd.stop()
+
+    def _unpublish_and_kill(self, inst: InstanceState) -> None:
+        """Where a cleanup starts: its published ports closed, then the instance killed if it still runs."""
+        self.unpublish(inst)
         if self.running(inst):
             self.kill(inst)
 

@@ -273,9 +273,7 @@ class DockerRuntime(Runtime):
     def cleanup(self, inst: InstanceState) -> None:
         import docker
 
-        fwd, inst.forwarder = inst.forwarder, None
-        if fwd is not None:
-            fwd.stop()
+        self.unpublish(inst)
         try:
             self._api(inst).remove_container(inst.id, force=True, v=True)
         except docker.errors.NotFound:
