@@ -155,10 +155,12 @@ def test_a_part_is_never_longer_than_its_whole_in_a_vm():
 def test_an_idle_instance_is_ready_when_its_command_started(runtime):
     """The same event for every runtime: phase 'started' (a VM's 'command'), the host's own stamp."""
     need(runtime)
-    live = startup.start(runtime, "busybox", IDLE, unique("ready"), 120)
+    inst, ready = startup.start(runtime, "busybox", IDLE, unique("ready"), 120)
     try:
-        assert "started" in live.inst.phases
-        assert live.ready_after == started_at(live.inst.phases) - live.requested
-        assert live.inst.phases["launched"] <= live.inst.phases["started"]
+        assert isinstance(inst, kit.Instance) and "started" in inst.phases
+        assert ready.after == started_at(inst.phases) - ready.requested
+        assert ready.requested == inst.phases["requested"] and ready.called <= ready.requested
+        assert inst.phases["launched"] <= inst.phases["started"]
     finally:
-        startup.remove(live)
+        startup.remove(inst)
+    assert inst.status == "removed"

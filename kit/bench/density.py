@@ -18,6 +18,7 @@ import time
 
 from .. import runtimes
 from ..errors import KitError
+from ..instance import Instance
 from . import disk, footprint, startup
 from .workloads import IDLE
 
@@ -59,16 +60,16 @@ def steady_state(runtime: str, image: str, *, parts, max_n: int, memory_budget: 
         tick: called after each instance starts (progress).
     """
     rows: list[dict] = []
-    lives: list[startup.Live] = []
+    lives: list[Instance] = []
     base_used = footprint.host_used()
     t_begin = time.monotonic()
     limit = runtimes.get(runtime).idle_limit(memory_limit)
 
-    def start(i: int) -> startup.Live:
+    def start(i: int) -> tuple[Instance, startup.Ready]:
         return startup.start(runtime, image, IDLE, f"{prefix}-{i}", timeout, limit)
 
-    def all_pids():
-        return [p for live in lives for p in footprint.host_pids(live.runtime, live.inst)]
+    def all_pids():  # the instances' own processes: their monitors apart (measurement reads the runtime's record)
+        return [p for inst in lives for p in footprint.host_pids(inst.backend, inst.state)]
 
     steps = targets(max_n)
     try:
@@ -92,8 +93,8 @@ def steady_state(runtime: str, image: str, *, parts, max_n: int, memory_budget: 
         if "disk" in parts and lives:
             rows += _disk_rows(runtime, lives, image_usages)
     finally:
-        for live in lives:
-            startup.remove(live)
+        for inst in lives:
+            startup.remove(inst)
     return rows
 
 
@@ -103,26 +104,26 @@ def _start_up_to(target: int, lives: list, start, rows: list[dict], record: bool
     while len(lives) < target:
         i = len(lives)
         try:
-            live = start(i)
+            inst, ready = start(i)
         except KitError as e:
             rows.append(_row("density", "failed", 1, n=i + 1, status=f"error: {e}"))
             return False
-        lives.append(live)
+        lives.append(inst)
         if record:
-            rows.append(_row("density", "density_start", live.ready_after, n=i + 1, repeat=i))
+            rows.append(_row("density", "density_start", ready.after, n=i + 1, repeat=i))
         if tick:
             tick()
     return True
 
 
-def _memory_rows(live, timeout: float) -> list[dict]:
+def _memory_rows(inst: Instance, timeout: float) -> list[dict]:
     """The ``memory`` part: one idle instance alone, and for a VM the guest's own view."""
     rows = [_row("memory", r["metric"], r["value"], n=1, component=r["component"], status=r.get("status", "ok"))
-            for r in footprint.instance_rows(live.runtime, live.inst)]
-    if live.runtime.kind == "vm":
+            for r in footprint.instance_rows(inst.backend, inst.state)]
+    if runtimes.get(inst.runtime).kind == "vm":
         # The measured VM's own view, or a failed row saying why (never another VM's).
         rows += [_row("memory", r["metric"], r["value"], n=1, component=r["component"], status=r.get("status", "ok"))
-                 for r in footprint.guest_rows(live.name, timeout=min(timeout, 60))]
+                 for r in footprint.guest_rows(inst.name, timeout=min(timeout, 60))]
     return rows
 
 
@@ -131,11 +132,11 @@ def _density_rows(lives: list, reading, used: float) -> list[dict]:
     host's used memory, their monitors' PSS apart, and their cgroups' working set where every one has it."""
     n = len(lives)
     pss = reading.pss
-    ws = [footprint.cgroup_memory(live.runtime.cgroup_path(live.inst))[1] for live in lives]
+    ws = [footprint.cgroup_memory(inst.cgroup)[1] for inst in lives]
     rows = [_row("density", "density_pss_total", pss, n=n, status=reading.status),
             _row("density", "density_pss_per_instance", pss / n, n=n, status=reading.status),
             _row("density", "density_host_used", used, n=n)]
-    monitors = footprint.read([p for live in lives for p in live.runtime.monitor_pids(live.inst)])
+    monitors = footprint.read([p for inst in lives for p in inst.backend.monitor_pids(inst.state)])
     if monitors.procs or monitors.unreadable:
         rows.append(_row("density", "density_monitor_pss_total", monitors.pss, n=n, status=monitors.status))
     rows += [_row("density", r["metric"], r["value"], n=n, component=r["component"], status=r["status"])
@@ -149,11 +150,11 @@ def _density_rows(lives: list, reading, used: float) -> list[dict]:
 def _disk_rows(runtime: str, lives: list, image_usages: dict) -> list[dict]:
     """The ``disk`` part: the shared image formats once (a VM: the files it boots from), the bytes each
     live instance adds, and the total for 1..N instances."""
-    shared = disk.shared_usage(runtime, image_usages, lives[0].inst)
+    shared = disk.shared_usage(runtime, image_usages, lives[0].state)
     rows = [_row("disk", "image_shared", shared.allocated, n=len(lives))]
     union = disk.Usage()
-    for i, live in enumerate(lives):
-        inst_rows, u = disk.instance_rows(live.runtime, live.inst, shared)
+    for i, inst in enumerate(lives):
+        inst_rows, u = disk.instance_rows(inst.backend, inst.state, shared)
         rows += [_row("disk", r["metric"], r["value"], n=len(lives), repeat=i, component=r["component"])
                  for r in inst_rows]
         union = union.add(u)

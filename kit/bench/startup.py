@@ -18,7 +18,7 @@ about half the samples of an interleaved study overlapped the previous one's
 removal or a refill, by tens of milliseconds for LXC and Docker, which made a
 study's startup longer than a whole ``kit.run`` timed from outside
 (``benchmarks/bench_study_clock.py`` compares the two). The study's own work
-between samples is kept small for the same reason (see ``Study._add``).
+between samples is kept small for the same reason (see :meth:`kit.bench.storage.Results.add`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from .. import api
 from .. import runtimes as _runtimes
 from .._proc import wait_until
 from ..errors import KitError, StartFailed
+from ..instance import Instance
 from ..net import free_port
 from .workloads import Workload, started_at
 
@@ -48,38 +49,23 @@ class Sample:
         self.rows.append({"metric": metric, "component": component, "value": float(value)})
 
 
-@dataclass
-class Live:
-    """A detached instance started for a study, with its timings."""
+@dataclass(frozen=True)
+class Ready:
+    """When a started instance was asked for and when it became ready (host clock, epoch seconds).
 
-    name: str
-    runtime: object
-    inst: object
-    port: int | None
-    t_call: float
-    t_ready: float | None = None
+    The instance itself is the :class:`kit.Instance` handle :func:`start` returns beside this."""
 
-    @property
-    def launched(self) -> float:
-        return self.inst.phases.get("launched", self.requested)
+    called: float
+    """The host clock just before the API call (``total`` counts from it)."""
+    requested: float
+    """When the startup clock starts (see the module's docstring)."""
+    at: float
+    """When it was ready."""
 
     @property
-    def requested(self) -> float:
-        """When the startup clock starts (see the module's docstring)."""
-        return clock_start(self.inst.phases, self.t_call)
-
-    @property
-    def ready_after(self) -> float:
+    def after(self) -> float:
         """Seconds from the request to readiness: the ``launch_to_ready`` figure."""
-        return self.t_ready - self.requested
-
-    @property
-    def pool(self) -> str:
-        return str(self.inst.info.get("pool", ""))
-
-    @property
-    def accel(self) -> str:
-        return str(self.inst.info.get("accel", ""))
+        return self.at - self.requested
 
 
 def clock_start(phases: dict, fallback: float) -> float:
@@ -132,8 +118,8 @@ def run_to_exit(runtime: str, image: str, workload: Workload, name: str, timeout
 
 
 def start(runtime: str, image: str, workload: Workload, name: str, timeout: float, memory=None,
-          start_mode: str = "cold") -> Live:
-    """Start a detached instance and wait until it is ready.
+          start_mode: str = "cold") -> tuple[Instance, Ready]:
+    """Start a detached instance and wait until it is ready: its handle, and when it was asked for and ready.
 
     Raises:
         KitError: it could not start, exited early, or was not ready within
@@ -142,35 +128,33 @@ def start(runtime: str, image: str, workload: Workload, name: str, timeout: floa
     port = free_port() if workload.needs_port else None
     api.wait_until_quiet()
     t_call = time.time()
-    handle = api.start(image, workload.command(port, host_network=_runtimes.get(runtime).host_network), runtime=runtime,
-                       name=name, memory=memory, start=start_mode, ports=[(port, port)] if port else ())
-    rt, inst = handle.backend, handle.state
-    live = Live(name, rt, inst, port, t_call)
+    inst = api.start(image, workload.command(port, host_network=_runtimes.get(runtime).host_network), runtime=runtime,
+                     name=name, memory=memory, start=start_mode, ports=[(port, port)] if port else ())
     try:
         def ready():
-            if workload.ready(rt, inst, port):
+            if workload.ready(inst, port):
                 return True
-            if not rt.running(inst):
-                out, err = rt.logs(inst)
-                tail = (err or out).decode(errors="replace").strip().splitlines()[-1:] or [""]
+            if inst.status != "running":
+                out = inst.logs()
+                tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or [""]
                 raise StartFailed(f"{runtime}: {name} exited before it was ready: {tail[0][:200]}")
             return False
 
         wait_until(ready, timeout, interval=0.005, what=f"{runtime} instance {name} becoming ready")
-        live.t_ready = time.time()
+        t_ready = time.time()
         if workload.kind == "idle":  # ready when its command started: the host's stamp, not the poll
-            live.t_ready = started_at(inst.phases) or live.t_ready
+            t_ready = started_at(inst.phases) or t_ready
     except BaseException:
-        remove(live)
+        remove(inst)
         raise
-    return live
+    return inst, Ready(t_call, clock_start(inst.phases, t_call), t_ready)
 
 
-def remove(live: Live) -> float:
-    """Force-remove a live instance; return how long it took (seconds)."""
+def remove(inst: Instance) -> float:
+    """Force-remove a started instance; return how long it took (seconds)."""
     t0 = time.time()
     try:
-        api.rm(live.name, force=True)
+        inst.rm(force=True)
     except KitError:
         pass  # already gone
     return time.time() - t0
@@ -181,18 +165,18 @@ def service(runtime: str, image: str, workload: Workload, name: str, timeout: fl
     """One service run: launch to ready, then teardown (kill and remove)."""
     sample = Sample()
     try:
-        live = start(runtime, image, workload, name, timeout, memory, start_mode)
+        inst, ready = start(runtime, image, workload, name, timeout, memory, start_mode)
     except KitError as e:
         sample.status = f"error: {e}"
         sample.add("failed", 1)
         return sample
-    sample.accel, sample.pool = live.accel, live.pool
-    phases = dict(live.inst.phases)
-    teardown = remove(live)
-    sample.add("launch_to_ready", live.ready_after)
+    sample.accel, sample.pool = str(inst.info.get("accel", "")), str(inst.info.get("pool", ""))
+    phases = dict(inst.phases)
+    teardown = remove(inst)
+    sample.add("launch_to_ready", ready.after)
     sample.add("teardown", teardown)
-    sample.add("total", live.t_ready - live.t_call + teardown)
-    _phases(sample, phases, live.requested)
+    sample.add("total", ready.at - ready.called + teardown)
+    _phases(sample, phases, ready.requested)
     return sample
 
 

@@ -82,21 +82,22 @@ class Workload:
         return [a.replace("{port}", str(port)).replace("{bind}", bind).replace("{listen}", listen)
                 for a in self.argv]
 
-    def ready(self, rt, inst, port: int | None) -> bool:
-        """Has this run become ready? (Called repeatedly until it is, or a deadline passes.)"""
+    def ready(self, instance, port: int | None) -> bool:
+        """Has this run (a :class:`kit.Instance`) become ready? (Called repeatedly until it is, or a
+        deadline passes.)"""
         if self.kind == "idle":
             # Ready once its command has started, as the host sees it (the same event for every
             # runtime: see started_at), and still running.
-            return started_at(inst.phases) is not None and rt.running(inst)
+            return started_at(instance.phases) is not None and instance.status == "running"
         if self.tcp and port is not None and not _answers(port, self.tcp):
             return False
         if self.log:
-            out, err = rt.logs(inst)
-            if not re.search(self.log.encode(), out + err):
+            out = instance.logs()
+            if not re.search(self.log.encode(), out.stdout_bytes + out.stderr_bytes):
                 return False
         if self.probe:
             try:
-                code, _, _ = rt.exec(inst, list(self.probe), timeout=5)
+                code = instance.exec(list(self.probe), timeout=5).exit_code
             except Exception:  # not up enough to exec into yet
                 return False
             if code != 0:
