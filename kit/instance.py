@@ -84,6 +84,11 @@ class Instance:
         return self.state.id
 
     @property
+    def created_at(self) -> float:
+        """When the kit made its record (epoch seconds); :attr:`phases` say when it launched."""
+        return self.state.created_at
+
+    @property
     def ports(self) -> list[tuple[int, int]]:
         """The published ports, as (host port on 127.0.0.1, port inside)."""
         return list(self.state.spec.ports)

@@ -5,7 +5,7 @@
 >>> study.explore()                # part, metric, runtimes, log scale, runs or summary
 
 Each widget only displays: the work is done by :mod:`kit.api` (``ps``, ``logs``,
-``stop``, ``rm``), :mod:`kit.bench.footprint` (PSS) and :class:`~kit.bench.Study`
+``stop``, ``rm``), the :class:`kit.Instance` handles (their PSS) and :class:`~kit.bench.Study`
 (``summary``), through the plain functions below, which are tested without a browser.
 A widget also carries a static rendering (``text/html``) in its display bundle, so a
 report rendered without a kernel (nbconvert HTML, ``kit report``) shows a table or a
@@ -59,14 +59,12 @@ def format_bytes(n: float | None) -> str:
     return f"{n / 1024 ** 3:.2f} GiB"
 
 
-def _pss(rt, inst) -> int | None:
-    """The instance's own PSS (its monitor left out, as :mod:`kit.bench.footprint` defines it)."""
-    from .bench import footprint
-
+def _pss(handle) -> int | None:
+    """The instance's own PSS (its monitor left out: :meth:`kit.Instance.memory`); None once it is gone
+    or when a process of it cannot be read (a smaller figure would pass for the whole)."""
     try:
-        pids = footprint.host_pids(rt, inst)
-        return footprint.total_pss(pids) if pids else None
-    except (KitError, OSError):  # gone between ps and now
+        return handle.memory()["pss"] or None
+    except (KitError, OSError):  # gone between ps and now, or partial
         return None
 
 
@@ -82,14 +80,13 @@ def instance_rows(now: float | None = None, memory: bool = True) -> list[dict]:
     for rec in api.ps().to_dict("records"):
         try:
             handle = api.get(rec["name"])
-            rt, inst = handle.backend, handle.state
         except InstanceNotFound:
             continue
         running = rec["status"] == "running"
-        started = inst.phases.get("launched", inst.created_at)
+        started = handle.phases.get("launched", handle.created_at)
         rows.append({"name": rec["name"], "runtime": rec["runtime"], "image": rec["image"],
                      "state": rec["status"], "uptime": now - started if running else None,
-                     "ports": rec["ports"], "memory": _pss(rt, inst) if running and memory else None})
+                     "ports": rec["ports"], "memory": _pss(handle) if running and memory else None})
     return rows
 
 

@@ -68,7 +68,7 @@ def test_rows_of_a_running_instance(service):
     assert 0 <= row["uptime"] < 60
     # the instance's own processes (sh and sleep), not the runc monitor: a few hundred KiB to some MiB
     assert 50 * 1024 < row["memory"] < 64 * 2 ** 20, row["memory"]
-    later = {r["name"]: r for r in widgets.instance_rows(now=kit.api.get(name).state.created_at + 3600)}[name]
+    later = {r["name"]: r for r in widgets.instance_rows(now=kit.api.get(name).created_at + 3600)}[name]
     assert later["uptime"] > 3000
     assert {r["name"]: r for r in widgets.instance_rows(memory=False)}[name]["memory"] is None
 
