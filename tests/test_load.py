@@ -146,16 +146,16 @@ def test_cpu_per_op_divides_by_the_requests_redis_benchmark_made(monkeypatch, na
     need("process")
     name = unique("load-count")
     names.append(name)
-    live = loads.start(loads.LOADS["redis"], "process", name, timeout=60)
+    target = loads.start(loads.LOADS["redis"], "process", name, timeout=60)
     try:
         readings = iter([10.0, 11.0])
         monkeypatch.setattr(loads.CpuMeter, "read", lambda self: next(readings))
-        rows, raw = loads.measure(live, count=1000)
-        calls = _redis_calls(live.port)
+        rows, raw = loads.measure(target, count=1000)
+        calls = _redis_calls(target.port)
     finally:
-        loads.remove(live)
+        loads.remove(target)
     assert (calls.get("set"), calls.get("get")) == (1000, 1000), calls
-    argv = loads.fill_argv(loads.LOADS["redis"].argv, port=live.port, count=1000)
+    argv = loads.fill_argv(loads.LOADS["redis"].argv, port=target.port, count=1000)
     assert operations("redis-benchmark", raw, argv) == (2000.0, "request")
     assert _value(rows, "cpu_per_op", "instance/request") == pytest.approx(500.0)
 
@@ -235,13 +235,13 @@ def test_a_missing_tool_is_one_line_naming_tool_and_runtime(names):
     spec = loads.Load("nothing", "sysbench", "inside", ("no-such-tool",), image="busybox")
     name = unique("load-missing")
     names.append(name)
-    live = loads.start(spec, "runc", name, timeout=30)
+    target = loads.start(spec, "runc", name, timeout=30)
     try:
         with pytest.raises(ToolOutputError, match=r"no-such-tool.*runc") as e:
-            loads.measure(live, seconds=1)
+            loads.measure(target, seconds=1)
         assert "\n" not in str(e.value)
     finally:
-        loads.remove(live)
+        loads.remove(target)
     import kit
 
     assert name not in set(kit.ps().name)
@@ -305,8 +305,8 @@ def test_direct_and_published_paths_are_separate_rows_with_the_forwarder_on_one(
 def test_a_server_that_stops_is_explained_by_its_first_error_line():
     log = ("[Warning] failed to retrieve the MAC address\n"
            "0 [ERROR] mariadbd: io_uring_wait_cqe() returned -1\n[ERROR] got signal 6 ;\n0x5643 ...\n\nAborted\n")
-    assert loads._why(log) == "0 [ERROR] mariadbd: io_uring_wait_cqe() returned -1 ... Aborted"
-    assert loads._why("Server listening\nbye\n") == "bye"
+    assert loads.why_stopped(log) == "0 [ERROR] mariadbd: io_uring_wait_cqe() returned -1 ... Aborted"
+    assert loads.why_stopped("Server listening\nbye\n") == "bye"
 
 
 @pytest.mark.parametrize("runtime", ["process", "runc"])
@@ -321,17 +321,17 @@ def test_mariadb_lets_in_only_the_kits_client(runtime, names):
     need(runtime)
     name = unique("load-mariadb")
     names.append(name)
-    live = loads.start(loads.LOADS["mariadb"], runtime, name, timeout=300)
+    target = loads.start(loads.LOADS["mariadb"], runtime, name, timeout=300)
     try:
-        for user, password in (("root", ""), ("root", live.secret), ("kit", ""), ("kit", "wrong"), ("mysql", "")):
+        for user, password in (("root", ""), ("root", target.secret), ("kit", ""), ("kit", "wrong"), ("mysql", "")):
             with pytest.raises(pymysql.err.OperationalError, match="Access denied"):
-                pymysql.connect(host="127.0.0.1", port=live.port, user=user, password=password, connect_timeout=10)
-        pymysql.connect(host="127.0.0.1", port=live.port, user="kit", password=live.secret, connect_timeout=10).close()
-        assert not [p.pid for p in psutil.process_iter(["cmdline"]) if live.secret in " ".join(p.info["cmdline"] or [])]
-        cfg = Path(loads._secrets(live))
+                pymysql.connect(host="127.0.0.1", port=target.port, user=user, password=password, connect_timeout=10)
+        pymysql.connect(host="127.0.0.1", port=target.port, user="kit", password=target.secret, connect_timeout=10).close()
+        assert not [p.pid for p in psutil.process_iter(["cmdline"]) if target.secret in " ".join(p.info["cmdline"] or [])]
+        cfg = Path(target.secrets_file)
         assert (cfg.stat().st_mode & 0o777, cfg.parent.stat().st_mode & 0o777) == (0o600, 0o700)
-        rows, raw = loads.measure(live, seconds=1)
-        assert _value(rows, "throughput", "transactions") > 0 and live.secret not in raw
+        rows, raw = loads.measure(target, seconds=1)
+        assert _value(rows, "throughput", "transactions") > 0 and target.secret not in raw
     finally:
-        loads.remove(live)
+        loads.remove(target)
     assert not Path(cfg).exists()

@@ -56,7 +56,9 @@ from .. import api
 from .. import runtimes as _runtimes
 from .._proc import Popen, kill_group, wait_until
 from ..errors import KitError, KitTimeout
+from ..instance import Instance
 from ..net import free_port
+from . import footprint
 from .tools import ToolOutputError, operations, parse
 
 #: The image the in-instance tools come from (``make setup`` builds it: kit.images.prebuild).
@@ -215,19 +217,18 @@ def _proc_cpu(pids) -> float:
     return total
 
 
-def _own_pids(rt, inst) -> list[int]:
-    from .footprint import host_pids
-
-    return host_pids(rt, inst)
+def _own_pids(inst: Instance) -> list[int]:
+    """The instance's own host processes, its monitor left out (the runtime's record: measurement)."""
+    return footprint.host_pids(inst.backend, inst.state)
 
 
 class CpuMeter:
     """Host CPU seconds an instance spends: its cgroup's accounting, or its host processes' times."""
 
-    def __init__(self, rt, inst):
-        self.rt, self.inst = rt, inst
-        pids = _own_pids(rt, inst)
-        self.group = None if not rt.cgroup_accounting else next(
+    def __init__(self, inst: Instance):
+        self.inst = inst
+        pids = _own_pids(inst)
+        self.group = None if not inst.backend.cgroup_accounting else next(
             (g for p in pids if (g := _group_of(p, "cpuacct")) is not None and _cg_cpu(g) is not None), None)
         self.source = f"cgroup {self.group}" if self.group else "host processes (psutil)"
 
@@ -236,15 +237,15 @@ class CpuMeter:
             v = _cg_cpu(self.group)
             if v is not None:
                 return v
-        return _proc_cpu(_own_pids(self.rt, self.inst))
+        return _proc_cpu(_own_pids(self.inst))
 
 
-def pin(rt, inst, cpus: list[int]) -> str:
+def pin(inst: Instance, cpus: list[int]) -> str:
     """Pin the instance's host threads (and its cpuset cgroup, so later processes follow) to ``cpus``."""
     import psutil
 
     done = []
-    for pid in _own_pids(rt, inst):
+    for pid in _own_pids(inst):
         group = _group_of(pid, "cpuset")
         if group is not None and group not in done:
             try:
@@ -277,15 +278,15 @@ def fill_argv(argv, **kw) -> list[str]:
     return out
 
 
-def _answers(kind: str, port: int, rt, inst, probe: dict) -> bool:
+def _answers(kind: str, port: int, inst: Instance, probe: dict) -> bool:
     """Whether the server answers on ``port`` (``probe``: this instance's state between calls)."""
     if kind.startswith("log:"):
         # The server logged that it listens; then one connection proves the path to it, but a server
         # that takes it for a client (iperf3) handles that client's leaving before it listens again,
         # and under TCG that takes long enough to fail the load's first run: ready when it has logged
         # the line once more (or after a probe 10 s old, probe again).
-        out, err = rt.logs(inst)
-        seen = (out + err).count(kind[4:].encode())
+        out = inst.logs()
+        seen = (out.stdout_bytes + out.stderr_bytes).count(kind[4:].encode())
         if probe and seen > probe["seen"]:
             return True
         if seen and (not probe or time.monotonic() - probe["at"] > 10) and _connects(port):
@@ -314,81 +315,97 @@ def _connects(port: int) -> bool:
 
 
 @dataclass
-class Instance:
-    """A live instance a load runs in or against."""
+class Target:
+    """A load's instance (the :class:`kit.Instance` handle), with what the load keeps beside it."""
 
-    name: str
-    runtime: str
+    instance: Instance
     load: Load
     port: int | None = None
+    """Where the host's generator reaches a host load's server (127.0.0.1)."""
     hostdir: str | None = None
+    """A host directory of the load's own: the server's data, or the bare process's scratch space."""
     pinned: str = ""
     #: A server that logs its clients in (MariaDB): the password generated for this instance, and the
     #: private directory (0700) of the client's options file that holds it.
     secret: str | None = None
     secretdir: str | None = None
 
+    @property
+    def secrets_file(self) -> str:
+        """The client's private options file (sysbench --config-file) of a server that logs clients in; ''
+        for any other."""
+        return str(Path(self.secretdir) / "sysbench.cfg") if self.secretdir else ""
+
 
 def start(load: Load, runtime: str, name: str, timeout: float = 300.0, memory="512m",
-          volume: str | None = None) -> Instance:
+          volume: str | None = None) -> Target:
     """Start the instance of ``load`` under ``runtime`` (an idle ``sleep`` or the server), ready and pinned.
 
     Args:
         volume: a host directory mounted at /kit-vol (fileio on a volume), where the runtime can.
     """
     rt = _runtimes.require(runtime)
-    live = Instance(name, runtime, load)
-    host = rt.host_network
-    kw = {"memory": memory} if memory else {}
+    kw: dict = {"memory": memory} if memory else {}
     if volume:
         kw["volumes"] = [f"{volume}:/kit-vol"]
+    port = hostdir = secret = secretdir = None
     if load.where == "inside":
-        cmd = ["sleep", "3600"]
-        ports = ()
+        cmd, ports = ["sleep", "3600"], ()
     else:
-        live.port = free_port()
-        inner = live.port if host else load.inner_port
-        live.hostdir = tempfile.mkdtemp(prefix="kit-load-") if rt.shares_host_files else None
-        cmd = fill_argv(load.server, port=inner, bind="127.0.0.1" if host else "0.0.0.0",
-                    dir=live.hostdir or f"/var/lib/kit-{load.name}")
-        ports = () if host else [(live.port, inner)]
+        port = free_port()
+        inner = port if rt.host_network else load.inner_port
+        hostdir = tempfile.mkdtemp(prefix="kit-load-") if rt.shares_host_files else None
+        cmd = fill_argv(load.server, port=inner, bind="127.0.0.1" if rt.host_network else "0.0.0.0",
+                        dir=hostdir or f"/var/lib/kit-{load.name}")
+        ports = () if rt.host_network else [(port, inner)]
         if any(SECRET_ENV in a for a in load.server):
-            live.secret = secrets.token_urlsafe(18)  # [A-Za-z0-9_-]: nothing to quote in SQL or sh
-            kw["env"] = {SECRET_ENV: live.secret}
-            live.secretdir = tempfile.mkdtemp(prefix="kit-load-secret-")
-            _write_private(Path(live.secretdir) / "sysbench.cfg",
-                           f"mysql-user={DB_USER}\nmysql-password={live.secret}\n")
+            secret = secrets.token_urlsafe(18)  # [A-Za-z0-9_-]: nothing to quote in SQL or sh
+            kw["env"] = {SECRET_ENV: secret}
+            secretdir = tempfile.mkdtemp(prefix="kit-load-secret-")
+            _write_private(Path(secretdir) / "sysbench.cfg", f"mysql-user={DB_USER}\nmysql-password={secret}\n")
     try:
-        handle = api.start(load.image, cmd, runtime=runtime, name=name, ports=ports, **kw)
+        inst = api.start(load.image, cmd, runtime=runtime, name=name, ports=ports, **kw)
     except BaseException:
-        _remove_dirs(live)
+        _remove_dirs(hostdir, secretdir)
         raise
+    target = Target(inst, load, port, hostdir, secret=secret, secretdir=secretdir)
     try:
-        rt_, inst = handle.backend, handle.state
-
-        probe: dict = {}
-
-        def ready():
-            if not rt_.running(inst):
-                out, err = rt_.logs(inst)
-                raise KitError(f"{load.name} in {runtime}: the instance exited before it was ready: "
-                               f"{_why((err or out).decode(errors='replace'))[:200]}")
-            if load.where == "inside":
-                return rt_.kind != "vm" or "command" in inst.phases
-            return _answers(load.ready, live.port, rt_, inst, probe)
-
-        wait_until(ready, timeout, interval=0.05, what=f"{load.name} instance in {runtime} becoming ready")
+        _wait_ready(target, timeout)
         cpus = pinning()["instance"]
-        live.pinned = pin(rt_, inst, cpus) if len(os.sched_getaffinity(0)) > 1 else "none"
+        target.pinned = pin(inst, cpus) if len(os.sched_getaffinity(0)) > 1 else "none"
         if load.name == "mariadb":
-            _mariadb_prepare(live, timeout)
+            _mariadb_prepare(target, timeout)
     except BaseException:
-        remove(live)
+        remove(target)
         raise
-    return live
+    return target
 
 
-def _why(log: str) -> str:
+def _wait_ready(target: Target, timeout: float) -> None:
+    """Wait until the load can run: an inside load's instance runs (a VM's command has started), a host
+    load's server answers (:func:`_answers`).
+
+    Raises:
+        KitError: the instance exited first (its log's reason, :func:`why_stopped`).
+        KitTimeout: not ready within ``timeout``.
+    """
+    inst, load = target.instance, target.load
+    vm = _runtimes.get(inst.runtime).kind == "vm"
+    probe: dict = {}
+
+    def ready():
+        if inst.status != "running":
+            out = inst.logs()
+            raise KitError(f"{load.name} in {inst.runtime}: the instance exited before it was ready: "
+                           f"{why_stopped(out.stderr or out.stdout)[:200]}")
+        if load.where == "inside":
+            return not vm or "command" in inst.phases
+        return _answers(load.ready, target.port, inst, probe)
+
+    wait_until(ready, timeout, interval=0.05, what=f"{load.name} instance in {inst.runtime} becoming ready")
+
+
+def why_stopped(log: str) -> str:
     """The line of a server's log that says why it stopped: its first ``[ERROR]`` line (the cause; what
     follows is the crash report, e.g. mariadbd's 'Aborted' under gVisor after io_uring failed), else its last."""
     lines = [ln.strip() for ln in log.strip().splitlines() if ln.strip()]
@@ -397,16 +414,17 @@ def _why(log: str) -> str:
     return f"{first_error} ... {last}" if first_error and first_error != last else last
 
 
-def remove(live: Instance) -> None:
+def remove(target: Target) -> None:
+    """Remove the load's instance (forced) and the directories the load kept beside it."""
     try:
-        api.rm(live.name, force=True)
+        target.instance.rm(force=True)
     except KitError:
         pass
-    _remove_dirs(live)
+    _remove_dirs(target.hostdir, target.secretdir)
 
 
-def _remove_dirs(live: Instance) -> None:
-    for d in (live.hostdir, live.secretdir):
+def _remove_dirs(*dirs: str | None) -> None:
+    for d in dirs:
         if d:
             shutil.rmtree(d, ignore_errors=True)
 
@@ -418,25 +436,21 @@ def _write_private(path: Path, text: str) -> None:
         f.write(text)
 
 
-def _mariadb_prepare(live: Instance, timeout: float) -> None:
+def _mariadb_prepare(target: Target, timeout: float) -> None:
     import pymysql
 
     # the server's init file has made the user and sbtest; this proves the password works before the load
-    conn = pymysql.connect(host="127.0.0.1", port=live.port, user=DB_USER, password=live.secret, connect_timeout=10)
+    conn = pymysql.connect(host="127.0.0.1", port=target.port, user=DB_USER, password=target.secret,
+                           connect_timeout=10)
     try:
         with conn.cursor() as c:
             c.execute("CREATE DATABASE IF NOT EXISTS sbtest")
     finally:
         conn.close()
-    rows = live.load.defaults.get("rows", 1000)
-    argv = ["sysbench", "oltp_read_write", *fill_argv(_SB_MYSQL, port=live.port, count=rows, secrets=_secrets(live)),
-            "prepare"]
-    run_generator(argv, timeout, live.load, live.runtime)
-
-
-def _secrets(live: Instance) -> str:
-    """The client's private options file (sysbench --config-file) of a server that logs clients in."""
-    return str(Path(live.secretdir) / "sysbench.cfg") if live.secretdir else ""
+    rows = target.load.defaults.get("rows", 1000)
+    argv = ["sysbench", "oltp_read_write",
+            *fill_argv(_SB_MYSQL, port=target.port, count=rows, secrets=target.secrets_file), "prepare"]
+    run_generator(argv, timeout, target.load, target.instance.runtime)
 
 
 def run_generator(argv: list[str], deadline: float, load: Load, runtime: str, netns: str | None = None) -> str:
@@ -461,21 +475,22 @@ def run_generator(argv: list[str], deadline: float, load: Load, runtime: str, ne
     return p.stdout + p.stderr
 
 
-def _inside_tool(live: Instance, argv: list[str], deadline: float) -> tuple[str, float | None]:
+def _inside_tool(target: Target, argv: list[str], deadline: float) -> tuple[str, float | None]:
     """Run a tool in the instance: (its output, its own CPU seconds when it ran beside a bare process
     on the host, else None: the instance's meter counts it)."""
+    inst = target.instance
     out: dict = {}
-    beside = _runtimes.get(live.runtime).shares_host_files  # "inside" is the host: time the tool by its reap
+    beside = _runtimes.get(inst.runtime).shares_host_files  # "inside" is the host: time the tool by its reap
 
     def go():  # a thread pinned like the instance: what it starts (runc exec, the tool) inherits that
         try:
             if len(os.sched_getaffinity(0)) > 1:
                 os.sched_setaffinity(0, pinning()["instance"])
-            out["r"] = _beside(argv, deadline) if beside else api.exec_(live.name, argv, timeout=deadline)
+            out["r"] = _beside(argv, deadline) if beside else inst.exec(argv, timeout=deadline)
         except BaseException as e:  # noqa: BLE001  (re-raised in the caller's thread)
             out["e"] = e
 
-    t = threading.Thread(target=go, name=f"kit-load-{live.name}")
+    t = threading.Thread(target=go, name=f"kit-load-{inst.name}")
     t.start()
     t.join()
     if "e" in out:
@@ -483,11 +498,11 @@ def _inside_tool(live: Instance, argv: list[str], deadline: float) -> tuple[str,
     r = out["r"]
     text = r.stdout + r.stderr
     if r.exit_code in (126, 127) or "not found" in r.stderr and r.exit_code != 0:
-        raise ToolOutputError(f"{argv[0]}: not found in image {live.load.image!r} under {live.runtime}: "
+        raise ToolOutputError(f"{argv[0]}: not found in image {target.load.image!r} under {inst.runtime}: "
                               f"build it with python -m kit.images.prebuild")
     if r.exit_code != 0:
         tail = (text.strip().splitlines() or [""])[-1][:200]
-        raise ToolOutputError(f"{argv[0]} in {live.runtime} exited {r.exit_code}: {tail}")
+        raise ToolOutputError(f"{argv[0]} in {inst.runtime} exited {r.exit_code}: {tail}")
     return text, getattr(r, "cpu_seconds", None)
 
 
@@ -521,19 +536,20 @@ def _beside(argv: list[str], deadline: float) -> _Ran:
 PATHS = ("published", "direct")
 
 
-def forwarder_cpu(rt, inst, port: int | None):
+def forwarder_cpu(inst: Instance, port: int | None):
     """A function returning the CPU seconds of what forwards ``port`` to ``inst`` (None: nothing
     apart from the instance: a bare process has no forwarder, QEMU's user network is inside QEMU;
     a runtime's own forwarder is its :attr:`~kit.runtimes.base.Runtime.forwarder_process`)."""
-    fwd = inst.forwarder
+    fwd = inst.state.forwarder
     if fwd is not None:
         return fwd.cpu_seconds  # the kit's forwarder: every thread of it, in this process
-    if not rt.forwarder_process or port is None:
+    process = inst.backend.forwarder_process
+    if not process or port is None:
         return None
     import psutil
 
     procs = [p for p in psutil.process_iter(["name", "cmdline"])
-             if p.info["name"] == rt.forwarder_process and str(port) in (p.info["cmdline"] or [])]
+             if p.info["name"] == process and str(port) in (p.info["cmdline"] or [])]
     return (lambda: _forwarder_processes_cpu(procs)) if procs else None
 
 
@@ -547,34 +563,35 @@ def _forwarder_processes_cpu(procs) -> float:
         raise KitError(f"forwarder CPU: {e}") from None
 
 
-def netns_of(rt, inst) -> str:
+def netns_of(inst: Instance) -> str:
     """The network namespace (a path nsenter opens) where ``inst``'s service listens."""
-    fwd = inst.forwarder
+    fwd = inst.state.forwarder
     if fwd is not None and fwd.netns:
         return fwd.netns
-    pids = _own_pids(rt, inst)
+    pids = _own_pids(inst)
     if not pids:
-        raise KitError(f"{inst.name} in {rt.name}: no host process left to find its network namespace")
+        raise KitError(f"{inst.name} in {inst.runtime}: no host process left to find its network namespace")
     return f"/proc/{pids[0]}/ns/net"
 
 
-def _direct(live: Instance, rt, inst, argv: list[str], deadline: float) -> str:
+def _direct(target: Target, argv: list[str], deadline: float) -> str:
     """Run a host load's generator where the service is: in its network namespace, or in the guest."""
-    load = live.load
+    load, runtime = target.load, target.instance.runtime
+    rt = _runtimes.get(runtime)
     if rt.kind == "vm":
         if argv[0] == sys.executable:
-            raise ToolOutputError(f"{load.tool} direct in {live.runtime}: the client is Python on the host and the "
+            raise ToolOutputError(f"{load.tool} direct in {runtime}: the client is Python on the host and the "
                                   f"guest image {load.image!r} has no Python; only the published path is measured")
-        return _inside_tool(live, argv, deadline)[0]  # a VM: its CPU is QEMU's, which the meter reads
+        return _inside_tool(target, argv, deadline)[0]  # a VM: its CPU is QEMU's, which the meter reads
     if rt.host_network:
-        return run_generator(argv, deadline, load, live.runtime)  # already in the host's namespace
+        return run_generator(argv, deadline, load, runtime)  # already in the host's namespace
     if os.geteuid() != 0:
-        raise KitError(f"{load.name} direct in {live.runtime}: entering the instance's network namespace "
+        raise KitError(f"{load.name} direct in {runtime}: entering the instance's network namespace "
                        f"(nsenter --net) needs root; run as root or measure the published path only")
-    return run_generator(argv, deadline, load, live.runtime, netns=netns_of(rt, inst))
+    return run_generator(argv, deadline, load, runtime, netns=netns_of(target.instance))
 
 
-def measure(live: Instance, seconds: float = 5.0, count: int | None = None, deadline: float | None = None,
+def measure(target: Target, seconds: float = 5.0, count: int | None = None, deadline: float | None = None,
             directory: str = "/tmp", path: str = "published") -> tuple[list[dict], str]:
     """Run the load once against a started instance: (rows, raw output).
 
@@ -582,32 +599,31 @@ def measure(live: Instance, seconds: float = 5.0, count: int | None = None, dead
         path: for a host load, ``published`` (through the published port) or ``direct`` (inside the
             instance's network namespace; rows' components prefixed ``direct/``). See :data:`PATHS`.
     """
-    load = live.load
+    load, inst = target.load, target.instance
     if path not in PATHS:
         raise KitError(f"load path {path!r}: one of {', '.join(PATHS)}")
     direct = path == "direct" and load.where == "host"
-    handle = api.get(live.name)
-    rt, inst = handle.backend, handle.state
+    rt = _runtimes.get(inst.runtime)
     count = count or load.defaults.get("count", 10**6)
     # a VM under TCG runs a count-bounded tool an order of magnitude slower, and a timed-out exec
     # leaves the guest without exec: a deadline it does not reach on a busy host
     deadline = deadline or max(60.0, seconds * 10) * (3 if rt.kind == "vm" else 1)
     secs = max(1, int(round(seconds)))
-    meter = CpuMeter(rt, inst)
-    fwd = forwarder_cpu(rt, inst, live.port) if load.where == "host" and not direct else None
+    meter = CpuMeter(inst)
+    fwd = forwarder_cpu(inst, target.port) if load.where == "host" and not direct else None
     f0 = fwd() if fwd else None
     c0, t0 = meter.read(), time.monotonic()
     beside = None
     if load.where == "inside":
         argv = fill_argv(load.argv, seconds=secs, count=count, dir=directory)
-        raw, beside = _inside_tool(live, argv, deadline)
+        raw, beside = _inside_tool(target, argv, deadline)
     elif direct:
-        port = live.port if rt.host_network else load.inner_port
-        argv = fill_argv(load.argv, port=port, seconds=secs, count=count, secrets=_secrets(live))
-        raw = _direct(live, rt, inst, argv, deadline)
+        port = target.port if rt.host_network else load.inner_port
+        argv = fill_argv(load.argv, port=port, seconds=secs, count=count, secrets=target.secrets_file)
+        raw = _direct(target, argv, deadline)
     else:
-        argv = fill_argv(load.argv, port=live.port, seconds=secs, count=count, secrets=_secrets(live))
-        raw = run_generator(argv, deadline, load, live.runtime)
+        argv = fill_argv(load.argv, port=target.port, seconds=secs, count=count, secrets=target.secrets_file)
+        raw = run_generator(argv, deadline, load, inst.runtime)
     wall = time.monotonic() - t0
     cpu = meter.read() - c0 + (beside or 0.0)  # a tool run beside the bare process: its own CPU time
     f1 = fwd() if fwd else None
@@ -638,14 +654,15 @@ def sample(load: str, runtime: str, seconds: float = 5.0, count: int | None = No
     name = name or f"load-{load}-{runtime}-{secrets.token_hex(3)}"
     vol = tempfile.mkdtemp(prefix="kit-vol-") if volume else None
     try:
-        live = start(spec, runtime, name, timeout, volume=vol)
+        target = start(spec, runtime, name, timeout, volume=vol)
         try:
             out = []
             for path in _paths(spec, paths):
-                rows, raw = measure(live, seconds, count, directory="/kit-vol" if vol else _scratch(live), path=path)
-                out += [dict(r, raw=raw, pinning=live.pinned) for r in rows]
+                rows, raw = measure(target, seconds, count, directory="/kit-vol" if vol else _scratch(target),
+                                    path=path)
+                out += [dict(r, raw=raw, pinning=target.pinned) for r in rows]
         finally:
-            remove(live)
+            remove(target)
     finally:
         if vol:
             shutil.rmtree(vol, ignore_errors=True)
@@ -659,12 +676,12 @@ def _paths(load: Load, paths) -> list[str]:
     return list(paths) if load.where == "host" else ["published"]
 
 
-def _scratch(live: Instance) -> str:
+def _scratch(target: Target) -> str:
     """Where fio writes: the instance's own writable layer (a host temporary directory for the bare process)."""
-    if _runtimes.get(live.runtime).shares_host_files:
-        if live.hostdir is None:
-            live.hostdir = tempfile.mkdtemp(prefix="kit-load-")
-        return live.hostdir
+    if _runtimes.get(target.instance.runtime).shares_host_files:
+        if target.hostdir is None:
+            target.hostdir = tempfile.mkdtemp(prefix="kit-load-")
+        return target.hostdir
     return "/tmp"
 
 
@@ -690,7 +707,7 @@ def run(loads, runtimes, repeat: int = 3, warmup: int = 1, seconds: float = 5.0,
 
     for lname in loads:
         load = LOADS[lname]
-        lives: dict[str, Instance] = {}
+        targets: dict[str, Target] = {}
         vols: dict[str, str] = {}
         try:
             for i, rt in enumerate(runtimes):
@@ -700,15 +717,15 @@ def run(loads, runtimes, repeat: int = 3, warmup: int = 1, seconds: float = 5.0,
                 try:
                     if volume:
                         vols[rt] = tempfile.mkdtemp(prefix="kit-vol-")
-                    lives[rt] = start(load, rt, f"l{uid}-{lname}-{i}", timeout, volume=vols.get(rt))
+                    targets[rt] = start(load, rt, f"l{uid}-{lname}-{i}", timeout, volume=vols.get(rt))
                 except (KitError, OSError, subprocess.SubprocessError) as e:
                     emit([{**ctx, "metric": "failed", "value": 1, "warmup": False, "round": 0, "order": i,
                            "status": f"error: {_one_line(e)}"}])
             for r in range(warmup + repeat):
-                order = list(lives)
+                order = list(targets)
                 rng.shuffle(order)
                 for pos, rt in enumerate(order):
-                    live = lives[rt]
+                    target = targets[rt]
                     if progress:
                         progress(f"load {lname} {rt} round {r + 1}/{warmup + repeat}")
                     ctx = {"part": "load", "runtime": rt, "kind": _runtimes.get(rt).kind,
@@ -716,16 +733,16 @@ def run(loads, runtimes, repeat: int = 3, warmup: int = 1, seconds: float = 5.0,
                            "order": pos, "warmup": r < warmup, "repeat": r - warmup if r >= warmup else r}
                     for path in _paths(load, paths):
                         try:
-                            d = "/kit-vol" if volume and rt in vols else _scratch(live)
-                            rows, raw = measure(live, seconds, (counts or {}).get(lname), directory=d, path=path)
-                            accel = str(api.get(live.name).info.get("accel", ""))
+                            d = "/kit-vol" if volume and rt in vols else _scratch(target)
+                            rows, raw = measure(target, seconds, (counts or {}).get(lname), directory=d, path=path)
+                            accel = str(target.instance.info.get("accel", ""))
                             emit([{**ctx, **row, "status": "ok", "raw": raw, "accel": accel} for row in rows])
                         except (KitError, OSError, subprocess.SubprocessError) as e:
                             emit([{**ctx, "metric": "failed", "value": 1, "component": "direct" if path == "direct"
                                    else "", "status": f"error: {_one_line(e)}"}])
         finally:
-            for live in lives.values():
-                remove(live)
+            for target in targets.values():
+                remove(target)
             for v in vols.values():
                 shutil.rmtree(v, ignore_errors=True)
     return out
