@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,13 +44,16 @@ def exec_times(n: int) -> list[float]:
     name = f"warm-exec-{time.time_ns() % 10**6}"
     handle = kit.start("busybox", ["sleep", "300"], runtime="runc", name=name)
     try:
+        # the runtime's own exec (runc exec ID true, through the rootless launcher where there is one),
+        # not the handle's, which first asks the runtime whether the container still runs
         rt, inst = handle.backend, handle.state
-        argv = [*rt._cli_for(inst), "exec", inst.id, "true"]
         out = []
         for _ in range(n + 1):
             t0 = time.perf_counter()
-            subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+            code, _, err = rt.exec(inst, ["true"], timeout=30)
             out.append(time.perf_counter() - t0)
+            if code != 0:
+                raise RuntimeError(f"runc exec true exited {code}: {err.decode(errors='replace').strip()[-200:]}")
         return out[1:]  # the first one warms runc's binary in the page cache
     finally:
         kit.rm(name, force=True)
@@ -84,11 +86,22 @@ def main() -> int:
     df.to_csv(args.out / "runs.csv", index=False)
     rel = study.relative(baseline="cold")
     rel.to_csv(args.out / "relative.csv", index=False)
-    env = study.meta.get("environment", {})
-    accel = env.get("vm_accel", "") or "-"
-
     m = df[(df["metric"] == "launch_to_exit") & (df["status"] == "ok") & ~df["warmup"]]
     med = m.groupby(["runtime", "start"])["value"].median()
+    lines = start_modes(study, rel, med, args) + runc_breakdown(study, med, args.repeat) + vm_templates()
+    (args.out / "summary.md").write_text("\n".join(lines) + "\n")
+    storage.record(args.out, __file__, ["runs.csv", "relative.csv", "summary.md"])
+    print("\n".join(lines))
+    warm.clear()
+    kit.prune(dead_sessions=False)
+    return 0
+
+
+def start_modes(study, rel, med, args) -> list[str]:
+    """The summary's head: launch -> exit per runtime and start mode, the modes not offered, the failures."""
+    df = study.df
+    env = study.meta.get("environment", {})
+    accel = env.get("vm_accel", "") or "-"
     failed = df[(df["status"] != "ok") & (df["metric"] == "failed")]
     lines = [f"# Warm starts against cold starts ({time.strftime('%Y-%m-%d')})", "",
              f"busybox `true`, {args.repeat} measured runs per runtime and start mode ({args.vm_repeat} for VMs), "
@@ -107,15 +120,21 @@ def main() -> int:
         lines += ["", "Runs that failed (start mode offered but not working):", ""]
         for (rt, start), grp in failed.groupby(["runtime", "start"]):
             lines.append(f"- {rt}/{start}: {len(grp)} failed: {grp['status'].iloc[-1][:300]}")
+    return lines
 
-    # -- runc precreated: start -> exit against a bare process plus runc's exec time -------------
+
+def runc_breakdown(study, med, repeat: int) -> list[str]:
+    """runc precreated: start -> exit against a bare process plus runc's exec time, from this run's own
+    phases; and what pre-creating a container costs, measured apart."""
+    df = study.df
     ok_phases = df[(df["metric"] == "phase") & (df["status"] == "ok") & ~df["warmup"]]
     phase = ok_phases.groupby(["runtime", "start", "component"])["value"].median()
     started = phase.get(("runc", "precreated", "started"))
     runc_warm, bare = med.get(("runc", "precreated")), med.get(("process", "cold"))
     prep = {rt: prepare_times(rt, 3) for rt in ("runc", "runsc", "docker") if rt in study.meta["runtimes"]}
+    lines: list[str] = []
     if runc_warm is not None and bare is not None:
-        ex = exec_times(args.repeat)
+        ex = exec_times(repeat)
         ex_med = statistics.median(ex)
         budget = 2 * (bare + ex_med)
         runc_cold, cold_prep = med.get(("runc", "cold")), phase.get(("runc", "cold", "prepare"))
@@ -138,6 +157,11 @@ def main() -> int:
     if prep:
         lines += ["", "Pre-creating one container (measured apart, outside the start -> exit span), median of 3: "
                   + ", ".join(f"{rt} {ms(statistics.median(v))} ms" for rt, v in prep.items()) + "."]
+    return lines
+
+
+def vm_templates() -> list[str]:
+    """The VM templates stored, with their size on disk."""
     try:
         from kit.vm import templates
 
@@ -146,7 +170,7 @@ def main() -> int:
         tl, why = [], str(e)
     else:
         why = ""
-    lines += ["", "## VM templates on disk", ""]
+    lines = ["", "## VM templates on disk", ""]
     if tl:
         lines += ["| machine | accel | memory MiB | state bytes | on disk | built in |", "|---|---|---|---|---|---|"]
         for t in tl:
@@ -154,12 +178,7 @@ def main() -> int:
                          f"| {(t.get('disk_bytes') or 0) / 2**20:.1f} MiB | {t.get('build_s')} s |")
     else:
         lines.append(f"No template stored{': ' + why if why else ''}.")
-    (args.out / "summary.md").write_text("\n".join(lines) + "\n")
-    storage.record(args.out, __file__, ["runs.csv", "relative.csv", "summary.md"])
-    print("\n".join(lines))
-    warm.clear()
-    kit.prune(dead_sessions=False)
-    return 0
+    return lines
 
 
 if __name__ == "__main__":

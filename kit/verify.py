@@ -87,7 +87,7 @@ def _caps(hexmask: str) -> int:
         return -1
 
 
-def _namespace(ns: str, inside: dict, host: dict, kernel: str) -> tuple[bool | None, str]:
+def own_namespace(ns: str, inside: dict, host: dict, kernel: str) -> tuple[bool | None, str]:
     """Whether the instance has its own ``ns`` namespace, and on what evidence.
 
     ``kernel`` is ``"host"`` (a Linux container or process: the namespace links compare with
@@ -144,7 +144,7 @@ def probe(runtime: str, image: str = "busybox", memory_check: bool = True, timeo
     other_kernel = bool(inside.get("kernel")) and inside["kernel"] != host["kernel"]
     kernel = "vm" if rt.kind == "vm" else ("sentry" if other_kernel else "host")
     for ns in NAMESPACES:
-        own, note = _namespace(ns, inside, host, kernel)
+        own, note = own_namespace(ns, inside, host, kernel)
         row(f"own {ns} namespace", inside.get(f"ns_{ns}") or "(unreadable)", host[f"ns_{ns}"], own, note)
     # A guest kernel's /proc lists only the guest's own tasks (its kernel threads included,
     # so a count says nothing there); a container's lists the host's unless it has its own PID namespace.

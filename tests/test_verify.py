@@ -105,15 +105,15 @@ def test_a_sentry_kernel_namespace_is_judged_by_what_is_seen():
     host |= {"procs": "100", "hostname": "vm", "root_mount": "ext4 /dev/vda", "netdevs": "eth0 lo"}
     inside = {"ns_pid": "pid:[158]", "ns_net": "net:[157]", "procs": "3", "hostname": "box",
               "root_mount": "9p none", "netdevs": "lo"}
-    got = {ns: verify._namespace(ns, inside, host, "sentry")[0] for ns in verify.NAMESPACES}
+    got = {ns: verify.own_namespace(ns, inside, host, "sentry")[0] for ns in verify.NAMESPACES}
     assert got == {"pid": True, "mnt": True, "uts": True, "net": True, "ipc": None, "user": None, "cgroup": None}
     # The same view, but sharing the host's hostname, root and interfaces: not isolated, or unknown.
     same = inside | {"hostname": "vm", "root_mount": "ext4 /dev/vda", "netdevs": "eth0 lo", "procs": "99"}
-    got = {ns: verify._namespace(ns, same, host, "sentry")[0] for ns in ("pid", "mnt", "uts", "net")}
+    got = {ns: verify.own_namespace(ns, same, host, "sentry")[0] for ns in ("pid", "mnt", "uts", "net")}
     assert got == {"pid": False, "mnt": False, "uts": False, "net": None}
     # On the host's kernel the links compare; an unreadable one is not observable.
-    assert verify._namespace("ipc", {"ns_ipc": host["ns_ipc"]}, host, "host") == (False, "")
-    assert verify._namespace("ipc", {}, host, "host")[0] is None
+    assert verify.own_namespace("ipc", {"ns_ipc": host["ns_ipc"]}, host, "host") == (False, "")
+    assert verify.own_namespace("ipc", {}, host, "host")[0] is None
 
 
 @pytest.mark.slow
