@@ -239,18 +239,28 @@ def last_line(path: Path) -> str:
     return lines[-1].strip() if lines else ""
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.01, what: str = "condition"):
+def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.01, what: str = "condition",
+               ignoring: tuple[type[BaseException], ...] = ()):
     """Poll ``predicate`` until it returns a truthy value or ``timeout`` passes.
 
-    Returns the truthy value; raises :class:`kit.errors.KitTimeout` on deadline.
+    ``ignoring``: exception types that mean "not yet", as a falsy value would (a client's connection
+    refused while the service starts, e.g. ``(redis.ConnectionError,)``); any other exception propagates.
+
+    Returns the truthy value; raises :class:`kit.errors.KitTimeout` on deadline, naming the last
+    exception ignored.
     """
     from .errors import KitTimeout
 
     deadline = time.monotonic() + timeout
+    last: BaseException | None = None
     while True:
-        value = predicate()
+        try:
+            value = predicate()
+        except ignoring as e:
+            value, last = None, e
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise KitTimeout(f"{what} did not happen within {timeout:g} s")
+            why = f" (last: {type(last).__name__}: {' '.join(str(last).split())[:200]})" if last is not None else ""
+            raise KitTimeout(f"{what} did not happen within {timeout:g} s{why}")
         time.sleep(interval)

@@ -20,11 +20,11 @@ import html
 import subprocess
 import time
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 from . import usage
-from ._proc import Stream
-from .errors import InstanceNotFound, InvalidSpec, KitTimeout
+from ._proc import Stream, wait_until
+from .errors import InstanceNotFound, InvalidSpec, KitTimeout, StartFailed
 from .result import RunResult
 from .runtimes.base import InstanceState
 from .runtimes.base import Runtime
@@ -161,6 +161,31 @@ class Instance:
         self.state.phases.setdefault("exited", time.time())
         self.backend.unpublish(self.state)
         return self.logs()
+
+    def wait_until(self, predicate: Callable[[], object], timeout: float, interval: float = 0.05,
+                   what: str = "condition", ignoring: tuple[type[BaseException], ...] = ()):
+        """Poll ``predicate`` until it is truthy, as :func:`kit.wait_until`, while this instance runs:
+        e.g. until the service it runs answers a real client on its published port.
+
+        >>> import redis
+        >>> cache.wait_until(redis.Redis(port=port).ping, 60, what="redis to answer", ignoring=(redis.ConnectionError,))
+
+        Returns:
+            The truthy value.
+
+        Raises:
+            StartFailed: it exited first (at once, not at the deadline), with the last line it wrote.
+            KitTimeout: ``predicate`` did not hold within ``timeout`` seconds (it keeps running).
+        """
+        def ready():
+            if not self.backend.running(self.state):
+                out = self.logs()
+                last = ((out.stderr or out.stdout).strip().splitlines() or ["(no output)"])[-1]
+                raise StartFailed(f"{self.name!r} ({self.runtime}) {self.status} before {what}: {last[:300]}")
+            return predicate()
+
+        return wait_until(ready, timeout, interval=interval, what=f"{what} ({self.name!r}, {self.runtime})",
+                          ignoring=ignoring)
 
     def stop(self, timeout: float = 10.0) -> RunResult:
         """Stop it (SIGTERM, then SIGKILL after ``timeout``) and release its published ports; it stays

@@ -8,6 +8,8 @@ process that exists but cannot be read (psutil's AccessDenied, e.g. another user
 a rootless user, or no PSS figure from the kernel) is listed in :attr:`Reading.unreadable`, and
 :meth:`Reading.checked` raises :class:`PartialMemory` for it. A process that has ended meanwhile
 uses no memory and is not counted. A cgroup's usage and working set: :func:`cgroup_memory`.
+A figure over time: :func:`steady` (once it has settled) and :func:`peak` (the highest while
+something runs).
 
 Disk: apparent and allocated bytes under a path, each inode once (:func:`disk_usage`).
 """
@@ -16,13 +18,18 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import psutil
 
 from . import cgroups, mounts
 from .errors import KitError
+
+T = TypeVar("T")
 
 
 class PartialMemory(KitError):
@@ -128,6 +135,58 @@ def cgroup_memory(path) -> tuple[int | None, int | None]:
     if group is None or not group.exists():
         return None, None
     return group.memory_usage(), group.working_set()
+
+
+# -- a figure over time --------------------------------------------------------------
+def steady(read: Callable[[], float], timeout: float = 20.0, tolerance: float = 0.02, gap: float = 0.5) -> float:
+    """``read()`` once it has settled: two readings ``gap`` seconds apart within ``tolerance`` (a fraction)
+    of each other, e.g. an instance's PSS once its start-up is over::
+
+        idle = kit.usage.steady(lambda: web.memory()["pss"])
+
+    A figure that keeps moving is taken as it is at ``timeout``; an error of ``read`` propagates.
+    """
+    deadline = time.monotonic() + timeout
+    last = read()
+    while time.monotonic() < deadline:
+        time.sleep(gap)  # the readings' spacing is what 'settled' means, not a wait for something
+        now = read()
+        if now > 0 and abs(now - last) <= tolerance * max(now, last):
+            return now
+        last = now
+    return last
+
+
+def peak(read: Callable[[], float], during: Callable[[], T], interval: float = 0.1) -> tuple[float, T]:
+    """The highest ``read()`` while ``during()`` runs, and what ``during()`` returned, e.g. a service's
+    PSS under a load a host tool makes::
+
+        top, out = kit.usage.peak(lambda: db.memory()["pss"], lambda: subprocess.run(argv, ...).stdout)
+
+    ``read`` runs before ``during`` starts, every ``interval`` seconds from a thread while it runs, and
+    once as it returns. A reading that fails ends the sampling; its error is raised once ``during`` has
+    returned (a figure that could not be read is no peak).
+    """
+    highest, failed, done = [read()], [], threading.Event()
+
+    def sample():
+        while not done.wait(interval):
+            try:
+                highest[0] = max(highest[0], read())
+            except Exception as e:  # noqa: BLE001  (raised below, in the caller's thread)
+                failed.append(e)
+                return
+
+    sampler = threading.Thread(target=sample, name="kit-usage-peak", daemon=True)
+    sampler.start()
+    try:
+        result = during()
+    finally:
+        done.set()
+        sampler.join()
+    if failed:
+        raise failed[0]
+    return max(highest[0], read()), result
 
 
 # -- disk ---------------------------------------------------------------------------
