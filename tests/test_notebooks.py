@@ -76,6 +76,30 @@ def test_every_notebook_is_listed_and_has_parameters():
         assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{stem}: clear outputs"
 
 
+#: The longest function or class a notebook cell may define, its def line included: a helper worth
+#: more belongs in kit/, with a test (a notebook is a report, not a library).
+HELPER_LINES = 8
+
+
+def test_no_notebook_cell_defines_a_long_helper():
+    import ast
+
+    long = []
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
+            if cell.cell_type != "code" or cell.source.lstrip().startswith("%%"):
+                continue  # a cell magic's body is its own language (%%container: a shell script)
+            # IPython's line magics and shell escapes are not Python: each stands as a plain statement
+            code = "\n".join("pass" if line.lstrip().startswith(("%", "!")) else line
+                             for line in cell.source.splitlines())
+            for node in ast.walk(ast.parse(code)):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    size = node.end_lineno - node.lineno + 1
+                    if size > HELPER_LINES:
+                        long.append(f"{path.stem} cell {i}: {node.name} ({size} lines)")
+    assert not long, long
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("stem", sorted(SMALL))
