@@ -163,8 +163,7 @@ def memory(stack):
     s = get(stack)
     rows = []
     for name, unit in s.units.items():
-        handle = s.session.get(name)
-        rt, inst = handle.backend, handle.state
+        rt, inst = unit.instance.backend, unit.instance.state  # what the bench's figures read
         mem.steady(lambda: mem.host_pids(rt, inst))  # waits only: the figures come from the rows below
         rows.append({"instance": name, "services": ", ".join(unit.services), "runtime": unit.runtime,
                      **memory_row(mem.instance_rows(rt, inst))})
@@ -183,8 +182,7 @@ def disk(stack):
     s = get(stack)
     rows = []
     for name, unit in s.units.items():
-        handle = s.session.get(name)
-        rt, inst = handle.backend, handle.state
+        rt, inst = unit.instance.backend, unit.instance.state  # what the bench's figures read
         _, usages = dk.image_rows(images.get(unit.image))
         shared = dk.shared_usage(rt.name, usages, inst)
         inst_rows, own = dk.instance_rows(rt, inst, shared)

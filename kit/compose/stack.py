@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from .. import api, images
 from ..errors import ComposeFileError, KitError, ServiceFailed
+from ..instance import Instance
 from ..session import Session
 from ..spec import show
 from .file import Project, Service, read
@@ -48,6 +49,7 @@ class Unit:
     services: list[str]       # in start order
     runtime: str
     image: str = ""
+    instance: Instance | None = field(default=None, repr=False)  # its handle, once started
 
 
 class Stacks:
@@ -334,7 +336,7 @@ def _start_unit(stack: Stack, u: Unit, memory) -> None:
         kw["memory"] = memory or (sum(limits) if limits else None)
     if not kw["volumes"]:
         del kw["volumes"]
-    stack.session.start(u.image, argv, u.runtime, **kw)
+    u.instance = stack.session.start(u.image, argv, u.runtime, **kw)
     stack.units[u.name] = u
     now = time.time() - stack.requested
     for s in svcs:
@@ -401,16 +403,16 @@ def _healthy(stack: Stack, svc: str, timeout: float) -> None:
     t = stack.timings.setdefault(svc, {})
     if "healthy" in t:
         return
-    name = stack.instance(svc)
+    unit = stack.units.get(stack.instance(svc))
     hc = stack.project.services[svc].healthcheck
     deadline = time.monotonic() + timeout
     failures, last = 0, ""
-    colocated = name in stack.units and len(stack.units[name].services) > 1
+    colocated = unit is not None and len(unit.services) > 1
     while True:
-        if not _running(stack, name):
+        if unit is None or unit.instance.status != "running":
             raise _failed(stack, svc, "exited")
         if colocated:
-            r = stack.session.logs(name)
+            r = unit.instance.logs()
             if HEALTHY.format(svc) in r.stdout.splitlines():
                 break
             if time.monotonic() > deadline:
@@ -421,8 +423,7 @@ def _healthy(stack: Stack, svc: str, timeout: float) -> None:
             break
         try:
             # An exec into a VM under TCG starts slowly: give it room, whatever the file's timeout says.
-            r = stack.session.exec(name, hc.test, timeout=max(hc.timeout, 120) if _is_vm(stack.units[name].runtime)
-                          else hc.timeout)
+            r = unit.instance.exec(hc.test, timeout=max(hc.timeout, 120) if _is_vm(unit.runtime) else hc.timeout)
             if r.exit_code == 0:
                 break
             last = (r.stderr or r.stdout).strip().splitlines()[-1:] or [f"exit {r.exit_code}"]
@@ -435,13 +436,6 @@ def _healthy(stack: Stack, svc: str, timeout: float) -> None:
                                       f"(last: {show(last, 120)})")
         time.sleep(hc.interval)  # the healthcheck's own interval, as Compose polls
     t["healthy"] = time.time() - stack.requested
-
-
-def _running(stack: Stack, name: str) -> bool:
-    try:
-        return stack.session.get(name).status == "running"
-    except KitError:  # removed
-        return False
 
 
 def _failed(stack: Stack, svc: str, what: str) -> ServiceFailed:
@@ -459,11 +453,11 @@ def _tail(stack: Stack, svc: str) -> list[str]:
 
 def _teardown(stack: Stack, remove_volumes=()) -> list[str]:
     gone = []
-    for name in reversed(list(stack.units)):
+    for name, unit in reversed(list(stack.units.items())):
         try:
-            stack.session.rm(name, force=True)
+            unit.instance.rm(force=True)
             gone.append(name)
-        except KitError:
+        except KitError:  # removed already
             pass
     stack.units.clear()
     if stack.network:
@@ -508,14 +502,13 @@ def ps(project):
     import pandas as pd
 
     stack = get(project)
-    table = stack.session.ps().set_index("name")
     rows = []
     for svc, name in stack.where.items():
         if name not in stack.units:
             continue
         s, u = stack.project.services[svc], stack.units[name]
         rows.append({"service": svc, "instance": name, "runtime": u.runtime, "image": u.image,
-                     "status": table.status.get(name, "removed"), "ports": ", ".join(s.ports),
+                     "status": u.instance.status, "ports": ", ".join(s.ports),
                      "started_s": stack.timings.get(svc, {}).get("started"),
                      "healthy_s": stack.timings.get(svc, {}).get("healthy")})
     return pd.DataFrame(rows, columns=["service", "instance", "runtime", "image", "status", "ports",
@@ -527,17 +520,18 @@ def logs(project, service: str | None = None) -> str:
     stack = get(project)
     out = []
     for svc, name in stack.where.items():
-        if service is not None and svc != service:
-            continue
+        unit = stack.units.get(name)
+        if unit is None or (service is not None and svc != service):
+            continue  # not started (up failed before it), or not the service asked for
         try:
-            r = stack.session.logs(name)
+            r = unit.instance.logs()
         except KitError:
             continue
         text = (r.stdout or "") + (r.stderr or "")
-        colocated = len(stack.units[name].services) > 1 if name in stack.units else False
+        colocated = len(unit.services) > 1
         for line in text.splitlines():
             if colocated:  # the supervisor already prefixed each line with its service
-                if line.startswith(f"{svc} | ") or (line.startswith("kit-compose:") and svc == stack.units[name].services[0]):
+                if line.startswith(f"{svc} | ") or (line.startswith("kit-compose:") and svc == unit.services[0]):
                     out.append(line if line.startswith(f"{svc} | ") else f"{svc} | {line}")
             else:
                 out.append(f"{svc} | {line}")
