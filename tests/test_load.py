@@ -254,7 +254,7 @@ def test_tcp_rtt_parser_and_nearest_rank_percentiles():
     assert (f["p50", "rtt"].value, f["p99", "rtt"].value) == (pytest.approx(0.1723), pytest.approx(2.291))
     with pytest.raises(ToolOutputError, match="tcp-rtt"):
         parse("tcp-rtt", '{"tool": "iperf3"}')
-    from kit.bench.tools.tcp_rtt import percentile
+    from kit.bench.tools.rtt import percentile
 
     values = list(range(1, 101))
     assert (percentile(values, 50), percentile(values, 99), percentile(values, 100)) == (50, 99, 100)
@@ -265,7 +265,7 @@ def test_tcp_rtt_client_times_round_trips_against_an_echo_server():
     import socket
     import threading
 
-    from kit.bench.tools.tcp_rtt import round_trips
+    from kit.bench.tools.rtt import round_trips
 
     ls = socket.create_server(("127.0.0.1", 0))
 

@@ -128,11 +128,11 @@ LOADS: dict[str, Load] = {l.name: l for l in (
          server=("iperf3", "-s", "-p", "{port}", "--forceflush"), inner_port=5201, ready="log:Server listening",
          what="iperf3 TCP from the host through the published port: Gbit/s"),
     Load("latency", "tcp-rtt", "host",
-         (sys.executable, "-m", "kit.bench.tools.tcp_rtt", "127.0.0.1", "{port}", "--seconds", "{seconds}",
+         (sys.executable, "-m", "kit.bench.tools.rtt", "127.0.0.1", "{port}", "--seconds", "{seconds}",
           "--count", "{count}", "--size", "64"),
          server=("socat", "TCP-LISTEN:{port},bind={bind},reuseaddr,fork", "PIPE"), inner_port=7007, ready="echo",
          what="TCP request/response: 64 bytes to an echo server (socat) and back, one at a time on one "
-              "connection (kit.bench.tools.tcp_rtt): round trips/s, RTT p50/p95/p99",
+              "connection (kit.bench.tools.rtt): round trips/s, RTT p50/p95/p99",
          defaults={"count": 10**6}),
     Load("redis", "redis-benchmark", "host",
          ("redis-benchmark", "-h", "127.0.0.1", "-p", "{port}", "-n", "{count}", "-c", "8", "-t", "set,get",

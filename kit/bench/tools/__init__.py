@@ -19,43 +19,20 @@ requests, and a wall time also holds the tool's start and connection set-up.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from . import dd, fio, iperf3, redis_benchmark, sysbench, tcp_rtt
+from .figure import Figure, ToolOutputError, need
 
-from ...errors import KitError
+__all__ = ["Figure", "ToolOutputError", "need", "parse", "operations", "PARSERS"]
 
-
-class ToolOutputError(KitError):
-    """A load tool printed something its parser does not recognise (or nothing at all)."""
-
-
-@dataclass(frozen=True)
-class Figure:
-    """One number a tool reported: metric (see kit.bench.METRICS), value, unit, and which operation."""
-
-    metric: str
-    value: float
-    unit: str
-    component: str = ""
-
-    def row(self) -> dict:
-        return {"metric": self.metric, "value": float(self.value), "unit": self.unit, "component": self.component}
-
-
-def need(cond, tool: str, what: str, text: str) -> None:
-    """Raise ToolOutputError unless ``cond``: the tool's output lacks ``what``."""
-    if not cond:
-        head = " ".join(text.strip().split())[:160]
-        raise ToolOutputError(f"{tool}: output has no {what} (unknown layout?): {head!r}")
+#: The parser module of each tool.
+PARSERS = {"sysbench": sysbench, "fio": fio, "iperf3": iperf3, "redis-benchmark": redis_benchmark, "dd": dd,
+           "tcp-rtt": tcp_rtt}
 
 
 def _module(tool: str):
-    from . import dd, fio, iperf3, redis_benchmark, sysbench, tcp_rtt
-
-    modules = {"sysbench": sysbench, "fio": fio, "iperf3": iperf3, "redis-benchmark": redis_benchmark, "dd": dd,
-               "tcp-rtt": tcp_rtt}
-    if tool not in modules:
-        raise ToolOutputError(f"no parser for tool {tool!r}: one of {', '.join(modules)}")
-    return modules[tool]
+    if tool not in PARSERS:
+        raise ToolOutputError(f"no parser for tool {tool!r}: one of {', '.join(PARSERS)}")
+    return PARSERS[tool]
 
 
 def parse(tool: str, output: str) -> list[Figure]:

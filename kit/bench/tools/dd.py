@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from . import Figure, need
+from .figure import Figure, need
 
 _RECORDS = re.compile(r"^(\d+)\+0 records out$", re.M)
 _COPIED = re.compile(r"^(\d+) bytes.* copied, ([\d.]+(?:e-?\d+)?) s(?:econds)?, ", re.M)

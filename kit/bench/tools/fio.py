@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from . import Figure, ToolOutputError, need
+from .figure import Figure, ToolOutputError, need
 
 PERCENTILES = {"p50": "50.000000", "p95": "95.000000", "p99": "99.000000"}
 

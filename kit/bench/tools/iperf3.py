@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from . import Figure, ToolOutputError, need
+from .figure import Figure, ToolOutputError, need
 
 
 def _end(text: str) -> dict:

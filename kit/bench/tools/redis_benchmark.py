@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 
-from . import Figure, ToolOutputError, need
+from .figure import Figure, ToolOutputError, need
 
 COLUMNS = {"p50": "p50_latency_ms", "p95": "p95_latency_ms", "p99": "p99_latency_ms"}
 

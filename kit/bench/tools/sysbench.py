@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from . import Figure, need
+from .figure import Figure, need
 
 _CPU = re.compile(r"^\s*events per second:\s*([\d.]+)\s*$", re.M)
 _MEMORY = re.compile(r"^\s*[\d.]+ MiB transferred \(([\d.]+) MiB/sec\)\s*$", re.M)
