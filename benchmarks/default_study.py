@@ -5,7 +5,7 @@
 Writes to the output directory: results.csv (every run, one row per metric),
 study.json (parameters, seed and run order, environment, metric definitions),
 summary.csv, README.md (the tables, via Study.save), and the figures (startup, phases,
-memory, disk, density). ``kit.bench.load(dir).plot()`` re-plots it.
+memory, disk, density). ``kit.bench.Study.read(dir).plot()`` re-plots it.
 """
 
 from __future__ import annotations

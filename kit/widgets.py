@@ -2,7 +2,7 @@
 
 >>> import kit
 >>> kit.widgets.instances()        # a live table: refreshed every 1.5 s, logs/stop/rm per row
->>> study.explore()                # part, metric, runtimes, log scale, runs or summary
+>>> kit.widgets.explore(study)     # part, metric, runtimes, log scale, runs or summary
 
 Each widget only displays: the work is done by :mod:`kit.api` (``ps``, ``logs``,
 ``stop``, ``rm``), the :class:`kit.Instance` handles (their PSS) and :class:`~kit.bench.Study`
@@ -349,7 +349,7 @@ def _measured(df):
 
 def study_choices(df) -> dict[str, list[str]]:
     """part -> the metrics it has measured values for, in the study's order."""
-    from .bench.study import PARTS
+    from .bench.params import PARTS
 
     m = _measured(df)
     out = {}
@@ -458,7 +458,7 @@ def _table_html(table) -> str:
 
 
 class Explore(w.VBox):
-    """Controls over a finished or loaded study (see :meth:`kit.bench.Study.explore`)."""
+    """Controls over a finished or loaded study (see :func:`explore`)."""
 
     def __init__(self, study):
         study.results()  # a study without results says so (InvalidSpec)

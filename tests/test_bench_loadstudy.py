@@ -65,8 +65,8 @@ def test_figures_save_and_load_round_trip(study, tmp_path):
     assert (d / "load.png").exists() and (d / "latency.png").exists()
     text = (d / "README.md").read_text()
     assert "Under load: throughput" in text and "![load](load.png)" in text and "startup.png" not in text
-    back = Study.load(d)
-    assert back.loads == ["cpu", "fileio-volume"] and back.parts == ("load",) and back.seconds == 1
+    back = Study.read(d)
+    assert back.loads == ("cpu", "fileio-volume") and back.parts == ("load",) and back.seconds == 1
     pd.testing.assert_frame_equal(back.relative(), study.relative())
     assert back.raw("fileio-volume", "lxc") == study.raw("fileio-volume", "lxc")
     assert len(back.findings()) == len(findings.FINDINGS)
@@ -80,7 +80,7 @@ def test_resume_measures_only_unfinished_load_cells(study):
 
 
 def test_resume_remeasures_an_unfinished_load_cell_whole(study, tmp_path):
-    again = Study.load(study.save(tmp_path / "s", figures=False))
+    again = Study.read(study.save(tmp_path / "s", figures=False))
     df = again.df
     again.df = df[~((df["workload"] == "cpu") & (df["runtime"] == "runc") & (df["round"] == 2))]
     again.outputs.records = [r for r in again.outputs.records if (r["workload"], r["runtime"], r["round"])
@@ -97,15 +97,15 @@ def test_resume_remeasures_an_unfinished_load_cell_whole(study, tmp_path):
 def test_bench_magic_takes_load_names(ip):
     need("process")
     s = ip.run_line_magic("bench", "-r process --seconds 1 -n 1 --warmup 0 --no-progress cpu")
-    assert s.loads == ["cpu"] and s.parts == ("load",)
+    assert s.loads == ("cpu",) and s.parts == ("load",)
     assert (s.df[s.df["metric"] == "throughput"]["unit"] == "events/s").all() and len(s.relative()) == 1
 
 
 def test_names_parts_and_options():
     assert Study(workload=["true", "cpu"], progress=False).parts == ("startup", "memory", "disk", "density", "load")
-    assert Study(workload="redis", progress=False).loads == ["redis"]  # a load by default
+    assert Study(workload="redis", progress=False).loads == ("redis",)  # a load by default
     s = Study(image="debian-redis", workload="redis", parts="startup", progress=False)
-    assert s.loads == [] and s.workloads[0].kind == "service"  # the startup preset
+    assert s.loads == () and s.workloads[0].kind == "service"  # the startup preset
     with pytest.raises(InvalidSpec, match="cpu: a load workload"):
         Study(workload="cpu", parts="startup")
     with pytest.raises(InvalidSpec, match="seconds"):

@@ -1,6 +1,7 @@
 """A tiny real study (the process baseline and runc), saved, loaded and re-plotted; studies that are
 interrupted or meet a failing runtime keep what they measured and resume."""
 
+import dataclasses
 import json
 import math
 import re
@@ -9,9 +10,10 @@ from types import SimpleNamespace
 import matplotlib
 import pandas as pd
 import pytest
+from IPython.core.error import UsageError
 
 import kit
-from kit.bench import METRICS, Study, build_parser, startup, storage, tables
+from kit.bench import METRICS, Study, StudyParams, build_parser, magic, startup, storage, tables
 from kit.bench.metrics import COLUMNS, definitions
 from kit.bench.options import study_kwargs
 from kit.bench.workloads import Workload, parse
@@ -115,7 +117,7 @@ def test_save_load_round_trip_and_replot(study, tmp_path):
     d = study.save(tmp_path / "res")
     for f in ("results.csv", "study.json", "summary.csv", "startup.png", "memory.png", "disk.png", "density.png"):
         assert (d / f).exists(), f
-    loaded = Study.load(d)
+    loaded = Study.read(d)
     pd.testing.assert_frame_equal(loaded.df, study.df)
     assert loaded.meta["environment"] == json.loads(json.dumps(study.meta["environment"]))
     figs = loaded.plot()
@@ -142,7 +144,7 @@ def test_storage_keeps_awkward_strings(tmp_path):
     df = pd.DataFrame([{"study": "s", "part": "memory", "runtime": "x", "metric": "pss_by_process",
                         "component": "NA", "value": 1.5, "warmup": True, "status": "ok"}])
     storage.save(tmp_path, df, {"x": float("nan")})
-    back, meta = storage.load(tmp_path)
+    back, meta = storage.read(tmp_path)
     assert back.loc[0, "component"] == "NA" and bool(back.loc[0, "warmup"]) and back.loc[0, "value"] == 1.5
     # the fingerprint of the definitions its rows carry (today's, none being saved with them)
     assert meta == {"x": None, "metrics_fingerprint": kit.bench.metrics.fingerprint()}
@@ -159,16 +161,27 @@ def test_bad_options_are_one_line_errors():
         Study().summary()
     with pytest.raises(kit.errors.RuntimeUnavailable, match="unknown runtime"):
         Study(runtimes="nope").resolve_runtimes()
-    with pytest.raises(InvalidSpec, match="bench"):
+    with pytest.raises(InvalidSpec, match=r"^bench: argument -n/--repeat: invalid int value: 'many'"):
+        magic("--repeat many")
+    with pytest.raises(UsageError):  # the magic's parser is IPython's: it raises, never exits
         build_parser().parse_args(["--repeat", "many"])
 
 
 def test_parser_matches_study_options():
     ns = build_parser().parse_args(["-r", "process,runc", "-n", "3", "--parts", "startup", "echo", "hi there"])
     kw = study_kwargs(ns)
-    assert kw["runtimes"] == ["process", "runc"] and kw["repeat"] == 3
+    assert kw["runtimes"] == "process,runc" and kw["repeat"] == 3
     s = Study(**kw)
+    assert s.runtimes == ("process", "runc") and s.params == StudyParams(**kw)
     assert s.workloads[0].argv == ("echo", "hi there") and s.parts == ("startup",)
+    # every parameter is an option, with its help; and the defaults are the parameters' own
+    assert StudyParams(**study_kwargs(build_parser().parse_args([]))) == StudyParams()
+    text = build_parser().format_help()
+    for f in dataclasses.fields(StudyParams):
+        flag = f.name if f.name == "workload" else "--no-progress" if f.name == "progress" else \
+            "--" + f.name.replace("_", "-")
+        assert flag in text or flag.upper() in text, flag
+        assert f.metadata["help"].split()[0] in text and f.metadata["help"].split()[0] in Study.__doc__
 
 
 def test_workload_parsing():
@@ -183,7 +196,6 @@ def test_workload_parsing():
 
 
 def test_magic_and_cli_run_a_study(tmp_path, capsys):
-    from kit.bench import magic
     from kit.cli import main
 
     s = magic("-r process -n 2 --warmup 0 --parts startup --no-progress echo hi")
@@ -236,7 +248,7 @@ def test_interrupted_study_keeps_its_runs_and_resumes(monkeypatch, tmp_path):
     # a partial study saves and loads as it is, and says so
     d = s.save(tmp_path / "partial", figures=False)
     assert "Partial study" in (d / "README.md").read_text()
-    loaded = Study.load(d)
+    loaded = Study.read(d)
     assert loaded.meta["partial"] == s.meta["partial"]
     first = loaded.df.copy()
 

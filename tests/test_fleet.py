@@ -17,8 +17,9 @@ import pandas as pd
 import pytest
 
 import kit
-from kit.bench import Study, fleet
+from kit.bench import Study, StudyParams, fleet, running
 from kit.bench.metrics import COLUMNS
+from kit.bench.storage import Results
 from kit.errors import InvalidSpec
 
 from tests.conftest import need
@@ -47,20 +48,20 @@ def addrs(client):
 
 # -- helpers run inside a worker process (Client.run) ------------------------------
 def _break_after(n: int) -> None:
-    """Study._add raises after ``n`` cells: an error that escapes the study halfway."""
-    from kit.bench.study import Study as S
+    """Adding a run's rows raises after ``n`` cells: an error that escapes the study halfway."""
+    from kit.bench.storage import Results
 
-    real = S.__dict__["_add"]
+    real = Results.__dict__["add"]
     calls = []
 
-    def _add(self, rows):
+    def add(self, rows):
         if len(calls) == n:
             raise RuntimeError("disk on fire")
         calls.append(1)
         return real(self, rows)
 
-    S._real_add = real
-    S._add = _add
+    Results._real_add = real
+    Results.add = add
 
 
 def _die_after(n: int) -> None:
@@ -87,21 +88,27 @@ def _hide(runtime: str) -> None:
 
 
 def _restore(*_) -> None:
-    from kit.bench.study import Study as S
+    from kit.bench.storage import Results
 
-    if "_real_add" in S.__dict__:
-        S._add = S._real_add
-        del S._real_add
+    if "_real_add" in Results.__dict__:
+        Results.add = Results._real_add
+        del Results._real_add
     kit.runtimes.get("runc").__dict__.pop("availability", None)
 
 
+#: The kit's modules of a worker while _no_kit hides them.
+_HIDDEN: dict = {}
+
+
 def _no_kit(*_) -> None:
-    sys.modules["_kit_hidden"] = sys.modules["kit"]
+    """The worker as a host without the kit: none of its modules imported, and none importable."""
+    _HIDDEN.update({m: sys.modules.pop(m) for m in list(sys.modules) if m == "kit" or m.startswith("kit.")})
     sys.modules["kit"] = None
 
 
 def _kit_back(*_) -> None:
-    sys.modules["kit"] = sys.modules.pop("_kit_hidden")
+    sys.modules.update(_HIDDEN)
+    _HIDDEN.clear()
 
 
 # -- tests ---------------------------------------------------------------------------
@@ -140,7 +147,7 @@ def test_two_workers_on_one_machine_take_turns(client, tmp_path):
     assert (rel[rel["runtime"] == "process"]["ratio"] == 1.0).all()
     # saved and loaded with its host column, status table and per-host figures
     d = s.save(tmp_path / "fleet")
-    back = Study.load(d)
+    back = Study.read(d)
     pd.testing.assert_frame_equal(back.df, s.df)
     pd.testing.assert_frame_equal(back.status(), s.status())
     assert "## Hosts" in (d / "README.md").read_text()
@@ -189,7 +196,7 @@ def test_a_host_without_a_runtime_or_without_the_kit(client, addrs, monkeypatch)
     assert df[df["host"] == bad]["status"].str.startswith("host: kit not importable").all()
     assert st.loc[good, "state"] == "ok" and st.loc[good, "cells"] == CELLS
 
-    monkeypatch.setattr(kit, "__version__", "0.0.0-other")
+    monkeypatch.setattr(kit.version, "__version__", "0.0.0-other")
     s = Study(**TINY)
     df = s.run(client=client)
     assert (s.status()["state"] == "failed").all()
@@ -215,7 +222,7 @@ def test_a_host_killed_halfway_keeps_its_completed_runs(client, addrs):
 
 def test_bad_fleet_options():
     with pytest.raises(InvalidSpec, match="per="):
-        fleet.run(Study(**TINY), client=None, per="rack")
+        fleet.run(StudyParams(**TINY), None, running.measure, Results(), per="rack")
     with pytest.raises(InvalidSpec, match="only with client"):
         Study(**TINY).run(per="machine")
     with pytest.raises(InvalidSpec, match=r"\[user@\]host"):
@@ -393,7 +400,7 @@ def test_kit_bench_hosts_from_the_shell(sshd, tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert " ok " in out and "launch_to_exit" in out
-    back = Study.load(tmp_path / "out")
+    back = Study.read(tmp_path / "out")
     assert back.status()["state"].tolist() == ["ok"] and len(back.hosts()) == 1
 
 

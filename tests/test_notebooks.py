@@ -184,5 +184,5 @@ def test_many_machines_notebook_reaches_a_tls_scheduler(tmp_path):
     html = (out / "07-many-machines.html").read_text()
     assert f"Scheduler <code>{addr}</code>: TLS." in html
     saved = next((out / "07-many-machines" / "data").rglob("study.json")).parent
-    status = Study.load(saved).status()
+    status = Study.read(saved).status()
     assert sorted(status["state"]) == ["ok", "ok"], status.to_string()  # both workers measured, over TLS

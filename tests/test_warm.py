@@ -245,7 +245,7 @@ def test_study_measures_each_offered_start_mode_and_compares_warm_with_cold(wait
     assert set(s.relative()["runtime"]) == {"process", "runc", "runc/precreated"}
     assert "start" in s.summary().columns
     # The start modes travel with the study (study.json, a fleet host's copy) and come back on load.
-    assert Study.from_params(s.params()).starts == ("cold", "precreated")
+    assert Study.from_params(s.params.to_dict()).starts == ("cold", "precreated")
     with pytest.raises(kit.errors.InvalidSpec, match="not known"):
         Study(starts=["tepid"])
 

@@ -1,5 +1,5 @@
 """kit.widgets without a browser: the row logic, the refresh thread, the buttons' callbacks (called
-directly) on a real runc instance, Study.explore's controls, and the static rendering a report shows
+directly) on a real runc instance, kit.widgets.explore's controls, and the static rendering a report shows
 where no kernel runs. The same widgets in a real browser: tests/test_browser.py."""
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def test_ps_live_magic(ip, service, capsys):
     assert "--live" in capsys.readouterr().out
 
 
-# -- Study.explore ---------------------------------------------------------------------
+# -- kit.widgets.explore(study) ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def study():
     for rt in ("process", "runc"):
@@ -164,7 +164,7 @@ def _runtimes_in(table_html: str) -> set[str]:
 
 
 def test_explore_controls_redraw_figure_and_summary(study, tmp_path):
-    e = study.explore()
+    e = widgets.explore(study)
     assert isinstance(e, widgets.Explore)
     assert list(e.part.options) == ["startup", "memory"]
     assert "launch_to_exit" in e.metric.options and e.metric.value == e.metric.options[0]
@@ -193,7 +193,7 @@ def test_explore_controls_redraw_figure_and_summary(study, tmp_path):
     assert WIDGET_MIME in data and data["text/html"].startswith("<img src='data:image/png;base64,")
     e.close()
     # a loaded study explores the same way
-    loaded = Study.load(study.save(tmp_path / "saved", figures=False)).explore()
+    loaded = widgets.explore(Study.read(study.save(tmp_path / "saved", figures=False)))
     assert loaded.part.value == "startup" and set(loaded.runtimes.value) == {"process", "runc"}
     assert _runtimes_in(loaded.table.value) == {"process", "runc"}
     loaded.close()
@@ -215,7 +215,7 @@ def test_figure_views_and_log_on_non_positive(study):
 
 def test_explore_needs_results():
     with pytest.raises(InvalidSpec, match="no results yet"):
-        Study(runtimes=["process"], progress=False).explore()
+        widgets.explore(Study(runtimes=["process"], progress=False))
 
 
 # -- in reports ------------------------------------------------------------------------
@@ -226,10 +226,11 @@ live = kit.widgets.instances()
 live
 """
 EXPLORE_NB = """\
+import kit
 from kit.bench import Study
 s = Study(runtimes=["process"], repeat=2, warmup=0, parts=["startup"], progress=False)
 s.run()
-s.explore()
+kit.widgets.explore(s)
 """
 
 

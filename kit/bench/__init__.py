@@ -4,14 +4,15 @@
 >>> study = Study(image="busybox", runtimes="all", workload="true", repeat=10)
 >>> df = study.run()            # one row per (run, metric); every run kept
 >>> study.summary(); study.relative(); study.plot()
->>> study.save("results"); Study.load("results").plot()
->>> Study.load("results").run(resume=True)   # a study that was interrupted: measure only what is missing
+>>> study.save("results"); Study.read("results").plot()
+>>> Study.read("results").run(resume=True)   # a study that was interrupted: measure only what is missing
 >>> study.run(client=dask_client)            # on every host of a Dask cluster (kit.bench.fleet)
 >>> compare(["results/monday", "results/friday"])  # differences beyond the noise, per runtime and metric
 
-The same from a terminal: ``kit bench -r all -n 10 true``; in IPython: ``%bench ...``
-(see :func:`build_parser` and :func:`magic`). What every number means: :data:`METRICS`
-(also in README.md, in every saved ``study.json`` and in ``df.attrs["metrics"]``).
+A study's parameters are one :class:`StudyParams` (``Study(...)`` takes its fields). The same from a
+terminal: ``kit bench -r all -n 10 true``; in IPython: ``%bench ...`` (see :func:`build_parser` and
+:func:`magic`). What every number means: :data:`METRICS` (also in README.md, in every saved
+``study.json`` and in ``df.attrs["metrics"]``). The explorer widget: ``kit.widgets.explore(study)``.
 """
 
 from __future__ import annotations
@@ -20,13 +21,9 @@ from . import stats, tables
 from .compare import compare
 from .metrics import METRICS
 from .options import build_parser, magic
-from .study import PARTS, Study
+from .params import PARTS, StudyParams
+from .study import Study
 from .workloads import PRESETS, Workload
 
-__all__ = ["Study", "Workload", "PRESETS", "METRICS", "PARTS", "stats", "tables", "build_parser", "magic", "load",
-           "compare"]
-
-
-def load(directory) -> Study:
-    """A saved study (see :meth:`Study.save`), ready to summarise and plot without re-running."""
-    return Study.load(directory)
+__all__ = ["Study", "StudyParams", "Workload", "PRESETS", "METRICS", "PARTS", "stats", "tables", "build_parser",
+           "magic", "compare"]

@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InvalidSpec
-from . import stats
+from . import stats, storage
+from .tables import table
 
 #: What identifies one comparable sample (the host is the entry, not a key).
 KEYS = ["part", "image", "workload", "runtime", "kind", "metric", "component", "n", "unit"]
@@ -139,16 +140,19 @@ def difference(values, ref, level: float = 0.95, seed: int = 0) -> dict:
 
 
 def _entries(studies, labels) -> list[tuple[str, pd.DataFrame]]:
-    """(label, frame) per study, or per host of a fleet study."""
-    from .study import Study
-
-    if isinstance(studies, (Study, pd.DataFrame, str, Path)):
+    """(label, frame) per study, or per host of a fleet study. A study is a saved directory (read with
+    :func:`kit.bench.storage.read`), a results frame, or anything with ``results()`` and ``meta`` (a
+    :class:`~kit.bench.Study`, a :class:`~kit.bench.view.View`)."""
+    if isinstance(studies, (pd.DataFrame, str, Path)) or hasattr(studies, "results"):
         studies = [studies]
     out = []
     for i, s in enumerate(studies):
         if isinstance(s, (str, Path)):
-            s = Study.load(s)
-        df, meta = (s, {}) if isinstance(s, pd.DataFrame) else (s.results(), s.meta)
+            df, meta = storage.read(s)
+        elif isinstance(s, pd.DataFrame):
+            df, meta = s, {}
+        else:
+            df, meta = s.results(), s.meta
         if "host" in df.columns:
             for h, g in df.groupby("host", sort=False):
                 out.append((str(h), g.drop(columns="host")))
@@ -229,8 +233,6 @@ def _verdict(a: np.ndarray, b: np.ndarray, unit: str, level: float, seed: int) -
 
 def markdown(verdicts: pd.DataFrame) -> str:
     """The verdicts as a short Markdown table (runtime, metric, medians, ratio with CI, verdict)."""
-    from .tables import table
-
     if verdicts.empty:
         return "(nothing measured in both)"
     t = pd.DataFrame({

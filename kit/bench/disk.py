@@ -18,16 +18,16 @@ import os
 import re
 from pathlib import Path
 
+from .. import runtimes
 from ..images import engine
 from ..usage import DiskUsage as Usage  # noqa: F401  (this module's figures are these)
 from ..usage import disk_usage as usage
 from ..usage import mount_points
+from ..vm import kernel
 
 
 def default_kernel() -> Path | None:
     """The vmlinuz a VM boots when no kernel is given (the newest cached one), or None: nothing fetched."""
-    from ..vm import kernel
-
     k = kernel.cached()
     return k.vmlinuz if k is not None else None
 
@@ -109,8 +109,6 @@ def runtime_kind(runtime) -> str:
 
 def _runtime(runtime):
     """The runtime object of ``runtime``, a name or the object itself."""
-    from .. import runtimes
-
     return runtimes.get(runtime) if isinstance(runtime, str) else runtime
 
 

@@ -7,6 +7,10 @@
 >>> study.status()                                           # per host: ok, failures, failed, lost, why
 >>> study.summary()                                          # statistics per host
 
+A fleet knows a study by its parameters (:class:`~kit.bench.params.StudyParams`) and the function
+that runs them on a host (:func:`kit.bench.running.measure`), not by :class:`~kit.bench.Study`,
+which calls :func:`run` with both.
+
 How it runs:
 
 - Over TLS (:mod:`kit.bench.fleettls`): a cluster the kit starts gets credentials made for it; a
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import json
 import platform
 import secrets
@@ -42,18 +47,18 @@ import types
 
 import pandas as pd
 
-from ..errors import InvalidSpec
+from .. import runtimes as _runtimes
+from .. import version
+from ..errors import InvalidSpec, KitError
+from . import fleettls, metrics, plan, storage
+from .params import StudyParams
+from .storage import Results
 
 #: How often (seconds) the client looks for streamed rows, finished tasks and lost workers.
 POLL = 0.2
 
 #: Seconds to wait for workers: for the first one before a run, for all of them after a cluster starts.
 WAIT_WORKERS = 60.0
-
-#: Columns of the status table (:meth:`kit.bench.Study.status`).
-STATUS_COLUMNS = ["host", "state", "reason", "cells", "planned", "rows", "failed_rows", "hostname", "worker",
-                  "machine", "kit_version", "started", "finished", "elapsed_s"]
-
 
 def _probe() -> dict:
     """Who a worker is. Runs on the worker, sent by value: it needs only Python, not the kit."""
@@ -72,9 +77,9 @@ def _probe() -> dict:
             "machine_id": read("/etc/machine-id"), "pid": os.getpid(), "python": sys.executable,
             "kit_version": None, "kit_error": ""}
     try:
-        import kit
+        from kit.version import __version__  # imports the kit itself first
 
-        info["kit_version"] = kit.__version__
+        info["kit_version"] = __version__
     except Exception as e:  # noqa: BLE001  (reported as the host's failure)
         info["kit_error"] = f"{type(e).__name__}: {e}"
     return info
@@ -120,31 +125,20 @@ def workers(client) -> dict[str, dict]:
     return out
 
 
-def _planned_cells(study, runtimes: list[str]) -> int:
-    """How many cells (one ``_add`` each) the study will measure: the progress bar's total."""
-    n = sum(len(c) for c in study.plan(runtimes)) if "startup" in study.parts else 0
-    if any(p in study.parts for p in ("memory", "disk", "density")):
-        n += len(study.images) * len(runtimes) + (len(study.images) if "disk" in study.parts else 0)
-    return n
-
-
 def _records(df: pd.DataFrame) -> list[dict]:
     """Rows as plain JSON types (a distributed Queue carries msgpack-able data only)."""
     return json.loads(df.to_json(orient="records"))
 
 
-def run_on_host(params: dict, label: str, queue_name: str) -> dict:
+def run_on_host(params: dict, label: str, queue_name: str, runner) -> dict:
     """The task each worker runs: the whole study on this host, rows streamed to ``queue_name``.
 
     Named runtimes this host cannot run become ``failed`` rows (status ``unavailable: why``); the
-    others are measured. Returns the frame and the study's metadata (environment, skipped,
-    dropped, partial). An error escapes after the rows measured so far were streamed.
+    others are measured by ``runner(params, on_rows)`` (see :func:`run`). Returns the frame and the
+    study's metadata (environment, skipped, dropped, partial). An error escapes after the rows
+    measured so far were streamed.
     """
     from distributed import Queue
-
-    from .. import runtimes as _runtimes
-    from ..errors import KitError
-    from .study import Study
 
     queue = Queue(queue_name)
     t0 = time.time()
@@ -152,52 +146,52 @@ def run_on_host(params: dict, label: str, queue_name: str) -> dict:
     def send(kind, **kw):
         queue.put({"kind": kind, "host": label, "t": time.time(), **kw})
 
-    study = Study.from_params(params)
-    study.progress = False
-    unavailable = []
-    if study.runtimes != "all":
-        ok = []
-        for r in study.runtimes:
-            try:
-                a = _runtimes.get(r).availability()
-                why = "" if a.available else a.reason
-            except KitError as e:
-                why = str(e)
-            if why:
-                unavailable.append({"part": study.parts[0], "image": study.images[0], "runtime": r, "kind": "",
-                                    "workload": "-", "metric": "failed", "value": 1.0, "unit": "count",
-                                    "status": f"unavailable: {why}", "warmup": False, "timestamp": t0,
-                                    "study": study.name})
-            else:
-                ok.append(r)
-        if not ok:
-            send("start", planned=0, t0=t0)
-            reasons = "; ".join(f"{u['runtime']}: {u['status']}" for u in unavailable)
-            raise RuntimeError(f"no runtime of the study is available here ({reasons})")
-        study.runtimes = ok
-    runtimes, _ = study.resolve_runtimes()
-    send("start", planned=_planned_cells(study, runtimes), t0=t0)
+    p = StudyParams.from_dict(params, progress=False)
+    p, unavailable = _available_here(p, t0)
+    if p is None:
+        send("start", planned=0, t0=t0)
+        reasons = "; ".join(f"{u['runtime']}: {u['status']}" for u in unavailable)
+        raise RuntimeError(f"no runtime of the study is available here ({reasons})")
+    runtimes, _ = plan.resolve_runtimes(p)
+    send("start", planned=plan.planned_cells(p, runtimes), t0=t0)
     first = [True]
 
-    def on_rows(new: pd.DataFrame) -> None:
+    def on_rows(new: pd.DataFrame, meta: dict) -> None:
         env = None
         if first[0]:
             first[0] = False
-            env = study.meta.get("environment")
+            env = meta.get("environment")
             if unavailable:
                 send("rows", rows=json.loads(json.dumps(unavailable)), cells=0)
         send("rows", rows=_records(new), cells=1, env=json.loads(json.dumps(env, default=str)) if env else None)
 
-    study.on_rows = on_rows
-    study.run()
-    df = study.df
+    df, meta = runner(p, on_rows)
     if unavailable:
-        from . import storage
-
-        df = storage.normalise(pd.concat([pd.DataFrame(unavailable), df], ignore_index=True), study.meta["metrics"])
-    meta = dict(study.meta)
+        df = storage.normalise(pd.concat([pd.DataFrame(unavailable), df], ignore_index=True), meta["metrics"])
+    meta = dict(meta)
     meta["unavailable"] = {u["runtime"]: u["status"] for u in unavailable}
     return {"df": df, "meta": meta, "t0": t0, "t1": time.time()}
+
+
+def _available_here(p: StudyParams, t0: float) -> tuple[StudyParams | None, list[dict]]:
+    """(``p`` with only the named runtimes this host can run, None when there is none; a ``failed`` row
+    for each it cannot). A study of ``all`` runtimes takes whichever are here."""
+    if p.runtimes == "all":
+        return p, []
+    ok, unavailable = [], []
+    for r in p.runtimes:
+        try:
+            a = _runtimes.get(r).availability()
+            why = "" if a.available else a.reason
+        except KitError as e:
+            why = str(e)
+        if why:
+            unavailable.append({"part": p.parts[0], "image": p.image[0], "runtime": r, "kind": "",
+                                "workload": "-", "metric": "failed", "value": 1.0, "unit": "count",
+                                "status": f"unavailable: {why}", "warmup": False, "timestamp": t0, "study": p.name})
+        else:
+            ok.append(r)
+    return (dataclasses.replace(p, runtimes=tuple(ok)) if ok else None), unavailable
 
 
 class _Host:
@@ -256,18 +250,23 @@ class _Host:
                 "elapsed_s": round(self.finished - self.started, 2) if self.started and self.finished else None}
 
 
-def _failure_row(study, host: _Host, reason: str) -> dict:
-    return {"host": host.label, "study": study.name, "part": study.parts[0], "image": study.images[0],
+def _failure_row(p: StudyParams, host: _Host, reason: str) -> dict:
+    return {"host": host.label, "study": p.name, "part": p.parts[0], "image": p.image[0],
             "runtime": "-", "kind": "-", "workload": "-", "metric": "failed", "value": 1.0, "unit": "count",
             "status": f"host: {reason}", "warmup": False, "timestamp": time.time()}
 
 
-def run(study, client, *, per: str = "worker", poll: float = POLL, insecure: bool = False) -> pd.DataFrame:
-    """Run ``study`` on every worker host of ``client``; fill ``study.df`` and ``study.meta``.
+def run(params: StudyParams, client, runner, into: Results, *, per: str = "worker", poll: float = POLL,
+        insecure: bool = False) -> pd.DataFrame:
+    """Run a study on every worker host of ``client``; its frame and metadata go ``into`` results.
 
     Args:
-        study: a :class:`~kit.bench.Study` (its parameters are sent to each host).
+        params: the study's parameters (sent to each host as :meth:`~StudyParams.to_dict`).
         client: a ``dask.distributed.Client``.
+        runner: what each host calls, ``runner(params, on_rows) -> (frame, meta)``, calling
+            ``on_rows(frame, meta)`` with each batch of rows as it completes: a module-level function
+            every host can import (:func:`kit.bench.running.measure`).
+        into: the results to fill, also when the run is interrupted (what came back is kept).
         per: ``"worker"`` (every worker runs the study, workers sharing a machine one after the
             other) or ``"machine"`` (one worker per machine).
         poll: seconds between looks at the queue, the tasks and the workers.
@@ -276,13 +275,10 @@ def run(study, client, *, per: str = "worker", poll: float = POLL, insecure: boo
             refused before anything is sent to a worker.
 
     Returns:
-        The tidy frame of every host, with a ``host`` column. ``study.meta["hosts"]`` holds each
-        host's environment and notes, ``study.meta["fleet"]`` the status table (``study.status()``).
+        The tidy frame of every host, with a ``host`` column. ``meta["hosts"]`` holds each host's
+        environment and notes, ``meta["fleet"]`` the status table (``Study.status()``).
     """
-    import kit
-    from distributed import Queue, wait
-
-    from . import fleettls, metrics, storage
+    from distributed import Queue
 
     if per not in ("worker", "machine"):
         raise InvalidSpec(f"per={per!r}: choose 'worker' or 'machine'")
@@ -293,10 +289,10 @@ def run(study, client, *, per: str = "worker", poll: float = POLL, insecure: boo
         raise InvalidSpec(f"the Dask cluster has no worker after {WAIT_WORKERS:.0f} s: start workers first") from None
     fleettls.check_client(client, insecure)  # before the probe: it is the first code sent to the workers
     found = workers(client)
-    chains, hosts = _plan(found, per, study.progress)
+    chains, hosts = _plan(found, per, params.progress)
     queue_name = f"kit-fleet-{secrets.token_hex(4)}"
     queue = Queue(queue_name, client=client)
-    params = study.params()
+    sent = params.to_dict()
     extra: list[dict] = []
     running: dict = {}  # future -> address
 
@@ -304,16 +300,17 @@ def run(study, client, *, per: str = "worker", poll: float = POLL, insecure: boo
         while chains[machine]:
             addr = chains[machine].pop(0)
             h, info = hosts[addr], found[addr]
+            here = version.__version__
             if info.get("kit_version") is None:
                 h.done("failed", f"kit not importable there ({info.get('kit_error')}): install it (make setup)")
-            elif info["kit_version"] != kit.__version__:
-                h.done("failed", f"kit {info['kit_version']} there, {kit.__version__} here: install the same version")
+            elif info["kit_version"] != here:
+                h.done("failed", f"kit {info['kit_version']} there, {here} here: install the same version")
             else:
-                h.future = client.submit(run_on_host, params, h.label, queue_name, workers=[addr], pure=False,
+                h.future = client.submit(run_on_host, sent, h.label, queue_name, runner, workers=[addr], pure=False,
                                          allow_other_workers=False, retries=0, key=f"kit-study-{h.label}-{queue_name}")
                 running[h.future] = addr
                 return
-            extra.append(_failure_row(study, h, h.reason))
+            extra.append(_failure_row(params, h, h.reason))
 
     def drain() -> None:
         by_label = {h.label: h for h in hosts.values()}
@@ -323,24 +320,32 @@ def run(study, client, *, per: str = "worker", poll: float = POLL, insecure: boo
     for m in list(chains):
         start_next(m)
     try:
-        while running:
-            try:
-                wait(list(running), timeout=poll, return_when="FIRST_COMPLETED")
-            except TimeoutError:
-                pass
-            drain()
-            alive = set(client.scheduler_info(n_workers=-1)["workers"])
-            for fut, addr in list(running.items()):
-                if _settled(fut, hosts[addr], addr, addr in alive, drain):
-                    del running[fut]
-                    start_next(found[addr]["machine"])
+        _watch(client, running, hosts, found, start_next, drain, poll)
     finally:
         _stop(running, hosts.values(), drain)
         frames = [f for f in [h.frame() for h in hosts.values()] + [pd.DataFrame(extra)] if len(f)]
         df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["host"])
-        study.df = storage.normalise(df, metrics.definitions())
-        study.meta = _fleet_meta(params, list(hosts.values()), t_start)
-    return study.df
+        into.df = storage.normalise(df, metrics.definitions())
+        into.meta = _fleet_meta(sent, list(hosts.values()), t_start)
+    return into.df
+
+
+def _watch(client, running: dict, hosts: dict, found: dict, start_next, drain, poll: float) -> None:
+    """Until no study runs: take streamed rows off the queue (``drain``), record each finished, failed or
+    lost host, and start the next worker of its machine (``start_next``)."""
+    from distributed import wait
+
+    while running:
+        try:
+            wait(list(running), timeout=poll, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            pass
+        drain()
+        alive = set(client.scheduler_info(n_workers=-1)["workers"])
+        for fut, addr in list(running.items()):
+            if _settled(fut, hosts[addr], addr, addr in alive, drain):
+                del running[fut]
+                start_next(found[addr]["machine"])
 
 
 def _plan(found: dict, per: str, progress: bool) -> tuple[dict[str, list[str]], dict[str, _Host]]:
@@ -395,13 +400,9 @@ def _settled(fut, h: _Host, addr: str, alive: bool, drain) -> bool:
 def _fleet_meta(params: dict, hosts: list, t_start: float) -> dict:
     """A fleet run's ``study.meta``: its parameters and definitions, each host's environment and notes,
     the status table, and what every host together ran."""
-    import kit
-
-    from . import metrics
-
     return {
         "params": params, "metrics": metrics.definitions(),
-        "environment": {"host": ", ".join(h.label for h in hosts), "kit_version": kit.__version__,
+        "environment": {"host": ", ".join(h.label for h in hosts), "kit_version": version.__version__,
                         "client": platform.node(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         "runtimes": sorted({r for h in hosts for r in h.meta.get("runtimes", [])}),
         "skipped": {}, "dropped": {}, "partial": None if all(h.state == "ok" for h in hosts)
@@ -420,11 +421,6 @@ def _notes(meta: dict) -> str:
     parts = [f"{k}: {v}" for k, v in (meta.get("unavailable") or {}).items()]
     parts += [f"{k} dropped: {v}" for k, v in (meta.get("dropped") or {}).items()]
     return "; ".join(parts)
-
-
-def status(meta: dict) -> pd.DataFrame:
-    """The per-host status table saved in a fleet study's metadata."""
-    return pd.DataFrame(meta.get("fleet") or [], columns=STATUS_COLUMNS)
 
 
 def parse_host(spec: str) -> tuple[str, dict]:
@@ -476,8 +472,6 @@ def cluster(scheduler: str | None = None, hosts=None, *, n_local: int = 2, conne
     >>> with cluster() as client:            # two workers on this machine, over TLS
     ...     Study(runtimes="process", repeat=3).run(client=client)
     """
-    from . import fleettls
-
     if scheduler and hosts:
         raise InvalidSpec("give a scheduler address or SSH hosts, not both")
     if scheduler:
@@ -497,8 +491,6 @@ def _scheduler_client(scheduler: str, security, insecure: bool):
     """A client of a running scheduler (see :func:`cluster`)."""
     from distributed import Client
 
-    from . import fleettls
-
     tls = fleettls.choose(scheduler, security=security, insecure=insecure)
     if not tls and fleettls.plaintext_remote(scheduler):
         fleettls.warn(scheduler)
@@ -513,8 +505,6 @@ def _ssh_client(hosts, connect_options: dict | None, remote_python: str | None, 
     import dask
     from distributed import Client, SSHCluster
     from distributed.security import Security
-
-    from . import fleettls
 
     specs = [h for h in hosts.split(",")] if isinstance(hosts, str) else list(hosts)
     parsed = [parse_host(h) for h in specs if h.strip()]
@@ -555,8 +545,6 @@ def _local_client(n_local: int, security, insecure: bool):
     """A client of a ``LocalCluster`` of ``n_local`` worker processes on 127.0.0.1 (see :func:`cluster`)."""
     from distributed import Client, LocalCluster
     from distributed.security import Security
-
-    from . import fleettls
 
     tls = fleettls.choose(security=security, insecure=insecure)
     sec = (security if security is not None else Security.temporary()) if tls else None

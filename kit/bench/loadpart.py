@@ -3,8 +3,8 @@
 A study names load workloads as it names startup ones (``Study(workload=["cpu", "redis"])``).
 Which names are loads: :func:`split`. The part runs :func:`kit.bench.loads.run` (for each load,
 one instance per runtime, then interleaved rounds, warmups first) and adds every run's rows as it
-completes; each run's raw tool output is kept apart (:class:`Outputs`), once per run, not on
-every row. Throughput and latency compare to the bare process per operation (SET and GET apart):
+completes; each run's raw tool output is kept apart (:class:`kit.bench.storage.Outputs`), once per
+run, not on every row. Throughput and latency compare to the bare process per operation (SET and GET apart):
 :func:`relative`. Figures: :func:`figures`.
 
 >>> split(["true", "cpu", "redis"], None)
@@ -15,14 +15,14 @@ every row. Throughput and latency compare to the bare process per operation (SET
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
-from . import loads, stats
 from ..errors import InvalidSpec
+from . import loads, stats
+from .plots import colour, runtime_order, title
+from .storage import Outputs
+from .workloads import PRESETS
 
 #: The parts of a study of startup workloads (the default without load names).
 STARTUP_PARTS = ("startup", "memory", "disk", "density")
@@ -36,10 +36,6 @@ METRICS = ("throughput", "p50", "p95", "p99", "mean_latency", "op_time", "cpu_pe
 
 #: Latency metrics, most telling first.
 LATENCY = ("p99", "p95", "p50")
-
-#: What the file of raw outputs is called in a saved study.
-OUTPUTS = "outputs.jsonl"
-
 
 def is_load(spec) -> bool:
     return isinstance(spec, str) and spec in NAMES
@@ -60,8 +56,6 @@ def split(items, parts) -> tuple[list, list[str], tuple[str, ...]]:
         return rest, named, parts
     parts = tuple(parts)
     if "load" not in parts:
-        from .workloads import PRESETS
-
         stray = [i for i in items if is_load(i) and i not in PRESETS]
         if stray:
             raise InvalidSpec(f"{', '.join(stray)}: a load workload, but 'load' is not among parts "
@@ -76,46 +70,6 @@ def check(names: list[str], seconds) -> None:
         raise InvalidSpec(f"the load part needs a load workload: one of {', '.join(NAMES)}")
     if not (isinstance(seconds, (int, float)) and seconds > 0):
         raise InvalidSpec(f"seconds {seconds!r} must be a positive number (how long each load runs)")
-
-
-class Outputs:
-    """Each load run's raw tool output, once per run: (workload, runtime, round) -> text."""
-
-    def __init__(self, records: list[dict] | None = None):
-        self.records = list(records or [])
-
-    def keep(self, rows: list[dict]) -> list[dict]:
-        """``rows`` of one run without their ``raw`` text, which is kept here."""
-        raw = next((r.get("raw") for r in rows if r.get("raw")), None)
-        if raw is not None:
-            r0 = rows[0]
-            self.records.append({"workload": r0["workload"], "runtime": r0["runtime"], "round": r0.get("round"),
-                                 "raw": raw})
-        return [{k: v for k, v in r.items() if k != "raw"} for r in rows]
-
-    def get(self, workload: str, runtime: str, round: int | None = None) -> str:
-        """The raw output of one run (the last measured one when ``round`` is None)."""
-        hits = [r for r in self.records if r["workload"] == workload and r["runtime"] == runtime
-                and (round is None or r["round"] == round)]
-        if not hits:
-            have = sorted({f"{r['workload']}/{r['runtime']}" for r in self.records}) or ["none"]
-            raise InvalidSpec(f"no raw output of load {workload!r} in {runtime}"
-                              f"{'' if round is None else f' round {round}'}: have {', '.join(have)}")
-        return hits[-1]["raw"]
-
-    def drop(self, cells: set[tuple[str, str]]) -> None:
-        self.records = [r for r in self.records if (r["workload"], r["runtime"]) not in cells]
-
-    def save(self, directory) -> None:
-        if self.records:
-            with open(Path(directory) / OUTPUTS, "w") as f:
-                for r in self.records:
-                    f.write(json.dumps(r) + "\n")
-
-    @classmethod
-    def load(cls, directory) -> "Outputs":
-        p = Path(directory) / OUTPUTS
-        return cls([json.loads(line) for line in p.read_text().splitlines() if line]) if p.exists() else cls()
 
 
 def unfinished(df: pd.DataFrame | None, names: list[str], runtimes: list[str], last_round: int) -> dict:
@@ -206,15 +160,11 @@ def figures(df: pd.DataFrame, meta: dict, which=None) -> dict:
 
 
 def _runtimes(df: pd.DataFrame, present) -> list[str]:
-    from .plots import runtime_order
-
     return [r for r in runtime_order(df[df["part"] == "load"]) if r in set(present)]
 
 
 def _relative_figure(rel: pd.DataFrame, df: pd.DataFrame, meta: dict):
     import matplotlib.pyplot as plt
-
-    from .plots import colour, title
 
     labels = list(dict.fromkeys(f"{w}/{c}" if c and c != w else w for w, c in zip(rel.workload, rel.component)))
     rel = rel.assign(label=[f"{w}/{c}" if c and c != w else w for w, c in zip(rel.workload, rel.component)])
@@ -252,8 +202,6 @@ def _plain_log(ax) -> None:
 
 def _latency_figure(lat: pd.DataFrame, df: pd.DataFrame, meta: dict):
     import matplotlib.pyplot as plt
-
-    from .plots import colour, title
 
     groups = list(dict.fromkeys((w, c) for w, c, _ in lat.index))
     fig, axes = plt.subplots(1, len(groups), figsize=(max(5, 3.2 * len(groups)), 4), squeeze=False)

@@ -1,10 +1,12 @@
-"""Saving and loading a result set: ``results.csv`` (+ ``results.parquet`` with pyarrow) and ``study.json``.
+"""A study's results, in memory and on disk: :class:`Results` (the rows as they come, the metadata, each
+load run's raw output) and its files, ``results.csv`` (+ ``results.parquet`` with pyarrow),
+``study.json`` and ``outputs.jsonl``.
 
 ``study.json`` holds everything that is not a measurement: the study's
 parameters, the seed and the run order it produced, the environment record,
-the definition of every metric (also in the loaded frame's
-``attrs["metrics"]``) and, for a study that did not finish, why (``partial``). A loaded result set re-plots and
-re-summarises without re-running anything.
+the definition of every metric (also in the frame read back's
+``attrs["metrics"]``) and, for a study that did not finish, why (``partial``). A result set read back re-plots
+and re-summarises without re-running anything.
 
 Every saved study carries ``meta["metrics_fingerprint"]``, the fingerprint of the definitions it was
 measured under (:func:`kit.bench.metrics.fingerprint`). A benchmark script's results folder carries
@@ -17,13 +19,19 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
-from .metrics import COLUMNS, definitions, fingerprint
+from ..errors import InvalidSpec
+from .envinfo import git_commit
+from .metrics import COLUMNS, definitions, fingerprint, unit
 
 CSV, PARQUET, META = "results.csv", "results.parquet", "study.json"
+#: Each load run's raw tool output, one JSON record a line (:class:`Outputs`).
+OUTPUTS = "outputs.jsonl"
 #: The record of a results folder: per script, the commit and definitions its files were measured under.
 RECORD = "record.json"
 
@@ -106,10 +114,6 @@ def record(directory, script, outputs=None, since: float | None = None) -> Path:
     Returns:
         The record's path.
     """
-    from datetime import datetime, timezone
-
-    from .envinfo import git_commit
-
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     path = d / RECORD
@@ -127,7 +131,7 @@ def record(directory, script, outputs=None, since: float | None = None) -> Path:
     return path
 
 
-def load(directory) -> tuple[pd.DataFrame, dict]:
+def read(directory) -> tuple[pd.DataFrame, dict]:
     """Read a result set written by :func:`save` (Parquet when present and readable, else CSV).
 
     The frame's ``attrs["metrics"]`` are the definitions saved with it (``meta["metrics"]``).
@@ -142,3 +146,122 @@ def load(directory) -> tuple[pd.DataFrame, dict]:
         df = pd.read_csv(d / CSV, dtype={**_DTYPES, **dict.fromkeys(OPTIONAL, str)}, keep_default_na=False,
                          na_values={c: [""] for c in numeric})
     return normalise(df, meta.get("metrics")), meta
+
+
+class Outputs:
+    """Each load run's raw tool output, once per run: (workload, runtime, round) -> text."""
+
+    def __init__(self, records: list[dict] | None = None):
+        self.records = list(records or [])
+
+    def keep(self, rows: list[dict]) -> list[dict]:
+        """``rows`` of one run without their ``raw`` text, which is kept here."""
+        raw = next((r.get("raw") for r in rows if r.get("raw")), None)
+        if raw is not None:
+            r0 = rows[0]
+            self.records.append({"workload": r0["workload"], "runtime": r0["runtime"], "round": r0.get("round"),
+                                 "raw": raw})
+        return [{k: v for k, v in r.items() if k != "raw"} for r in rows]
+
+    def get(self, workload: str, runtime: str, round: int | None = None) -> str:
+        """The raw output of one run (the last measured one when ``round`` is None)."""
+        hits = [r for r in self.records if r["workload"] == workload and r["runtime"] == runtime
+                and (round is None or r["round"] == round)]
+        if not hits:
+            have = sorted({f"{r['workload']}/{r['runtime']}" for r in self.records}) or ["none"]
+            raise InvalidSpec(f"no raw output of load {workload!r} in {runtime}"
+                              f"{'' if round is None else f' round {round}'}: have {', '.join(have)}")
+        return hits[-1]["raw"]
+
+    def drop(self, cells: set[tuple[str, str]]) -> None:
+        self.records = [r for r in self.records if (r["workload"], r["runtime"]) not in cells]
+
+    def save(self, directory) -> None:
+        if self.records:
+            with open(Path(directory) / OUTPUTS, "w") as f:
+                for r in self.records:
+                    f.write(json.dumps(r) + "\n")
+
+    @classmethod
+    def read(cls, directory) -> "Outputs":
+        p = Path(directory) / OUTPUTS
+        return cls([json.loads(line) for line in p.read_text().splitlines() if line]) if p.exists() else cls()
+
+
+class Results:
+    """A study's results as they grow: its rows, its metadata (``meta``: parameters, environment,
+    definitions, plan, what was skipped or dropped, ``partial``) and each load run's raw output.
+
+    Args:
+        name: the study's label, each row's ``study`` unless the row has one.
+    """
+
+    def __init__(self, df: pd.DataFrame | None = None, meta: dict | None = None, outputs: Outputs | None = None,
+                 name: str = "study"):
+        self.name = name
+        self.meta: dict = meta if meta is not None else {}
+        self.outputs = outputs if outputs is not None else Outputs()
+        #: Called with each batch of new rows (a normalised frame) and the metadata as it stands, as the
+        #: batch joins: how a fleet host streams its completed runs back (see :mod:`kit.bench.fleet`).
+        self.on_rows = None
+        #: Rows added since ``.df`` was last read: they join it when it is (see :meth:`add`).
+        self._pending: list[dict] = []
+        self._df = df
+
+    @property
+    def df(self) -> pd.DataFrame | None:
+        """The tidy frame of every row added (None before any run)."""
+        if self._pending:
+            rows, self._pending = self._pending, []
+            new = normalise(pd.DataFrame(rows), self.meta.get("metrics"))
+            self._df = new if self._df is None or self._df.empty else \
+                normalise(pd.concat([self._df, new], ignore_index=True), self.meta.get("metrics"))
+        return self._df
+
+    @df.setter
+    def df(self, value: pd.DataFrame | None) -> None:
+        self._pending, self._df = [], value
+
+    def frame(self) -> pd.DataFrame:
+        """:attr:`df`.
+
+        Raises:
+            InvalidSpec: there are no results yet (saying how to get some).
+        """
+        if self.df is None:
+            raise InvalidSpec("this study has no results yet: call .run() first, or Study.read(directory)")
+        return self.df
+
+    def add(self, rows: list[dict]) -> None:
+        """Completed rows join :attr:`df` at once, so an interruption keeps them.
+
+        They are kept as rows and made into the frame when ``.df`` is next read: rebuilding the
+        whole frame after every sample cost ~25 ms of CPU per sample in a study of a few hundred
+        rows (more as it grew), and on 2 busy cores that burst made the next sample measurably
+        slower (LXC's launch_to_exit by ~6 ms; benchmarks/bench_study_clock.py).
+        """
+        if not rows:
+            return
+        now = time.time()
+        vm_accel = self.meta.get("environment", {}).get("vm_accel", "")
+        for row in rows:
+            row.setdefault("study", self.name)
+            row.setdefault("unit", unit(row["metric"]))
+            row.setdefault("timestamp", now)
+            if not row.get("accel") and row.get("kind") == "vm":
+                row["accel"] = vm_accel
+        self._pending.extend(rows)
+        if self.on_rows is not None:  # a fleet host streams them back at once
+            self.on_rows(normalise(pd.DataFrame(rows), self.meta.get("metrics")), self.meta)
+
+    def save(self, directory) -> Path:
+        """Write the frame, ``study.json`` and the raw outputs to ``directory`` (created); return it."""
+        d = save(directory, self.frame(), self.meta)
+        self.outputs.save(d)
+        return d
+
+    @classmethod
+    def read(cls, directory) -> "Results":
+        """The results :meth:`save` wrote."""
+        df, meta = read(directory)
+        return cls(df, meta, Outputs.read(directory), name=meta.get("params", {}).get("name", "study"))

@@ -1,6 +1,8 @@
 """A study's tables (DataFrames in human units) and all of them as one Markdown document.
 
-Not to be confused with :mod:`kit.report`, which turns executed notebooks into reports.
+Each table takes what :class:`kit.bench.view.View` offers (``df``, ``meta``, ``seed``, ``summary()``,
+``relative()``): a view, or the :class:`~kit.bench.Study` that has one. Not to be confused with
+:mod:`kit.report`, which turns executed notebooks into reports.
 """
 
 from __future__ import annotations

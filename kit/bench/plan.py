@@ -1,0 +1,133 @@
+"""Planning a study: which runtimes it measures (and which it leaves out, why), the startup rounds
+in their seeded order, how many idle instances the steady-state parts start, and what a run (or a
+resumed run) still has to measure.
+
+A startup cell is (image, runtime, workload) in one round; a steady-state cell is (image, runtime);
+a load cell is (load, runtime). Each round is a seeded shuffle of its cells, so runtimes
+interleave and a slowly changing host does not always hit the same one; the order is saved with
+the study (``meta["order"]``).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import pandas as pd
+
+from .. import runtimes as _runtimes
+from ..errors import RuntimeUnavailable
+from . import loadpart, metrics
+from .params import StudyParams
+
+#: The parts measured in one steady-state pass per runtime (:mod:`kit.bench.density`).
+STEADY = ("memory", "disk", "density")
+
+#: Rough seconds one startup run or one idle instance costs, by runtime kind:
+#: only used to weight the progress bar so its time-left estimate is sensible.
+COST = {"process": 0.02, "container": 0.4, "sandbox": 0.8, "vm": 6.0}
+
+
+def resolve_runtimes(params: StudyParams) -> tuple[list[str], dict[str, str]]:
+    """(runtimes to measure, process first, then by kind; {runtime left out: why}).
+
+    Raises:
+        RuntimeUnavailable: a runtime named explicitly cannot run here.
+    """
+    if params.runtimes == "all":
+        table = _runtimes.available()
+        chosen = [r for r, ok in zip(table["name"], table["available"]) if ok]
+        skipped = {r: why for r, ok, why in zip(table["name"], table["available"], table["reason"]) if not ok}
+    else:
+        chosen = [_runtimes.require(r).name for r in params.runtimes]
+        skipped = {}
+    if not chosen:
+        raise RuntimeUnavailable("no runtime is available here: see kit.runtimes.available() for why")
+    order = {k: i for i, k in enumerate(metrics.KINDS)}
+    chosen.sort(key=lambda r: (order.get(_runtimes.get(r).kind, 9), r))
+    return chosen, skipped
+
+
+def rounds(params: StudyParams, runtimes: list[str]) -> list[list[tuple[str, str, object]]]:
+    """The startup rounds (warmups first): each a seeded shuffle of (image, runtime, workload) cells; a VM
+    runtime takes part in the first ``warmup + vm_repeat`` only."""
+    rng = random.Random(params.seed)
+    out = []
+    for r in range(params.warmup + params.repeat):
+        cells = [(img, rt, w) for img in params.image for rt in runtimes for w in params.workloads
+                 if _runtimes.get(rt).kind != "vm" or r < params.warmup + params.vm_repeat]
+        rng.shuffle(cells)
+        out.append(cells)
+    return out
+
+
+def idle_counts(params: StudyParams, runtimes: list[str]) -> dict[str, int]:
+    """The most idle instances the steady-state pass starts per runtime: up to ``density_max`` (a VM's
+    ``vm_density_max``) with the density part, else 2 for disk (what a second instance adds), else 1."""
+    def most(rt: str) -> int:
+        if "density" in params.parts:
+            return params.vm_density_max if _runtimes.get(rt).kind == "vm" else params.density_max
+        return 2 if "disk" in params.parts else 1
+
+    return {rt: most(rt) for rt in runtimes}
+
+
+def planned_cells(params: StudyParams, runtimes: list[str]) -> int:
+    """How many batches of rows a fresh run adds (a startup run, a steady-state runtime, an image's
+    bytes): a fleet host's progress total."""
+    n = sum(len(c) for c in rounds(params, runtimes)) if "startup" in params.parts else 0
+    if any(p in params.parts for p in STEADY):
+        n += len(params.image) * len(runtimes) + (len(params.image) if "disk" in params.parts else 0)
+    return n
+
+
+def done_cells(df: pd.DataFrame) -> set[tuple]:
+    """The cells a frame already holds: ("startup", round, image, runtime, workload) per startup run,
+    ("disk-image", image) for the image's bytes, ("steady", image, runtime) per steady-state measurement."""
+    st = df[df["part"] == "startup"]
+    cells = {("startup", int(r), i, rt, w) for r, i, rt, w in
+             st[["round", "image", "runtime", "workload"]].drop_duplicates().itertuples(index=False)}
+    other = df[~df["part"].isin(["startup", "load"])]  # load cells: loadpart.unfinished
+    cells |= {("disk-image", i) for i in other[other["runtime"] == "-"]["image"].unique()}
+    cells |= {("steady", i, rt) for i, rt in
+              other[other["runtime"] != "-"][["image", "runtime"]].drop_duplicates().itertuples(index=False)}
+    return cells
+
+
+@dataclass
+class Todo:
+    """What a run still measures: every cell of the plan not in ``done``."""
+
+    runtimes: list[str]
+    kinds: dict[str, str]
+    rounds: list[list[tuple]]
+    startup: list[tuple[int, int, tuple]]
+    """(round, position in it, (image, runtime, workload)) of each startup run still to measure."""
+    steady: list[tuple[str, str]]
+    """(image, runtime) of each steady-state measurement still to make."""
+    loads: dict[str, list[str]]
+    """{load: runtimes still to measure} (see :func:`kit.bench.loadpart.unfinished`)."""
+    idle: dict[str, int]
+    done: set[tuple]
+
+    def weight(self, params: StudyParams) -> float:
+        """Rough seconds of it all: the progress bar's total (see :data:`COST`)."""
+        cost = {rt: COST.get(kind, 1) for rt, kind in self.kinds.items()}
+        total = sum(cost[rt] for _, _, (_, rt, _) in self.startup)
+        total += sum(cost[rt] * self.idle[rt] + 1 for _, rt in self.steady)
+        total += sum(len(rts) for rts in self.loads.values()) * (params.warmup + params.repeat) * (params.seconds + 1)
+        return total
+
+
+def todo(params: StudyParams, runtimes: list[str], df: pd.DataFrame | None = None) -> Todo:
+    """What a run on ``runtimes`` measures, without the cells ``df`` (a resumed study's frame) holds."""
+    done = done_cells(df) if df is not None else set()
+    plan = rounds(params, runtimes) if "startup" in params.parts else []
+    startup = [(r, pos, cell) for r, cells in enumerate(plan) for pos, cell in enumerate(cells)
+               if ("startup", r, cell[0], cell[1], cell[2].name) not in done]
+    steady = [(image, rt) for image in params.image for rt in runtimes
+              if ("steady", image, rt) not in done] if any(p in params.parts for p in STEADY) else []
+    loads = loadpart.unfinished(df, list(params.loads), runtimes, params.warmup + params.repeat - 1) \
+        if "load" in params.parts else {}
+    return Todo(list(runtimes), {r: _runtimes.get(r).kind for r in runtimes}, plan, startup, steady, loads,
+                idle_counts(params, runtimes), done)
