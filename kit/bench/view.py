@@ -33,18 +33,9 @@ class View:
 
     def __init__(self, results: Results, seed: int = 0):
         self._results, self.seed = results, seed
-
-    @property
-    def df(self) -> pd.DataFrame | None:
-        return self._results.df
-
-    @property
-    def meta(self) -> dict:
-        return self._results.meta
-
-    @property
-    def name(self) -> str:
-        return self._results.name
+        #: The frame (None before any run), metadata and label as they are when the view is made: a
+        #: :class:`~kit.bench.Study` makes a view for each call.
+        self.df, self.meta, self.name = results.df, results.meta, results.name
 
     def results(self) -> pd.DataFrame:
         """The frame.
