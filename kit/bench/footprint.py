@@ -21,15 +21,13 @@ Definitions of every figure are in :data:`kit.bench.metrics.METRICS`.
 
 from __future__ import annotations
 
-import time
-
 import psutil
 
-from .. import api
+from .. import api, usage
 from .. import runtimes as _runtimes
-from .._proc import wait_until
-from ..errors import KitError, KitTimeout
+from ..errors import KitError
 from ..usage import PartialMemory, Reading, cgroup_memory, label, read  # noqa: F401  (this module's figures)
+
 
 def process_memory(pids) -> list[dict]:
     """PSS, USS and RSS of each process that still exists (pid, name, pss, uss, rss).
@@ -51,25 +49,19 @@ def total_pss(pids) -> int:
 
 
 def steady(pids_fn, timeout: float = 20.0, tolerance: float = 0.02, gap: float = 0.5) -> Reading:
-    """Wait until the PSS of ``pids_fn()`` is steady (two readings ``gap`` s apart within ``tolerance``).
+    """Wait until the PSS of ``pids_fn()`` is steady (:func:`kit.usage.steady`: two readings ``gap`` s
+    apart within ``tolerance``).
 
     Returns the last reading (its ``status`` says whether it is partial). A workload that keeps
     growing is measured as it is at ``timeout``.
     """
-    last = [read(pids_fn()), time.monotonic()]
+    last: list[Reading] = []
 
-    def still():
-        if time.monotonic() - last[1] < gap:
-            return False
-        now = read(pids_fn())
-        prev = last[0]
-        last[:] = [now, time.monotonic()]
-        return now.pss > 0 and abs(now.pss - prev.pss) <= tolerance * max(now.pss, prev.pss)
+    def pss() -> int:
+        last[:] = [read(pids_fn())]
+        return last[0].pss
 
-    try:
-        wait_until(still, timeout, interval=0.05, what="steady memory")
-    except KitTimeout:
-        pass
+    usage.steady(pss, timeout, tolerance, gap)
     return last[0]
 
 
