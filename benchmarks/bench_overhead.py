@@ -190,7 +190,7 @@ def _q(s: pd.Series, q: float) -> float:
     return float(s.quantile(q))
 
 
-def _paired(g: pd.DataFrame, variant: str, against: str, col: str = "ms") -> pd.Series:
+def paired(g: pd.DataFrame, variant: str, against: str, col: str = "ms") -> pd.Series:
     """Per round, ``variant``'s ``col`` minus ``against``'s (the runs of one round share the
     machine's state of that moment, so the difference drifts less than either figure)."""
     wide = g.pivot_table(index="round", columns="variant", values=col, aggfunc="first")
@@ -217,13 +217,13 @@ def defaults_cost(df: pd.DataFrame) -> pd.DataFrame:
         base = g[g.variant == LIKE_FOR_LIKE]
         for name, variant in DEFAULTS:
             k = g[g.variant == variant]
-            d = _paired(g, variant, LIKE_FOR_LIKE)
+            d = paired(g, variant, LIKE_FOR_LIKE)
             if k.empty or d.empty:
                 continue
             rows.append({
                 "runtime": rt, "default": name, "kit": variant, "against": LIKE_FOR_LIKE,
                 "extra_ms": round(d.median(), 2), "extra_iqr": round(_q(d, .75) - _q(d, .25), 2),
-                "extra_cpu_ms": round(_paired(g, variant, LIKE_FOR_LIKE, "cpu_ms").median(), 2),
+                "extra_cpu_ms": round(paired(g, variant, LIKE_FOR_LIKE, "cpu_ms").median(), 2),
                 "in_prepare": round(_prepare(k).median() - _prepare(base).median(), 2),
                 "in_runtime_process": round(k.runtime_process.median() - base.runtime_process.median(), 2),
                 "in_teardown_off_path": round(k.teardown.median() - base.teardown.median(), 2),
@@ -247,7 +247,7 @@ def summarize(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
                 "plain_ms": round(base, 2), "plain_iqr": round(_q(plain, .75) - _q(plain, .25), 2),
                 "kit_ms": round(med, 2), "kit_iqr": round(_q(k.ms, .75) - _q(k.ms, .25), 2),
                 "overhead_ms": round(med - base, 2), "overhead_pct": round((med / base - 1) * 100, 1),
-                "paired_ms": round(_paired(g, variant, "plain").median(), 2),
+                "paired_ms": round(paired(g, variant, "plain").median(), 2),
                 "target_ms": round(max(0.05 * base, 3.0), 2), "within_target": bool(med - base <= max(0.05 * base, 3.0)),
                 "plain_cpu_ms": round(g[g.variant == "plain"].cpu_ms.median(), 2),
                 "kit_cpu_ms": round(k.cpu_ms.median(), 2),

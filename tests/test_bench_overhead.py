@@ -37,7 +37,7 @@ def _frame() -> pd.DataFrame:
 
 def test_paired_difference_removes_the_rounds_shared_drift():
     df = _frame()
-    d = bench._paired(df[~df.warmup], "kit_ro_soft", "plain")
+    d = bench.paired(df[~df.warmup], "kit_ro_soft", "plain")
     assert list(d) == pytest.approx([2.0] * len(DRIFT))
     over, _ = bench.summarize(df)
     row = over.set_index("kit").loc["kit_ro_soft"]

@@ -14,7 +14,6 @@ import pytest
 import kit
 import kit.api as api
 from kit import pool, warm
-from kit import session as ksession
 from kit.bench import Study, startup
 from kit.bench.workloads import IDLE, parse, started_at
 from tests.conftest import need, unique
@@ -24,22 +23,25 @@ TRUE = parse("true")
 
 
 class Background:
-    """When background work ran: each teardown of a foreground run and each warm-pool fill, as
-    (what, start, end) on the phases' clock; and each foreground run's (name, requested, exited)."""
+    """When background work ran: each removal of an instance by its runtime (a foreground run's
+    teardown) and each warm-pool fill, as (what, start, end) on the phases' clock; and each foreground
+    run's (name, requested, exited). Spies on public methods only: Runtime.remove, Pool.fill, kit.api.run."""
 
     def __init__(self, monkeypatch):
         self.work: list[tuple[str, float, float]] = []
         self.runs: list[tuple[str, float, float]] = []
         self.removed: dict[str, float] = {}
-        real_td, real_fill, real_run = ksession._Teardown.run, pool.Pool.fill, api.run
-        real_discard = ksession.Session._discard
+        real_fill, real_run = pool.Pool.fill, api.run
 
-        def td_run(td):
-            t0 = time.time()
-            try:
-                real_td(td)
-            finally:
-                self.work.append((f"teardown of {td.inst.name}", t0, time.time()))
+        def spy(real):
+            def remove(state):
+                t0 = time.time()
+                try:
+                    return real(state)
+                finally:
+                    self.removed[state.name] = time.time()
+                    self.work.append((f"removal of {state.name}", t0, self.removed[state.name]))
+            return remove
 
         def fill(pool, rt, spec, image, n=None):
             t0 = time.time()
@@ -54,16 +56,11 @@ class Background:
                 self.runs.append((r.name, r.phases["requested"], r.phases["exited"]))
             return r
 
-        def discard(session, inst):
-            try:
-                real_discard(session, inst)
-            finally:
-                self.removed[inst.name] = time.time()
-
-        monkeypatch.setattr(ksession._Teardown, "run", td_run)
+        for name in kit.runtimes.names():  # the session removes through its runtime (inst.backend)
+            rt = kit.runtimes.get(name)
+            monkeypatch.setattr(rt, "remove", spy(rt.remove))
         monkeypatch.setattr(pool.Pool, "fill", fill)
         monkeypatch.setattr(api, "run", run)
-        monkeypatch.setattr(ksession.Session, "_discard", discard)
 
     def overlaps(self) -> list[str]:
         """Every (run, background work) pair whose spans overlap."""
@@ -83,7 +80,6 @@ def test_wait_until_quiet_waits_for_the_removal_and_the_refill():
         assert session.warm.filling() == 0 and session.warm.pool.count(pool.key(
             kit.runtimes.get("runc"), session.spec("busybox", ["echo", name], start="precreated"),
             kit.images.get("busybox"))) == 1
-        assert not any(t.is_alive() for t in session._pending.values())
         assert not (session.state_dir / name).exists()  # removed, not only returned
     finally:
         warm.clear()
