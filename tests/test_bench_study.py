@@ -167,6 +167,26 @@ def test_bad_options_are_one_line_errors():
         build_parser().parse_args(["--repeat", "many"])
 
 
+def test_parameters_are_kept_checked_and_saved_in_one_form():
+    svc = Workload.service("svc", ["srv", "-p", "{port}"], tcp=b"PING\r\n")
+    p = StudyParams(image=["busybox", "debian-bench"], runtimes="process, runc", workload=["true", svc, "cpu"],
+                    repeat=3, parts="startup,load", starts="cold,precreated", density_memory_budget="1g")
+    assert (p.image, p.runtimes, p.parts, p.starts) == (("busybox", "debian-bench"), ("process", "runc"),
+                                                        ("startup", "load"), ("cold", "precreated"))
+    assert [w.name for w in p.workloads] == ["true", "svc"] and p.loads == ("cpu",)
+    assert (p.vm_repeat, p.density_memory_budget) == (3, 2**30)  # resolved: min(repeat, 5); bytes
+    saved = json.loads(json.dumps(p.to_dict()))  # as study.json keeps it
+    assert StudyParams.from_dict(saved) == p and "progress" not in saved and saved["images"] == list(p.image)
+    assert StudyParams.from_dict(saved).workloads[1].tcp == b"PING\r\n"
+    # a study's parameters are fixed; another value is another study
+    s = Study(p.image, p.runtimes, list(p.workload), 3, parts=p.parts, starts=p.starts)
+    assert s.params == dataclasses.replace(p, density_memory_budget="4g") and s.repeat == 3
+    with pytest.raises(AttributeError, match="fixed"):
+        s.repeat = 5
+    assert Study.from_params(s.params, repeat=5).repeat == 5 and s.repeat == 3
+    assert Study.from_params(saved).progress is False  # a study read back shows no progress bar
+
+
 def test_parser_matches_study_options():
     ns = build_parser().parse_args(["-r", "process,runc", "-n", "3", "--parts", "startup", "echo", "hi there"])
     kw = study_kwargs(ns)
