@@ -127,6 +127,11 @@ def spread(vals) -> float:
 def report(rows: list[dict], warmup: list[dict], execs: list[list[float]], env: dict, tpl: dict) -> list[str]:
     """The report's lines: every sentence computed from the rows or the environment record."""
     by = {(s, m): [r for r in rows if r["start"] == s and r["memory"] == m] for s, m in VARIANTS}
+    return _measured(rows, by, env) + _findings(by, execs) + _templates(warmup, tpl) + _references(rows[0]["accel"])
+
+
+def _measured(rows: list[dict], by: dict, env: dict) -> list[str]:
+    """The head: how it was measured, the spread across rounds, each variant's medians and steps."""
     cold_rows, warm_rows = by[("cold", "128m")], by[("snapshot", "128m")]
     cold, warm = med(cold_rows, "start_to_exit"), med(warm_rows, "start_to_exit")
     cold_cpu = med(cold_rows, "qemu_cpu")
@@ -160,11 +165,18 @@ def report(rows: list[dict], warmup: list[dict], execs: list[list[float]], env: 
     lines += ["", "Steps (medians, s):", ""]
     for (s, m), rs in by.items():
         lines.append(f"- {s} {m}: " + ", ".join(f"{a} -> {b} {med(rs, f'{a}->{b}'):.3f}" for a, b in STEPS[s]))
+    return lines
+
+
+def _findings(by: dict, execs: list[list[float]]) -> list[str]:
+    """What the figures say, and the targets."""
+    cold_rows, warm_rows = by[("cold", "128m")], by[("snapshot", "128m")]
+    cold, warm = med(cold_rows, "start_to_exit"), med(warm_rows, "start_to_exit")
     firsts, laters = [e[0] for e in execs], [x for e in execs for x in e[1:]]
     first, later = statistics.median(firsts), statistics.median(laters)
     loaded = med(warm_rows, "restore->resumed")
     big = med(by[("snapshot", "256m")], "start_to_exit")
-    lines += [
+    return [
         "", f"`kit.exec(true)` in a restored VM ({len(execs)} VMs): the first {first:.3f} s, the next ones "
             f"{later:.3f} s (medians).",
         "",
@@ -184,6 +196,12 @@ def report(rows: list[dict], warmup: list[dict], execs: list[list[float]], env: 
         f"({'met' if warm <= 0.25 * cold else 'NOT met'}).",
         f"- at most 0.3 s: {warm:.3f} s wall ({'met' if warm <= 0.3 else 'NOT met'} at this load); "
         f"QEMU's CPU time for it {med(warm_rows, 'qemu_cpu'):.3f} s.",
+    ]
+
+
+def _templates(warmup: list[dict], tpl: dict) -> list[str]:
+    """The templates the warm-up round made."""
+    lines = [
         "",
         "## Templates",
         "",
@@ -197,7 +215,12 @@ def report(rows: list[dict], warmup: list[dict], execs: list[list[float]], env: 
         if t:
             lines.append(f"| {t['key']} | {t['memory_mib']} MiB | {t['state_bytes'] / 1e3:.0f} | "
                          f"{t['disk_bytes'] / 1e6:.0f} | {t['build_s']} |")
-    lines += [
+    return lines
+
+
+def _references(accel: str) -> list[str]:
+    """Figures from elsewhere, labelled as references with their source."""
+    return [
         "",
         "## For reference, not measured here",
         "",
@@ -209,7 +232,6 @@ def report(rows: list[dict], warmup: list[dict], execs: list[list[float]], env: 
            "(`tests/test_vm_snapshot.py::test_restore_command_line`)." if accel != "kvm" else "KVM."),
         "",
     ]
-    return lines
 
 
 if __name__ == "__main__":
