@@ -71,7 +71,9 @@ lab: setup
 	$(BIN)/jupyter lab --ip 127.0.0.1 --port $(LAB_PORT) --no-browser --notebook-dir notebooks \
 		$$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
+# Which module may import which first (pyproject.toml's import-linter contracts: seconds), then the tests.
 test: setup
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q -rs --durations=15
 
 # The fast half: everything not marked slow.
