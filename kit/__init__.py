@@ -53,7 +53,7 @@ def __dir__():
 
 
 def load_ipython_extension(ipython):
-    """``%load_ext kit``: registers ``%container``, ``%%container``, ``%vm`` and ``%process``."""
+    """``%load_ext kit``: registers ``%container``, ``%%container``, ``%vm``, ``%process``, ``%compose`` and ``%bench``."""
     from .magics import load_ipython_extension as _load
 
     _load(ipython)
