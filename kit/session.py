@@ -45,7 +45,6 @@ from .errors import CommandNotFound, InstanceNotFound, InvalidSpec, KitError, Ki
 from .images import engine
 from .instance import Instance
 from .result import RunResult
-from .runtimes import _rootfs
 from .runtimes.base import Context, Runtime
 from .spec import RunSpec, check_argv, parse_cpus, parse_env, parse_memory, parse_port, show
 from .volumestore import Volumes
@@ -242,8 +241,8 @@ class Session:
             return
         # The PATH the command will run with: the user's -e PATH, else the image's own ENV PATH (Go,
         # Node, Java images put their tools there), else the kit's default, as docker run resolves it.
-        path = _rootfs.environment(spec, image).get("PATH", "")
-        cwd = _rootfs.workdir(spec, image)  # a relative ./tool resolves from the image's WORKDIR too
+        path = spec.environment(image).get("PATH", "")
+        cwd = spec.working_dir(image)  # a relative ./tool resolves from the image's WORKDIR too
         key = (image.id, argv0, path, cwd)
         if key in self._found_commands:
             return

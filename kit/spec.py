@@ -305,8 +305,18 @@ class RunSpec:
         if self.start not in START_MODES:
             raise InvalidSpec(f"start mode {show(self.start)} is not known: use one of {', '.join(START_MODES)}")
 
-    def environment(self) -> dict[str, str]:
-        """The full environment inside the instance."""
+    def environment(self, image=None) -> dict[str, str]:
+        """The full environment inside the instance, as ``docker run`` makes it: the kit's defaults,
+        then the image's own ``ENV`` (``image.config["env"]``, a dict or OCI's ``["K=V"]`` list, e.g.
+        its PATH), then the user's ``env``."""
         env = {"PATH": DEFAULT_PATH, "HOME": "/root", "HOSTNAME": self.hostname or self.name}
+        img_env = ((image.config or {}).get("env") if image is not None else None) or {}
+        if isinstance(img_env, list):
+            img_env = dict(e.split("=", 1) for e in img_env if "=" in e)
+        env.update({k: str(v) for k, v in img_env.items()})
         env.update(self.env)
         return env
+
+    def working_dir(self, image=None) -> str:
+        """The working directory inside: the user's, else the image's ``WORKDIR``, else ``/``."""
+        return self.workdir or ((image.config or {}).get("workdir") if image is not None else None) or "/"

@@ -84,23 +84,6 @@ def step(inst, name: str):
 
 
 # -- what the image supplies, shared by the OCI and LXC backends ------------------
-def environment(spec, image) -> dict[str, str]:
-    """The instance's environment: kit defaults, then the image's, then the user's."""
-    env = spec.environment()
-    img_env = (image.config or {}).get("env") or {} if image is not None else {}
-    if isinstance(img_env, list):  # OCI image configs spell it ["K=V", ...]
-        img_env = dict(e.split("=", 1) for e in img_env if "=" in e)
-    for k, v in img_env.items():
-        if k not in spec.env:
-            env[k] = str(v)
-    return env
-
-
-def workdir(spec, image) -> str:
-    """The working directory inside: the user's, else the image's, else /."""
-    return spec.workdir or ((image.config or {}).get("workdir") if image is not None else None) or "/"
-
-
 def kit_cgroup(inst):
     """The cgroup the instance is measured by, ``kit/<owner>-<session>-<name>``; None when this host
     gives the kit no cgroups (not root).

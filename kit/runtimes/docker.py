@@ -125,7 +125,7 @@ class DockerRuntime(Runtime):
             inst.phases["launched"] = time.time()
             cid = api.create_container(
                 ref, command=spec.command, name=inst.id, hostname=None if net else spec.hostname, labels=labels,
-                environment=_rootfs.environment(spec, inst.image), working_dir=_rootfs.workdir(spec, inst.image),
+                environment=spec.environment(inst.image), working_dir=spec.working_dir(inst.image),
                 host_config=host_config, stdin_open=False, tty=False, detach=True)["Id"]
         except docker.errors.APIError as e:
             if e.status_code == 409:

@@ -113,7 +113,7 @@ def shares_image(inst: InstanceState) -> bool:
     spec, image = inst.spec, inst.image
     if not spec.read_only or inst.mounts or inst.net is not None:
         return False
-    cwd = _rootfs.workdir(spec, image)
+    cwd = spec.working_dir(image)
     key = (getattr(image, "id", None), str(image.rootfs), cwd)
     if key[0] is None:  # no content id to cache by
         return _rootfs.shareable(image.rootfs, MOUNT_POINTS, cwd)
@@ -188,7 +188,7 @@ def build_config(inst: InstanceState, monitor_rel: str | None, shared: bool | No
         "lxc.mount.auto = proc:mixed sys:ro cgroup:mixed",
         "lxc.autodev = 1",
         "lxc.mount.entry = shm dev/shm tmpfs rw,nosuid,nodev,mode=1777,create=dir 0 0",
-        f"lxc.init.cwd = {_quote(_rootfs.workdir(spec, image))}",
+        f"lxc.init.cwd = {_quote(spec.working_dir(image))}",
     ]
     if spec.harden:
         # Docker's baseline: its capabilities kept, its seccomp denylist, its masked /proc paths.
@@ -202,7 +202,7 @@ def build_config(inst: InstanceState, monitor_rel: str | None, shared: bool | No
     for m in inst.mounts:  # kit.volumes: the target is relative to the rootfs
         lines.append(f"lxc.mount.entry = {_fstab(str(m.host))} {_fstab(m.target.lstrip('/'))} none "
                      f"bind,create=dir{',ro' if m.read_only else ''} 0 0")
-    lines += [f"lxc.environment = {_quote(k)}={_quote(v)}" for k, v in _rootfs.environment(spec, image).items()]
+    lines += [f"lxc.environment = {_quote(k)}={_quote(v)}" for k, v in spec.environment(image).items()]
     if userns.active():  # unprivileged: the user as root inside, its subordinate IDs above
         lines += idmap_lines()
     if inst.cgroup is not None:
@@ -361,7 +361,7 @@ class LXCRuntime(Runtime):
         return out, err
 
     def exec(self, inst, argv, stream=None, timeout=None):
-        env = _rootfs.environment(inst.spec, inst.image)
+        env = inst.spec.environment(inst.image)
         cmd = [*self._base("lxc-attach", inst), "--clear-env"]
         for k, v in env.items():
             cmd += ["-v", f"{k}={v}"]

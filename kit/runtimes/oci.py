@@ -112,8 +112,8 @@ def build_config(spec: RunSpec, image, rootfs: Path, cgroups_path: str | None = 
             "terminal": False,
             "user": {"uid": 0, "gid": 0},
             "args": list(spec.command),
-            "env": [f"{k}={v}" for k, v in _rootfs.environment(spec, image).items()],
-            "cwd": _rootfs.workdir(spec, image),
+            "env": [f"{k}={v}" for k, v in spec.environment(image).items()],
+            "cwd": spec.working_dir(image),
             "capabilities": {k: list(caps) for k in ("bounding", "effective", "permitted", "ambient")},
             "noNewPrivileges": True,
         },
@@ -430,7 +430,7 @@ class OCIRuntime(Runtime):
         # in the shared image.
         makes_mount_points = inst.net is not None or bool(inst.mounts)
         if spec.read_only and not makes_mount_points and _rootfs.shareable(
-                image.rootfs, [m["destination"] for m in MOUNTS], _rootfs.workdir(spec, image)):
+                image.rootfs, [m["destination"] for m in MOUNTS], spec.working_dir(image)):
             inst.info["rootfs"] = "image, read-only"
             return image.rootfs
         if userns.active():  # mounted in the kit's user namespace when the runtime is launched

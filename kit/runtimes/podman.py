@@ -21,7 +21,6 @@ from .._proc import Pumped, Stream, kill_group, run
 from ..errors import ImageError, StartFailed
 from ..images import archive, engine
 from ..images import get as get_image
-from . import _rootfs
 from .base import Availability, InstanceState, Runtime, descendants, exec_cli, which
 
 PROBE_TIMEOUT = 30
@@ -103,9 +102,9 @@ class PodmanRuntime(Runtime):
             argv += ["--cpus", str(spec.cpus)]
         # podman import keeps no ENV or WORKDIR of the kit's image: both are given here, the
         # image's own (its PATH, for one) under the user's, as for every other runtime.
-        for k, v in _rootfs.environment(spec, inst.image).items():
+        for k, v in spec.environment(inst.image).items():
             argv += ["-e", f"{k}={v}"]
-        argv += ["-w", _rootfs.workdir(spec, inst.image)]
+        argv += ["-w", spec.working_dir(inst.image)]
         if spec.read_only:
             argv.append("--read-only")
         try:

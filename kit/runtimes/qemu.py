@@ -53,7 +53,6 @@ from ..vm import disk as disk_mod
 from ..vm import initramfs, machine, qmp, templates
 from ..vm import kernel as kernel_mod
 from ..vm.channel import MAX_PATH, Channel, LineRecords
-from . import _rootfs
 from .base import Availability, InstanceState, Runtime, which
 
 DEFAULT_MEMORY = 256 * 1024**2
@@ -352,7 +351,7 @@ class _VM:
         spec, q = self.spec, shlex.quote
         net = self.inst.net  # a kit network's names
         image_workdir = (self.inst.image.config or {}).get("workdir") if self.inst.image else None
-        environ = _rootfs.environment(spec, self.inst.image)
+        environ = spec.environment(self.inst.image)
         env = " ".join(q(f"{k}={v}") for k, v in environ.items())
         lines = [
             f"KIT_MODE={q(self.boot)}",
