@@ -125,16 +125,12 @@ class NetworkView(Protocol):
     """What a runtime needs of the kit network an instance joins (:class:`kit.netspace.Network`):
     the namespace its holder keeps, and the network's hosts file."""
 
-    @property
-    def holder_id(self) -> str: ...
-    @property
-    def pid(self) -> int: ...
-    @property
-    def nsfd(self) -> int: ...
-    @property
-    def ns_path(self) -> str: ...
-    @property
-    def hosts_path(self) -> Path: ...
+    holder_id: str
+    pid: int
+    nsfd: int
+    ns_path: str
+    hosts_path: Path
+
     def open_ns(self) -> int: ...
     def oci_mount(self) -> dict: ...
     def hosts_text(self, guest: str | None = None) -> str: ...
@@ -145,16 +141,11 @@ class HostMount(Protocol):
     """A volume resolved for a runtime (:class:`kit.volumestore.Resolved`): the host directory every
     runtime mounts at ``target``."""
 
-    @property
-    def source(self) -> str: ...
-    @property
-    def target(self) -> str: ...
-    @property
-    def read_only(self) -> bool: ...
-    @property
-    def kind(self) -> str: ...
-    @property
-    def host(self) -> Path: ...
+    source: str
+    target: str
+    read_only: bool
+    kind: str
+    host: Path
 
 
 @dataclass
