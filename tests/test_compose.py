@@ -3,6 +3,7 @@ nothing, down with and without volumes, the example backend end to end, the boun
 
 from __future__ import annotations
 
+import http.client
 import http.server
 import json
 import threading
@@ -154,9 +155,16 @@ volumes: {site: }
 """
 
 
-def _get(port, path="/index.html"):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-        return r.read().decode()
+def _get(port, path="/index.html", timeout=30.0):
+    """GET a published page once it answers: compose's up returns when a service has started (as
+    docker compose does), not when its server listens; until then the kit's forwarder accepts and
+    the inner connection is refused, which the client sees as a closed connection."""
+    def answer():
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.read().decode()
+
+    return kit.wait_until(answer, timeout, interval=0.05, what=f"an answer on 127.0.0.1:{port}{path}",
+                          ignoring=(OSError, http.client.HTTPException))
 
 
 @pytest.mark.parametrize("runtime", ["runc"])
