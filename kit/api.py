@@ -76,8 +76,9 @@ def exec_(name: str, command: Sequence[str], stream: Stream | None = None, timeo
     return default_session().exec(name, command, stream=stream, timeout=timeout, check=check)
 
 
-def stop(name: str, timeout: float = 10.0) -> RunResult:
-    """Stop ``name`` (SIGTERM, then SIGKILL after ``timeout``); it stays listed until :func:`rm`."""
+def stop(name: str, timeout: float | None = None) -> RunResult:
+    """Stop ``name`` (its stop signal, then SIGKILL after ``timeout``, default its stop_timeout or 10 s);
+    it stays listed until :func:`rm`."""
     return default_session().stop(name, timeout=timeout)
 
 

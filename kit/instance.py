@@ -187,9 +187,11 @@ class Instance:
         return wait_until(ready, timeout, interval=interval, what=f"{what} ({self.name!r}, {self.runtime})",
                           ignoring=ignoring)
 
-    def stop(self, timeout: float = 10.0) -> RunResult:
-        """Stop it (SIGTERM, then SIGKILL after ``timeout``) and release its published ports; it stays
-        listed until :meth:`rm`."""
+    def stop(self, timeout: float | None = None) -> RunResult:
+        """Stop it (its stop signal, SIGTERM by default, then SIGKILL after ``timeout``, default its spec's
+        ``stop_timeout`` or 10 s) and release its published ports; it stays listed until :meth:`rm`."""
+        if timeout is None:
+            timeout = self.state.spec.stop_timeout if self.state.spec.stop_timeout is not None else 10.0
         self.backend.stop(self.state, timeout=timeout)
         try:
             self.backend.wait(self.state, timeout=timeout + 5)

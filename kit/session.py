@@ -35,13 +35,14 @@ import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from . import config, lifetime
+from . import config, faults, lifetime
 from . import images as _images
 from . import pool as _pool
 from . import runtimes as _runtimes
 from .netspace import Networks
 from ._proc import Stream
-from .errors import CommandNotFound, InstanceNotFound, InvalidSpec, KitError, KitTimeout, NameInUse
+from .errors import (CommandNotFound, DaemonUnavailable, InstanceNotFound, InvalidSpec, KitError, KitTimeout,
+                     NameInUse)
 from .images import engine
 from .instance import Instance
 from .result import RunResult
@@ -56,7 +57,8 @@ _open_lock = threading.Lock()
 
 def make_spec(image, command, name=None, detach=False, memory=None, cpus=None, env=None, ports=None,
               workdir=None, timeout=None, hostname=None, read_only=False, harden=True, runtime=None,
-              volumes=None, network=None, start="cold", **options) -> RunSpec:
+              volumes=None, network=None, start="cold", user=None, cap_add=(), cap_drop=(), sysctls=None,
+              tmpfs=(), init=False, stop_signal="SIGTERM", stop_timeout=None, labels=None, **options) -> RunSpec:
     """A :class:`~kit.spec.RunSpec` from :func:`kit.run`'s keywords, every value checked (InvalidSpec)."""
     # A lone string is one item, not a sequence of characters ("8080:80" is not 7 ports).
     env = [env] if isinstance(env, str) else env
@@ -89,7 +91,9 @@ def make_spec(image, command, name=None, detach=False, memory=None, cpus=None, e
                    detach=detach, memory=parse_memory(memory, **floor), cpus=parse_cpus(cpus), env=env_d,
                    ports=port_l, workdir=workdir, timeout=timeout,
                    hostname=hostname, read_only=bool(read_only), harden=bool(harden), volumes=volumes,
-                   network=network, start=start, options=options, **kw)
+                   network=network, start=start, options=options, user=user, cap_add=cap_add, cap_drop=cap_drop,
+                   sysctls=sysctls or {}, tmpfs=[tmpfs] if isinstance(tmpfs, str) else list(tmpfs or []),
+                   init=bool(init), stop_signal=stop_signal, stop_timeout=stop_timeout, labels=dict(labels or {}), **kw)
 
 
 def resolve_in_rootfs(rootfs: Path, argv0: str, path: str, cwd: str = "/") -> str | None:
@@ -179,7 +183,8 @@ class Session:
         self.owner = config.SESSION_ID
         #: ``$KIT_HOME/run/<owner>/<session>``: its instances' state directories (removed when it closes).
         self.state_dir = config.home() / "run" / self.owner / self.id
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with faults.writing(self.state_dir, "making the session's state directory"):
+            self.state_dir.mkdir(parents=True, exist_ok=True)
         self.context = Context(self.owner, self.id, self.state_dir, docker=lambda: self.docker)
         self._lock = threading.RLock()
         self._live: dict[str, Instance] = {}
@@ -278,7 +283,8 @@ class Session:
             # Host directories checked, named volumes created and marked in use (kit.volumestore).
             mounts = self.volumes.attach(spec.name, spec.volumes, rt.name)
             try:
-                state = rt.new_instance(spec, img, self.context)
+                with faults.writing(self.state_dir, f"making the state directory of {spec.name!r}"):
+                    state = rt.new_instance(spec, img, self.context)
             except BaseException as e:
                 self.volumes.detach(spec.name, mounts)
                 if isinstance(e, FileExistsError):
@@ -308,6 +314,9 @@ class Session:
                               f"or qemu")
         if from_image and not rt.uses_image:
             raise InvalidSpec("no command given: put the command after the image, e.g. busybox echo hello")
+        for option in spec.asked():
+            if option in rt.cannot:
+                raise InvalidSpec(f"runtime {rt.name!r} cannot honour {option}: {rt.cannot[option]}")
 
     def run(self, image: str | None, command: Sequence[str] | None = None, runtime: str | None = None, *,
             detach: bool = False, name: str | None = None, memory=None, cpus=None, env=None,
@@ -331,7 +340,9 @@ class Session:
             stream: callback(label, bytes) receiving output as it arrives.
             check: raise :class:`~kit.errors.ExitError` on a non-zero exit (foreground runs).
             **options: ``volumes``, ``network``, ``hostname``, ``read_only``, ``harden``, ``start``
-                (``cold``, ``precreated``, ``snapshot``), and runtime-specific ones (``kernel=`` for qemu).
+                (``cold``, ``precreated``, ``snapshot``), ``user``, ``cap_add``, ``cap_drop``, ``sysctls``,
+                ``tmpfs``, ``init``, ``stop_signal``, ``stop_timeout``, ``labels`` (:class:`~kit.spec.RunSpec`),
+                and runtime-specific ones (``kernel=`` for qemu).
 
         Raises:
             KitError: bad input, unavailable runtime, unknown image, missing command...
@@ -346,10 +357,11 @@ class Session:
         state.phases["requested"] = time.time()
         out = None if detach else stream
         try:
-            if _pool.pooled(rt, state.spec):
-                self.warm.start(rt, state, stream=out)
-            else:
-                rt.start(state, stream=out)
+            with faults.writing(self.state_dir, f"starting {state.name!r} ({rt.name})"):
+                if _pool.pooled(rt, state.spec):
+                    self.warm.start(rt, state, stream=out)
+                else:
+                    rt.start(state, stream=out)
         except BaseException:
             self._discard(inst)
             raise
@@ -442,8 +454,9 @@ class Session:
         """Run ``command`` inside the running instance ``name``."""
         return self.get(name).exec(command, stream=stream, timeout=timeout, check=check)
 
-    def stop(self, name: str, timeout: float = 10.0) -> RunResult:
-        """Stop ``name`` (SIGTERM, then SIGKILL after ``timeout``); it stays listed until :meth:`rm`."""
+    def stop(self, name: str, timeout: float | None = None) -> RunResult:
+        """Stop ``name`` (its stop signal, SIGTERM by default, then SIGKILL after ``timeout``, default its
+        ``stop_timeout`` or 10 s); it stays listed until :meth:`rm`."""
         return self.get(name).stop(timeout=timeout)
 
     def rm(self, instance: "str | Instance", force: bool = False) -> None:
@@ -465,7 +478,17 @@ class Session:
         state = inst.state
         try:
             inst.backend.remove(state)
-        finally:
+        except DaemonUnavailable:
+            raise  # its container is the daemon's: it stays listed (status says why) until rm works again
+        except BaseException:
+            self._release(inst)
+            raise
+        self._release(inst)
+
+    def _release(self, inst: Instance) -> None:
+        """What a removed instance held in the session: its network membership, volume markers, name."""
+        state = inst.state
+        try:
             try:
                 self.networks.leave(state)  # after the member is gone: an auto network may go with it
             finally:
@@ -539,10 +562,13 @@ class Session:
                 raise KitTimeout(f"the kit was not quiet within {timeout:g} s: still running: {', '.join(busy)}")
 
     def _remove_instances(self) -> list[str]:
-        names = [i.name for i in self.list()]
-        for n in names:
+        """Remove every instance; the names of those removed (one whose runtime cannot remove it now, as
+        Docker's while its daemon is down, stays listed with its status saying why)."""
+        names = []
+        for n in [i.name for i in self.list()]:
             try:
                 self.rm(n, force=True)
+                names.append(n)
             except KitError:
                 pass
         self.wait_for_teardown()

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 import secrets
+import signal
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .errors import InvalidSpec
 
@@ -207,12 +209,131 @@ def parse_volume(value) -> Mount:
     return Mount(src, dest.rstrip("/"), mode == "ro", "volume")
 
 
+#: Every capability name a container runtime knows (``CAP_`` + these), for cap_add/cap_drop.
+CAPABILITY_NAMES = frozenset("""
+    AUDIT_CONTROL AUDIT_READ AUDIT_WRITE BLOCK_SUSPEND BPF CHECKPOINT_RESTORE CHOWN DAC_OVERRIDE
+    DAC_READ_SEARCH FOWNER FSETID IPC_LOCK IPC_OWNER KILL LEASE LINUX_IMMUTABLE MAC_ADMIN MAC_OVERRIDE
+    MKNOD NET_ADMIN NET_BIND_SERVICE NET_BROADCAST NET_RAW PERFMON SETFCAP SETGID SETPCAP SETUID
+    SYSLOG SYS_ADMIN SYS_BOOT SYS_CHROOT SYS_MODULE SYS_NICE SYS_PACCT SYS_PTRACE SYS_RAWIO
+    SYS_RESOURCE SYS_TIME SYS_TTY_CONFIG WAKE_ALARM""".split())
+#: The sysctls a container may set: those its own namespaces hold (Docker's and runc's list).
+#: Any other would change the host kernel for everyone.
+NAMESPACED_SYSCTLS = re.compile(r"^(net\..+|kernel\.(shm(max|all|mni)|msg(max|mnb|mni)|sem|shm_rmid_forced"
+                                r"|domainname|hostname)|fs\.mqueue\..+)$")
+_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
+
+
+def parse_caps(value, what: str) -> list[str]:
+    """``cap_add``/``cap_drop``: ``NET_ADMIN``, ``CAP_NET_ADMIN`` or ``ALL``, as ``CAP_NET_ADMIN`` / ``ALL``."""
+    items = [value] if isinstance(value, str) else list(value or [])
+    out = []
+    for item in items:
+        name = str(item).strip().upper()
+        name = name[4:] if name.startswith("CAP_") else name
+        if name != "ALL" and name not in CAPABILITY_NAMES:
+            raise InvalidSpec(f"{what} {show(item)} is not a Linux capability: e.g. NET_ADMIN, CHOWN or ALL")
+        out.append("ALL" if name == "ALL" else f"CAP_{name}")
+    return list(dict.fromkeys(out))
+
+
+def parse_sysctls(value) -> dict[str, str]:
+    """``{"net.core.somaxconn": "1024"}`` or ``["KEY=VALUE"]``; only namespaced keys (:data:`NAMESPACED_SYSCTLS`)."""
+    items = value.items() if isinstance(value, dict) else (str(v).partition("=")[::2] for v in (value or []))
+    out = {}
+    for key, val in items:
+        key = str(key).strip()
+        if not NAMESPACED_SYSCTLS.match(key):
+            raise InvalidSpec(f"sysctl {show(key)} is not namespaced: it would change the host's kernel for every "
+                              f"process; an instance may set net.*, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*")
+        out[key] = check_string(str(val).strip(), f"sysctl {key}")
+    return out
+
+
+def parse_signal(value) -> str:
+    """A signal name or number (``SIGQUIT``, ``QUIT``, ``3``) as its name, e.g. ``SIGQUIT``."""
+    text = str(value).strip().upper()
+    try:
+        sig = signal.Signals(int(text)) if text.isdigit() else signal.Signals["SIG" + text.removeprefix("SIG")]
+    except (KeyError, ValueError):
+        raise InvalidSpec(f"signal {show(value)} is not a signal: e.g. SIGTERM, SIGQUIT or 15") from None
+    return sig.name
+
+
+@dataclass(frozen=True)
+class Tmpfs:
+    """A tmpfs mounted at ``target`` (memory-backed, empty at each start): ``size`` bytes, ``mode`` bits."""
+
+    target: str
+    size: int | None = None
+    mode: int | None = None
+
+    def options(self) -> list[str]:
+        """Its mount options, as mount(8) and the OCI config take them."""
+        return [o for o in (f"size={self.size}" if self.size else "", f"mode={self.mode:o}" if self.mode is not None
+                            else "") if o]
+
+
+def parse_tmpfs(value) -> Tmpfs:
+    """``/run``, ``/run:size=64m,mode=1777`` (``docker run --tmpfs``), or a Tmpfs."""
+    if isinstance(value, Tmpfs):
+        return value
+    target, _, opts = check_string(str(value), "tmpfs").partition(":")
+    if not target.startswith("/") or target.rstrip("/") == "" or ".." in target.split("/"):
+        raise InvalidSpec(f"tmpfs {show(value)}: the mount point must be an absolute path other than /, e.g. /run")
+    size = mode = None
+    for opt in filter(None, opts.split(",")):
+        key, _, val = opt.partition("=")
+        if key == "size":
+            size = parse_memory(val, minimum=1)
+        elif key == "mode" and re.fullmatch(r"[0-7]{3,4}", val):
+            mode = int(val, 8)
+        elif key not in ("rw", "noexec", "nosuid", "nodev", "exec", "suid", "dev"):
+            raise InvalidSpec(f"tmpfs option {show(opt)} is not supported: give size=64m and/or mode=1777")
+    return Tmpfs(target.rstrip("/"), size, mode)
+
+
+def resolve_user(user: str, rootfs: Path | None) -> tuple[int, int, list[int]]:
+    """``user`` (``uid[:gid]`` or ``name[:group]``) as (uid, gid, supplementary gids), the names looked up in
+    the image's ``/etc/passwd`` and ``/etc/group`` as ``docker run --user`` does (a bare uid with no entry
+    runs with gid 0).
+
+    Raises:
+        InvalidSpec: a name the image does not have.
+    """
+    def table(name: str) -> list[list[str]]:
+        try:
+            text = (rootfs / "etc" / name).read_text(errors="replace") if rootfs is not None else ""
+        except OSError:
+            text = ""
+        return [line.split(":") for line in text.splitlines() if line.count(":") >= 2]
+
+    name, _, group = user.partition(":")
+    passwd = {row[0]: row for row in table("passwd") if len(row) >= 4}
+    by_uid = {row[2]: row for row in passwd.values()}
+    row = passwd.get(name) or by_uid.get(name)
+    if row is None and not name.isdigit():
+        raise InvalidSpec(f"user {show(name)} is not in the image's /etc/passwd: give a uid, or one of its users")
+    uid, gid = int(row[2] if row else name), int(row[3]) if row else 0
+    groups = table("group")
+    if group:
+        found = next((g for g in groups if g[0] == group), None)
+        if found is None and not group.isdigit():
+            raise InvalidSpec(f"group {show(group)} is not in the image's /etc/group: give a gid, or one of its groups")
+        gid = int(found[2]) if found else int(group)
+    login = row[0] if row else None
+    extra = sorted({int(g[2]) for g in groups if len(g) >= 4 and login in g[3].split(",") and g[2].isdigit()} - {gid})
+    return uid, gid, extra
+
+
 def new_name() -> str:
     return "kit-" + secrets.token_hex(4)
 
 
 #: How an instance can start: from nothing, pre-created ahead of time, or restored from a snapshot.
 START_MODES = ("cold", "precreated", "snapshot")
+#: The options of a run beyond the basics, which a runtime may not be able to honour
+#: (:attr:`kit.runtimes.base.Runtime.cannot`): a run asking for one there is refused.
+EXTRAS = ("user", "cap_add", "cap_drop", "sysctls", "tmpfs", "init", "stop_signal", "labels")
 
 
 @dataclass
@@ -240,6 +361,16 @@ class RunSpec:
         start: how the instance starts (:data:`START_MODES`): ``cold`` (from nothing, the default),
             ``precreated`` (created ahead of time, the clock starts at the start request) or
             ``snapshot`` (restored from a snapshot: a VM template, or CRIU for containers).
+        user: ``uid[:gid]`` or ``name[:group]`` the command runs as (the image's names), default root.
+        cap_add, cap_drop: capabilities added to / dropped from the runtime's default set (``ALL``).
+        sysctls: namespaced kernel parameters set inside (:data:`NAMESPACED_SYSCTLS`).
+        tmpfs: :class:`Tmpfs` mounts (``/run:size=64m``).
+        init: a small init as PID 1 that forwards signals and reaps orphans (``docker run --init``).
+        stop_signal: what stop sends first (default SIGTERM); stop_timeout: seconds before SIGKILL.
+        labels: metadata kept with the instance (Docker labels, OCI annotations).
+
+    A runtime that cannot honour one of :data:`EXTRAS` says so (:attr:`kit.runtimes.base.Runtime.cannot`),
+    and a run asking for it there is refused, never run without it.
     """
 
     image: str
@@ -259,6 +390,15 @@ class RunSpec:
     network: str | None = None
     start: str = "cold"
     options: dict = field(default_factory=dict)  # runtime-specific extras (e.g. VM kernel)
+    user: str | None = None
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    sysctls: dict[str, str] = field(default_factory=dict)
+    tmpfs: list[Tmpfs] = field(default_factory=list)
+    init: bool = False
+    stop_signal: str = "SIGTERM"
+    stop_timeout: float | None = None
+    labels: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         if isinstance(self.command, str):
@@ -304,6 +444,36 @@ class RunSpec:
             check_name(str(self.network))
         if self.start not in START_MODES:
             raise InvalidSpec(f"start mode {show(self.start)} is not known: use one of {', '.join(START_MODES)}")
+        self._check_extras()
+
+    def _check_extras(self) -> None:
+        if self.user is not None and not _USER.match(str(self.user)):
+            raise InvalidSpec(f"user {show(self.user)} is not valid: give uid[:gid] or name[:group], e.g. 1000:1000")
+        self.cap_add, self.cap_drop = parse_caps(self.cap_add, "cap_add"), parse_caps(self.cap_drop, "cap_drop")
+        self.sysctls = parse_sysctls(self.sysctls)
+        self.tmpfs = [parse_tmpfs(t) for t in self.tmpfs]
+        self.stop_signal = parse_signal(self.stop_signal)
+        if self.stop_timeout is not None and not (0 <= float(self.stop_timeout) <= MAX_TIMEOUT):
+            raise InvalidSpec(f"stop timeout {self.stop_timeout!r} must be a number of seconds from 0 to {MAX_TIMEOUT:g}")
+        self.labels = {check_string(str(k), "label"): check_string(str(v), f"label {k}") for k, v in self.labels.items()}
+        targets = [m.target for m in self.volumes] + [t.target for t in self.tmpfs]
+        for t in targets:
+            if targets.count(t) > 1:
+                raise InvalidSpec(f"two mounts are at {show(t)} (volumes and tmpfs): give each a different destination")
+
+    def capabilities(self, default) -> list[str]:
+        """The capability set: the runtime's ``default`` less ``cap_drop`` plus ``cap_add``, as Docker
+        computes it (``ALL`` in cap_drop empties the default, in cap_add gives every capability)."""
+        every = sorted(f"CAP_{c}" for c in CAPABILITY_NAMES)
+        caps = [] if "ALL" in self.cap_drop else [c for c in default if c not in self.cap_drop]
+        for c in every if "ALL" in self.cap_add else self.cap_add:
+            if c not in caps:
+                caps.append(c)
+        return caps
+
+    def asked(self) -> list[str]:
+        """The :data:`EXTRAS` this run asks for (not left at their defaults)."""
+        return [name for name in EXTRAS if getattr(self, name) not in (None, False, [], {}, "SIGTERM")]
 
     def environment(self, image=None) -> dict[str, str]:
         """The full environment inside the instance, as ``docker run`` makes it: the kit's defaults,

@@ -278,6 +278,9 @@ class Runtime(ABC):
     forwarder_process: str = ""
     #: Host daemons every instance relies on, whose memory is the runtime's cost per host (kit.bench.footprint).
     daemons: tuple[str, ...] = ()
+    #: The run options (:data:`kit.spec.EXTRAS`) this runtime cannot honour, each with why (one clause);
+    #: the session refuses a run asking for one of them rather than run it without.
+    cannot: dict[str, str] = {}
 
     #: How long a negative verdict is believed before the next caller probes again: a probe
     #: that failed on a busy host (or before dockerd was up) must not disable a runtime for good.

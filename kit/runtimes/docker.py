@@ -114,6 +114,7 @@ class DockerRuntime(Runtime):
             host["nano_cpus"] = int(spec.cpus * 1e9)
         if not spec.harden:
             host["security_opt"] = ["seccomp=unconfined"]
+        host.update(_extras(spec))
         host_config = api.create_host_config(**host)
         if not spec.harden:
             # Docker's default filter and masked /proc paths off (what the CLI's
@@ -124,8 +125,9 @@ class DockerRuntime(Runtime):
             # create + start: the clock's launch is the create call, as runc's is its spawn.
             inst.phases["launched"] = time.time()
             cid = api.create_container(
-                ref, command=spec.command, name=inst.id, hostname=None if net else spec.hostname, labels=labels,
-                environment=spec.environment(inst.image), working_dir=spec.working_dir(inst.image),
+                ref, command=spec.command, name=inst.id, hostname=None if net else spec.hostname,
+                labels={**spec.labels, **labels}, environment=spec.environment(inst.image),
+                working_dir=spec.working_dir(inst.image), user=spec.user, stop_signal=spec.stop_signal,
                 host_config=host_config, stdin_open=False, tty=False, detach=True)["Id"]
         except docker.errors.APIError as e:
             if e.status_code == 409:
@@ -402,6 +404,22 @@ class DockerRuntime(Runtime):
             self._locate(inst)
         rel = inst.info.get("docker_cgroup")
         return Cgroup(rel) if rel else None
+
+
+def _extras(spec) -> dict:
+    """The host config of a spec's capabilities, sysctls, tmpfs and init, as the daemon takes them."""
+    out: dict = {}
+    if spec.cap_add:
+        out["cap_add"] = list(spec.cap_add)
+    if spec.cap_drop:
+        out["cap_drop"] = list(spec.cap_drop)
+    if spec.sysctls:
+        out["sysctls"] = dict(spec.sysctls)
+    if spec.tmpfs:
+        out["tmpfs"] = {t.target: ",".join(["nosuid", "nodev", "noexec", *t.options()]) for t in spec.tmpfs}
+    if spec.init:
+        out["init"] = True
+    return out
 
 
 def _explain(e) -> str:

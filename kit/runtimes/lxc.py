@@ -37,6 +37,7 @@ from .. import cgroups, config, userns
 from .._proc import Pumped, Stream, kill_group, run, wait_until
 from ..errors import KitTimeout, StartFailed
 from ..portfwd import Forwarder
+from ..spec import resolve_user
 from . import _rootfs, hardening
 from .base import Availability, InstanceState, Runtime, exec_cli, which
 
@@ -111,7 +112,7 @@ def shares_image(inst: InstanceState) -> bool:
     rootfs' top directory; never inside a user namespace).
     """
     spec, image = inst.spec, inst.image
-    if not spec.read_only or inst.mounts or inst.net is not None:
+    if not spec.read_only or inst.mounts or inst.net is not None or spec.tmpfs:
         return False
     cwd = spec.working_dir(image)
     key = (getattr(image, "id", None), str(image.rootfs), cwd)
@@ -202,6 +203,7 @@ def build_config(inst: InstanceState, monitor_rel: str | None, shared: bool | No
     for m in inst.mounts:  # kit.volumes: the target is relative to the rootfs
         lines.append(f"lxc.mount.entry = {_fstab(str(m.host))} {_fstab(m.target.lstrip('/'))} none "
                      f"bind,create=dir{',ro' if m.read_only else ''} 0 0")
+    lines = _extras(inst, lines)
     lines += [f"lxc.environment = {_quote(k)}={_quote(v)}" for k, v in spec.environment(image).items()]
     if userns.active():  # unprivileged: the user as root inside, its subordinate IDs above
         lines += idmap_lines()
@@ -209,6 +211,24 @@ def build_config(inst: InstanceState, monitor_rel: str | None, shared: bool | No
         lines += [f"lxc.cgroup.dir.container = {inst.cgroup.rel}/ctr",
                   f"lxc.cgroup.dir.monitor = {monitor_rel}"]
     return "\n".join(lines) + "\n"
+
+
+def _extras(inst: InstanceState, lines: list[str]) -> list[str]:
+    """The config lines of a spec's user, capabilities, sysctls and tmpfs (its init is lxc-init already)."""
+    spec = inst.spec
+    if spec.user is not None:
+        uid, gid, groups = resolve_user(spec.user, inst.image.rootfs)
+        lines += [f"lxc.init.uid = {uid}", f"lxc.init.gid = {gid}"]
+        lines += [f"lxc.init.groups = {','.join(map(str, groups))}"] if groups else []
+    if spec.cap_add or spec.cap_drop:  # the kept set replaces the baseline's (Docker's, with hardening)
+        base = [f"CAP_{c.upper()}" for c in hardening.DOCKER_CAPS]
+        keep = [c.removeprefix("CAP_").lower() for c in spec.capabilities(base)]
+        lines = [ln for ln in lines if not ln.startswith(("lxc.cap.keep", "lxc.cap.drop"))]
+        lines.append(f"lxc.cap.keep = {' '.join(keep) or 'none'}")
+    lines += [f"lxc.sysctl.{k} = {v}" for k, v in spec.sysctls.items()]
+    lines += [f"lxc.mount.entry = tmpfs {_fstab(t.target.lstrip('/'))} tmpfs "
+              f"{','.join(['nosuid', 'nodev', 'noexec', *t.options(), 'create=dir'])} 0 0" for t in spec.tmpfs]
+    return lines
 
 
 class LXCRuntime(Runtime):
@@ -221,6 +241,7 @@ class LXCRuntime(Runtime):
     supports_volumes = True  # kit.volumes: lxc.mount.entry binds
     limits_in_kit_cgroup = True  # lxc.cgroup.dir.container below the kit's limited group
     image_formats = ("rootfs", "lxc")
+    cannot = {"stop_signal": "lxc-stop asks lxc-init to end the command with SIGTERM"}
 
     def _no_start_mode(self, mode: str) -> str:
         # lxc-execute creates and starts in one step; a stopped defined container (lxc-create) still

@@ -43,7 +43,7 @@ from .. import cgroups, config, mounts, userns
 from .._proc import Pumped, Stream, kill_group, last_line, run, wait_until
 from ..errors import KitError, KitTimeout, StartFailed
 from ..portfwd import Forwarder, new_loopback_netns, setns
-from ..spec import RunSpec
+from ..spec import RunSpec, resolve_user
 from . import _rootfs, _rootless_oci, criu, hardening
 from .base import Availability, InstanceState, Runtime, exec_cli, which
 
@@ -90,7 +90,7 @@ def build_config(spec: RunSpec, image, rootfs: Path, cgroups_path: str | None = 
     ``spec.harden`` adds Docker's baseline seccomp filter (:mod:`.hardening`); the capabilities
     (runc's three) and the masked and read-only /proc paths are ``runc spec``'s either way.
     """
-    caps = CAPABILITIES + [c for c in spec.options.get("cap_add", []) if c not in CAPABILITIES]
+    caps = spec.capabilities(CAPABILITIES)
     namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
     if network == "new":
         namespaces.append({"type": "network"})
@@ -106,6 +106,8 @@ def build_config(spec: RunSpec, image, rootfs: Path, cgroups_path: str | None = 
         linux["seccomp"] = hardening.oci_seccomp()
     if cgroups_path:
         linux["cgroupsPath"] = cgroups_path
+    if spec.sysctls:
+        linux["sysctl"] = dict(spec.sysctls)
     cfg = {
         "ociVersion": "1.0.2",
         "process": {
@@ -119,10 +121,44 @@ def build_config(spec: RunSpec, image, rootfs: Path, cgroups_path: str | None = 
         },
         "root": {"path": str(rootfs), "readonly": bool(spec.read_only)},
         "hostname": spec.hostname,
-        "mounts": [dict(m) for m in MOUNTS],
+        "mounts": [dict(m) for m in MOUNTS] + extra_mounts(spec),
         "linux": linux,
     }
+    if spec.user is not None:
+        uid, gid, groups = resolve_user(spec.user, image.rootfs if image is not None else None)
+        cfg["process"]["user"] = {"uid": uid, "gid": gid, **({"additionalGids": groups} if groups else {})}
+    if spec.init:  # the init is PID 1 and runs the command (docker run --init)
+        cfg["process"]["args"] = [INIT_TARGET, "--", *spec.command]
+    if spec.labels:
+        cfg["annotations"] = dict(spec.labels)
     return _rootless_oci.fit_config(cfg) if userns.active() else cfg
+
+
+#: Where a run with ``init`` finds its init: inside /dev (a tmpfs of the container's own), so that no
+#: mount point is ever made in a shared image.
+INIT_TARGET = "/dev/init"
+
+
+def init_binary() -> str:
+    """The host's static tini (Docker's ``docker-init``), which an ``init`` run mounts at :data:`INIT_TARGET`.
+
+    Raises:
+        StartFailed: there is none (it comes with Debian's docker.io, as ``tini-static``).
+    """
+    for name in ("docker-init", "tini-static"):
+        path = which(name)
+        if path:
+            return os.path.realpath(path)
+    raise StartFailed("init=True needs a static tini on the host (docker-init or tini-static): apt-get install tini")
+
+
+def extra_mounts(spec: RunSpec) -> list[dict]:
+    """The OCI mounts of a spec's tmpfs (Docker's options: nosuid, nodev, noexec) and of its init."""
+    out = [{"destination": t.target, "type": "tmpfs", "source": "tmpfs",
+            "options": ["nosuid", "nodev", "noexec", *t.options()]} for t in spec.tmpfs]
+    if spec.init:
+        out.append({"destination": INIT_TARGET, "type": "bind", "source": init_binary(), "options": ["bind", "ro"]})
+    return out
 
 
 def runtime_root(binary: str) -> Path:
@@ -428,7 +464,7 @@ class OCIRuntime(Runtime):
         spec, image = inst.spec, inst.image
         # A network member's /etc/hosts or a volume's mount point may have to be created: never
         # in the shared image.
-        makes_mount_points = inst.net is not None or bool(inst.mounts)
+        makes_mount_points = inst.net is not None or bool(inst.mounts) or bool(spec.tmpfs)
         if spec.read_only and not makes_mount_points and _rootfs.shareable(
                 image.rootfs, [m["destination"] for m in MOUNTS], spec.working_dir(image)):
             inst.info["rootfs"] = "image, read-only"
@@ -520,7 +556,7 @@ class OCIRuntime(Runtime):
         if inst.proc is None or inst.proc.proc.poll() is not None:
             return
         if timeout > 0:
-            self._signal(inst, "TERM")
+            self._signal(inst, inst.spec.stop_signal.removeprefix("SIG"))
             try:
                 inst.proc.proc.wait(timeout)
                 return
@@ -568,6 +604,7 @@ class GVisorRuntime(OCIRuntime):
     """gVisor's runsc on the ptrace platform (works without KVM or nested virtualisation)."""
 
     kind = "sandbox"
+    cannot = {"sysctls": "gVisor's own kernel (the Sentry) ignores an OCI config's sysctls"}
 
     def __init__(self, platform: str = "ptrace"):
         super().__init__("runsc")

@@ -107,6 +107,7 @@ class PodmanRuntime(Runtime):
         argv += ["-w", spec.working_dir(inst.image)]
         if spec.read_only:
             argv.append("--read-only")
+        argv += _extras(spec)
         try:
             inst.proc = Pumped(argv + [ref, *spec.command], inst.state_dir, stream=stream, detach=spec.detach)
         except OSError as e:
@@ -157,3 +158,14 @@ class PodmanRuntime(Runtime):
         """Podman's per-container monitor, conmon: the parent of the container's first process."""
         pid = self._inspect(inst, "{{.State.ConmonPid}}")
         return [int(pid)] if pid.isdigit() and int(pid) > 0 else []
+
+
+def _extras(spec) -> list[str]:
+    """``podman run``'s flags of a spec's user, capabilities, sysctls, tmpfs, init, stop signal and labels."""
+    argv = ["--user", spec.user] if spec.user else []
+    argv += [a for c in spec.cap_add for a in ("--cap-add", c)] + [a for c in spec.cap_drop for a in ("--cap-drop", c)]
+    argv += [a for k, v in spec.sysctls.items() for a in ("--sysctl", f"{k}={v}")]
+    argv += [a for t in spec.tmpfs for a in ("--tmpfs", f"{t.target}:{','.join(['nosuid', 'nodev', 'noexec', *t.options()])}")]
+    argv += ["--init"] if spec.init else []
+    argv += ["--stop-signal", spec.stop_signal] if spec.stop_signal != "SIGTERM" else []
+    return argv + [a for k, v in spec.labels.items() for a in ("--label", f"{k}={v}")]

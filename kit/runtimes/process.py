@@ -26,6 +26,11 @@ class ProcessRuntime(Runtime):
     host_network = shares_host_files = True
     image_formats = ()
     cgroup_accounting = False
+    cannot = {k: f"a bare process runs as this user on the host, {why}" for k, why in (
+        ("user", "with no image users to switch to"), ("cap_add", "with this user's capabilities"),
+        ("cap_drop", "with this user's capabilities"), ("sysctls", "in the host's namespaces"),
+        ("tmpfs", "in the host's files"), ("init", "whose init is the host's"),
+        ("stop_signal", "stopped by SIGTERM to its process group"))}
 
     def probe(self) -> Availability:
         return Availability(self.name, self.kind, True, version=f"Linux {platform.release()}")

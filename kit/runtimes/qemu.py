@@ -47,7 +47,7 @@ from pathlib import Path
 from .._proc import Pumped, Stream, deliver, kill_group, run, wait_until
 from ..errors import InvalidSpec, KitTimeout, StartFailed
 from ..portfwd import setns
-from ..spec import parse_expose, parse_memory
+from ..spec import parse_expose, parse_memory, resolve_user
 from ..vm import accel as accel_mod
 from ..vm import disk as disk_mod
 from ..vm import initramfs, machine, qmp, templates
@@ -98,6 +98,9 @@ class QemuRuntime(Runtime):
     min_memory = MIN_MEMORY  # the guest's RAM: the kernel and initramfs must fit
     min_memory_what = "a VM"
     start_modes = ("cold", "snapshot")
+    #: the guest's root has every capability of its own kernel (cap_add is moot) and its init is PID 1 (init)
+    cannot = {"cap_drop": "the guest's root keeps every capability of its own kernel (the VM is the boundary)",
+              "stop_signal": "the kit's guest init ends the command with SIGTERM"}
     #: snapshot: start() restores a VM template (kit.vm.templates), a cache of its own kept host-wide
     #: and keyed by the machine, not a checkpoint of a service of the spec (the spec is sent after)
     own_start_modes = ("cold", "snapshot")
@@ -225,6 +228,11 @@ class QemuRuntime(Runtime):
 
 
 _HANDLES = threading.Lock()
+
+
+def _real_setpriv(path: Path) -> bool:
+    """Whether ``path`` (in an image) is util-linux's setpriv: busybox's applet of that name cannot change the user."""
+    return path.is_file() and not (path.is_symlink() and "busybox" in os.readlink(path))
 
 
 def _vm_of(inst: VMState) -> "_VM | None":
@@ -362,14 +370,41 @@ class _VM:
             f"KIT_RO={'1' if spec.read_only else ''}",
             f"KIT_RESTORED={'1' if spec.start == 'snapshot' else ''}",
             # the command found on the instance's PATH, not the init's (kit_which: init.sh)
-            f"kit_env() {{ kit_which \"$1\" {q(environ.get('PATH', ''))}; shift; exec env -i {env} \"$kit_found\" \"$@\"; }}",
-            f"kit_cmd() {{ kit_env {' '.join(q(a) for a in spec.command)}; }}",
+            f"kit_env() {{ kit_which \"$1\" {q(environ.get('PATH', ''))}; shift; exec env -i {env} "
+            f"{self._user_switch()}\"$kit_found\" \"$@\"; }}",
+            f"kit_cmd() {{ {self._prologue()}kit_env {' '.join(q(a) for a in spec.command)}; }}",
             # Volumes: the init defines kit_mount TAG TARGET [ro] per stage (see init.sh).
             f"KIT_9P={'1' if self.inst.mounts else ''}",
             "kit_volumes() { :; " + "".join(f"kit_mount kit{i} {q(m.target)}{' ro' if m.read_only else ''}; "
                                             for i, m in enumerate(self.inst.mounts)) + "}",
         ]
         return ("\n".join(lines) + "\n").encode()
+
+    def _prologue(self) -> str:
+        """What the guest does as root before the command: the spec's sysctls (the guest's own kernel)
+        and tmpfs mounts; a failure ends the run with the reason on its stderr."""
+        q, spec, out = shlex.quote, self.spec, ""
+        for key, value in spec.sysctls.items():
+            out += f"sysctl -w {q(f'{key}={value}')} >/dev/null || {{ echo {q(f'kit: sysctl {key} refused')} >&2; exit 125; }}; "
+        for t in spec.tmpfs:
+            opts = ",".join(["nosuid", "nodev", "noexec", *t.options()])
+            out += (f"mkdir -p {q(t.target)} 2>/dev/null; mount -t tmpfs -o {opts} tmpfs {q(t.target)} || "
+                    f"{{ echo {q(f'kit: could not mount a tmpfs at {t.target}')} >&2; exit 125; }}; ")
+        return out
+
+    def _user_switch(self) -> str:
+        """``user``: the image's own setpriv (util-linux) drops to it; the kit's busybox has no such applet."""
+        spec, image = self.spec, self.inst.image
+        if spec.user is None:
+            return ""
+        uid, gid, groups = resolve_user(spec.user, image.rootfs)
+        setpriv = next((f"/{d}/setpriv" for d in ("usr/bin", "bin") if _real_setpriv(image.rootfs / d / "setpriv")),
+                       None)
+        if setpriv is None:
+            raise InvalidSpec(f"user={spec.user!r} in a VM needs setpriv in the image (Debian's util-linux): image "
+                              f"{image.name!r} has none")
+        grp = f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups"
+        return f"{setpriv} --reuid={uid} --regid={gid} {grp} -- "
 
     def _socket_dir(self) -> Path:
         d = self.inst.state_dir
