@@ -67,7 +67,7 @@ from kit._proc import wait_exit
 from kit.bench import storage
 from kit.runtimes.qemu import DEFAULT_MEMORY, _VM
 from kit.spec import RunSpec
-from kit.vm import accel, disk, initramfs, kernel, machine
+from kit.vm import accel, disk, initramfs, kernel, machine, qemubin
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KIT_PHASES = ["launched", "kernel", "init", "spec", "command", "command_exited", "exited"]
@@ -81,23 +81,30 @@ BASELINES = {
 }
 
 
+def _image(k) -> Path:
+    """The kernel file kit boots (the vmlinux through PVH where there is one), so every row boots the same."""
+    return machine.boot_image(k.vmlinuz, k.vmlinux, qemubin.version(shutil.which("qemu-system-x86_64") or ""))
+
+
 def hand_written(k, mach: str, boot: str, accel_name: str, tsc_khz: int | None, initrd: Path,
                  disk_path: Path | None) -> list[str]:
     """The command a person would type: no kit channels, the shell as init, console on stdout."""
-    cfg = machine.VMConfig(kernel=k.vmlinuz, initrd=initrd, accel=accel_name, machine=mach, tsc_khz=tsc_khz)
+    cfg = machine.VMConfig(kernel=_image(k), initrd=initrd, accel=accel_name, machine=mach, tsc_khz=tsc_khz,
+                           acpi=k.acpi)
     if boot == "initramfs":
         script = "echo hello; reboot -f"
         init = "/bin/sh"
     else:
-        mods = " ".join(initramfs.MODULES[machine.VIRTIO_BUS[mach]][:-1] + ["virtio_blk"])  # no virtio_console
+        # no virtio_console; none at all for a kernel that builds them in (the kit's own)
+        mods = " ".join(initramfs.MODULES[machine.VIRTIO_BUS[mach]][:-1] + ["virtio_blk"]) if k.modules else ""
         script = (f"export PATH=/.kit/bin; mount -t devtmpfs dev /dev; "
                   f"for m in {mods}; do insmod /.kit/lib/$m.ko; done; "
                   "while [ ! -b /dev/vda ]; do usleep 2000; done; "
                   "mount -t ext4 -o ro,noload /dev/vda /mnt; PATH=/bin:/usr/bin chroot /mnt echo hello; reboot -f")
         init = "/.kit/bin/sh"
     argv = ["qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            "-M", machine.MACHINE_ARGS[mach], "-accel", accel_name, "-smp", "1",
-            "-m", f"{DEFAULT_MEMORY // 1024**2}M", "-kernel", str(k.vmlinuz), "-initrd", str(initrd),
+            "-M", machine.machine_arg(cfg), "-accel", accel_name, "-smp", "1",
+            "-m", f"{DEFAULT_MEMORY // 1024**2}M", "-kernel", str(cfg.kernel), "-initrd", str(initrd),
             "-append", f'{machine.kernel_args(cfg)} rdinit={init} -- -c "{script}"',
             "-serial", "stdio", "-nic", "none"]
     if disk_path is not None:
@@ -121,8 +128,8 @@ def literal_written(k, mach: str, accel_name: str, tsc_khz: int | None, initrd: 
     Written out flag by flag (not through :func:`kit.vm.machine.argv`) as a person would,
     with each port on a plain file in ``port_dir`` and the spec on the kernel command line.
     """
-    cfg = machine.VMConfig(kernel=k.vmlinuz, initrd=initrd, accel=accel_name, machine=mach, tsc_khz=tsc_khz,
-                           append=f"kit_spec={spec}")
+    cfg = machine.VMConfig(kernel=_image(k), initrd=initrd, accel=accel_name, machine=mach, tsc_khz=tsc_khz,
+                           append=f"kit_spec={spec}", acpi=k.acpi)
     append = machine.kernel_args(cfg)
     if len(append) >= CMDLINE_MAX:
         raise SystemExit(f"the spec makes the kernel command line {len(append)} bytes, over x86's "
@@ -130,8 +137,8 @@ def literal_written(k, mach: str, accel_name: str, tsc_khz: int | None, initrd: 
     bus = machine.DEVICE_SUFFIX[mach]
     serial = f"virtio-serial-{bus},max_ports=5" + (",vectors=0" if bus == "pci" and accel_name == "tcg" else "")
     argv = ["qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            "-M", machine.MACHINE_ARGS[mach], "-accel", accel_name, "-smp", "1",
-            "-m", f"{DEFAULT_MEMORY // 1024**2}M", "-kernel", str(k.vmlinuz), "-initrd", str(initrd),
+            "-M", machine.machine_arg(cfg), "-accel", accel_name, "-smp", "1",
+            "-m", f"{DEFAULT_MEMORY // 1024**2}M", "-kernel", str(cfg.kernel), "-initrd", str(initrd),
             "-append", append, "-serial", "stdio", "-device", serial]
     for i, name in enumerate(("kit.ctl", "kit.out", "kit.err", "kit.exec")):
         argv += ["-chardev", f"file,id=p{i},path={port_dir}/{name},append=on",
@@ -284,9 +291,10 @@ def main(argv=None) -> int:
     ap.add_argument("--boots", default="initramfs,disk")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--baselines", default="hand,literal", help="which hand-written baselines to run")
+    ap.add_argument("--kernel", default=None, help="kit or distro (default: the kernel kit boots by default)")
     args = ap.parse_args(argv)
 
-    k = kernel.resolve()
+    k, why = kernel.select(args.kernel)
     img = kit.images.get("busybox")
     verdict = accel.choose(k)
     tsc_khz = accel.guest_tsc_khz(verdict.accel)
@@ -305,8 +313,9 @@ def main(argv=None) -> int:
                 make = lambda port_dir, mach=mach, initrd=initrd, drive=drive, spec=spec_b64(img, boot): \
                     literal_written(k, mach, verdict.accel, tsc_khz, initrd, drive, spec, port_dir)  # noqa: E731
                 variants[f"literal {mach} {boot}"] = lambda make=make: run_literal(make)
-            variants[f"kit {mach} {boot}"] = lambda mach=mach, boot=boot: run_kit(machine=mach, boot=boot)
-    print(f"accel={verdict.accel} ({verdict.reason}); tsc_khz={tsc_khz}", file=sys.stderr)
+            variants[f"kit {mach} {boot}"] = lambda mach=mach, boot=boot: run_kit(machine=mach, boot=boot,
+                                                                                  kernel=k.kind if k.kind != "user" else None)
+    print(f"accel={verdict.accel} ({verdict.reason}); tsc_khz={tsc_khz}; kernel {k.version}: {why}", file=sys.stderr)
     for _ in range(args.warmup):
         for fn in variants.values():
             fn()
@@ -326,7 +335,8 @@ def main(argv=None) -> int:
     _write_csv(RESULTS / "vm_summary.csv", summary)
     md = table(summary)
     (RESULTS / "vm_summary.md").write_text(
-        f"accel={verdict.accel} ({verdict.reason}); {args.runs} interleaved rounds after {args.warmup} warm-up\n\n"
+        f"accel={verdict.accel} ({verdict.reason}); kernel {k.version} ({why}); {args.runs} interleaved rounds "
+        f"after {args.warmup} warm-up\n\n"
         + md + "\n")
     storage.record(RESULTS, __file__, ["vm_runs.csv", "vm_summary.csv", "vm_summary.md"])
     print(md)

@@ -137,7 +137,8 @@ def _image_options(p: argparse.ArgumentParser, kind: str) -> None:
         p.add_argument("--no-harden", action="store_true",
                        help="without the baseline hardening (seccomp filter, dropped capabilities, masked /proc "
                             "paths) that runc, crun and LXC apply by default, as Docker does")
-    p.add_argument("--kernel", help="VM only: guest kernel image")
+    p.add_argument("--kernel", help="VM only: guest kernel: kit (the kit's own, the default once built), distro, "
+                                    "or the path of a bzImage")
     p.add_argument("--machine", help="VM only: microvm or q35")
 
 

@@ -54,8 +54,10 @@ def test_key_covers_every_input_and_no_per_run_part(tmp_path):
     with_ports = templates.key_of(run1, machine.QEMU)
     assert with_ports != key  # a template with a network device is another machine...
     assert templates.key_of(run2, machine.QEMU) == with_ports  # ...whatever its paths and ports
+    (tmp_path / "vmlinux").write_bytes(b"another kernel")
     changed = [_cfg(tmp_path, memory_mib=256), _cfg(tmp_path, cpus=2), _cfg(tmp_path, machine="q35"),
-               _cfg(tmp_path, accel="kvm"), _cfg(tmp_path, disk=tmp_path / "vmlinuz")]
+               _cfg(tmp_path, accel="kvm"), _cfg(tmp_path, disk=tmp_path / "vmlinuz"),
+               _cfg(tmp_path, kernel=tmp_path / "vmlinux"), _cfg(tmp_path, acpi=False)]
     keys = {templates.key_of(c, machine.QEMU) for c in changed}
     assert len(keys) == len(changed) and key not in keys
     # A rebuilt initramfs (new content, new mtime) is a new template.
@@ -180,6 +182,20 @@ def test_template_built_then_reused(first):
     assert phases["restore"] <= phases["resumed"] <= phases["command"] <= phases["command_exited"] <= phases["exited"]
     assert "kernel" not in phases or phases["kernel"] >= phases["command"]  # no boot happened
     assert again.info["accel"] in ("kvm", "tcg") and again.info["accel_reason"]
+
+
+@pytest.mark.slow
+def test_each_kernel_has_its_own_template(first):
+    """The first run booted the default kernel (the kit's own); the distribution's kernel gets a
+    template of its own, and both restore."""
+    assert first.info["kernel_kind"] == "kit"
+    distro = _run(kernel="distro")
+    assert distro.exit_code == 0 and distro.info["kernel_kind"] == "distro"
+    assert distro.info["template"] != first.info["template"]
+    kernels = {t["key"]: t["kernel"] for t in templates.ls()}
+    assert kernels[first.info["template"]] == first.info["kernel"]
+    assert kernels[distro.info["template"]] == distro.info["kernel"]
+    assert _run(kernel="distro").info["pool"] == "hit"
 
 
 @pytest.mark.slow

@@ -273,16 +273,19 @@ def test_literal_baseline_is_kits_own_command_line_but_for_the_console(mach):
     # The benchmark's hand-written baseline must boot exactly what kit boots (same devices,
     # same kernel arguments), with ports on files and the console on stdio, and no QMP.
     bench = _bench_vm()
-    k = type("K", (), {"vmlinuz": Path("/k/vmlinuz")})()
-    lit = bench.literal_written(k, mach, "tcg", 2_596_134, Path("/k/initrd"), Path("/k/disk"), "QUJD", "/p")
-    cfg = machine.VMConfig(kernel=k.vmlinuz, initrd=Path("/k/initrd"), disk=Path("/k/disk"), accel="tcg",
-                           machine=mach, tsc_khz=2_596_134, memory_mib=qemu_rt.DEFAULT_MEMORY // 1024**2,
-                           files={n: Path("/p") / n for n in machine.PORTS}, append="kit_spec=QUJD")
-    i = lit.index("-serial")
-    assert lit[i + 1] == "stdio"
-    assert lit[:i] + lit[i + 2:] == machine.argv(cfg)
-    with pytest.raises(SystemExit):
-        bench.literal_written(k, mach, "tcg", None, Path("/i"), None, "A" * 2000, "/p")
+    # the distribution's kernel (a bzImage, ACPI) and the kit's own (its vmlinux through PVH, no ACPI)
+    for k in (type("K", (), {"vmlinuz": Path("/k/vmlinuz"), "vmlinux": None, "acpi": True})(),
+              type("K", (), {"vmlinuz": Path("/k/vmlinuz"), "vmlinux": Path("/k/vmlinux"), "acpi": False})()):
+        lit = bench.literal_written(k, mach, "tcg", 2_596_134, Path("/k/initrd"), Path("/k/disk"), "QUJD", "/p")
+        cfg = machine.VMConfig(kernel=k.vmlinux or k.vmlinuz, initrd=Path("/k/initrd"), disk=Path("/k/disk"),
+                               accel="tcg", machine=mach, tsc_khz=2_596_134, acpi=k.acpi,
+                               memory_mib=qemu_rt.DEFAULT_MEMORY // 1024**2,
+                               files={n: Path("/p") / n for n in machine.PORTS}, append="kit_spec=QUJD")
+        i = lit.index("-serial")
+        assert lit[i + 1] == "stdio"
+        assert lit[:i] + lit[i + 2:] == machine.argv(cfg)
+        with pytest.raises(SystemExit):
+            bench.literal_written(k, mach, "tcg", None, Path("/i"), None, "A" * 2000, "/p")
 
 
 def test_init_decodes_a_spec_from_the_kernel_command_line(tmp_path):

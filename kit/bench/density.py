@@ -44,7 +44,8 @@ def _row(part: str, metric: str, value: float, n: int, repeat: int = 0, componen
 
 
 def steady_state(runtime: str, image: str, *, parts, max_n: int, memory_budget: int, time_budget: float,
-                 timeout: float, prefix: str, image_usages: dict, memory_limit=None, tick=None) -> list[dict]:
+                 timeout: float, prefix: str, image_usages: dict, memory_limit=None, tick=None,
+                 options: dict | None = None) -> list[dict]:
     """Run the steady-state pass for one runtime and image; return partial rows (see :func:`_row`).
 
     Every instance started here is removed before returning, even on error.
@@ -58,6 +59,7 @@ def steady_state(runtime: str, image: str, *, parts, max_n: int, memory_budget: 
         image_usages: the image's per-format disk usage (from :func:`kit.bench.disk.image_rows`).
         memory_limit: the memory limit each instance gets (e.g. ``"256m"``; a VM's RAM).
         tick: called after each instance starts (progress).
+        options: the runtime's own for every instance (e.g. a VM's ``kernel``).
     """
     rows: list[dict] = []
     lives: list[Instance] = []
@@ -66,7 +68,7 @@ def steady_state(runtime: str, image: str, *, parts, max_n: int, memory_budget: 
     limit = runtimes.get(runtime).idle_limit(memory_limit)
 
     def start(i: int) -> tuple[Instance, startup.Ready]:
-        return startup.start(runtime, image, IDLE, f"{prefix}-{i}", timeout, limit)
+        return startup.start(runtime, image, IDLE, f"{prefix}-{i}", timeout, limit, options=options)
 
     def all_pids():  # the instances' own processes: their monitors apart (measurement reads the runtime's record)
         return [p for inst in lives for p in footprint.host_pids(inst.backend, inst.state)]

@@ -14,7 +14,8 @@ import json
 #: Columns of the results frame, in order. A study of start modes adds ``start`` (cold, precreated,
 #: snapshot) and ``pool``: ``hit`` when a warm start's container (or checkpoint, or VM template) was
 #: waiting, ``miss`` when the start made it inside its clock, "" for a cold start; misses are left out of
-#: statistics unless asked (``misses=True``). A fleet run adds ``host``.
+#: statistics unless asked (``misses=True``). A fleet run adds ``host``. A study of VM guest kernels adds
+#: ``kernel`` (kit, distro or a path; "" for a runtime that boots none).
 COLUMNS = [
     "study", "part", "image", "runtime", "kind", "workload", "round", "order", "repeat", "warmup",
     "n", "component", "metric", "value", "unit", "accel", "status", "timestamp",

@@ -24,7 +24,7 @@ from dataclasses import KW_ONLY, dataclass, field, fields
 
 from ..errors import InvalidSpec
 from ..spec import parse_memory
-from . import loadpart, starts
+from . import kernels, loadpart, starts
 from .workloads import PRESETS, Workload, parse, parse_many
 
 #: The parts a study can measure, in the order it measures them.
@@ -96,12 +96,17 @@ class StudyParams:
     starts: tuple[str, ...] = _param(
         ("cold",), "start modes of the startup runs: cold, precreated, snapshot (a list or comma-separated); each "
                    "cell runs once per mode its runtime offers, and rows get a start column (kit.bench.starts)")
+    kernels: tuple[str, ...] = _param(
+        (), "VM guest kernels to compare: kit, distro or the path of a bzImage (a list or comma-separated); each "
+            "cell of a VM runtime runs once per kernel, and rows get a kernel column (kit.bench.kernels); default: "
+            "none, VMs boot their default kernel")
 
     def __post_init__(self):
         def keep(name, value):
             object.__setattr__(self, name, value)
 
         keep("starts", starts.check(self.starts))
+        keep("kernels", kernels.check(self.kernels))
         keep("image", _as_tuple(self.image, "image"))
         keep("runtimes", self.runtimes if self.runtimes == "all" else _as_tuple(self.runtimes, "runtime"))
         items = list(self.workload) if isinstance(self.workload, (list, tuple)) else [self.workload]

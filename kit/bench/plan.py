@@ -17,7 +17,7 @@ import pandas as pd
 
 from .. import runtimes as _runtimes
 from ..errors import RuntimeUnavailable
-from . import loadpart, metrics
+from . import kernels, loadpart, metrics
 from .params import StudyParams
 
 #: The parts measured in one steady-state pass per runtime (:mod:`kit.bench.density`).
@@ -82,15 +82,19 @@ def planned_cells(params: StudyParams, runtimes: list[str]) -> int:
 
 
 def done_cells(df: pd.DataFrame) -> set[tuple]:
-    """The cells a frame already holds: ("startup", round, image, runtime, workload) per startup run,
-    ("disk-image", image) for the image's bytes, ("steady", image, runtime) per steady-state measurement."""
+    """The cells a frame already holds: ("startup", round, image, runtime, workload, kernel) per startup
+    run, ("disk-image", image) for the image's bytes, ("steady", image, runtime, kernel) per steady-state
+    measurement; kernel is "" for a runtime measured without one (:mod:`kit.bench.kernels`)."""
+    if "kernel" not in df.columns:
+        df = df.assign(kernel="")
+    df = df.assign(kernel=df["kernel"].fillna(""))
     st = df[df["part"] == "startup"]
-    cells = {("startup", int(r), i, rt, w) for r, i, rt, w in
-             st[["round", "image", "runtime", "workload"]].drop_duplicates().itertuples(index=False)}
+    cells = {("startup", int(r), i, rt, w, k) for r, i, rt, w, k in
+             st[["round", "image", "runtime", "workload", "kernel"]].drop_duplicates().itertuples(index=False)}
     other = df[~df["part"].isin(["startup", "load"])]  # load cells: loadpart.unfinished
     cells |= {("disk-image", i) for i in other[other["runtime"] == "-"]["image"].unique()}
-    cells |= {("steady", i, rt) for i, rt in
-              other[other["runtime"] != "-"][["image", "runtime"]].drop_duplicates().itertuples(index=False)}
+    cells |= {("steady", i, rt, k) for i, rt, k in other[other["runtime"] != "-"][["image", "runtime", "kernel"]]
+              .drop_duplicates().itertuples(index=False)}
     return cells
 
 
@@ -124,9 +128,11 @@ def todo(params: StudyParams, runtimes: list[str], df: pd.DataFrame | None = Non
     done = done_cells(df) if df is not None else set()
     plan = rounds(params, runtimes) if "startup" in params.parts else []
     startup = [(r, pos, cell) for r, cells in enumerate(plan) for pos, cell in enumerate(cells)
-               if ("startup", r, cell[0], cell[1], cell[2].name) not in done]
+               if any(("startup", r, cell[0], cell[1], cell[2].name, k) not in done
+                      for k in kernels.for_runtime(cell[1], params.kernels))]
     steady = [(image, rt) for image in params.image for rt in runtimes
-              if ("steady", image, rt) not in done] if any(p in params.parts for p in STEADY) else []
+              if any(("steady", image, rt, k) not in done for k in kernels.for_runtime(rt, params.kernels))] \
+        if any(p in params.parts for p in STEADY) else []
     loads = loadpart.unfinished(df, list(params.loads), runtimes, params.warmup + params.repeat - 1) \
         if "load" in params.parts else {}
     return Todo(list(runtimes), {r: _runtimes.get(r).kind for r in runtimes}, plan, startup, steady, loads,

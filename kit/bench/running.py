@@ -18,6 +18,7 @@ import pandas as pd
 
 from .. import images
 from . import density, disk, envinfo, footprint, loadpart, loads, metrics, plan, startup
+from . import kernels as kernels_
 from . import starts as starts_
 from .params import StudyParams
 from .storage import Results, normalise
@@ -95,11 +96,14 @@ def environment(params: StudyParams) -> dict:
     return env
 
 
-def startup_sample(params: StudyParams, rt: str, image: str, w, name: str, mode: str = "cold") -> startup.Sample:
-    """One startup sample; an unexpected error becomes a failed sample, not the end of the study."""
+def startup_sample(params: StudyParams, rt: str, image: str, w, name: str, mode: str = "cold",
+                   kernel: str = "") -> startup.Sample:
+    """One startup sample (of a VM, with ``kernel`` when given); an unexpected error becomes a failed
+    sample, not the end of the study."""
     try:
         return startup.measure(rt, image, w, name, params.timeout, params.memory,
-                               **({"start_mode": mode} if mode != "cold" else {}))
+                               **({"start_mode": mode} if mode != "cold" else {}),
+                               **({"options": kernels_.options(kernel)} if kernel else {}))
     except Exception as e:  # noqa: BLE001  (recorded in the frame; the other runtimes go on)
         s = startup.Sample(status=f"error: {type(e).__name__}: {e}")
         s.add("failed", 1)
@@ -138,21 +142,28 @@ class _Parts:
                 continue
             modes, refused = starts_.offered(rt, p.starts)
             meta.setdefault("skipped_starts", {}).update(refused)
-            for mode in modes:
+            runs = [(m, k) for m in modes for k in kernels_.for_runtime(rt, p.kernels)
+                    if ("startup", r, image, rt, w.name, k) not in self.todo.done]
+            for i, (mode, kern) in enumerate(runs):
                 if rt in self.dropped:
                     break
-                self.bar.set_postfix_str(f"startup {rt} {w.name} {mode} round {r + 1}/{len(self.todo.rounds)}")
-                s = startup_sample(p, rt, image, w, f"b{self.uid}-{r}-{pos}-{mode[0]}", mode)
+                self.bar.set_postfix_str(f"startup {rt} {w.name} {mode} {kern} round {r + 1}/{len(self.todo.rounds)}")
+                s = startup_sample(p, rt, image, w, f"b{self.uid}-{r}-{pos}-{mode[0]}{i}", mode, kern)
                 failures[rt] = 0 if s.status == "ok" else failures[rt] + 1
                 if failures[rt] >= MAX_CONSECUTIVE_FAILURES:
                     self.dropped[rt] = s.status
-                warm = r < p.warmup
-                ctx = {"part": "startup", "image": image, "runtime": rt, "kind": self.todo.kinds[rt],
-                       "workload": w.name, "round": r, "order": pos, "warmup": warm,
-                       "repeat": r if warm else r - p.warmup, "accel": s.accel, "status": s.status,
-                       **({"start": mode, "pool": s.pool} if p.starts != ("cold",) else {})}
-                self.results.add([{**ctx, **row} for row in s.rows])
+                self.results.add([{**self._startup_ctx(r, pos, image, rt, w, s, mode, kern), **row} for row in s.rows])
             self.bar.update(self._cost(rt))
+
+    def _startup_ctx(self, r: int, pos: int, image: str, rt: str, w, s: startup.Sample, mode: str, kern: str) -> dict:
+        """The columns of one startup sample's rows besides its metrics."""
+        p = self.params
+        warm = r < p.warmup
+        return {"part": "startup", "image": image, "runtime": rt, "kind": self.todo.kinds[rt],
+                "workload": w.name, "round": r, "order": pos, "warmup": warm,
+                "repeat": r if warm else r - p.warmup, "accel": s.accel, "status": s.status,
+                **({"start": mode, "pool": s.pool} if p.starts != ("cold",) else {}),
+                **({"kernel": kern} if p.kernels else {})}
 
     def steady(self) -> None:
         """The steady-state parts (memory, disk, density): per image, its bytes, then one pass per runtime
@@ -167,17 +178,18 @@ class _Parts:
             order = list(todo.runtimes)
             rng.shuffle(order)  # so a slowly filling host does not always hit the same runtime
             for i, rt in enumerate(order):
-                if rt in self.dropped or ("steady", image, rt) in todo.done:
-                    continue
-                self.bar.set_postfix_str(f"steady state {rt} ({image})")
-                ctx = {"image": image, "runtime": rt, "kind": todo.kinds[rt], "workload": "idle", "warmup": False,
-                       "order": i}
-                try:
-                    rows = self._steady_rows(image, rt, i, usages)
-                except Exception as e:  # noqa: BLE001  (recorded in the frame; the other runtimes go on)
-                    rows = [{"part": first, "metric": "failed", "value": 1,
-                             "status": f"error: {type(e).__name__}: {e}"}]
-                self.results.add([{**ctx, **r} for r in rows])
+                for j, kern in enumerate(kernels_.for_runtime(rt, p.kernels)):
+                    if rt in self.dropped or ("steady", image, rt, kern) in todo.done:
+                        continue
+                    self.bar.set_postfix_str(f"steady state {rt} {kern} ({image})".replace("  ", " "))
+                    ctx = {"image": image, "runtime": rt, "kind": todo.kinds[rt], "workload": "idle",
+                           "warmup": False, "order": i, **({"kernel": kern} if p.kernels else {})}
+                    try:
+                        rows = self._steady_rows(image, rt, f"{i}{j}", usages, kern)
+                    except Exception as e:  # noqa: BLE001  (recorded in the frame; the other runtimes go on)
+                        rows = [{"part": first, "metric": "failed", "value": 1,
+                                 "status": f"error: {type(e).__name__}: {e}"}]
+                    self.results.add([{**ctx, **r} for r in rows])
                 self.bar.update(1)
 
     def _image_bytes(self, image: str) -> dict:
@@ -188,8 +200,9 @@ class _Parts:
                                "warmup": False, "status": "ok", **r} for r in image_rows])
         return usages
 
-    def _steady_rows(self, image: str, rt: str, i: int, usages: dict) -> list[dict]:
-        """One runtime's steady-state pass: its daemons' memory, then its idle instances' rows."""
+    def _steady_rows(self, image: str, rt: str, i: str, usages: dict, kernel: str = "") -> list[dict]:
+        """One runtime's steady-state pass (a VM's with ``kernel`` when given): its daemons' memory, then its
+        idle instances' rows."""
         p = self.params
         rows = []
         if "memory" in p.parts:
@@ -197,7 +210,8 @@ class _Parts:
         rows += density.steady_state(
             rt, image, parts=p.parts, max_n=self.todo.idle[rt], memory_budget=p.density_memory_budget,
             time_budget=p.density_time_budget, timeout=p.timeout, prefix=f"b{self.uid}-s{i}", image_usages=usages,
-            memory_limit=p.idle_memory, tick=lambda: self.bar.update(self._cost(rt)))
+            memory_limit=p.idle_memory, tick=lambda: self.bar.update(self._cost(rt)),
+            options=kernels_.options(kernel))
         return rows
 
     def load(self) -> None:

@@ -83,14 +83,15 @@ def _phases(sample: Sample, phases: dict, t0: float) -> None:
 
 
 def run_to_exit(runtime: str, image: str, workload: Workload, name: str, timeout: float,
-                memory=None, start_mode: str = "cold") -> Sample:
-    """One foreground run: launch to exit, teardown (waited for: the removal itself), total, phases."""
+                memory=None, start_mode: str = "cold", options: dict | None = None) -> Sample:
+    """One foreground run: launch to exit, teardown (waited for: the removal itself), total, phases.
+    ``options``: the runtime's own (e.g. a VM's ``kernel``)."""
     sample = Sample()
     api.wait_until_quiet()
     t_call = time.time()
     try:
         r = api.run(image, workload.command(), runtime=runtime, name=name, timeout=timeout, memory=memory,
-                    start=start_mode)
+                    start=start_mode, **(options or {}))
     except KitError as e:
         sample.status = f"error: {e}"
         sample.add("failed", 1)
@@ -118,7 +119,7 @@ def run_to_exit(runtime: str, image: str, workload: Workload, name: str, timeout
 
 
 def start(runtime: str, image: str, workload: Workload, name: str, timeout: float, memory=None,
-          start_mode: str = "cold") -> tuple[Instance, Ready]:
+          start_mode: str = "cold", options: dict | None = None) -> tuple[Instance, Ready]:
     """Start a detached instance and wait until it is ready: its handle, and when it was asked for and ready.
 
     Raises:
@@ -129,7 +130,8 @@ def start(runtime: str, image: str, workload: Workload, name: str, timeout: floa
     api.wait_until_quiet()
     t_call = time.time()
     inst = api.start(image, workload.command(port, host_network=_runtimes.get(runtime).host_network), runtime=runtime,
-                     name=name, memory=memory, start=start_mode, ports=[(port, port)] if port else ())
+                     name=name, memory=memory, start=start_mode, ports=[(port, port)] if port else (),
+                     **(options or {}))
     try:
         def ready():
             if workload.ready(inst, port):
@@ -161,11 +163,11 @@ def remove(inst: Instance) -> float:
 
 
 def service(runtime: str, image: str, workload: Workload, name: str, timeout: float, memory=None,
-            start_mode: str = "cold") -> Sample:
+            start_mode: str = "cold", options: dict | None = None) -> Sample:
     """One service run: launch to ready, then teardown (kill and remove)."""
     sample = Sample()
     try:
-        inst, ready = start(runtime, image, workload, name, timeout, memory, start_mode)
+        inst, ready = start(runtime, image, workload, name, timeout, memory, start_mode, options)
     except KitError as e:
         sample.status = f"error: {e}"
         sample.add("failed", 1)
@@ -181,8 +183,9 @@ def service(runtime: str, image: str, workload: Workload, name: str, timeout: fl
 
 
 def measure(runtime: str, image: str, workload: Workload, name: str, timeout: float, memory=None,
-            start_mode: str = "cold") -> Sample:
-    """One startup sample of any workload kind, started as ``start_mode`` (:data:`kit.spec.START_MODES`)."""
+            start_mode: str = "cold", options: dict | None = None) -> Sample:
+    """One startup sample of any workload kind, started as ``start_mode`` (:data:`kit.spec.START_MODES`)
+    with the runtime's ``options`` (e.g. a VM's ``kernel``)."""
     if workload.kind == "exit":
-        return run_to_exit(runtime, image, workload, name, timeout, memory, start_mode)
-    return service(runtime, image, workload, name, timeout, memory, start_mode)
+        return run_to_exit(runtime, image, workload, name, timeout, memory, start_mode, options)
+    return service(runtime, image, workload, name, timeout, memory, start_mode, options)

@@ -40,8 +40,9 @@ _DTYPES = {"study": str, "part": str, "image": str, "runtime": str, "kind": str,
 
 
 #: Columns kept when a frame has them: ``host`` (a fleet run, see kit.bench.fleet); ``start`` and
-#: ``pool`` (a study of start modes, see kit.bench.starts).
-OPTIONAL = ("host", "start", "pool")
+#: ``pool`` (a study of start modes, see kit.bench.starts); ``kernel`` (a study of VM guest kernels,
+#: see kit.bench.kernels).
+OPTIONAL = ("host", "start", "pool", "kernel")
 
 
 def _has_pyarrow() -> bool:

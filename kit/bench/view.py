@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import InvalidSpec
-from . import findings, loadpart, plots, starts, stats, tables
+from . import findings, kernels, loadpart, plots, starts, stats, tables
 from .storage import Results, normalise
 
 #: Columns of a fleet run's status table (:meth:`View.status`), one row per host.
@@ -34,8 +34,9 @@ class View:
     def __init__(self, results: Results, seed: int = 0):
         self._results, self.seed = results, seed
         #: The frame (None before any run), metadata and label as they are when the view is made: a
-        #: :class:`~kit.bench.Study` makes a view for each call.
-        self.df, self.meta, self.name = results.df, results.meta, results.name
+        #: :class:`~kit.bench.Study` makes a view for each call. A VM's rows with a guest kernel are
+        #: named RUNTIME/KERNEL here (kit.bench.kernels), so that every view keeps kernels apart.
+        self.df, self.meta, self.name = kernels.labelled(results.df), results.meta, results.name
 
     def results(self) -> pd.DataFrame:
         """The frame.
@@ -45,9 +46,13 @@ class View:
         """
         return self._results.frame()
 
+    def _labelled(self) -> pd.DataFrame:
+        """The frame with each VM kernel's rows under a runtime of their own (:func:`kit.bench.kernels.labelled`)."""
+        return kernels.labelled(self.results())
+
     def summary(self, part: str | None = None, misses: bool = False) -> pd.DataFrame:
         """Statistics per runtime, image, workload and metric (see :meth:`kit.bench.Study.summary`)."""
-        df = self.results()
+        df = self._labelled()
         if part:
             df = df[df["part"] == part]
         res = stats.summarize(df, seed=self.seed, misses=misses)
@@ -58,7 +63,7 @@ class View:
 
     def relative(self, metric: str | None = None, baseline: str = "process", misses: bool = False) -> pd.DataFrame:
         """Each runtime against a baseline (see :meth:`kit.bench.Study.relative`)."""
-        df = self.results()
+        df = self._labelled()
         if metric is None:
             metric = "throughput" if set(df["part"]) == {"load"} else "launch_to_exit"
         if baseline == "cold":  # warm start modes against each runtime's own cold start
@@ -74,11 +79,11 @@ class View:
 
     def findings(self) -> pd.DataFrame:
         """The reference findings, each decided from these results: :func:`kit.bench.findings.compute`."""
-        return findings.compute(self.results(), self.meta.get("environment") or {}, self.meta.get("skipped") or {})
+        return findings.compute(self._labelled(), self.meta.get("environment") or {}, self.meta.get("skipped") or {})
 
     def plot(self, which=None) -> dict:
         """Figures for every part with data (see :meth:`kit.bench.Study.plot`)."""
-        df = self.results()
+        df = self._labelled()
         figs = plots.all_figures(df, self.meta, which=which)
         if "host" not in df.columns:
             figs.update(loadpart.figures(df, self.meta, which=which))

@@ -88,6 +88,8 @@ class Info(TypedDict, total=False):
         docker_cgroup: the daemon's cgroup of the container (read, never removed by the kit).
     QEMU:
         accel, accel_reason, machine, boot, kernel, memory_mib, vcpus, tsc_khz: how the VM was made;
+        kernel_kind (kit, distro or user), kernel_reason (why that kernel: the default, asked for, or why
+        not the kit's own), kernel_entry (pvh: the uncompressed vmlinux; bzimage);
         sock_dir: its channels' directory; template, template_build_s: a ``snapshot`` start's
         template (and how long building it took, on a miss); guest_oom_kills: the guest kernel's
         OOM kills; qemu_cpu_s: QEMU's own CPU seconds, from its reap.
@@ -111,6 +113,9 @@ class Info(TypedDict, total=False):
     machine: str
     boot: str
     kernel: str
+    kernel_kind: str
+    kernel_reason: str
+    kernel_entry: str
     memory_mib: int
     vcpus: int
     tsc_khz: int | None

@@ -9,7 +9,8 @@ files), reports the exit code and powers off. The host stamps the milestones as
 they arrive, into ``inst.phases``::
 
     launched   QEMU process started
-    kernel     first byte on the guest console (the kernel's setup code)
+    kernel     first byte on the guest console (the kernel's setup code); none when the kernel says
+               nothing before the init (the kit's own, booted through PVH)
     init       the kit init printed its mark
     spec       the init has the run spec (its virtio modules are loaded)
     command    the init is about to exec the command
@@ -50,7 +51,7 @@ from ..portfwd import setns
 from ..spec import parse_expose, parse_memory, resolve_user
 from ..vm import accel as accel_mod
 from ..vm import disk as disk_mod
-from ..vm import initramfs, machine, qmp, templates
+from ..vm import initramfs, machine, qemubin, qmp, templates
 from ..vm import kernel as kernel_mod
 from ..vm.channel import MAX_PATH, Channel, LineRecords
 from .base import Availability, InstanceState, Runtime, which
@@ -62,6 +63,7 @@ OPTIONS = {"kernel", "modules", "machine", "accel", "boot", "disk_size", "expose
 BOOT_DEADLINE = 120.0  # a detached VM must have started its command by then
 CHANNEL_NAMES = {"console": "console.sock", "kit.ctl": "ctl.sock", "kit.exec": "exec.sock"}
 FOLLOW_INTERVAL = 0.05  # how often a foreground run's stream gets what the command wrote
+MARK = accel_mod.MARK  # what the guest init prints on the console first
 RESTORE_DEADLINE = 20.0  # a restored guest must have resumed by then (here: ~0.1 s under TCG)
 
 
@@ -132,10 +134,13 @@ class QemuRuntime(Runtime):
                                            "'python -m kit.vm.kernel fetch' on a host with apt")
             return Availability(self.name, self.kind, True, version,
                                 info={"kernel": "fetched on first run", "accel": "probed on first run",
-                                      **_kvm_access()})
+                                      "kernel_reason": kernel_mod.kit_kernel()[1], **_kvm_access()})
         v = accel_mod.choose(k, binary)  # bounded (PROBE_DEADLINE), then cached
+        why = "the kit's own kernel (the default)" if k.kind == "kit" else \
+            f"the distribution's kernel, because {kernel_mod.kit_kernel()[1]}"
         return Availability(self.name, self.kind, True, f"{version}, accel {v.accel}",
                             info={**_kvm_access(), "accel": v.accel, "accel_reason": v.reason, "kernel": k.version,
+                                  "kernel_reason": why,
                                   "machine": _default_machine(k, v.accel, accel_mod.guest_tsc_khz(v.accel))})
 
     # -- lifecycle ---------------------------------------------------------
@@ -286,9 +291,10 @@ class _VM:
         """Resolve kernel, accelerator, machine, boot mode and sizes (may build cached files)."""
         opts = self._options()
         inst, spec, image = self.inst, self.spec, self.inst.image
-        k = kernel_mod.resolve(opts.get("kernel"), opts.get("modules"))
-        if inst.mounts:  # volumes: the guest mounts QEMU's 9p exports, so its kernel needs 9p
+        k, why = kernel_mod.select(opts.get("kernel"), opts.get("modules"))
+        if inst.mounts and not kernel_mod.has_9p(k):  # volumes: the guest mounts QEMU's 9p exports
             k = kernel_mod.with_9p(k, kernel_mod.module_names())
+            why += "; for volumes (9p), the distribution's generic kernel of that release"
         cache = kernel_mod.kernels_dir() / k.version
         if k.version.startswith("user-") and not cache.exists():
             self.unproven_kernel_dir = cache  # built for this run: removed if the kernel never boots
@@ -328,11 +334,13 @@ class _VM:
         else:
             initrd = initramfs.base(k)
             disk = disk_mod.base_disk(image, parse_memory(opts["disk_size"]) if opts.get("disk_size") else None)
+        image_file = machine.boot_image(k.vmlinuz, k.vmlinux, qemubin.version(which(self.rt.qemu) or self.rt.qemu))
         inst.info.update({"accel": verdict.accel, "accel_reason": verdict.reason, "machine": mach,
-                          "boot": boot, "kernel": k.version, "memory_mib": memory // 1024**2,
-                          "vcpus": machine.vcpus(spec.cpus), "tsc_khz": tsc_khz})
+                          "boot": boot, "kernel": k.version, "kernel_kind": k.kind, "kernel_reason": why,
+                          "kernel_entry": "pvh" if image_file == k.vmlinux else "bzimage",
+                          "memory_mib": memory // 1024**2, "vcpus": machine.vcpus(spec.cpus), "tsc_khz": tsc_khz})
         self.boot = boot
-        return machine.VMConfig(kernel=k.vmlinuz, initrd=initrd, disk=disk, accel=verdict.accel,
+        return machine.VMConfig(kernel=image_file, initrd=initrd, disk=disk, accel=verdict.accel, acpi=k.acpi,
                                 machine=mach, cpus=machine.vcpus(spec.cpus), memory_mib=memory // 1024**2,
                                 ports=self._guest_ports(opts), in_netns=inst.net is not None, tsc_khz=tsc_khz,
                                 shares=[(f"kit{i}", m.host, m.read_only, _security_model())
@@ -557,12 +565,16 @@ class _VM:
 
     def _on_console(self, chunk: bytes) -> None:
         now = time.time()
-        self.inst.phases.setdefault("kernel", now)
+        seen = self.console_tail + chunk
+        if not MARK.startswith(seen[:len(MARK)]):
+            # The kernel's first word. A kernel silent until the init (the kit's own, booted through
+            # PVH: no decompressor, and loglevel=3) shows no sign of life before it: no 'kernel' phase.
+            self.inst.phases.setdefault("kernel", now)
         self.console_log.write(chunk)
         self.console_log.flush()
         # Keep enough to find the init mark across chunk borders and to explain a failure.
         self.console_tail = (self.console_tail + chunk)[-8192:]
-        if "init" not in self.inst.phases and b"kit:init" in self.console_tail:
+        if "init" not in self.inst.phases and MARK in self.console_tail:
             self.inst.phases["init"] = now
 
     def _on_record(self, line: str, t: float) -> None:

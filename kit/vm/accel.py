@@ -20,6 +20,7 @@ import os
 import platform
 import re
 import select
+import shutil
 import stat
 import subprocess
 import time
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from .. import config, userns
 from .._proc import kill_group
-from . import initramfs, machine
+from . import initramfs, machine, qemubin
 from .kernel import Kernel
 
 PROBE_DEADLINE = 15.0
@@ -192,7 +193,8 @@ def choose(kernel: Kernel, qemu: str = machine.QEMU, deadline: float = PROBE_DEA
 
 def probe(kernel: Kernel, qemu: str = machine.QEMU, deadline: float = PROBE_DEADLINE) -> AccelVerdict:
     """Boot ``kernel`` under KVM; never takes longer than ``deadline`` (+ a kill)."""
-    cfg = machine.VMConfig(kernel=kernel.vmlinuz, initrd=initramfs.base(kernel), accel="kvm",
+    image = machine.boot_image(kernel.vmlinuz, kernel.vmlinux, qemubin.version(shutil.which(qemu) or qemu))
+    cfg = machine.VMConfig(kernel=image, initrd=initramfs.base(kernel), accel="kvm", acpi=kernel.acpi,
                            machine="microvm" if kernel.supports_microvm() else "q35", memory_mib=256)
     cmd = machine.argv(cfg, qemu)
     cmd += ["-serial", "stdio"]  # no console socket in cfg: the probe reads QEMU's stdout

@@ -1,4 +1,5 @@
-"""The kit's initramfs: static busybox, the virtio modules and the kit init.
+"""The kit's initramfs: static busybox, the virtio modules (none for a kernel that builds them in,
+as the kit's own does) and the kit init.
 
 Written directly as a ``newc`` cpio (the format the kernel unpacks), so entries
 can be placed under any prefix, with fixed owners and times: the same inputs
@@ -189,7 +190,8 @@ def base(kernel: Kernel) -> Path:
                 c.file(f".kit/lib/{name}.ko", data)
                 packed.add(name)
                 listed.append(f"lib/{name}.ko")
-            c.file(f".kit/modules.{group}", ("\n".join(listed) + "\n").encode())
+            if listed:  # none for a kernel that builds them in (the kit's own): the init loads nothing
+                c.file(f".kit/modules.{group}", ("\n".join(listed) + "\n").encode())
         c.close()
     return out
 

@@ -1,14 +1,24 @@
-"""The guest kernel: the distribution's cloud kernel, fetched once and cached.
+"""The guest kernel a VM boots: the kit's own, the distribution's, or the user's.
+
+* ``kit``: the kit's own minimal kernel, built once from the distribution's kernel source
+  (:mod:`kit.vm.kbuild`; everything built in, booted uncompressed through PVH where QEMU can).
+  The default once built.
+* ``distro``: the distribution's cloud kernel, fetched once (its virtio drivers are modules
+  the kit's init loads). The default until the kit's kernel is built, or when its build failed:
+  :func:`select` then says why.
+* a path: the user's bzImage (and ``modules=`` its ``lib/modules/<version>``).
 
 Layout::
 
     $KIT_HOME/kernels/<version>/vmlinuz
     $KIT_HOME/kernels/<version>/config            (the kernel's .config, when known)
     $KIT_HOME/kernels/<version>/modules/           (lib/modules/<version>/ of the package)
+    $KIT_HOME/kernels/kit-<key>/                   the kit's own (see kit.vm.kbuild)
 
-Fetch ahead of time (``make setup`` does)::
+Fetch and build ahead of time (``make setup`` does)::
 
     python -m kit.vm.kernel fetch
+    python -m kit.vm.kernel build
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from pathlib import Path
 from .. import config
 from .._proc import run
 from ..errors import InvalidSpec, RuntimeUnavailable
+from . import kbuild
 
 #: Debian's meta-package that always depends on the current cloud kernel.
 META_PACKAGE = "linux-image-cloud-amd64"
@@ -44,14 +55,22 @@ class Kernel:
     Attributes:
         vmlinuz: the bzImage QEMU loads with ``-kernel``.
         modules: the ``lib/modules/<version>`` directory, or None (everything built in).
-        version: the kernel release, e.g. ``6.1.0-56-cloud-amd64``.
+        version: the kernel release, e.g. ``6.1.0-56-cloud-amd64``; ``kit-<key>`` for the kit's own,
+            ``user-<content hash>`` for a user's.
         config: the kernel's ``.config``, or None when unknown.
+        vmlinux: the uncompressed ELF kernel with a PVH entry point, or None (QEMU then boots vmlinuz).
     """
 
     vmlinuz: Path
     modules: Path | None
     version: str
     config: Path | None = None
+    vmlinux: Path | None = None
+
+    @property
+    def kind(self) -> str:
+        """``kit``, ``user`` or ``distro``: where this kernel came from."""
+        return self.version.split("-", 1)[0] if self.version.startswith(("kit-", "user-")) else "distro"
 
     def option(self, name: str) -> str | None:
         """The value of ``CONFIG_<name>`` (``y``, ``m``, ...), or None when unset or unknown."""
@@ -68,11 +87,17 @@ class Kernel:
         """Whether QEMU's microvm machine can find its devices under this kernel.
 
         microvm has no PCI: its virtio devices are virtio-mmio, announced through
-        ACPI (or the command line, which QEMU does not use). Unknown config: assume not.
+        ACPI, or without ACPI on the command line (QEMU adds ``virtio_mmio.device=``
+        words when the machine's ACPI is off). Unknown config: assume not.
         """
         mmio = self.option("VIRTIO_MMIO") in ("y", "m")
         announced = self.option("ACPI") == "y" or self.option("VIRTIO_MMIO_CMDLINE_DEVICES") == "y"
         return mmio and announced
+
+    @property
+    def acpi(self) -> bool:
+        """Whether this kernel reads ACPI tables (unknown config: assume so, as distributions build it)."""
+        return self.config is None or self.option("ACPI") == "y"
 
     @property
     def key(self) -> str:
@@ -122,7 +147,7 @@ def _cached() -> list[Kernel]:
     base = kernels_dir()
     if not base.is_dir():
         return out
-    dirs = [d for d in base.iterdir() if not d.name.startswith(("user-", "."))]
+    dirs = [d for d in base.iterdir() if not d.name.startswith(("user-", "kit-", "."))]
     for d in sorted(dirs, key=lambda d: version_key(d.name), reverse=True):
         if (d / "vmlinuz").is_file():
             mods = d / "modules"
@@ -256,47 +281,132 @@ def with_9p(k: Kernel, keep: set[str]) -> Kernel:
 def _load(d: Path) -> Kernel:
     mods = d / "modules"
     conf = d / "config"
-    return Kernel(d / "vmlinuz", mods if mods.is_dir() else None, d.name, conf if conf.is_file() else None)
+    elf = d / "vmlinux"
+    return Kernel(d / "vmlinuz", mods if mods.is_dir() else None, d.name, conf if conf.is_file() else None,
+                  elf if elf.is_file() else None)
 
 
-def resolve(kernel: str | os.PathLike | None = None, modules: str | os.PathLike | None = None) -> Kernel:
-    """The kernel a VM boots: the user's, else the newest cached one, else fetched now.
+#: The words ``kernel=`` takes besides a path.
+CHOICES = ("kit", "distro")
+_HOW_TO_BUILD = "run 'python -m kit.vm.kernel build' (or 'make setup')"
 
-    Args:
-        kernel: a bzImage path given by the user (option ``kernel=``).
-        modules: its ``lib/modules/<version>`` directory (option ``modules=``).
+
+def kit_kernel() -> tuple[Kernel | None, str]:
+    """The kit's own kernel when it is built (this never builds it), else None and why not."""
+    base = kernels_dir()
+    fragment = kbuild.FRAGMENT.read_bytes()
+    source = kbuild.find_source()
+    d = kbuild.cached_build(base, source, fragment)
+    if d is not None:
+        return _load(d), ""
+    if source is None:
+        return None, f"the kit's kernel is not built and its source is not installed: {kbuild.HOW_TO_INSTALL}"
+    key = kbuild.cache_key(source.version, fragment)
+    if kbuild.building(base, key):
+        return None, f"the kit's kernel is being built now (log: {base / (key + '.log')})"
+    failed = kbuild.failure(base, key)
+    if failed:
+        return None, (f"the kit's kernel failed to build: {failed.get('reason')} (log: {failed.get('log')}; to "
+                      f"retry, run 'python -m kit.vm.kernel build')")
+    return None, f"the kit's kernel is not built yet: {_HOW_TO_BUILD}"
+
+
+def build_kit(progress: kbuild.Progress | None = None, jobs: int | None = None) -> Kernel:
+    """Build the kit's own kernel (at once if cached; waits for a build already running) and return it.
 
     Raises:
-        InvalidSpec: the given kernel or modules path does not exist.
-        RuntimeUnavailable: no kernel is cached and none can be fetched.
+        kbuild.BuildFailed: the build failed; the reason is recorded, and the default kernel is the
+            distribution's until a build succeeds.
     """
-    if kernel:
-        k = Path(kernel).expanduser()
-        if not k.is_file():
-            raise InvalidSpec(f"kernel {str(kernel)!r} does not exist: give the path of a bzImage (vmlinuz)")
-        check_bzimage(k)
-        m = Path(modules).expanduser() if modules else None
-        if m is not None and not m.is_dir():
-            raise InvalidSpec(f"modules {str(modules)!r} is not a directory: give lib/modules/<version>")
-        conf = None
-        if m is not None:
-            # Debian ships the config beside the kernel: /boot/config-<version>.
-            cand = k.parent / f"config-{m.name}"
-            conf = cand if cand.is_file() else None
-        # Cached build products (initramfs) of a user's kernel are keyed by its content, never by its
-        # file name: two different files called vmlinuz must not share a folder.
-        return Kernel(k, m, f"user-{_content_id(k)}" + (f"-{m.name}" if m else ""), conf)
-    cached = _cached()
-    if cached:
-        return cached[0]
+    return _load(kbuild.build(kernels_dir(), jobs=jobs, progress=progress))
+
+
+def _say(msg: str) -> None:
+    print(f"kit kernel: {msg}", file=sys.stderr, flush=True)
+
+
+def distro() -> Kernel:
+    """The newest cached distribution kernel, else fetched now.
+
+    Raises:
+        RuntimeUnavailable: none is cached and none can be fetched.
+    """
+    cached_ = _cached()
+    if cached_:
+        return cached_[0]
     try:
         return fetch()
     except (subprocess.SubprocessError, OSError) as e:
         raise RuntimeUnavailable(f"no guest kernel: fetching one failed ({e}): {_HOW_TO_FETCH}") from None
 
 
+def select(kernel: str | os.PathLike | None = None, modules: str | os.PathLike | None = None,
+           progress: kbuild.Progress | None = _say) -> tuple[Kernel, str]:
+    """The kernel a VM boots, and why that one.
+
+    Args:
+        kernel: None (the default: the kit's own kernel when built, else the distribution's, and the
+            reason says why), ``"kit"`` (built now if it never was, with ``progress`` told each step),
+            ``"distro"``, or the path of a bzImage.
+        modules: with a path, its ``lib/modules/<version>`` directory.
+
+    Raises:
+        InvalidSpec: the given kernel or modules path does not exist, or ``modules`` without a path.
+        RuntimeUnavailable: the kernel asked for cannot be had (the message says what to do).
+    """
+    if modules and (not kernel or str(kernel) in CHOICES):
+        raise InvalidSpec("modules= goes with kernel=/path/to/vmlinuz (the kit's and the distribution's "
+                          "kernels bring their own)")
+    if not kernel:
+        k, why = kit_kernel()
+        if k is not None:
+            return k, "the kit's own kernel (the default)"
+        return distro(), f"the distribution's kernel, because {why}"
+    if kernel == "distro":
+        return distro(), "asked for (kernel='distro')"
+    if kernel == "kit":
+        k, why = kit_kernel()
+        if k is not None:
+            return k, "asked for (kernel='kit')"
+        if "failed" in why or "not installed" in why:
+            raise RuntimeUnavailable(f"kernel='kit': {why}")
+        try:
+            return build_kit(progress), "asked for (kernel='kit'); built for this run"
+        except kbuild.BuildFailed as e:
+            raise RuntimeUnavailable(f"kernel='kit': the build failed: {e}") from None
+    return _user_kernel(kernel, modules), "given by path"
+
+
+def _user_kernel(kernel: str | os.PathLike, modules: str | os.PathLike | None) -> Kernel:
+    k = Path(kernel).expanduser()
+    if not k.is_file():
+        raise InvalidSpec(f"kernel {str(kernel)!r} does not exist: give the path of a bzImage (vmlinuz), "
+                          f"or kernel='kit' or 'distro'")
+    check_bzimage(k)
+    m = Path(modules).expanduser() if modules else None
+    if m is not None and not m.is_dir():
+        raise InvalidSpec(f"modules {str(modules)!r} is not a directory: give lib/modules/<version>")
+    conf = None
+    if m is not None:
+        # Debian ships the config beside the kernel: /boot/config-<version>.
+        cand = k.parent / f"config-{m.name}"
+        conf = cand if cand.is_file() else None
+    # Cached build products (initramfs) of a user's kernel are keyed by its content, never by its
+    # file name: two different files called vmlinuz must not share a folder.
+    return Kernel(k, m, f"user-{_content_id(k)}" + (f"-{m.name}" if m else ""), conf)
+
+
+def resolve(kernel: str | os.PathLike | None = None, modules: str | os.PathLike | None = None) -> Kernel:
+    """:func:`select`'s kernel, without the reason."""
+    return select(kernel, modules)[0]
+
+
 def cached() -> Kernel | None:
-    """The newest cached kernel, without fetching (for probes, which must stay quick)."""
+    """The kernel a VM boots by default, without fetching or building (for probes, which must stay
+    quick): the kit's own when built, else the newest cached distribution kernel, else None."""
+    k, _ = kit_kernel()
+    if k is not None:
+        return k
     found = _cached()
     return found[0] if found else None
 
@@ -308,7 +418,10 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--version", help="e.g. 6.1.0-56-cloud-amd64 (default: what apt names now)")
     f.add_argument("--with-9p", action="store_true",
                    help="also fetch the kernel a VM with volumes boots when this one has no 9p")
-    sub.add_parser("list", help="list cached kernels")
+    b = sub.add_parser("build", help="build the kit's own guest kernel from the distribution's kernel source "
+                                     "(minutes; cached)")
+    b.add_argument("--jobs", "-j", type=int, help="parallel compile jobs (default: every CPU)")
+    sub.add_parser("list", help="list cached kernels, and which one a VM boots by default and why")
     args = ap.parse_args(argv)
     if args.cmd == "fetch":
         k = fetch(args.version)
@@ -316,9 +429,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.with_9p:
             k9 = with_9p(k, module_names())
             print(f"{k9.version} (for volumes, 9p): {k9.vmlinuz}")
+    elif args.cmd == "build":
+        try:
+            k = build_kit(_say, args.jobs)
+        except kbuild.BuildFailed as e:
+            print(f"kit kernel: {e}", file=sys.stderr)
+            return 1
+        print(f"{k.version}: {k.vmlinux or k.vmlinuz}")
     else:
-        for k in _cached():
-            print(f"{k.version}: {k.vmlinuz}")
+        kit_k, why = kit_kernel()
+        for k in ([kit_k] if kit_k else []) + _cached():
+            print(f"{k.version}: {k.vmlinux or k.vmlinuz}")
+        print(f"default: {kit_k.version}" if kit_k else f"default: the distribution's kernel, because {why}")
     return 0
 
 

@@ -17,17 +17,23 @@ from ..errors import InvalidSpec
 
 QEMU = "qemu-system-x86_64"
 MACHINES = ("microvm", "q35")
-#: -M values. microvm: ACPI announces the virtio-mmio devices to the kernel; no option
-#: ROMs; an RTC so the guest's wall clock starts right.
+#: -M values. microvm: no option ROMs; an RTC so the guest's wall clock starts right; ACPI
+#: announces the virtio-mmio devices to a kernel that reads it (see :func:`machine_arg`).
 MACHINE_ARGS = {"microvm": "microvm,acpi=on,x-option-roms=off,rtc=on", "q35": "q35"}
+#: The first QEMU release that boots an ELF kernel through its PVH entry point (x86 pc/q35; microvm
+#: came later, with it).
+PVH_SINCE = (4, 0)
 #: Each machine's virtio transport: the init's module group, and the suffix of QEMU's device names.
 VIRTIO_BUS = {"microvm": "mmio", "q35": "pci"}
 DEVICE_SUFFIX = {"microvm": "device", "q35": "pci"}
 PORTS = ("kit.ctl", "kit.out", "kit.err", "kit.exec")
 #: Guest kernel arguments: serial console, only errors on it, reboot (= QEMU exits with
 #: -no-reboot) at once on panic. earlyprintk makes the kernel's first words reach the
-#: console early, so the host can stamp "kernel started".
-CMDLINE = "loglevel=3 console=ttyS0 earlyprintk=ttyS0 panic=-1 reboot=t tsc=reliable no_timer_check"
+#: console early, so the host can stamp "kernel started". noreplace-smp: a kernel built for
+#: SMP that finds one CPU rewrites every lock prefix in its text, one text_poke (a page-table
+#: switch) each, ~0.4 s of a boot under TCG here (benchmarks/bench_kernel.py measures each word);
+#: with more CPUs it rewrites nothing anyway, and a lock prefix left costs a one-CPU guest next to nothing.
+CMDLINE = "loglevel=3 console=ttyS0 earlyprintk=ttyS0 panic=-1 reboot=t tsc=reliable no_timer_check noreplace-smp"
 
 
 @dataclass
@@ -65,6 +71,26 @@ class VMConfig:
     mem_shared: bool = False
     #: Restore: QEMU's -incoming (``defer``: the x-ignore-shared capability is set over QMP first).
     incoming: str | None = None
+    #: Whether the guest kernel reads ACPI. microvm without it: QEMU names the virtio-mmio devices on
+    #: the kernel command line instead (its auto-kernel-cmdline), and MP tables describe the CPUs.
+    acpi: bool = True
+
+
+def machine_arg(cfg: VMConfig) -> str:
+    """The ``-M`` value of ``cfg``."""
+    arg = MACHINE_ARGS[cfg.machine]
+    if cfg.machine == "microvm" and not cfg.acpi:
+        arg = arg.replace("acpi=on", "acpi=off")
+    return arg + (",memory-backend=kitmem" if cfg.mem_path else "")
+
+
+def boot_image(vmlinuz: Path, vmlinux: Path | None, qemu_version: tuple[int, ...] | None) -> Path:
+    """The kernel file QEMU boots fastest: the uncompressed ``vmlinux`` through its PVH entry point
+    (no decompression, no real-mode setup code) when there is one and this QEMU supports it, else
+    the bzImage. An unknown QEMU version is taken as too old."""
+    if vmlinux is not None and qemu_version is not None and tuple(qemu_version[:2]) >= PVH_SINCE:
+        return vmlinux
+    return vmlinuz
 
 
 def kernel_args(cfg: VMConfig) -> str:
@@ -103,7 +129,7 @@ def argv(cfg: VMConfig, qemu: str = QEMU) -> list[str]:
         raise InvalidSpec(f"accelerator {cfg.accel!r} is not supported: use kvm or tcg")
     bus = DEVICE_SUFFIX[cfg.machine]
     a = [qemu, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]
-    a += ["-M", MACHINE_ARGS[cfg.machine] + (",memory-backend=kitmem" if cfg.mem_path else "")]
+    a += ["-M", machine_arg(cfg)]
     if cfg.accel == "kvm":
         a += ["-accel", "kvm", "-cpu", "host"]
     else:

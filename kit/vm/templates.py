@@ -24,7 +24,8 @@ Layout, under ``$KIT_HOME/templates``::
 
 ``KEY`` hashes everything that must match between the template and a restore:
 the QEMU command line with its per-run parts (sockets, output files, forwarded
-ports) left out, the identity of the kernel, initramfs, disk and QEMU binary,
+ports) left out, the identity of the kernel (so the kit's own kernel and the
+distribution's have templates of their own), initramfs, disk and QEMU binary,
 QEMU's version and this module's format. Change any of them and runs use a new
 key; :func:`prune` removes templates.
 """
@@ -49,6 +50,7 @@ from .._proc import kill_group, last_line, marked_env, run
 from .. import config
 from ..errors import StartFailed
 from . import machine, qmp
+from .qemubin import version_line as qemu_version_line
 from .channel import Channel, LineRecords
 
 FORMAT = 1  # bump when the layout or the guest's template point changes
@@ -98,22 +100,11 @@ def root() -> Path:
 
 # -- keys -------------------------------------------------------------------
 
-_versions: dict[tuple, str] = {}
-
-
 def _identity(p: Path | None) -> list | None:
     if p is None:
         return None
     st = os.stat(p)
     return [str(p), st.st_size, st.st_mtime_ns, st.st_ino]
-
-
-def _qemu_version(binary: str) -> str:
-    ident = tuple(_identity(Path(binary)))
-    if ident not in _versions:
-        p = run([binary, "-version"], timeout=10, check=False)
-        _versions[ident] = p.stdout.decode(errors="replace").splitlines()[0] if p.stdout else "?"
-    return _versions[ident]
 
 
 def _canonical(cfg: machine.VMConfig) -> machine.VMConfig:
@@ -132,7 +123,7 @@ def key_of(cfg: machine.VMConfig, qemu: str) -> str:
         "format": FORMAT,
         "argv": machine.argv(_canonical(cfg), "qemu")[1:],
         "files": [_identity(cfg.kernel), _identity(cfg.initrd), _identity(cfg.disk), _identity(Path(binary))],
-        "qemu": _qemu_version(binary),
+        "qemu": qemu_version_line(binary),
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -252,7 +243,7 @@ def _build(key: str, cfg: machine.VMConfig, binary: str) -> Template:
             "key": key, "format": FORMAT, "created": time.time(), "build_s": round(time.monotonic() - t0, 3),
             "accel": cfg.accel, "machine": cfg.machine, "memory_mib": cfg.memory_mib, "cpus": cfg.cpus,
             "kernel": str(cfg.kernel), "initrd": str(cfg.initrd), "disk": str(cfg.disk) if cfg.disk else None,
-            "net": bcfg.net, "qemu": _qemu_version(binary), "argv": argv,
+            "net": bcfg.net, "qemu": qemu_version_line(binary), "argv": argv,
             "state_bytes": len(state), "state_sha256": hashlib.sha256(state).hexdigest(),
             "memory_bytes": (tmp / "memory").stat().st_size,
         }
@@ -368,7 +359,8 @@ def _disk_bytes(path: Path) -> int:
 
 
 def ls() -> list[dict]:
-    """The stored templates: key, machine, accel, memory, and bytes on disk (the RAM file is sparse)."""
+    """The stored templates: key, kernel (its cache folder's name: ``kit-<key>`` or the distribution's
+    release), machine, accel, memory, and bytes on disk (the RAM file is sparse)."""
     out = []
     if not root().exists():
         return out
@@ -377,7 +369,8 @@ def ls() -> list[dict]:
         if t is None:
             continue
         m = t.meta
-        out.append({"key": t.key, "machine": m.get("machine"), "accel": m.get("accel"),
+        out.append({"key": t.key, "kernel": Path(m["kernel"]).parent.name if m.get("kernel") else None,
+                    "machine": m.get("machine"), "accel": m.get("accel"),
                     "memory_mib": m.get("memory_mib"), "cpus": m.get("cpus"), "disk": m.get("disk"),
                     "state_bytes": m.get("state_bytes"), "disk_bytes": _disk_bytes(d),
                     "build_s": m.get("build_s"), "created": m.get("created")})
@@ -385,10 +378,10 @@ def ls() -> list[dict]:
 
 
 def table():
-    """:func:`ls` as a DataFrame: key, machine, accel, memory, cpus, MB on disk, state KB, build seconds."""
+    """:func:`ls` as a DataFrame: key, kernel, machine, accel, memory, cpus, MB on disk, state KB, build seconds."""
     import pandas as pd
 
-    cols = ["key", "machine", "accel", "memory_mib", "cpus", "disk_mb", "state_kb", "build_s", "created"]
+    cols = ["key", "kernel", "machine", "accel", "memory_mib", "cpus", "disk_mb", "state_kb", "build_s", "created"]
     rows = [{**t, "disk_mb": round(t["disk_bytes"] / 1e6, 1), "state_kb": round((t["state_bytes"] or 0) / 1e3, 1),
              "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t["created"] or 0))} for t in ls()]
     return pd.DataFrame(rows, columns=cols)
