@@ -8,6 +8,7 @@ One base class, so a caller can catch everything the kit means to say::
     ├── ImageNotFound        no image of that name in the store
     ├── ImageError           an image could not be built, imported or pulled
     ├── RuntimeUnavailable   unknown runtime, or one that cannot run here (with why)
+    │   └── DaemonUnavailable the runtime's daemon (dockerd) does not answer at its socket
     ├── CommandNotFound      the command does not exist inside the image
     ├── NameInUse            an instance of that name already exists
     ├── InstanceNotFound     no instance of that name
@@ -17,6 +18,9 @@ One base class, so a caller can catch everything the kit means to say::
     │   └── ServiceFailed    a compose service did not start or become healthy (with its last log lines)
     ├── VolumeNotFound       no named volume of that name
     ├── VolumeInUse          a named volume a live instance uses cannot be removed
+    ├── StorageError         a write under $KIT_HOME failed (names the path and KIT_HOME)
+    │   ├── NoSpace          its filesystem is full (with the free and the needed space)
+    │   └── ReadOnlyStorage  its filesystem is read-only, or this user may not write there
     └── ExitError            a run exited non-zero and the caller asked to check
 
 Each message says what was wrong and what to do about it, on one line.
@@ -83,6 +87,30 @@ class ServiceFailed(StartFailed):
     def __init__(self, message: str, service: str = "", logs: str = ""):
         super().__init__(message)
         self.service, self.logs = service, logs
+
+
+class DaemonUnavailable(RuntimeUnavailable):
+    """The runtime's daemon (dockerd) does not answer at its socket; instances of other runtimes are unaffected."""
+
+
+class StorageError(KitError):
+    """A write under ``$KIT_HOME`` failed: the message names the path, what was written and ``KIT_HOME``;
+    ``errno`` is the system's (ENOSPC, EROFS, ...)."""
+
+    def __init__(self, message: str, errno: int | None = None, path: str = ""):
+        super().__init__(message)
+        self.errno, self.path = errno, path
+
+
+class NoSpace(StorageError):
+    """The filesystem holding a path under ``$KIT_HOME`` is full (the message says free and needed space);
+    ``needed`` is the bytes the failed step needed, when known."""
+
+    needed: int | None = None
+
+
+class ReadOnlyStorage(StorageError):
+    """A path under ``$KIT_HOME`` cannot be written: its filesystem is read-only, or permission is denied."""
 
 
 class VolumeNotFound(KitError, LookupError):
