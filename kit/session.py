@@ -489,13 +489,12 @@ class Session:
         """What a removed instance held in the session: its network membership, volume markers, name."""
         state = inst.state
         try:
+            self.networks.leave(state)  # after the member is gone: an auto network may go with it
+        finally:
             try:
-                self.networks.leave(state)  # after the member is gone: an auto network may go with it
+                self.volumes.detach(state.name, state.mounts)  # the volumes stay, no longer in use by it
             finally:
-                try:
-                    self.volumes.detach(state.name, state.mounts)  # the volumes stay, no longer in use by it
-                finally:
-                    self._forget(inst)
+                self._forget(inst)
 
     def _discard_soon(self, inst: Instance) -> None:
         """Tear a finished instance down in the background: the result is already complete.
