@@ -24,7 +24,7 @@ from typing import Callable, Protocol, Sequence
 
 from . import usage
 from ._proc import Stream, wait_until
-from .errors import InstanceNotFound, InvalidSpec, KitTimeout, StartFailed
+from .errors import InstanceNotFound, InvalidSpec, KitError, KitTimeout, StartFailed
 from .result import RunResult
 from .runtimes.base import InstanceState
 from .runtimes.base import Runtime
@@ -110,18 +110,24 @@ class Instance:
 
     @property
     def status(self) -> str:
-        """``running``, ``exited (CODE)`` or ``removed``."""
+        """``running``, ``exited (CODE)``, ``removed``, or how it ended when its command did not simply
+        exit: ``killed (SIGKILL)`` (from outside, or its runtime's own process: ``killed (SIGKILL): runc
+        run, its monitor``), ``oom_killed``, ``guest panic: <last console lines>``. When its runtime
+        cannot say (Docker's daemon down), what is wrong: ``docker: daemon not answering at ...``."""
         if self.state.removed:
             return "removed"
-        if self.backend.running(self.state):
-            return "running"
-        if self.state.exit_code is None:
-            try:  # it has ended: collect its exit code without blocking
-                self.backend.wait(self.state, timeout=0.01)
-            except Exception:
-                pass
-        self.backend.unpublish(self.state)  # ended by itself: its ports go, as at stop
-        return f"exited ({self.state.exit_code})"
+        try:
+            if self.backend.running(self.state):
+                return "running"
+            if self.state.exit_code is None:
+                try:  # it has ended: collect its exit code without blocking
+                    self.backend.wait(self.state, timeout=0.01)
+                except Exception:
+                    pass
+            self.backend.unpublish(self.state)  # ended by itself: its ports go, as at stop
+            return self.backend.end_reason(self.state) or f"exited ({self.state.exit_code})"
+        except KitError as e:  # one runtime's fault is its instances' status, never ps's failure
+            return str(e)
 
     # -- what it does ----------------------------------------------------
     def logs(self) -> RunResult:
@@ -192,6 +198,8 @@ class Instance:
         ``stop_timeout`` or 10 s) and release its published ports; it stays listed until :meth:`rm`."""
         if timeout is None:
             timeout = self.state.spec.stop_timeout if self.state.spec.stop_timeout is not None else 10.0
+        if self.backend.running(self.state):  # its end is this stop's (status: exited, not killed)
+            self.state.info["stopped"] = True
         self.backend.stop(self.state, timeout=timeout)
         try:
             self.backend.wait(self.state, timeout=timeout + 5)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import config
+from . import config, faults
 from .errors import InvalidSpec, VolumeInUse, VolumeNotFound
 from .spec import Mount, check_name, parse_volume, show
 from .usage import disk_usage
@@ -139,7 +139,7 @@ class Volumes:
     def create(self, name: str) -> dict:
         """Create the named volume ``name`` (an existing one is kept as it is); return :meth:`inspect`."""
         _check(name)
-        with _locked():
+        with faults.writing(root(), f"creating volume {name!r}"), _locked():
             _create(name)
         return self.inspect(name)
 
@@ -234,7 +234,7 @@ class Volumes:
         if not any(m.kind == "volume" for m in mounts):
             return [Resolved(m.source, m.target, m.read_only, m.kind, hosts[i]) for i, m in enumerate(mounts)]
         out = []
-        with _locked():
+        with faults.writing(root(), f"preparing the volumes of {name!r}"), _locked():
             for i, m in enumerate(mounts):
                 if m.kind == "volume":
                     _check(m.source)

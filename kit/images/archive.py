@@ -29,6 +29,7 @@ import zlib
 from pathlib import Path
 from typing import IO
 
+from .. import faults
 from ..errors import ImageError, InvalidSpec
 from . import store
 
@@ -65,7 +66,7 @@ def import_tar(name: str, src: str | os.PathLike | IO[bytes], config: dict | Non
         ImageError: unreadable archive, or an unsafe member (absolute path, ``..``, link escaping).
     """
     label = str(src) if isinstance(src, (str, os.PathLike)) else getattr(src, "name", "<stream>")
-    with _staging() as rootfs:
+    with faults.writing(store.root(), f"importing image {name!r}"), _staging() as rootfs:
         with _open_tar(src, label) as tar:
             _apply_layer(tar, rootfs, label, whiteouts=False)
         return store.add(name, rootfs, source=f"tar:{label}", config_=config, move=True)
@@ -104,7 +105,7 @@ def _import_from(src: "_TarSource | _DirSource", name: str, source: str) -> stor
         raise ImageError(f"{str(path)!r} has neither manifest.json nor index.json: "
                          f"it is not a 'docker save' or OCI layout archive (for a plain rootfs tar use import_tar)")
     check_platform(cfg, str(path))
-    with _staging() as rootfs:
+    with faults.writing(store.root(), f"importing image {name!r}"), _staging() as rootfs:
         recorded = []
         for layer in layers:
             raw, size = src.open(layer["path"])
@@ -372,6 +373,8 @@ def _apply_layer(tar: tarfile.TarFile, root: Path, label: str, whiteouts: bool) 
             if m.isdir():
                 dirs.append((target, m))
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        if isinstance(e, OSError) and faults.of_disk(e):
+            raise  # the store's disk, not the archive: said by the boundary that writes (kit.faults)
         raise ImageError(f"cannot unpack {label!r}: {e}; the archive is damaged or truncated") from None
     # Directory times last, as tar does: writing their children changed them.
     for target, m in reversed(dirs):

@@ -16,14 +16,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import stat
 import tempfile
 import threading
+import types
 from contextlib import contextmanager
 from pathlib import Path
 
-from .. import userns
-from ..errors import ImageError, KitError, RuntimeUnavailable
+from .. import faults, userns
+from ..errors import DaemonUnavailable, ImageError, KitError
 from . import archive, store
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
@@ -40,7 +42,8 @@ def docker_host() -> str:
 def daemon_unreachable() -> str:
     """Why no Docker daemon answers, and what to do: this user's access to its socket, else start one."""
     return docker_socket_reason(docker_host()) or \
-        f"no Docker daemon answers at {docker_host()}: start it with 'make setup' or 'dockerd &'"
+        f"docker: daemon not answering at {docker_host()}: start it (scripts/ensure-dockerd, 'make setup' or " \
+        f"'dockerd &') and retry"
 
 
 def docker_socket_reason(host: str) -> str:
@@ -62,11 +65,72 @@ def docker_socket_reason(host: str) -> str:
     return f"permission denied on {sock}: {how} or set DOCKER_HOST to a rootless daemon"
 
 
-def connect(timeout: float | None = 60, error: type[KitError] = RuntimeUnavailable, version: str | None = None):
+def daemon_down() -> DaemonUnavailable:
+    """The one line for a daemon that stopped answering mid-session (its client was made while it did)."""
+    return DaemonUnavailable(f"{daemon_unreachable()}; instances of other runtimes are unaffected")
+
+
+def daemon_answers(timeout: float = 2.0) -> bool:
+    """Whether the daemon at a ``unix://`` ``DOCKER_HOST`` answers ``GET /_ping`` now (another host: assumed so)."""
+    host = docker_host()
+    if not host.startswith("unix://"):
+        return True
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(host[len("unix://"):])
+            s.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            return s.recv(12).startswith(b"HTTP/1.")
+    except OSError:
+        return False
+
+
+@contextmanager
+def answering():
+    """Say a transport failure of the Docker SDK (``requests``' ConnectionError, a stream cut mid-way) as
+    :class:`~kit.errors.DaemonUnavailable` when the daemon does not answer any more; anything else passes
+    (a read timeout is a deadline the caller set, and a daemon that answers again raised something else)."""
+    import requests
+
+    try:
+        yield
+    except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError):
+        if daemon_answers():
+            raise
+        raise daemon_down() from None
+
+
+class _Answering:
+    """The SDK's low-level API (``client.api``) with every call under :func:`answering`, streams too:
+    the one place a daemon that stops answering mid-session becomes one line."""
+
+    def __init__(self, api):
+        self._api = api
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._api, name)
+        if name.startswith("_") or not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            with answering():
+                out = attr(*args, **kwargs)
+            return _answering_stream(out) if isinstance(out, types.GeneratorType) else out
+
+        return call
+
+
+def _answering_stream(gen):
+    with answering():
+        yield from gen
+
+
+def connect(timeout: float | None = 60, error: type[KitError] = DaemonUnavailable, version: str | None = None):
     """A new ``docker`` SDK client (``docker.DockerClient``) for the local daemon (``DOCKER_HOST``), with
     ``timeout`` on every call and, if given, a pinned API ``version``: the one way the kit reaches Docker.
     Its owner closes it: a :class:`kit.Session` owns one (``session.docker``), which its instances' runtime
     gets through their context; what has no session (a probe, a sweep, a pull) uses :func:`connected`.
+    A daemon that stops answering later makes its calls raise :class:`~kit.errors.DaemonUnavailable`.
 
     Raises:
         ``error``: the SDK is missing or no daemon answers (with what to do).
@@ -76,13 +140,15 @@ def connect(timeout: float | None = 60, error: type[KitError] = RuntimeUnavailab
     except ImportError:
         raise error("the docker Python SDK is not installed: pip install docker (or run 'make setup')") from None
     try:
-        return docker.from_env(timeout=timeout, version=version)
+        client = docker.from_env(timeout=timeout, version=version)
     except docker.errors.DockerException:
         raise error(daemon_unreachable()) from None
+    client.api = _Answering(client.api)  # the models (client.containers...) call through it too
+    return client
 
 
 @contextmanager
-def connected(timeout: float | None = 60, error: type[KitError] = RuntimeUnavailable, version: str | None = None):
+def connected(timeout: float | None = 60, error: type[KitError] = DaemonUnavailable, version: str | None = None):
     """:func:`connect` for the length of a ``with`` block, closed after it."""
     client = connect(timeout, error, version)
     try:
@@ -174,18 +240,26 @@ def import_docker(name: str, ref: str | None = None, source: str | None = None) 
     ref = ref or name
     with connected(timeout=300, error=ImageError) as client:
         try:
-            client.api.inspect_image(ref)
+            size = int(client.api.inspect_image(ref).get("Size") or 0)
         except docker.errors.ImageNotFound:
             raise ImageError(f"the Docker daemon has no image {ref!r}: 'docker images' lists what it has; "
                              f"pull it with kit.images.pull({ref!r}) or build one with kit.images.debian()") from None
-        tmp = Path(tempfile.mkdtemp(prefix=".docker-save-", dir=store.root()))
-        try:
-            saved = tmp / "image.tar"
-            with open(saved, "wb") as f:
-                for chunk in client.api.get_image(ref, chunk_size=1 << 20):
-                    f.write(chunk)
-            return archive.import_archive(name, saved, source=source or f"docker:{ref}")
-        except docker.errors.APIError as e:
-            raise ImageError(f"the Docker daemon could not save {ref!r}: {e.explanation or e}") from None
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        # 'docker save' lands beside the store, then its layers are unpacked into it: twice its size.
+        with faults.writing(store.root(), f"storing image {name!r}", needed=2 * size or None):
+            return _save_and_import(client, name, ref, source)
+
+
+def _save_and_import(client, name: str, ref: str, source: str | None) -> store.Image:
+    import docker
+
+    tmp = Path(tempfile.mkdtemp(prefix=".docker-save-", dir=store.root()))
+    try:
+        saved = tmp / "image.tar"
+        with open(saved, "wb") as f:
+            for chunk in client.api.get_image(ref, chunk_size=1 << 20):
+                f.write(chunk)
+        return archive.import_archive(name, saved, source=source or f"docker:{ref}")
+    except docker.errors.APIError as e:
+        raise ImageError(f"the Docker daemon could not save {ref!r}: {e.explanation or e}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import faults
 from ..errors import ImageError, ImageNotFound
 from . import archive, engine, store
 
@@ -238,6 +239,11 @@ def resolve(ref: str) -> tuple[str, dict]:
 def _pull_skopeo(ref: str, r: Reference, name: str, progress: bool) -> store.Image:
     digest, doc = resolve(ref)
     total = sum(int(d.get("size") or 0) for d in [doc.get("config") or {}] + list(doc["layers"]))
+    with faults.writing(store.root(), f"pulling {ref!r}", needed=total, at_least=True):
+        return _copy_skopeo(ref, r, name, progress, digest, total)
+
+
+def _copy_skopeo(ref: str, r: Reference, name: str, progress: bool, digest: str, total: int) -> store.Image:
     tmp = Path(tempfile.mkdtemp(prefix=".pull-", dir=store.root()))
     try:
         layout = tmp / "oci"
@@ -246,6 +252,8 @@ def _pull_skopeo(ref: str, r: Reference, name: str, progress: bool) -> store.Ima
         p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         err = _watch(p, layout, total, ref, progress)
         if p.returncode:
+            if faults.said_no_space(err):  # the store's disk, not the registry
+                raise faults.no_space(store.root(), f"pulling {ref!r}", total, at_least=True)
             lines = err.decode(errors="replace").strip().splitlines()
             raise explain(ref, lines[-1] if lines else f"skopeo exited with {p.returncode}")
         return archive.import_archive(name, layout, source=f"pull:{r} ({digest}, skopeo)")

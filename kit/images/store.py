@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .. import config
+from .. import config, faults
 from ..errors import ImageError, ImageNotFound
 
 
@@ -156,7 +156,7 @@ def add(name: str, rootfs: Path, source: str, layers: list[dict] | None = None,
     dest = digest_dir(digest)
     # Under the store lock: a concurrent remove() of the same content must not delete the tree
     # between this check and the name being recorded.
-    with _store_locked():
+    with faults.writing(root(), f"storing image {name!r}", needed=None if move else size), _store_locked():
         if not (dest / "image.json").exists():
             _store_tree(name, digest, size, rootfs, dest, source, layers, config_, move)
         elif move and Path(rootfs).exists():
@@ -214,6 +214,8 @@ def _copy_tree(src: Path, dst: Path) -> None:
         Path(dst).mkdir(parents=True, exist_ok=True)
         p = subprocess.run(["cp", "-a", f"{src}/.", str(dst)], capture_output=True)
         if p.returncode:
+            if faults.said_no_space(p.stderr):
+                raise faults.no_space(root(), f"copying {src} into the image store")
             raise ImageError(f"could not copy {src}: {p.stderr.decode(errors='replace').strip()}")
 
 

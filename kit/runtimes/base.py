@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -73,6 +74,9 @@ class Info(TypedDict, total=False):
             ``forwarder``), timed by :func:`kit.runtimes._rootfs.step`.
         rootfs: what the root filesystem is: ``overlay``, ``image, read-only`` (the image's own tree,
             nothing mounted) or the rootless overlay's kind (OCI, LXC).
+    Every instance:
+        stopped: the kit stopped it (:meth:`kit.Instance.stop`): a SIGKILL after the stop timeout is the
+            stop's, not a kill from outside (its status stays ``exited (137)``).
     Warm starts (:mod:`kit.pool`, and a VM's template):
         pool: ``hit`` (its container, checkpoint or template was waiting) or ``miss`` (made inside
             the startup clock).
@@ -96,6 +100,7 @@ class Info(TypedDict, total=False):
     """
 
     prepare_ms: dict[str, float]
+    stopped: bool
     rootfs: str
     pool: str
     warm: dict[str, Any]
@@ -502,6 +507,26 @@ class Runtime(ABC):
     def oom_killed(self, inst: InstanceState) -> bool:
         return inst.cgroup is not None and inst.cgroup.oom_kills() > 0
 
+    #: The runtime's own per-instance process that the kit launches and keeps (``runc run``,
+    #: ``lxc-execute``), named in the status when a signal kills it; '' where the kit's process is the
+    #: instance's own (a bare process, QEMU).
+    monitor_name: str = ""
+
+    def end_reason(self, inst: InstanceState) -> str:
+        """How an ended instance ended when its command did not simply exit, for its status:
+        ``oom_killed``, ``killed (SIGKILL)`` (exit 128+9, or the kit's process killed), ``killed (SIGKILL):
+        runc run, its monitor``; '' for an ordinary exit. Runtimes add their own (a VM's guest panic)."""
+        if self.oom_killed(inst):
+            return "oom_killed"
+        if inst.info.get("stopped"):  # its end is the kit's own stop, its SIGKILL after the timeout too
+            return ""
+        code = inst.proc.proc.returncode if inst.proc is not None else None
+        if code is not None and code < 0 and (self.monitor_name or -code == signal.SIGKILL):
+            return f"killed ({signal_name(-code)})" + (f": {self.monitor_name}, its monitor" if self.monitor_name else "")
+        if inst.exit_code == 128 + signal.SIGKILL:  # as a shell and docker say a SIGKILL
+            return "killed (SIGKILL)"
+        return ""
+
     # -- what measurement needs -------------------------------------------
     def pids(self, inst: InstanceState) -> list[int]:
         """Host PIDs that belong to the instance (workload, shims, helpers)."""
@@ -553,6 +578,14 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except OSError:
         return b""
+
+
+def signal_name(number: int) -> str:
+    """``SIGKILL`` for 9; ``signal 99`` for a number without a name."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _norm_code(code: int) -> int:

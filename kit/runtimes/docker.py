@@ -34,7 +34,7 @@ import psutil
 from .._proc import Stream, deliver
 from ..cgroups import Cgroup
 from ..cgroups import version as cgroup_version
-from ..errors import CommandNotFound, KitTimeout, NameInUse, StartFailed
+from ..errors import CommandNotFound, KitError, KitTimeout, NameInUse, StartFailed
 from ..images import engine
 from ..portfwd import Forwarder
 from . import _rootfs
@@ -255,6 +255,8 @@ class DockerRuntime(Runtime):
             t.join(timeout)
 
     def running(self, inst: InstanceState) -> bool:
+        if "container_id" not in inst.info:  # the daemon never made it (its create failed, or never ran)
+            return False
         attrs = self._container(inst)
         return bool(attrs and attrs["State"].get("Running"))
 
@@ -277,7 +279,8 @@ class DockerRuntime(Runtime):
 
         self.unpublish(inst)
         try:
-            self._api(inst).remove_container(inst.id, force=True, v=True)
+            if "container_id" in inst.info:  # else the daemon never made it (a name taken by another is not ours)
+                self._api(inst).remove_container(inst.id, force=True, v=True)
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as e:
@@ -311,19 +314,24 @@ class DockerRuntime(Runtime):
             frames = self._api(inst).exec_start(ex["Id"], stream=True, demux=True)
         except docker.errors.APIError as e:
             raise StartFailed(f"docker: could not exec {argv[0]!r} in {inst.name!r}: {_explain(e)}") from None
-        out, err = bytearray(), bytearray()
+        out, err, failed = bytearray(), bytearray(), []
 
         def pump():
-            for o, e in frames:
-                for label, data, buf in (("stdout", o, out), ("stderr", e, err)):
-                    if data:
-                        buf.extend(data)
-                        if stream is not None:
-                            stream(label, data)
+            try:
+                for o, e in frames:
+                    for label, data, buf in (("stdout", o, out), ("stderr", e, err)):
+                        if data:
+                            buf.extend(data)
+                            if stream is not None:
+                                stream(label, data)
+            except KitError as e:  # the daemon went away mid-exec: said by the caller
+                failed.append(e)
 
         t = threading.Thread(target=pump, daemon=True)
         t.start()
         t.join(timeout or 60)
+        if failed:
+            raise failed[0]
         info = self._api(inst).exec_inspect(ex["Id"])
         if t.is_alive():
             pid = info.get("Pid")

@@ -39,7 +39,7 @@ from ..errors import KitTimeout, StartFailed
 from ..portfwd import Forwarder
 from ..spec import resolve_user
 from . import _rootfs, hardening
-from .base import Availability, InstanceState, Runtime, exec_cli, which
+from .base import Availability, InstanceState, Runtime, exec_cli, signal_name, which
 
 #: Capabilities LXC's own common.conf drops for application containers.
 CAP_DROP = "mac_admin mac_override sys_time sys_module sys_rawio"
@@ -47,6 +47,7 @@ CAP_DROP = "mac_admin mac_override sys_time sys_module sys_rawio"
 MOUNT_POINTS = ("/proc", "/sys", "/dev")
 START_DEADLINE = 15.0
 _STARTED = re.compile(rb"started with pid '(\d+)'")
+_INIT_SIGNALLED = re.compile(rb"Child <\d+> ended on signal \w*\((\d+)\)")
 
 
 def lxcpath() -> Path:
@@ -241,6 +242,7 @@ class LXCRuntime(Runtime):
     supports_volumes = True  # kit.volumes: lxc.mount.entry binds
     limits_in_kit_cgroup = True  # lxc.cgroup.dir.container below the kit's limited group
     image_formats = ("rootfs", "lxc")
+    monitor_name = "lxc-execute"
     cannot = {"stop_signal": "lxc-stop asks lxc-init to end the command with SIGTERM"}
 
     def _no_start_mode(self, mode: str) -> str:
@@ -284,8 +286,10 @@ class LXCRuntime(Runtime):
                     (inst.state_dir / "overlay" / "upper").mkdir(parents=True, exist_ok=True)
                 inst.files = files = _Memfiles(build_config(inst, self._monitor_rel(inst), shared))
                 lxcpath().mkdir(parents=True, exist_ok=True)
+            # INFO: LXC says how the container's init ended ("Child <N> ended on signal Killed(9)") only
+            # at this level, the one way to tell its init killed from outside from a command's exit 1.
             argv = [*self._base("lxc-execute", inst), "-f", files.path(files.config),
-                    "-o", files.path(files.log), "-l", "NOTICE", "--", *spec.command]
+                    "-o", files.path(files.log), "-l", "INFO", "--", *spec.command]
             inst.proc = Pumped(argv, inst.state_dir, stream=stream, detach=spec.detach)
             inst.phases["launched"] = inst.proc.launched_at
             if spec.detach or spec.ports:
@@ -343,6 +347,12 @@ class LXCRuntime(Runtime):
         # The first ERROR is the cause (e.g. "Could not change directory"); the later ones only
         # say that the start failed ("Failed run an application inside container").
         return errors[0].split(" - ", 2)[-1].strip() if errors else self._log_tail(inst)
+
+    def end_reason(self, inst: InstanceState) -> str:
+        """As every runtime's, and the container's init killed from outside (lxc-execute then exits 1)."""
+        why = super().end_reason(inst)
+        m = None if why else _INIT_SIGNALLED.search(self._log(inst))
+        return f"killed ({signal_name(int(m.group(1)))}): the container's init" if m else why
 
     def stop(self, inst: InstanceState, timeout: float = 10.0) -> None:
         if inst.proc is None or inst.proc.proc.poll() is not None:

@@ -251,6 +251,7 @@ class OCIRuntime(Runtime):
         self.binary = binary
         self.name = binary
         self.smoke_test = binary != "runc"
+        self.monitor_name = f"{binary} run"  # named in the status when a signal kills it
 
     # -- discovery ---------------------------------------------------------
     def probe(self) -> Availability:

@@ -54,7 +54,7 @@ from ..vm import disk as disk_mod
 from ..vm import initramfs, machine, qemubin, qmp, templates
 from ..vm import kernel as kernel_mod
 from ..vm.channel import MAX_PATH, Channel, LineRecords
-from .base import Availability, InstanceState, Runtime, which
+from .base import Availability, InstanceState, Runtime, signal_name, which
 
 DEFAULT_MEMORY = 256 * 1024**2
 MIN_MEMORY = 96 * 1024**2  # below this the cloud kernel plus initramfs cannot boot reliably
@@ -223,6 +223,11 @@ class QemuRuntime(Runtime):
         # count (/proc/vmstat) once the command ended (_on_record). The only other guest tasks
         # are the init's small shells (PID 1 itself is never chosen), so a kill is the command's.
         return inst.info.get("guest_oom_kills", 0) > 0
+
+    def end_reason(self, inst: InstanceState) -> str:
+        """As every runtime's (QEMU killed, the guest kernel's OOM kills), and a guest kernel panic."""
+        vm = _vm_of(inst)
+        return (vm.panic() if vm is not None else "") or super().end_reason(inst)
 
     def vm(self, inst: InstanceState) -> "_VM":
         """The host-side state of a started VM (its QEMU command line is ``.argv``)."""
@@ -602,6 +607,15 @@ class _VM:
             text = ""
         return text.splitlines()[-1] if text else "no message"
 
+    def panic(self) -> str:
+        """``guest panic: <the panic line> | <the console's last lines>`` once the guest kernel panicked, or ''."""
+        console = self.console_text()
+        m = re.search(r"Kernel panic - not syncing: ([^\r\n]*)", console)
+        if not m:
+            return ""
+        last = [ln.strip() for ln in console[m.end():].splitlines() if ln.strip()][-2:]
+        return " | ".join([f"guest panic: {m.group(1).strip()}", *last])[:400]
+
     def outcome(self) -> int:
         """The command's exit code once QEMU has exited; raise StartFailed if the guest never said."""
         for ch in self.channels.values():
@@ -618,6 +632,8 @@ class _VM:
             why = f"the guest init failed: {self.guest_error}"
         elif panic:
             why = f"the guest kernel panicked: {panic.group(1).strip()}"
+        elif self.proc.returncode < 0:
+            why = f"QEMU was killed ({signal_name(-self.proc.returncode)}) before the command finished"
         elif self.proc.returncode:
             why = f"QEMU failed ({self.proc.returncode}): {self.qemu_error()}"
         else:
