@@ -33,7 +33,9 @@ from ..errors import ComposeFileError, KitError, ServiceFailed
 from ..instance import Instance
 from ..session import Session
 from ..spec import show
+from . import bridge
 from .file import Project, Service, read
+from .service import Secrets, built_image, image_source, run_options, should_restart, substitute
 
 #: The line a colocated instance's supervisor writes when a service passed its healthcheck.
 HEALTHY = "kit-compose: {} is healthy"
@@ -49,7 +51,13 @@ class Unit:
     services: list[str]       # in start order
     runtime: str
     image: str = ""
+    networks: list[str] = field(default_factory=list)  # kit networks: the one it joins, then those it is
+    #                                                    reached on through a forwarder (kit.compose.bridge)
+    source: str = ""          # how its image is come by (built, substituted, named)
     instance: Instance | None = field(default=None, repr=False)  # its handle, once started
+    kw: dict = field(default_factory=dict, repr=False)   # what it was started with (a restart reuses it)
+    restarts: int = 0
+    history: str = field(default="", repr=False)         # the logs of its instances before a restart
 
 
 class Stacks:
@@ -83,8 +91,13 @@ class Stack:
     registry: Stacks
     units: dict[str, Unit] = field(default_factory=dict)      # instance name -> unit
     where: dict[str, str] = field(default_factory=dict)       # service -> instance name
-    network: str | None = None
     volumes: list[str] = field(default_factory=list)          # kit volume names the project uses
+    networks: list[str] = field(default_factory=list)         # kit networks it made
+    secrets: Secrets | None = None
+    bridges: list = field(default_factory=list)               # forwarders between its networks
+    supervisor: threading.Thread | None = field(default=None, repr=False)
+    anonymous: list[str] = field(default_factory=list)        # anonymous volumes (removed at down)
+    stopping: threading.Event = field(default_factory=threading.Event, repr=False)
     timings: dict[str, dict] = field(default_factory=dict)    # service -> {"started": s, "healthy": s}
     requested: float = 0.0
 
@@ -114,13 +127,16 @@ def _instance_name(project: str, unit: str) -> str:
 
 
 def plan(project: Project, runtime: str | None = None, runtimes: dict | None = None,
-         colocate=None) -> list[Unit]:
-    """The instances ``up`` would start, in start order, without starting anything.
+         colocate=None, images: dict | None = None) -> list[Unit]:
+    """The instances ``up`` would start, in start order, without starting anything: each with its
+    runtime, the networks it joins (the first) and is reached on (the others), and where its image
+    comes from.
 
     Args:
         runtime: default runtime of services without ``x-kit-runtime``.
         runtimes: ``{service: runtime}`` overriding both.
         colocate: ``{group: [service, ...]}`` (overrides ``x-kit-colocate``), or True: all in one.
+        images: ``{registry image pattern: kit image}`` substituted (``{"mariadb:*": "debian-mariadb"}``).
     """
     runtimes = dict(runtimes or {})
     for svc in runtimes:
@@ -173,25 +189,39 @@ def plan(project: Project, runtime: str | None = None, runtimes: dict | None = N
 
     for u in units.values():
         place(u)
+    nets = bridge.service_networks(project)
+    for u in ordered:
+        first = project.services[u.services[0]]
+        u.networks = [network_name(project, n) for n in nets[first.name]] if len(ordered) > 1 else []
+        u.source = image_source(first, images)
     return ordered
+
+
+def network_name(proj: Project, net: str) -> str:
+    """The kit network behind compose network ``net``: ``<project>_<net>`` (an external one keeps its name)."""
+    spec = proj.networks.get(net) or {}
+    return str(spec.get("name") or net) if spec.get("external") else f"{proj.name}_{net}"
 
 
 def up(file, runtime: str | None = None, project: str | None = None, *, runtimes: dict | None = None,
        colocate=None, wait: bool = True, timeout: float = 600, memory=None, environ: dict | None = None,
-       session: Session | None = None) -> Stack:
+       session: Session | None = None, images: dict | None = None, profiles=None, strict: bool = False) -> Stack:
     """Start a compose file's services; return the running :class:`Stack`.
 
     Args:
-        file: path to the compose file (or its YAML text).
+        file: path to the compose file (or its YAML text), or a list merged in order (``-f a -f b``).
         runtime: default runtime for services without ``x-kit-runtime``.
-        project: project name (default: the file's ``name:``, else its directory's name).
+        project: project name (default: ``COMPOSE_PROJECT_NAME``, the file's ``name:``, its directory's name).
         runtimes: ``{service: runtime}``, overriding ``x-kit-runtime``.
         colocate: ``{group: [services]}`` run together in one instance, or True for all in one.
         wait: also wait for every service with a healthcheck to be healthy (``up --wait``).
         timeout: seconds a service may take to become healthy.
         memory: memory of each colocated instance (default: the sum of its services' limits).
-        environ: variables for ``${VAR}`` in the file, overriding ``os.environ``.
+        environ: variables for ``${VAR}`` in the file, overriding ``os.environ`` (which overrides ``.env``).
         session: the :class:`kit.Session` whose instances the services become (default: the default one).
+        images: ``{registry image pattern: kit image}`` run instead (e.g. ``{"mariadb:*": "debian-mariadb"}``).
+        profiles: active profiles (default ``COMPOSE_PROFILES``).
+        strict: refuse keys that only tune operations too.
 
     Raises:
         ComposeFileError: the file or an argument is wrong; nothing was started.
@@ -199,30 +229,25 @@ def up(file, runtime: str | None = None, project: str | None = None, *, runtimes
     """
     import os
 
-    proj = read(file, project, environ={**os.environ, **(environ or {})})
-    units = plan(proj, runtime, runtimes, colocate)
+    variables = {**os.environ, **(environ or {})}
+    proj = read(file, project, environ=variables, profiles=profiles, strict=strict)
+    units = plan(proj, runtime, runtimes, colocate, images)
     stacks = _stacks(session)
     with stacks.lock:
         if proj.name in stacks.up:
             raise KitError(f"project {proj.name!r} is already up: down it first, or give another project=")
         stack = stacks.up[proj.name] = Stack(proj, stacks)
     stack.requested = time.time()
+    stack.secrets = Secrets(proj, {**_dotenv(proj), **variables})
     created_volumes: list[str] = []
     try:
         for u in units:
-            u.image = _unit_image(proj, u)
-        _volumes(stack, created_volumes)
-        if len(units) > 1:
-            stack.network = _network(stack)
+            u.image = _unit_image(proj, u, images)
+        _volumes(stack, units, created_volumes)
+        _networks(stack, units)
         for u in units:
             _wait_dependencies(stack, u, timeout)
-            try:
-                _start_unit(stack, u, memory)
-            except (ComposeFileError, ServiceFailed):
-                raise
-            except KitError as e:
-                svc = u.services[0] if len(u.services) == 1 else ", ".join(u.services)
-                raise ServiceFailed(f"service {svc!r} ({u.runtime}) failed to start: {e}", svc) from e
+            _start_checked(stack, u, memory)
         if wait:
             for u in units:
                 for svc in u.services:
@@ -230,14 +255,67 @@ def up(file, runtime: str | None = None, project: str | None = None, *, runtimes
     except BaseException:
         _teardown(stack, remove_volumes=created_volumes)
         raise
+    stack.anonymous = [v for v in created_volumes if "_anon_" in v]
+    if any(proj.services[svc].restart != "no" for u in units for svc in u.services):
+        stack.supervisor = threading.Thread(target=_supervise, args=(stack,), daemon=True,
+                                            name=f"kit-compose-{proj.name}")
+        stack.supervisor.start()
     return stack
 
 
-def _unit_image(proj: Project, u: Unit) -> str:
-    """The kit image of a unit: the service's own, one built from ``x-kit-packages``, or for a
-    colocated group a Debian image with every member's packages (an existing one that has them all
-    is reused)."""
+def _dotenv(proj: Project) -> dict:
+    from .source import read_env_file
+
+    f = proj.directory / ".env"
+    return read_env_file(f) if f.is_file() else {}
+
+
+def _start_checked(stack: Stack, u: Unit, memory) -> None:
+    try:
+        _start_unit(stack, u, memory)
+    except (ComposeFileError, ServiceFailed):
+        raise
+    except KitError as e:
+        svc = u.services[0] if len(u.services) == 1 else ", ".join(u.services)
+        raise ServiceFailed(f"service {svc!r} ({u.runtime}) failed to start: {e}", svc) from e
+
+
+def _supervise(stack: Stack) -> None:
+    """Start again each service whose instance ended, as its ``restart`` policy says, while the project is up.
+
+    The ended instance's logs are kept (``logs`` shows them before the new instance's, with a line
+    saying why it restarted) and ``ps`` counts the restarts.
+    """
+    while not stack.stopping.wait(0.5):
+        for u in list(stack.units.values()):
+            if len(u.services) != 1 or u.instance is None:
+                continue
+            s = stack.project.services[u.services[0]]
+            status = u.instance.status
+            if status == "running" or status == "removed" or not should_restart(s, status, u.restarts):
+                continue
+            try:
+                r = u.instance.logs()
+                u.history += (r.stdout or "") + (r.stderr or "")
+                u.history += f"kit-compose: {s.name} ended ({status}); restart {u.restarts + 1} ({s.restart})\n"
+                u.instance.rm(force=True)
+                if stack.stopping.is_set():
+                    return
+                u.instance = stack.session.start(u.image, u.kw["command"], u.runtime, **u.kw["options"])
+                u.restarts += 1
+            except KitError as e:
+                u.history += f"kit-compose: {s.name} could not restart: {e}\n"
+
+
+def _unit_image(proj: Project, u: Unit, mapping: dict | None = None) -> str:
+    """The kit image of a unit: built from ``build:``, a kit image substituted, the service's own, one
+    built from ``x-kit-packages``, or for a colocated group a Debian image with every member's packages
+    (an existing one that has them all is reused)."""
     svcs = [proj.services[s] for s in u.services]
+    if len(svcs) == 1 and svcs[0].build:
+        return built_image(proj, svcs[0])
+    if len(svcs) == 1 and substitute(svcs[0], mapping):
+        return substitute(svcs[0], mapping)
     if len(svcs) == 1 and not svcs[0].packages:
         return svcs[0].image
     names = {s.image for s in svcs if s.image and not s.packages}
@@ -273,18 +351,25 @@ def packages_image(packages) -> "images.Image":
     return images.debian(f"compose-{digest}", packages=sorted(wanted))
 
 
-def _volumes(stack: Stack, created: list[str]) -> None:
-    used = {src for s in stack.project.services.values() for src, _, _, kind in s.volumes if kind == "volume"}
+def _volumes(stack: Stack, units: list[Unit], created: list[str]) -> None:
+    used = {_mount_source(stack.project, svc, src, dest, kind) for u in units for svc in u.services
+            for src, dest, _, kind in stack.project.services[svc].volumes if kind in ("volume", "anonymous")}
     if not used:
         return
     kv = stack.session.volumes
     have = set(kv.names())
-    for vol in sorted(used):
-        name = volume_name(stack.project, vol)
+    for name in sorted(used):
         if name not in have:
             kv.create(name)
             created.append(name)
         stack.volumes.append(name)
+
+
+def _mount_source(proj: Project, svc: str, src: str, dest: str, kind: str) -> str:
+    """The kit volume or host path behind a service's volume (an anonymous one is ``<project>_<service>_anon_<hash>``)."""
+    if kind == "anonymous":
+        return f"{proj.name}_{svc}_anon_{hashlib.sha256(dest.encode()).hexdigest()[:8]}"
+    return volume_name(proj, src) if kind == "volume" else src
 
 
 def volume_name(proj: Project, vol: str) -> str:
@@ -295,11 +380,12 @@ def volume_name(proj: Project, vol: str) -> str:
     return spec.get("name") or f"{proj.name}_{vol}"
 
 
-def _network(stack: Stack) -> str:
-    name = f"{stack.name}_default"
-    if name not in stack.session.networks.names():
-        stack.session.networks.create(name)
-    return name
+def _networks(stack: Stack, units: list[Unit]) -> None:
+    have = set(stack.session.networks.names())
+    for name in dict.fromkeys(n for u in units for n in u.networks):
+        if name not in have:
+            stack.session.networks.create(name)
+            stack.networks.append(name)
 
 
 def _wait_dependencies(stack: Stack, u: Unit, timeout: float) -> None:
@@ -315,32 +401,91 @@ def _start_unit(stack: Stack, u: Unit, memory) -> None:
     for s in svcs:
         stack.timings[s.name] = {}
         stack.where[s.name] = u.name
-    kw = {"name": u.name, "ports": [p for s in svcs for p in s.ports],
-          "volumes": [_mount(proj, src, dest, ro, kind) for s in svcs for src, dest, ro, kind in s.volumes]}
-    if stack.network:
-        kw["network"] = stack.network
-        if len(svcs) == 1:  # the network's hosts file names each member by its hostname too
-            kw["hostname"] = svcs[0].name
-        exposed = sorted({p for s in svcs for p in s.expose} | {int(p.split(":")[1]) for s in svcs for p in s.ports})
-        if exposed and _is_vm(u.runtime):
-            kw["expose"] = exposed  # a VM's served ports, so that the other members reach them
+    kw = _unit_kw(stack, u, svcs)
     if len(svcs) == 1:
         s = svcs[0]
-        argv = s.argv(images.get(u.image).config.get("cmd") or [])
-        if not argv:
+        argv = s.argv(_image_cmd(u.image)) or None
+        if argv is None and images.exists(u.image):
             raise ComposeFileError(f"service {s.name!r} has no command and image {u.image!r} names none")
-        kw.update(env=s.environment, workdir=s.working_dir, memory=s.memory)
+        kw.update(env=s.environment, workdir=s.working_dir, memory=s.memory, **run_options(proj, s))
+        kw["hostname"] = s.hostname or s.name  # the network's hosts file names each member by it too
+        if s.container_name:
+            kw["name"] = s.container_name
+            stack.where[s.name] = u.name = s.container_name
     else:
         argv = ["/bin/sh", "-c", supervisor(proj, u.services, u.image)]
         limits = [s.memory for s in svcs if s.memory]
         kw["memory"] = memory or (sum(limits) if limits else None)
     if not kw["volumes"]:
         del kw["volumes"]
-    u.instance = stack.session.start(u.image, argv, u.runtime, **kw)
+    name = kw.pop("name")
+    u.kw = {"command": argv, "options": {"name": name, **kw}}
+    u.instance = stack.session.start(u.image, argv, u.runtime, name=name, **kw)
     stack.units[u.name] = u
+    if len(u.networks) > 1:
+        _bridge(stack, u, svcs[0])
     now = time.time() - stack.requested
     for s in svcs:
         stack.timings[s.name]["started"] = now
+
+
+def _unit_kw(stack: Stack, u: Unit, svcs: list[Service]) -> dict:
+    """Name, ports, volumes (secrets and configs too), tmpfs and network of a unit's instance."""
+    proj = stack.project
+    kw = {"name": u.name, "ports": [_free(p) for s in svcs for p in s.ports], "volumes": [], "tmpfs": []}
+    for s in svcs:
+        for src, dest, ro, kind in s.volumes:
+            if kind == "tmpfs":
+                kw["tmpfs"].append(src)
+            else:
+                kw["volumes"].append(f"{_mount_source(proj, s.name, src, dest, kind)}:{dest}" + (":ro" if ro else ""))
+        kw["volumes"] += stack.secrets.mounts(s)
+    if not kw["tmpfs"]:
+        del kw["tmpfs"]
+    if u.networks:
+        kw["network"] = u.networks[0]
+        exposed = _exposed(svcs)
+        if exposed and _is_vm(u.runtime):
+            kw["expose"] = exposed  # a VM's served ports, so that the other members reach them
+    return kw
+
+
+def _exposed(svcs) -> list[int]:
+    return sorted({p for s in svcs for p in s.expose} | {int(p.split(":")[1]) for s in svcs for p in s.ports})
+
+
+def _free(port: str) -> str:
+    """``HOST:CONTAINER``, a free host port chosen for ``0:CONTAINER`` (Compose's ephemeral port)."""
+    import socket
+
+    host, cont = port.split(":")
+    if host != "0":
+        return port
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"{sock.getsockname()[1]}:{cont}"
+
+
+def _image_cmd(image: str) -> list:
+    try:
+        return images.get(image).config.get("cmd") or []
+    except KitError:
+        return []  # a registry image the session pulls: its own command, then
+
+
+def _bridge(stack: Stack, u: Unit, s: Service) -> None:
+    """Reach ``s`` on each network after its first: a stand-in member with its hostname there, and its
+    declared ports forwarded from that network's namespace into the one it joined."""
+    nets = stack.session.networks
+    for net in u.networks[1:]:
+        image, argv = bridge.STAND_IN
+        stand_in = Unit(f"{u.name}-{net.rsplit('_', 1)[-1]}", [], "runc", image)
+        stand_in.instance = stack.session.start(image, argv, "runc", name=stand_in.name, network=net,
+                                                hostname=s.hostname or s.name)
+        stack.units[stand_in.name] = stand_in
+        ports = _exposed([s])
+        if ports:
+            stack.bridges.append(bridge.Forward(nets.get(net).ns_path, nets.get(u.networks[0]).ns_path, ports).start())
 
 
 def _is_vm(runtime: str | None) -> bool:
@@ -350,11 +495,6 @@ def _is_vm(runtime: str | None) -> bool:
         return runtime is not None and runtimes.get(runtime).kind == "vm"
     except KitError:
         return False
-
-
-def _mount(proj: Project, src: str, dest: str, ro: bool, kind: str) -> str:
-    source = volume_name(proj, src) if kind == "volume" else src
-    return f"{source}:{dest}" + (":ro" if ro else "")
 
 
 def supervisor(proj: Project, services: list[str], image: str) -> str:
@@ -452,6 +592,12 @@ def _tail(stack: Stack, svc: str) -> list[str]:
 
 
 def _teardown(stack: Stack, remove_volumes=()) -> list[str]:
+    stack.stopping.set()
+    if stack.supervisor is not None and stack.supervisor is not threading.current_thread():
+        stack.supervisor.join(30)
+    for fwd in stack.bridges:
+        fwd.stop()
+    stack.bridges.clear()
     gone = []
     for name, unit in reversed(list(stack.units.items())):
         try:
@@ -460,9 +606,15 @@ def _teardown(stack: Stack, remove_volumes=()) -> list[str]:
         except KitError:  # removed already
             pass
     stack.units.clear()
-    if stack.network:
-        stack.session.networks.rm(stack.network)
-    for v in remove_volumes:
+    for net in reversed(stack.networks):
+        try:
+            stack.session.networks.rm(net)
+        except KitError:  # gone with its last member already
+            pass
+    stack.networks.clear()
+    if stack.secrets is not None:
+        stack.secrets.remove()
+    for v in dict.fromkeys([*remove_volumes, *stack.anonymous]):
         stack.session.volumes.rm(v)
     with stack.registry.lock:
         if stack.registry.up.get(stack.name) is stack:
@@ -498,7 +650,7 @@ def _external(proj: Project, kit_volume: str) -> bool:
 
 
 def ps(project):
-    """One row per service: service, instance, runtime, image, status, ports, started_s, healthy_s."""
+    """One row per service: service, instance, runtime, image, status, restarts, ports, started_s, healthy_s."""
     import pandas as pd
 
     stack = get(project)
@@ -508,10 +660,10 @@ def ps(project):
             continue
         s, u = stack.project.services[svc], stack.units[name]
         rows.append({"service": svc, "instance": name, "runtime": u.runtime, "image": u.image,
-                     "status": u.instance.status, "ports": ", ".join(s.ports),
+                     "status": u.instance.status, "restarts": u.restarts, "ports": ", ".join(s.ports),
                      "started_s": stack.timings.get(svc, {}).get("started"),
                      "healthy_s": stack.timings.get(svc, {}).get("healthy")})
-    return pd.DataFrame(rows, columns=["service", "instance", "runtime", "image", "status", "ports",
+    return pd.DataFrame(rows, columns=["service", "instance", "runtime", "image", "status", "restarts", "ports",
                                        "started_s", "healthy_s"])
 
 
@@ -527,7 +679,7 @@ def logs(project, service: str | None = None) -> str:
             r = unit.instance.logs()
         except KitError:
             continue
-        text = (r.stdout or "") + (r.stderr or "")
+        text = unit.history + (r.stdout or "") + (r.stderr or "")
         colocated = len(unit.services) > 1
         for line in text.splitlines():
             if colocated:  # the supervisor already prefixed each line with its service

@@ -73,7 +73,7 @@ def _provide_bases(client, names: list[str]) -> None:
 
 
 def build(context: str | os.PathLike, tag: str, dockerfile: str | None = None, buildargs: dict | None = None,
-          stream: Callable[[str], None] | None = None) -> store.Image:
+          stream: Callable[[str], None] | None = None, target: str | None = None) -> store.Image:
     """Build ``context`` with the daemon's builder, tag it ``tag`` there and store it as ``tag``.
 
     Args:
@@ -81,6 +81,7 @@ def build(context: str | os.PathLike, tag: str, dockerfile: str | None = None, b
         tag: the image's name, in the daemon and in the kit's store (e.g. ``myapp:1``).
         dockerfile: the Dockerfile, relative to ``context`` (default ``Dockerfile``) or absolute.
         buildargs: ``ARG`` values.
+        target: the stage of a multi-stage Dockerfile to build (default its last).
         stream: receives each line of the build log as it comes (default: print it).
 
     Raises:
@@ -104,7 +105,8 @@ def build(context: str | os.PathLike, tag: str, dockerfile: str | None = None, b
     try:
         _provide_bases(client, base_images(df.read_text(errors="replace")))
         for chunk in client.api.build(path=str(ctx.resolve()), dockerfile=str(df.resolve()), tag=tag, rm=True,
-                                  forcerm=True, pull=False, buildargs=buildargs or {}, decode=True):
+                                  forcerm=True, pull=False, buildargs=buildargs or {}, decode=True,
+                                  target=target):
             if chunk.get("error"):
                 detail = " | ".join(list(tail) + [chunk["error"].strip()])
                 raise ImageError(f"build of {tag!r} failed at {step or 'its start'}: {' '.join(detail.split())[:400]}")
