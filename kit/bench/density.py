@@ -7,7 +7,9 @@ booted (a VM under TCG takes seconds) is measured for all of them:
   process, cgroup working set, the guest's view for VMs);
 - ``density``: after each doubling, total and per-instance memory (the
   instances' own processes, their per-instance monitors apart) and the start
-  time of each new instance, until ``max_n`` or a budget is reached;
+  time of each new instance, until ``max_n`` or a budget is reached; beside
+  the PSS sum, gVisor's method (the host's MemAvailable before and after,
+  divided by n); with KSM on, once its merging has settled (kit.bench.ksm);
 - ``disk``: the bytes each live instance adds, and totals for 1..N instances
   with the shared image formats counted once.
 """
@@ -45,7 +47,7 @@ def _row(part: str, metric: str, value: float, n: int, repeat: int = 0, componen
 
 def steady_state(runtime: str, image: str, *, parts, max_n: int, memory_budget: int, time_budget: float,
                  timeout: float, prefix: str, image_usages: dict, memory_limit=None, tick=None,
-                 options: dict | None = None) -> list[dict]:
+                 options: dict | None = None, settle=None) -> list[dict]:
     """Run the steady-state pass for one runtime and image; return partial rows (see :func:`_row`).
 
     Every instance started here is removed before returning, even on error.
@@ -60,6 +62,8 @@ def steady_state(runtime: str, image: str, *, parts, max_n: int, memory_budget: 
         memory_limit: the memory limit each instance gets (e.g. ``"256m"``; a VM's RAM).
         tick: called after each instance starts (progress).
         options: the runtime's own for every instance (e.g. a VM's ``kernel``).
+        settle: with KSM on, ``settle(n, pids)`` waits, after each step, until its merging has settled
+            and returns its rows (:func:`kit.bench.ksm.measure`), before memory is read.
     """
     rows: list[dict] = []
     lives: list[Instance] = []
@@ -80,12 +84,13 @@ def steady_state(runtime: str, image: str, *, parts, max_n: int, memory_budget: 
             if not lives:
                 break
             n = len(lives)
+            merged = settle(n, all_pids) if settle and "density" in parts else []
             reading = footprint.steady(all_pids)  # partial (a process unreadable): its rows say so
             if n == 1 and "memory" in parts:
                 rows += _memory_rows(lives[0], timeout)
             used = footprint.host_used() - base_used
             if "density" in parts:
-                rows += _density_rows(lives, reading, used)
+                rows += _density_rows(lives, reading, used) + merged
             if not started or n >= max_n:
                 break
             nxt = steps[k + 1]
@@ -137,7 +142,8 @@ def _density_rows(lives: list, reading, used: float) -> list[dict]:
     ws = [footprint.cgroup_memory(inst.cgroup)[1] for inst in lives]
     rows = [_row("density", "density_pss_total", pss, n=n, status=reading.status),
             _row("density", "density_pss_per_instance", pss / n, n=n, status=reading.status),
-            _row("density", "density_host_used", used, n=n)]
+            _row("density", "density_host_used", used, n=n),
+            _row("density", "density_host_per_instance", used / n, n=n)]
     monitors = footprint.read([p for inst in lives for p in inst.backend.monitor_pids(inst.state)])
     if monitors.procs or monitors.unreadable:
         rows.append(_row("density", "density_monitor_pss_total", monitors.pss, n=n, status=monitors.status))

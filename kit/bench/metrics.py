@@ -14,8 +14,9 @@ import json
 #: Columns of the results frame, in order. A study of start modes adds ``start`` (cold, precreated,
 #: snapshot) and ``pool``: ``hit`` when a warm start's container (or checkpoint, or VM template) was
 #: waiting, ``miss`` when the start made it inside its clock, "" for a cold start; misses are left out of
-#: statistics unless asked (``misses=True``). A fleet run adds ``host``. A study of VM guest kernels adds
-#: ``kernel`` (kit, distro or a path; "" for a runtime that boots none).
+#: statistics unless asked (``misses=True``). A fleet run adds ``host``. A density study of KSM settings
+#: adds ``ksm`` (on, off), one of guest memory sizes ``vm_memory`` (MiB; "" for a runtime that is no VM).
+#: A study of VM guest kernels adds ``kernel`` (kit, distro or a path; "" for a runtime that boots none).
 COLUMNS = [
     "study", "part", "image", "runtime", "kind", "workload", "round", "order", "repeat", "warmup",
     "n", "component", "metric", "value", "unit", "accel", "status", "timestamp",
@@ -116,6 +117,34 @@ METRICS: dict[str, tuple[str, str]] = {
     "density_working_set_total": ("bytes", "sum of the cgroup working sets of the n instances."),
     "density_host_used": ("bytes", "growth of the host's MemTotal - MemAvailable since before the first "
                                    "instance started (everything: processes, page tables, kernel, caches)."),
+    "density_host_per_instance": ("bytes", "gVisor's density method: the host's MemAvailable before the first "
+                                           "instance started minus MemAvailable with n running, divided by n "
+                                           "(density_host_used / n): what each instance costs the host, shared "
+                                           "page cache, kernel objects and KSM's merging included, neighbours' "
+                                           "growth too."),
+    "ksm_pages_shared": ("count", "density with KSM on (column ksm 'on'): the host's "
+                                  "/sys/kernel/mm/ksm/pages_shared once merging has settled with n instances "
+                                  "running (kit.bench.ksm.settle): distinct merged pages kept."),
+    "ksm_pages_sharing": ("count", "as ksm_pages_shared, /sys/kernel/mm/ksm/pages_sharing: further pages mapped "
+                                   "onto a merged one, i.e. pages saved."),
+    "ksm_merged": ("bytes", "density with KSM on: pages of the n instances' own host processes that KSM merged "
+                            "(/proc/PID/ksm_merging_pages summed, times the page size)."),
+    "ksm_settle": ("s", "density with KSM on: how long kit.bench.ksm.settle waited with n instances running "
+                        "(its rule: two full scans, pages_sharing within 2 % or 16 pages of the scan before; a "
+                        "deadline of 120 s, the figures after it flagged 'partial')."),
+    # -- storm (kit.bench.storm: n instances started at once) -----------------
+    "storm_wall": ("s", "one storm (n: its size): from the release of its n threads, all waiting at a barrier, "
+                        "each making one foreground kit.run of the workload, until the last instance is removed "
+                        "(its teardown ended). In part storm, launch_to_exit and total are each instance's own "
+                        "(total: from the release to its removal's end)."),
+    "storm_starts_per_s": ("1/s", "the instances of one storm that ran to exit status 0, divided by its "
+                                  "storm_wall."),
+    "storm_failures": ("count", "the instances of one storm that did not run to exit status 0 (error, timeout, "
+                                "another exit status; a 'failed' row each says why)."),
+    "storm_cpu_per_start": ("s", "the host's busy CPU time (/proc/stat: user, nice, system, irq, softirq over "
+                                 "every CPU) from just before one storm's release to its last removal, divided by "
+                                 "its instances that ran to exit status 0; everything the host ran meanwhile is "
+                                 "in it."),
     # -- load (kit.bench.loads: a tool's own figures while the instance works) ------
     "throughput": ("per row", "load workloads: the rate the tool reported, unit as it counts (component: the "
                               "operation): sysbench cpu events/s, sysbench memory MiB/s, fio IOPS (read, write), "

@@ -24,11 +24,13 @@ from dataclasses import KW_ONLY, dataclass, field, fields
 
 from ..errors import InvalidSpec
 from ..spec import parse_memory
-from . import kernels, loadpart, starts
+from . import kernels, loadpart, starts, storm
 from .workloads import PRESETS, Workload, parse, parse_many
 
 #: The parts a study can measure, in the order it measures them.
-PARTS = ("startup", "memory", "disk", "density", "load")
+PARTS = ("startup", "storm", "memory", "disk", "density", "load")
+#: The storm sizes of a study with the storm part and no ``storm`` given.
+STORM_SIZES = (1, 4, 16)
 
 
 def _workload_from_argv(words: list[str]):
@@ -96,6 +98,16 @@ class StudyParams:
     starts: tuple[str, ...] = _param(
         ("cold",), "start modes of the startup runs: cold, precreated, snapshot (a list or comma-separated); each "
                    "cell runs once per mode its runtime offers, and rows get a start column (kit.bench.starts)")
+    storm: tuple[int, ...] | None = _param(
+        None, "start storms: instances started at once, each size a storm repeated `repeat` times (a list or "
+              "comma-separated, e.g. 1,4,16; at most 64, and 5000 instances in all: kit.bench.storm); given "
+              "without parts, the study is of storms only; default 1,4,16 when parts has storm")
+    ksm: tuple[bool, ...] = _param(
+        ("off",), "KSM settings of the density part: off, on or both (a list of booleans, or off,on): with on, "
+                  "KSM is turned on for that pass only and waited for, and rows get a ksm column (kit.bench.ksm)")
+    vm_memory: tuple[int, ...] | None = _param(
+        None, "guest memory sizes (MiB) the density part sweeps for VM runtimes, e.g. 128,256,512 (a list or "
+              "comma-separated; rows get a vm_memory column); default: idle_memory only")
     kernels: tuple[str, ...] = _param(
         (), "VM guest kernels to compare: kit, distro or the path of a bzImage (a list or comma-separated); each "
             "cell of a VM runtime runs once per kernel, and rows get a kernel column (kit.bench.kernels); default: "
@@ -110,7 +122,8 @@ class StudyParams:
         keep("image", _as_tuple(self.image, "image"))
         keep("runtimes", self.runtimes if self.runtimes == "all" else _as_tuple(self.runtimes, "runtime"))
         items = list(self.workload) if isinstance(self.workload, (list, tuple)) else [self.workload]
-        startup, loads, parts = loadpart.split(items, None if self.parts is None else _as_tuple(self.parts, "part"))
+        asked = ("storm",) if self.parts is None and self.storm is not None else self.parts
+        startup, loads, parts = loadpart.split(items, None if asked is None else _as_tuple(asked, "part"))
         keep("workload", (tuple(parse_many(startup)) if startup else ()) + tuple(loads))
         for label, low in (("repeat", 1), ("warmup", 0), ("density_max", 1), ("vm_density_max", 1)):
             v = getattr(self, label)
@@ -121,6 +134,12 @@ class StudyParams:
         if bad:
             raise InvalidSpec(f"unknown part(s) {', '.join(bad)}: choose from {', '.join(PARTS)}")
         keep("parts", tuple(parts))
+        self._steady_sweeps(keep)
+        keep("storm", storm.sizes(self.storm if self.storm is not None else STORM_SIZES) if "storm" in parts
+             else (None if self.storm is None else storm.sizes(self.storm)))
+        if "storm" in parts and any(w.kind != "exit" for w in self.workloads):
+            raise InvalidSpec("a storm runs workloads to their exit: "
+                              f"{', '.join(w.name for w in self.workloads if w.kind != 'exit')} does not exit")
         if "load" in parts:
             loadpart.check(list(self.loads), self.seconds)
         keep("seconds", float(self.seconds))
@@ -133,6 +152,14 @@ class StudyParams:
         keep("density_memory_budget", parse_memory(self.density_memory_budget))
         keep("density_time_budget", float(self.density_time_budget))
         keep("progress", bool(self.progress))
+
+    def _steady_sweeps(self, keep) -> None:
+        """``ksm`` as booleans and ``vm_memory`` as MiB, checked."""
+        keep("ksm", tuple(dict.fromkeys(_switch(v) for v in _items(self.ksm, "ksm setting"))))
+        if self.vm_memory is not None:
+            mib = [parse_memory(v if isinstance(v, str) and not v.isdigit() else f"{v}m", minimum=64 * 1024**2,
+                                what="a VM") // 1024**2 for v in _items(self.vm_memory, "VM memory size")]
+            keep("vm_memory", tuple(sorted(set(mib))))
 
     @property
     def workloads(self) -> tuple[Workload, ...]:
@@ -191,6 +218,28 @@ def _as_tuple(value, what: str) -> tuple[str, ...]:
     if not items:
         raise InvalidSpec(f"no {what} given: name at least one")
     return tuple(items)
+
+
+def _items(value, what: str) -> list:
+    """A list, a tuple, one value or a comma-separated string as a list (InvalidSpec when empty)."""
+    if isinstance(value, str):
+        return list(_as_tuple(value, what))
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not items:
+        raise InvalidSpec(f"no {what} given: name at least one")
+    return items
+
+
+def _switch(v) -> bool:
+    """on/off, true/false, yes/no, 1/0 or a boolean as a boolean."""
+    if isinstance(v, bool):
+        return v
+    word = str(v).strip().lower()
+    if word in ("on", "true", "yes", "1"):
+        return True
+    if word in ("off", "false", "no", "0"):
+        return False
+    raise InvalidSpec(f"ksm setting {v!r} is not on or off: give e.g. ksm=[False, True] (on a command line: off,on)")
 
 
 def _record(w: Workload) -> dict:

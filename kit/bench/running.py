@@ -17,7 +17,9 @@ from datetime import datetime, timezone
 import pandas as pd
 
 from .. import images
-from . import density, disk, envinfo, footprint, loadpart, loads, metrics, plan, startup
+from .. import runtimes as _runtimes
+from ..spec import parse_memory
+from . import density, disk, envinfo, footprint, ksm, loadpart, loads, metrics, plan, startup, storm
 from . import kernels as kernels_
 from . import starts as starts_
 from .params import StudyParams
@@ -61,6 +63,7 @@ def run(params: StudyParams, results: Results, resume: bool = False) -> pd.DataF
     parts = _Parts(params, results, todo, bar, dropped)
     try:
         parts.startup()
+        parts.storm()
         parts.steady()
         parts.load()
     except BaseException as e:
@@ -155,6 +158,36 @@ class _Parts:
                 self.results.add([{**self._startup_ctx(r, pos, image, rt, w, s, mode, kern), **row} for row in s.rows])
             self.bar.update(self._cost(rt))
 
+    def storm(self) -> None:
+        """Every storm still to measure (:func:`kit.bench.storm.run`), smallest first in each round; a
+        runtime whose storm had no room, or ran the host out of memory or PIDs, storms no more
+        (``meta["storm_stopped"]``), and the rows measured so far stay."""
+        p, meta = self.params, self.results.meta
+        halted = meta.setdefault("storm_stopped", {})
+        for r, image, rt, w, n in self.todo.storms:
+            if rt in self.dropped or rt in halted:
+                continue
+            self.bar.set_postfix_str(f"storm {rt} {w.name} N={n} round {r + 1}/{p.warmup + p.repeat}")
+            warm = r < p.warmup
+            ctx = {"image": image, "runtime": rt, "kind": self.todo.kinds[rt], "workload": w.name, "round": r,
+                   "warmup": warm}
+            limit = _runtimes.get(rt).idle_limit(parse_memory(p.idle_memory)) if self.todo.kinds[rt] == "vm" else None
+            why = storm.headroom(self.todo.kinds[rt], n, limit)
+            if why is None:
+                try:
+                    rows = storm.run(rt, image, w, n, f"b{self.uid}-t{r}-{n}", p.timeout, p.memory)
+                except Exception as e:  # noqa: BLE001  (recorded in the frame; the other runtimes go on)
+                    rows = [{"part": "storm", "metric": "failed", "n": n, "value": 1.0,
+                             "status": f"error: {type(e).__name__}: {e}"}]
+                why = storm.stopped(rows)
+            else:
+                rows = [{"part": "storm", "metric": "failed", "n": n, "value": 1.0, "component": "storm",
+                         "status": f"stopped: no room: {why}"}]
+            if why:
+                halted[rt] = f"storm of {n}: {why}"
+            self.results.add([{**ctx, **row} for row in rows])
+            self.bar.update(self._cost(rt) * n / 2 + 1)
+
     def _startup_ctx(self, r: int, pos: int, image: str, rt: str, w, s: startup.Sample, mode: str, kern: str) -> dict:
         """The columns of one startup sample's rows besides its metrics."""
         p = self.params
@@ -167,7 +200,8 @@ class _Parts:
 
     def steady(self) -> None:
         """The steady-state parts (memory, disk, density): per image, its bytes, then one pass per runtime
-        in a seeded order (:func:`kit.bench.density.steady_state`)."""
+        in a seeded order (:func:`kit.bench.density.steady_state`), once per KSM setting and, for VMs, per
+        guest memory size of the study (:func:`kit.bench.plan.sweeps`)."""
         p, todo = self.params, self.todo
         if not any(part in p.parts for part in plan.STEADY):
             return
@@ -178,19 +212,37 @@ class _Parts:
             order = list(todo.runtimes)
             rng.shuffle(order)  # so a slowly filling host does not always hit the same runtime
             for i, rt in enumerate(order):
-                for j, kern in enumerate(kernels_.for_runtime(rt, p.kernels)):
-                    if rt in self.dropped or ("steady", image, rt, kern) in todo.done:
+                passes = [(on, mib, kern) for on, mib in plan.sweeps(p, rt) for kern in kernels_.for_runtime(rt, p.kernels)]
+                for k, (on, mib, kern) in enumerate(passes):
+                    if rt in self.dropped or (image, rt, on, mib) not in todo.steady \
+                            or ("steady", image, rt, on, mib, kern) in todo.done:
                         continue
-                    self.bar.set_postfix_str(f"steady state {rt} {kern} ({image})".replace("  ", " "))
-                    ctx = {"image": image, "runtime": rt, "kind": todo.kinds[rt], "workload": "idle",
-                           "warmup": False, "order": i, **({"kernel": kern} if p.kernels else {})}
+                    self.bar.set_postfix_str(f"steady state {rt} ({image}){' KSM' if on else ''}"
+                                             f"{f' {mib} MiB' if mib else ''}{f' {kern} kernel' if kern else ''}")
                     try:
-                        rows = self._steady_rows(image, rt, f"{i}{j}", usages, kern)
+                        with ksm.enabled(on):
+                            rows = self._steady_rows(image, rt, f"{i}{k}", usages, on, mib, first=k == 0,
+                                                     kernel=kern)
                     except Exception as e:  # noqa: BLE001  (recorded in the frame; the other runtimes go on)
                         rows = [{"part": first, "metric": "failed", "value": 1,
                                  "status": f"error: {type(e).__name__}: {e}"}]
-                    self.results.add([{**ctx, **r} for r in rows])
-                self.bar.update(1)
+                    self.results.add([{**self._steady_context(image, rt, i, on, mib, kern), **r} for r in rows])
+                    self.bar.update(1)
+
+    def _steady_context(self, image: str, rt: str, i: int, on: bool, mib: int | None, kern: str = "") -> dict:
+        """What every row of one steady-state pass shares: a ``ksm`` column in a study of KSM settings, a
+        ``vm_memory`` column (guest MiB, "" for other runtimes) in a study of guest sizes, a ``kernel``
+        column ("" for runtimes without one) in a study of guest kernels."""
+        p = self.params
+        ctx = {"image": image, "runtime": rt, "kind": self.todo.kinds[rt], "workload": "idle", "warmup": False,
+               "order": i}
+        if p.ksm != (False,):
+            ctx["ksm"] = "on" if on else "off"
+        if p.vm_memory:
+            ctx["vm_memory"] = str(mib) if mib else ""
+        if p.kernels:
+            ctx["kernel"] = kern
+        return ctx
 
     def _image_bytes(self, image: str) -> dict:
         """The disk part's image rows (once per image, unless a resumed study has them); each format's usage."""
@@ -200,17 +252,21 @@ class _Parts:
                                "warmup": False, "status": "ok", **r} for r in image_rows])
         return usages
 
-    def _steady_rows(self, image: str, rt: str, i: str, usages: dict, kernel: str = "") -> list[dict]:
-        """One runtime's steady-state pass (a VM's with ``kernel`` when given): its daemons' memory, then its
-        idle instances' rows."""
+    def _steady_rows(self, image: str, rt: str, i: str, usages: dict, on: bool = False, mib: int | None = None,
+                     first: bool = True, kernel: str = "") -> list[dict]:
+        """One runtime's steady-state pass: its daemons' memory, then its idle instances' rows; the
+        memory and disk parts in its first pass only (the others are density sweeps); a VM's with ``kernel``
+        when given."""
         p = self.params
         rows = []
-        if "memory" in p.parts:
+        parts = p.parts if first else tuple(x for x in p.parts if x == "density")
+        if "memory" in parts:
             rows += [{"part": "memory", "status": "ok", "n": 0, **r} for r in footprint.daemon_rows(rt)]
         rows += density.steady_state(
-            rt, image, parts=p.parts, max_n=self.todo.idle[rt], memory_budget=p.density_memory_budget,
-            time_budget=p.density_time_budget, timeout=p.timeout, prefix=f"b{self.uid}-s{i}", image_usages=usages,
-            memory_limit=p.idle_memory, tick=lambda: self.bar.update(self._cost(rt)),
+            rt, image, parts=parts, max_n=self.todo.idle[rt], memory_budget=p.density_memory_budget,
+            time_budget=p.density_time_budget, timeout=p.timeout, prefix=f"b{self.uid}-s{i}{'k' if on else ''}"
+            f"{mib or ''}", image_usages=usages, memory_limit=f"{mib}m" if mib else p.idle_memory,
+            tick=lambda: self.bar.update(self._cost(rt)), settle=ksm.measure if on else None,
             options=kernels_.options(kernel))
         return rows
 

@@ -122,7 +122,8 @@ def ratio_ci(values: Sequence[float], ref: Sequence[float], level: float = 0.95,
 
 #: What identifies one sample in a results frame (``host`` only in a fleet run's frame; ``start`` and
 #: ``pool`` only in a study of start modes).
-GROUP = ["host", "part", "image", "runtime", "kernel", "start", "pool", "kind", "workload", "metric", "component", "n",
+GROUP = ["host", "part", "image", "runtime", "kernel", "start", "pool", "ksm", "vm_memory", "kind", "workload",
+         "metric", "component", "n",
          "unit"]
 
 

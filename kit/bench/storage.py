@@ -41,8 +41,8 @@ _DTYPES = {"study": str, "part": str, "image": str, "runtime": str, "kind": str,
 
 #: Columns kept when a frame has them: ``host`` (a fleet run, see kit.bench.fleet); ``start`` and
 #: ``pool`` (a study of start modes, see kit.bench.starts); ``kernel`` (a study of VM guest kernels,
-#: see kit.bench.kernels).
-OPTIONAL = ("host", "start", "pool", "kernel")
+#: see kit.bench.kernels); ``ksm`` and ``vm_memory`` (a density sweep, see kit.bench.ksm).
+OPTIONAL = ("host", "start", "pool", "kernel", "ksm", "vm_memory")
 
 
 def _has_pyarrow() -> bool:

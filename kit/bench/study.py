@@ -180,12 +180,16 @@ class Study:
         not reproduced or not measured here, and why: see :func:`kit.bench.findings.compute`."""
         return self.view.findings()
 
-    def plot(self, which=None) -> dict:
+    def plot(self, which=None, references: bool = True) -> dict:
         """Figures for every part with data: a dict name -> matplotlib Figure.
 
         A fleet study (several hosts) gives ``hosts`` (every host overlaid, startup) and each
-        figure once per host, named ``NAME@HOST``."""
-        return self.view.plot(which)
+        figure once per host, named ``NAME@HOST``. A storm study gives ``storm``, a density sweep
+        (KSM settings, guest sizes, the host's method) ``density-sweep``. With ``references``, the
+        field's published figures (:mod:`kit.bench.references`) whose boundary is a metric drawn are
+        drawn grey and labelled as references, and every figure lists those of its metrics with their
+        source."""
+        return self.view.plot(which, references)
 
     def status(self) -> pd.DataFrame:
         """Per host of a fleet run: state (ok, failures, failed, lost, ...), why, cells measured

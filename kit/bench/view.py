@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import InvalidSpec
-from . import findings, kernels, loadpart, plots, starts, stats, tables
+from . import findings, kernels, loadpart, plots, starts, stats, stormplots, tables
 from .storage import Results, normalise
 
 #: Columns of a fleet run's status table (:meth:`View.status`), one row per host.
@@ -81,13 +81,14 @@ class View:
         """The reference findings, each decided from these results: :func:`kit.bench.findings.compute`."""
         return findings.compute(self._labelled(), self.meta.get("environment") or {}, self.meta.get("skipped") or {})
 
-    def plot(self, which=None) -> dict:
+    def plot(self, which=None, references: bool = True) -> dict:
         """Figures for every part with data (see :meth:`kit.bench.Study.plot`)."""
         df = self._labelled()
         figs = plots.all_figures(df, self.meta, which=which)
         if "host" not in df.columns:
             figs.update(loadpart.figures(df, self.meta, which=which))
-        return figs
+            figs.update(stormplots.figures(df, self.meta, which=which, with_references=references))
+        return stormplots.annotate(figs, df, self.meta) if references else figs
 
     # -- a fleet run (several hosts) --------------------------------------------
     def status(self) -> pd.DataFrame:
