@@ -469,7 +469,7 @@ def _leaves(d, prefix=""):
             yield f"{prefix}{k}", v
 
 
-def _restart(s: Service, v) -> None:
+def _restart(r, s: Service, v) -> None:
     text = "no" if v is False else str(v)
     policy, _, n = text.partition(":")
     if policy not in keys.RESTART or (n and (policy != "on-failure" or not n.isdigit())):
@@ -477,7 +477,7 @@ def _restart(s: Service, v) -> None:
     s.restart, s.restart_max = policy, int(n) if n else None
 
 
-def _platform(s: Service, v) -> None:
+def _platform(r, s: Service, v) -> None:
     from ..images.archive import host_platform
 
     text = _string(v, "platform")
@@ -488,7 +488,7 @@ def _platform(s: Service, v) -> None:
     s.platform = text
 
 
-def _network_mode(s: Service, v) -> None:
+def _network_mode(r, s: Service, v) -> None:
     mode = _string(v, "network_mode")
     if mode not in ("none", "bridge", "default") and not mode.startswith("service:"):
         raise ValueError(f"{mode!r}: the kit runs none, bridge (its network) or service:NAME")

@@ -56,6 +56,7 @@ class Unit:
     source: str = ""          # how its image is come by (built, substituted, named)
     instance: Instance | None = field(default=None, repr=False)  # its handle, once started
     kw: dict = field(default_factory=dict, repr=False)   # what it was started with (a restart reuses it)
+    notes: list[str] = field(default_factory=list)     # what the kit does not apply, and how it maps networks
     restarts: int = 0
     history: str = field(default="", repr=False)         # the logs of its instances before a restart
 
@@ -194,7 +195,22 @@ def plan(project: Project, runtime: str | None = None, runtimes: dict | None = N
         first = project.services[u.services[0]]
         u.networks = [network_name(project, n) for n in nets[first.name]] if len(ordered) > 1 else []
         u.source = image_source(first, images)
+        u.notes = _notes(project, u, nets[first.name])
     return ordered
+
+
+def _notes(project: Project, u: Unit, nets: list[str]) -> list[str]:
+    notes = []
+    if len(nets) > 1:
+        notes.append(f"joins {nets[0]}; reached on {', '.join(nets[1:])} through a forwarder of its declared ports")
+    for n in nets:
+        unapplied = sorted(k for k in project.networks.get(n) or {} if k not in ("name", "external"))
+        if unapplied:
+            notes.append(f"network {n}: {', '.join(unapplied)} not applying (a kit network is one shared loopback)")
+    for svc in u.services:
+        if project.services[svc].ignored:
+            notes.append(f"{svc}: {', '.join(project.services[svc].ignored)} accepted, not applied")
+    return notes
 
 
 def network_name(proj: Project, net: str) -> str:
