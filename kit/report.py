@@ -151,7 +151,10 @@ def make_report(notebook: str | Path, parameters: dict | None = None, out_root: 
     figures = extract_figures(nb, own / "figures")
     env = _environment(data)
     (own / "environment.json").write_text(json.dumps(env, indent=1, sort_keys=True, default=str))
-    render_html(nb, out / f"{stem}.html")
+    # The report shows no paths of the machine it was made on: the data directory, the reports root
+    # and the home directory (the kit's caches) become names a reader can read anywhere.
+    render_html(nb, out / f"{stem}.html", redact={str(data): "<data_dir>", str(out): "<report>",
+                                                 str(Path.home()): "~"})
     _write_index(out)
     if failure is not None:
         raise NotebookFailed(f"notebook {stem} failed in cell {failure.exec_count}: {_why(nb, failure)} "
@@ -191,14 +194,46 @@ def extract_figures(nb, dest: Path) -> list[Path]:
     return written
 
 
-def render_html(nb, dest: Path) -> Path:
-    """Render the executed notebook to a self-contained HTML file that needs no kernel or network."""
+#: A cell tagged so shows its output, not its code, in the report: the cells that only build text or
+#: figures (the notebook keeps them, for the reader who wants to see how).
+HIDDEN_INPUT = "hide-input"
+
+
+def _redacted(value, redact: dict[str, str]):
+    """``value`` (a string, or a list of strings as nbformat stores text) with each key replaced."""
+    if isinstance(value, list):
+        return [_redacted(v, redact) for v in value]
+    if isinstance(value, str):
+        for old, new in sorted(redact.items(), key=lambda kv: -len(kv[0])):  # the longest path first
+            value = value.replace(old, new)
+    return value
+
+
+def _redact_cell(cell, redact: dict[str, str]) -> None:
+    cell["source"] = _redacted(cell.get("source", ""), redact)
+    for o in cell.get("outputs", []):
+        if "text" in o:
+            o["text"] = _redacted(o["text"], redact)
+        for mime in ("text/plain", "text/markdown", "text/html"):
+            if mime in o.get("data", {}):
+                o["data"][mime] = _redacted(o["data"][mime], redact)
+
+
+def render_html(nb, dest: Path, redact: dict[str, str] | None = None) -> Path:
+    """Render the executed notebook to a self-contained HTML file that needs no kernel or network.
+
+    Cells tagged :data:`HIDDEN_INPUT` show their output only; every text of ``redact`` (a path of
+    this machine) is replaced by its value, in code and outputs alike.
+    """
     import copy
 
     import jinja2
     from nbconvert import HTMLExporter
+    from nbconvert.preprocessors import TagRemovePreprocessor
 
     nb = copy.deepcopy(nb)
+    for cell in nb.cells:
+        _redact_cell(cell, {k: v for k, v in (redact or {}).items() if k and k != "/"})
     for cell in nb.cells:
         # A widget's view needs its kernel; without it only "VBox(...)" would show. A widget that
         # carries its own static rendering (text/html, as kit.widgets' do) shows that; others are
@@ -216,6 +251,7 @@ def render_html(nb, dest: Path) -> Path:
     nb.metadata.pop("widgets", None)
     exporter = HTMLExporter(extra_loaders=[jinja2.DictLoader({"kit_report.html.j2": _TEMPLATE})],
                             template_file="kit_report.html.j2")
+    exporter.register_preprocessor(TagRemovePreprocessor(remove_input_tags={HIDDEN_INPUT}, enabled=True), enabled=True)
     body, _ = exporter.from_notebook_node(nb)
     dest.write_text(body, encoding="utf-8")
     return dest

@@ -129,6 +129,16 @@ def test_notebook_runs(stem, tmp_path):
         assert "For reference, not measured here." in html and "firecracker-microvm/firecracker" in html
         assert "TCG inflates" not in html and "the gap would be far smaller" not in html
         assert "Isolation, measured" in html and "own pid namespace" in html  # the matrix is shown
+        # the memory comparison says what it counts on both sides, and gives the ratio both ways
+        assert "plus its per-instance helper" in html and "% of the qemu VM" in html
+        assert "counted once for all its" in html  # Docker's daemons, named once
+        assert "the guest kernel booting" in html and "<strong>microvm</strong>" in html  # the VM's start, explained
+        assert "not the same program" in html  # what the bare-process baseline runs
+        assert "n/a (own kernel)" in html and "root inside is uid 0 on the host" in html
+        assert "Assertion" not in html and "What this means" in html  # QEMU's raw failure stays in the record
+        assert "lxc-execute" in html and "between <code>created</code> and <code>started</code>" in html
+    html = (out / f"{stem}.html").read_text()  # a report names no path of the machine it was made on
+    assert str(tmp_path) not in html and str(Path.home()) + "/" not in html
     if stem == "04-services":  # the volumes sentence follows the runtimes, never a fixed "not yet"
         html = (out / f"{stem}.html").read_text()
         assert "does not offer volumes" not in html and "ran without a volume" in html

@@ -178,6 +178,12 @@ def memory(df: pd.DataFrame, meta: dict):
             ax.bar(i, v / MB, bottom=bottom, color=comp_colour[name], edgecolor=colour(r, kinds.get(r, "")),
                    linewidth=1.5, label=name)
             bottom += v / MB
+        # the per-instance helper (monitor_pss) on top, hatched: counted beside the instance, not in its pss
+        for name, v in data[(data["runtime"] == r) & (data["metric"] == "monitor_pss")].groupby(
+                "component")["value"].median().items():
+            ax.bar(i, v / MB, bottom=bottom, color="white", hatch="..", edgecolor=colour(r, kinds.get(r, "")),
+                   label="helper (monitor_pss)")
+            bottom += v / MB
         ax.annotate(f"{bottom:.1f}", (i, bottom), ha="center", va="bottom", fontsize=8)
         for metric, marker, lab in (("cgroup_working_set", "D", "cgroup working set"),
                                     ("guest_used", "x", "guest MemTotal-MemAvailable")):
@@ -196,7 +202,9 @@ def memory(df: pd.DataFrame, meta: dict):
     ax.legend(uniq.values(), uniq.keys(), fontsize=7, loc="upper left", ncol=2)
     ax.set_xticks(range(len(labels)), labels, rotation=30)
     _xtick_colours(ax, order, kinds)
-    ax.set_ylabel("MiB (PSS of host processes, stacked by process)")
+    # log: a bare process and a VM differ a thousandfold, and a linear axis flattens every container to zero
+    ax.set_yscale("log")
+    ax.set_ylabel("MiB, log scale (PSS of host processes, stacked by process; helper on top)")
     ax.grid(True, axis="y", alpha=0.3)
     fig.suptitle(title("Memory of one idle instance (sleep 3600)", df, meta), fontsize=10)
     fig.tight_layout()
