@@ -196,6 +196,28 @@ def test_the_kernel_make_setup_built_is_the_default():
     assert os.path.getsize(k.vmlinuz) < 8 * 1024**2  # a minimal kernel: Debian's cloud bzImage is ~14 MB
 
 
+def test_the_built_kernel_is_a_hit_and_a_changed_fragment_a_miss(tmp_path, monkeypatch):
+    """By the hash: building again finds the kernel make setup built and compiles nothing; the fragment
+    with one more option is another key, so a build (a stand-in for the compiler here), then a hit."""
+    k, why = kmod.kit_kernel()
+    assert k is not None, why
+    calls = []
+
+    def compiler(dest, source, fragment_path, log, jobs, say):
+        calls.append(fragment_path)
+        _fake_build(dest.parent, dest.name, fragment_path.read_bytes())
+
+    monkeypatch.setattr(kbuild, "_build_into", compiler)
+    assert kmod.build_kit() == k and calls == []
+    frag = tmp_path / "kernel.config"
+    frag.write_bytes(kbuild.FRAGMENT.read_bytes() + b"CONFIG_KIT_TEST=y\n")
+    base = tmp_path / "kernels"
+    d = kbuild.build(base, fragment_path=frag)
+    assert calls == [frag] and d.name == kbuild.cache_key(kbuild.find_source().version, frag.read_bytes())
+    assert d.name != k.version
+    assert kbuild.build(base, fragment_path=frag) == d and calls == [frag]
+
+
 # -- booting each kernel (slow: real VMs under TCG here) -----------------------------------------
 
 @pytest.mark.slow
