@@ -5,6 +5,7 @@
     kit bench --scheduler tls://lab1:8786 --tls-ca-file ca.pem --tls-cert me.pem ...   a running cluster
     kit bench -r process,runc cpu redis   the same under load: throughput and latency against native
     kit report NOTEBOOK [-p NAME VALUE]   execute a notebook into a dated report (HTML, figures, data)
+    kit compose config -f a.yml -f b.yml  the resolved model (as docker compose config); up runs in the foreground
 
 To add a subcommand (e.g. ``report``), write ``_setup_NAME(parser)`` and
 ``_run_NAME(args) -> int`` and register them in :data:`COMMANDS`.
@@ -75,10 +76,58 @@ def _run_report(args: argparse.Namespace) -> int:
     return run_args(args)
 
 
+def _setup_compose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=("up", "down", "ps", "logs", "config"),
+                   help="up runs in the foreground (Ctrl-C downs the project, as docker compose up does); "
+                        "config prints the resolved model")
+    p.add_argument("-f", "--file", action="append", help="compose file (several: merged in order); "
+                   "default compose.yaml, compose.yml, docker-compose.yaml or docker-compose.yml")
+    p.add_argument("-p", "--project-name", dest="project", help="project name")
+    p.add_argument("-r", "--runtime", help="runtime of services without x-kit-runtime")
+    p.add_argument("--profile", action="append", dest="profiles", help="an active profile")
+    p.add_argument("--image", action="append", default=[], metavar="PATTERN=KIT_IMAGE",
+                   help="a kit image run instead of registry images matching PATTERN")
+    p.add_argument("--strict", action="store_true", help="refuse keys that only tune operations too")
+    p.add_argument("-v", "--volumes", action="store_true", help="down: remove named volumes too")
+
+
+def _run_compose(args: argparse.Namespace) -> int:
+    from . import compose
+
+    from pathlib import Path
+
+    names = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")  # Compose's own order
+    files = args.file or [next((n for n in names if Path(n).is_file()), "docker-compose.yml")]
+    if args.action == "config":
+        print(compose.config_text(files, args.project, profiles=args.profiles), end="")
+        return 0
+    if args.action != "up":
+        # A project's instances belong to the session of the process that started them (kit.Session).
+        raise KitError(f"kit compose {args.action}: a project lives as long as its 'kit compose up' (Ctrl-C there "
+                       f"downs it, -v removes its volumes); in Python or Jupyter use kit.compose.{args.action}")
+    images = dict(item.split("=", 1) for item in args.image if "=" in item)
+    stack = compose.up(files, runtime=args.runtime, project=args.project, images=images, profiles=args.profiles,
+                       strict=args.strict)
+    print(compose.ps(stack).to_string(index=False), flush=True)
+    seen = 0
+    try:
+        while True:  # follow the logs, as docker compose up does
+            text = compose.logs(stack)
+            lines = text.splitlines()
+            for line in lines[seen:]:
+                print(line, flush=True)
+            seen = len(lines)
+            stack.stopping.wait(1.0)
+    finally:
+        compose.down(stack, volumes=args.volumes)
+
+
 #: name -> (help, set up its parser, run it)
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "bench": ("benchmark startup, memory, disk and density across runtimes", _setup_bench, _run_bench),
     "report": ("execute a notebook into a dated study report", _setup_report, _run_report),
+    "compose": ("a compose file's services as kit instances: up, down, ps, logs, config", _setup_compose,
+                _run_compose),
 }
 
 

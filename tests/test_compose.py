@@ -352,8 +352,8 @@ def test_compose_magic_is_a_thin_layer(ip, tmp_path, capsys):
         assert "one | said-one" in capsys.readouterr().out
     finally:
         assert list(ip.run_line_magic("compose", f"down -p {project} -v")) == [f"{project}-one-1"]
-    f.write_text("services:\n  one:\n    image: busybox\n    restart: always\n")
-    with pytest.raises(UsageError, match="'restart' of service 'one'"):
+    f.write_text("services:\n  one:\n    image: busybox\n    privileged: true\n")
+    with pytest.raises(UsageError, match="'privileged' of service 'one'"):
         ip.run_line_magic("compose", f"up -f {f} -r runc")
     with pytest.raises(UsageError, match="invalid choice"):
         ip.run_line_magic("compose", "sideways")

@@ -1,7 +1,7 @@
 """What one service needs before it starts: its image (built, substituted or named), its secrets and
 configs as files, its run options; and the supervisor of ``restart`` policies.
 
-``build:`` goes through :func:`kit.images.build`, tagged ``<project>-<service>:<content hash>`` (the
+``build:`` goes through :func:`kit.images.build`, tagged ``compose-<service>:<content hash>`` (the
 context's files, the Dockerfile, target and args), so an unchanged context is never rebuilt. A registry
 image that cannot be pulled here is replaced by a kit image: ``up(images={"mariadb:*": "debian-mariadb"})``
 or the service's ``x-kit-image``. Secrets and configs are mounted read-only as files
@@ -60,7 +60,7 @@ def content_digest(build: dict) -> str:
 
 def built_image(proj: Project, s: Service, stream=None) -> str:
     """The service's image built from its ``build:`` (reused when the content has not changed)."""
-    tag = f"{proj.name}-{s.name}".lower() + ":" + content_digest(s.build)
+    tag = f"compose-{s.name}".lower() + ":" + content_digest(s.build)  # by content alone: any project reuses it
     try:
         images.get(tag)
         return tag
