@@ -17,7 +17,7 @@ SYSTEM_PACKAGES := runc crun lxc runsc docker.io podman busybox-static debootstr
 	linux-source-6.1 flex bison libelf-dev libssl-dev bc gcc make libc6-dev
 
 .PHONY: setup user-check rootless-user system-packages venv dockerd guest-kernel kit-kernel images lab test \
-	test-fast demo demo-setup setup-rest bench clean
+	test-fast demo demo-setup setup-rest bench clean docs docs-serve
 
 # Everything the tests, notebooks and benchmarks use. The kit's kernel (minutes of CPU) builds beside
 # the Debian images (mostly downloads and disk), so together they take about as long as either.
@@ -51,7 +51,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,docs]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -84,10 +84,26 @@ lab: setup
 	$(BIN)/jupyter lab --ip 127.0.0.1 --port $(LAB_PORT) --no-browser --notebook-dir notebooks \
 		$$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
-# Which module may import which first (pyproject.toml's import-linter contracts: seconds), then the tests.
+# Which module may import which first (pyproject.toml's import-linter contracts: seconds), the docs
+# site (strict), then the tests.
 test: setup
 	$(BIN)/lint-imports
+	@$(MAKE) --no-print-directory docs
 	$(BIN)/pytest -q -rs --durations=15
+
+# The documentation site (mkdocs.yml, docs/) into site/, strict: a broken link, a missing page or an
+# unresolved API reference fails it. The metrics reference, the layer pictures and the notebook pages
+# are generated at build time (docs/_hooks/kit_docs.py); a notebook page shows its newest executed copy
+# from reports/ (kit report NAME), else the notebook without outputs.
+export NO_MKDOCS_2_WARNING := 1
+docs: venv
+	$(BIN)/mkdocs build --strict --quiet
+	@echo "docs: site/index.html ($$(find site -name index.html | wc -l) pages)"
+
+# The same site served on 127.0.0.1 only, rebuilt on each change (DOCS_PORT=8001 for another port).
+DOCS_PORT ?= 8000
+docs-serve: venv
+	$(BIN)/mkdocs serve --strict -a 127.0.0.1:$(DOCS_PORT)
 
 # The fast half: everything not marked slow.
 test-fast: setup
@@ -130,4 +146,4 @@ bench: setup
 	$(BIN)/python benchmarks/bench_vm_restore.py
 
 clean:
-	rm -rf $(VENV) reports build *.egg-info
+	rm -rf $(VENV) reports build site .cache/mkdocs-jupyter *.egg-info

@@ -1,5 +1,7 @@
-"""README.md works as written: every ```python block runs, in order, in one real IPython shell, and
-its table of metric definitions is the one the code saves with the data.
+"""README.md and the documentation site work as written: every ```python block of the README and of
+the docs pages (in the site's nav order, README first) runs, in order, in one real IPython shell.
+The metric definitions are generated into the docs from kit.bench.METRICS (tests/test_docs.py checks
+the built page).
 
 Smaller parameters: a block preceded by ``<!-- test: key=value, ... -->`` runs with those keyword
 arguments in place of the ones it shows (each must appear in the block, so the comment cannot go
@@ -16,10 +18,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from kit.bench.metrics import METRICS
-
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 BLOCK = re.compile(r"(?:<!--\s*test:\s*(?P<params>.*?)\s*-->\s*\n)?^```python\n(?P<code>.*?)^```", re.S | re.M)
 
 #: Runs the cells in a fresh interpreter (a plain ``import kit``, its own session, so ``%container
@@ -31,16 +33,16 @@ from IPython.core.interactiveshell import InteractiveShell
 
 ip = InteractiveShell.instance()
 for i, cell in enumerate(json.load(sys.stdin), 1):
-    print(f"--- README python block {i} ---", flush=True)
+    print(f"--- python block {i} ---", flush=True)
     result = ip.run_cell(cell, store_history=True)
     if not result.success:
-        print(f"README python block {i} failed", flush=True)
+        print(f"python block {i} failed", flush=True)
         result.raise_error()
 import kit
 kit.api.wait_for_teardown()  # foreground runs are removed in the background once their result is complete
 left = kit.ps()
-assert left.empty, f"the README's blocks left instances behind: {list(left['name'])}"
-print("README OK", flush=True)
+assert left.empty, f"the documented blocks left instances behind: {list(left['name'])}"
+print("DOCS OK", flush=True)
 """
 
 
@@ -76,30 +78,43 @@ def test_substitute_changes_only_the_named_arguments():
         substitute(code, "d=1")
 
 
-def test_readme_defines_every_metric_as_the_code_does():
-    """The README's definitions table and kit.bench.METRICS: the same metrics, units and words.
-
-    Regenerate the table with ``python -c "from kit.bench import metrics; print(metrics.markdown())"``.
-    """
-    rows = {}
-    lines = README.read_text().splitlines()
-    header = next(i for i, line in enumerate(lines) if re.fullmatch(r"\|\s*metric\s*\|\s*unit\s*\|\s*definition\s*\|", line))
-    for line in lines[header + 2:]:
-        if not line.startswith("|"):
-            break
-        name, unit, definition = (c.strip() for c in line.strip().strip("|").split("|"))
-        rows[name.strip("`")] = (unit, definition)
-    assert list(rows) == list(METRICS)
-    assert rows == METRICS
-    # the choice about monitor processes is stated where the numbers are defined
-    assert "monitor_pss" in rows and "not included in pss" in rows["monitor_pss"][1]
+class _NavLoader(yaml.SafeLoader):
+    """mkdocs.yml's ``!!python/name:`` tags (a fence formatter) mean nothing here."""
 
 
-def test_readme_blocks_have_what_the_test_relies_on():
-    cells = blocks(README.read_text())
-    assert len(cells) >= 6
+_NavLoader.add_multi_constructor("tag:yaml.org,2002:python/name:", lambda loader, suffix, node: None)
+
+
+def pages() -> list[Path]:
+    """README.md, then every Markdown page of mkdocs.yml's nav, in the nav's order."""
+    def walk(items):
+        for item in items:
+            value = item if isinstance(item, str) else next(iter(item.values()))
+            if isinstance(value, list):
+                yield from walk(value)
+            elif value.endswith(".md"):
+                yield ROOT / "docs" / value
+    nav = yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=_NavLoader)["nav"]
+    return [README, *walk(nav)]
+
+
+def documented_blocks() -> list[str]:
+    return [cell for page in pages() for cell in blocks(page.read_text())]
+
+
+def test_every_page_of_the_nav_is_read():
+    read = pages()
+    assert read[0] == README and all(p.exists() for p in read), [str(p) for p in read if not p.exists()]
+    assert ROOT / "docs" / "guides" / "measuring.md" in read
+    on_disk = {p for p in (ROOT / "docs").rglob("*.md") if "_hooks" not in p.parts}
+    assert on_disk <= set(read), f"pages outside the nav (their blocks would not run): {sorted(map(str, on_disk - set(read)))}"
+
+
+def test_blocks_have_what_the_test_relies_on():
+    cells = documented_blocks()
+    assert len(cells) >= 12
     assert cells[0].lstrip().startswith("%load_ext kit")  # the magics are loaded before they are used
-    bench = next(c for c in cells if "kit.bench.Study(" in c)
+    bench = next(c for c in cells if 'study.save("out/")' in c)
     assert 'runtimes="process,runc"' in bench and "repeat=2" in bench  # the test's smaller study
     # a magic takes the rest of its line, '#' included: `%process run echo hi  # note` would echo the note
     commented = [line for c in cells for line in c.splitlines() if line.startswith("%") and " #" in line]
@@ -107,12 +122,12 @@ def test_readme_blocks_have_what_the_test_relies_on():
 
 
 @pytest.mark.slow
-def test_every_python_block_of_the_readme_runs(tmp_path):
+def test_every_python_block_of_the_docs_runs(tmp_path):
     """In order, in one IPython shell, as a reader would paste them (VMs boot: marked slow)."""
-    cells = blocks(README.read_text())
+    cells = documented_blocks()
     r = subprocess.run([sys.executable, "-c", RUNNER], input=json.dumps(cells), capture_output=True, text=True,
-                       cwd=tmp_path, timeout=1800)
+                       cwd=tmp_path, timeout=2400)
     out = r.stdout + r.stderr
-    assert r.returncode == 0 and "README OK" in r.stdout, out[-6000:]
-    assert out.count("--- README python block") == len(cells)
+    assert r.returncode == 0 and "DOCS OK" in r.stdout, out[-6000:]
+    assert out.count("--- python block") == len(cells)
     assert (tmp_path / "out" / "results.csv").exists()  # the study block saved where it said

@@ -1,0 +1,116 @@
+"""MkDocs hooks: the parts of the site that are generated, so that nothing is written twice.
+
+- ``<!-- kit: METRICS -->`` becomes the metric definitions of ``kit.bench.METRICS`` (a table, then one
+  linkable section per metric: ``reference/metrics.md#pss``).
+- ``<!-- kit: LAYERS -->`` becomes one Mermaid picture per import-linter contract of pyproject.toml,
+  the same contracts ``lint-imports`` enforces.
+- ``notebooks/NAME.ipynb`` pages are the notebooks of ``notebooks/``, each in its newest executed
+  copy from ``kit report`` (``reports/<date>-<host>/NAME.ipynb``, outputs included) where one exists,
+  else as committed (no outputs); ``<!-- kit: NOTEBOOK-SOURCES -->`` says which, per notebook.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+from mkdocs.plugins import event_priority
+from mkdocs.structure.files import File
+
+ROOT = Path(__file__).resolve().parents[2]
+MARKER = re.compile(r"<!-- kit: ([A-Z-]+) -->")
+
+
+def metrics_markdown() -> str:
+    """Every metric of ``kit.bench.METRICS``: an index table, then a section per metric."""
+    from kit.bench.metrics import METRICS
+
+    rows = ["| metric | unit | in short |", "|---|---|---|"]
+    for name, (unit, text) in METRICS.items():
+        short = re.split(r"(?<=[.:;])\s", text, maxsplit=1)[0].replace("|", "\\|")
+        rows.append(f"| [`{name}`](#{name}) | {unit} | {short} |")
+    sections = [f"### `{name}` {{#{name}}}\n\n**unit:** {unit}\n\n{text}\n" for name, (unit, text) in METRICS.items()]
+    return "\n".join(rows) + "\n\n## Definitions\n\n" + "\n".join(sections)
+
+
+def _node(contract_id: str, i: int, layer: str, container: str | None) -> str:
+    names = [m.strip() for m in layer.split("|")]
+    label = " · ".join(f"{container}.{n}" if container else n for n in names)
+    return f'    {contract_id}{i}["{label}"]'
+
+
+def layers_markdown(pyproject: Path = ROOT / "pyproject.toml") -> str:
+    """One Mermaid flowchart per import-linter contract: a layer imports only the layers below it."""
+    contracts = tomllib.loads(pyproject.read_text())["tool"]["importlinter"]["contracts"]
+    out = []
+    for c in contracts:
+        cid = re.sub(r"\W", "_", c["id"])
+        out.append(f"### {c['name']}\n")
+        if c["type"] == "layers":
+            lines = ["```mermaid", "flowchart TD"]
+            for container in c.get("containers", [None]):
+                lines += [_node(cid, i, layer, container) for i, layer in enumerate(c["layers"])]
+                lines += [f"    {cid}{i} --> {cid}{i + 1}" for i in range(len(c["layers"]) - 1)]
+            out += lines + ["```", "", "An arrow means *may import*; a box's modules (·) must not import each other.", ""]
+        elif c["type"] == "independence":
+            lines = ["```mermaid", "flowchart LR"]
+            lines += [f'    {cid}{i}["{m}"]' for i, m in enumerate(c["modules"])]
+            out += lines + ["```", "", "Independent: none of these imports another, directly or not.", ""]
+        else:
+            raise ValueError(f"pyproject.toml: contract {c['id']!r} has type {c['type']!r}, which docs/_hooks/kit_docs.py cannot draw")
+    return "\n".join(out)
+
+
+def executed_copy(name: str, reports: Path = ROOT / "reports") -> Path | None:
+    """The newest ``reports/*/NAME.ipynb`` (a ``kit report`` run), or None."""
+    copies = sorted(reports.glob(f"*/{name}.ipynb"), key=lambda p: p.stat().st_mtime)
+    return copies[-1] if copies else None
+
+
+def notebook_sources() -> dict[str, Path]:
+    """notebook name -> the file its page renders."""
+    return {nb.stem: executed_copy(nb.stem) or nb for nb in sorted((ROOT / "notebooks").glob("*.ipynb"))}
+
+
+def _environment(report: Path) -> str:
+    """A report's environment record in a few words, when it left one beside the notebook."""
+    for candidate in sorted(report.parent.rglob("environment.json")) + sorted(report.parent.rglob("study.json")):
+        data = json.loads(candidate.read_text())
+        env = data.get("environment", data.get("meta", {}).get("environment", data))
+        if isinstance(env, dict) and env.get("kernel"):
+            return f"{env.get('host', '?')}, kernel {env.get('kernel')}, {env.get('cpu', '?')}"
+    return ""
+
+
+def sources_markdown() -> str:
+    rows = ["| notebook | rendered from |", "|---|---|"]
+    for name, path in notebook_sources().items():
+        if path.parent.name == "notebooks":
+            where = "the committed notebook, **not executed** here: `kit report " + name + "` then `make docs` renders its outputs"
+        else:
+            env = _environment(path)
+            where = f"`{path.relative_to(ROOT)}` (a `kit report` run{': ' + env if env else ''})"
+        rows.append(f"| [{name}]({name}.ipynb) | {where} |")
+    return "\n".join(rows)
+
+
+GENERATED = {"METRICS": metrics_markdown, "LAYERS": layers_markdown, "NOTEBOOK-SOURCES": sources_markdown}
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    def replace(m: re.Match) -> str:
+        if m[1] not in GENERATED:
+            raise ValueError(f"{page.file.src_path}: unknown generated part {m[1]!r} (known: {sorted(GENERATED)})")
+        return GENERATED[m[1]]()
+    return MARKER.sub(replace, markdown)
+
+
+@event_priority(100)  # before mkdocs-jupyter's on_files, which turns .ipynb files into pages
+def on_files(files, config):
+    for name, path in notebook_sources().items():
+        f = File(f"notebooks/{name}.ipynb", str(ROOT), config["site_dir"], config["use_directory_urls"])
+        f.abs_src_path = str(path)
+        files.append(f)
+    return files
