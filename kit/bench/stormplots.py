@@ -40,22 +40,32 @@ _FAMILY = {"s": ("launch_to_exit", "total"), "bytes": ("pss", "density_pss_per_i
            "× native": ("throughput",)}
 
 
-def footer(fig, metrics, runtimes, n_cores: int) -> list[references.Reference]:
-    """Write under ``fig`` every reference of ``metrics``, each with its source: those drawn against
-    it first (their boundary is a kit metric measured here), then those only listed (measured to
-    another boundary, or on a runtime not measured here); return the drawn ones."""
+def footer(fig, metrics, runtimes, n_cores: int, draws: bool = True) -> list[references.Reference]:
+    """Write under ``fig`` every reference of ``metrics``, each with its source: with ``draws``, those
+    the figure draws first (their boundary is a kit metric it shows, on a runtime measured here), then
+    those only listed, each saying why (another boundary, a runtime not measured here); return the
+    drawn ones."""
     metrics = set(metrics)
-    drawn = references.drawn(metrics, runtimes)
+    drawn = references.drawn(metrics, runtimes) if draws else []
     listed = [r for r in references.TABLE.values() if r not in drawn
               and (r.metric in metrics or (not r.metric and metrics & set(_FAMILY.get(r.unit, ()))))]
     lines = [f"reference (not measured here): {r.what} = {_scaled(r, n_cores)}; {r.source_title} <{r.source_url}>"
              for r in drawn]
-    lines += [f"listed, not drawn ({references.why_not(r, metrics, runtimes)}): {r.what} = {references.shown(r)}; "
-              f"{r.source_title}" for r in listed]
+    lines += [f"reference, listed (not measured here; {_why(r, runtimes, draws)}): {r.what} = {references.shown(r)}; "
+              f"{r.source_title} <{r.source_url}>" for r in listed]
     if lines:
         fig.text(0.01, 0.005, "\n".join(lines), fontsize=5.5, color=REF_STYLE["color"], va="bottom")
         fig.subplots_adjust(bottom=min(0.45, 0.14 + 0.03 * len(lines)))
     return drawn
+
+
+def _why(r: references.Reference, runtimes, draws: bool) -> str:
+    """Why a reference under a figure is listed, not drawn."""
+    if not r.metric:
+        return "measured to another boundary than any kit metric"
+    if r.runtime and r.runtime not in set(runtimes):
+        return f"{r.runtime} not measured in this study"
+    return "same boundary, not drawn on this figure" if not draws else "not drawn"
 
 
 def annotate(figs: dict, df: pd.DataFrame, meta: dict) -> dict:
@@ -66,7 +76,7 @@ def annotate(figs: dict, df: pd.DataFrame, meta: dict) -> dict:
         base = name.split("-")[0] if name not in FIGURE_METRICS else name
         metrics = FIGURE_METRICS.get(base) or (("op_time", "throughput") if name.startswith("load") else ())
         if metrics and name not in ("storm", "density-sweep"):
-            footer(fig, metrics, runtimes, cores(meta))
+            footer(fig, metrics, runtimes, cores(meta), draws=False)
     return figs
 
 
