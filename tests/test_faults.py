@@ -322,6 +322,33 @@ def test_a_full_kit_home_during_a_pull(tmp_path, monkeypatch):
         reg.stop()
 
 
+def test_a_full_kit_home_while_saving_a_vm_template(tmp_path, monkeypatch):
+    need("qemu")
+    real = kit.config.home()
+    kit.api.default_session()
+    before = set(kit.ps()["name"])
+    # 24 MiB: the template's RAM file (256 MiB of guest memory) cannot fit; kernels and images stay the real ones
+    with mounted_tmpfs(tmp_path / "home", "24m") as home:
+        binds = []
+        try:
+            for sub in ("kernels", "images"):
+                (home / sub).mkdir()
+                subprocess.run(["mount", "--bind", str(real / sub), str(home / sub)], check=True)
+                binds.append(home / sub)
+            monkeypatch.setenv("KIT_HOME", str(home))
+            with pytest.raises(NoSpace) as e:
+                kit.run("busybox", ["true"], runtime="qemu", start="snapshot")
+            assert_no_space(e, home, "saving VM template")
+            assert "256.0 MiB needed" in str(e.value)
+            assert [p.name for p in (home / "templates").iterdir() if not p.name.endswith(".lock")] == []
+            monkeypatch.delenv("KIT_HOME")
+        finally:
+            for b in binds:
+                subprocess.run(["umount", str(b)], check=False)
+    assert set(kit.ps()["name"]) == before
+    assert kit.run(None, ["true"], runtime="process").exit_code == 0
+
+
 def test_a_full_kit_home_during_a_volume_write(small_home, names):
     need("runc")
     kit.images.import_dir("busybox", BUSYBOX.rootfs)  # the kit's busybox in this KIT_HOME's store (2 MiB)

@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 
 from .._proc import kill_group, last_line, marked_env, run
-from .. import config
+from .. import config, faults
 from ..errors import StartFailed
 from . import machine, qmp
 from .qemubin import version_line as qemu_version_line
@@ -255,6 +255,8 @@ def _build(key: str, cfg: machine.VMConfig, binary: str) -> Template:
         shutil.rmtree(final, ignore_errors=True)  # a broken one without meta.json
         os.rename(tmp, final)
         return Template(key, final, meta)
+    except (StartFailed, OSError) as e:
+        raise _said_as_storage(e, key, cfg) from None
     finally:
         if proc is not None and proc.poll() is None:
             kill_group(proc)
@@ -264,6 +266,15 @@ def _build(key: str, cfg: machine.VMConfig, binary: str) -> Template:
             c.close()
         shutil.rmtree(socks, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _said_as_storage(e: Exception, key: str, cfg: machine.VMConfig) -> Exception:
+    """A build's failure said as the full (or read-only) disk's when that is what it was: QEMU dies of
+    SIGBUS, with no message, once the guest touches RAM its file on a full ``$KIT_HOME`` cannot hold."""
+    what, needed = f"saving VM template {key}", cfg.memory_mib * 2**20
+    if isinstance(e, OSError):
+        return faults.translate(e, root(), what, needed) or e
+    return faults.no_space(root(), what, needed) if faults.full(root()) else e
 
 
 def _save(qmp_path: Path, state: Path, key: str) -> None:
