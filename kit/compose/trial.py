@@ -130,7 +130,7 @@ def sentences(results: pd.DataFrame, accel: str = "") -> list[str]:
     text = [f"The stack answered first as **{fast}** ({r.first_response_s[fast]:.1f} s after `up`) and last as "
             f"**{slow}** ({r.first_response_s[slow]:.1f} s)."]
     fresh = r.index[0]
-    if r.db_visits_first[fresh] == 1:
+    if r.db_visits_first[fresh] <= 2:  # first_response's request and the one after it: none before this up
         text.append(f"{fresh} came first, on an empty volume: its time includes `mariadb-install-db` creating the "
                     "database's system tables, which every later configuration found in the volume.")
     best = r.rps.idxmax()
