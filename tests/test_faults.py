@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import tarfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,8 +32,9 @@ from IPython.core.error import UsageError
 import kit
 from kit import widgets
 from kit._proc import wait_until
-from kit.errors import DaemonUnavailable, NoSpace, ReadOnlyStorage
+from kit.errors import DaemonUnavailable, InvalidSpec, NoSpace, ReadOnlyStorage
 from kit.images import engine, store
+from kit.net import free_port
 from tests.conftest import need, unique
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -385,3 +388,39 @@ def test_the_state_directory_made_read_only(names):
         subprocess.run(["umount", str(d)], check=False)
     assert set(os.listdir(d)) == before  # nothing half-made
     assert kit.run("busybox", ["true"], runtime="runc").exit_code == 0  # writable again: usable
+
+
+# -- a published port taken by someone else -----------------------------------
+
+@pytest.mark.parametrize("runtime", ["runc", "docker"])
+def test_a_port_taken_between_the_check_and_the_bind(runtime, names):
+    """Someone else listens on the port once the kit has checked it is free (its instance's state
+    directory appears after the check) and before the kit's forwarder binds it (once the instance runs)."""
+    need(runtime)
+    d = kit.api.default_session().state_dir
+    port, before, holder = free_port(), set(os.listdir(d)), []
+
+    def take():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not set(os.listdir(d)) - before:
+            time.sleep(0.001)
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen(1)
+        holder.append(s)
+
+    t = threading.Thread(target=take)
+    t.start()
+    try:
+        with pytest.raises(InvalidSpec, match=rf"port {port} on 127.0.0.1 is already in use: choose another host port"):
+            kit.start("busybox", ["sleep", "600"], runtime=runtime, name=unique("port"), ports=[f"{port}:80"])
+    finally:
+        t.join()
+        for s in holder:
+            s.close()
+    assert holder  # it was taken after the check
+    wait_until(lambda: set(os.listdir(d)) == before, 30, what="the failed start's state directory gone")
+    inst = kit.start("busybox", ["sleep", "600"], runtime=runtime, name=unique("port"), ports=[f"{port}:80"])
+    names.append(inst.name)
+    assert inst.status == "running"  # the port free again: the same start works
