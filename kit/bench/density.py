@@ -56,7 +56,8 @@ def steady_state(runtime: str, image: str, *, parts, max_n: int, memory_budget: 
         parts: which of ``memory``, ``density``, ``disk`` to record.
         max_n: the most idle instances to run at once.
         memory_budget: stop doubling when the next step's projected host memory would exceed this (bytes).
-        time_budget: stop doubling when the next step's projected time would exceed this (seconds).
+        time_budget: stop doubling when the next step's projected time would exceed this (seconds; the
+            waits of ``settle`` left out).
         prefix: instance names are ``<prefix>-<i>``.
         image_usages: the image's per-format disk usage (from :func:`kit.bench.disk.image_rows`).
         memory_limit: the memory limit each instance gets (e.g. ``"256m"``; a VM's RAM).
@@ -68,7 +69,7 @@ def steady_state(runtime: str, image: str, *, parts, max_n: int, memory_budget: 
     rows: list[dict] = []
     lives: list[Instance] = []
     base_used = footprint.host_used()
-    t_begin = time.monotonic()
+    t_begin, paused = time.monotonic(), 0.0
     limit = runtimes.get(runtime).idle_limit(memory_limit)
 
     def start(i: int) -> tuple[Instance, startup.Ready]:
@@ -84,7 +85,9 @@ def steady_state(runtime: str, image: str, *, parts, max_n: int, memory_budget: 
             if not lives:
                 break
             n = len(lives)
+            t_settle = time.monotonic()
             merged = settle(n, all_pids) if settle and "density" in parts else []
+            paused += time.monotonic() - t_settle  # KSM's wait is not the instances' start time
             reading = footprint.steady(all_pids)  # partial (a process unreadable): its rows say so
             if n == 1 and "memory" in parts:
                 rows += _memory_rows(lives[0], timeout)
@@ -94,7 +97,7 @@ def steady_state(runtime: str, image: str, *, parts, max_n: int, memory_budget: 
             if not started or n >= max_n:
                 break
             nxt = steps[k + 1]
-            elapsed = time.monotonic() - t_begin
+            elapsed = time.monotonic() - t_begin - paused
             if max(reading.pss, used) / n * nxt > memory_budget or elapsed + elapsed / n * (nxt - n) > time_budget:
                 break
         if "disk" in parts and lives:

@@ -11,7 +11,7 @@ import math
 
 import pandas as pd
 
-from . import loadpart, metrics
+from . import loadpart, metrics, storm, stormplots
 from .stats import measured
 
 MIB = 1024 * 1024
@@ -117,6 +117,11 @@ def density_table(study) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("PSS/instance MiB").reset_index(drop=True)
 
 
+def _swept(df: pd.DataFrame) -> bool:
+    """Whether a frame is of a density sweep (KSM settings or guest sizes)."""
+    return any(c in df.columns for c in ("ksm", "vm_memory"))
+
+
 def markdown(study, figures=True) -> str:
     """Every table of a study, with the environment and what was left out, as one Markdown document.
 
@@ -139,10 +144,15 @@ def markdown(study, figures=True) -> str:
                 ("Teardown", teardown_table(study)), ("Memory of one idle instance", memory_table(study)),
                 ("Image bytes per format", image_table(study)), ("Disk with sharing accounted", disk_table(study)),
                 ("Density", density_table(study)),
+                ("Start storms: N at once (kit.bench.storm)", storm.table(study.df)),
+                ("Density sweep: memory per idle instance (PSS sum and host MemAvailable), KSM",
+                 stormplots.sweep_table(study.df) if _swept(study.df) else pd.DataFrame()),
                 ("Under load: throughput against the bare process (95 % CI), p99", loadpart.table(study.df, study.seed))]
     for heading, t in sections:
         if len(t):
             parts.append(f"## {heading}\n\n" + table(t, index=not isinstance(t.index, pd.RangeIndex)))
+    if study.meta.get("storm_stopped"):
+        parts.append("Storms stopped: " + "; ".join(f"**{k}**: {v}" for k, v in study.meta["storm_stopped"].items()))
     if study.meta.get("skipped"):
         parts.append("Not measured: " + "; ".join(f"**{k}**: {v}" for k, v in study.meta["skipped"].items()))
     if study.meta.get("dropped"):
