@@ -117,6 +117,9 @@ def test_notebook_runs(stem, tmp_path):
     if stem == "03-images-and-layers":  # the guest's own view says where a VM's writes went
         html = (out / f"{stem}.html").read_text()
         assert "Inside the <strong>qemu</strong> VM" in html and "writable layer is guest memory" in html
+        # overlayfs named and shown: an image file changed in no byte is copied up whole
+        assert "<strong>overlayfs</strong>" in html and "changed no byte of the file" in html
+        assert "What this means" in html and "a sha256 over its whole tree" in html
         # a VM's shared bytes are the files its QEMU boots, counted here from a VM's own /proc cmdline
         sharing = pd.read_csv(out / stem / "data" / "sharing.csv").set_index("runtime")
         assert sharing.loc["qemu", "shared_mb"] * 1e6 == pytest.approx(_vm_boot_bytes("busybox"), abs=1)
@@ -139,6 +142,12 @@ def test_notebook_runs(stem, tmp_path):
         assert "lxc-execute" in html and "between <code>created</code> and <code>started</code>" in html
     html = (out / f"{stem}.html").read_text()  # a report names no path of the machine it was made on
     assert str(tmp_path) not in html and str(Path.home()) + "/" not in html
+    if stem == "05-backend-stack":  # the stack's memory says what it counts, and a VM's guest RAM beside QEMU's
+        html = (out / f"{stem}.html").read_text()
+        assert "Counting each instance's own processes and its helper" in html and "of guest RAM" in html
+        assert "on an empty volume" in html and "images took" in html and "What this means" in html
+    if stem == "06-performance-under-load":
+        assert "What this means" in html and "reference findings, this run gave" in html
     if stem == "04-services":  # the volumes sentence follows the runtimes, never a fixed "not yet"
         html = (out / f"{stem}.html").read_text()
         assert "does not offer volumes" not in html and "ran without a volume" in html

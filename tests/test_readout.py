@@ -134,3 +134,14 @@ def test_report_hides_tagged_inputs_and_machine_paths(tmp_path):
 @pytest.mark.parametrize("value", [json.dumps({"a": 1})])
 def test_redaction_leaves_other_text_alone(value):
     assert report._redacted([value, "x /"], {"/tmp/q": "<r>"}) == [value, "x /"]
+
+
+def test_a_vm_finding_under_tcg_is_not_comparable():
+    found = pd.DataFrame([{"key": "vm_latency", "verdict": "reproduced", "why": "VM latency ÷ native: 3x"},
+                          {"key": "cpu_memory", "verdict": "reproduced", "why": "ok"}])
+    here = readout.findings_here(found, "tcg")
+    assert here.set_index("key").verdict.to_dict() == {"vm_latency": "not comparable here", "cpu_memory": "reproduced"}
+    assert "measured the emulator" in here.why[0] and "3x" in here.why[0]
+    assert readout.findings_here(found, "kvm").verdict.tolist() == ["reproduced", "reproduced"]
+    assert readout.findings_summary(here) == ("Of 2 reference findings, this run gave reproduced: **1**, not comparable "
+                                              "here: **1** (cpu_memory reproduced).")

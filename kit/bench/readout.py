@@ -277,3 +277,29 @@ def startup_sentences(df: pd.DataFrame, workload: str, accel: str = "") -> list[
                     + (": **under TCG**, an emulated CPU, so this ratio is not comparable with a KVM host's "
                        "(see the reference figures above)." if accel == "tcg" else "."))
     return text
+
+
+#: The verdict of a reference finding about VMs when they ran emulated: the run measured the emulator.
+NOT_COMPARABLE = "not comparable here"
+
+
+def findings_here(found: pd.DataFrame, accel: str) -> pd.DataFrame:
+    """``study.findings()`` as they stand on this machine: without KVM, the VM finding measured
+    TCG's emulator, not a hypervisor, so its verdict is :data:`NOT_COMPARABLE`, whatever the numbers."""
+    out = found.copy()
+    if accel != "kvm":
+        vm = (out["key"] == "vm_latency") & (out["verdict"] != "not measured")
+        out.loc[vm, "why"] = (f"VMs ran under {accel.upper() or 'no accelerator'}, QEMU emulating the CPU in software, "
+                              "so this measured the emulator, not a hypervisor; the figures were: " + out.loc[vm, "why"])
+        out.loc[vm, "verdict"] = NOT_COMPARABLE
+    return out
+
+
+def findings_summary(found: pd.DataFrame) -> str:
+    """How many reference findings this run reproduced, did not, or could not judge: one sentence."""
+    counts = found["verdict"].value_counts()
+    order = ["reproduced", "not reproduced", "not enough runs", NOT_COMPARABLE, "not measured"]
+    counts = counts.reindex([v for v in order if v in counts] + [v for v in counts.index if v not in order])
+    return (f"Of {len(found)} reference findings, this run gave " + ", ".join(f"{v}: **{n}**" for v, n in counts.items())
+            + (" (" + ", ".join(found[found.verdict == "reproduced"]["key"]) + " reproduced)"
+               if "reproduced" in counts else "") + ".")
