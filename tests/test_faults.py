@@ -31,6 +31,7 @@ from IPython.core.error import UsageError
 
 import kit
 from kit import widgets
+from kit.bench import Study
 from kit._proc import wait_until
 from kit.errors import DaemonUnavailable, InvalidSpec, NoSpace, ReadOnlyStorage
 from kit.images import engine, store
@@ -215,9 +216,15 @@ def test_docker_stopped_mid_session_is_dockers_own_fault(ip, names):
         assert "\n" not in str(e.value)
         assert kit.run("busybox", ["echo", "still"], runtime="runc").stdout.strip() == "still"
         assert r.exec(["echo", "here"]).stdout.strip() == "here"
+        study = Study(image="busybox", runtimes=["runc", "docker"], workload="true", repeat=1, warmup=0,
+                      parts="startup", progress=False, name="faults").run()
+        said = study.groupby("runtime")["status"].agg(set)
+        assert said["runc"] == {"ok"}, said["runc"]  # the other runtime measured as ever
+        assert all(x.startswith("error") and "docker: daemon not answering at unix://" in x for x in said["docker"]), said["docker"]
         pruned = kit.prune()  # every other runtime's instance goes; Docker's stays, its row saying why
         assert r.name in pruned and d.name not in pruned and set(kit.ps()["name"]) == {d.name}
         down = time.monotonic() - down
+    print(f"dockerd down {down:.1f} s while the session was checked; answering again {time.monotonic() - t0:.1f} s after the start")
     assert down < DOWN_AT_MOST, f"dockerd stayed down {down:.0f} s"
     # The session recovers with the daemon: the container ran on (live-restore) and is the kit's again.
     wait_until(lambda: d.status == "running", 60, what="the Docker instance seen running again")
