@@ -29,7 +29,8 @@ import time
 from dataclasses import dataclass, field
 
 from .. import api, images
-from ..errors import ComposeFileError, KitError, ServiceFailed
+from .._proc import wait_until
+from ..errors import ComposeFileError, KitError, KitTimeout, ServiceFailed
 from ..instance import Instance
 from ..session import Session
 from ..spec import show
@@ -409,6 +410,19 @@ def _wait_dependencies(stack: Stack, u: Unit, timeout: float) -> None:
         for dep, cond in stack.project.services[svc].depends_on.items():
             if cond == "service_healthy" and dep not in u.services:
                 _healthy(stack, dep, timeout)
+            elif cond == "service_completed_successfully" and dep not in u.services:
+                _completed(stack, dep, timeout)
+
+
+def _completed(stack: Stack, svc: str, timeout: float) -> None:
+    """Wait until ``svc`` (a one-shot job: a migration) has exited 0."""
+    inst = stack.units[stack.instance(svc)].instance
+    try:
+        wait_until(lambda: inst.status != "running", timeout, interval=0.2, what=f"{svc!r} to complete")
+    except KitTimeout:
+        raise _failed(stack, svc, f"did not complete within {timeout:g} s") from None
+    if inst.status != "exited (0)":
+        raise _failed(stack, svc, f"did not complete successfully ({inst.status})")
 
 
 def _start_unit(stack: Stack, u: Unit, memory) -> None:
@@ -565,7 +579,10 @@ def _healthy(stack: Stack, svc: str, timeout: float) -> None:
     failures, last = 0, ""
     colocated = unit is not None and len(unit.services) > 1
     while True:
-        if unit is None or unit.instance.status != "running":
+        status = "removed" if unit is None else unit.instance.status
+        if status == "exited (0)" and hc is None and not colocated:
+            break  # a one-shot job that did its work (Compose's up does not fail it either)
+        if status != "running":
             raise _failed(stack, svc, "exited")
         if colocated:
             r = unit.instance.logs()
