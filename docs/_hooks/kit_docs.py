@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import tomllib
@@ -23,15 +24,21 @@ ROOT = Path(__file__).resolve().parents[2]
 MARKER = re.compile(r"<!-- kit: ([A-Z-]+) -->")
 
 
+def literal(text: str) -> str:
+    """``text`` as Markdown that renders it word for word (``density_*pss*`` is no emphasis)."""
+    return re.sub(r"([\\`*_{}\[\]|])", r"\\\1", html.escape(text, quote=False))
+
+
 def metrics_markdown() -> str:
     """Every metric of ``kit.bench.METRICS``: an index table, then a section per metric."""
     from kit.bench.metrics import METRICS
 
     rows = ["| metric | unit | in short |", "|---|---|---|"]
     for name, (unit, text) in METRICS.items():
-        short = re.split(r"(?<=[.:;])\s", text, maxsplit=1)[0].replace("|", "\\|")
-        rows.append(f"| [`{name}`](#{name}) | {unit} | {short} |")
-    sections = [f"### `{name}` {{#{name}}}\n\n**unit:** {unit}\n\n{text}\n" for name, (unit, text) in METRICS.items()]
+        short = re.split(r"(?<=[.:;])\s", text, maxsplit=1)[0]
+        rows.append(f"| [`{name}`](#{name}) | {literal(unit)} | {literal(short)} |")
+    sections = [f"### `{name}` {{#{name}}}\n\n**unit:** {literal(unit)}\n\n{literal(text)}\n"
+                for name, (unit, text) in METRICS.items()]
     return "\n".join(rows) + "\n\n## Definitions\n\n" + "\n".join(sections)
 
 
