@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import kit
 import kit.compose as compose
 from kit.errors import ComposeFileError
 from tests.conftest import need, unique
@@ -173,3 +174,33 @@ def test_runs_on_runc(case):
         assert set(table.status) <= {"running", "exited (0)"}, table.to_string()
     finally:
         compose.down(project, volumes=True)
+
+
+def test_restart_is_supervised_and_depends_on_restart_follows():
+    need("runc")
+    project = unique("corpus")
+    text = """
+services:
+  db:
+    image: busybox
+    command: ["sh", "-c", "echo db up; while [ ! -e /tmp/crash ]; do sleep 0.2; done; exit 1"]
+    restart: on-failure:1
+  app:
+    image: busybox
+    command: sleep 600
+    depends_on:
+      db: {condition: service_started, restart: true}
+"""
+    compose.up(text, runtime="runc", project=project)
+    try:
+        kit.exec(f"{project}-db-1", ["touch", "/tmp/crash"])
+        restarts = lambda: compose.ps(project).set_index("service")["restarts"].to_dict()  # noqa: E731
+        kit.wait_until(lambda: restarts() == {"db": 1, "app": 1}, 60, what="db's restart and app's after it")
+        logs = compose.logs(project)
+        assert logs.count("db | db up") == 2 and "app | kit-compose: restarted after db" in logs
+        kit.exec(f"{project}-db-1", ["touch", "/tmp/crash"])
+        kit.wait_until(lambda: compose.ps(project).set_index("service").loc["db", "status"] == "exited (1)", 60,
+                       what="db to stay down: on-failure:1 restarts it once")
+        assert restarts() == {"db": 1, "app": 1}
+    finally:
+        compose.down(project)

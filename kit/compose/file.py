@@ -80,6 +80,7 @@ class Service:
     volumes: list[tuple[str, str, bool, str]] = field(default_factory=list)  # (source, target, ro, kind)
     depends_on: dict[str, str] = field(default_factory=dict)  # service -> condition
     optional: set = field(default_factory=set)      # depends_on with required: false
+    restart_with: set = field(default_factory=set)  # depends_on with restart: true (restarted after them)
     healthcheck: Healthcheck | None = None
     working_dir: str | None = None
     memory: int | None = None
@@ -121,7 +122,6 @@ class Project:
     configs: dict[str, Secret] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
     profiles: tuple = ()
-    model: dict = field(default_factory=dict, repr=False)  # the resolved tree (kit.compose.config)
 
     def order(self) -> list[str]:
         """Services in an order where each comes after what it depends on (file order otherwise)."""
@@ -187,7 +187,7 @@ def read(source, project: str | None = None, environ: dict | None = None, *, pro
         if not active(body or {}, r.profiles):
             continue
         services[sname] = reader.service(top["services"], sname, body)
-    proj = Project(name, services, volumes, networks, r.directory, secrets, configs, r.files, r.profiles, top)
+    proj = Project(name, services, volumes, networks, r.directory, secrets, configs, r.files, r.profiles)
     _cross_check(proj, top["services"])
     proj.order()  # a cycle is refused now, not halfway through up
     if proj.ignored():
@@ -385,6 +385,8 @@ class _Reader:
             s.depends_on[str(dep)] = cond
             if body.get("required") is False:
                 s.optional.add(str(dep))
+            if body.get("restart") is True:
+                s.restart_with.add(str(dep))
 
     def health(self, s: Service, v) -> None:
         for k in v:

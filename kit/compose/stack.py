@@ -315,13 +315,22 @@ def _supervise(stack: Stack) -> None:
                 r = u.instance.logs()
                 u.history += (r.stdout or "") + (r.stderr or "")
                 u.history += f"kit-compose: {s.name} ended ({status}); restart {u.restarts + 1} ({s.restart})\n"
-                u.instance.rm(force=True)
-                if stack.stopping.is_set():
-                    return
-                u.instance = stack.session.start(u.image, u.kw["command"], u.runtime, **u.kw["options"])
-                u.restarts += 1
+                _restart(stack, u)
+                for other in list(stack.units.values()):  # depends_on with restart: true follows it
+                    if len(other.services) == 1 and s.name in stack.project.services[other.services[0]].restart_with:
+                        other.history += other.instance.logs().stdout + f"kit-compose: restarted after {s.name}\n"
+                        _restart(stack, other)
             except KitError as e:
                 u.history += f"kit-compose: {s.name} could not restart: {e}\n"
+
+
+def _restart(stack: Stack, u: Unit) -> None:
+    """A new instance of ``u`` in place of the one that ended (same name, options, volumes and networks)."""
+    u.instance.rm(force=True)
+    if stack.stopping.is_set():
+        return
+    u.instance = stack.session.start(u.image, u.kw["command"], u.runtime, **u.kw["options"])
+    u.restarts += 1
 
 
 def _unit_image(proj: Project, u: Unit, mapping: dict | None = None) -> str:
