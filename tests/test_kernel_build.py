@@ -248,12 +248,15 @@ def test_a_study_compares_kernels():
     from kit.bench import Study
 
     need("qemu")
-    study = Study(runtimes="process,qemu", kernels="kit,distro", repeat=1, warmup=0, parts="startup",
+    study = Study(runtimes="process,qemu", kernels="kit,distro", repeat=1, warmup=0, parts="startup,memory",
                   progress=False)
     df = study.run()
-    vm = df[df["runtime"] == "qemu"]
-    assert set(vm["kernel"]) == {"kit", "distro"} and set(df[df["runtime"] == "process"]["kernel"]) == {""}
     assert (df["status"] == "ok").all(), df[df["status"] != "ok"]
+    for part in ("startup", "memory"):  # the startup runs and the steady-state pass, once per kernel
+        rows = df[df["part"] == part]
+        vm = rows[rows["runtime"] == "qemu"]
+        assert set(vm["kernel"]) == {"kit", "distro"} and set(rows[rows["runtime"] == "process"]["kernel"]) == {""}
+        assert set(vm[vm["kernel"] == "kit"]["metric"]) == set(vm[vm["kernel"] == "distro"]["metric"])
     s = study.summary("startup")
     runs = s[(s["metric"] == "launch_to_exit")].set_index("runtime")
     assert {"process", "qemu/kit", "qemu/distro"} <= set(runs.index)

@@ -212,7 +212,9 @@ class _Parts:
             order = list(todo.runtimes)
             rng.shuffle(order)  # so a slowly filling host does not always hit the same runtime
             for i, rt in enumerate(order):
-                passes = [(on, mib, kern) for on, mib in plan.sweeps(p, rt) for kern in kernels_.for_runtime(rt, p.kernels)]
+                sweeps = plan.sweeps(p, rt)
+                # each guest kernel's passes measure as a runtime's do: memory and disk in its first
+                passes = [(on, mib, kern) for kern in kernels_.for_runtime(rt, p.kernels) for on, mib in sweeps]
                 for k, (on, mib, kern) in enumerate(passes):
                     if rt in self.dropped or (image, rt, on, mib) not in todo.steady \
                             or ("steady", image, rt, on, mib, kern) in todo.done:
@@ -221,8 +223,8 @@ class _Parts:
                                              f"{f' {mib} MiB' if mib else ''}{f' {kern} kernel' if kern else ''}")
                     try:
                         with ksm.enabled(on):
-                            rows = self._steady_rows(image, rt, f"{i}{k}", usages, on, mib, first=k == 0,
-                                                     kernel=kern)
+                            rows = self._steady_rows(image, rt, f"{i}{k}", usages, on, mib,
+                                                     first=(on, mib) == sweeps[0], kernel=kern)
                     except Exception as e:  # noqa: BLE001  (recorded in the frame; the other runtimes go on)
                         rows = [{"part": first, "metric": "failed", "value": 1,
                                  "status": f"error: {type(e).__name__}: {e}"}]
