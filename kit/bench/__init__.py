@@ -11,7 +11,7 @@
 
 A study's parameters are one :class:`StudyParams` (``Study(...)`` takes its fields). The same from a
 terminal: ``kit bench -r all -n 10 true``; in IPython: ``%bench ...`` (see :func:`build_parser` and
-:func:`magic`). What every number means: :data:`METRICS` (also in README.md, in every saved
+:func:`magic`). What every number means: :data:`METRICS` (also in the docs' metrics reference, in every saved
 ``study.json`` and in ``df.attrs["metrics"]``). The explorer widget: ``kit.widgets.explore(study)``.
 """
 

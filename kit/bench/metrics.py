@@ -3,7 +3,8 @@
 One row per (run, metric). :data:`METRICS` travels with the data: in every
 saved ``study.json`` (``meta["metrics"]``) and in the frame's
 ``df.attrs["metrics"]``, so a reader knows exactly what each number is without
-this code. README.md shows the same table (a test keeps the two equal).
+this code. The docs' metrics reference (docs/reference/metrics.md) is generated from it at each
+build (docs/_hooks/kit_docs.py), so the definitions are never written twice.
 """
 
 from __future__ import annotations
@@ -217,11 +218,7 @@ def fingerprint(metrics: dict | None = None) -> str:
 
 
 def markdown(names=None) -> str:
-    """The definitions (of ``names``, default all) as a Markdown table: metric | unit | definition.
-
-    README.md carries the whole table, from
-    ``python -c "from kit.bench import metrics; print(metrics.markdown())"``.
-    """
+    """The definitions (of ``names``, default all) as a Markdown table: metric | unit | definition."""
     from tabulate import tabulate
 
     rows = [(f"`{k}`", u, d) for k, (u, d) in METRICS.items() if names is None or k in names]
