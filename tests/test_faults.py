@@ -380,6 +380,22 @@ def test_a_full_kit_home_during_a_volume_write(small_home, names):
     kit.volumes.rm(other)
 
 
+def test_a_read_only_kit_home(tmp_path, monkeypatch):
+    kit.api.default_session()
+    with mounted_tmpfs(tmp_path / "home", "1m,ro") as home:
+        monkeypatch.setenv("KIT_HOME", str(home))
+        for what, call in [("making the session's state directory", kit.Session),
+                           ("making the image store", lambda: kit.images.import_dir("fault-ro", tmp_path)),
+                           ("creating volume 'fault-ro'", lambda: kit.volumes.create("fault-ro"))]:
+            with pytest.raises(ReadOnlyStorage) as e:
+                call()
+            line = str(e.value)
+            assert "\n" not in line and what in line and f"KIT_HOME={home}" in line and "read-only" in line, line
+        assert kit.images.list() == []  # reading needs no write
+        monkeypatch.delenv("KIT_HOME")
+    assert kit.run(None, ["true"], runtime="process").exit_code == 0
+
+
 def test_the_state_directory_made_read_only(names):
     need("runc")
     d = kit.api.default_session().state_dir

@@ -81,7 +81,8 @@ class Image:
 
 def root() -> Path:
     d = config.home() / "images"
-    d.mkdir(parents=True, exist_ok=True)
+    with faults.writing(d, "making the image store"):
+        d.mkdir(parents=True, exist_ok=True)
     return d
 
 
@@ -98,7 +99,7 @@ def normalize(name: str) -> str:
 
 def _names() -> dict[str, str]:
     try:
-        return json.loads((root() / "names.json").read_text())
+        return json.loads((config.home() / "images" / "names.json").read_text())  # a read makes no store
     except (OSError, ValueError):
         return {}
 
