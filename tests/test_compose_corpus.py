@@ -204,3 +204,16 @@ services:
         assert restarts() == {"db": 1, "app": 1}
     finally:
         compose.down(project)
+
+
+def test_kit_compose_config_on_the_command_line(capsys, monkeypatch):
+    from kit.cli import main
+
+    monkeypatch.setenv("CORPUS_DB_USER_PASSWORD", "from-the-environment")
+    assert main(["compose", "config", "-f", str(CORPUS / "merge" / "compose.yml"),
+                 "-f", str(CORPUS / "merge" / "compose.override.yml")]) == 0
+    out = yaml.safe_load(capsys.readouterr().out)
+    assert out["services"]["web"]["command"] == ["httpd", "-f", "-p", "81"] and "extra" in out["services"]
+    assert main(["compose", "config", "-f", str(CORPUS / "29-bad-privileged.yml")]) == 2
+    err = capsys.readouterr().err
+    assert "'privileged' of service 'app' is refused" in err and err.count("\n") == 1
