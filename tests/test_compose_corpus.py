@@ -217,3 +217,21 @@ def test_kit_compose_config_on_the_command_line(capsys, monkeypatch):
     assert main(["compose", "config", "-f", str(CORPUS / "29-bad-privileged.yml")]) == 2
     err = capsys.readouterr().err
     assert "'privileged' of service 'app' is refused" in err and err.count("\n") == 1
+
+
+def test_start_interval_polls_during_start_period():
+    need("runc")
+    project = unique("corpus")
+    stack = compose.up("""
+services:
+  a:
+    image: busybox
+    command: sh -c "sleep 2; touch /tmp/ok; exec sleep 600"
+    healthcheck: {test: [CMD, test, -e, /tmp/ok], interval: 120s, start_period: 60s, start_interval: 0.5s}
+""", runtime="runc", project=project, timeout=100)
+    try:
+        # every 120 s, it would be healthy at the second check, 120 s in; every 0.5 s, about 2 s in
+        # (a 2-core machine shared with other tests: 30 s of margin)
+        assert stack.timings["a"]["healthy"] < 30
+    finally:
+        compose.down(project)

@@ -616,7 +616,9 @@ def _healthy(stack: Stack, svc: str, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise _failed(stack, svc, f"did not become healthy within {timeout:g} s after {failures} checks "
                                       f"(last: {show(last, 120)})")
-        time.sleep(hc.interval)  # the healthcheck's own interval, as Compose polls
+        started = stack.requested + stack.timings.get(svc, {}).get("started", 0)
+        in_start_period = time.time() - started < hc.start_period
+        time.sleep(hc.start_interval if in_start_period else hc.interval)  # as Compose polls
     t["healthy"] = time.time() - stack.requested
 
 
