@@ -235,3 +235,30 @@ services:
         assert stack.timings["a"]["healthy"] < 30
     finally:
         compose.down(project)
+
+
+@pytest.mark.parametrize("runtime", ["runc", "docker"])
+def test_secret_from_a_variable_and_config_content_are_mounted_then_gone(runtime):
+    need(runtime)
+    project = unique("corpus")
+    stack = compose.up("""
+services:
+  a:
+    image: busybox
+    command: sleep 600
+    secrets: [token]
+    configs: [greeting]
+secrets:
+  token: {environment: CORPUS_TOKEN}
+configs:
+  greeting: {content: hello from a config}
+""", runtime=runtime, project=project, environ={"CORPUS_TOKEN": "t0ken-value"})
+    where = stack.secrets.dir
+    try:
+        r = kit.exec(f"{project}-a-1", ["sh", "-c", "cat /run/secrets/token; echo; cat /greeting; echo; "
+                                                    "echo x > /run/secrets/token && echo writable"])
+        assert r.stdout == "t0ken-value\nhello from a config\n" and where.startswith("/dev/shm/")
+        assert "t0ken-value" not in compose.logs(project)
+    finally:
+        compose.down(project)
+    assert not Path(where).exists()
