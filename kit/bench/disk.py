@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 from .. import runtimes
@@ -23,13 +24,16 @@ from ..images import engine
 from ..usage import DiskUsage as Usage  # noqa: F401  (this module's figures are these)
 from ..usage import disk_usage as usage
 from ..usage import mount_points
-from ..vm import kernel
+from ..vm import kernel, machine, qemubin
 
 
 def default_kernel() -> Path | None:
-    """The vmlinuz a VM boots when no kernel is given (the newest cached one), or None: nothing fetched."""
+    """The kernel file a VM boots when no kernel is given (:func:`kit.vm.kernel.cached`; the kit's own
+    is its vmlinux where QEMU boots it through PVH), or None: nothing built or fetched."""
     k = kernel.cached()
-    return k.vmlinuz if k is not None else None
+    if k is None:
+        return None
+    return machine.boot_image(k.vmlinuz, k.vmlinux, qemubin.version(shutil.which(machine.QEMU) or machine.QEMU))
 
 
 def format_paths(image) -> dict[str, Path]:
