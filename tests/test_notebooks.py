@@ -54,7 +54,7 @@ def _vm_boot_bytes(image: str) -> int:
     files = [argv[i + 1] for i, a in enumerate(argv) if a in ("-kernel", "-initrd")]
     files += [o[len("file="):].replace(",,", ",") for i, a in enumerate(argv) if a == "-drive"
               for o in argv[i + 1].split(",") if o.startswith("file=")]
-    assert any(f.endswith("vmlinuz") for f in files), argv
+    assert any(f.endswith(("vmlinuz", "vmlinux")) for f in files), argv  # the kit kernel: its vmlinux (PVH)
     blocks = {}
     for f in files:
         st = os.stat(f)
