@@ -89,7 +89,8 @@ def test_the_resolved_values(tmp_path):
     dep = compose.read(CORPUS / "16-healthcheck-depends.yml", environ=ENV).services
     assert dep["app"].depends_on == {"db": "service_healthy", "migrate": "service_completed_successfully"}
     assert dep["db"].healthcheck.start_period == 20 and dep["db"].healthcheck.start_interval == 1
-    s = compose.read(CORPUS / "17-deploy.yml", environ=ENV).services["app"]
+    with pytest.warns(compose.ComposeWarning, match="app: deploy.resources.reservations.memory"):
+        s = compose.read(CORPUS / "17-deploy.yml", environ=ENV).services["app"]
     assert (s.cpus, s.memory, s.restart, s.restart_max) == (0.5, 128 * 2**20, "on-failure", 3)
     ports = compose.read(CORPUS / "20-ports-long.yml", environ=ENV).services["web"].ports
     assert ports == ["8080:80", "8443:443", "9000:9000", "9001:9001", "0:7000", "5001:5000"]

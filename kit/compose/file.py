@@ -202,7 +202,7 @@ def _cross_check(proj: Project, raw: LineDict) -> None:
         body = raw[s.name]
         for dep in list(s.depends_on):
             if dep not in proj.services:
-                if dep in s.optional or (dep in raw and dep in s.optional):
+                if dep in s.optional:  # required: false: left out with its profile
                     del s.depends_on[dep]
                     continue
                 why = "is in a profile that is not active" if dep in raw else "is not a service of this project"

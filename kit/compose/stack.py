@@ -5,13 +5,16 @@
 >>> kit.compose.ps("shop")           # one row per service
 >>> kit.compose.down("shop")         # named volumes kept; volumes=True removes them too
 
-Each service becomes one instance named ``<project>-<service>-1``, all on one kit network
-``<project>_default`` where members reach each other by service name; a top-level volume
-``data`` is the kit volume ``<project>_data`` (as Compose names them). Services start in
-``depends_on`` order; a dependant of ``condition: service_healthy`` waits until the
-dependency's healthcheck passes (run with :func:`kit.exec` inside it). ``up`` is all or
-nothing: if one service fails to start or become healthy, every instance of the project is
+Each service becomes one instance named ``<project>-<service>-1`` (or its ``container_name``); each
+compose network is a kit network ``<project>_<net>`` (``<project>_default`` when a service names
+none) where members reach each other by service name, and a service on several networks is reached
+on the others through :mod:`kit.compose.bridge`; a top-level volume ``data`` is the kit volume
+``<project>_data`` (as Compose names them). Services start in ``depends_on`` order; a dependant of
+``condition: service_healthy`` waits until the dependency's healthcheck passes (run with
+:func:`kit.exec` inside it), one of ``service_completed_successfully`` until it exited 0. ``up`` is
+all or nothing: if one service fails to start or become healthy, every instance of the project is
 removed again and :class:`~kit.errors.ServiceFailed` names the service with its last log lines.
+While the project is up, a thread of the session restarts services by their ``restart`` policy.
 
 Colocation (the kit's ``x-kit-colocate: GROUP`` key, or ``up(colocate=...)``): services of one
 group run in a single instance (e.g. one VM) under a small supervisor script that starts them
