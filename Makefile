@@ -133,7 +133,8 @@ setup-rest:
 		"tail -f $(SETUP_LOG)"
 
 # Regenerates benchmarks/results/: the default study, kit vs hyperfine, kit vs each
-# runtime's own command line, the VM boot comparison and the guest kernels'.
+# runtime's own command line, the VM boot comparison and the guest kernels', start storms against the
+# plain CLI and density with KSM.
 bench: setup
 	$(BIN)/python benchmarks/default_study.py
 	$(BIN)/python benchmarks/compare_hyperfine.py
@@ -144,6 +145,8 @@ bench: setup
 	$(BIN)/python benchmarks/bench_forwarder.py
 	$(BIN)/python benchmarks/bench_warm.py
 	$(BIN)/python benchmarks/bench_vm_restore.py
+	$(BIN)/python benchmarks/bench_storm.py
+	$(BIN)/python benchmarks/bench_density.py
 
 clean:
 	rm -rf $(VENV) reports build site .cache/mkdocs-jupyter *.egg-info
