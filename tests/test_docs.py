@@ -80,13 +80,21 @@ def test_api_reference_documents_the_session_the_handle_every_call_and_error(sit
 def test_design_draws_every_contract_and_module(site):
     contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
     markup = page(site, "design")
-    assert markup.count('class="mermaid"') == len(contracts)
+    assert markup.count('<svg class="kit-layers"') == sum(len(c.get("containers", [None])) for c in contracts)
     words = text_of(markup)
     for c in contracts:
         modules = c.get("modules", []) + [m.strip() for layer in c.get("layers", []) for m in layer.split("|")]
         for m in modules:
             name = m if not c.get("containers") else f"{c['containers'][0]}.{m}"
             assert name in words, (c["id"], name)
+
+
+def test_pages_load_nothing_from_the_network(site):
+    """Fonts, scripts and pictures are the site's own: it reads offline, and reaches no address."""
+    for built in site.rglob("*.html"):
+        markup = built.read_text()
+        remote = re.findall(r'<(?:script|link|img)\b[^>]*\b(?:src|href)="((?:https?:)?//[^"]+)"', markup)
+        assert not remote, (built.relative_to(site), remote)
 
 
 def test_every_notebook_has_a_page_from_its_newest_run_or_says_it_was_not_run(site):

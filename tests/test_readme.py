@@ -122,11 +122,12 @@ def test_blocks_have_what_the_test_relies_on():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # the whole manual: studies, VM boots (two kernels), compose, load; minutes
 def test_every_python_block_of_the_docs_runs(tmp_path):
     """In order, in one IPython shell, as a reader would paste them (VMs boot: marked slow)."""
     cells = documented_blocks()
     r = subprocess.run([sys.executable, "-c", RUNNER], input=json.dumps(cells), capture_output=True, text=True,
-                       cwd=tmp_path, timeout=2400)
+                       cwd=tmp_path, timeout=2100)
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "DOCS OK" in r.stdout, out[-6000:]
     assert out.count("--- python block") == len(cells)

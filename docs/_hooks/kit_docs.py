@@ -2,8 +2,8 @@
 
 - ``<!-- kit: METRICS -->`` becomes the metric definitions of ``kit.bench.METRICS`` (a table, then one
   linkable section per metric: ``reference/metrics.md#pss``).
-- ``<!-- kit: LAYERS -->`` becomes one Mermaid picture per import-linter contract of pyproject.toml,
-  the same contracts ``lint-imports`` enforces.
+- ``<!-- kit: LAYERS -->`` becomes one picture (inline SVG) per import-linter contract of
+  pyproject.toml, the same contracts ``lint-imports`` enforces.
 - ``notebooks/NAME.ipynb`` pages are the notebooks of ``notebooks/``, each in its newest executed
   copy from ``kit report`` (``reports/<date>-<host>/NAME.ipynb``, outputs included) where one exists,
   else as committed (no outputs); ``<!-- kit: NOTEBOOK-SOURCES -->`` says which, per notebook.
@@ -42,31 +42,63 @@ def metrics_markdown() -> str:
     return "\n".join(rows) + "\n\n## Definitions\n\n" + "\n".join(sections)
 
 
-def _node(contract_id: str, i: int, layer: str, container: str | None) -> str:
-    names = [m.strip() for m in layer.split("|")]
-    label = " · ".join(f"{container}.{n}" if container else n for n in names)
-    return f'    {contract_id}{i}["{label}"]'
+_LINE_CHARS, _CHAR_W, _LINE_H, _PAD, _GAP = 78, 7.8, 17, 10, 22
+
+
+def _wrap(names: list[str]) -> list[str]:
+    """``names`` joined by " · " into lines of at most _LINE_CHARS characters."""
+    lines = [""]
+    for n in names:
+        joined = f"{lines[-1]} · {n}" if lines[-1] else n
+        if len(joined) > _LINE_CHARS and lines[-1]:
+            lines.append(n)
+        else:
+            lines[-1] = joined
+    return lines
+
+
+def _svg(boxes: list[list[str]], arrows: bool) -> str:
+    """Boxes stacked top-down (an arrow from each to the next: *may import*), as inline SVG: drawn
+    here, so the site needs no diagram library from the network."""
+    width = int(max(len(line) for box in boxes for line in box) * _CHAR_W + 2 * _PAD)
+    parts, y = [], 0
+    for i, box in enumerate(boxes):
+        h = len(box) * _LINE_H + _PAD
+        parts.append(f'<rect x="1" y="{y}" width="{width}" height="{h}" rx="6" fill="#eef1fb" stroke="#3f51b5"/>')
+        parts += [f'<text x="{_PAD}" y="{y + _PAD / 2 + (j + 1) * _LINE_H - 4}">{html.escape(line)}</text>'
+                  for j, line in enumerate(box)]
+        y += h
+        if i < len(boxes) - 1:
+            if arrows:
+                mid = width / 2
+                parts.append(f'<path d="M{mid},{y + 2} V{y + _GAP - 4}" stroke="#3f51b5" marker-end="url(#kit-arrow)"/>')
+            y += _GAP
+    return (f'<svg class="kit-layers" xmlns="http://www.w3.org/2000/svg" width="{width + 2}" height="{y + 1}" '
+            f'viewBox="0 0 {width + 2} {y + 1}" font-family="monospace" font-size="12.5">'
+            '<defs><marker id="kit-arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
+            'orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#3f51b5"/></marker></defs>'
+            + "".join(parts) + "</svg>")
 
 
 def layers_markdown(pyproject: Path = ROOT / "pyproject.toml") -> str:
-    """One Mermaid flowchart per import-linter contract: a layer imports only the layers below it."""
+    """A picture per import-linter contract: a layer imports only the layers below it."""
     contracts = tomllib.loads(pyproject.read_text())["tool"]["importlinter"]["contracts"]
     out = []
     for c in contracts:
-        cid = re.sub(r"\W", "_", c["id"])
-        out.append(f"### {c['name']}\n")
+        out.append(f"### Contract `{c['id']}`\n\n{c['name']}.\n")
         if c["type"] == "layers":
-            lines = ["```mermaid", "flowchart TD"]
             for container in c.get("containers", [None]):
-                lines += [_node(cid, i, layer, container) for i, layer in enumerate(c["layers"])]
-                lines += [f"    {cid}{i} --> {cid}{i + 1}" for i in range(len(c["layers"]) - 1)]
-            out += lines + ["```", "", "An arrow means *may import*; a box's modules (·) must not import each other.", ""]
+                boxes = [_wrap([f"{container}.{m.strip()}" if container else m.strip() for m in layer.split("|")])
+                         for layer in c["layers"]]
+                out += [_svg(boxes, arrows=True), "",
+                        "An arrow means *may import* (and so may everything above it); the modules of one box "
+                        "(·) must not import each other.", ""]
         elif c["type"] == "independence":
-            lines = ["```mermaid", "flowchart LR"]
-            lines += [f'    {cid}{i}["{m}"]' for i, m in enumerate(c["modules"])]
-            out += lines + ["```", "", "Independent: none of these imports another, directly or not.", ""]
+            out += [_svg([[m] for m in c["modules"]], arrows=False), "",
+                    "Independent: none of these imports another, directly or not.", ""]
         else:
-            raise ValueError(f"pyproject.toml: contract {c['id']!r} has type {c['type']!r}, which docs/_hooks/kit_docs.py cannot draw")
+            raise ValueError(f"pyproject.toml: contract {c['id']!r} has type {c['type']!r}, "
+                             "which docs/_hooks/kit_docs.py cannot draw")
     return "\n".join(out)
 
 
