@@ -80,6 +80,7 @@ def _setup_compose(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=("up", "down", "ps", "logs", "config"),
                    help="up runs in the foreground (Ctrl-C downs the project, as docker compose up does); "
                         "config prints the resolved model")
+    p.add_argument("files", nargs="*", metavar="FILE", help="compose files, as -f")
     p.add_argument("-f", "--file", action="append", help="compose file (several: merged in order); "
                    "default compose.yaml, compose.yml, docker-compose.yaml or docker-compose.yml")
     p.add_argument("-p", "--project-name", dest="project", help="project name")
@@ -97,7 +98,7 @@ def _run_compose(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     names = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")  # Compose's own order
-    files = args.file or [next((n for n in names if Path(n).is_file()), "docker-compose.yml")]
+    files = (args.file or []) + args.files or [next((n for n in names if Path(n).is_file()), "docker-compose.yml")]
     if args.action == "config":
         print(compose.config_text(files, args.project, profiles=args.profiles), end="")
         return 0

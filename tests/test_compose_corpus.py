@@ -215,7 +215,7 @@ def test_kit_compose_config_on_the_command_line(capsys, monkeypatch):
                  "-f", str(CORPUS / "merge" / "compose.override.yml")]) == 0
     out = yaml.safe_load(capsys.readouterr().out)
     assert out["services"]["web"]["command"] == ["httpd", "-f", "-p", "81"] and "extra" in out["services"]
-    assert main(["compose", "config", "-f", str(CORPUS / "29-bad-privileged.yml")]) == 2
+    assert main(["compose", "config", str(CORPUS / "29-bad-privileged.yml")]) == 2  # kit compose config FILE
     err = capsys.readouterr().err
     assert "'privileged' of service 'app' is refused" in err and err.count("\n") == 1
 
