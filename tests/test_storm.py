@@ -5,6 +5,8 @@ starts, and a storm with no room stops the runtime's storms cleanly with what wa
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -120,3 +122,18 @@ def test_a_storm_without_room_stops_cleanly(monkeypatch):
                           {"metric": "launch_to_exit", "status": "ok"}]).startswith("the host ran out")
     assert storm.stopped([{"metric": "failed", "status": "exit 1: no such file"},
                           {"metric": "launch_to_exit", "status": "ok"}]) is None
+
+
+def test_bench_magic_and_command_line_storm(ip, tmp_path):
+    s = ip.run_line_magic("bench", "--storm 2 -r process --repeat 1 --warmup 0 --no-progress")
+    assert s.params.parts == ("storm",) and s.params.storm == (2,)
+    t = storm.table(s.df)
+    assert t[["runtime", "N", "rounds", "failures"]].values.tolist() == [["process", 2, 1, 0]]
+    p = subprocess.run([sys.executable, "-m", "kit.cli", "bench", "--storm", "1", "-r", "process", "--repeat", "1",
+                        "--warmup", "0", "--no-progress", "-o", str(tmp_path / "s")], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "## Start storms" in (tmp_path / "s" / "README.md").read_text() and (tmp_path / "s" / "storm.png").exists()
+    bad = subprocess.run([sys.executable, "-m", "kit.cli", "bench", "--storm", "100", "-r", "process"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "from 1 to 64" in bad.stderr and "Traceback" not in bad.stderr
