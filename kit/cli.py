@@ -93,9 +93,13 @@ def _setup_compose(p: argparse.ArgumentParser) -> None:
 
 
 def _run_compose(args: argparse.Namespace) -> int:
+    import warnings
+    from pathlib import Path
+
     from . import compose
 
-    from pathlib import Path
+    warnings.showwarning = lambda message, category, *_a, **_k: print(f"kit compose: warning: {message}",
+                                                                      file=sys.stderr)
 
     names = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")  # Compose's own order
     files = (args.file or []) + args.files or [next((n for n in names if Path(n).is_file()), "docker-compose.yml")]
