@@ -137,3 +137,22 @@ def test_bench_magic_and_command_line_storm(ip, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "kit.cli", "bench", "--storm", "100", "-r", "process"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "from 1 to 64" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_failed_starts_are_counted_not_started():
+    rows = storm.run("process", "busybox", parse("false"), 3, f"tstf-{time.monotonic_ns() % 10**6}", timeout=60)
+    got = {m: [r for r in rows if r["metric"] == m] for m in {r["metric"] for r in rows}}
+    assert got["storm_failures"][0]["value"] == 3 and len(got["failed"]) == 3
+    assert all(r["status"].startswith("exit 1") for r in got["failed"])
+    assert got["storm_starts_per_s"][0]["value"] == 0 and "storm_cpu_per_start" not in got
+    assert storm.table(_frame(rows))["failures"].tolist() == [3]
+
+
+def _frame(rows):
+    """Storm rows as a study's frame (the columns storm.table groups by)."""
+    import pandas as pd
+
+    from kit.bench.storage import normalise
+
+    return normalise(pd.DataFrame([{"image": "busybox", "runtime": "process", "kind": "process", "workload": "false",
+                                    "round": 0, "warmup": False, **r} for r in rows]))
