@@ -145,3 +145,15 @@ def test_a_vm_finding_under_tcg_is_not_comparable():
     assert readout.findings_here(found, "kvm").verdict.tolist() == ["reproduced", "reproduced"]
     assert readout.findings_summary(here) == ("Of 2 reference findings, this run gave reproduced: **1**, not comparable "
                                               "here: **1** (cpu_memory reproduced).")
+
+
+def test_the_warm_vm_is_placed_among_the_container_starts_with_its_reference_labelled():
+    med = pd.DataFrame({"cold": [40.0, 3000.0], "precreated": [10.0, None], "snapshot": [None, 300.0]},
+                       index=["runc", "qemu"])
+    df = pd.DataFrame([{**_row("qemu", "vm", "startup", "phase", v, c, rnd=1), "start": "snapshot"}
+                       for c, v in (("restore", 0.05), ("resumed", 0.25))])
+    text = readout.warm_vm_sentence(df, med, {"runc": "container", "qemu": "vm"}, "tcg", [])
+    assert "**300 ms**" in text and "3000 ms for a cold boot (10% of it)" in text
+    assert "faster than 0 of the 2 container starts" in text and "slower than runc cold, runc precreated" in text
+    assert "took 200 ms (median)" in text and "*For reference, not measured here:*" in text
+    assert readout.warm_vm_sentence(df, med.drop(columns="snapshot"), {}, "tcg", ["boom"]).endswith(": boom.")
