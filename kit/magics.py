@@ -5,7 +5,7 @@ after IMAGE belongs to the command, untouched. Also ``ps``, ``logs``, ``exec``,
 ``stop``, ``rm``, ``images``, ``runtimes``, ``prune``. ``%%container [options]
 IMAGE`` runs the cell as a /bin/sh script inside. ``%vm run`` is ``%container
 run -r qemu``; ``%process run CMD...`` runs the bare-process baseline.
-``%compose up|down|ps|logs`` drives a compose file (:mod:`kit.compose`).
+``%compose up|down|ps|logs|config`` drives compose files (:mod:`kit.compose`).
 
 Every subcommand takes ``--help``; ``%container?`` shows them all. The options
 are IPython's :mod:`~IPython.core.magic_arguments`: a bad one is a one-line
@@ -20,6 +20,7 @@ import codecs
 import functools
 import shlex
 import sys
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 from IPython.core.error import UsageError
@@ -286,14 +287,21 @@ class ContainerMagics(Magics):
 
     @no_var_expand
     @magic_arguments(name="%compose")
-    @kwds(usage="%(prog)s up|down|ps|logs [SERVICE] [-f FILE] [-r RUNTIME] [-p PROJECT] [-v]",
+    @kwds(usage="%(prog)s up|down|ps|logs|config [SERVICE] [-f FILE]... [-r RUNTIME] [-p PROJECT] "
+                "[--profile NAME]... [--image PATTERN=KIT_IMAGE]... [--strict] [-v]",
           description="A compose file's services as kit instances (kit.compose).", formatter_class=_FORMAT)
     @argument("-h", "--help", action="store_true", help="show this help")
-    @argument("action", metavar="ACTION", choices=["up", "down", "ps", "logs"], help="up, down, ps or logs")
+    @argument("action", metavar="ACTION", choices=["up", "down", "ps", "logs", "config"],
+              help="up, down, ps, logs, or config (print the resolved model, as docker compose config)")
     @argument("service", metavar="SERVICE", nargs="?", help="logs: only this service")
-    @argument("-f", "--file", default="docker-compose.yml", help="the compose file")
+    @argument("-f", "--file", action="append", help="the compose file; several are merged in order, as "
+              "docker compose -f a -f b (default: compose.yaml, compose.yml, docker-compose.yaml or .yml)")
     @argument("-r", "--runtime", help="runtime of services without x-kit-runtime")
     @argument("-p", "--project", help="project name (default: the file's name:, else its directory)")
+    @argument("--profile", action="append", dest="profiles", metavar="NAME", help="an active profile")
+    @argument("--image", action="append", default=[], metavar="PATTERN=KIT_IMAGE",
+              help="up: a kit image run instead of registry images matching PATTERN ('mariadb:*=debian-mariadb')")
+    @argument("--strict", action="store_true", help="refuse keys that only tune operations too")
     @argument("-v", "--volumes", action="store_true", help="down: remove the named volumes too")
     @line_magic
     def compose(self, line):
@@ -457,10 +465,22 @@ def _named(module, kind: str, opts, **rm_options):
 
 
 def _compose(opts):
-    """``%compose ACTION``: :mod:`kit.compose` on the file and project the options name."""
-    project = opts.project or compose.read(opts.file).name
+    """``%compose ACTION``: :mod:`kit.compose` on the files and project the options name."""
+    names = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")  # Compose's own order
+    files = opts.file or [next((n for n in names if Path(n).is_file()), "docker-compose.yml")]
+    bad = [item for item in opts.image if "=" not in item.strip("=")]
+    if bad:
+        raise UsageError(f"%compose: --image {bad[0]!r}: give PATTERN=KIT_IMAGE, e.g. --image 'mariadb:*=debian-mariadb'")
+    if opts.action == "config":
+        # Read here, so --strict refuses in config as it would at up (config() itself reads leniently).
+        print(compose.config_text(compose.read(files, opts.project, profiles=opts.profiles, strict=opts.strict)),
+              end="")
+        return None
     if opts.action == "up":
-        return compose.ps(compose.up(opts.file, runtime=opts.runtime, project=project))
+        images = dict(item.split("=", 1) for item in opts.image)
+        return compose.ps(compose.up(files, runtime=opts.runtime, project=opts.project, images=images,
+                                     profiles=opts.profiles, strict=opts.strict))
+    project = opts.project or compose.read(files).name
     if opts.action == "down":
         return Pruned(compose.down(project, volumes=opts.volumes))
     if opts.action == "ps":

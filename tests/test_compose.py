@@ -357,3 +357,39 @@ def test_compose_magic_is_a_thin_layer(ip, tmp_path, capsys):
         ip.run_line_magic("compose", f"up -f {f} -r runc")
     with pytest.raises(UsageError, match="invalid choice"):
         ip.run_line_magic("compose", "sideways")
+
+
+def test_compose_magic_passes_files_images_profiles_and_strict(ip, tmp_path, capsys):
+    """``%compose`` is as thin over up/config as ``kit compose``: -f twice merges in order, --image
+    substitutes a kit image for a registry one, --profile starts a profile's service, --strict refuses."""
+    from IPython.core.error import UsageError
+
+    need("runc")
+    base, over = tmp_path / "compose.yml", tmp_path / "compose.override.yml"
+    base.write_text("services:\n  one:\n    image: registry.invalid/thing:2\n"
+                    "    command: sh -c 'echo one-says-$$WORD; exec sleep 600'\n    environment: {WORD: base}\n"
+                    "  extra:\n    image: busybox\n    profiles: [more]\n    command: sleep 600\n")
+    over.write_text("services:\n  one:\n    environment: {WORD: override}\n    stdin_open: true\n")
+    files = f"-f {base} -f {over}"
+    ip.run_line_magic("compose", f"config {files} --profile more -p cfg")
+    out = capsys.readouterr().out
+    assert "WORD: override" in out and "extra:" in out and "registry.invalid/thing:2" in out
+    ip.run_line_magic("compose", f"config {files} -p cfg")
+    assert "extra:" not in capsys.readouterr().out  # no profile: the profile's service is left out
+    with pytest.raises(UsageError, match=r"^ComposeFileError: .*'stdin_open'") as err:
+        ip.run_line_magic("compose", f"config {files} --strict")
+    assert "\n" not in str(err.value)
+    with pytest.raises(UsageError, match=r"^%compose: --image 'busybox': give PATTERN=KIT_IMAGE") as err:
+        ip.run_line_magic("compose", f"up {files} -r runc --image busybox")
+    assert "\n" not in str(err.value)
+    with pytest.raises(UsageError, match="'stdin_open'"):
+        ip.run_line_magic("compose", f"up {files} -r runc --strict --image 'registry.invalid/*=busybox'")
+    assert kit.ps().empty  # refused before anything starts
+    project = unique("kc")
+    table = ip.run_line_magic("compose", f"up {files} -r runc -p {project} --profile more "
+                                         f"--image 'registry.invalid/thing:*=busybox'")
+    try:
+        assert sorted(table.service) == ["extra", "one"] and set(table.status) == {"running"}
+        kit.wait_until(lambda: "one-says-override" in compose.logs(project), 10, what="the merged environment")
+    finally:
+        ip.run_line_magic("compose", f"down {files} -p {project} -v")
