@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 import pandas as pd
 
 from .. import images
-from .. import runtimes as _runtimes
+from ..runtimes import qemu
 from ..spec import parse_memory
 from . import density, disk, envinfo, footprint, ksm, loadpart, loads, metrics, plan, startup, storm
 from . import kernels as kernels_
@@ -171,8 +171,9 @@ class _Parts:
             warm = r < p.warmup
             ctx = {"image": image, "runtime": rt, "kind": self.todo.kinds[rt], "workload": w.name, "round": r,
                    "warmup": warm}
-            limit = _runtimes.get(rt).idle_limit(parse_memory(p.idle_memory)) if self.todo.kinds[rt] == "vm" else None
-            why = storm.headroom(self.todo.kinds[rt], n, limit)
+            # a VM's guest RAM: the study's memory, else the VM's default
+            guest = (parse_memory(p.memory) if p.memory else qemu.DEFAULT_MEMORY) if self.todo.kinds[rt] == "vm" else None
+            why = storm.headroom(self.todo.kinds[rt], n, guest)
             if why is None:
                 try:
                     rows = storm.run(rt, image, w, n, f"b{self.uid}-t{r}-{n}", p.timeout, p.memory)
