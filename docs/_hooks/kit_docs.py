@@ -35,7 +35,8 @@ def metrics_markdown() -> str:
 
     rows = ["| metric | unit | in short |", "|---|---|---|"]
     for name, (unit, text) in METRICS.items():
-        short = re.split(r"(?<=[.:;])\s", text, maxsplit=1)[0]
+        short = re.split(r"(?<=[.;])\s", text, maxsplit=1)[0].rstrip(";")
+        short = short if len(short) <= 150 else short[:150].rsplit(" ", 1)[0] + " …"
         rows.append(f"| [`{name}`](#{name}) | {literal(unit)} | {literal(short)} |")
     sections = [f"### `{name}` {{#{name}}}\n\n**unit:** {literal(unit)}\n\n{literal(text)}\n"
                 for name, (unit, text) in METRICS.items()]
