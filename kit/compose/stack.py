@@ -39,6 +39,7 @@ from ..session import Session
 from ..spec import show
 from . import bridge
 from .file import Project, Service, read
+from .health import Health, pause, probe
 from .service import Secrets, built_image, image_source, run_options, should_restart, substitute
 
 #: The line a colocated instance's supervisor writes when a service passed its healthcheck.
@@ -101,6 +102,8 @@ class Stack:
     secrets: Secrets | None = None
     bridges: list = field(default_factory=list)               # forwarders between its networks
     supervisor: threading.Thread | None = field(default=None, repr=False)
+    watcher: threading.Thread | None = field(default=None, repr=False)  # keeps probing healthchecks
+    health: dict[str, Health] = field(default_factory=dict)  # service -> its health (kit.compose.health)
     anonymous: list[str] = field(default_factory=list)        # anonymous volumes (removed at down)
     stopping: threading.Event = field(default_factory=threading.Event, repr=False)
     timings: dict[str, dict] = field(default_factory=dict)    # service -> {"started": s, "healthy": s}
@@ -280,6 +283,10 @@ def up(file, runtime: str | None = None, project: str | None = None, *, runtimes
         stack.supervisor = threading.Thread(target=_supervise, args=(stack,), daemon=True,
                                             name=f"kit-compose-{proj.name}")
         stack.supervisor.start()
+    if any(proj.services[svc].healthcheck for u in units if len(u.services) == 1 for svc in u.services):
+        stack.watcher = threading.Thread(target=_watch_health, args=(stack,), daemon=True,
+                                         name=f"kit-compose-health-{proj.name}")
+        stack.watcher.start()
     return stack
 
 
@@ -334,6 +341,8 @@ def _restart(stack: Stack, u: Unit) -> None:
         return
     u.instance = stack.session.start(u.image, u.kw["command"], u.runtime, **u.kw["options"])
     u.restarts += 1
+    for svc in u.services:  # a new instance starts its health over, as a restarted container's does
+        stack.health.pop(svc, None)
 
 
 def _unit_image(proj: Project, u: Unit, mapping: dict | None = None) -> str:
@@ -579,8 +588,9 @@ def _polls(hc) -> int:
 def _healthy(stack: Stack, svc: str, timeout: float) -> None:
     """Wait until ``svc`` passes its healthcheck (at once if it has none but runs).
 
-    The first check runs at once, then every ``interval``; ``retries`` consecutive failures
-    after the service first answered, or ``timeout`` seconds, or the instance exiting, fail it.
+    The first check runs at once, then every ``start_interval`` during ``start_period``, else every
+    ``interval`` (:mod:`kit.compose.health`); the service turning ``unhealthy`` (``retries``
+    failures in a row that count), ``timeout`` seconds, or the instance exiting, fail it.
     """
     t = stack.timings.setdefault(svc, {})
     if "healthy" in t:
@@ -588,7 +598,6 @@ def _healthy(stack: Stack, svc: str, timeout: float) -> None:
     unit = stack.units.get(stack.instance(svc))
     hc = stack.project.services[svc].healthcheck
     deadline = time.monotonic() + timeout
-    failures, last = 0, ""
     colocated = unit is not None and len(unit.services) > 1
     while True:
         status = "removed" if unit is None else unit.instance.status
@@ -606,23 +615,34 @@ def _healthy(stack: Stack, svc: str, timeout: float) -> None:
             continue
         if hc is None:
             break
-        try:
-            # An exec into a VM under TCG starts slowly: give it room, whatever the file's timeout says.
-            r = unit.instance.exec(hc.test, timeout=max(hc.timeout, 120) if _is_vm(unit.runtime) else hc.timeout)
-            if r.exit_code == 0:
-                break
-            last = (r.stderr or r.stdout).strip().splitlines()[-1:] or [f"exit {r.exit_code}"]
-            last = last[0]
-        except KitError as e:
-            last = str(e)
-        failures += 1
+        started = stack.requested + t.get("started", 0)
+        h = probe(unit.instance, hc, stack.health.setdefault(svc, Health()), started, _is_vm(unit.runtime))
+        if h.status == "healthy":
+            break
+        if h.status == "unhealthy":
+            raise _failed(stack, svc, f"is unhealthy: its healthcheck failed {h.failures} times in a row "
+                                      f"(retries: {hc.retries}; last: {show(h.last, 120)})")
         if time.monotonic() > deadline:
-            raise _failed(stack, svc, f"did not become healthy within {timeout:g} s after {failures} checks "
-                                      f"(last: {show(last, 120)})")
-        started = stack.requested + stack.timings.get(svc, {}).get("started", 0)
-        in_start_period = time.time() - started < hc.start_period
-        time.sleep(hc.start_interval if in_start_period else hc.interval)  # as Compose polls
+            raise _failed(stack, svc, f"did not become healthy within {timeout:g} s after {h.checks} checks "
+                                      f"(last: {show(h.last, 120)})")
+        time.sleep(pause(hc, h, started))  # as Compose polls
     t["healthy"] = time.time() - stack.requested
+
+
+def _watch_health(stack: Stack) -> None:
+    """Run each running service's healthcheck on its schedule while the project is up, so that ``ps``
+    shows its health now (a service healthy at ``up`` may turn ``unhealthy`` later, as in Compose)."""
+    due: dict[str, float] = {}
+    while not stack.stopping.wait(0.2):
+        for svc, name in list(stack.where.items()):
+            u, hc = stack.units.get(name), stack.project.services[svc].healthcheck
+            if hc is None or u is None or len(u.services) > 1 or time.monotonic() < due.get(svc, 0):
+                continue
+            if u.instance is None or u.instance.status != "running":
+                continue
+            started = stack.requested + stack.timings.get(svc, {}).get("started", 0)
+            h = probe(u.instance, hc, stack.health.setdefault(svc, Health()), started, _is_vm(u.runtime))
+            due[svc] = time.monotonic() + pause(hc, h, started)
 
 
 def _failed(stack: Stack, svc: str, what: str) -> ServiceFailed:
@@ -640,8 +660,9 @@ def _tail(stack: Stack, svc: str) -> list[str]:
 
 def _teardown(stack: Stack, remove_volumes=()) -> list[str]:
     stack.stopping.set()
-    if stack.supervisor is not None and stack.supervisor is not threading.current_thread():
-        stack.supervisor.join(30)
+    for thread in (stack.supervisor, stack.watcher):
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(30)
     for fwd in stack.bridges:
         fwd.stop()
     stack.bridges.clear()
@@ -697,7 +718,11 @@ def _external(proj: Project, kit_volume: str) -> bool:
 
 
 def ps(project):
-    """One row per service: service, instance, runtime, image, status, restarts, ports, started_s, healthy_s."""
+    """One row per service: service, instance, runtime, image, status, health, restarts, ports, started_s, healthy_s.
+
+    ``health`` is Compose's: ``starting``, ``healthy`` or ``unhealthy`` for a service with a healthcheck
+    (kept current by the project's health thread), empty for one without.
+    """
     import pandas as pd
 
     stack = get(project)
@@ -707,11 +732,20 @@ def ps(project):
             continue
         s, u = stack.project.services[svc], stack.units[name]
         rows.append({"service": svc, "instance": name, "runtime": u.runtime, "image": u.image,
-                     "status": u.instance.status, "restarts": u.restarts, "ports": ", ".join(s.ports),
+                     "status": u.instance.status, "health": _health(stack, svc), "restarts": u.restarts,
+                     "ports": ", ".join(s.ports),
                      "started_s": stack.timings.get(svc, {}).get("started"),
                      "healthy_s": stack.timings.get(svc, {}).get("healthy")})
-    return pd.DataFrame(rows, columns=["service", "instance", "runtime", "image", "status", "restarts", "ports",
-                                       "started_s", "healthy_s"])
+    return pd.DataFrame(rows, columns=["service", "instance", "runtime", "image", "status", "health", "restarts",
+                                       "ports", "started_s", "healthy_s"])
+
+
+def _health(stack: Stack, svc: str) -> str:
+    if stack.project.services[svc].healthcheck is None:
+        return ""
+    if svc in stack.health:
+        return stack.health[svc].status
+    return "healthy" if "healthy" in stack.timings.get(svc, {}) else "starting"  # colocated: its supervisor's word
 
 
 def logs(project, service: str | None = None) -> str:
