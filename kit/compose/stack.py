@@ -572,7 +572,7 @@ def supervisor(proj: Project, services: list[str], image: str) -> str:
             lines += [f"n=0; until timeout {hc.timeout:g} {shlex.join(hc.test)} >/dev/null 2>&1; do",
                       f"  n=$((n+1)); if [ $n -ge {_polls(hc)} ]; then echo 'kit-compose: {svc} never became "
                       f"healthy'; exit 1; fi",
-                      f"  sleep {hc.interval:g}; done"]
+                      f"  sleep {_pace(hc):g}; done"]
         lines += [f"echo '{HEALTHY.format(svc)}'"]
     # Any service ending ends the instance (the kit then sees it exit); plain sh has no wait -n.
     lines += ["while :; do for p in $pids; do kill -0 $p 2>/dev/null || { echo \"kit-compose: a service exited\"; "
@@ -582,7 +582,13 @@ def supervisor(proj: Project, services: list[str], image: str) -> str:
 
 def _polls(hc) -> int:
     """How many checks a colocated dependant waits for: as long as the start timeout allows."""
-    return max(hc.retries, int(600 / max(hc.interval, 0.1)))
+    return max(hc.retries, int(600 / max(_pace(hc), 0.1)))
+
+
+def _pace(hc) -> float:
+    """Seconds between a colocated service's checks: its script checks only until the first pass, which
+    is within ``start_period`` when there is one, so at ``start_interval`` then (as Compose polls)."""
+    return hc.start_interval if hc.start_period else hc.interval
 
 
 def _healthy(stack: Stack, svc: str, timeout: float) -> None:
