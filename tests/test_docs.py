@@ -75,6 +75,7 @@ def test_api_reference_documents_the_session_the_handle_every_call_and_error(sit
     assert len(wanted) > 30
     assert not wanted - ids, sorted(wanted - ids)
     assert "kit.Session.run" in ids and "kit.Instance.exec" in ids  # methods too, not only the classes
+    assert not re.search(r":(class|func|meth|mod|data|attr):", text_of(markup))  # docstrings' roles not shown raw
 
 
 def test_design_draws_every_contract_and_module(site):

@@ -129,6 +129,7 @@ def test_every_python_block_of_the_docs_runs(tmp_path):
     r = subprocess.run([sys.executable, "-c", RUNNER], input=json.dumps(cells), capture_output=True, text=True,
                        cwd=tmp_path, timeout=2100)
     out = r.stdout + r.stderr
-    assert r.returncode == 0 and "DOCS OK" in r.stdout, out[-6000:]
+    failed = re.findall(r"^python block \d+ failed$", r.stdout, re.M)  # which block, before the progress bars
+    assert r.returncode == 0 and "DOCS OK" in r.stdout, f"{failed} of {len(cells)}\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
     assert out.count("--- python block") == len(cells)
     assert (tmp_path / "out" / "results.csv").exists()  # the study block saved where it said

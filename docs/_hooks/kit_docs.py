@@ -147,6 +147,14 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
     return MARKER.sub(replace, markdown)
 
 
+#: Sphinx roles the docstrings use (``:class:`~kit.x.Y```); rendered as Markdown they would show as text.
+ROLE = re.compile(r":(?:class|func|data|mod|meth|attr|exc|obj|py:\w+):(<code>)~?")
+
+
+def on_page_content(html_text: str, page, config, files) -> str:
+    return ROLE.sub(r"\1", html_text)
+
+
 @event_priority(100)  # before mkdocs-jupyter's on_files, which turns .ipynb files into pages
 def on_files(files, config):
     for name, path in notebook_sources().items():
