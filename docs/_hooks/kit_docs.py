@@ -115,13 +115,16 @@ def notebook_sources() -> dict[str, Path]:
 
 
 def _environment(report: Path) -> str:
-    """A report's environment record in a few words, when it left one beside the notebook."""
-    for candidate in sorted(report.parent.rglob("environment.json")) + sorted(report.parent.rglob("study.json")):
-        data = json.loads(candidate.read_text())
-        env = data.get("environment", data.get("meta", {}).get("environment", data))
-        if isinstance(env, dict) and env.get("kernel"):
-            return f"{env.get('host', '?')}, kernel {env.get('kernel')}, {env.get('cpu', '?')}"
-    return ""
+    """The environment record ``kit report`` left beside the notebook (NAME/environment.json), in a line."""
+    record = report.with_suffix("") / "environment.json"
+    if not record.exists():
+        return ""
+    env = json.loads(record.read_text())
+    fields = [("measured", env.get("date")), ("host", env.get("host")), ("", env.get("os")),
+              ("kernel", env.get("kernel")), ("", f"{env.get('cpu_count', '?')} × {env.get('cpu_model', '?')}"),
+              ("cgroups", env.get("cgroup")), ("VM accelerator", env.get("vm_accel")),
+              ("kit at", str(env.get("git_commit", ""))[:10])]
+    return "; ".join(f"{k} {v}".strip() for k, v in fields if v)
 
 
 def sources_markdown() -> str:
