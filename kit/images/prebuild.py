@@ -22,6 +22,11 @@ SERVICE_IMAGES = {
     "debian-stack": ["python3-flask", "python3-redis", "python3-pymysql", "redis-server", "mariadb-server"],
     # the load tools kit.bench.loads runs inside an instance (and the iperf3 server)
     "debian-bench": ["sysbench", "fio", "iperf3", "socat", "redis-tools"],
+    # a cgroup v2 host booted as a VM (scripts/cgroup_v2_guest.py, tests/test_cgroup_v2_host.py): the kit's
+    # own Python needs from Debian, the OCI runtimes, busybox for the kit's busybox image, and newuidmap
+    # (uidmap) for rootless runs with the user's subordinate IDs
+    "debian-cgroup2": ["python3", "python3-psutil", "python3-pandas", "python3-tqdm", "python3-pytest",
+                       "python3-pytest-timeout", "runc", "crun", "busybox-static", "uidmap", "iproute2"],
 }
 
 
