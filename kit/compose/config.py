@@ -69,7 +69,8 @@ def _service(s: Service) -> dict:
         d["restart"] = s.restart + (f":{s.restart_max}" if s.restart_max is not None else "")
     for key in ("secrets", "configs"):
         if getattr(s, key):
-            d[key] = [{"source": src, "target": target} for src, target in getattr(s, key)]
+            d[key] = [{"source": src, "target": target, **_access(s.access.get(target))}
+                      for src, target in getattr(s, key)]
     if s.healthcheck:
         h = s.healthcheck
         d["healthcheck"] = {"test": ["CMD"] + h.test, "interval": f"{h.interval:g}s", "timeout": f"{h.timeout:g}s",
@@ -82,6 +83,13 @@ def _service(s: Service) -> dict:
         d["read_only"] = True
     d.update({k: (v if not isinstance(v, list) else [str(x) for x in v]) for k, v in s.options.items()})
     return d
+
+
+def _access(given) -> dict:
+    """A long syntax's mode (octal text, as Compose writes it), uid and gid, where given."""
+    mode, uid, gid = given or (None, None, None)
+    return {k: v for k, v in (("mode", None if mode is None else f"0{mode:o}"), ("uid", uid), ("gid", gid))
+            if v is not None}
 
 
 def _volume(v) -> str:

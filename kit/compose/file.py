@@ -91,6 +91,8 @@ class Service:
     kit_image: str | None = None  # x-kit-image: the kit image run instead of a registry image
     secrets: list[tuple[str, str]] = field(default_factory=list)  # (secret, target path)
     configs: list[tuple[str, str]] = field(default_factory=list)  # (config, target path)
+    #: target path -> (mode, uid, gid) a secret's or config's long syntax gives (None: not given)
+    access: dict[str, tuple[int | None, int | None, int | None]] = field(default_factory=dict)
     restart: str = "no"
     restart_max: int | None = None  # on-failure:N
     container_name: str | None = None
@@ -460,6 +462,9 @@ class _Reader:
             if not target.startswith("/"):
                 target = ("/run/secrets/" if what == "secrets" else "/") + target
             out.append((src, target))
+            if isinstance(item, dict) and any(k in item for k in ("mode", "uid", "gid")):
+                s.access[target] = (_number(item.get("mode"), f"{what} mode", 8),
+                                    _number(item.get("uid"), f"{what} uid"), _number(item.get("gid"), f"{what} gid"))
         return out
 
 
@@ -532,6 +537,19 @@ def _string(v, what: str) -> str:
     if not isinstance(v, (str, int, float)) or isinstance(v, bool):
         raise ValueError(f"{what} must be a string, not {v!r}")
     return str(v)
+
+
+def _number(v, what: str, base: int = 10) -> int | None:
+    """A mode (YAML reads ``0440`` as the octal number already; ``"0440"`` is read in ``base``) or a uid/gid."""
+    if v is None:
+        return None
+    try:
+        n = v if isinstance(v, int) and not isinstance(v, bool) else int(v, base) if isinstance(v, str) else -1
+    except ValueError:
+        n = -1
+    if n < 0 or (base == 8 and n > 0o7777):
+        raise ValueError(f"{what} must be a whole number ({'octal, as 0440' if base == 8 else 'as 1000'}), not {v!r}")
+    return n
 
 
 def _list(v, what: str) -> list:

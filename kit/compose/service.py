@@ -82,8 +82,34 @@ class Secrets:
         out = []
         for what, table in (("secrets", self.proj.secrets), ("configs", self.proj.configs)):
             for name, target in getattr(s, what):
-                out.append(f"{self._file(what, table[name])}:{target}:ro")
+                src = self._file(what, table[name])
+                if target in s.access:
+                    src = self._owned(src, f"{what}-{name}-{s.name}-{len(out)}", s.access[target],
+                                      f"{what[:-1]} {name!r} of service {s.name!r}")
+                out.append(f"{src}:{target}:ro")
         return out
+
+    def _owned(self, src: str, key: str, access: tuple, label: str) -> str:
+        """A copy of ``src`` in the in-memory directory with the long syntax's mode (Compose's default 0444)
+        and owner: a bind mount shows the host file's own, and the user's file is not the kit's to change.
+        The owner needs root (as root, runc, Docker and a VM's 9p passthrough keep it as given)."""
+        mode, uid, gid = access
+        if (uid is not None or gid is not None) and os.geteuid() != 0:
+            raise ComposeFileError(f"{label}: uid/gid need the kit to run as root (an ordinary user cannot give "
+                                   f"a file to another user); drop them")
+        path = Path(self._dir(), key)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(Path(src).read_bytes())
+            os.fchown(f.fileno(), -1 if uid is None else uid, -1 if gid is None else gid)
+            os.fchmod(f.fileno(), 0o444 if mode is None else mode)
+        return str(path)
+
+    def _dir(self) -> str:
+        if self.dir is None:  # in memory where there is a tmpfs: a secret never lands on a disk
+            base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+            self.dir = tempfile.mkdtemp(prefix="kit-secrets-", dir=base)
+        return self.dir
 
     def _file(self, what: str, sec) -> str:
         if sec.file:
@@ -92,10 +118,7 @@ class Secrets:
         if value is None:
             raise ComposeFileError(f"{what[:-1]} {sec.name!r} comes from variable {sec.environment!r}, which is "
                                    f"not set")
-        if self.dir is None:  # in memory where there is a tmpfs: a secret never lands on a disk
-            base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-            self.dir = tempfile.mkdtemp(prefix="kit-secrets-", dir=base)
-        path = Path(self.dir, f"{what}-{sec.name}")
+        path = Path(self._dir(), f"{what}-{sec.name}")
         if not path.exists():
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
             with os.fdopen(fd, "w") as f:
