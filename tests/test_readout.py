@@ -86,7 +86,7 @@ def test_the_kvm_failure_reads_as_a_sentence_not_qemu_output():
            "3183: kvm_buf_set_msrs: Assertion `ret == cpu->kvm_msr_buf->nmsrs' failed.")
     text = readout.accel_sentence("tcg", raw, "hypervisor (cpuinfo flag)")
     assert "this machine is itself a virtual machine" in text and "nested KVM could not run a normal guest" in text
-    assert "Assertion" not in text and "kvm.c" not in text
+    assert "Assertion" not in text and "kvm.c" not in text and "accelerator **tcg**" in text
     assert "KVM" in readout.accel_sentence("kvm", "") and "/dev/kvm: no" in readout.accel_sentence("tcg", "/dev/kvm: no")
 
 

@@ -186,7 +186,7 @@ def accel_sentence(accel: str, reason: str, virtualised: str = "") -> str:
     why = ("this machine is itself a virtual machine" + (f" ({virtualised})" if virtualised else "")
            + ", and its nested KVM could not run a normal guest: QEMU stopped on its first start with KVM"
            if _HYPERVISOR.search(reason) else reason.rstrip("."))
-    return (f"VMs run with **{accel}** here: {why} (QEMU's message is in the saved environment record, "
+    return (f"VMs run with accelerator **{accel}** here: {why} (QEMU's message is in the saved environment record, "
             "`vm_accel_reason`). Under **TCG** QEMU emulates the guest's CPU in software, so every VM time "
             "measured here is the emulator's, not what a host with KVM would show.")
 
