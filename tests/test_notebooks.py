@@ -36,6 +36,8 @@ SMALL = {
     "07-many-machines": {"repeat": 2, "runtimes": "process,runc"},  # its default adds a VM: minutes per host
     # runc pre-created and a restored VM against their cold starts (a template is built once, then cached)
     "08-warm-starts": {"runtimes": "process,runc,qemu", "repeat": 2, "vm_repeat": 1, "warmup": 0},
+    # storms of 1 and 4 on process, runc, lxc, docker; up to 3 idle runc and 128 MiB qemu, KSM off and on
+    "09-how-many-fit": {"storm": "1,4", "repeat": 2, "density_max": 3, "vm_density_max": 3, "vm_memory": "128"},
 }
 
 
@@ -138,7 +140,7 @@ def test_notebook_runs(stem, tmp_path):
         assert "TCG inflates" not in html and "the gap would be far smaller" not in html
         assert "Isolation, measured" in html and "own pid namespace" in html  # the matrix is shown
         # the memory comparison says what it counts on both sides, and gives the ratio both ways
-        assert "plus its per-instance helper" in html and "% of the qemu VM" in html
+        assert "plus its per-instance helper" in html and "%</strong> of the qemu VM" in html
         assert "counted once for all its" in html  # Docker's daemons, named once
         assert "the guest kernel booting" in html and "<strong>microvm</strong>" in html  # the VM's start, explained
         assert "not the same program" in html  # what the bare-process baseline runs
@@ -158,7 +160,7 @@ def test_notebook_runs(stem, tmp_path):
         assert "does not offer volumes" not in html and "ran without a volume" in html
         # stop keeps a container's writable layer on disk, rm removes it, a VM loses its writes, a volume keeps them
         assert "After <code>stop</code>, the file was still on the host" in html and "powering it off loses" in html
-        assert "<strong>kept</strong>." in html
+        assert "<strong>kept</strong>." in html and "Counting its own host processes only" in html
     if stem == "08-warm-starts":
         html = (out / f"{stem}.html").read_text()
         assert "For reference, not measured here:" in html and "snapshot-support.md" in html
