@@ -5,7 +5,9 @@ the built page).
 
 Smaller parameters: a block preceded by ``<!-- test: key=value, ... -->`` runs with those keyword
 arguments in place of the ones it shows (each must appear in the block, so the comment cannot go
-stale). Nothing else of a block is changed.
+stale). Nothing else of a block is changed. A block that needs what this shell cannot give (a full
+filesystem, a guest of its own) is preceded by ``<!-- test: runs in tests/test_X.py::test_y -->``
+instead: it is left out here, and the named test must exist (so the case is run for real there).
 """
 
 from __future__ import annotations
@@ -46,9 +48,22 @@ print("DOCS OK", flush=True)
 """
 
 
+RUNS_ELSEWHERE = re.compile(r"runs in (tests/test_\w+\.py)::(test_\w+)")
+
+
 def blocks(text: str) -> list[str]:
-    """The ```python blocks of ``text``, in order, each with its ``<!-- test: ... -->`` parameters applied."""
-    return [substitute(m["code"], m["params"]) if m["params"] else m["code"] for m in BLOCK.finditer(text)]
+    """The ```python blocks of ``text``, in order, each with its ``<!-- test: ... -->`` parameters applied;
+    those that run in another test (``<!-- test: runs in tests/test_X.py::test_y -->``) left out."""
+    return [substitute(m["code"], m["params"]) if m["params"] else m["code"] for m in BLOCK.finditer(text)
+            if not (m["params"] and RUNS_ELSEWHERE.match(m["params"]))]
+
+
+def test_a_block_run_elsewhere_names_a_test_that_exists():
+    named = [RUNS_ELSEWHERE.match(m["params"]) for page in pages() for m in BLOCK.finditer(page.read_text())
+             if m["params"] and m["params"].startswith("runs in")]
+    assert all(named), "write <!-- test: runs in tests/test_X.py::test_y -->"
+    for m in named:
+        assert re.search(rf"^def {m[2]}\(", (ROOT / m[1]).read_text(), re.M), f"{m[1]} has no {m[2]}"
 
 
 def substitute(code: str, params: str) -> str:
