@@ -4,7 +4,7 @@
   linkable section per metric: ``reference/metrics.md#pss``).
 - ``<!-- kit: LAYERS -->`` becomes one picture (inline SVG) per import-linter contract of
   pyproject.toml, the same contracts ``lint-imports`` enforces.
-- ``notebooks/NAME.ipynb`` pages are the notebooks of ``notebooks/``, each in its newest executed
+- ``notebooks/NAME.ipynb`` pages (and their nav entries) are the notebooks of ``notebooks/``, each in its newest executed
   copy from ``kit report`` (``reports/<date>-<host>/NAME.ipynb``, outputs included) where one exists,
   else as committed (no outputs); ``<!-- kit: NOTEBOOK-SOURCES -->`` says which, per notebook.
 """
@@ -148,6 +148,15 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
             raise ValueError(f"{page.file.src_path}: unknown generated part {m[1]!r} (known: {sorted(GENERATED)})")
         return GENERATED[m[1]]()
     return MARKER.sub(replace, markdown)
+
+
+def on_config(config):
+    """The nav's Notebooks section: its index, then every notebook of notebooks/, in order."""
+    section = next(item for item in config["nav"] if isinstance(item, dict) and "Notebooks" in item)
+    section["Notebooks"] = [p for p in section["Notebooks"] if isinstance(p, str) and p.endswith(".md")] + [
+        {f"{name[:2]} {name[3:].replace('-', ' ').capitalize()}": f"notebooks/{name}.ipynb"}
+        for name in notebook_sources()]
+    return config
 
 
 #: Sphinx roles the docstrings use (``:class:`~kit.x.Y```); rendered as Markdown they would show as text.
