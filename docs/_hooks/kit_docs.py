@@ -154,9 +154,14 @@ def on_config(config):
     """The nav's Notebooks section: its index, then every notebook of notebooks/, in order."""
     section = next(item for item in config["nav"] if isinstance(item, dict) and "Notebooks" in item)
     section["Notebooks"] = [p for p in section["Notebooks"] if isinstance(p, str) and p.endswith(".md")] + [
-        {f"{name[:2]} {name[3:].replace('-', ' ').capitalize()}": f"notebooks/{name}.ipynb"}
-        for name in notebook_sources()]
+        {_title(name): f"notebooks/{name}.ipynb"} for name in notebook_sources()]
     return config
+
+
+def _title(name: str) -> str:
+    """'02-containers-vs-vms' -> '02 Containers vs VMs'."""
+    words = " ".join({"vms": "VMs", "vm": "VM"}.get(w, w) for w in name.split("-")[1:])
+    return f"{name[:2]} {words[:1].upper()}{words[1:]}"
 
 
 #: Sphinx roles the docstrings use (``:class:`~kit.x.Y```); rendered as Markdown they would show as text.
