@@ -101,17 +101,21 @@ class Guest:
         if inst is not None:
             inst.rm(force=True)
 
-    def run(self, argv: list[str], user: bool = False, timeout: float = 300, cwd: Path = CHECKOUT) -> kit.RunResult:
-        """Run ``argv`` in the guest, as root or (``user``) as the ordinary user from its delegated subtree's
-        leaf, in ``cwd``, with :data:`ROOT_ENV` or :data:`USER_ENV`; its RunResult (exit code, output)."""
-        env = [f"{k}={v}" for k, v in (USER_ENV if user else ROOT_ENV).items()]
-        cmd = ["env", "-i", *env, *argv]
-        if user:
-            # Root moves the shell into the leaf first: leaving the root group takes write access to it.
-            cmd = ["sh", "-c", f'echo $$ >/sys/fs/cgroup/{USER_LEAF}/cgroup.procs && exec "$@"', "sh",
-                   "setpriv", f"--reuid={UID}", f"--regid={UID}", "--init-groups", "--", *cmd]
-        script = f"cd {shlex.quote(str(cwd))} && exec {shlex.join(cmd)}"
-        return self.inst.exec(["sh", "-c", script], timeout=timeout)
+    def run(self, argv: list[str], user: bool = False, timeout: float = 300) -> kit.RunResult:
+        """Run ``argv`` in the guest (:func:`command`); its RunResult (exit code, output)."""
+        return self.inst.exec(command(argv, user), timeout=timeout)
+
+
+def command(argv: list[str], user: bool = False) -> list[str]:
+    """The guest's argv that runs ``argv`` in the checkout, as root or (``user``) as the ordinary user from
+    its delegated subtree's leaf, with :data:`ROOT_ENV` or :data:`USER_ENV` only."""
+    env = [f"{k}={v}" for k, v in (USER_ENV if user else ROOT_ENV).items()]
+    cmd = ["env", "-i", *env, *argv]
+    if user:
+        # Root moves the shell into the leaf first: leaving the root group takes write access to it.
+        cmd = ["sh", "-c", f'echo $$ >/sys/fs/cgroup/{USER_LEAF}/cgroup.procs && exec "$@"', "sh",
+               "setpriv", f"--reuid={UID}", f"--regid={UID}", "--init-groups", "--", *cmd]
+    return ["sh", "-c", f"cd {shlex.quote(str(CHECKOUT))} && exec {shlex.join(cmd)}"]
 
 
 def main(argv: list[str] | None = None) -> int:
