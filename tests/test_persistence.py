@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from conftest import need
 
 from kit.bench import persistence
@@ -27,3 +28,19 @@ def test_a_named_volume_outlives_the_container_that_wrote_it():
     assert got["kept"] and got["read_after_rm"] == got["written"] and got["written"].startswith("kit-")
     from kit import volumes
     assert "tp-persist" not in volumes.names()
+
+
+def test_a_writer_grows_by_what_it_wrote_and_rm_leaves_nothing():
+    need("runc")
+    import kit
+    from kit.bench import disk
+
+    _, usages = disk.image_rows(kit.images.get("busybox"))
+    cmd = ["sh", "-c", "dd if=/dev/zero of=/root/blob bs=1M count=4 conv=fsync 2>/dev/null; echo written; exec sleep 600"]
+    with kit.start("busybox", ["sleep", "600"], runtime="runc") as idle:
+        idle_own = disk.instance_usage(idle.backend, idle.state,
+                                       disk.shared_usage("runc", usages, idle.state)).allocated
+    h = kit.start("busybox", cmd, runtime="runc")
+    h.wait_until(lambda: "written" in h.logs().stdout, 60, what="the writer")
+    row = persistence.where_writes_went(h, usages, idle_own)
+    assert row["growth_mb"] == pytest.approx(4 * 2**20 / 1e6, rel=0.1) and not row["state_left_after_rm"]

@@ -89,3 +89,28 @@ def volume_keeps(runtime: str, volume: str, image: str = "busybox", timeout: flo
     finally:
         volumes.rm(volume)
     return {"runtime": runtime, "written": value, "read_after_rm": read, "kept": read == value}
+
+
+def where_writes_went(handle, usages, idle_own: float, sibling: str | None = None) -> dict:
+    """How much an instance that wrote grew on the host's disk against an idle one of its runtime
+    (``idle_own`` bytes; ``usages``: kit.bench.disk.image_rows' second value), and for a VM what its
+    guest saw against an idle ``sibling`` VM: its root's type, its tmpfs (Shmem) and used memory
+    growth. The instance is removed after, and ``state_left_after_rm`` says whether its state went.
+
+    Returns:
+        One row, in MB (10^6 bytes) as notebook 03 shows them.
+    """
+    from . import disk, footprint
+
+    rt, inst = handle.backend, handle.state
+    grown = disk.instance_usage(rt, inst, disk.shared_usage(rt.name, usages, inst)).allocated
+    guest = {}
+    if rt.kind == "vm" and sibling:
+        mine, other = footprint.guest_meminfo(handle.name), footprint.guest_meminfo(sibling)
+        mounts = [line.split() for line in handle.exec(["cat", "/proc/mounts"]).stdout.splitlines()]
+        used = (mine["MemTotal"] - mine["MemAvailable"]) - (other["MemTotal"] - other["MemAvailable"])
+        guest = {"guest_root_fs": next(m[2] for m in mounts if m[1] == "/"),
+                 "guest_tmpfs_growth_mb": (mine["Shmem"] - other["Shmem"]) / 1e6, "guest_used_growth_mb": used / 1e6}
+    handle.rm(force=True)
+    return {"runtime": rt.name, "idle_instance_mb": idle_own / 1e6, "writer_instance_mb": grown / 1e6,
+            "growth_mb": (grown - idle_own) / 1e6, "state_left_after_rm": inst.state_dir.exists(), **guest}
