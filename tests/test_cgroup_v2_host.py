@@ -38,11 +38,6 @@ RUN_TIMEOUT = 120
 
 
 # -- inside the guest (collected there with python_functions=inside_*) ------------------------------------
-def _groups() -> set[str]:
-    """Every cgroup of the guest's tree, as paths below its root."""
-    return {str(Path(d).relative_to(CG)) for d, _, _ in os.walk(CG) if Path(d) != CG}
-
-
 def _kit_groups() -> set[str]:
     """The groups below the kit's base group, once every removal the session runs in the background is done."""
     kit.api.default_session().wait_for_teardown(timeout=60)
