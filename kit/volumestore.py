@@ -102,10 +102,10 @@ def _bind(m: Mount) -> Path:
     where = f"volume {show(f'{m.source}:{m.target}')}"
     host = Path(m.source)
     if not host.exists():
-        raise InvalidSpec(f"{where}: the host directory {m.source} does not exist: create it first, or use a "
+        raise InvalidSpec(f"{where}: the host path {m.source} does not exist: create it first, or use a "
                           f"named volume (NAME:{m.target})")
-    if not host.is_dir():
-        raise InvalidSpec(f"{where}: {m.source} is not a directory: give a directory to share")
+    if not host.is_dir() and not host.is_file():  # a file is bound alone (a compose config, nginx.conf)
+        raise InvalidSpec(f"{where}: {m.source} is neither a directory nor a file: give a directory or file to share")
     if os.path.realpath(host) == "/":
         raise InvalidSpec(f"{where}: the host's root directory cannot be shared: give the directory to share")
     return host
@@ -222,12 +222,13 @@ class Volumes:
     def attach(self, name: str, mounts, runtime: str = "") -> list[Resolved]:
         """Resolve ``mounts`` (:class:`~kit.spec.Mount` s) for instance ``name`` of this session, run by ``runtime``.
 
-        Host directories must exist; named volumes are created on first use (as Docker
+        Host directories and files must exist; named volumes are created on first use (as Docker
         does) and get a user marker, so :meth:`rm` refuses them until :meth:`detach`.
         Every host directory is checked before any volume is created or marked.
 
         Raises:
-            InvalidSpec: a missing host directory, a file, or the host's root.
+            InvalidSpec: a missing host path, one neither a directory nor a file (a device, a socket), or
+                the host's root.
         """
         mounts = [parse_volume(m) for m in mounts]
         hosts = {i: _bind(m) for i, m in enumerate(mounts) if m.kind == "bind"}

@@ -49,7 +49,7 @@ BAD = {
     "source is /": ("/:/host", "cannot be /"),
     "name with ..": ("..:/x", "neither an absolute host path nor a volume name"),
     "host path with ..": ("/tmp/../etc:/x", "cannot be / or contain '..'"),
-    "a file": ("/etc/hostname:/x", "is not a directory"),
+    "a device": ("/dev/null:/x", "neither a directory nor a file"),
 }
 
 
@@ -73,6 +73,80 @@ def test_bad_input_is_one_line_and_leaves_nothing(runtime, names, vols):
         assert name not in set(kit.ps()["name"]), why
         assert not (kit.api.default_session().state_dir / name).exists(), why
     assert fresh not in volumes.names()
+
+
+@pytest.mark.parametrize("runtime, opts", [(rt, {}) for rt in ("process", "runc", "runsc", "lxc", "docker", "qemu")]
+                         + [("qemu", {"boot": "disk", "read_only": True})],
+                         ids=["process", "runc", "runsc", "lxc", "docker", "qemu", "qemu-disk-ro-root"])
+def test_a_single_file_mounts_read_only_and_read_write(runtime, opts, names, hostdir):
+    """``-v ./nginx.conf:/etc/nginx/nginx.conf:ro``: a host file alone at a target whose parent the image
+    lacks (read-only) and one beside the image's files (read-write, seen on the host); nothing is left.
+    A VM booted from its disk with a read-only root has the mount points made in its thin layer."""
+    need(runtime)
+    conf, log, name = hostdir / "app.conf", hostdir / "log.txt", unique("file")
+    names.append(name)
+    conf.write_text("worker 1;\n")
+    log.write_text("old\n")
+    log.chmod(0o666)
+    mounts = [f"{conf}:/etc/kit app/new/app.conf:ro", f"{log}:/var/log.txt"]
+    if runtime == "process":  # it shares the host's files: no volumes at all, said in one line
+        with pytest.raises(InvalidSpec, match="cannot mount volumes") as e:
+            kit.run("busybox", ["true"], runtime=runtime, name=name, volumes=mounts)
+        assert "\n" not in str(e.value)
+        return
+    script = ("cat '/etc/kit app/new/app.conf'; echo no >> '/etc/kit app/new/app.conf'; echo ro=$?; "
+              "cat /var/log.txt; echo new > /var/log.txt; echo rw=$?")
+    r = kit.run("busybox", ["sh", "-c", script], runtime=runtime, name=name, volumes=mounts, **opts)
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.splitlines() == ["worker 1;", "ro=1", "old", "rw=0"], (r.stdout, r.stderr)
+    assert "Read-only file system" in r.stderr
+    assert conf.read_text() == "worker 1;\n" and log.read_text() == "new\n"
+    kit.api.wait_for_teardown()
+    assert not _mounts_of(hostdir)
+    assert (conf.stat().st_nlink, log.stat().st_nlink) == (1, 1)  # a VM's hard links went with it
+    assert not (kit.api.default_session().state_dir / name).exists()
+    assert sorted(p.name for p in hostdir.iterdir()) == ["app.conf", "log.txt"]
+
+
+def test_a_vm_refuses_a_read_write_file_it_cannot_link(names):
+    """A VM serves a file through a hard link: across filesystems a read-write one is refused in one line
+    saying what to do (a read-only one is copied), and nothing is left."""
+    need("qemu")
+    shm = Path("/dev/shm")
+    if shm.stat().st_dev == config.home().stat().st_dev:
+        pytest.skip("/dev/shm is on the kit's filesystem here: a hard link would work")
+    f, name = shm / unique("kit-file"), unique("link")
+    names.append(name)
+    f.write_text("shm\n")
+    try:
+        with pytest.raises(InvalidSpec, match="mount its directory, or mount it read-only") as e:
+            kit.run("busybox", ["true"], runtime="qemu", name=name, volumes=[f"{f}:/a/b"])
+        assert "\n" not in str(e.value)
+        kit.api.wait_for_teardown()
+        assert not (kit.api.default_session().state_dir / name).exists() and f.stat().st_nlink == 1
+    finally:
+        f.unlink()
+
+
+def test_a_compose_files_single_file_bind_plans_and_runs(tmp_path):
+    """A compose service's ``./nginx.conf:/etc/nginx/nginx.conf:ro`` (relative to the file) runs on runc."""
+    import kit.compose as compose
+
+    need("runc")
+    (tmp_path / "nginx.conf").write_text("events {}\n")
+    (tmp_path / "compose.yml").write_text(
+        "services:\n  web:\n    image: busybox\n    command: [sleep, '300']\n"
+        "    volumes:\n      - ./nginx.conf:/etc/nginx/nginx.conf:ro\n")
+    project = unique("cfile")
+    proj = compose.read(tmp_path / "compose.yml", project=project)
+    assert proj.services["web"].volumes == [(str(tmp_path / "nginx.conf"), "/etc/nginx/nginx.conf", True, "bind")]
+    compose.up(tmp_path / "compose.yml", runtime="runc", project=project, timeout=120)
+    try:
+        r = kit.exec(f"{project}-web-1", ["sh", "-c", "cat /etc/nginx/nginx.conf; : > /etc/nginx/nginx.conf"])
+        assert r.stdout == "events {}\n" and "Read-only file system" in r.stderr, (r.stdout, r.stderr)
+    finally:
+        compose.down(project)
+    assert (tmp_path / "nginx.conf").read_text() == "events {}\n"
 
 
 @pytest.mark.parametrize("runtime", ["runc", "runsc", "lxc", "docker"])

@@ -203,7 +203,7 @@ def build_config(inst: InstanceState, monitor_rel: str | None, shared: bool | No
         lines.append("lxc.rootfs.options = ro")
     for m in inst.mounts:  # kit.volumes: the target is relative to the rootfs
         lines.append(f"lxc.mount.entry = {_fstab(str(m.host))} {_fstab(m.target.lstrip('/'))} none "
-                     f"bind,create=dir{',ro' if m.read_only else ''} 0 0")
+                     f"bind,create={'file' if m.host.is_file() else 'dir'}{',ro' if m.read_only else ''} 0 0")
     lines = _extras(inst, lines)
     lines += [f"lxc.environment = {_quote(k)}={_quote(v)}" for k, v in spec.environment(image).items()]
     if userns.active():  # unprivileged: the user as root inside, its subordinate IDs above

@@ -348,7 +348,7 @@ class _VM:
         return machine.VMConfig(kernel=image_file, initrd=initrd, disk=disk, accel=verdict.accel, acpi=k.acpi,
                                 machine=mach, cpus=machine.vcpus(spec.cpus), memory_mib=memory // 1024**2,
                                 ports=self._guest_ports(opts), in_netns=inst.net is not None, tsc_khz=tsc_khz,
-                                shares=[(f"kit{i}", m.host, m.read_only, _security_model())
+                                shares=[(f"kit{i}", self._share(i, m), m.read_only, _security_model())
                                         for i, m in enumerate(inst.mounts)])
 
     def _guest_ports(self, opts: dict) -> list[tuple[int, int]]:
@@ -388,10 +388,37 @@ class _VM:
             f"kit_cmd() {{ {self._prologue()}kit_env {' '.join(q(a) for a in spec.command)}; }}",
             # Volumes: the init defines kit_mount TAG TARGET [ro] per stage (see init.sh).
             f"KIT_9P={'1' if self.inst.mounts else ''}",
-            "kit_volumes() { :; " + "".join(f"kit_mount kit{i} {q(m.target)}{' ro' if m.read_only else ''}; "
-                                            for i, m in enumerate(self.inst.mounts)) + "}",
+            "kit_volumes() { :; " + "".join(self._mount_line(i, m) for i, m in enumerate(self.inst.mounts)) + "}",
+            # A file mount: 9p shares its directory (_share), bound onto the target; in stage 1 (``top``: the
+            # thin layer over the image disk) only its mount point is made, so that a read-only root has one.
+            'kit_file() { if [ -n "${top:-}" ]; then mkdir -p "$top${2%/*}" 2>/dev/null; '
+            '[ -e "$top$2" ] || : >"$top$2"; else { [ -e "$2" ] || { mkdir -p "${2%/*}" 2>/dev/null; : >"$2"; }; } && mount --bind "$1" "$2" || '
+            'die "could not bind $1 at $2"; fi; }',
         ]
         return ("\n".join(lines) + "\n").encode()
+
+    def _share(self, i: int, m) -> Path:
+        """The directory QEMU's 9p serves for mount ``i``: the volume's, or for a file a private directory of
+        the instance holding only a hard link to it (a copy for a read-only mount across filesystems)."""
+        if not m.host.is_file():
+            return m.host
+        d = self.inst.state_dir / "files" / str(i)
+        d.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(m.host, d / m.host.name)
+        except OSError:
+            if not m.read_only:
+                raise InvalidSpec(f"a VM mounts file {m.host} through a hard link, which this host refuses "
+                                  f"(another filesystem, or a file you do not own): mount its directory, or mount it read-only") from None
+            shutil.copy2(m.host, d / m.host.name)
+        return d
+
+    def _mount_line(self, i: int, m) -> str:
+        """``kit_volumes``' line of mount ``i``: a 9p mount, and for a file its bind (``kit_file``)."""
+        q, ro = shlex.quote, " ro" if m.read_only else ""
+        if not m.host.is_file():
+            return f"kit_mount kit{i} {q(m.target)}{ro}; "
+        return f"kit_mount kit{i} /.kit/files/{i}{ro}; kit_file {q(f'/.kit/files/{i}/{m.host.name}')} {q(m.target)}; "
 
     def _prologue(self) -> str:
         """What the guest does as root before the command: the spec's sysctls (the guest's own kernel)
