@@ -5,6 +5,8 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+#: pytest workers in make test (pytest-xdist); 1 runs the suite in one process
+TEST_WORKERS ?= 2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export KIT_HOME ?= $(HOME)/.cache/kit
 
@@ -89,7 +91,11 @@ lab: setup
 test: setup
 	$(BIN)/lint-imports
 	@$(MAKE) --no-print-directory docs
-	$(BIN)/pytest -q -rs --durations=15
+	@# Two workers (pytest-xdist): most tests wait on runtimes, daemons and guests, not on the CPU.
+	@# Tests sharing a host-wide setting run on one worker (conftest's HOST_WIDE_GROUPS); those that
+	@# stop a daemon everyone uses (marked serial) run alone afterwards. Both parts always run.
+	$(BIN)/pytest -q -rs --durations=15 -n $(TEST_WORKERS) --dist loadgroup -m "not serial"; p=$$?; \
+	$(BIN)/pytest -q -rs -m serial; s=$$?; exit $$(( p || s ))
 
 # The documentation site (mkdocs.yml, docs/) into site/, strict: a broken link, a missing page or an
 # unresolved API reference fails it. The metrics reference, the layer pictures and the notebook pages

@@ -25,6 +25,28 @@ CONTAINER_RUNTIMES = ("runc", "lxc", "runsc", "docker")
 NOT_EXPECTED_HERE = ("crun", "podman")
 
 
+#: Tests that change what the whole host shares. make test runs the suite on two workers
+#: (pytest-xdist, --dist loadgroup): a group's tests run on one worker, one at a time. KSM's
+#: settings allow one KSM study at a time (kit.bench.ksm); its users are grouped.
+HOST_WIDE_GROUPS = {
+    "ksm": ("tests/test_ksm.py", "tests/test_notebooks.py::test_notebook_runs[09",
+            "tests/test_readme.py::test_every_python_block_of_the_docs_runs"),
+}
+#: Tests that stop a daemon every other worker's tests use (dockerd): marked ``serial``, run by
+#: make test after the parallel part, alone.
+SERIAL = ("tests/test_faults.py",)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for group, prefixes in HOST_WIDE_GROUPS.items():
+            if item.nodeid.startswith(prefixes):
+                item.add_marker(pytest.mark.xdist_group(group))
+        if item.nodeid.startswith(SERIAL):
+            item.add_marker(pytest.mark.serial)
+
+
 def skipped_by_env() -> set[str]:
     return {r.strip() for r in os.environ.get("KIT_SKIP_RUNTIMES", "").split(",") if r.strip()}
 
