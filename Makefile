@@ -18,7 +18,7 @@ SYSTEM_PACKAGES := runc crun lxc runsc docker.io podman busybox-static debootstr
 	sysbench fio iperf3 socat criu uidmap \
 	linux-source-6.1 flex bison libelf-dev libssl-dev bc gcc make libc6-dev
 
-.PHONY: setup user-check rootless-user system-packages venv dockerd guest-kernel kit-kernel images lab test \
+.PHONY: render-notebooks setup user-check rootless-user system-packages venv dockerd guest-kernel kit-kernel images lab test \
 	test-fast demo demo-setup setup-rest bench clean docs docs-serve
 
 # Everything the tests, notebooks and benchmarks use. The kit's kernel (minutes of CPU) builds beside
@@ -97,10 +97,16 @@ test: setup
 	$(BIN)/pytest -q -rs --durations=15 -n $(TEST_WORKERS) --dist loadgroup -m "not serial"; p=$$?; \
 	$(BIN)/pytest -q -rs -m serial; s=$$?; exit $$(( p || s ))
 
+# The docs site's notebook pages from a fresh clone: every notebook run with its quick parameters,
+# the executed copies kept in notebooks/executed/ (commit them after a run on a quiet machine).
+render-notebooks: setup
+	$(BIN)/python scripts/render_notebooks.py
+
 # The documentation site (mkdocs.yml, docs/) into site/, strict: a broken link, a missing page or an
 # unresolved API reference fails it. The metrics reference, the layer pictures and the notebook pages
 # are generated at build time (docs/_hooks/kit_docs.py); a notebook page shows its newest executed copy
-# from reports/ (kit report NAME), else the notebook without outputs.
+# from reports/ (kit report NAME), else the committed run in notebooks/executed/ (make render-notebooks),
+# else the notebook without outputs.
 export NO_MKDOCS_2_WARNING := 1
 docs: venv
 	$(BIN)/mkdocs build --strict --quiet

@@ -14,6 +14,7 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+import yaml
 
 import kit
 from kit import report
@@ -22,23 +23,9 @@ from kit.bench.envinfo import vm_accel
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
-#: Small parameters for CI, one entry per notebook (a test below keeps the list complete).
-SMALL = {
-    "01-quickstart": {},
-    "02-containers-vs-vms": {"repeat": 3, "vm_repeat": 2, "warmup": 1, "density_max": 2, "vm_density_max": 1},
-    "03-images-and-layers": {"n_instances": 2, "write_mb": 4},
-    "04-services": {"redis_requests": 500, "mariadb_queries": 50, "strict": True, "timeout": 240},
-    # runc and everything in one VM (the TCG boot dominates): ~3 minutes here
-    "05-backend-stack": {"configs": "runc,vm", "requests": 50, "concurrency": 4, "strict": True, "timeout": 400},
-    # the process baseline and runc, a CPU load and a service load through a published port: ~40 s here
-    "06-performance-under-load": {"runtimes": "process,runc", "loads": "cpu,redis", "repeat": 2, "warmup": 0,
-                                  "seconds": 1},
-    "07-many-machines": {"repeat": 2, "runtimes": "process,runc"},  # its default adds a VM: minutes per host
-    # runc pre-created and a restored VM against their cold starts (a template is built once, then cached)
-    "08-warm-starts": {"runtimes": "process,runc,qemu", "repeat": 2, "vm_repeat": 1, "warmup": 0},
-    # storms of 1 and 4 on process, runc, lxc, docker; up to 3 idle runc and 128 MiB qemu, KSM off and on
-    "09-how-many-fit": {"storm": "1,4", "repeat": 2, "density_max": 3, "vm_density_max": 3, "vm_memory": "128"},
-}
+#: Small parameters for CI, one entry per notebook (a test below keeps the list complete); the docs
+#: site's executed copies are run with the same (scripts/render_notebooks.py).
+SMALL = yaml.safe_load((NOTEBOOKS / "quick-parameters.yml").read_text())
 
 
 def _vm_boot_bytes(image: str) -> int:

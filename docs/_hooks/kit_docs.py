@@ -6,7 +6,7 @@
   pyproject.toml, the same contracts ``lint-imports`` enforces.
 - ``notebooks/NAME.ipynb`` pages (and their nav entries) are the notebooks of ``notebooks/``, each in its newest executed
   copy from ``kit report`` (``reports/<date>-<host>/NAME.ipynb``, outputs included) where one exists,
-  else as committed (no outputs); ``<!-- kit: NOTEBOOK-SOURCES -->`` says which, per notebook.
+  else the committed run (``notebooks/executed/``, scripts/render_notebooks.py), else as committed (no outputs); ``<!-- kit: NOTEBOOK-SOURCES -->`` says which, per notebook.
 """
 
 from __future__ import annotations
@@ -103,10 +103,14 @@ def layers_markdown(pyproject: Path = ROOT / "pyproject.toml") -> str:
     return "\n".join(out)
 
 
-def executed_copy(name: str, reports: Path = ROOT / "reports") -> Path | None:
-    """The newest ``reports/*/NAME.ipynb`` (a ``kit report`` run), or None."""
+def executed_copy(name: str, reports: Path = ROOT / "reports",
+                  committed: Path = ROOT / "notebooks" / "executed") -> Path | None:
+    """The newest ``reports/*/NAME.ipynb`` (a local ``kit report`` run), else the committed run
+    ``notebooks/executed/NAME.ipynb`` (scripts/render_notebooks.py), else None."""
     copies = sorted(reports.glob(f"*/{name}.ipynb"), key=lambda p: p.stat().st_mtime)
-    return copies[-1] if copies else None
+    if copies:
+        return copies[-1]
+    return committed / f"{name}.ipynb" if (committed / f"{name}.ipynb").exists() else None
 
 
 def notebook_sources() -> dict[str, Path]:
