@@ -65,6 +65,7 @@ from pathlib import Path
 import kit
 from kit._proc import wait_exit
 from kit.bench import storage
+from kit.runtimes.base import InstanceState
 from kit.runtimes.qemu import DEFAULT_MEMORY, _VM
 from kit.spec import RunSpec
 from kit.vm import accel, disk, initramfs, kernel, machine, qemubin
@@ -117,7 +118,9 @@ def spec_b64(img, boot: str) -> str:
     """Kit's own run spec for ``echo hello`` (what it sends on the control port), in base64."""
     vm = _VM.__new__(_VM)  # only spec_script is used: no QEMU, no files
     vm.spec, vm.boot = RunSpec(image=img.name, command=["echo", "hello"]), boot
-    vm.inst = type("I", (), {"image": img})()
+    # the runtime's own record of an instance with no volumes and no network, as kit.run makes one
+    vm.inst = InstanceState(name="bench-vm", runtime="qemu", spec=vm.spec, image=img, id="bench-vm",
+                            state_dir=Path("/nonexistent"), ctx=None)
     return base64.b64encode(vm.spec_script()).decode()
 
 
