@@ -93,8 +93,10 @@ def save(directory, df: pd.DataFrame, meta: dict) -> Path:
     df.to_csv(d / CSV, index=False)
     if _has_pyarrow():
         df.to_parquet(d / PARQUET, index=False)
-    # The definitions the rows were measured under (those saved with them), not today's.
-    meta = {**meta, "metrics_fingerprint": fingerprint(meta.get("metrics") or df.attrs.get("metrics"))}
+    # The definitions the rows were measured under (those saved with them, else today's), kept with
+    # the rows so that the file says what its figures mean, and their fingerprint.
+    defs = meta.get("metrics") or df.attrs.get("metrics") or definitions()
+    meta = {**meta, "metrics": defs, "metrics_fingerprint": fingerprint(defs)}
     (d / META).write_text(json.dumps(_jsonable(meta), indent=1, sort_keys=True) + "\n")
     return d
 
