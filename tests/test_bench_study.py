@@ -146,8 +146,9 @@ def test_storage_keeps_awkward_strings(tmp_path):
     storage.save(tmp_path, df, {"x": float("nan")})
     back, meta = storage.read(tmp_path)
     assert back.loc[0, "component"] == "NA" and bool(back.loc[0, "warmup"]) and back.loc[0, "value"] == 1.5
-    # the fingerprint of the definitions its rows carry (today's, none being saved with them)
-    assert meta == {"x": None, "metrics_fingerprint": kit.bench.metrics.fingerprint()}
+    # none given: today's definitions are saved with the rows, and their fingerprint
+    assert meta == {"x": None, "metrics": kit.bench.metrics.definitions(),
+                    "metrics_fingerprint": kit.bench.metrics.fingerprint()}
 
 
 def test_bad_options_are_one_line_errors():
