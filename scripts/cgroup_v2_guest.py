@@ -33,6 +33,8 @@ from kit.images.prebuild import SERVICE_IMAGES
 
 IMAGE = "debian-cgroup2"
 CHECKOUT = Path(__file__).resolve().parent.parent
+#: Where the checkout's volume is mounted in the guest before its set-up binds it at CHECKOUT's own path.
+SHARED = "/.kit-checkout"
 #: The ordinary user and the delegated subtree systemd would give it (what kit.cgroups.delegated_cgroup finds).
 USER, UID = "kit", 1000
 DELEGATED = f"user.slice/user-{UID}.slice/user@{UID}.service"
@@ -55,6 +57,10 @@ mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
 for c in $(cat /sys/fs/cgroup/cgroup.controllers); do echo "+$c" >/sys/fs/cgroup/cgroup.subtree_control; done
 for d in /var/lib/kit /home /run /tmp; do mkdir -p "$d"; mount -t tmpfs -o mode=0755 tmpfs "$d"; done
 chmod 1777 /tmp
+# The checkout at its own path, bound after the tmpfs mounts: a clone under /tmp (git clone . /tmp/x)
+# would otherwise be hidden by the guest's /tmp.
+mkdir -p {shlex.quote(str(CHECKOUT))}
+mount --bind {SHARED} {shlex.quote(str(CHECKOUT))}
 useradd --create-home --uid {UID} --user-group --shell /bin/sh {USER}
 grep -q '^{USER}:' /etc/subuid || echo '{USER}:100000:65536' >>/etc/subuid
 grep -q '^{USER}:' /etc/subgid || echo '{USER}:100000:65536' >>/etc/subgid
@@ -83,7 +89,7 @@ class Guest:
     def __enter__(self) -> "Guest":
         kit.images.debian(IMAGE, packages=SERVICE_IMAGES[IMAGE])  # cached: built by make images
         self.inst = kit.start(IMAGE, ["sh", "-c", SETUP], runtime="qemu", name=f"cgroup2-{secrets.token_hex(3)}",
-                              memory=self.memory, cpus=self.cpus, volumes=[f"{CHECKOUT}:{CHECKOUT}:ro"],
+                              memory=self.memory, cpus=self.cpus, volumes=[f"{CHECKOUT}:{SHARED}:ro"],
                               kernel="distro")
         try:
             self.inst.wait_until(lambda: READY in self.inst.logs().stdout, BOOT_TIMEOUT, interval=0.5,

@@ -32,9 +32,12 @@ HOST_WIDE_GROUPS = {
     "ksm": ("tests/test_ksm.py", "tests/test_notebooks.py::test_notebook_runs[09",
             "tests/test_readme.py::test_every_python_block_of_the_docs_runs"),
 }
-#: Tests that stop a daemon every other worker's tests use (dockerd): marked ``serial``, run by
-#: make test after the parallel part, alone.
-SERIAL = ("tests/test_faults.py",)
+#: Tests run alone by make test after the parallel part (marked ``serial``): those that stop a daemon
+#: every other worker's tests use (dockerd); those that compare CPU throughput with the bare process
+#: (another worker's load is not noise a margin can absorb); those that check the whole image store or
+#: every session's leftovers, where another worker's work in progress would look like a leak.
+SERIAL = ("tests/test_faults.py", "tests/test_load.py::test_cpu_in_a_container_runs_at_native_speed",
+          "tests/test_images.py", "tests/test_lifetime.py")
 
 
 @pytest.hookimpl(tryfirst=True)

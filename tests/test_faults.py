@@ -398,7 +398,9 @@ def test_a_read_only_kit_home(tmp_path, monkeypatch):
 
 def test_the_state_directory_made_read_only(names):
     need("runc")
-    d = kit.api.default_session().state_dir
+    session = kit.api.default_session()
+    session.wait_idle()  # an earlier test's instance may still be being removed in the background
+    d = session.state_dir
     before = set(os.listdir(d))
     subprocess.run(["mount", "--bind", str(d), str(d)], check=True)
     try:
