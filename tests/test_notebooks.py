@@ -130,6 +130,10 @@ def test_notebook_runs(stem, tmp_path):
         assert "plus its per-instance helper" in html and "%</strong> of the qemu VM" in html
         assert "counted once for all its" in html  # Docker's daemons, named once
         assert "the guest kernel booting" in html and "<strong>microvm</strong>" in html  # the VM's start, explained
+        # the kit's kernel against the distribution's in the same run (issue 23), or why they were not compared
+        from kit.vm.kernel import kit_kernel
+        assert ("guest kernel&#x27;s configuration" in html or "guest kernel's configuration" in html) \
+            if kit_kernel()[0] is not None else "Not compared:" in html
         assert "not the same program" in html  # what the bare-process baseline runs
         assert "n/a (own kernel)" in html and "root inside is uid 0 on the host" in html
         assert "Assertion" not in html and "What this means" in html  # QEMU's raw failure stays in the record

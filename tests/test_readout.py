@@ -157,3 +157,19 @@ def test_the_warm_vm_is_placed_among_the_container_starts_with_its_reference_lab
     assert "faster than 0 of the 2 container starts" in text and "slower than runc cold, runc precreated" in text
     assert "took 200 ms (median)" in text and "*For reference, not measured here:*" in text
     assert readout.warm_vm_sentence(df, med.drop(columns="snapshot"), {}, "tcg", ["boom"]).endswith(": boom.")
+
+
+def test_kernel_sentence_compares_the_two_kernels_of_one_run():
+    rows = []
+    for kernel, totals, init in (("kit", (1.1, 1.2, 1.3), 0.9), ("distro", (4.0, 4.1, 4.2), 3.5)):
+        for v in totals:
+            rows.append({**_row("qemu", "vm", "startup", "launch_to_exit", v), "kernel": kernel})
+        rows.append({**_row("qemu", "vm", "startup", "phase", 0.1, "prepare"), "kernel": kernel})
+        rows.append({**_row("qemu", "vm", "startup", "phase", init, "init"), "kernel": kernel})
+    rows.append({**_row("runc", "container", "startup", "launch_to_exit", 0.05), "kernel": ""})
+    text = readout.kernel_sentence(pd.DataFrame(rows))
+    # medians 1.2 s and 4.1 s: 29 %, 2.9 s of the start is the kernel's; boots 0.8 s against 3.4 s
+    assert "**1.2 s**" in text and "**29%**" in text and "**4.1 s**" in text and "**2.9 s**" in text, text
+    assert "800 ms against 3.4 s" in text, text
+    assert readout.kernel_sentence(pd.DataFrame([r for r in rows if r["kernel"] != "distro"])) == ""
+    assert readout.kernel_sentence(pd.DataFrame(rows).drop(columns="kernel")) == ""

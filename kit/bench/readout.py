@@ -6,7 +6,8 @@ an idle container's own PSS leaves out its per-instance helper (Docker's contain
 a VM's figure is QEMU, which holds everything. :func:`memory_costs` puts the three side by side;
 :func:`memory_sentences` compares the instance plus its helper, names the daemons once, and gives
 every ratio both ways. :func:`vm_start_sentences` says how much of a VM's start was the guest
-booting (from its phases), :func:`docker_gap_sentence` where Docker's time over runc goes,
+booting (from its phases), :func:`kernel_sentence` how much of it
+was the guest kernel's configuration, :func:`docker_gap_sentence` where Docker's time over runc goes,
 :func:`baseline_sentence` what the bare-process baseline really runs, and :func:`accel_sentence`
 why VMs run without KVM, in words rather than QEMU's assertion. :func:`isolation_matrix` marks the
 cells an instance with a kernel of its own answers about that kernel, not the host's.
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .kernels import labelled
 from .stats import measured
 
 MIB = 2**20
@@ -143,6 +145,29 @@ def vm_start_sentences(df: pd.DataFrame) -> list[str]:
                     + (f"; the command ran and the guest powered off in the last {total[vm] - ph['command']:.2f} s"
                        if "command" in ph else "") + ".")
     return text
+
+
+def kernel_sentence(df: pd.DataFrame) -> str:
+    """How much of a VM's start is its guest kernel's configuration rather than virtualization, from a
+    study with ``kernels=["kit", "distro"]``: each kernel's median launch_to_exit and boot (phase ``init``
+    after ``prepare``), the kit's as a share of the distribution's; '' without both kernels' rows."""
+    if "kernel" not in df.columns:
+        return ""
+    rows = labelled(df[(df["part"] == "startup") & (df["kernel"].fillna("").astype(str) != "")])
+    total = _median_by(rows, "startup", "launch_to_exit")
+    own = [r for r in total.index if r.endswith("/kit")]
+    other = [r for r in total.index if r.endswith("/distro")]
+    if not own or not other:
+        return ""
+    a, b = own[0], other[0]
+    boot = {r: _phase(rows, r) for r in (a, b)}
+    boots = {r: ph["init"] - ph.get("prepare", 0.0) for r, ph in boot.items() if "init" in ph}
+    return (f"With the kit's own minimal kernel the VM went from request to exit in **{_ms_or_s(total[a])}**, "
+            f"**{total[a] / total[b]:.0%}** of the **{_ms_or_s(total[b])}** it took with the distribution's kernel "
+            f"in the same run: **{_ms_or_s(total[b] - total[a])}** of a VM's start here is its guest kernel's "
+            "configuration, not virtualization"
+            + (f" (QEMU's launch to the guest's init: {_ms_or_s(boots[a])} against {_ms_or_s(boots[b])})"
+               if len(boots) == 2 else "") + ".")
 
 
 def docker_gap_sentence(df: pd.DataFrame, docker: str = "docker", oci: str = "runc") -> str:
