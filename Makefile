@@ -92,9 +92,9 @@ test: setup
 	$(BIN)/lint-imports
 	@$(MAKE) --no-print-directory docs
 	@# Two workers (pytest-xdist): most tests wait on runtimes, daemons and guests, not on the CPU.
-	@# Tests sharing a host-wide setting run on one worker (conftest's HOST_WIDE_GROUPS); those that
-	@# stop a daemon everyone uses (marked serial) run alone afterwards. Both parts always run.
-	$(BIN)/pytest -q -rs --durations=15 -n $(TEST_WORKERS) --dist loadgroup -m "not serial"; p=$$?; \
+	@# Tests that share a host-wide setting or stop a daemon everyone uses (conftest's SERIAL, marked
+	@# serial) run alone afterwards. Both parts always run.
+	$(BIN)/pytest -q -rs --durations=15 -n $(TEST_WORKERS) -m "not serial"; p=$$?; \
 	$(BIN)/pytest -q -rs -m serial; s=$$?; exit $$(( p || s ))
 
 # The docs site's notebook pages from a fresh clone: every notebook run with its quick parameters,

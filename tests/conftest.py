@@ -25,27 +25,21 @@ CONTAINER_RUNTIMES = ("runc", "lxc", "runsc", "docker")
 NOT_EXPECTED_HERE = ("crun", "podman")
 
 
-#: Tests that change what the whole host shares. make test runs the suite on two workers
-#: (pytest-xdist, --dist loadgroup): a group's tests run on one worker, one at a time. KSM's
-#: settings allow one KSM study at a time (kit.bench.ksm); its users are grouped.
-HOST_WIDE_GROUPS = {
-    "ksm": ("tests/test_ksm.py", "tests/test_notebooks.py::test_notebook_runs[09",
-            "tests/test_readme.py::test_every_python_block_of_the_docs_runs"),
-}
-#: Tests run alone by make test after the parallel part (marked ``serial``): those that stop a daemon
-#: every other worker's tests use (dockerd); those that compare CPU throughput with the bare process
-#: (another worker's load is not noise a margin can absorb); those that check the whole image store or
-#: every session's leftovers, where another worker's work in progress would look like a leak.
-SERIAL = ("tests/test_faults.py", "tests/test_load.py::test_cpu_in_a_container_runs_at_native_speed",
+#: Tests run alone by make test after the parallel part (marked ``serial``; make test runs the rest on
+#: two pytest-xdist workers): those that stop a daemon every other worker's tests use (dockerd); those
+#: that turn on KSM, which allows one KSM study at a time on the host (kit.bench.ksm), including the
+#: docs' blocks and notebook 09; those that compare CPU throughput with the bare process (another
+#: worker's load is not noise a margin can absorb); those that check the whole image store or every
+#: session's leftovers, where another worker's work in progress would look like a leak.
+SERIAL = ("tests/test_faults.py", "tests/test_ksm.py", "tests/test_notebooks.py::test_notebook_runs[09",
+          "tests/test_readme.py::test_every_python_block_of_the_docs_runs",
+          "tests/test_load.py::test_cpu_in_a_container_runs_at_native_speed",
           "tests/test_images.py", "tests/test_lifetime.py")
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        for group, prefixes in HOST_WIDE_GROUPS.items():
-            if item.nodeid.startswith(prefixes):
-                item.add_marker(pytest.mark.xdist_group(group))
         if item.nodeid.startswith(SERIAL):
             item.add_marker(pytest.mark.serial)
 

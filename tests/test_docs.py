@@ -106,6 +106,7 @@ def test_every_notebook_has_a_page_from_its_newest_run_or_says_it_was_not_run(si
         assert (site / "notebooks" / name / "index.html").exists(), name
         assert f'href="notebooks/{name}/"' in page(site, ""), name  # in the nav
         executed = sorted((ROOT / "reports").glob(f"*/{name}.ipynb"))
+        executed += [p for p in [ROOT / "notebooks" / "executed" / f"{name}.ipynb"] if p.exists()]  # committed run
         if executed:  # its page shows the run's outputs, and the index names the run
             assert "jp-OutputArea-output" in page(site, f"notebooks/{name}"), name
             assert f"{name}.ipynb (a kit report run" in index, name
