@@ -173,3 +173,39 @@ def test_kernel_sentence_compares_the_two_kernels_of_one_run():
     assert "800 ms against 3.4 s" in text, text
     assert readout.kernel_sentence(pd.DataFrame([r for r in rows if r["kernel"] != "distro"])) == ""
     assert readout.kernel_sentence(pd.DataFrame(rows).drop(columns="kernel")) == ""
+
+
+def _writes_frame(vm_tmpfs_mib):
+    return pd.DataFrame([
+        {"runtime": "runc", "kind": "container", "growth_mib": 8.1, "state_left_after_rm": False},
+        {"runtime": "qemu", "kind": "vm", "growth_mib": 0.0, "state_left_after_rm": False, "guest_root_fs": "tmpfs",
+         "guest_tmpfs_growth_mib": vm_tmpfs_mib, "guest_used_growth_mib": 8.3}])
+
+
+def test_writes_sentence_names_each_growth_in_mib_and_where_a_vm_kept_the_file():
+    text = readout.writes_sentence(_writes_frame(8.0), 8, 5 * MIB, 5 * MIB)
+    assert "Each writer wrote **8 MiB**" in text and "**8.1 MiB** under runc" in text and "**0.0 MiB** under qemu" in text
+    assert "stayed at **5.0 MiB** (unchanged)" in text and "nothing of any writer was left" in text
+    assert "Inside the **qemu** VM the root filesystem is `tmpfs`" in text and "writable layer is guest memory" in text
+    assert " MB" not in text and "KB" not in text  # MiB throughout
+    # a VM whose guest memory did not take the write is not said to hold it, and a changed image is said
+    other = readout.writes_sentence(_writes_frame(0.5), 8, 5 * MIB, 6 * MIB)
+    assert "did not find the file in the guest's memory" in other and "it changed!" in other
+    assert "runc" not in readout.writes_sentence(_writes_frame(8.0).iloc[1:], 8, MIB, MIB)
+
+
+def test_the_services_figure_shows_the_frame_s_figures_with_units_and_log_axis():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from kit.bench import plots, services
+
+    results = pd.DataFrame([
+        ["redis", "process", "process", 0.05, 3.0, 4.0, "", "", ""],
+        ["redis", "qemu", "vm", 9.0, 240.0, 250.0, "", "tcg", "no /dev/kvm"]], columns=list(services.COLUMNS))
+    fig = plots.services(results, "lab1")
+    start, memory = fig.axes
+    assert [p.get_height() for p in start.patches] == [0.05, 9.0] and start.get_yscale() == "log"
+    assert "log scale" in start.get_ylabel() and "MiB" in memory.get_ylabel()
+    assert [p.get_height() for p in memory.patches] == [3.0, 240.0, 4.0, 250.0]  # idle, then peak
+    assert fig._suptitle.get_text() == "Redis and MariaDB on lab1 (VM accelerator: tcg)"

@@ -318,6 +318,34 @@ def hosts(df: pd.DataFrame, meta: dict):
     return fig
 
 
+def services(results: pd.DataFrame, host: str):
+    """Services (a :mod:`kit.bench.services` frame: one row per service and runtime): the time until a
+    real client got an answer (log axis: a bare process and a VM under TCG differ a hundredfold), and
+    the memory at rest beside its peak under load, in MiB. The title names the VM accelerator.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    labels = [f"{s}\n{r}" for s, r in zip(results["service"], results["runtime"])]
+    colours = [colour(r, k) for r, k in zip(results["runtime"], results["kind"])]
+    x = np.arange(len(results))
+    axes[0].bar(x, results["ready_s"], color=colours)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("seconds until it answers on 127.0.0.1 (log scale)")
+    axes[0].set_title("time to answer")
+    axes[1].bar(x - 0.2, results["idle_pss_mib"], width=0.4, color=colours, alpha=0.5, label="idle")
+    axes[1].bar(x + 0.2, results["load_peak_pss_mib"], width=0.4, color=colours, label="peak under load")
+    axes[1].set_ylabel("MiB (PSS of its host processes)")
+    axes[1].set_title("memory")
+    axes[1].legend()
+    for ax in axes:
+        ax.set_xticks(list(x), labels, fontsize=8)
+    vm_accel = next((a for a in results["accel"] if a), "")
+    fig.suptitle(f"Redis and MariaDB on {host}" + (f" (VM accelerator: {vm_accel})" if vm_accel else ""))
+    fig.tight_layout()
+    return fig
+
+
 def slug(label: str) -> str:
     """A host label as part of a file name."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", label)

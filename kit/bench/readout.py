@@ -364,3 +364,33 @@ def warm_vm_sentence(df: pd.DataFrame, med: pd.DataFrame, kinds: dict, accel: st
     return text + (" *For reference, not measured here:* Firecracker's documentation gives a snapshot resume latency "
                    "target under 8 ms (5 ms p90) for a microVM with 2 vCPUs and 512 MB, one block and one network "
                    "device, on an AWS m5d.metal host with KVM ([snapshot-support.md](" + FIRECRACKER_SNAPSHOTS + ")).")
+
+
+def writes_sentence(writes: pd.DataFrame, write_mib: float, image_before: int, image_after: int) -> str:
+    """Where an instance's writes went (a :func:`kit.bench.persistence.where_writes_went` frame, one row
+    per runtime, MiB): each instance's growth on the host's disk, whether the image's root filesystem
+    (``image_before``/``image_after``, bytes) changed, what ``rm`` left, and for a VM what its guest saw:
+    a write held in guest memory (tmpfs grew by at least 90 % of it, the host's disk by under 10 %).
+
+    >>> writes_sentence(pd.DataFrame(columns=["runtime"]), 8, 0, 0)
+    ''
+    """
+    if writes.empty:
+        return ""
+    text = (f"Each writer wrote **{write_mib} MiB**. Its instance grew by "
+            + ", ".join(f"**{w.growth_mib:.1f} MiB** under {w.runtime}" for w in writes.itertuples())
+            + f". The image's root filesystem stayed at **{mib(image_before)}** "
+            + ("(unchanged)" if image_before == image_after else f"(now {mib(image_after)}: it changed!)")
+            + ". After `rm`, "
+            + ("nothing of any writer was left on disk." if not writes.state_left_after_rm.any()
+               else "some state was left behind: " + ", ".join(writes[writes.state_left_after_rm].runtime)))
+    for w in writes[writes.kind == "vm"].itertuples():
+        in_ram = w.guest_tmpfs_growth_mib >= 0.9 * write_mib and w.growth_mib < 0.1 * write_mib
+        text += (f"\n\nInside the **{w.runtime}** VM the root filesystem is `{w.guest_root_fs}`, and the guest's "
+                 f"tmpfs pages (`Shmem` in its own `/proc/meminfo`) grew by **{w.guest_tmpfs_growth_mib:.1f} MiB** "
+                 f"over an idle sibling VM, its used memory by **{w.guest_used_growth_mib:.1f} MiB**, while the "
+                 f"VM grew **{w.growth_mib:.1f} MiB** on the host's disk. "
+                 + ("So a kit VM's writable layer is guest memory: the file is held in the VM's RAM, not on the "
+                    "host's disk." if in_ram else
+                    "So this run did not find the file in the guest's memory: look at the table above."))
+    return text
