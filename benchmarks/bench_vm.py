@@ -6,8 +6,8 @@ on this machine kind), on each machine (q35, microvm) and each boot mode:
 * ``hand <machine> initramfs``: what a person would type to get ``hello`` out of a
   VM: the same kernel, the same kernel arguments (:func:`kit.vm.machine.kernel_args`)
   and the same initramfs kit boots (kit's init part and the image), with the image's
-  shell as init (``rdinit=/bin/sh -- -c 'echo hello; reboot -f'``) and the answer on
-  the serial console. No disk: the workload does not read one.
+  shell as init (``rdinit=/hand-init``, a two-line script ``#!/bin/sh`` + ``echo hello;
+  reboot -f`` appended to that initramfs as a second archive) and the answer on the serial console. No disk: the workload does not read one.
 * ``hand <machine> disk``: kit's base initramfs and the image's ext4 disk; the
   shell as init loads the virtio modules the disk needs, mounts it read-only and
   runs ``echo hello`` chrooted into it.
@@ -50,6 +50,7 @@ Usage: ``.venv/bin/python benchmarks/bench_vm.py [--runs 15] [--warmup 1] [--mac
 from __future__ import annotations
 
 import argparse
+import atexit
 import base64
 import csv
 import random
@@ -88,8 +89,15 @@ def _image(k) -> Path:
 
 
 def hand_written(k, mach: str, boot: str, accel_name: str, tsc_khz: int | None, initrd: Path,
-                 disk_path: Path | None) -> list[str]:
-    """The command a person would type: no kit channels, the shell as init, console on stdout."""
+                 disk_path: Path | None, workdir: Path) -> list[str]:
+    """The command a person would type: no kit channels, the shell as init, console on stdout.
+
+    The shell's script is a file the initramfs gains (a second cpio archive appended to kit's, which
+    the kernel unpacks on top; written into ``workdir``), not ``rdinit=/bin/sh -- -c SCRIPT``: microvm
+    names its virtio-mmio devices by appending ``virtio_mmio.device=`` words to the end of the kernel
+    command line, which after a ``--`` become the init's arguments, so a kernel that learns its devices
+    from the command line (the kit's own) would never see the disk.
+    """
     cfg = machine.VMConfig(kernel=_image(k), initrd=initrd, accel=accel_name, machine=mach, tsc_khz=tsc_khz,
                            acpi=k.acpi)
     if boot == "initramfs":
@@ -103,10 +111,16 @@ def hand_written(k, mach: str, boot: str, accel_name: str, tsc_khz: int | None, 
                   "while [ ! -b /dev/vda ]; do usleep 2000; done; "
                   "mount -t ext4 -o ro,noload /dev/vda /mnt; PATH=/bin:/usr/bin chroot /mnt echo hello; reboot -f")
         init = "/.kit/bin/sh"
+    hand_initrd = workdir / f"hand-{mach}-{boot}.cpio"
+    with open(hand_initrd, "wb") as f:
+        f.write(initrd.read_bytes())
+        c = initramfs.Cpio(f)
+        c.file("hand-init", f"#!{init}\n{script}\n".encode(), 0o755)
+        c.close()
     argv = ["qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-M", machine.machine_arg(cfg), "-accel", accel_name, "-smp", "1",
-            "-m", f"{DEFAULT_MEMORY // 1024**2}M", "-kernel", str(cfg.kernel), "-initrd", str(initrd),
-            "-append", f'{machine.kernel_args(cfg)} rdinit={init} -- -c "{script}"',
+            "-m", f"{DEFAULT_MEMORY // 1024**2}M", "-kernel", str(cfg.kernel), "-initrd", str(hand_initrd),
+            "-append", f"{machine.kernel_args(cfg)} rdinit=/hand-init",
             "-serial", "stdio", "-nic", "none"]
     if disk_path is not None:
         argv += ["-drive", f"file={disk_path},format=raw,if=none,id=root,readonly=on",
@@ -293,12 +307,14 @@ def main(argv=None) -> int:
     ap.add_argument("--machines", default="q35,microvm")
     ap.add_argument("--boots", default="initramfs,disk")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--baselines", default="literal",
-                    help="which hand-written baselines to run (hand,literal). hand on microvm with a disk hangs with a kernel "
-                         "that reads its virtio-mmio devices from the command line: QEMU appends them after the "
-                         "'--' that passes the shell its script")
+    ap.add_argument("--baselines", default="literal,hand", help="which hand-written baselines to run (hand,literal)")
+    ap.add_argument("--out", default=str(RESULTS),
+                    help="results folder (default: the committed benchmarks/results; a scratch folder for trials)")
     ap.add_argument("--kernel", default=None, help="kit or distro (default: the kernel kit boots by default)")
     args = ap.parse_args(argv)
+    out = Path(args.out)
+    workdir = Path(tempfile.mkdtemp(prefix="kit-bench-hand-"))  # the hand baselines' initramfs files
+    atexit.register(shutil.rmtree, workdir, ignore_errors=True)
 
     k, why = kernel.select(args.kernel)
     img = kit.images.get("busybox")
@@ -313,7 +329,7 @@ def main(argv=None) -> int:
             initrd = initrd_image if boot == "initramfs" else initrd_base
             drive = None if boot == "initramfs" else disk_path
             if "hand" in baselines:
-                hand = hand_written(k, mach, boot, verdict.accel, tsc_khz, initrd, drive)
+                hand = hand_written(k, mach, boot, verdict.accel, tsc_khz, initrd, drive, workdir)
                 variants[f"hand {mach} {boot}"] = lambda hand=hand: run_hand(hand)
             if "literal" in baselines:
                 make = lambda port_dir, mach=mach, initrd=initrd, drive=drive, spec=spec_b64(img, boot): \
@@ -335,16 +351,16 @@ def main(argv=None) -> int:
             rows.append(row)
             print(f"{name:24s} run {i}: {row['total_s']:.3f} s {'ok' if row['ok'] else 'FAILED ' + row['error']}",
                   file=sys.stderr)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    _write_csv(RESULTS / "vm_runs.csv", rows)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_csv(out / "vm_runs.csv", rows)
     summary = summarize(rows, list(variants))
-    _write_csv(RESULTS / "vm_summary.csv", summary)
+    _write_csv(out / "vm_summary.csv", summary)
     md = table(summary)
-    (RESULTS / "vm_summary.md").write_text(
+    (out / "vm_summary.md").write_text(
         f"accel={verdict.accel} ({verdict.reason}); kernel {k.version} ({why}); {args.runs} interleaved rounds "
         f"after {args.warmup} warm-up\n\n"
         + md + "\n")
-    storage.record(RESULTS, __file__, ["vm_runs.csv", "vm_summary.csv", "vm_summary.md"])
+    storage.record(out, __file__, ["vm_runs.csv", "vm_summary.csv", "vm_summary.md"])
     print(md)
     return 0
 

@@ -290,6 +290,22 @@ def test_literal_baseline_is_kits_own_command_line_but_for_the_console(mach):
             bench.literal_written(k, mach, "tcg", None, Path("/i"), None, "A" * 2000, "/p")
 
 
+@pytest.mark.parametrize("boot", ["initramfs", "disk"])
+def test_hand_baseline_gives_its_init_no_arguments_after_a_double_dash(tmp_path, boot):
+    # microvm appends virtio_mmio.device= words to the end of the command line: after a '--' they
+    # would be the init's arguments, and a kernel that reads its devices there would miss the disk.
+    bench = _bench_vm()
+    k = type("K", (), {"vmlinuz": Path("/k/vmlinuz"), "vmlinux": Path("/k/vmlinux"), "acpi": False, "modules": None})()
+    (tmp_path / "initrd").write_bytes(b"070701 kit's own archive")
+    argv = bench.hand_written(k, "microvm", boot, "tcg", 2_000_000, tmp_path / "initrd",
+                              Path("/k/disk") if boot == "disk" else None, tmp_path)
+    words = argv[argv.index("-append") + 1].split()
+    assert "--" not in words and "rdinit=/hand-init" in words
+    initrd = Path(argv[argv.index("-initrd") + 1]).read_bytes()
+    assert initrd.startswith(b"070701 kit's own archive")  # kit's initramfs, then the script's archive
+    assert b"hand-init" in initrd and b"echo hello" in initrd and b"TRAILER!!!" in initrd
+
+
 def test_init_decodes_a_spec_from_the_kernel_command_line(tmp_path):
     # The init's kit_spec branch, cut out of init.sh and run in busybox sh: the spec must
     # come back byte-exact (a hand-written QEMU command has no host to send it).
