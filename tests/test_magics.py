@@ -86,7 +86,7 @@ def test_detached_ps_logs_exec_stop_rm(ip, names):
 
 def test_images_and_runtimes_tables(ip):
     imgs = ip.run_line_magic("container", "images")
-    assert "busybox" in set(imgs.name) and (imgs.size_mb > 0).all()
+    assert "busybox" in set(imgs.name) and (imgs.size_mib > 0).all()
     rts = ip.run_line_magic("container", "runtimes")
     assert {"process", "runc", "crun", "lxc", "runsc", "docker", "podman", "qemu"} <= set(rts.name)
     assert (rts[~rts.available].reason.str.len() > 0).all()  # every unavailable runtime says why

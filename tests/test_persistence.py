@@ -43,4 +43,4 @@ def test_a_writer_grows_by_what_it_wrote_and_rm_leaves_nothing():
     h = kit.start("busybox", cmd, runtime="runc")
     h.wait_until(lambda: "written" in h.logs().stdout, 60, what="the writer")
     row = persistence.where_writes_went(h, usages, idle_own)
-    assert row["growth_mb"] == pytest.approx(4 * 2**20 / 1e6, rel=0.1) and not row["state_left_after_rm"]
+    assert row["growth_mib"] == pytest.approx(4, rel=0.1) and not row["state_left_after_rm"] and row["kind"] == "container"

@@ -109,7 +109,7 @@ def test_pull_brings_layers_whiteouts_links_setuid_and_config(pushed, image_name
     assert img.config["entrypoint"][:2] == ["/bin/sh", "-c"] and img.config["cmd"] == ["default-cmd"]
     assert img.config["env"]["GREETING"] == "hello" and img.config["workdir"] == "/data"
     table = kit.images.layers(ref)
-    assert list(table["size_kb"]) == [round(lay["size"] / 1024, 1) for lay in img.layers]
+    assert list(table["size_kib"]) == [round(lay["size"] / 1024, 1) for lay in img.layers]
     # By digest: the same content.
     assert kit.images.pull(f"{reg_of(ref)}/t/multi@{digest}", name=image_names()).id == img.id
     assert not leftovers()

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from .. import api, volumes
 
+_MIB = 2**20
+
 #: Files larger than this in an instance's state are not searched (a VM's disk image is not its writes).
 _MAX_SEARCH = 64 * 2**20
 
@@ -98,7 +100,7 @@ def where_writes_went(handle, usages, idle_own: float, sibling: str | None = Non
     growth. The instance is removed after, and ``state_left_after_rm`` says whether its state went.
 
     Returns:
-        One row, in MB (10^6 bytes) as notebook 03 shows them.
+        One row (its runtime's ``kind`` on it), in MiB (2^20 bytes) as notebook 03 shows them.
     """
     from . import disk, footprint
 
@@ -110,7 +112,8 @@ def where_writes_went(handle, usages, idle_own: float, sibling: str | None = Non
         mounts = [line.split() for line in handle.exec(["cat", "/proc/mounts"]).stdout.splitlines()]
         used = (mine["MemTotal"] - mine["MemAvailable"]) - (other["MemTotal"] - other["MemAvailable"])
         guest = {"guest_root_fs": next(m[2] for m in mounts if m[1] == "/"),
-                 "guest_tmpfs_growth_mb": (mine["Shmem"] - other["Shmem"]) / 1e6, "guest_used_growth_mb": used / 1e6}
+                 "guest_tmpfs_growth_mib": (mine["Shmem"] - other["Shmem"]) / _MIB,
+                 "guest_used_growth_mib": used / _MIB}
     handle.rm(force=True)
-    return {"runtime": rt.name, "idle_instance_mb": idle_own / 1e6, "writer_instance_mb": grown / 1e6,
-            "growth_mb": (grown - idle_own) / 1e6, "state_left_after_rm": inst.state_dir.exists(), **guest}
+    return {"runtime": rt.name, "kind": rt.kind, "idle_instance_mib": idle_own / _MIB,
+            "writer_instance_mib": grown / _MIB, "growth_mib": (grown - idle_own) / _MIB, "state_left_after_rm": inst.state_dir.exists(), **guest}

@@ -28,23 +28,23 @@ __all__ = ["Image", "get", "exists", "list", "list_images", "remove", "normalize
 
 
 def table():
-    """A DataFrame of the stored images: name, id, size, layers, source, created."""
+    """A DataFrame of the stored images: name, id, size (MiB, as every figure of the kit), layers, source, created."""
     import pandas as pd
 
     get("busybox")  # the built-in is always listed
     rows = [
-        {"name": i.name, "id": i.short_id, "size_mb": round(i.size / 1e6, 2), "layers": len(i.layers),
+        {"name": i.name, "id": i.short_id, "size_mib": round(i.size / 2**20, 2), "layers": len(i.layers),
          "source": i.source, "created": i.created}
         for i in list_images()
     ]
-    return pd.DataFrame(rows, columns=["name", "id", "size_mb", "layers", "source", "created"])
+    return pd.DataFrame(rows, columns=["name", "id", "size_mib", "layers", "source", "created"])
 
 
 def layers(name: str):
-    """A DataFrame of image ``name``'s layers, bottom first: digest, size (as stored or sent), source."""
+    """A DataFrame of image ``name``'s layers, bottom first: digest, size (KiB, as stored or sent), source."""
     import pandas as pd
 
     img = get(name)
-    rows = [{"layer": i, "digest": (lay.get("digest") or "")[:19], "size_kb": round((lay.get("size") or 0) / 1024, 1),
+    rows = [{"layer": i, "digest": (lay.get("digest") or "")[:19], "size_kib": round((lay.get("size") or 0) / 1024, 1),
              "source": lay.get("source", "")} for i, lay in enumerate(img.layers)]
-    return pd.DataFrame(rows, columns=["layer", "digest", "size_kb", "source"])
+    return pd.DataFrame(rows, columns=["layer", "digest", "size_kib", "source"])

@@ -76,7 +76,7 @@ class Image:
         return d
 
     def __repr__(self) -> str:
-        return f"<Image {self.name} {self.short_id} {self.size / 1e6:.1f} MB from {self.source}>"
+        return f"<Image {self.name} {self.short_id} {self.size / 2**20:.1f} MiB from {self.source}>"
 
 
 def root() -> Path:
