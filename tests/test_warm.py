@@ -346,7 +346,7 @@ def test_runc_snapshot_checkpoints_a_service_once_and_restores_it(tmp_path, monk
         for r, inst_name in zip(restores, names):
             inst = kit.api.get(inst_name).state
             assert r[r.index("restore"):] == criu.restore_argv(
-                [], inst.id, images, inst.state_dir / "bundle", inst.state_dir / "container.pid", inst.state_dir / "criu")
+                [], inst.id, images, inst.state_dir, inst.state_dir / "container.pid", inst.state_dir / "criu")
         for n in names:
             kit.rm(n, force=True)
     finally:

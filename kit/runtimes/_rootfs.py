@@ -2,10 +2,15 @@
 the environment and working directory an image supplies, and the kit cgroup.
 
 The image's rootfs is shared by every instance and must never change, so each
-OCI instance gets an overlay (lower = image rootfs, upper/work in its state
-directory) mounted at ``<state>/bundle/rootfs``. The mount is done with the
+OCI instance gets an overlay (lower = image rootfs, ``<state>/upper`` and ``<state>/work``)
+mounted at ``<state>/rootfs``. The mount is done with the
 ``mount(2)`` system call through ctypes: forking mount(8) would cost a few
 milliseconds per start, which is the whole overhead budget of the kit.
+
+The layout is flat on purpose: every directory a start makes is an inode the host's filesystem
+(ext4 here) allocates, journals and frees again at removal, in the kit's own CPU time; in a storm
+of starts those were the largest part of it (issue 24). So no intermediate directories, and no
+``mkdir(parents=True)`` whose first attempt fails.
 """
 
 from __future__ import annotations
@@ -23,10 +28,15 @@ def overlay_options(lower: Path, state_dir: Path, target: Path) -> str:
     (upper and work under ``state_dir``, the mount point ``target``); return the overlay's mount
     options. The overlay is then mounted here (:func:`mount_overlay`), or, for an ordinary user,
     in the kit's user namespace when the runtime is launched (:mod:`._rootless_oci`)."""
-    upper, work = state_dir / "overlay" / "upper", state_dir / "overlay" / "work"
-    for d in (upper, work, target):
-        d.mkdir(parents=True, exist_ok=True)
+    upper, work = upper_dir(state_dir), state_dir / "work"
+    for d in (upper, work, target):  # state_dir and target's parent exist: one mkdir each
+        d.mkdir(exist_ok=True)
     return f"lowerdir={_escape(lower)},upperdir={_escape(upper)},workdir={_escape(work)}"
+
+
+def upper_dir(state_dir: Path) -> Path:
+    """The writable layer of an instance's overlay (what the container wrote)."""
+    return state_dir / "upper"
 
 
 def _escape(path: Path) -> str:

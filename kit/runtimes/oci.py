@@ -1,10 +1,13 @@
 """OCI runtimes: runc, crun and runsc (gVisor), all from one bundle builder.
 
-Each instance gets a bundle in its state directory::
+Each instance's state directory is its bundle::
 
-    <state>/bundle/config.json     built by :func:`build_config`
-    <state>/bundle/rootfs/         overlay: image rootfs (lower) + <state>/overlay/upper
+    <state>/config.json            built by :func:`build_config`
+    <state>/rootfs/                overlay: image rootfs (lower) + <state>/upper (and <state>/work)
     <state>/runtime.log            the runtime's own log (JSON), read for start errors
+
+(flat: each directory a start makes is a filesystem inode made and freed again in the kit's CPU
+time, see :mod:`._rootfs`).
 
 The runtime is driven with ``<binary> --root <kit root> run --bundle B ID`` under
 :class:`~kit._proc.Pumped`, so the exit code is the container's and output
@@ -252,6 +255,8 @@ class OCIRuntime(Runtime):
         self.name = binary
         self.smoke_test = binary != "runc"
         self.monitor_name = f"{binary} run"  # named in the status when a signal kills it
+        self._path: str | None = None  # the binary, once found (_cli)
+        self._root_made = False  # --root made by this process (prepare_bundle)
 
     # -- discovery ---------------------------------------------------------
     def probe(self) -> Availability:
@@ -343,7 +348,9 @@ class OCIRuntime(Runtime):
         return runtime_root(self.binary)
 
     def _cli(self) -> list[str]:
-        return [which(self.binary) or self.binary, "--root", str(self.root), *self.global_args]
+        if self._path is None:  # found once: a PATH search is a dozen stat calls on every command
+            self._path = which(self.binary)
+        return [self._path or self.binary, "--root", str(self.root), *self.global_args]
 
     def _cli_for(self, inst: InstanceState) -> list[str]:
         if userns.active():  # launched in the kit's user namespace, exec'd through it (._rootless_oci)
@@ -387,7 +394,7 @@ class OCIRuntime(Runtime):
         spec = inst.spec
         with _rootfs.step(inst, "cgroup"):
             inst.cgroup = _rootfs.kit_cgroup(inst)
-        bundle = inst.state_dir / "bundle"
+        bundle = inst.state_dir  # made by new_instance: config.json and the rootfs go in it
         with _rootfs.step(inst, "rootfs"):
             rootfs = self._rootfs(inst, bundle / "rootfs")
         with _rootfs.step(inst, "netns"):
@@ -397,9 +404,10 @@ class OCIRuntime(Runtime):
             cfg["mounts"] += bind_mounts(inst.mounts)
             if inst.net is not None:  # the network's names, at /etc/hosts (read-only)
                 cfg["mounts"].append(inst.net.oci_mount())
-            bundle.mkdir(exist_ok=True)
             (bundle / "config.json").write_text(json.dumps(cfg))
-            self.root.mkdir(parents=True, exist_ok=True)
+            if not self._root_made:  # runc makes a missing --root itself; the kit's sweep looks in it
+                self.root.mkdir(parents=True, exist_ok=True)
+                self._root_made = True
         return bundle
 
     # -- start modes: precreated (create, start_created), snapshot (checkpoint, restore) ----------
@@ -426,7 +434,7 @@ class OCIRuntime(Runtime):
         """``runc checkpoint`` (CRIU) of the running service into ``directory/images``, which ends it; what
         it wrote in its writable layer is kept at ``directory/upper``, so its restores find it again."""
         criu.checkpoint(self._cli_for(inst), inst.id, directory / "images")
-        upper = inst.state_dir / "overlay" / "upper"
+        upper = _rootfs.upper_dir(inst.state_dir)
         if upper.is_dir():
             shutil.copytree(upper, directory / "upper", symlinks=True)
 
@@ -574,7 +582,7 @@ class OCIRuntime(Runtime):
         if self._has_state(inst):
             self._ctl(inst, "delete", "--force", inst.id, timeout=15)
             self._forget_state(inst.id)
-        mounts.unmount(inst.state_dir / "bundle" / "rootfs")
+        mounts.unmount(inst.state_dir / "rootfs")
         fd, inst.netns_fd = inst.netns_fd, None
         if fd is not None:
             os.close(fd)
