@@ -181,15 +181,18 @@ def release(n: int, call: Callable[[int], object], timeout: float) -> Released:
     return out
 
 
-def run(runtime: str, image: str, workload, n: int, prefix: str, timeout: float, memory=None) -> list[dict]:
+def run(runtime: str, image: str, workload, n: int, prefix: str, timeout: float, memory=None,
+        **options) -> list[dict]:
     """One storm of ``n`` foreground runs of ``workload`` (run to its exit) on ``runtime``: rows of the
-    storm's figures and of each instance's (``n`` = the storm's size, ``repeat`` = the instance)."""
+    storm's figures and of each instance's (``n`` = the storm's size, ``repeat`` = the instance);
+    ``options`` go to each ``kit.run`` (e.g. ``read_only``, ``harden``)."""
     names = [f"{prefix}-{i}" for i in range(n)]
     api.wait_until_quiet()  # nothing of an earlier storm still being removed
     cpu0 = host_cpu()
 
     def start(i: int):
-        return api.run(image, workload.command(), runtime=runtime, name=names[i], timeout=timeout, memory=memory)
+        return api.run(image, workload.command(), runtime=runtime, name=names[i], timeout=timeout, memory=memory,
+                       **options)
 
     got = release(n, start, timeout + 60)
     # each instance is gone when its removal ended (None: it had none pending, its run failed and was
