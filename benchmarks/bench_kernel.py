@@ -29,12 +29,15 @@ InstanceStart API call to the guest's /sbin/init, on an AWS i3.metal host with K
 Writes ``benchmarks/results/kernel/``: runs.csv, memory.csv, boot.csv, options.csv, summary.md,
 record.json.
 
-Usage: ``.venv/bin/python benchmarks/bench_kernel.py [--runs 15] [--boot-runs 7] [--parts run,memory,boot,options]``
+Usage: ``.venv/bin/python benchmarks/bench_kernel.py [--runs 15] [--boot-runs 7] [--parts run,memory,boot,options]
+[--kit-builds kit-<hash>,...]`` (``--kit-builds``: other cached builds of the kit's kernel in the run part, e.g. the
+previous fragment's, each booted as the kit kernel is)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import random
@@ -89,8 +92,14 @@ def _interleaved(variants: dict, rounds: int, warmup: int, seed: int, label: str
 # -- run: kit.run with each kernel ---------------------------------------------------------
 
 def run_once(kernel_choice: str) -> dict:
+    """One cold run with ``kernel_choice``: kit, distro, or ``kit@KEY`` (another cached build of the kit's
+    kernel, ``kernels/KEY``, booted as the kit kernel is: to compare two fragments in one interleaved run)."""
     t0 = time.time()
-    r = kit.run("busybox", ["true"], runtime="qemu", kernel=kernel_choice, timeout=TIMEOUT)
+    if kernel_choice.startswith("kit@"):
+        with _kit_build(kernel_choice[4:]):
+            r = kit.run("busybox", ["true"], runtime="qemu", kernel="kit", timeout=TIMEOUT)
+    else:
+        r = kit.run("busybox", ["true"], runtime="qemu", kernel=kernel_choice, timeout=TIMEOUT)
     wall = time.time() - t0
     ph = r.phases
     row = {"wall_s": wall, "ok": r.exit_code == 0 and not r.timed_out, "kernel": r.info.get("kernel"),
@@ -100,6 +109,22 @@ def run_once(kernel_choice: str) -> dict:
         row[f"{p}_s"] = ph[p] - ph["requested"] if p in ph else float("nan")
     row["kernel_boot_s"] = ph["init"] - ph["launched"] if "init" in ph else float("nan")
     return row
+
+
+@contextlib.contextmanager
+def _kit_build(key: str):
+    """kit.vm.kernel's "kit" kernel is the cached build ``key`` while this lasts."""
+    d = kernel.kernels_dir() / key
+    if not (d / "build.json").is_file():
+        raise SystemExit(f"bench_kernel: no kit kernel build {key!r} in {kernel.kernels_dir()} "
+                         f"(give a kit-<hash> directory name)")
+    saved = kernel.kit_kernel
+    built = kernel.Kernel(d / "vmlinuz", None, key, d / "config", d / "vmlinux")
+    kernel.kit_kernel = lambda: (built, "")
+    try:
+        yield
+    finally:
+        kernel.kit_kernel = saved
 
 
 # -- memory: an idle VM per kernel -------------------------------------------------------------
@@ -174,7 +199,6 @@ def boot_once(argv: list[str]) -> dict:
 def boot_variants(tmp: Path, kit_k, distro_k, tsc_khz: int | None) -> tuple[dict, dict]:
     """The issue's table rows: name -> run function; and rows left out -> why."""
     initrd = trivial_initramfs(tmp)
-    append = machine.kernel_args(machine.VMConfig(kernel=Path("k"), initrd=initrd, accel="tcg", tsc_khz=tsc_khz))
     variants, left_out = {}, {}
     distro_elf, why = unpacked_vmlinux(distro_k.vmlinuz, tmp)
     files = [("Debian cloud 6.1 (bzImage)", distro_k.vmlinuz, distro_k.acpi),
@@ -185,6 +209,8 @@ def boot_variants(tmp: Path, kit_k, distro_k, tsc_khz: int | None) -> tuple[dict
         if f is None:
             left_out[name] = why
             continue
+        # each kernel's own command line (the kit's, without ACPI, leaves out its APIC timer)
+        append = machine.kernel_args(machine.VMConfig(kernel=f, initrd=initrd, accel="tcg", tsc_khz=tsc_khz, acpi=acpi))
         variants[name] = lambda a=boot_argv(f, initrd, acpi, append): boot_once(a)
     return variants, left_out
 
@@ -225,13 +251,14 @@ def _by(rows, key, variant):
 
 
 def run_section(rows: list[dict]) -> list[str]:
+    variants = list(dict.fromkeys([*KERNELS, *(r["variant"] for r in rows)]))  # kit, distro, then kit@KEY ones
     med = {k: {m: _median(_by(rows, m, k)) for m in ("launch_to_exit_s", "init_s", "kernel_boot_s", "wall_s")}
-           for k in KERNELS}
-    ok = {k: sum(1 for r in rows if r["variant"] == k and r["ok"]) for k in KERNELS}
+           for k in variants}
+    ok = {k: sum(1 for r in rows if r["variant"] == k and r["ok"]) for k in variants}
     out = ["## Cold `kit.run(\"busybox\", [\"true\"], runtime=\"qemu\")`, kit kernel against the distribution's",
            "", "| kernel | entry | launch_to_exit (median) | init after the request | kernel boot (init - launched) "
            "| call's wall time | ok runs |", "|---|---|---|---|---|---|---|"]
-    for k in KERNELS:
+    for k in variants:
         entry = next((r["entry"] for r in rows if r["variant"] == k), "")
         out.append(f"| {k} ({next((r['kernel'] for r in rows if r['variant'] == k), '')}) | {entry} | "
                    f"{med[k]['launch_to_exit_s']:.3f} s | {med[k]['init_s']:.3f} s | {med[k]['kernel_boot_s']:.3f} s | "
@@ -279,7 +306,13 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--parts", default="run,memory,boot,options")
+    ap.add_argument("--out", default=str(RESULTS),
+                    help="results folder (default: the committed benchmarks/results/kernel; a scratch folder for trials)")
+    ap.add_argument("--kit-builds", default="",
+                    help="comma-separated kit-<hash> keys of other cached kit kernel builds to add to the run part "
+                         "(e.g. the previous fragment's, to compare two fragments in one interleaved run)")
     args = ap.parse_args(argv)
+    out = Path(args.out)
     parts = set(args.parts.split(","))
     started = time.time()
     kit_k, why = kernel.kit_kernel()
@@ -288,26 +321,27 @@ def main(argv=None) -> int:
     distro_k = kernel.distro()
     verdict = accel.choose(kit_k)
     tsc_khz = accel.guest_tsc_khz(verdict.accel)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     head = [f"# The kit's guest kernel against the distribution's ({time.strftime('%Y-%m-%d %H:%M')})", "",
             f"accel={verdict.accel} ({verdict.reason}); kit kernel {kit_k.version}, distribution kernel "
             f"{distro_k.version}; load average before: {os.getloadavg()[0]:.2f}", ""]
     body, outputs = [], ["summary.md"]
     if "run" in parts:
-        rows = _interleaved({k: (lambda k=k: run_once(k)) for k in KERNELS}, args.runs, args.warmup, args.seed, "run")
-        _write_csv(RESULTS / "runs.csv", rows)
+        choices = [*KERNELS, *(f"kit@{key}" for key in args.kit_builds.split(",") if key)]
+        rows = _interleaved({k: (lambda k=k: run_once(k)) for k in choices}, args.runs, args.warmup, args.seed, "run")
+        _write_csv(out / "runs.csv", rows)
         body += run_section(rows) + [""]
         outputs.append("runs.csv")
     if "memory" in parts:
         rows = _interleaved({k: (lambda k=k: memory_once(k)) for k in KERNELS}, args.memory_runs, 0, args.seed, "memory")
-        _write_csv(RESULTS / "memory.csv", rows)
+        _write_csv(out / "memory.csv", rows)
         body += memory_section(rows) + [""]
         outputs.append("memory.csv")
     with tempfile.TemporaryDirectory(prefix="kit-bench-kernel-") as tmp:
         if "boot" in parts:
             variants, left_out = boot_variants(Path(tmp), kit_k, distro_k, tsc_khz)
             rows = _interleaved(variants, args.boot_runs, args.warmup, args.seed, "boot")
-            _write_csv(RESULTS / "boot.csv", rows)
+            _write_csv(out / "boot.csv", rows)
             body += table_section(rows, left_out, "## The issue's table, re-measured",
                                   "QEMU typed out: `-M microvm -accel tcg -m 256M -smp 1`, a trivial initramfs "
                                   "(static busybox as /init: prints /proc/uptime, `reboot -f`), the kit's kernel "
@@ -316,15 +350,15 @@ def main(argv=None) -> int:
         if "options" in parts:
             rows = _interleaved(option_variants(Path(tmp), kit_k, tsc_khz), args.boot_runs, args.warmup, args.seed,
                                 "options")
-            _write_csv(RESULTS / "options.csv", rows)
+            _write_csv(out / "options.csv", rows)
             body += table_section(rows, {}, "## Each kernel argument and machine option (kit kernel, PVH)",
                                   "The same trivial boot with the kit's command line and machine options, then "
                                   "with one left out (or pci=off added).") + [""]
             outputs.append("options.csv")
     body += [f"For reference, not measured here: {FIRECRACKER}.", "",
              f"Took {time.time() - started:.0f} s; seed {args.seed}, {args.warmup} warm-up round(s)."]
-    (RESULTS / "summary.md").write_text("\n".join(head + body) + "\n")
-    storage.record(RESULTS, __file__, outputs)
+    (out / "summary.md").write_text("\n".join(head + body) + "\n")
+    storage.record(out, __file__, outputs)
     print("\n".join(head + body))
     return 0
 
