@@ -152,9 +152,8 @@ def make_report(notebook: str | Path, parameters: dict | None = None, out_root: 
     env = _environment(data)
     (own / "environment.json").write_text(json.dumps(env, indent=1, sort_keys=True, default=str))
     # The report shows no paths of the machine it was made on: the data directory, the reports root
-    # and the home directory (the kit's caches) become names a reader can read anywhere.
-    render_html(nb, out / f"{stem}.html", redact={str(data): "<data_dir>", str(out): "<report>",
-                                                 str(Path.home()): "~"})
+    # and the kit's caches become names a reader can read anywhere.
+    render_html(nb, out / f"{stem}.html", redact=machine_paths(out, data))
     _write_index(out)
     if failure is not None:
         raise NotebookFailed(f"notebook {stem} failed in cell {failure.exec_count}: {_why(nb, failure)} "
@@ -219,6 +218,37 @@ def _redact_cell(cell, redact: dict[str, str]) -> None:
                 o["data"][mime] = _redacted(o["data"][mime], redact)
 
 
+def machine_paths(out: Path, data: Path | None = None) -> dict[str, str]:
+    """This machine's paths in a notebook run whose report went to ``out`` (its raw data to ``data``),
+    each with the name a report shows instead: the kit's caches become ``$KIT_HOME`` (not the whole
+    home directory, whose name, such as ``/root``, is also a path inside an instance), and the
+    directory holding the kit (its checkout: tests' images are built from there) ``<kit>``."""
+    from . import config
+
+    paths = {str(out): "<report>", str(config.home()): "$KIT_HOME", str(Path(__file__).resolve().parents[1]): "<kit>"}
+    if data is not None:
+        paths[str(data)] = "<data_dir>"
+    return paths
+
+
+def redact_notebook(nb, redact: dict[str, str]):
+    """Replace, in place, every text of ``redact`` (a path of this machine) by its value in ``nb``'s
+    code, outputs and papermill's record of its paths and parameters; return ``nb``.
+
+    An executed notebook shown anywhere but the machine that made it (the docs site's committed
+    runs, a report's HTML) names no path of that machine."""
+    redact = {k: v for k, v in redact.items() if k and k != "/"}
+    for cell in nb.cells:
+        _redact_cell(cell, redact)
+    pm = nb.metadata.get("papermill")
+    if pm:
+        for key in ("input_path", "output_path"):
+            if isinstance(pm.get(key), str):
+                pm[key] = _redacted(pm[key], redact)
+        pm["parameters"] = {k: _redacted(v, redact) for k, v in (pm.get("parameters") or {}).items()}
+    return nb
+
+
 def render_html(nb, dest: Path, redact: dict[str, str] | None = None) -> Path:
     """Render the executed notebook to a self-contained HTML file that needs no kernel or network.
 
@@ -231,9 +261,7 @@ def render_html(nb, dest: Path, redact: dict[str, str] | None = None) -> Path:
     from nbconvert import HTMLExporter
     from nbconvert.preprocessors import TagRemovePreprocessor
 
-    nb = copy.deepcopy(nb)
-    for cell in nb.cells:
-        _redact_cell(cell, {k: v for k, v in (redact or {}).items() if k and k != "/"})
+    nb = redact_notebook(copy.deepcopy(nb), redact or {})
     for cell in nb.cells:
         # A widget's view needs its kernel; without it only "VBox(...)" would show. A widget that
         # carries its own static rendering (text/html, as kit.widgets' do) shows that; others are

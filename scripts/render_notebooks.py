@@ -23,10 +23,14 @@ EXECUTED = NOTEBOOKS / "executed"
 
 
 def render(name: str, parameters: dict) -> Path:
-    """Execute notebook ``name``; copy the executed notebook and its environment record to EXECUTED."""
+    """Execute notebook ``name``; copy the executed notebook, with no path of this machine in it, and
+    its environment record to EXECUTED."""
+    import nbformat
+
     out = report.make_report(NOTEBOOKS / f"{name}.ipynb", parameters, out_root=ROOT / "reports")
     (EXECUTED / name).mkdir(parents=True, exist_ok=True)
-    shutil.copy2(out / f"{name}.ipynb", EXECUTED / f"{name}.ipynb")
+    nb = nbformat.read(out / f"{name}.ipynb", as_version=4)
+    nbformat.write(report.redact_notebook(nb, report.machine_paths(out)), EXECUTED / f"{name}.ipynb")
     shutil.copy2(out / name / "environment.json", EXECUTED / name / "environment.json")
     return EXECUTED / f"{name}.ipynb"
 

@@ -106,6 +106,32 @@ def test_no_notebook_code_cell_is_a_wall_of_code():
     assert not long, long
 
 
+def test_the_committed_runs_name_no_path_of_the_machine_they_were_made_on():
+    """The docs site shows notebooks/executed/ (make render-notebooks): papermill's record of the run
+    and every cell's code and outputs name the report, the kit and its caches, not where they were."""
+    for path in sorted((NOTEBOOKS / "executed").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        pm = nb.metadata["papermill"]
+        assert pm["input_path"] == f"<kit>/notebooks/{path.name}" and pm["output_path"] == f"<report>/{path.name}"
+        text = path.read_text()
+        assert not re.search(r"[\w/]/\.cache/kit/", text), path.name  # written $KIT_HOME/..., never /home/x/.cache/kit
+        assert str(NOTEBOOKS.parent) not in text and "/reports/20" not in text, path.name
+
+
+def test_machine_paths_are_redacted_in_code_outputs_and_papermills_record():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "open('/srv/r/x/data/a.csv'); dd of=/root/blob",
+        outputs=[nbformat.v4.new_output("stream", text=f"{kit.config.home()}/run/abc\n")])])
+    nb.metadata["papermill"] = {"input_path": "/srv/r/n.ipynb", "output_path": "/srv/r/x/n.ipynb",
+                                "parameters": {"data_dir": "/srv/r/x/data", "repeat": 3}}
+    report.redact_notebook(nb, {**report.machine_paths(Path("/srv/r/x"), Path("/srv/r/x/data")), "/srv/r": "<kit>"})
+    cell = nb.cells[0]
+    assert cell.source == "open('<data_dir>/a.csv'); dd of=/root/blob"  # a path inside an instance stays
+    assert cell.outputs[0].text == "$KIT_HOME/run/abc\n"
+    assert nb.metadata.papermill == {"input_path": "<kit>/n.ipynb", "output_path": "<report>/n.ipynb",
+                                     "parameters": {"data_dir": "<data_dir>", "repeat": 3}}
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("stem", sorted(SMALL))
@@ -157,7 +183,7 @@ def test_notebook_runs(stem, tmp_path):
         assert "Assertion" not in html and "What this means" in html  # QEMU's raw failure stays in the record
         assert "lxc-execute" in html and "between <code>created</code> and <code>started</code>" in html
     html = (out / f"{stem}.html").read_text()  # a report names no path of the machine it was made on
-    assert str(tmp_path) not in html and str(Path.home()) + "/" not in html
+    assert str(tmp_path) not in html and str(kit.config.home()) not in html and str(NOTEBOOKS.parent) not in html
     if stem == "05-backend-stack":  # the stack's memory says what it counts, and a VM's guest RAM beside QEMU's
         html = (out / f"{stem}.html").read_text()
         assert "Counting each instance's own processes and its helper" in html and "of guest RAM" in html
