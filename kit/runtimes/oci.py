@@ -256,7 +256,7 @@ class OCIRuntime(Runtime):
         self.smoke_test = binary != "runc"
         self.monitor_name = f"{binary} run"  # named in the status when a signal kills it
         self._path: str | None = None  # the binary, once found (_cli)
-        self._root_made = False  # --root made by this process (prepare_bundle)
+        self._root_made: Path | None = None  # the --root this process made (prepare_bundle)
 
     # -- discovery ---------------------------------------------------------
     def probe(self) -> Availability:
@@ -405,9 +405,9 @@ class OCIRuntime(Runtime):
             if inst.net is not None:  # the network's names, at /etc/hosts (read-only)
                 cfg["mounts"].append(inst.net.oci_mount())
             (bundle / "config.json").write_text(json.dumps(cfg))
-            if not self._root_made:  # runc makes a missing --root itself; the kit's sweep looks in it
+            if self._root_made != self.root:  # once per root: the kit's sweep looks in it (runc makes one too)
                 self.root.mkdir(parents=True, exist_ok=True)
-                self._root_made = True
+                self._root_made = self.root
         return bundle
 
     # -- start modes: precreated (create, start_created), snapshot (checkpoint, restore) ----------
