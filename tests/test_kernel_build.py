@@ -261,3 +261,18 @@ def test_a_study_compares_kernels():
     runs = s[(s["metric"] == "launch_to_exit")].set_index("runtime")
     assert {"process", "qemu/kit", "qemu/distro"} <= set(runs.index)
     assert study.meta["params"]["kernels"] == ["kit", "distro"]
+
+
+@pytest.mark.slow
+def test_the_kit_kernel_has_bpf_for_cgroup_v2_device_rules():
+    """runc and crun enforce device rules on cgroup v2 as BPF programs attached to the container's group:
+    the kit's kernel must have bpf() (its sysctl exists only then) and cgroup BPF (BPF_CGROUP_DEVICE)."""
+    import kit
+    from conftest import need
+
+    need("qemu")
+    k, why = kmod.kit_kernel()
+    assert k is not None, why
+    assert k.option("BPF_SYSCALL") == "y" and k.option("CGROUP_BPF") == "y"
+    r = kit.run("busybox", ["cat", "/proc/sys/kernel/unprivileged_bpf_disabled"], runtime="qemu", timeout=120)
+    assert r.info["kernel_kind"] == "kit" and r.exit_code == 0 and r.stdout.strip() in ("0", "1", "2"), r
