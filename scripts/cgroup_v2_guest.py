@@ -3,14 +3,14 @@
 The project's machines are cgroup v1 hybrid, where crun refuses to run and the kit's cgroup v2
 paths (limits, OOM counts, delegation to an ordinary user) never run. Most users' hosts are pure
 cgroup v2. This guest is one: the kit's own ``debian-cgroup2`` image (``make images`` builds it,
-:data:`kit.images.prebuild.SERVICE_IMAGES`) booted by the kit's QEMU runtime with Debian's
-generic kernel (it has 9p: the checkout is mounted read-only at the same path), ``/sys/fs/cgroup``
-mounted ``cgroup2`` with every controller enabled below the root, and an ordinary user ``kit``
-(uid 1000) given a delegated subtree laid out as systemd lays out ``user@1000.service``.
+:data:`kit.images.prebuild.SERVICE_IMAGES`) booted by the kit's QEMU runtime (the checkout mounted
+read-only by 9p at the same path), ``/sys/fs/cgroup`` mounted ``cgroup2`` with every controller
+enabled below the root, and an ordinary user ``kit`` (uid 1000) given a delegated subtree laid out
+as systemd lays out ``user@1000.service``.
 
-Debian's kernel, not the kit's own minimal one (issue 23): runc and crun attach their device
-filters as BPF programs on cgroup v2, and the kit's kernel has no ``bpf()``; Debian's generic
-kernel is what users' hosts run, and the kit picks it for a VM with volumes (the cloud one has no 9p).
+It boots the kernel kit VMs boot by default: the kit's own minimal one (issue 23), which has 9p for
+the checkout and ``bpf()`` with cgroup BPF, through which runc and crun attach their device rules on
+cgroup v2; while that kernel is not built, Debian's generic one (the cloud one has no 9p).
 
 One call starts it and runs a command in it::
 
@@ -89,8 +89,7 @@ class Guest:
     def __enter__(self) -> "Guest":
         kit.images.debian(IMAGE, packages=SERVICE_IMAGES[IMAGE])  # cached: built by make images
         self.inst = kit.start(IMAGE, ["sh", "-c", SETUP], runtime="qemu", name=f"cgroup2-{secrets.token_hex(3)}",
-                              memory=self.memory, cpus=self.cpus, volumes=[f"{CHECKOUT}:{SHARED}:ro"],
-                              kernel="distro")
+                              memory=self.memory, cpus=self.cpus, volumes=[f"{CHECKOUT}:{SHARED}:ro"])
         try:
             self.inst.wait_until(lambda: READY in self.inst.logs().stdout, BOOT_TIMEOUT, interval=0.5,
                                  what="the cgroup v2 guest's set-up")
