@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from .. import api, usage
 from .. import runtimes as _runtimes
 from ..errors import KitError
 from ..net import free_port
+from ..runtimes.base import which
 from . import loads, tools
 
 #: Each service: its image (Debian bookworm with ``packages``), its port inside an instance, and what
@@ -51,7 +51,7 @@ _SLAP_SECONDS = re.compile(r"Average number of seconds to run all queries: ([\d.
 
 def host_has(cmd: str) -> bool:
     """Whether ``cmd`` is installed on the host (sbin included: ``mariadbd`` lives in /usr/sbin)."""
-    return shutil.which(cmd, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is not None
+    return which(cmd) is not None
 
 
 def missing_on_host(service: str, runtime: str) -> list[str]:
@@ -164,9 +164,8 @@ class ServiceBench:
 
     def load_argv(self, service: str, port: int) -> list[str]:
         """The host's load generator against 127.0.0.1:``port``, bounded by a count, never by time."""
-        if service == "redis":
-            return ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-n", str(self.redis_requests), "-c", "8",
-                    "-t", "set,get", "--csv"]
+        if service == "redis":  # the redis load's own command (kit.bench.loads), with this bench's count
+            return loads.fill_argv(loads.LOADS["redis"].argv, port=port, count=self.redis_requests)
         return ["mariadb-slap", f"--defaults-extra-file={self.client_file}", "--protocol=tcp", "--host=127.0.0.1",
                 f"--port={port}", "--concurrency=4", "--iterations=1", "--auto-generate-sql",
                 f"--number-of-queries={self.mariadb_queries}"]
