@@ -53,40 +53,51 @@ class Popen(subprocess.Popen):
 class Pumped:
     """A running subprocess whose stdout/stderr are teed to log files and a stream.
 
+    A foreground process's output is pumped by the first thread that waits for it (:meth:`wait`),
+    in that thread: a pump thread of its own per run would cost a thread start (and its switches)
+    on every foreground run, which in a start storm on 2 cores is measurable CPU (issue 24). Output
+    that comes before anyone waits stays in the pipes until then. Whatever no wait collects (a wait
+    that timed out, a stray grandchild holding the pipes after the exit, a process nobody waits for)
+    is pumped by a background thread, started then (:meth:`release`).
+
     Args:
         argv: the command line.
-        log_dir: where ``stdout.log`` and ``stderr.log`` are written.
+        log_dir: where ``stdout.log`` and ``stderr.log`` are written (each made on its first output).
         stream: called with each chunk of output as it arrives, or None.
         detach: write output straight to the log files (the process can then
             outlive the pumping threads, as a service must).
+        pump_thread: pump from a thread started now, not in :meth:`wait` (output that must be
+            collected before anyone waits: a pre-created container's).
     """
 
     def __init__(self, argv: Sequence[str], log_dir: Path, stream: Stream | None = None,
-                 detach: bool = False, env=None, cwd=None, preexec_fn=None, stdin=subprocess.DEVNULL):
+                 detach: bool = False, env=None, cwd=None, preexec_fn=None, stdin=subprocess.DEVNULL,
+                 pump_thread: bool = False):
         self.argv = list(argv)
         self.log_dir = Path(log_dir)
         self.stdout_path = self.log_dir / "stdout.log"
         self.stderr_path = self.log_dir / "stderr.log"
-        self._threads: list[threading.Thread] = []
         self.launched_at = time.time()
         #: When :meth:`wait` first saw the process exit (epoch seconds), None before.
         self.exited_at: float | None = None
+        #: Set once every pipe has ended and its log is closed (at once when detached).
+        self._drained = threading.Event()
+        self._lock = threading.Lock()
+        self._pump: _Pump | None = None  # not yet claimed by a waiter or a thread
         env = marked_env(env)
         if detach:
             with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
                 self.proc = Popen(self.argv, stdin=stdin, stdout=out, stderr=err, env=env,
                                   cwd=cwd, preexec_fn=preexec_fn, start_new_session=True)
-        else:
-            self.proc = Popen(self.argv, stdin=stdin, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, env=env, cwd=cwd,
-                              preexec_fn=preexec_fn, start_new_session=True)
-            # One thread reads both pipes (poll): a second thread per run costs a thread start
-            # on every foreground run, which on a busy 2-core host is measurable start-up time.
-            t = threading.Thread(target=_pump_both, args=(
-                [("stdout", self.proc.stdout, self.stdout_path), ("stderr", self.proc.stderr, self.stderr_path)],
-                stream), daemon=True, name="kit-pump")
-            t.start()
-            self._threads.append(t)
+            self._drained.set()
+            return
+        self.proc = Popen(self.argv, stdin=stdin, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=env, cwd=cwd,
+                          preexec_fn=preexec_fn, start_new_session=True)
+        self._pump = _Pump([("stdout", self.proc.stdout, self.stdout_path),
+                            ("stderr", self.proc.stderr, self.stderr_path)], stream, self._drained)
+        if pump_thread:
+            self.release()
 
     @property
     def pid(self) -> int:
@@ -97,19 +108,133 @@ class Pumped:
         """CPU seconds (user + system) the process used, once it has exited and been reaped (else None)."""
         return self.proc.cpu_seconds
 
+    def _claim(self) -> "_Pump | None":
+        with self._lock:
+            pump, self._pump = self._pump, None
+        return pump
+
+    def release(self) -> None:
+        """Leave what is left of the output to a background thread (idempotent): the process may never
+        be waited for (a failed start, a pre-created container) or its pipes outlive the wait."""
+        pump = self._claim()
+        if pump is not None:
+            threading.Thread(target=pump.run, daemon=True, name="kit-pump").start()
+
     def wait(self, timeout: float | None = None) -> int:
         """Wait for exit and for all output; raises subprocess.TimeoutExpired."""
+        pump = self._claim()
+        if pump is not None:
+            try:
+                return self._pump_until_exit(pump, timeout)
+            finally:
+                if not pump.done():  # timed out, or the pipes outlive the exit: a thread goes on
+                    threading.Thread(target=pump.run, daemon=True, name="kit-pump").start()
         code = _wait(self.proc, timeout) if timeout is not None else self.proc.wait()
+        self._saw_exit()
+        # The pipes close when every holder exits; a stray grandchild could
+        # hold them open, so output collection gets its own deadline.
+        self._drained.wait(timeout=DRAIN_DEADLINE)
+        return code
+
+    def _saw_exit(self) -> None:
         if self.exited_at is None:  # the exit as seen, before the output is collected
             self.exited_at = time.time()
-        for t in self._threads:
-            # The pipes close when every holder exits; a stray grandchild could
-            # hold them open, so output collection gets its own deadline.
-            t.join(timeout=5)
+
+    def _pump_until_exit(self, pump: "_Pump", timeout: float | None) -> int:
+        """Pump output in this thread until the process exits (woken by its pidfd, as :func:`wait_exit`
+        is), then until its pipes end (at most :data:`DRAIN_DEADLINE` seconds more); its exit code."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self.proc.poll() is None:
+            try:
+                fd = os.pidfd_open(self.proc.pid)
+            except (AttributeError, OSError):  # no pidfd (Linux < 5.3): a thread pumps, Popen polls
+                threading.Thread(target=pump.run, daemon=True, name="kit-pump").start()
+                code = _wait(self.proc, timeout) if timeout is not None else self.proc.wait()
+                self._saw_exit()
+                self._drained.wait(timeout=DRAIN_DEADLINE)
+                return code
+            try:
+                pump.poller.register(fd, select.POLLIN)
+                while not pump.step(None if deadline is None else max(0.0, deadline - time.monotonic()), wake=fd):
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise subprocess.TimeoutExpired(self.proc.args, timeout)
+            finally:
+                pump.poller.unregister(fd)  # a thread may go on with this poller: never a closed fd in it
+                os.close(fd)
+        code = self.proc.wait()  # exited: the reap does not block
+        self._saw_exit()
+        end = time.monotonic() + DRAIN_DEADLINE
+        while not pump.done() and time.monotonic() < end:
+            pump.step(end - time.monotonic())
         return code
 
     def kill(self) -> None:
         kill_group(self.proc)
+
+
+#: Seconds a wait collects output after the process's exit (a stray grandchild may hold the pipes).
+DRAIN_DEADLINE = 5.0
+
+
+class _Pump:
+    """Copies each (label, pipe, log path) to its log file (opened on the first chunk) and to a stream,
+    until every pipe ends; then sets ``drained``. One thread at a time: a waiter's, or a thread's."""
+
+    def __init__(self, pipes, stream: Stream | None, drained: threading.Event):
+        self.poller = select.poll()
+        self.stream = stream
+        self.drained = drained
+        self.open: dict[int, list] = {}  # fd -> [label, pipe, log path, log file or None]
+        for label, pipe, path in pipes:
+            self.open[pipe.fileno()] = [label, pipe, path, None]
+            self.poller.register(pipe.fileno(), select.POLLIN)
+
+    def done(self) -> bool:
+        return not self.open
+
+    def step(self, timeout: float | None, wake: int | None = None) -> bool:
+        """Wait up to ``timeout`` seconds (None: no limit) and copy what came; True when ``wake`` (a
+        descriptor registered by the caller) became ready."""
+        woken = False
+        for fd, _ev in self.poller.poll(None if timeout is None else timeout * 1000):
+            if fd == wake:
+                woken = True
+            else:
+                self._copy(fd)
+        if not self.open:
+            self.drained.set()
+        return woken
+
+    def _copy(self, fd: int) -> None:
+        entry = self.open[fd]
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.poller.unregister(fd)
+            del self.open[fd]
+            if entry[3] is not None:
+                entry[3].close()
+            entry[1].close()
+            return
+        if entry[3] is None:  # unbuffered: what came is in the file at once, even while a stray holds the pipe
+            entry[3] = open(entry[2], "ab", buffering=0)
+        entry[3].write(chunk)
+        self.stream = deliver(self.stream, entry[0], chunk)
+
+    def run(self) -> None:
+        """Pump until every pipe ends (a thread's target)."""
+        try:
+            while self.open:
+                self.step(None)
+        finally:
+            for _label, pipe, _path, log in self.open.values():
+                if log is not None:
+                    log.close()
+                pipe.close()
+            self.open.clear()
+            self.drained.set()
 
 
 def marked_env(env) -> dict[str, str]:
@@ -154,36 +279,6 @@ def deliver(stream: Stream | None, label: str, chunk: bytes) -> Stream | None:
         return stream
     except Exception:
         return None
-
-
-def _pump_both(pipes, stream: Stream | None) -> None:
-    """Copy each (label, pipe, log path) to its log file, and to ``stream``, until every pipe ends."""
-    poller = select.poll()
-    open_ = {}
-    for label, pipe, path in pipes:
-        fd = pipe.fileno()
-        open_[fd] = (label, pipe, open(path, "ab"))
-        poller.register(fd, select.POLLIN)
-    try:
-        while open_:
-            for fd, _ev in poller.poll():
-                label, pipe, log = open_[fd]
-                try:
-                    chunk = os.read(fd, 65536)
-                except OSError:
-                    chunk = b""
-                if not chunk:
-                    poller.unregister(fd)
-                    del open_[fd]
-                    log.close()
-                    pipe.close()
-                    continue
-                log.write(chunk)
-                stream = deliver(stream, label, chunk)
-    finally:
-        for _label, pipe, log in open_.values():
-            log.close()
-            pipe.close()
 
 
 def kill_group(proc: subprocess.Popen, grace: float = 0.0) -> None:

@@ -459,6 +459,8 @@ class Runtime(ABC):
         """Delete everything the instance left: runtime state, mounts, cgroup, files."""
         if self.running(inst):
             self.kill(inst)
+        if inst.proc is not None:  # output no wait collected (a failed start): a thread drains it
+            inst.proc.release()
         self.cleanup(inst)
         if inst.cgroup is not None:
             inst.cgroup.destroy()

@@ -455,7 +455,8 @@ class OCIRuntime(Runtime):
         process (StartFailed with the runtime's reason if it ends first)."""
         argv = [sys.executable, "-S", "-c", SHIM, str(pidfile), *self._cli_for(inst),
                 "--log", str(inst.state_dir / "runtime.log"), "--log-format", "json", *action]
-        inst.proc = Pumped(argv, inst.state_dir, stream=stream, preexec_fn=self._preexec(inst))
+        # A thread pumps: the runtime's errors must reach stderr.log before anyone waits for the shim.
+        inst.proc = Pumped(argv, inst.state_dir, stream=stream, preexec_fn=self._preexec(inst), pump_thread=True)
         inst.info["runtime_root"] = str(self.root)
 
         def done_or_failed():
@@ -508,6 +509,7 @@ class OCIRuntime(Runtime):
             raise StartFailed(f"{self.name}: {inst.name!r} did not start within {START_DEADLINE:g} s; "
                               f"see {inst.state_dir / 'runtime.log'}") from None
         if what == "exited":
+            inst.proc.wait(5)  # exited: its output (gVisor's errors) collected into the logs
             self.raise_start_error(inst)
         else:
             inst.phases["started"] = time.time()
