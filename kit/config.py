@@ -13,7 +13,27 @@ SESSION_ID = secrets.token_hex(4)
 
 def home() -> Path:
     """``$KIT_HOME``, default ``~/.cache/kit``: images, kernels, caches."""
-    return Path(os.environ.get("KIT_HOME") or Path.home() / ".cache" / "kit")
+    return _home()[1]
+
+
+def home_str() -> str:
+    """:func:`home` as a string, for ``os.path`` joins on a start's path (pathlib's objects cost more
+    CPU than the system calls they name, issue 24)."""
+    return _home()[0]
+
+
+def _home() -> tuple[str, Path]:
+    # Worked out again only when $KIT_HOME or $HOME changes (a test's monkeypatch, a notebook's os.environ).
+    global _home_seen
+    key = (os.environ.get("KIT_HOME"), os.environ.get("HOME"))
+    seen = _home_seen
+    if seen is None or seen[0] != key:
+        path = Path(key[0] or Path.home() / ".cache" / "kit")
+        seen = _home_seen = (key, (str(path), path))
+    return seen[1]
+
+
+_home_seen: tuple | None = None
 
 
 def state_dir() -> Path:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -98,10 +99,27 @@ def normalize(name: str) -> str:
 
 
 def _names() -> dict[str, str]:
+    """The name index (a copy: callers may change theirs), parsed again only when ``names.json`` is a
+    new file (:func:`_save_names` replaces it: a new inode) or changed in size or time; a run then costs
+    one stat, not a read and a JSON parse (issue 24). A read makes no store."""
+    global _names_seen
+    path = os.path.join(config.home_str(), "images", "names.json")
     try:
-        return json.loads((config.home() / "images" / "names.json").read_text())  # a read makes no store
+        st = os.stat(path)
+        stamp = (path, st.st_ino, st.st_size, st.st_mtime_ns)
+        seen = _names_seen
+        if seen is not None and seen[0] == stamp:
+            return dict(seen[1])
+        with open(path, "rb") as f:  # read after the stat: never older than the stamp says
+            names = json.loads(f.read())
     except (OSError, ValueError):
         return {}
+    _names_seen = (stamp, names)
+    return dict(names)
+
+
+#: (stamp of names.json, its parsed index) as :func:`_names` last read it.
+_names_seen: tuple | None = None
 
 
 #: Serialises read-modify-write of the name index between this process's threads;
@@ -118,10 +136,12 @@ def _store_locked():
 
 
 def _save_names(names: dict[str, str]) -> None:
+    global _names_seen
     # Unique per thread too: os.replace of a half-written file would lose the index.
     tmp = root() / f".names.{os.getpid()}.{threading.get_ident()}.json"
     tmp.write_text(json.dumps(names, indent=1, sort_keys=True))
     os.replace(tmp, root() / "names.json")
+    _names_seen = None
 
 
 def tree_digest(path: Path) -> tuple[str, int]:
@@ -171,10 +191,20 @@ def add(name: str, rootfs: Path, source: str, layers: list[dict] | None = None,
 
 def _meta_file(name: str) -> Path:
     """Per-name metadata: two names of one tree may differ in layers and config (an image built
-    FROM busybox that only sets CMD has busybox's bytes, not its CMD)."""
+    FROM busybox that only sets CMD has busybox's bytes, not its CMD). Made here for a write."""
     d = root() / "meta"
     d.mkdir(exist_ok=True)
-    return d / (hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest() + ".json")
+    return d / _meta_name(name)
+
+
+def _meta_path(name: str) -> str:
+    """Where :func:`_meta_file` is, for a read: nothing made (a run's lookup, :func:`get`)."""
+    return os.path.join(config.home_str(), "images", "meta", _meta_name(name))
+
+
+@functools.lru_cache(maxsize=256)
+def _meta_name(name: str) -> str:
+    return hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest() + ".json"
 
 
 def _save_meta(name, digest, source, layers, config_) -> None:
@@ -244,7 +274,8 @@ def _load(digest: str, name: str | None = None) -> Image:
     if name:
         meta["name"] = name
         try:
-            own = json.loads(_meta_file(name).read_text())
+            with open(_meta_path(name), "rb") as f:
+                own = json.loads(f.read())
         except (OSError, ValueError):
             own = {}
         if own.get("id") == digest:  # what this name was stored with (config, layers, source)
@@ -279,7 +310,7 @@ def get(name: str) -> Image:
         )
     digest = names[key]
     try:  # the name's own metadata (config, layers) may be rewritten for the same tree
-        st = _meta_file(key).stat()
+        st = os.stat(_meta_path(key))
         stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
     except OSError:
         stamp = None
