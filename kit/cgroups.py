@@ -184,6 +184,9 @@ class Cgroup:
             self._oom_fd = None
         deadline = time.monotonic() + timeout
         while True:
+            found = self._all_dirs()
+            if not found:  # in no hierarchy (the runtime removed its group): no process, nothing to remove
+                return
             pids = self.pids()
             for pid in pids:
                 try:
@@ -191,7 +194,7 @@ class Cgroup:
                 except ProcessLookupError:
                     pass
             busy = False
-            for d in self._all_dirs():
+            for d in found:
                 for root, dirs, _files in os.walk(d, topdown=False):
                     try:
                         os.rmdir(root)
@@ -293,12 +296,23 @@ def for_instance(session: str, name: str) -> Cgroup:
 
 
 def writable() -> str | None:
-    """None when the kit can create groups here, else the reason it cannot."""
+    """None when the kit can create groups here, else the reason it cannot.
+
+    A yes is kept for the process (asked on every start: a mkdir and an access check each time were
+    tens of microseconds of a start's CPU, issue 24); a no is asked again, so a fix is seen."""
+    global _writable_for
+    if _writable_for == os.geteuid():
+        return None
     try:
         base = ROOT / kit_rel() if version() == 2 else ROOT / "memory" / "kit"
         base.mkdir(parents=True, exist_ok=True)
         if not os.access(base, os.W_OK):  # made by root earlier: there, but not this user's to write
             return f"cannot create cgroups under {base} (permission denied); run as root for memory/cpu limits"
+        _writable_for = os.geteuid()
         return None
     except OSError as e:
         return f"cannot create cgroups under {ROOT} ({e.strerror}); run as root for memory/cpu limits"
+
+
+#: The user :func:`writable` said yes to (None: not yet).
+_writable_for: int | None = None

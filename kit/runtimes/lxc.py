@@ -76,10 +76,9 @@ def idmap_lines() -> list[str]:
 
 
 #: What a start would otherwise look up again every time (each costs tens of microseconds, and
-#: the kit's whole LXC overhead budget is a few milliseconds): the tools' paths, and whether an
-#: image (immutable content, by id) can be shared for a working directory.
+#: the kit's whole LXC overhead budget is a few milliseconds): the tools' paths (whether an image
+#: can be shared is cached by :func:`._rootfs.image_shareable`).
 _tools: dict[str, str] = {}
-_shareable: dict[tuple, bool] = {}
 
 
 def _tool(name: str) -> str:
@@ -115,13 +114,7 @@ def shares_image(inst: InstanceState) -> bool:
     spec, image = inst.spec, inst.image
     if not spec.read_only or inst.mounts or inst.net is not None or spec.tmpfs:
         return False
-    cwd = spec.working_dir(image)
-    key = (getattr(image, "id", None), str(image.rootfs), cwd)
-    if key[0] is None:  # no content id to cache by
-        return _rootfs.shareable(image.rootfs, MOUNT_POINTS, cwd)
-    if key not in _shareable:
-        _shareable[key] = _rootfs.shareable(image.rootfs, MOUNT_POINTS, cwd)
-    return _shareable[key]
+    return _rootfs.image_shareable(image, MOUNT_POINTS, spec.working_dir(image))
 
 
 class _Memfiles:

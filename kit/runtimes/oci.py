@@ -68,6 +68,8 @@ MOUNTS = [
     {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
      "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
 ]
+#: Where the runtime mounts something in the container's root (what a shared image must have).
+MOUNT_POINTS = tuple(m["destination"] for m in MOUNTS)
 START_DEADLINE = 15.0  # seconds for a detached container to reach "created"
 
 
@@ -166,8 +168,12 @@ def extra_mounts(spec: RunSpec) -> list[dict]:
 
 def runtime_root(binary: str) -> Path:
     """The kit-owned ``--root`` state directory of ``binary``."""
-    base = Path("/run/kit") if os.geteuid() == 0 else userns.state_base() / "oci-state"
-    return base / binary
+    if os.geteuid() == 0:  # a constant: made once, not on each of a start's four uses (pathlib costs CPU)
+        return _root_roots.setdefault(binary, Path("/run/kit") / binary)
+    return userns.state_base() / "oci-state" / binary
+
+
+_root_roots: dict[str, Path] = {}
 
 
 #: The subreaper of a pre-created or restored container: ``python -S -c SHIM PIDFILE RUNTIME-ARGV...``
@@ -475,8 +481,8 @@ class OCIRuntime(Runtime):
         # A network member's /etc/hosts or a volume's mount point may have to be created: never
         # in the shared image.
         makes_mount_points = inst.net is not None or bool(inst.mounts) or bool(spec.tmpfs)
-        if spec.read_only and not makes_mount_points and _rootfs.shareable(
-                image.rootfs, [m["destination"] for m in MOUNTS], spec.working_dir(image)):
+        if spec.read_only and not makes_mount_points and _rootfs.image_shareable(
+                image, MOUNT_POINTS, spec.working_dir(image)):
             inst.info["rootfs"] = "image, read-only"
             return image.rootfs
         if userns.active():  # mounted in the kit's user namespace when the runtime is launched
@@ -584,7 +590,8 @@ class OCIRuntime(Runtime):
         if self._has_state(inst):
             self._ctl(inst, "delete", "--force", inst.id, timeout=15)
             self._forget_state(inst.id)
-        mounts.unmount(inst.state_dir / "rootfs")
+        if inst.info.get("rootfs") == "overlay":  # mounted here by the kit (else nothing to look for)
+            mounts.unmount(inst.state_dir / "rootfs")
         fd, inst.netns_fd = inst.netns_fd, None
         if fd is not None:
             os.close(fd)

@@ -1,0 +1,98 @@
+"""What a start and its teardown no longer do again each time (issue 24: the kit's own CPU per start
+in a storm), each with what must still hold: the environment a child gets, whether an image can be
+shared, the mounts and cgroups a teardown looks for, whether the kit may make cgroups."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import kit
+from kit import cgroups, config, mounts
+from kit._proc import marked_env
+from kit.cgroups import Cgroup
+from kit.runtimes import _rootfs
+
+
+def test_a_child_gets_this_process_environment_as_it_is_now_and_the_marker(monkeypatch):
+    monkeypatch.setenv("KIT_TEST_NOW", "first")
+    env = marked_env(None)
+    out = subprocess.run([sys.executable, "-c", "import os; print(os.environ['KIT_TEST_NOW'], "
+                          "os.environ['KIT_SESSION'], os.environ['PATH'] == os.environ['KIT_TEST_PATH'])"],
+                         env={**env, b"KIT_TEST_PATH": os.environb[b"PATH"]}, capture_output=True, check=True)
+    assert out.stdout.split() == [b"first", config.SESSION_ID.encode(), b"True"]
+    monkeypatch.setenv("KIT_TEST_NOW", "second")  # changed after a copy: the next copy has it
+    again = {os.fsdecode(k): os.fsdecode(v) for k, v in marked_env(None).items()}
+    assert again == {**os.environ, "KIT_SESSION": config.SESSION_ID}
+    given = marked_env({"ONLY": "this"})  # a given environment is taken as it is, marked
+    assert given == {"ONLY": "this", "KIT_SESSION": config.SESSION_ID}
+
+
+class _Image:
+    def __init__(self, id_, rootfs):
+        self.id, self.rootfs = id_, rootfs
+
+
+def test_whether_an_image_can_be_shared_is_looked_up_once_per_image(tmp_path, monkeypatch):
+    for d in ("proc", "dev", "sys"):
+        (tmp_path / d).mkdir()
+    looked = []
+    real = _rootfs.shareable
+    monkeypatch.setattr(_rootfs, "shareable", lambda *a: looked.append(a) or real(*a))
+    img = _Image(f"sha256:{os.urandom(32).hex()}", tmp_path)
+    points = ("/proc", "/dev", "/sys")
+    assert _rootfs.image_shareable(img, points, "/") and _rootfs.image_shareable(img, points, "/")
+    assert len(looked) == 1  # an id names immutable content: the same answer
+    assert not _rootfs.image_shareable(img, points, "/work")  # another working directory: its own answer
+    assert not _rootfs.image_shareable(_Image(None, tmp_path), points, "/work")  # no id: asked each time
+    assert len(looked) == 3
+
+
+def test_a_teardown_unmounts_only_what_the_kit_mounted(monkeypatch):
+    unmounted = []
+    real = mounts.unmount
+    monkeypatch.setattr(mounts, "unmount", lambda target: unmounted.append(target) or real(target))
+    shared = kit.run("busybox", ["true"], runtime="runc", read_only=True, harden=False)
+    kit.api.wait_for_teardown(shared.name)
+    assert shared.info["rootfs"] == "image, read-only" and unmounted == []
+    own = kit.run("busybox", ["true"], runtime="runc")
+    kit.api.wait_for_teardown(own.name)
+    assert own.info["rootfs"] == "overlay" and len(unmounted) == 1
+    assert not mounts.below(unmounted[0])  # and it is gone
+
+
+def test_destroying_a_group_that_is_in_no_hierarchy_reads_nothing_else(monkeypatch):
+    group = Cgroup(f"kit/absent-{os.getpid()}")
+    monkeypatch.setattr(Cgroup, "pids", lambda self: pytest.fail("read the processes of a group that is not there"))
+    group.destroy()  # returns at once
+
+
+def test_a_group_with_a_process_is_still_emptied_and_removed():
+    group = cgroups.for_instance("t", f"destroy-{os.getpid()}").create(memory=64 * 2**20)
+    p = subprocess.Popen(["sleep", "60"])
+    try:
+        group.add(p.pid)
+        assert p.pid in group.pids()
+        group.destroy()
+        assert p.wait(10) == -9 and not group.exists()
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_may_make_cgroups_is_asked_again_after_a_no_and_kept_after_a_yes(tmp_path, monkeypatch):
+    monkeypatch.setattr(cgroups, "ROOT", tmp_path)
+    monkeypatch.setattr(cgroups, "_writable_for", None)
+    (tmp_path / "memory").write_text("not a directory")  # v1: groups go in ROOT/memory/kit
+    if cgroups.version() == 2:
+        pytest.fail("this host is cgroup v1 (hybrid); the test makes the v1 layout")
+    assert "cannot create cgroups" in cgroups.writable()
+    (tmp_path / "memory").unlink()
+    assert cgroups.writable() is None  # the fix is seen
+    (tmp_path / "memory" / "kit").rmdir()
+    (tmp_path / "memory").rmdir()
+    (tmp_path / "memory").write_text("broken again")
+    assert cgroups.writable() is None  # a yes is kept for the process: no mkdir on every start
