@@ -197,6 +197,17 @@ def test_exit_code_stderr_and_framing_cannot_be_forged():
 
 
 @vm_test
+@pytest.mark.parametrize("boot", ["initramfs", "disk"])
+def test_guest_loopback_is_up_and_hostname_is_the_instances(boot):
+    # The init brings lo up in stage 1 (while the host answers "ready"), before a disk boot's switch_root.
+    name = unique("vm-lo")
+    r = kit.run("busybox", ["sh", "-c", "cat /sys/class/net/lo/flags; hostname"], runtime="qemu", name=name,
+                timeout=120, boot=boot)
+    assert (r.exit_code, r.stdout) == (0, f"0x9\n{name}\n"), r.stderr  # IFF_UP|IFF_LOOPBACK
+    assert r.info["boot"] == boot
+
+
+@vm_test
 def test_large_output_arrives_whole_and_streams():
     # The guest powers off right after the command: output still queued in the guest then
     # was lost once (half of a 1 MB stderr written just before exit).

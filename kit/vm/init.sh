@@ -19,7 +19,9 @@
 # what the kit adds to a boot. So this script uses shell builtins wherever it can
 # (read instead of cat, writes to /proc and /sys instead of hostname and ip),
 # forks the helpers (exec agent, stop listener) only after the command started,
-# and powers off by exec'ing reboot.
+# brings the loopback up while the host answers "ready" (its ~20 ms of guest CPU
+# overlap the round trip), and powers off through /proc/sysrq-trigger (a write,
+# not the exec of reboot).
 #
 # The kernel hands init the unknown name=value words of its command line as
 # environment: kit_bus (pci | mmio) says which virtio transport to load, and
@@ -100,11 +102,13 @@ EOF
         # "ready": a VM template (kit/vm/templates.py) is saved here, blocked in the read below;
         # each restore of it resumes in that read and gets its own spec.
         echo ready >&3
+        lo_up  # while the host answers
         # The spec ends at a NUL byte, which no shell word can contain.
         IFS= read -r -d '' spec <&3 || die "no run spec from the host"
         printf '%s' "$spec" >"$K/spec.sh"
     fi
     . "$K/spec.sh"
+    [ -n "$kit_spec" ] && lo_up
     echo spec >&3
     if [ -n "$KIT_RESTORED" ]; then
         # Restored from a template: its clock stopped when the template was saved, and its random
@@ -118,7 +122,7 @@ EOF
     [ -n "$KIT_NET" ] && load net
     [ -n "$KIT_9P" ] && load 9p
     if [ "$KIT_MODE" = initramfs ]; then
-        stage2
+        stage2 sourced
     fi
     load disk
     i=0
@@ -159,8 +163,12 @@ agent() {  # exec requests on fd 4: "<length>\n<script>" in, "out N\n<bytes>err 
     done
 }
 
-stage2() {
-    . "$K/spec.sh"
+lo_up() {  # the loopback up ("ip link set lo up" without a fork): IFF_LOOPBACK|IFF_UP
+    echo 9 >/sys/class/net/lo/flags
+}
+
+stage2() {  # stage2 [sourced]: "sourced" when stage 1 has read the spec into this same shell
+    [ "$1" = sourced ] || . "$K/spec.sh"
     # /dev/pts /dev/shm are mounted in stage 1 (builtins only here when they are).
     [ -d "$K/run" ] && [ -e /dev/pts/ptmx ] || { mkdir -p "$K/run" /dev/pts /dev/shm; mount -a -T "$K/fstab.2"; } 2>/dev/null
     # Volumes (QEMU's 9p exports, tags kit0, kit1...), before a read-only root is made so; a
@@ -180,7 +188,6 @@ stage2() {
         [ "$KIT_MODE" = initramfs ] && { mount -o remount,ro / || die "could not make the root read-only"; }
     fi
     echo "$KIT_HOSTNAME" >/proc/sys/kernel/hostname
-    echo 9 >/sys/class/net/lo/flags  # IFF_LOOPBACK|IFF_UP: "ip link set lo up" without a fork
     if [ -n "$KIT_HOSTS" ]; then
         # A kit network member: its names (the others at QEMU's gateway 10.0.2.2). Kept in $K/run,
         # writable even on a read-only root, so the host can rewrite it as members come and go.
@@ -222,8 +229,11 @@ stage2() {
     # when the power goes. (A leftover child of the command holding kit.out makes the open
     # fail; then there is no such guarantee.)
     { : >"$P_out"; } 2>/dev/null
-    # Nothing to sync: the image disk is read-only and every write went to guest memory.
-    exec reboot -f -n
+    # Nothing to sync: the image disk is read-only, every write went to guest memory, and a
+    # volume's (9p) went to the host as it was made. sysrq's "b" resets at once, as reboot -f -n
+    # would after its exec and the kernel's device shutdown (reboot=t: QEMU exits).
+    echo b >/proc/sysrq-trigger
+    exec reboot -f -n  # a kernel without sysrq
 }
 
 if [ "$1" = stage2 ]; then
