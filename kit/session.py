@@ -23,12 +23,14 @@ session's own token. Every method is thread-safe.
 
 from __future__ import annotations
 
+import collections
 import os
 import posixpath
 import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -150,20 +152,77 @@ def _image_command(command) -> bool:
     return command is None or (isinstance(command, (list, tuple)) and not command)
 
 
-class _Teardown(threading.Thread):
-    """The background removal of one finished foreground instance; ``ended_at`` (epoch seconds)
-    says when everything it left was gone, so that a measurement can time the removal itself."""
+class _Teardown:
+    """The background removal of one finished foreground instance, run by a :class:`_Removers` thread;
+    ``ended_at`` (epoch seconds) says when everything it left was gone, so that a measurement can time
+    the removal itself. ``join`` and ``is_alive`` as a thread's."""
 
     def __init__(self, session: "Session", inst: Instance):
-        super().__init__(name=f"kit-rm-{inst.name}", daemon=True)
         self.session, self.inst = session, inst
         self.ended_at: float | None = None
+        self._done = threading.Event()
 
     def run(self) -> None:
         try:
             self.session._discard(self.inst)
         finally:
             self.ended_at = time.time()
+            self._done.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._done.wait(timeout)
+
+    def is_alive(self) -> bool:
+        return not self._done.is_set()
+
+
+class _Removers:
+    """The threads that run teardowns (:class:`_Teardown`), kept while there is work: a thread started for
+    each one was a thread start of the kit's CPU on every foreground run (issue 24). A new thread starts
+    when more teardowns wait than threads are idle (up to :attr:`MOST`, so a burst of them, a start storm's,
+    still overlaps); a thread idle for :attr:`IDLE` seconds ends."""
+
+    MOST = 8
+    IDLE = 2.0
+
+    def __init__(self):
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)  # a child of fork has none of these threads
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._jobs: collections.deque[_Teardown] = collections.deque()
+        self._idle = 0
+        self._threads = 0
+
+    def submit(self, job: _Teardown) -> None:
+        with self._cond:
+            self._jobs.append(job)
+            if self._idle:
+                self._cond.notify()
+            if len(self._jobs) > self._idle and self._threads < self.MOST:
+                self._threads += 1
+                threading.Thread(target=self._work, name="kit-rm", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                waited = False
+                while not self._jobs:
+                    if waited:  # idle for IDLE seconds with nothing to do: this thread ends
+                        self._threads -= 1
+                        return
+                    self._idle += 1
+                    waited = not self._cond.wait(self.IDLE)
+                    self._idle -= 1
+                job = self._jobs.popleft()
+            try:
+                job.run()
+            except BaseException:  # said as a thread's own exception would be; the thread goes on
+                threading.excepthook(threading.ExceptHookArgs((*sys.exc_info(), threading.current_thread())))
+
+
+_removers = _Removers()
 
 
 class Session:
@@ -507,7 +566,7 @@ class Session:
         with self._lock:
             self._pending[inst.name] = t
         self._forget(inst)
-        t.start()
+        _removers.submit(t)
 
     def wait_for_teardown(self, name: str | None = None, timeout: float = 30) -> float | None:
         """Wait until the background teardown of ``name`` (or of every instance) is done.

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -96,3 +98,52 @@ def test_may_make_cgroups_is_asked_again_after_a_no_and_kept_after_a_yes(tmp_pat
     (tmp_path / "memory").rmdir()
     (tmp_path / "memory").write_text("broken again")
     assert cgroups.writable() is None  # a yes is kept for the process: no mkdir on every start
+
+
+def _removal_threads() -> list:
+    return [t for t in threading.enumerate() if t.name == "kit-rm" and t.is_alive()]
+
+
+def test_teardowns_reuse_a_few_threads_and_each_says_when_it_ended(monkeypatch):
+    from kit import session as session_mod
+
+    ran_on = []
+    real = session_mod.Session._discard
+    monkeypatch.setattr(session_mod.Session, "_discard",
+                        lambda self, inst: ran_on.append(threading.current_thread()) or real(self, inst))
+    with kit.Session() as s:
+        results = [s.run("busybox", ["true"], runtime="runc", name=f"td-{i}", read_only=True, harden=False)
+                   for i in range(6)]
+        ended = [s.wait_for_teardown(r.name) for r in results]
+        assert all(e is not None and r.phases["exited"] <= e <= time.time() for r, e in zip(results, ended))
+        assert not any((s.state_dir / r.name).exists() for r in results)
+    assert len(ran_on) == 6 and len(set(ran_on)) <= 2  # one at a time here: not a thread per run
+
+
+def test_a_burst_of_teardowns_runs_on_several_threads_and_a_failing_one_stops_none(monkeypatch):
+    from kit import session as session_mod
+
+    seen = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: seen.append(args.exc_value))
+    with kit.Session() as s:
+        gate = threading.Event()
+        real = session_mod.Session._discard
+
+        def slow_discard(self, inst):
+            gate.wait(30)  # held until the burst is queued: the pool must grow to take it
+            real(self, inst)
+            if inst.name == "burst-0":
+                raise RuntimeError("this teardown fails")
+
+        monkeypatch.setattr(session_mod.Session, "_discard", slow_discard)
+        for i in range(4):
+            s.run("busybox", ["true"], runtime="runc", name=f"burst-{i}", read_only=True, harden=False)
+        kit.wait_until(lambda: len(_removal_threads()) >= 2, 10, what="more than one removal thread")
+        assert len(_removal_threads()) <= session_mod._Removers.MOST
+        gate.set()
+        for i in range(4):
+            assert s.wait_for_teardown(f"burst-{i}") is not None
+        assert [str(e) for e in seen] == ["this teardown fails"]  # said, as a thread's own exception is
+        monkeypatch.setattr(session_mod.Session, "_discard", real)
+        after = s.run("busybox", ["true"], runtime="runc", name="after", read_only=True, harden=False)
+        assert s.wait_for_teardown(after.name) is not None  # the threads still work
