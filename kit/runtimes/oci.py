@@ -169,7 +169,10 @@ def extra_mounts(spec: RunSpec) -> list[dict]:
 def runtime_root(binary: str) -> Path:
     """The kit-owned ``--root`` state directory of ``binary``."""
     if os.geteuid() == 0:  # a constant: made once, not on each of a start's four uses (pathlib costs CPU)
-        return _root_roots.setdefault(binary, Path("/run/kit") / binary)
+        root = _root_roots.get(binary)
+        if root is None:
+            root = _root_roots[binary] = Path("/run/kit") / binary
+        return root
     return userns.state_base() / "oci-state" / binary
 
 
