@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
 import subprocess
 import threading
@@ -369,3 +370,14 @@ def wait_until(predicate: Callable[[], object], timeout: float, interval: float 
             why = f" (last: {type(last).__name__}: {' '.join(str(last).split())[:200]})" if last is not None else ""
             raise KitTimeout(f"{what} did not happen within {timeout:g} s{why}")
         time.sleep(interval)
+
+
+def which(*names: str) -> str | None:
+    """The first of ``names`` found on PATH or in /usr/sbin and /sbin (where mkfs, debootstrap and
+    runtimes such as lxc-* live, off an ordinary user's PATH); None if none is."""
+    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    for n in names:
+        p = shutil.which(n, path=path)
+        if p:
+            return p
+    return None

@@ -27,7 +27,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .. import mounts
-from .._proc import Pumped, kill_group, wait_until
+from .._proc import Pumped, kill_group, wait_until, which
 from ..errors import ImageError
 from . import store
 
@@ -217,7 +217,7 @@ def _cached(name: str, want: dict) -> bool:
 
 
 def _debootstrap() -> str | None:
-    return shutil.which("debootstrap", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+    return which("debootstrap")
 
 
 def _build(name: str, exe: str, want: dict) -> store.Image:

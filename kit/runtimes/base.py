@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, TypedDict
 
 from .. import cgroups, userns
-from .._proc import Pumped, Stream
+from .._proc import Pumped, Stream, which  # noqa: F401  (which: the runtimes' one way to find a binary)
 from ..cgroups import Cgroup
 from ..errors import InvalidSpec, LimitsUnavailable
 from ..images import Image
@@ -605,9 +605,3 @@ def descendants(pid: int) -> list[int]:
         return []
 
 
-def which(*names: str) -> str | None:
-    for n in names:
-        p = shutil.which(n, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
-        if p:
-            return p
-    return None

@@ -9,10 +9,9 @@ land in its tmpfs (guest memory) and vanish with it.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
-from .._proc import run
+from .._proc import run, which
 from ..errors import ImageError, InvalidSpec
 from ..images import Image
 from .._cache import building
@@ -61,7 +60,7 @@ def base_disk(image: Image, size: int | None = None) -> Path:
     out = image.format_dir("qemu") / f"rootfs-{size // _MIB}m.ext4"
     if out.is_file():
         return out
-    mkfs = shutil.which("mkfs.ext4", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+    mkfs = which("mkfs.ext4")
     if not mkfs:
         raise ImageError("mkfs.ext4 is missing, so no VM disk can be made: install e2fsprogs (or run 'make setup')")
     _, inodes = _usage(image.rootfs)
