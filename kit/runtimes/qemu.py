@@ -11,7 +11,7 @@ they arrive, into ``inst.phases``::
     launched   QEMU process started
     kernel     first byte on the guest console (the kernel's setup code); none when the kernel says
                nothing before the init (the kit's own, booted through PVH)
-    init       the kit init printed its mark
+    init       the kit init printed its mark, its script's first statement
     spec       the init has the run spec (its virtio modules are loaded)
     command    the init is about to exec the command
     command_exited  the init reported the command's exit code (the guest's view of the exit)
