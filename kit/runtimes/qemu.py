@@ -388,12 +388,8 @@ class _VM:
             f"kit_cmd() {{ {self._prologue()}kit_env {' '.join(q(a) for a in spec.command)}; }}",
             # Volumes: the init defines kit_mount TAG TARGET [ro] per stage (see init.sh).
             f"KIT_9P={'1' if self.inst.mounts else ''}",
+            # (kit_file, a file mount's bind: init.sh)
             "kit_volumes() { :; " + "".join(self._mount_line(i, m) for i, m in enumerate(self.inst.mounts)) + "}",
-            # A file mount: 9p shares its directory (_share), bound onto the target; in stage 1 (``top``: the
-            # thin layer over the image disk) only its mount point is made, so that a read-only root has one.
-            'kit_file() { if [ -n "${top:-}" ]; then mkdir -p "$top${2%/*}" 2>/dev/null; '
-            '[ -e "$top$2" ] || : >"$top$2"; else { [ -e "$2" ] || { mkdir -p "${2%/*}" 2>/dev/null; : >"$2"; }; } && mount --bind "$1" "$2" || '
-            'die "could not bind $1 at $2"; fi; }',
         ]
         return ("\n".join(lines) + "\n").encode()
 

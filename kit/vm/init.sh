@@ -54,6 +54,18 @@ kit_which() {  # kit_which CMD PATH: set kit_found to where CMD resolves on PATH
     set +f
 }
 
+kit_file() {  # kit_file SOURCE TARGET: a file mount (kit_volumes in the spec), 9p's share of its directory
+    # bound onto TARGET; in stage 1 (top: the thin layer over the image disk) only its mount point is
+    # made, so that a read-only root has one.
+    if [ -n "${top:-}" ]; then
+        mkdir -p "$top${2%/*}" 2>/dev/null
+        [ -e "$top$2" ] || : >"$top$2"
+    else
+        { [ -e "$2" ] || { mkdir -p "${2%/*}" 2>/dev/null; : >"$2"; }; } && mount --bind "$1" "$2" ||
+            die "could not bind $1 at $2"
+    fi
+}
+
 load() {  # insmod the modules named in $K/modules.$1, in order
     [ -f "$K/modules.$1" ] || return 0
     while read -r m; do
