@@ -576,8 +576,9 @@ class Session:
             None when ``name`` had none pending (or ``name`` is None). A teardown still running after
             ``timeout`` stays pending (and None is returned for it).
         """
-        with self._lock:
-            pending = list(self._pending.items())
+        with self._lock:  # one name: looked up, not found among every teardown the session keeps
+            pending = list(self._pending.items()) if name is None else \
+                [(name, self._pending[name])] if name in self._pending else []
         deadline = time.monotonic() + timeout
         ended = None
         for n, t in pending:
