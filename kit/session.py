@@ -396,7 +396,8 @@ class Session:
             memory: limit such as ``"64m"``; cpus: CPU share such as ``1.5``.
             env: ``{"K": "V"}`` or ``["K=V"]``; ports: ``["8080:80"]``, published on 127.0.0.1.
             timeout: seconds before a foreground run is killed (then ``timed_out``, exit 124).
-            stream: callback(label, bytes) receiving output as it arrives.
+            stream: callback(label, bytes) receiving output as it arrives (a foreground run's in this
+                thread, while it waits).
             check: raise :class:`~kit.errors.ExitError` on a non-zero exit (foreground runs).
             **options: ``volumes``, ``network``, ``hostname``, ``read_only``, ``harden``, ``start``
                 (``cold``, ``precreated``, ``snapshot``), ``user``, ``cap_add``, ``cap_drop``, ``sysctls``,
