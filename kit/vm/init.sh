@@ -143,8 +143,8 @@ EOF
     while [ ! -b /dev/vda ] && [ $i -lt 500 ]; do usleep 10000; i=$((i + 1)); done
     [ -b /dev/vda ] || die "no disk /dev/vda: is virtio_blk loaded?"
     mkdir -p /mnt/lower /mnt/rw /newroot
-    mount -t ext4 -o ro,noload /dev/vda /mnt/lower || die "could not mount the image disk"
-    mount -t tmpfs -o mode=0755 rw /mnt/rw
+    # The image's disk read-only and a tmpfs for what is written: one mount process for both.
+    mount -a -T "$K/fstab.disk" || die "could not mount the image disk"
     # A thin layer on top of the image holds the kit's own files and mount points,
     # so the image's disk itself is never written.
     top=/mnt/rw/kit
@@ -155,12 +155,15 @@ EOF
     kit_mount() { mkdir -p "$top$2"; }
     kit_volumes
     if [ -n "$KIT_RO" ]; then
-        mount -t overlay -o "ro,lowerdir=$top:/mnt/lower" root /newroot
+        opts="ro,lowerdir=$top:/mnt/lower"
     else
-        mount -t overlay -o "lowerdir=$top:/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work" root /newroot
+        opts="lowerdir=$top:/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work"
     fi
-    [ $? -eq 0 ] || die "could not mount the overlay root"
-    for d in dev proc sys; do mount --move "/$d" "/newroot/$d"; done
+    # The overlay root, then /dev /proc /sys moved into it: one mount process for four mounts
+    # (under TCG each process costs the guest ~25 ms).
+    printf 'root /newroot overlay %s 0 0\n/dev /newroot/dev none move 0 0\n/proc /newroot/proc none move 0 0\n/sys /newroot/sys none move 0 0\n' \
+        "$opts" >"$K/fstab.root"
+    mount -a -T "$K/fstab.root" || die "could not mount the overlay root"
     exec switch_root /newroot "$K/busybox" sh "$K/init" stage2
 }
 

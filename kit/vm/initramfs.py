@@ -104,10 +104,12 @@ def _builtin(kernel: Kernel, name: str) -> bool:
                for line in text.splitlines())
 
 
-#: What the init mounts with one ``mount -a -T`` each: stage 1 (initramfs), stage 2 (image root).
+#: What the init mounts with one ``mount -a -T`` each: stage 1 (initramfs), stage 2 (image root), and for
+#: a disk boot the image's disk (read-only, no journal replay) and the tmpfs its writes go to.
 FSTABS = {
     "fstab.1": "proc /proc proc defaults 0 0\nsys /sys sysfs defaults 0 0\ndev /dev devtmpfs defaults 0 0\n",
     "fstab.2": "devpts /dev/pts devpts defaults 0 0\nshm /dev/shm tmpfs defaults 0 0\n",
+    "fstab.disk": "/dev/vda /mnt/lower ext4 ro,noload 0 0\nrw /mnt/rw tmpfs mode=0755 0 0\n",
 }
 #: Appended to a signed module: the signature, its 12-byte descriptor, then this.
 _SIG_MAGIC = b"~Module signature appended~\n"
