@@ -103,7 +103,7 @@ def oci_archive(path: Path, layers: list[bytes]) -> Path:
 
     cfg = blob(json.dumps({"config": IMAGE_CONFIG, "rootfs": {"type": "layers", "diff_ids": []}}).encode(),
                "application/vnd.oci.image.config.v1+json")
-    descs = [blob(gzip.compress(l), "application/vnd.oci.image.layer.v1.tar+gzip") for l in layers]
+    descs = [blob(gzip.compress(l, mtime=0), "application/vnd.oci.image.layer.v1.tar+gzip") for l in layers]
     manifest = blob(json.dumps({"schemaVersion": 2, "config": cfg, "layers": descs}).encode(),
                     "application/vnd.oci.image.manifest.v1+json")
     manifest["platform"] = {"os": "linux", "architecture": "amd64"}
@@ -193,7 +193,7 @@ def test_layers_apply_in_order_with_whiteouts(make, tmp_path, image_names):
     if make is docker_save_archive:  # the uncompressed diff ids
         assert [l["digest"] for l in img.layers] == [sha(l) for l in layers]
     else:  # the compressed blobs' digests
-        assert [l["digest"] for l in img.layers] == [sha(gzip.compress(l)) for l in layers]
+        assert [l["digest"] for l in img.layers] == [sha(gzip.compress(l, mtime=0)) for l in layers]
     assert img.config["env"] == {"A": "1", "PATH": "/bin"}
     assert img.config["cmd"] == ["sh"] and img.config["workdir"] == "/srv"
 
