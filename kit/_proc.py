@@ -119,17 +119,22 @@ class Pumped:
         be waited for (a failed start, a pre-created container) or its pipes outlive the wait."""
         pump = self._claim()
         if pump is not None:
-            threading.Thread(target=pump.run, daemon=True, name="kit-pump").start()
+            pump.start_thread()
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for exit and for all output; raises subprocess.TimeoutExpired."""
         pump = self._claim()
         if pump is not None:
             try:
-                return self._pump_until_exit(pump, timeout)
-            finally:
-                if not pump.done():  # timed out, or the pipes outlive the exit: a thread goes on
-                    threading.Thread(target=pump.run, daemon=True, name="kit-pump").start()
+                fd = os.pidfd_open(self.proc.pid) if self.proc.poll() is None else None
+            except (AttributeError, OSError):  # no pidfd (Linux < 5.3): a thread pumps, Popen polls below
+                pump.start_thread()
+            else:
+                try:
+                    return self._pump_until_exit(pump, fd, timeout)
+                finally:
+                    if not pump.done():  # timed out, or the pipes outlive the exit: a thread goes on
+                        pump.start_thread()
         code = _wait(self.proc, timeout) if timeout is not None else self.proc.wait()
         self._saw_exit()
         # The pipes close when every holder exits; a stray grandchild could
@@ -141,19 +146,12 @@ class Pumped:
         if self.exited_at is None:  # the exit as seen, before the output is collected
             self.exited_at = time.time()
 
-    def _pump_until_exit(self, pump: "_Pump", timeout: float | None) -> int:
-        """Pump output in this thread until the process exits (woken by its pidfd, as :func:`wait_exit`
-        is), then until its pipes end (at most :data:`DRAIN_DEADLINE` seconds more); its exit code."""
+    def _pump_until_exit(self, pump: "_Pump", fd: int | None, timeout: float | None) -> int:
+        """Pump output in this thread until the process exits (woken by ``fd``, its pidfd, as
+        :func:`wait_exit` is; None: it has exited already), then until its pipes end (at most
+        :data:`DRAIN_DEADLINE` seconds more); its exit code. ``fd`` is closed here."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        if self.proc.poll() is None:
-            try:
-                fd = os.pidfd_open(self.proc.pid)
-            except (AttributeError, OSError):  # no pidfd (Linux < 5.3): a thread pumps, Popen polls
-                threading.Thread(target=pump.run, daemon=True, name="kit-pump").start()
-                code = _wait(self.proc, timeout) if timeout is not None else self.proc.wait()
-                self._saw_exit()
-                self._drained.wait(timeout=DRAIN_DEADLINE)
-                return code
+        if fd is not None:
             try:
                 pump.poller.register(fd, select.POLLIN)
                 while not pump.step(None if deadline is None else max(0.0, deadline - time.monotonic()), wake=fd):
@@ -223,6 +221,10 @@ class _Pump:
             entry[3] = open(entry[2], "ab", buffering=0)
         entry[3].write(chunk)
         self.stream = deliver(self.stream, entry[0], chunk)
+
+    def start_thread(self) -> None:
+        """Pump what is left from a background thread, which then owns this pump."""
+        threading.Thread(target=self.run, daemon=True, name="kit-pump").start()
 
     def run(self) -> None:
         """Pump until every pipe ends (a thread's target)."""

@@ -85,3 +85,16 @@ def test_two_waiters_of_one_process_both_get_its_exit(tmp_path):
     other.join(60)
     assert codes == [0, 0]
     assert (tmp_path / "stdout.log").read_bytes() == b"done\n"
+
+
+def test_without_pidfd_one_thread_pumps_also_when_a_stray_outlives_the_wait(tmp_path, monkeypatch):
+    # Linux < 5.3 has no pidfd: a thread pumps while Popen polls. The pipes outliving the wait must not
+    # hand the same pump to a second thread (two threads on one poller would race over its pipes).
+    monkeypatch.delattr("os.pidfd_open")
+    monkeypatch.setattr("kit._proc.DRAIN_DEADLINE", 0.3)
+    before = len(_pump_threads())
+    p = Pumped(["sh", "-c", "echo before; sleep 30 & echo after"], tmp_path)
+    assert p.wait(60) == 0
+    assert len(_pump_threads()) == before + 1  # the one thread, still on the stray's pipe
+    assert (tmp_path / "stdout.log").read_bytes() == b"before\nafter\n"
+    p.kill()
