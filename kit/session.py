@@ -578,8 +578,10 @@ class Session:
             ``timeout`` stays pending (and None is returned for it).
         """
         with self._lock:  # one name: looked up, not found among every teardown the session keeps
-            pending = list(self._pending.items()) if name is None else \
-                [(name, self._pending[name])] if name in self._pending else []
+            if name is None:
+                pending = list(self._pending.items())
+            else:
+                pending = [(name, self._pending[name])] if name in self._pending else []
         deadline = time.monotonic() + timeout
         ended = None
         for n, t in pending:

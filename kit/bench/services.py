@@ -30,7 +30,7 @@ from .. import api, usage
 from .. import runtimes as _runtimes
 from ..errors import KitError
 from ..net import free_port
-from ..runtimes.base import which
+from .._proc import which
 from . import loads, tools
 
 #: Each service: its image (Debian bookworm with ``packages``), its port inside an instance, and what
