@@ -147,3 +147,47 @@ def test_a_burst_of_teardowns_runs_on_several_threads_and_a_failing_one_stops_no
         monkeypatch.setattr(session_mod.Session, "_discard", real)
         after = s.run("busybox", ["true"], runtime="runc", name="after", read_only=True, harden=False)
         assert s.wait_for_teardown(after.name) is not None  # the threads still work
+
+
+@pytest.mark.parametrize("new_session", [True, False])
+def test_a_launch_is_in_a_group_of_its_own_and_a_session_only_when_asked(tmp_path, new_session):
+    from kit._proc import Pumped
+
+    marker = tmp_path / "preexec-ran"
+    p = Pumped(["sleep", "30"], tmp_path, detach=True, new_session=new_session,
+               preexec_fn=lambda: open(marker, "w").close())
+    try:
+        assert os.getpgid(p.pid) == p.pid  # kill_group's group, and out of a terminal's Ctrl-C
+        assert os.getsid(p.pid) == (p.pid if new_session else os.getsid(0))
+        assert marker.exists()  # a runtime's own preexec_fn (gVisor's setns) still runs
+    finally:
+        p.kill()
+        p.wait(10)
+
+
+def test_a_runc_launch_shares_the_kits_session_in_a_group_of_its_own():
+    """No session (so no scheduler autogroup) per container start; the kit still ends it as a group."""
+    inst = kit.start("busybox", ["sleep", "30"], runtime="runc")
+    try:
+        pid = inst.state.proc.pid
+        assert (os.getpgid(pid), os.getsid(pid)) == (pid, os.getsid(0))
+    finally:
+        kit.rm(inst.name, force=True)
+    assert inst.state.proc.proc.poll() is not None
+
+
+def test_before_python_3_11_the_group_is_made_by_preexec_fn_with_the_runtimes_own(tmp_path, monkeypatch):
+    from kit import _proc
+
+    monkeypatch.setattr(_proc.sys, "version_info", (3, 10, 0))
+    marker = tmp_path / "preexec-ran"
+    for given in (None, lambda: open(marker, "w").close()):
+        kw = _proc.group_of_its_own(given)
+        assert "process_group" not in kw  # Popen of 3.10 has no such keyword
+        p = subprocess.Popen(["sleep", "30"], **kw)
+        try:
+            assert (os.getpgid(p.pid), os.getsid(p.pid)) == (p.pid, os.getsid(0))
+        finally:
+            p.kill()
+            p.wait(10)
+    assert marker.exists()

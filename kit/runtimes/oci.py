@@ -384,8 +384,10 @@ class OCIRuntime(Runtime):
             bundle = self.prepare_bundle(inst)
             argv = [*self._cli_for(inst), "--log", str(inst.state_dir / "runtime.log"), "--log-format", "json",
                     "run", "--bundle", str(bundle), inst.id]
+            # Its own process group, not session: a session per start is a scheduler group per start
+            # (kit._proc.group_of_its_own); the runtime opens no terminal (process.terminal is false).
             inst.proc = Pumped(argv, inst.state_dir, stream=stream, detach=spec.detach,
-                               preexec_fn=self._preexec(inst))
+                               preexec_fn=self._preexec(inst), new_session=False)
             inst.phases["launched"] = inst.proc.launched_at
             inst.info["runtime_root"] = str(self.root)
             if spec.detach or spec.ports:
