@@ -124,10 +124,10 @@ def verdict(table: pd.DataFrame) -> str:
     ratio = same / plain
     text = (f"Target: the kit's runc storm at N={TARGET_N} of the plain CLI's own container (read-only image rootfs, "
             f"no seccomp filter: runtime 'runc like-for-like') {'meets' if ratio >= TARGET else 'misses'} "
-            f"{TARGET:.0%} of the plain CLI's starts per second: {same:.3g}/s against {plain:.3g}/s ({ratio:.0%}).")
+            f"{TARGET:.0%} of the plain CLI's starts per second: {same:.3g}/s against {plain:.3g}/s ({ratio:.1%}).")
     if kit_ == kit_:
         text += (f" With kit.run's defaults, another container (a writable overlay and the seccomp filter, "
-                 f"work done in runc's own processes), the kit's storm reaches {kit_:.3g}/s ({kit_ / plain:.0%}).")
+                 f"work done in runc's own processes), the kit's storm reaches {kit_:.3g}/s ({kit_ / plain:.1%}).")
     return text
 
 
