@@ -171,6 +171,10 @@ def test_a_runc_launch_shares_the_kits_session_in_a_group_of_its_own():
     try:
         pid = inst.state.proc.pid
         assert (os.getpgid(pid), os.getsid(pid)) == (pid, os.getsid(0))
+        # the container's own processes are in a session of their own (runc's init makes it): no
+        # terminal of the kit's reaches them, whatever they open
+        inside = inst.state.cgroup.pids()
+        assert inside and all(os.getsid(p) not in (os.getsid(0), pid) for p in inside)
     finally:
         kit.rm(inst.name, force=True)
     assert inst.state.proc.proc.poll() is not None
