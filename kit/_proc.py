@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ._files import write_all
+
 #: A callback receiving ("stdout" | "stderr", bytes) as output arrives.
 Stream = Callable[[str, bytes], None]
 
@@ -186,7 +188,7 @@ class _Pump:
         self.poller = select.poll()
         self.stream = stream
         self.drained = drained
-        self.open: dict[int, list] = {}  # fd -> [label, pipe, log path, log file or None]
+        self.open: dict[int, list] = {}  # fd -> [label, pipe, log path, log's descriptor or None]
         for label, pipe, path in pipes:
             self.open[pipe.fileno()] = [label, pipe, path, None]
             self.poller.register(pipe.fileno(), select.POLLIN)
@@ -217,12 +219,12 @@ class _Pump:
             self.poller.unregister(fd)
             del self.open[fd]
             if entry[3] is not None:
-                entry[3].close()
+                os.close(entry[3])
             entry[1].close()
             return
         if entry[3] is None:  # unbuffered: what came is in the file at once, even while a stray holds the pipe
-            entry[3] = open(entry[2], "ab", buffering=0)
-        entry[3].write(chunk)
+            entry[3] = os.open(entry[2], os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
+        write_all(entry[3], chunk)
         self.stream = deliver(self.stream, entry[0], chunk)
 
     def start_thread(self) -> None:
@@ -237,7 +239,7 @@ class _Pump:
         finally:
             for _label, pipe, _path, log in self.open.values():
                 if log is not None:
-                    log.close()
+                    os.close(log)
                 pipe.close()
             self.open.clear()
             self.drained.set()

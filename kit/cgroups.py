@@ -172,8 +172,7 @@ class Cgroup:
             return [ROOT / self.rel]
         # os.path on strings, not pathlib: this runs at every removal, over a dozen hierarchies, and
         # pathlib's objects cost more CPU than the stat calls themselves (a start storm, issue 24).
-        with os.scandir(ROOT) as hierarchies:
-            found = [os.path.join(h.path, self.rel) for h in hierarchies]
+        found = [os.path.join(h, self.rel) for h in _hierarchies()]
         return [Path(d) for d in found if os.path.isdir(d)]
 
     def destroy(self, timeout: float = 5.0) -> None:
@@ -279,6 +278,25 @@ def limits_refusal() -> str:
         return ("limits need a cgroup this user may write: run the kit inside the subtree your systemd user "
                 "manager is delegated (e.g. systemd-run --user --scope jupyter lab), or run as root")
     return ""
+
+
+def _hierarchies() -> list[str]:
+    """The v1 hierarchies' directories (every entry of :data:`ROOT`), listed again only when ROOT's
+    modification time changes: an entry made or removed (a hierarchy's mount point) changes it, and a
+    listing is five system calls where this is one, at every removal (issue 24)."""
+    global _listed
+    key = (str(ROOT), os.stat(ROOT).st_mtime_ns)
+    if _listed is not None and _listed[0] == key:
+        return _listed[1]
+    with os.scandir(ROOT) as entries:
+        paths = [e.path for e in entries]
+    if time.time_ns() - key[1] > 1_000_000_000:  # a change within the same clock tick as the listing
+        _listed = (key, paths)                    # would leave the time as it is: kept once a second old
+    return paths
+
+
+#: ((ROOT, its st_mtime_ns), its entries' paths) as :func:`_hierarchies` last listed them.
+_listed: tuple[tuple[str, int], list[str]] | None = None
 
 
 def kit_rel() -> str:

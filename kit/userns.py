@@ -25,6 +25,7 @@ import threading
 from pathlib import Path
 
 from . import config
+from ._files import remove_files_and_dir
 
 
 def active() -> bool:
@@ -230,6 +231,9 @@ def rmtree(path: Path) -> None:
     ``work/work``, mode 000, which a user-namespace mount leaves) and, as an ordinary user, files a
     container made as one of the user's subordinate IDs (through ``unshare --map-auto``, as root of a
     namespace with the same mapping); never raises."""
+    if remove_files_and_dir(path):  # the usual state directory: files only
+        return
+
     def retry(func, p, _exc):
         try:
             os.chmod(os.path.dirname(p), 0o700)

@@ -195,3 +195,47 @@ def test_before_python_3_11_the_group_is_made_by_preexec_fn_with_the_runtimes_ow
             p.kill()
             p.wait(10)
     assert marker.exists()
+
+
+def test_small_files_written_read_and_removed_in_few_calls(tmp_path):
+    from kit._files import read_file, remove_files_and_dir, write_file
+
+    big = os.urandom(200_000)  # more than one read's chunk
+    write_file(tmp_path / "config.json", b"old contents, longer")
+    write_file(tmp_path / "config.json", big)  # truncated, then written whole
+    assert read_file(tmp_path / "config.json") == big
+    assert read_file(tmp_path / "missing.log") == b""
+    state = tmp_path / "state"
+    state.mkdir()
+    for name in ("config.json", "runtime.log", "stdout.log"):
+        write_file(state / name, b"x")
+    assert remove_files_and_dir(state) and not state.exists()
+    assert remove_files_and_dir(state)  # already gone: gone
+    (state / "rootfs").mkdir(parents=True)  # anything but files: left for a full walk
+    write_file(state / "config.json", b"x")
+    assert not remove_files_and_dir(state) and (state / "rootfs").is_dir()
+    from kit import userns
+
+    userns.rmtree(state)
+    assert not state.exists()
+
+
+def test_the_hierarchy_listing_is_kept_until_the_directory_changes(tmp_path, monkeypatch):
+    monkeypatch.setattr(cgroups, "ROOT", tmp_path)
+    monkeypatch.setattr(cgroups, "_listed", None)
+    (tmp_path / "memory").mkdir()
+    old = time.time_ns() - 5 * 10**9
+    os.utime(tmp_path, ns=(old, old))
+    assert cgroups._hierarchies() == [str(tmp_path / "memory")]
+    assert cgroups._listed is not None  # kept: the directory's last change is seconds old
+    (tmp_path / "pids").mkdir()  # a new mount point changes the directory's time
+    assert sorted(cgroups._hierarchies()) == [str(tmp_path / "memory"), str(tmp_path / "pids")]
+    # a listing made within a second of the last change is not kept: a change in the same clock tick
+    # would not move the time
+    monkeypatch.setattr(cgroups, "_listed", None)
+    now = time.time_ns()
+    os.utime(tmp_path, ns=(now, now))
+    cgroups._hierarchies()
+    (tmp_path / "cpu").mkdir()
+    os.utime(tmp_path, ns=(now, now))
+    assert str(tmp_path / "cpu") in cgroups._hierarchies()

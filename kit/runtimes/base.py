@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, TypedDict
 
 from .. import cgroups, userns
+from .._files import read_file
 from .._proc import Pumped, Stream, which  # noqa: F401  (which: the runtimes' one way to find a binary)
 from ..cgroups import Cgroup
 from ..errors import InvalidSpec, LimitsUnavailable
@@ -576,10 +577,7 @@ def exec_cli(inst: InstanceState, cmd: list[str], argv: list[str], stream: Strea
 
 
 def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return b""
+    return read_file(path)
 
 
 def signal_name(number: int) -> str:

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import cgroups, config, mounts, userns
+from .._files import write_file
 from .._proc import Pumped, Stream, kill_group, last_line, run, wait_until
 from ..errors import KitError, KitTimeout, StartFailed
 from ..portfwd import Forwarder, new_loopback_netns, setns
@@ -334,7 +335,7 @@ class OCIRuntime(Runtime):
             spec = RunSpec(image="busybox", command=["true"], name=f"probe-{self.binary}-{token}", read_only=True)
             bundle.mkdir()
             cfg = build_config(spec, image, image.rootfs, f"/{group.rel}")
-            (bundle / "config.json").write_text(json.dumps(cfg))
+            write_file(bundle / "config.json", json.dumps(cfg).encode())
             argv = [*(_rootless_oci.launcher() if userns.active() else ()), path, "--root", str(root),
                     *self.global_args, "run", "--bundle", str(bundle), cid]
             p = run(argv, timeout=timeout, check=False, stdin=subprocess.DEVNULL)
@@ -415,7 +416,7 @@ class OCIRuntime(Runtime):
             cfg["mounts"] += bind_mounts(inst.mounts)
             if inst.net is not None:  # the network's names, at /etc/hosts (read-only)
                 cfg["mounts"].append(inst.net.oci_mount())
-            (bundle / "config.json").write_text(json.dumps(cfg))
+            write_file(bundle / "config.json", json.dumps(cfg).encode())
             if self._root_made != self.root:  # once per root: the kit's sweep looks in it (runc makes one too)
                 self.root.mkdir(parents=True, exist_ok=True)
                 self._root_made = self.root
