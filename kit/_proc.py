@@ -94,14 +94,32 @@ class Pumped:
         self._pump: _Pump | None = None  # not yet claimed by a waiter or a thread
         kw = {"env": marked_env(env), "cwd": cwd, "stdin": stdin,
               **({"start_new_session": True, "preexec_fn": preexec_fn} if new_session else group_of_its_own(preexec_fn))}
+        # Descriptors, not Popen's PIPE or open()'s file objects: each of those wraps its end in an
+        # fstat, an isatty ioctl and an lseek, system calls on every start (kit._files, issue 24).
         if detach:
-            with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
-                self.proc = Popen(self.argv, stdout=out, stderr=err, **kw)
+            out = _append(self.stdout_path)
+            try:
+                err = _append(self.stderr_path)
+                try:
+                    self.proc = Popen(self.argv, stdout=out, stderr=err, **kw)
+                finally:
+                    os.close(err)
+            finally:
+                os.close(out)
             self._drained.set()
             return
-        self.proc = Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
-        self._pump = _Pump([("stdout", self.proc.stdout, self.stdout_path),
-                            ("stderr", self.proc.stderr, self.stderr_path)], stream, self._drained)
+        (out_r, out_w), (err_r, err_w) = os.pipe2(os.O_CLOEXEC), os.pipe2(os.O_CLOEXEC)
+        try:
+            self.proc = Popen(self.argv, stdout=out_w, stderr=err_w, **kw)
+        except BaseException:
+            os.close(out_r)
+            os.close(err_r)
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        self._pump = _Pump([("stdout", out_r, self.stdout_path), ("stderr", err_r, self.stderr_path)],
+                           stream, self._drained)
         if pump_thread:
             self.release()
 
@@ -180,18 +198,24 @@ class Pumped:
 DRAIN_DEADLINE = 5.0
 
 
+def _append(path) -> int:
+    """A descriptor that appends to ``path`` (made if missing)."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
+
+
 class _Pump:
-    """Copies each (label, pipe, log path) to its log file (opened on the first chunk) and to a stream,
-    until every pipe ends; then sets ``drained``. One thread at a time: a waiter's, or a thread's."""
+    """Copies each (label, pipe's read descriptor, log path) to its log file (opened on the first chunk)
+    and to a stream, until every pipe ends; then sets ``drained``. One thread at a time: a waiter's, or
+    a thread's. It owns the descriptors: each is closed when its pipe ends."""
 
     def __init__(self, pipes, stream: Stream | None, drained: threading.Event):
         self.poller = select.poll()
         self.stream = stream
         self.drained = drained
-        self.open: dict[int, list] = {}  # fd -> [label, pipe, log path, log's descriptor or None]
-        for label, pipe, path in pipes:
-            self.open[pipe.fileno()] = [label, pipe, path, None]
-            self.poller.register(pipe.fileno(), select.POLLIN)
+        self.open: dict[int, list] = {}  # pipe's descriptor -> [label, log path, log's descriptor or None]
+        for label, fd, path in pipes:
+            self.open[fd] = [label, path, None]
+            self.poller.register(fd, select.POLLIN)
 
     def done(self) -> bool:
         return not self.open
@@ -218,13 +242,13 @@ class _Pump:
         if not chunk:
             self.poller.unregister(fd)
             del self.open[fd]
-            if entry[3] is not None:
-                os.close(entry[3])
-            entry[1].close()
+            if entry[2] is not None:
+                os.close(entry[2])
+            os.close(fd)
             return
-        if entry[3] is None:  # unbuffered: what came is in the file at once, even while a stray holds the pipe
-            entry[3] = os.open(entry[2], os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
-        write_all(entry[3], chunk)
+        if entry[2] is None:  # unbuffered: what came is in the file at once, even while a stray holds the pipe
+            entry[2] = _append(entry[1])
+        write_all(entry[2], chunk)
         self.stream = deliver(self.stream, entry[0], chunk)
 
     def start_thread(self) -> None:
@@ -237,10 +261,10 @@ class _Pump:
             while self.open:
                 self.step(None)
         finally:
-            for _label, pipe, _path, log in self.open.values():
+            for fd, (_label, _path, log) in self.open.items():
                 if log is not None:
                     os.close(log)
-                pipe.close()
+                os.close(fd)
             self.open.clear()
             self.drained.set()
 

@@ -98,3 +98,22 @@ def test_without_pidfd_one_thread_pumps_also_when_a_stray_outlives_the_wait(tmp_
     assert len(_pump_threads()) == before + 1  # the one thread, still on the stray's pipe
     assert (tmp_path / "stdout.log").read_bytes() == b"before\nafter\n"
     p.kill()
+
+
+def test_no_descriptor_is_left_open_by_a_run_a_detached_run_or_a_failed_launch(tmp_path):
+    import os
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    Pumped(["true"], tmp_path).wait(60)  # a first run: whatever the module opens once
+    (tmp_path / "detached").mkdir()
+    before = open_fds()
+    for _ in range(5):
+        assert Pumped(["sh", "-c", "echo out; echo err >&2"], tmp_path).wait(60) == 0
+        assert Pumped(["sh", "-c", "echo detached"], tmp_path / "detached", detach=True).proc.wait(60) == 0
+        with pytest.raises(FileNotFoundError):
+            Pumped(["/nonexistent/kit-test-binary"], tmp_path)
+    assert open_fds() == before
+    assert (tmp_path / "stdout.log").read_bytes() == b"out\n" * 5  # appended, run after run
+    assert (tmp_path / "detached" / "stdout.log").read_bytes() == b"detached\n" * 5
