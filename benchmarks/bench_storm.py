@@ -21,13 +21,15 @@ their storm is measured beside it and stated with the target, not hidden in it.
     .venv/bin/python benchmarks/bench_storm.py [--rounds 5] [--sizes 1,4,16] [--runtimes runc,lxc] [--no-like-for-like]
 
 Writes benchmarks/results/storm/: results.csv (every storm's and instance's rows, the plain CLI's
-as runtime ``cli:RUNTIME``, kind ``baseline``), storm.md (the table and the target), storm.png.
+as runtime ``cli:RUNTIME``, kind ``baseline``), storm.md (the table, the target, and the driving
+process's own CPU and context switches per start), storm.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -87,28 +89,45 @@ def plain_storm(argv_of, n: int, timeout: float = 120) -> list[dict]:
 
 
 def measure(raws: dict, runtimes: list[str], sizes: list[int], rounds: int, warmup: int, seed: int,
-            like_for_like: bool = True) -> pd.DataFrame:
+            like_for_like: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every (runtime, kit or plain, N) once per round, shuffled (with ``like_for_like``, the kit with the
-    plain CLI's settings too); the rows of every storm."""
+    plain CLI's settings too); the rows of every storm, and per storm what the driving process (this
+    one: the kit's threads, or the plain CLI's launching threads) spent itself (:func:`driver_table`)."""
     w = parse(" ".join(CMD))
     rng = random.Random(seed)
     hows = ("kit", "plain") + (("same",) if like_for_like else ())
     jobs = [(rt, how, n) for rt in runtimes for how in hows for n in sizes]
-    rows = []
+    rows, driver = [], []
     for r in range(warmup + rounds):
         rng.shuffle(jobs)
         for rt, how, n in jobs:
+            before = resource.getrusage(resource.RUSAGE_SELF)
             if how == "plain":
                 got, label, kind = plain_storm(raws[rt], n), f"cli:{rt}", "baseline"
             else:
                 options = LIKE_FOR_LIKE if how == "same" else {}
                 got = storm.run(rt, "busybox", w, n, f"bst{r}{how[0]}{n}", 120, **options)
                 label, kind = rt + (" like-for-like" if options else ""), KINDS.get(rt, "container")
+            after = resource.getrusage(resource.RUSAGE_SELF)
             rows += [{"image": "busybox", "runtime": label, "kind": kind, "workload": w.name, "round": r,
                       "warmup": r < warmup, **row} for row in got]
+            if r >= warmup:
+                driver.append({"runtime": label, "N": n, "user": (after.ru_utime - before.ru_utime) / n,
+                               "system": (after.ru_stime - before.ru_stime) / n,
+                               "switches": (after.ru_nvcsw - before.ru_nvcsw) / n})
             print(f"round {r + 1}/{warmup + rounds} {how} {rt} N={n}", file=sys.stderr, end="\r")
     print(file=sys.stderr)
-    return storage.normalise(pd.DataFrame(rows))
+    return storage.normalise(pd.DataFrame(rows)), pd.DataFrame(driver)
+
+
+def driver_table(driver: pd.DataFrame) -> pd.DataFrame:
+    """Per runtime and N, medians over the storms of the driving process's own CPU per start (user and
+    system, ms; getrusage of this process, which the launched runtimes are not part of) and of its
+    voluntary context switches per start: the kit's own share of a storm's CPU beside the plain CLI
+    launcher's."""
+    g = driver.groupby(["runtime", "N"], sort=True)
+    return pd.DataFrame({"user ms/start": g["user"].median() * 1e3, "system ms/start": g["system"].median() * 1e3,
+                         "context switches/start": g["switches"].median()}).reset_index()
 
 
 def verdict(table: pd.DataFrame) -> str:
@@ -148,7 +167,7 @@ def main(argv=None) -> int:
     try:
         raws = raw_commands(tmp)
         wanted = [r for r in args.runtimes.split(",") if r in raws]
-        df = measure(raws, wanted, sizes, args.rounds, args.warmup, args.seed, args.like_for_like)
+        df, driver = measure(raws, wanted, sizes, args.rounds, args.warmup, args.seed, args.like_for_like)
     finally:
         cleanup(tmp)
     out = Path(args.out)
@@ -164,7 +183,11 @@ def main(argv=None) -> int:
             "removal; the plain CLI's: to the last process's exit, its own cleanup included), median of the "
             "rounds and their range; median and p99 ms: launch_to_exit over every instance of those rounds; "
             "CPU ms/start: the host's busy CPU time during the storm per successful start.\n\n"
-            + table.to_markdown(index=False, floatfmt=".4g") + "\n\n" + verdict(table) + "\n")
+            + table.to_markdown(index=False, floatfmt=".4g") + "\n\n" + verdict(table) + "\n\n"
+            "What the driving process spent itself per start (getrusage of the benchmark's own process, medians "
+            "over the storms): the kit's threads for the kit's rows, the plain CLI's launching threads for "
+            "cli: rows; the launched runtimes are not in it.\n\n"
+            + driver_table(driver).to_markdown(index=False, floatfmt=".3g") + "\n")
     (out / "storm.md").write_text(text)
     storage.record(out, __file__, since=t0)
     print(text)
