@@ -220,6 +220,18 @@ class _Pump:
     def done(self) -> bool:
         return not self.open
 
+    def __del__(self):
+        # Never claimed (its Pumped dropped without a wait or a release): its descriptors go with it,
+        # as a file object's would.
+        for fd, (_label, _path, log) in list(self.open.items()):
+            for d in (fd, log):
+                if d is not None:
+                    try:
+                        os.close(d)
+                    except OSError:
+                        pass
+        self.open.clear()
+
     def step(self, timeout: float | None, wake: int | None = None) -> bool:
         """Wait up to ``timeout`` seconds (None: no limit) and copy what came; True when ``wake`` (a
         descriptor registered by the caller) became ready."""

@@ -101,6 +101,7 @@ def test_without_pidfd_one_thread_pumps_also_when_a_stray_outlives_the_wait(tmp_
 
 
 def test_no_descriptor_is_left_open_by_a_run_a_detached_run_or_a_failed_launch(tmp_path):
+    import gc
     import os
 
     def open_fds() -> int:
@@ -114,6 +115,10 @@ def test_no_descriptor_is_left_open_by_a_run_a_detached_run_or_a_failed_launch(t
         assert Pumped(["sh", "-c", "echo detached"], tmp_path / "detached", detach=True).proc.wait(60) == 0
         with pytest.raises(FileNotFoundError):
             Pumped(["/nonexistent/kit-test-binary"], tmp_path)
+    dropped = Pumped(["sh", "-c", "echo unread"], tmp_path)  # never waited for nor released
+    dropped.proc.wait(60)
+    del dropped
+    gc.collect()
     assert open_fds() == before
     assert (tmp_path / "stdout.log").read_bytes() == b"out\n" * 5  # appended, run after run
     assert (tmp_path / "detached" / "stdout.log").read_bytes() == b"detached\n" * 5
