@@ -3,29 +3,13 @@ and its record (a run of the script, small: the figures themselves are the commi
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pandas as pd
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
-
-def _load():
-    sys.path.insert(0, str(BENCH))  # the script imports bench_overhead beside it
-    try:
-        spec = importlib.util.spec_from_file_location("bench_launch", BENCH / "bench_launch.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path.remove(str(BENCH))
-
-
-def test_both_ways_storm_runc_and_the_table_and_record_are_written(tmp_path, capsys):
-    bench = _load()
+def test_both_ways_storm_runc_and_the_table_and_record_are_written(tmp_path, bench_script):
+    bench = bench_script("bench_launch")
     assert bench.main(["--rounds", "2", "--n", "3", "--out", str(tmp_path)]) == 0
     df = pd.read_csv(tmp_path / "launch.csv")
     assert sorted(df["launch"].value_counts().items()) == [("process group of its own", 2), ("session of its own", 2)]
