@@ -391,3 +391,17 @@ def test_sweep_removes_what_a_dead_session_left(rt, client):
     finally:
         for left in client.containers.list(all=True, filters={"label": f"kit.session={session}"}):
             left.remove(force=True, v=True)
+
+
+def test_a_container_whose_process_is_gone_has_nothing_to_publish_while_the_daemon_still_says_running(rt, monkeypatch):
+    """A quick command with a published port: its process exits before the kit enters its namespace, and
+    the daemon may say Running a moment longer (a fresh make test met it once: StartFailed instead of the
+    command's result). No namespace left means no process left."""
+    import subprocess
+    from types import SimpleNamespace
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    inst = SimpleNamespace(info={"pid": gone.pid, "container_id": "x"}, spec=SimpleNamespace(ports=[(free_port(), 80)]))
+    monkeypatch.setattr(type(rt), "running", lambda self, i: True)  # the daemon's late word
+    assert rt._publish(inst) is None

@@ -174,7 +174,9 @@ class DockerRuntime(Runtime):
         try:
             fwd = Forwarder(f"/proc/{pid}/ns/net", inst.spec.ports).start()
         except StartFailed:
-            if self.running(inst):
+            # No namespace left to enter: its process has exited (or is a zombie its shim has not reaped
+            # yet), though the daemon may say Running a moment longer, until containerd reports the exit.
+            if os.path.exists(f"/proc/{pid}/ns/net") and self.running(inst):
                 raise
             return None
         if _cgroup_of(pid) != inst.info.get("docker_cgroup"):
