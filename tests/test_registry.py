@@ -42,8 +42,17 @@ CMD ["default-cmd"]
 BIG = "FROM busybox\nRUN head -c 3000000 /dev/urandom > /big\n"
 
 
-def leftovers() -> list[str]:
-    return [p.name for p in store.root().iterdir() if p.name.startswith((".import-", ".docker-save-", ".pull-"))]
+def leftovers(timeout: float = 120) -> list[str]:
+    """The store's temporary directories (a pull's, an import's) still there once those in flight have
+    had ``timeout`` seconds to end: the store is shared, so another xdist worker's pull in progress shows
+    one for a while (it failed a test once), while a failed pull's own would stay."""
+    def found() -> list[str]:
+        return [p.name for p in store.root().iterdir() if p.name.startswith((".import-", ".docker-save-", ".pull-"))]
+
+    deadline = time.monotonic() + timeout
+    while (now := found()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return now
 
 
 def build(tmp: Path, text: str, tag: str) -> kit.images.Image:
