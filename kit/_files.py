@@ -22,6 +22,11 @@ def write_file(path, data: bytes, mode: int = 0o644) -> None:
         os.close(fd)
 
 
+def open_append(path) -> int:
+    """A descriptor that appends to ``path`` (made if missing): a log's."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
+
+
 def write_all(fd: int, data: bytes) -> None:
     """Write all of ``data`` to ``fd`` (os.write may write less than it was given)."""
     view = memoryview(data)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ._files import write_all
+from ._files import open_append, write_all
 
 #: A callback receiving ("stdout" | "stderr", bytes) as output arrives.
 Stream = Callable[[str, bytes], None]
@@ -97,9 +97,9 @@ class Pumped:
         # Descriptors, not Popen's PIPE or open()'s file objects: each of those wraps its end in an
         # fstat, an isatty ioctl and an lseek, system calls on every start (kit._files, issue 24).
         if detach:
-            out = _append(self.stdout_path)
+            out = open_append(self.stdout_path)
             try:
-                err = _append(self.stderr_path)
+                err = open_append(self.stderr_path)
                 try:
                     self.proc = Popen(self.argv, stdout=out, stderr=err, **kw)
                 finally:
@@ -198,11 +198,6 @@ class Pumped:
 DRAIN_DEADLINE = 5.0
 
 
-def _append(path) -> int:
-    """A descriptor that appends to ``path`` (made if missing)."""
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
-
-
 class _Pump:
     """Copies each (label, pipe's read descriptor, log path) to its log file (opened on the first chunk)
     and to a stream, until every pipe ends; then sets ``drained``. One thread at a time: a waiter's, or
@@ -223,6 +218,10 @@ class _Pump:
     def __del__(self):
         # Never claimed (its Pumped dropped without a wait or a release): its descriptors go with it,
         # as a file object's would.
+        self._close_all()
+
+    def _close_all(self) -> None:
+        """Close every pipe still open and its log."""
         for fd, (_label, _path, log) in list(self.open.items()):
             for d in (fd, log):
                 if d is not None:
@@ -259,7 +258,7 @@ class _Pump:
             os.close(fd)
             return
         if entry[2] is None:  # unbuffered: what came is in the file at once, even while a stray holds the pipe
-            entry[2] = _append(entry[1])
+            entry[2] = open_append(entry[1])
         write_all(entry[2], chunk)
         self.stream = deliver(self.stream, entry[0], chunk)
 
@@ -273,11 +272,7 @@ class _Pump:
             while self.open:
                 self.step(None)
         finally:
-            for fd, (_label, _path, log) in self.open.items():
-                if log is not None:
-                    os.close(log)
-                os.close(fd)
-            self.open.clear()
+            self._close_all()
             self.drained.set()
 
 

@@ -505,7 +505,7 @@ class Runtime(ABC):
         """Run ``argv`` inside a running instance; return (exit code, stdout, stderr)."""
 
     def logs(self, inst: InstanceState) -> tuple[bytes, bytes]:
-        return _read(inst.stdout_path), _read(inst.stderr_path)
+        return read_file(inst.stdout_path), read_file(inst.stderr_path)
 
     def oom_killed(self, inst: InstanceState) -> bool:
         return inst.cgroup is not None and inst.cgroup.oom_kills() > 0
@@ -574,10 +574,6 @@ def exec_cli(inst: InstanceState, cmd: list[str], argv: list[str], stream: Strea
         stream("stdout", p.stdout)
         stream("stderr", p.stderr)
     return p.returncode, p.stdout, p.stderr
-
-
-def _read(path: Path) -> bytes:
-    return read_file(path)
 
 
 def signal_name(number: int) -> str:
