@@ -6,7 +6,7 @@ storms the plain CLI (bench_overhead.raw_commands: ``runc --root TMP run --bundl
 hello``) N at a time, each start launched either in a session of its own (``start_new_session``,
 how the kit launched a runtime before) or in a process group of its own (``process_group=0``, how
 it launches one now: kit._proc.group_of_its_own), interleaved in a shuffled order, with the same
-barrier and host CPU clock as bench_storm.py. Per way: starts per second (median of the storms),
+barrier and host CPU clock as bench_storm.py (its plain_storm). Per way: starts per second (median of the storms),
 the CPU of the launched processes per start (runc, its init, the command: this process's reaped
 children) and the host's busy CPU per start.
 
@@ -24,7 +24,6 @@ import random
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -33,6 +32,7 @@ from kit.bench import storage, storm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_overhead import cleanup, raw_commands  # noqa: E402
+from bench_storm import plain_storm  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 #: The two ways of launching, as Popen's keywords.
@@ -41,21 +41,17 @@ AUTOGROUP = Path("/proc/sys/kernel/sched_autogroup_enabled")
 
 
 def one_storm(argv_of, n: int, popen: dict) -> dict:
-    """A storm of ``n`` plain runs launched with ``popen``; its starts/s and CPU per start."""
-    argvs = [argv_of() for _ in range(n)]
-
-    def start(i: int) -> bool:
-        p = subprocess.run(argvs[i], capture_output=True, stdin=subprocess.DEVNULL, timeout=120, **popen)
-        return p.returncode == 0 and p.stdout == b"hello\n"
-
-    t0, h0 = os.times(), storm.host_cpu()
-    got = storm.release(n, start, 130)
-    t1, h1 = os.times(), storm.host_cpu()
-    ok = sum(r is True for r in got.results)
+    """A storm of ``n`` plain runs launched with ``popen`` (bench_storm.plain_storm); its starts/s, failures
+    and CPU per start."""
+    t0 = os.times()
+    rows = plain_storm(argv_of, n, stdin=subprocess.DEVNULL, **popen)
+    t1 = os.times()
+    got = {r["metric"]: r["value"] for r in rows if r["metric"].startswith("storm_")}
+    ok = n - got["storm_failures"]
     children = (t1.children_user - t0.children_user) + (t1.children_system - t0.children_system)
-    return {"starts_per_s": ok / (max(got.ended) - got.at), "failures": n - ok,
+    return {"starts_per_s": got["storm_starts_per_s"], "failures": int(got["storm_failures"]),
             "launched_cpu_ms_per_start": children / max(ok, 1) * 1e3,
-            "host_cpu_ms_per_start": (h1 - h0) / max(ok, 1) * 1e3}
+            "host_cpu_ms_per_start": got.get("storm_cpu_per_start", float("nan")) * 1e3}
 
 
 def main(argv=None) -> int:

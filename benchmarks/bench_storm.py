@@ -56,15 +56,16 @@ KINDS = {"runc": "container", "lxc": "container", "runsc": "sandbox", "process":
 LIKE_FOR_LIKE = {"read_only": True, "harden": False}
 
 
-def plain_storm(argv_of, n: int, timeout: float = 120) -> list[dict]:
-    """One storm of the plain CLI: ``argv_of()`` run by ``n`` threads released together; rows as
-    :func:`kit.bench.storm.run` gives them (launch_to_exit and total: each process's own wall time
-    from the release, the runtime's own cleanup included, as ``runc run`` and ``lxc-execute`` do it)."""
+def plain_storm(argv_of, n: int, timeout: float = 120, **popen) -> list[dict]:
+    """One storm of the plain CLI: ``argv_of()`` run by ``n`` threads released together (each launched
+    with Popen's keywords ``popen``, if any: bench_launch.py's); rows as :func:`kit.bench.storm.run`
+    gives them (launch_to_exit and total: each process's own wall time from the release, the runtime's
+    own cleanup included, as ``runc run`` and ``lxc-execute`` do it)."""
     argvs = [argv_of() for _ in range(n)]
     cpu0 = storm.host_cpu()
 
     def one(i: int):
-        p = subprocess.run(argvs[i], capture_output=True, timeout=timeout)
+        p = subprocess.run(argvs[i], capture_output=True, timeout=timeout, **popen)
         return p.returncode == 0 and p.stdout == b"hello\n", p.stderr.decode(errors="replace")[-200:]
 
     got = storm.release(n, one, timeout + 10)
