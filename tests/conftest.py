@@ -86,26 +86,22 @@ def names():
             pass
 
 
-@pytest.fixture
-def bench_script():
-    """Loads a script of benchmarks/ by name (``bench_storm``) as a module; it may import its neighbours."""
+def bench_script(name: str):
+    """A script of benchmarks/ (``bench_storm``) loaded as a module, its main() not run; benchmarks/ is
+    not a package, so it is on sys.path while the script loads, for the neighbours it imports."""
     import importlib.util
     import sys
     from pathlib import Path
 
     here = Path(__file__).resolve().parent.parent / "benchmarks"
-
-    def load(name: str):
-        sys.path.insert(0, str(here))
-        try:
-            spec = importlib.util.spec_from_file_location(name, here / f"{name}.py")
-            mod = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mod)
-            return mod
-        finally:
-            sys.path.remove(str(here))
-
-    return load
+    sys.path.insert(0, str(here))
+    try:
+        spec = importlib.util.spec_from_file_location(name, here / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(str(here))
 
 
 def unique(prefix: str) -> str:

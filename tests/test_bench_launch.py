@@ -7,8 +7,10 @@ import json
 
 import pandas as pd
 
+from tests.conftest import bench_script
 
-def test_both_ways_storm_runc_and_the_table_and_record_are_written(tmp_path, bench_script):
+
+def test_both_ways_storm_runc_and_the_table_and_record_are_written(tmp_path):
     bench = bench_script("bench_launch")
     assert bench.main(["--rounds", "2", "--n", "3", "--out", str(tmp_path)]) == 0
     df = pd.read_csv(tmp_path / "launch.csv")

@@ -3,16 +3,12 @@ default's own cost (a display test: the figures are made up, their arithmetic is
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
-_SPEC = importlib.util.spec_from_file_location(
-    "bench_overhead", Path(__file__).resolve().parent.parent / "benchmarks" / "bench_overhead.py")
-bench = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(bench)
+from tests.conftest import bench_script
+
+bench = bench_script("bench_overhead")
 
 #: Per variant: wall ms in round r is BASE[variant] + DRIFT[r] (the neighbours' load, shared by
 #: a round), and the runtime process is 10 ms less than the wall.

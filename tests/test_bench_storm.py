@@ -4,8 +4,10 @@ beside the kit's."""
 
 from __future__ import annotations
 
+from tests.conftest import bench_script
 
-def test_the_driving_process_cpu_is_a_part_of_the_hosts_in_the_same_storms(bench_script, tmp_path):
+
+def test_the_driving_process_cpu_is_a_part_of_the_hosts_in_the_same_storms(tmp_path):
     bench = bench_script("bench_storm")
     tmp = tmp_path / "plain"
     tmp.mkdir()

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 import kit
-from kit.errors import ImageError, InvalidSpec
+from kit._proc import wait_until
+from kit.errors import ImageError, InvalidSpec, KitTimeout
 from kit.images import engine, registry, store
 from tests.conftest import need, unique
 
@@ -49,10 +50,11 @@ def leftovers(timeout: float = 120) -> list[str]:
     def found() -> list[str]:
         return [p.name for p in store.root().iterdir() if p.name.startswith((".import-", ".docker-save-", ".pull-"))]
 
-    deadline = time.monotonic() + timeout
-    while (now := found()) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return now
+    try:
+        wait_until(lambda: not found(), timeout, interval=0.2, what="the store's temporary directories to go")
+    except KitTimeout:
+        pass
+    return found()
 
 
 def build(tmp: Path, text: str, tag: str) -> kit.images.Image:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -16,6 +15,7 @@ from kit.runtimes import qemu as qemu_rt
 from kit.spec import RunSpec
 from kit.vm import accel, channel, initramfs, machine
 from kit.vm.kernel import MODULES, Kernel
+from tests.conftest import bench_script
 
 
 def _cfg(**kw):
@@ -264,20 +264,11 @@ def test_init_script_parses():
     subprocess.run(args, check=True, timeout=10)
 
 
-def _bench_vm():
-    # benchmarks/ is not a package: load the script as a module (its main() does not run).
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_vm.py"
-    mod_spec = importlib.util.spec_from_file_location("bench_vm", path)
-    mod = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.mark.parametrize("mach", machine.MACHINES)
 def test_literal_baseline_is_kits_own_command_line_but_for_the_console(mach):
     # The benchmark's hand-written baseline must boot exactly what kit boots (same devices,
     # same kernel arguments), with ports on files and the console on stdio, and no QMP.
-    bench = _bench_vm()
+    bench = bench_script("bench_vm")
     # the distribution's kernel (a bzImage, ACPI) and the kit's own (its vmlinux through PVH, no ACPI)
     for k in (type("K", (), {"vmlinuz": Path("/k/vmlinuz"), "vmlinux": None, "acpi": True})(),
               type("K", (), {"vmlinuz": Path("/k/vmlinuz"), "vmlinux": Path("/k/vmlinux"), "acpi": False})()):
@@ -297,7 +288,7 @@ def test_literal_baseline_is_kits_own_command_line_but_for_the_console(mach):
 def test_hand_baseline_gives_its_init_no_arguments_after_a_double_dash(tmp_path, boot):
     # microvm appends virtio_mmio.device= words to the end of the command line: after a '--' they
     # would be the init's arguments, and a kernel that reads its devices there would miss the disk.
-    bench = _bench_vm()
+    bench = bench_script("bench_vm")
     k = type("K", (), {"vmlinuz": Path("/k/vmlinuz"), "vmlinux": Path("/k/vmlinux"), "acpi": False, "modules": None})()
     (tmp_path / "initrd").write_bytes(b"070701 kit's own archive")
     argv = bench.hand_written(k, "microvm", boot, "tcg", 2_000_000, tmp_path / "initrd",
