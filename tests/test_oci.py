@@ -400,10 +400,18 @@ def test_monitor_pids_are_the_runtimes_process_not_the_container(runtime, names)
     pids, monitor = rt.pids(inst), rt.monitor_pids(inst)
     assert monitor == [inst.proc.pid]  # runc run / runsc run / lxc-execute, and nothing else
     assert set(monitor) < set(pids)
-    argv = {p: psutil.Process(p).cmdline() for p in pids}
+    # The container's own processes: the command (runc, LXC), gVisor's sandbox and gofer. Its init is
+    # still "runc init" for a moment after the runtime says running, until it has exec'd the command
+    # (seen once on a loaded host): their command lines are read once it has.
+    own = (["sleep"], ["runsc-sandbox"], ["runsc-gofer"])
+
+    def exec_done():
+        argv = {p: psutil.Process(p).cmdline() for p in rt.pids(inst)}
+        return argv if any(a[:1] in own for a in argv.values()) else None
+
+    argv = wait_until(exec_done, 20, interval=0.05, what="the container's command", ignoring=(psutil.NoSuchProcess,))
     assert "run" in argv[inst.proc.pid] or argv[inst.proc.pid][0].endswith("lxc-execute")
-    # The container's own processes: the command (runc, LXC), gVisor's sandbox and gofer.
-    workload = [p for p, a in argv.items() if a[:1] in (["sleep"], ["runsc-sandbox"], ["runsc-gofer"])]
+    workload = [p for p, a in argv.items() if a[:1] in own]
     assert workload and not set(workload) & set(monitor), argv
 
 
