@@ -92,8 +92,8 @@ class Pumped:
         self._drained = threading.Event()
         self._lock = threading.Lock()
         self._pump: _Pump | None = None  # not yet claimed by a waiter or a thread
-        kw = {"env": marked_env(env), "cwd": cwd, "stdin": stdin,
-              **({"start_new_session": True, "preexec_fn": preexec_fn} if new_session else group_of_its_own(preexec_fn))}
+        launch = {"start_new_session": True, "preexec_fn": preexec_fn} if new_session else group_of_its_own(preexec_fn)
+        kw = {"env": marked_env(env), "cwd": cwd, "stdin": stdin, **launch}
         # Descriptors, not Popen's PIPE or open()'s file objects: each of those wraps its end in an
         # fstat, an isatty ioctl and an lseek, system calls on every start (kit._files, issue 24).
         if detach:
@@ -294,6 +294,17 @@ def marked_env(env) -> dict:
     env = dict(os.environ if env is None else env)
     env["KIT_SESSION"] = SESSION_ID
     return env
+
+
+def process_alive(pid: int) -> bool:
+    """Is ``pid`` a live process (not gone, not a zombie)? A zombie's namespaces are gone already: a
+    runtime that cannot enter its container's finds it exited, whatever its daemon says yet."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def wait_exit(proc: subprocess.Popen, timeout: float) -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import psutil
 
-from .._proc import Stream, deliver
+from .._proc import Stream, deliver, process_alive
 from ..cgroups import Cgroup
 from ..cgroups import version as cgroup_version
 from ..errors import CommandNotFound, KitError, KitTimeout, NameInUse, StartFailed
@@ -174,9 +174,9 @@ class DockerRuntime(Runtime):
         try:
             fwd = Forwarder(f"/proc/{pid}/ns/net", inst.spec.ports).start()
         except StartFailed:
-            # No namespace left to enter: its process has exited (or is a zombie its shim has not reaped
-            # yet), though the daemon may say Running a moment longer, until containerd reports the exit.
-            if os.path.exists(f"/proc/{pid}/ns/net") and self.running(inst):
+            # Its process has exited (or is a zombie its shim has not reaped yet), though the daemon may
+            # say Running a moment longer, until containerd reports the exit.
+            if process_alive(pid) and self.running(inst):
                 raise
             return None
         if _cgroup_of(pid) != inst.info.get("docker_cgroup"):

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import cgroups, config, userns
-from .._proc import Pumped, Stream, kill_group, run, wait_until
+from .._proc import Pumped, Stream, kill_group, process_alive, run, wait_until
 from ..errors import KitTimeout, StartFailed
 from ..portfwd import Forwarder
 from ..spec import resolve_user
@@ -292,7 +292,7 @@ class LXCRuntime(Runtime):
                         with _rootfs.step(inst, "forwarder"):
                             inst.forwarder = Forwarder(f"/proc/{pid}/ns/net", spec.ports).start()
                     except StartFailed:
-                        if _running(pid):
+                        if process_alive(pid):
                             raise
                         # The command already finished (gone, or a zombie whose namespaces are
                         # gone already): nothing is left to publish, its result stands.
@@ -404,13 +404,3 @@ class LXCRuntime(Runtime):
                     shutil.rmtree(d, ignore_errors=True)
                 out.append(f"lxc container {d.name}")
         return out
-
-
-def _running(pid: int) -> bool:
-    """Is ``pid`` a live process (not gone, not a zombie)?"""
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
