@@ -18,7 +18,10 @@ from conftest import EXPECTED_HERE, need
 from kit.bench import Study, StudyParams, plan, storm
 from kit.bench.workloads import parse
 
-TRUE = parse("true")
+#: ~30 ms of a shell's own arithmetic per start (no system calls): a storm of 4 is then several ticks of
+#: the host CPU clock (1/USER_HZ per CPU), where 4 bare `true`s, the kit's share of a start now a few ms,
+#: once read 0 ticks (a fresh make test, process runtime: storm_cpu_per_start 0.0).
+BUSY = parse("sh -c 'i=0; while [ $i -lt 10000 ]; do i=$((i+1)); done'")
 
 
 def _left(prefix: str) -> list[str]:
@@ -34,7 +37,7 @@ def test_storm_of_4_gives_4_results_and_leaves_nothing(runtime):
     need(runtime)
     prefix = f"tst-{runtime}-{time.monotonic_ns() % 10**6}"
     busy0, t0 = storm.host_cpu(), time.time()
-    rows = storm.run(runtime, "busybox", TRUE, 4, prefix, timeout=120)
+    rows = storm.run(runtime, "busybox", BUSY, 4, prefix, timeout=120)
     t1, busy1 = time.time(), storm.host_cpu()
     by = {m: [r for r in rows if r["metric"] == m] for m in {r["metric"] for r in rows}}
     assert not by.get("failed"), by.get("failed")
